@@ -1,0 +1,1 @@
+"""The ``fleetward`` command (Typer). It assembles domain CLIs; no logic here."""

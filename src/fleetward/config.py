@@ -1,0 +1,85 @@
+"""Where fleetward keeps its state, and how it is configured.
+
+Settings come from, in order: explicit arguments, environment variables
+(``FLEETWARD_HOME``, ``FLEETWARD_DATABASE_URL``, ``FLEETWARD_PUBLIC_URL``,
+``FLEETWARD_KEY_PASSPHRASE``), then ``settings.json`` in the home directory,
+then built-in defaults. The home directory holds the SQLite database, the
+encrypted CA key files and the audit checkpoint key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DEFAULT_PORT", "Settings", "default_home"]
+
+DEFAULT_PORT = 8400
+
+
+def default_home() -> Path:
+    """The home directory: ``$FLEETWARD_HOME`` or ``~/.fleetward``."""
+    env = os.environ.get("FLEETWARD_HOME")
+    return Path(env) if env else Path.home() / ".fleetward"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings of one fleetward installation."""
+
+    home: Path
+    database_url: str
+    public_url: str
+
+    @classmethod
+    def load(cls, home: Path | None = None) -> Settings:
+        """Resolve settings for ``home`` (or the default home)."""
+        home = (home or default_home()).expanduser().resolve()
+        stored: dict[str, str] = {}
+        path = home / "settings.json"
+        if path.exists():
+            stored = json.loads(path.read_text())
+        db = (
+            os.environ.get("FLEETWARD_DATABASE_URL")
+            or stored.get("database_url")
+            or f"sqlite:///{home / 'fleetward.db'}"
+        )
+        public = (
+            os.environ.get("FLEETWARD_PUBLIC_URL")
+            or stored.get("public_url")
+            or f"http://127.0.0.1:{DEFAULT_PORT}"
+        )
+        return cls(home=home, database_url=db, public_url=public.rstrip("/"))
+
+    @property
+    def keys_dir(self) -> Path:
+        """Directory of encrypted key files."""
+        return self.home / "keys"
+
+    def save(self) -> None:
+        """Write the non-secret settings to ``settings.json``."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        data = {"database_url": self.database_url, "public_url": self.public_url}
+        (self.home / "settings.json").write_text(json.dumps(data, indent=2) + "\n")
+
+    def key_passphrase(self) -> bytes:
+        """The passphrase that encrypts file keys.
+
+        ``FLEETWARD_KEY_PASSPHRASE`` wins. Otherwise a random passphrase is
+        kept in ``<home>/keys/.passphrase`` (mode 0600): the embedded default,
+        convenient but only as safe as the home directory. Production sets
+        the variable or keeps CA keys in PKCS#11.
+        """
+        env = os.environ.get("FLEETWARD_KEY_PASSPHRASE")
+        if env:
+            return env.encode()
+        path = self.keys_dir / ".passphrase"
+        if not path.exists():
+            self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32))
+        return path.read_text().strip().encode()

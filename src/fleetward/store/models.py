@@ -1,0 +1,10 @@
+"""Every table, gathered so Alembic sees one metadata."""
+
+from fleetward.audit import models as _audit  # noqa: F401
+from fleetward.identity import models as _identity  # noqa: F401
+from fleetward.store.db import Base
+from fleetward.tenancy import models as _tenancy  # noqa: F401
+
+metadata = Base.metadata
+
+__all__ = ["metadata"]

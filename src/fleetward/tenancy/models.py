@@ -1,0 +1,45 @@
+"""Tables of the tenancy domain: tenants and API tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fleetward.store.db import Base
+from fleetward.store.types import UTCDateTime
+
+__all__ = ["ApiToken", "Tenant"]
+
+
+class Tenant(Base):
+    """The isolation boundary: every other object belongs to one tenant."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    cert_lifetime_days: Mapped[int] = mapped_column(Integer, default=90)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class ApiToken(Base):
+    """An operator credential: a role within one tenant.
+
+    Only a SHA-256 hash of the secret is stored. The token id is public and
+    is the prefix of the token string, so lookup needs no scan.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(32))
+    environment: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,0 +1,89 @@
+"""Shared fixtures.
+
+``db`` is a freshly migrated database: SQLite in a temporary directory, or,
+when ``FLEETWARD_TEST_PG_URL`` is set (``scripts/test`` does), a new
+PostgreSQL database cloned from a migrated template. In the PostgreSQL run,
+tests that do not use a database are deselected: they ran in the SQLite run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from fleetward.store import Database
+
+PG_URL = os.environ.get("FLEETWARD_TEST_PG_URL")
+_template_ready = False
+_counter = itertools.count()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not PG_URL:
+        return
+    keep, drop = [], []
+    for item in items:
+        uses_db = "db" in getattr(item, "fixturenames", ())
+        (keep if uses_db else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def _pg_database() -> str:
+    global _template_ready
+    assert PG_URL
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    template = "fw_template"
+    with admin.connect() as conn:
+        if not _template_ready:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {template}"))
+            conn.execute(text(f"CREATE DATABASE {template}"))
+            url = make_url(PG_URL).set(database=template).render_as_string(hide_password=False)
+            tdb = Database(url)
+            tdb.migrate()
+            tdb.dispose()
+            _template_ready = True
+        name = f"fw_t{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {template}"))
+    admin.dispose()
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_pg(url: str) -> None:
+    assert PG_URL
+    name = make_url(url).database
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> Iterator[str]:
+    """URL of a fresh, migrated database."""
+    if PG_URL:
+        url = _pg_database()
+        yield url
+        _drop_pg(url)
+    else:
+        url = f"sqlite:///{tmp_path / 'fleetward.db'}"
+        d = Database(url)
+        d.migrate()
+        d.dispose()
+        yield url
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A fresh, migrated :class:`Database`."""
+    d = Database(db_url)
+    yield d
+    d.dispose()
