@@ -59,6 +59,16 @@ class Settings:
         """Directory of encrypted key files."""
         return self.home / "keys"
 
+    @property
+    def checkpoint_key_path(self) -> Path:
+        """Encrypted key that signs audit checkpoints."""
+        return self.keys_dir / "audit-checkpoint.pem"
+
+    @property
+    def checkpoint_public_key_path(self) -> Path:
+        """Public half of the checkpoint key, for verifiers."""
+        return self.keys_dir / "audit-checkpoint.pub.pem"
+
     def save(self) -> None:
         """Write the non-secret settings to ``settings.json``."""
         self.home.mkdir(parents=True, exist_ok=True)

@@ -1,1 +1,1 @@
-"""fleetward.audit."""
+"""Append-only, hash-chained, tamper-evident audit log with signed Merkle checkpoints."""

@@ -1,15 +1,150 @@
-"""Entry point of the ``fleetward`` command."""
+"""Entry point of the ``fleetward`` command: ``init``, ``serve`` and the domain groups."""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import typer
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fleetward import __version__
+from fleetward.api.context import AppContext
+from fleetward.audit.cli import audit_app
+from fleetward.cli.common import console, err, load_ctx, local_actor
+from fleetward.config import DEFAULT_PORT, Settings, default_home
+from fleetward.errors import ConflictError, FleetwardError
+from fleetward.identity import ca_service
+from fleetward.identity.cli import ca_app, cert_app, crl_app, device_app
+from fleetward.keys import generate_file_signer
+from fleetward.tenancy import service as tenancy
+from fleetward.tenancy.cli import tenant_app, token_app
 
-app = typer.Typer(help="fleetward: trust plane for device fleets.", no_args_is_help=True)
+app = typer.Typer(
+    help="fleetward: trust plane for device fleets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(token_app, name="token")
+app.add_typer(ca_app, name="ca")
+app.add_typer(device_app, name="device")
+app.add_typer(cert_app, name="cert")
+app.add_typer(crl_app, name="crl")
+app.add_typer(audit_app, name="audit")
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    home: Path | None = typer.Option(
+        None, "--home", envvar="FLEETWARD_HOME", help="data directory (default ~/.fleetward)"
+    ),
+) -> None:
+    """fleetward: trust plane for device fleets."""
+    ctx.obj = {"home": str(home) if home else None}
 
 
 @app.command()
 def version() -> None:
     """Print the fleetward version."""
     typer.echo(__version__)
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    key_backend: str = typer.Option("file", help="where CA keys live: file or pkcs11"),
+    offline_root: Path | None = typer.Option(
+        None, help="write the root CA key here (encrypted) instead of keeping it"
+    ),
+    public_url: str | None = typer.Option(
+        None, help=f"base URL in certificates (default http://127.0.0.1:{DEFAULT_PORT})"
+    ),
+) -> None:
+    """Create the home directory, database, checkpoint key, tenant `default` with
+    its CAs, and print the first admin API token (once)."""
+    home = ctx.find_root().obj.get("home")
+    settings = Settings.load(Path(home) if home else default_home())
+    if (settings.home / "settings.json").exists():
+        raise ConflictError(f"{settings.home} is already initialised")
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if public_url:
+        settings = Settings(settings.home, settings.database_url, public_url.rstrip("/"))
+    context = AppContext.from_settings(settings)
+    context.db.migrate()
+    signer = generate_file_signer(
+        settings.checkpoint_key_path, passphrase=settings.key_passphrase()
+    )
+    settings.checkpoint_public_key_path.write_bytes(
+        signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    actor = local_actor()
+    with context.db.session() as s:
+        tenant = tenancy.create_tenant(s, name="default", actor=actor)
+        ca_service.create_tenant_pki(
+            s,
+            context.pki,
+            tenant=tenant,
+            actor=actor,
+            backend=key_backend,
+            offline_root_dir=offline_root,
+        )
+        _, token = tenancy.create_token(
+            s, tenant=tenant, name="first admin", role="admin", actor=actor
+        )
+    settings.save()
+    console.print(f"fleetward initialised in {settings.home}")
+    console.print(f"database: {settings.database_url}")
+    if offline_root:
+        console.print(f"root CA key written to {offline_root}: move it offline")
+    console.print("first admin API token (shown once, keep it):")
+    typer.echo(token)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    port: int = typer.Option(DEFAULT_PORT, help="TCP port"),
+    host: str = typer.Option("127.0.0.1", help="bind address"),
+    crl_interval: float = typer.Option(60.0, help="seconds between CRL publication rounds"),
+    checkpoint_interval: float = typer.Option(600.0, help="seconds between audit checkpoints"),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
+) -> None:
+    """Run the API (REST under /api/v1, EST, CRL, OCSP)."""
+    import uvicorn
+
+    from fleetward.api.app import create_app
+
+    context = load_ctx(ctx)
+    context.db.migrate()
+    console.print(f"fleetward {__version__} on http://{host}:{port} (home {context.settings.home})")
+    if workers > 1:
+        os.environ["FLEETWARD_HOME"] = str(context.settings.home)
+        os.environ["FLEETWARD_CRL_INTERVAL"] = str(crl_interval)
+        os.environ["FLEETWARD_CHECKPOINT_INTERVAL"] = str(checkpoint_interval)
+        uvicorn.run(
+            "fleetward.api.factory:app",
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            factory=True,
+        )
+        return
+    uvicorn.run(
+        create_app(context, crl_interval=crl_interval, checkpoint_interval=checkpoint_interval),
+        host=host,
+        port=port,
+        log_level="warning",
+    )
+
+
+def main() -> None:
+    """Console entry point: fleetward errors become one line and exit code 1."""
+    try:
+        app()
+    except FleetwardError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        sys.exit(1)

@@ -1,0 +1,81 @@
+"""Everything a request handler needs, built once per process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from sqlalchemy.orm import Session
+
+from fleetward.audit import service as audit
+from fleetward.config import Settings
+from fleetward.errors import FleetwardError
+from fleetward.identity.ca_service import Pki
+from fleetward.keys import Signer
+from fleetward.keys.ring import KeyRing
+from fleetward.store import Database
+
+__all__ = ["AppContext"]
+
+
+@dataclass
+class AppContext:
+    """Database, PKI and settings of one running fleetward."""
+
+    settings: Settings
+    db: Database
+    pki: Pki
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AppContext:
+        """Open the database and key ring described by ``settings``."""
+        keyring = KeyRing(keys_dir=settings.keys_dir, passphrase=settings.key_passphrase())
+        return cls(
+            settings=settings,
+            db=Database(settings.database_url),
+            pki=Pki(keyring=keyring, public_url=settings.public_url),
+        )
+
+    def checkpoint_signer(self) -> Signer:
+        """The key that signs audit checkpoints."""
+        return self.pki.keyring.open(f"file:{self.settings.checkpoint_key_path}")
+
+    def checkpoint_public_key(self) -> PublicKeyTypes | None:
+        """Its public key (``None`` before ``init`` created it)."""
+        path = self.settings.checkpoint_public_key_path
+        return load_pem_public_key(path.read_bytes()) if path.exists() else None
+
+    @contextmanager
+    def unit_of_work(
+        self, *, actor: str, action: str, subject: str, tenant_id: int | None
+    ) -> Iterator[Session]:
+        """A transaction that commits on success; on a fleetward error it
+        rolls back, records the refusal in the audit log, and re-raises."""
+        with (
+            self.refusals_recorded(
+                actor=actor, action=action, subject=subject, tenant_id=tenant_id
+            ),
+            self.db.session() as session,
+        ):
+            yield session
+
+    @contextmanager
+    def refusals_recorded(
+        self, *, actor: str, action: str, subject: str, tenant_id: int | None
+    ) -> Iterator[None]:
+        """Record a fleetward error raised inside as a refused attempt, and re-raise."""
+        try:
+            yield
+        except FleetwardError as exc:
+            audit.record_refusal(
+                self.db,
+                actor=actor,
+                action=action,
+                subject=subject,
+                reason=exc.detail,
+                tenant_id=tenant_id,
+            )
+            raise

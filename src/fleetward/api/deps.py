@@ -1,0 +1,72 @@
+"""FastAPI dependencies: the app context and the authenticated principal."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from fleetward.api.context import AppContext
+from fleetward.audit import service as audit
+from fleetward.errors import AuthenticationError
+from fleetward.tenancy import service as tenancy
+from fleetward.tenancy.roles import Principal
+
+__all__ = ["Ctx", "Operator", "bearer_or_basic", "get_ctx", "get_principal"]
+
+
+def get_ctx(request: Request) -> AppContext:
+    """The process-wide context."""
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def bearer_or_basic(request: Request) -> str | None:
+    """The token from ``Authorization: Bearer <t>`` or Basic (the password is the token)."""
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[2]
+    return ""
+
+
+def authenticate(ctx: AppContext, token: str | None, *, path: str) -> Principal:
+    """Resolve a token or record the refusal and raise."""
+    try:
+        if token is None:
+            raise AuthenticationError("an API token is required (Authorization: Bearer ...)")
+        with ctx.db.session() as session:
+            return tenancy.authenticate(session, token)
+    except AuthenticationError as exc:
+        audit.record_refusal(
+            ctx.db,
+            actor="anonymous",
+            action="auth.token",
+            subject=f"path:{path}",
+            reason=exc.detail,
+            details={
+                "token_id": (token or "").split("_")[1][:16]
+                if (token or "").count("_") >= 2
+                else None
+            },
+        )
+        raise
+
+
+def get_principal(request: Request, ctx: Annotated[AppContext, Depends(get_ctx)]) -> Principal:
+    """The operator this request acts as."""
+    return authenticate(ctx, bearer_or_basic(request), path=request.url.path)
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+Operator = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,373 @@
+"""Audit use cases: append in the caller's transaction, checkpoint, verify, prove.
+
+``append`` is called by every service that changes trust, inside the same
+transaction as the change: if the change rolls back, so does its entry, and
+there is no change without an entry. Appends lock the chain head row, so on
+PostgreSQL concurrent writers queue on it (on SQLite the database write lock
+already serialises them).
+
+Refused attempts are recorded by :func:`record_refusal` in a transaction of
+their own, after the refused change has rolled back, so the refusal leaves a
+trace but no partial state.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from fleetward.audit import merkle
+from fleetward.audit.chain import GENESIS, EntryFields, canonical_details, entry_hash, verify_chain
+from fleetward.audit.models import AuditCheckpoint, AuditEntry, AuditHead
+from fleetward.errors import AuditChainError, NotFoundError, SignatureError
+from fleetward.keys import Signer, verify_signature
+from fleetward.store import Database, utcnow
+
+__all__ = [
+    "VerifyReport",
+    "append",
+    "checkpoint",
+    "checkpoint_statement",
+    "inclusion_proof",
+    "list_entries",
+    "record_refusal",
+    "verify",
+    "verify_proof",
+]
+
+
+def _head(session: Session) -> AuditHead:
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar()
+    if head is None:
+        head = AuditHead(id=1, seq=0, hash=GENESIS)
+        session.add(head)
+        session.flush()
+    return head
+
+
+def append(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    subject: str,
+    tenant_id: int | None = None,
+    outcome: str = "ok",
+    details: dict[str, Any] | None = None,
+    now: dt.datetime | None = None,
+) -> AuditEntry:
+    """Append one entry to the chain in the caller's transaction.
+
+    Args:
+        session: the unit of work that makes the audited change.
+        actor: who acted (``token:<id>``, ``cli``, ``device:<id>``, ``system``).
+        action: dotted verb, e.g. ``certificate.issue``.
+        subject: what was acted on, e.g. ``device:sensor-1``.
+        tenant_id: tenant the entry belongs to (``None`` for system events).
+        outcome: ``ok`` or ``refused``.
+        details: JSON-serialisable facts about the decision.
+        now: time of the decision (defaults to the clock).
+
+    Returns:
+        The new entry (flushed).
+    """
+    head = _head(session)
+    fields = EntryFields(
+        seq=head.seq + 1,
+        ts=now or utcnow(),
+        tenant_id=tenant_id,
+        actor=actor[:200],
+        action=action,
+        outcome=outcome,
+        subject=subject[:200],
+        details=canonical_details(details),
+        prev_hash=head.hash,
+    )
+    digest = entry_hash(fields)
+    entry = AuditEntry(
+        seq=fields.seq,
+        ts=fields.ts,
+        tenant_id=tenant_id,
+        actor=fields.actor,
+        action=action,
+        outcome=outcome,
+        subject=fields.subject,
+        details=fields.details,
+        prev_hash=fields.prev_hash,
+        hash=digest,
+    )
+    session.add(entry)
+    head.seq, head.hash = fields.seq, digest
+    return entry
+
+
+def record_refusal(
+    db: Database,
+    *,
+    actor: str,
+    action: str,
+    subject: str,
+    reason: str,
+    tenant_id: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record a refused attempt in its own transaction (the attempt rolled back)."""
+    with db.session() as session:
+        append(
+            session,
+            actor=actor,
+            action=action,
+            subject=subject,
+            tenant_id=tenant_id,
+            outcome="refused",
+            details={**(details or {}), "reason": reason},
+        )
+
+
+def list_entries(
+    session: Session, *, tenant_id: int, after: int = 0, limit: int = 100
+) -> list[AuditEntry]:
+    """Entries of one tenant with ``seq > after``, oldest first."""
+    stmt = (
+        select(AuditEntry)
+        .where(AuditEntry.tenant_id == tenant_id, AuditEntry.seq > after)
+        .order_by(AuditEntry.seq)
+        .limit(min(limit, 1000))
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def checkpoint_statement(*, tree_size: int, root_hash: str, head_hash: str, ts: str) -> bytes:
+    """The exact bytes a checkpoint signature covers."""
+    return f"fleetward-audit-checkpoint/v1\n{tree_size}\n{root_hash}\n{head_hash}\n{ts}\n".encode()
+
+
+def _iter_fields(session: Session, upto: int | None = None) -> Iterator[tuple[EntryFields, str]]:
+    stmt = select(AuditEntry).order_by(AuditEntry.seq)
+    if upto is not None:
+        stmt = stmt.where(AuditEntry.seq <= upto)
+    for e in session.execute(stmt.execution_options(yield_per=5000)).scalars():
+        yield (
+            EntryFields(
+                seq=e.seq,
+                ts=e.ts,
+                tenant_id=e.tenant_id,
+                actor=e.actor,
+                action=e.action,
+                outcome=e.outcome,
+                subject=e.subject,
+                details=e.details,
+                prev_hash=e.prev_hash,
+            ),
+            e.hash,
+        )
+
+
+def checkpoint(
+    session: Session, *, signer: Signer, now: dt.datetime | None = None
+) -> AuditCheckpoint:
+    """Sign the Merkle root over every entry so far and store the checkpoint.
+
+    The chain is verified on the way, so a checkpoint never vouches for a
+    tampered log.
+    """
+    acc = merkle.CompactRange()
+    head_hash = GENESIS
+    for digest in verify_chain(_iter_fields(session)):
+        acc.append(bytes.fromhex(digest))
+        head_hash = digest
+    ts = (now or utcnow()).astimezone(dt.UTC)
+    root_hex = acc.root().hex()
+    stmt = checkpoint_statement(
+        tree_size=acc.size, root_hash=root_hex, head_hash=head_hash, ts=ts.isoformat()
+    )
+    cp = AuditCheckpoint(
+        tree_size=acc.size,
+        root_hash=root_hex,
+        head_hash=head_hash,
+        ts=ts,
+        key_id=signer.uri,
+        signature=base64.b64encode(signer.sign(stmt)).decode(),
+    )
+    session.add(cp)
+    append(
+        session,
+        actor="system",
+        action="audit.checkpoint",
+        subject=f"checkpoint:{acc.size}",
+        details={"tree_size": acc.size, "root": root_hex},
+        now=ts,
+    )
+    session.flush()
+    return cp
+
+
+def _verify_signature(public_key: PublicKeyTypes, signature: bytes, data: bytes) -> None:
+    if not isinstance(public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+        raise AuditChainError("unsupported checkpoint key type")
+    try:
+        verify_signature(public_key, signature=signature, data=data)
+    except SignatureError as exc:
+        raise AuditChainError("checkpoint signature does not verify") from exc
+
+
+def _verify_checkpoint(cp: AuditCheckpoint, public_key: PublicKeyTypes) -> None:
+    stmt = checkpoint_statement(
+        tree_size=cp.tree_size,
+        root_hash=cp.root_hash,
+        head_hash=cp.head_hash,
+        ts=cp.ts.astimezone(dt.UTC).isoformat(),
+    )
+    try:
+        signature = base64.b64decode(cp.signature, validate=True)
+    except ValueError as exc:
+        raise AuditChainError(f"checkpoint {cp.id} signature is not base64") from exc
+    try:
+        _verify_signature(public_key, signature, stmt)
+    except AuditChainError as exc:
+        raise AuditChainError(f"checkpoint {cp.id} (size {cp.tree_size}): {exc.detail}") from exc
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify`` checked."""
+
+    entries: int
+    head_hash: str
+    checkpoints: int
+
+
+def verify(session: Session, *, public_key: PublicKeyTypes | None) -> VerifyReport:
+    """Verify the whole chain, the head row and every checkpoint.
+
+    Args:
+        session: a read session.
+        public_key: the checkpoint key; ``None`` skips checkpoint signatures
+            (the roots are still recomputed).
+
+    Raises:
+        AuditChainError: naming the first bad entry or checkpoint.
+    """
+    cps = list(
+        session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size)).scalars()
+    )
+    if public_key is not None:
+        for cp in cps:
+            _verify_checkpoint(cp, public_key)
+    pending = list(cps)
+    acc = merkle.CompactRange()
+    head_hash = GENESIS
+    for digest in verify_chain(_iter_fields(session)):
+        acc.append(bytes.fromhex(digest))
+        head_hash = digest
+        while pending and pending[0].tree_size == acc.size:
+            cp = pending.pop(0)
+            if acc.root().hex() != cp.root_hash or cp.head_hash != digest:
+                raise AuditChainError(
+                    f"audit entries 1..{cp.tree_size} do not match checkpoint {cp.id}: "
+                    "an entry was rewritten",
+                    seq=cp.tree_size,
+                )
+    if pending:
+        cp = pending[0]
+        raise AuditChainError(
+            f"audit entry {acc.size + 1} is missing: checkpoint {cp.id} covers "
+            f"{cp.tree_size} entries, the log has {acc.size}",
+            seq=acc.size + 1,
+        )
+    head = session.get(AuditHead, 1)
+    if head is not None and (head.seq != acc.size or head.hash != head_hash):
+        raise AuditChainError(
+            f"audit entry {acc.size + 1} is missing: the chain head records "
+            f"{head.seq} entries, the log has {acc.size}",
+            seq=acc.size + 1,
+        )
+    return VerifyReport(entries=acc.size, head_hash=head_hash, checkpoints=len(cps))
+
+
+def inclusion_proof(session: Session, *, seq: int) -> dict[str, Any]:
+    """Proof that entry ``seq`` is in the newest checkpoint that covers it.
+
+    Raises:
+        NotFoundError: no such entry, or no checkpoint covers it yet.
+    """
+    entry = session.get(AuditEntry, seq)
+    if entry is None:
+        raise NotFoundError(f"audit entry {seq} not found")
+    cp = session.execute(
+        select(AuditCheckpoint)
+        .where(AuditCheckpoint.tree_size >= seq)
+        .order_by(AuditCheckpoint.tree_size.desc())
+        .limit(1)
+    ).scalar()
+    if cp is None:
+        raise NotFoundError(f"no checkpoint covers audit entry {seq} yet; create one first")
+    leaves = [
+        bytes.fromhex(h)
+        for h in session.execute(
+            select(AuditEntry.hash).where(AuditEntry.seq <= cp.tree_size).order_by(AuditEntry.seq)
+        ).scalars()
+    ]
+    proof = merkle.inclusion_proof(seq - 1, leaves)
+    return {
+        "seq": seq,
+        "entry_hash": entry.hash,
+        "leaf_index": seq - 1,
+        "tree_size": cp.tree_size,
+        "root_hash": cp.root_hash,
+        "audit_path": [p.hex() for p in proof],
+        "checkpoint": {
+            "id": cp.id,
+            "head_hash": cp.head_hash,
+            "ts": cp.ts.astimezone(dt.UTC).isoformat(),
+            "key_id": cp.key_id,
+            "signature": cp.signature,
+        },
+    }
+
+
+def verify_proof(proof: dict[str, Any], *, public_key: PublicKeyTypes) -> None:
+    """Check an inclusion proof produced by :func:`inclusion_proof`, offline.
+
+    Raises:
+        AuditChainError: the checkpoint signature or the audit path is wrong.
+    """
+    try:
+        cp = proof["checkpoint"]
+        stmt = checkpoint_statement(
+            tree_size=int(proof["tree_size"]),
+            root_hash=str(proof["root_hash"]),
+            head_hash=str(cp["head_hash"]),
+            ts=str(cp["ts"]),
+        )
+        signature = base64.b64decode(cp["signature"], validate=True)
+        path = [bytes.fromhex(p) for p in proof["audit_path"]]
+        data = bytes.fromhex(proof["entry_hash"])
+        root_hash = bytes.fromhex(proof["root_hash"])
+        index, size = int(proof["leaf_index"]), int(proof["tree_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AuditChainError(f"malformed inclusion proof: {exc}") from exc
+    _verify_signature(public_key, signature, stmt)
+    merkle.verify_inclusion(
+        data=data, index=index, tree_size=size, proof=path, expected_root=root_hash
+    )
+
+
+def count(session: Session) -> int:
+    """Number of entries in the log."""
+    return int(session.execute(select(func.count()).select_from(AuditEntry)).scalar_one())
+
+
+def dumps_details(entry: AuditEntry) -> dict[str, Any]:
+    """The details of an entry as a dict."""
+    value: dict[str, Any] = json.loads(entry.details)
+    return value

@@ -1,0 +1,56 @@
+"""Helpers shared by the domain CLIs: home, context, local principal, output."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from fleetward.api.context import AppContext
+from fleetward.config import Settings
+from fleetward.errors import InvalidInputError
+from fleetward.tenancy import service as tenancy
+from fleetward.tenancy.roles import Principal
+
+__all__ = ["console", "err", "load_ctx", "local_actor", "local_principal", "print_json"]
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _home(ctx: typer.Context) -> Path | None:
+    root = ctx.find_root()
+    obj = root.obj if isinstance(root.obj, dict) else {}
+    home = obj.get("home")
+    return Path(home) if home else None
+
+
+def load_ctx(ctx: typer.Context) -> AppContext:
+    """The installation selected by ``--home``; it must be initialised."""
+    settings = Settings.load(_home(ctx))
+    if not (settings.home / "settings.json").exists():
+        raise InvalidInputError(
+            f"{settings.home} is not a fleetward home; run `fleetward init` first"
+        )
+    return AppContext.from_settings(settings)
+
+
+def local_actor() -> str:
+    """Actor name of the local CLI user in audit entries."""
+    return f"cli:{getpass.getuser()}"
+
+
+def local_principal(app: AppContext, tenant: str) -> Principal:
+    """The local operator: admin of ``tenant``, because it holds the keys."""
+    with app.db.session() as s:
+        t = tenancy.get_tenant_by_name(s, tenant)
+        return Principal(tenant_id=t.id, tenant_name=t.name, role="admin", actor=local_actor())
+
+
+def print_json(value: Any) -> None:
+    """Machine-readable output."""
+    typer.echo(json.dumps(value, indent=2, default=str))

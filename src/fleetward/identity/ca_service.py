@@ -1,0 +1,520 @@
+"""CA use cases: tenant PKI creation, offline-root issuing CAs, CRL publication, OCSP.
+
+A tenant gets a root CA and one issuing CA per environment. The root key may
+be written outside the installation (``offline_root_dir``); then new issuing
+CAs are created as CSRs and their certificates, signed offline, imported.
+
+CRLs are built by :func:`publish_crls`, called by the server's publisher
+thread and by ``fleetward crl publish``, never by a revocation request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from fleetward.audit import service as audit
+from fleetward.errors import ConflictError, FleetwardError, InvalidInputError, NotFoundError
+from fleetward.identity import ca as ca_profile
+from fleetward.identity import revocation
+from fleetward.identity.models import CertificateAuthority, CertificateRecord, PublishedCrl
+from fleetward.keys import (
+    generate_file_signer,
+    sign_certificate,
+    sign_crl,
+    sign_csr,
+    sign_ocsp_response,
+)
+from fleetward.keys.ring import KeyRing
+from fleetward.store import utcnow
+from fleetward.tenancy.models import Tenant
+from fleetward.tenancy.roles import ENVIRONMENTS
+
+__all__ = [
+    "Pki",
+    "active_issuing_ca",
+    "create_issuing_csr",
+    "create_tenant_pki",
+    "get_ca",
+    "get_crl",
+    "import_issuing_certificate",
+    "list_cas",
+    "ocsp_answer",
+    "publish_crls",
+    "sign_issuing_csr_offline",
+]
+
+OFFLINE = "offline:"
+
+
+@dataclass
+class Pki:
+    """What issuing, CRL and OCSP need beyond the database."""
+
+    keyring: KeyRing
+    public_url: str
+    crl_validity: dt.timedelta = dt.timedelta(hours=24)
+    ocsp_validity: dt.timedelta = dt.timedelta(hours=1)
+    _certs: dict[int, x509.Certificate] = field(default_factory=dict)
+    _by_key_hash: dict[bytes, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def crl_url(self, ca_id: int) -> str:
+        """Where a CA's CRL is published."""
+        return f"{self.public_url}/crl/{ca_id}.crl"
+
+    @property
+    def ocsp_url(self) -> str:
+        """The OCSP responder."""
+        return f"{self.public_url}/ocsp"
+
+    def certificate(self, ca: CertificateAuthority) -> x509.Certificate:
+        """The parsed certificate of an active or retired CA (cached)."""
+        cert = self._certs.get(ca.id)
+        if cert is None:
+            if ca.certificate_pem is None:
+                raise ConflictError(f"CA {ca.id} has no certificate yet (pending import)")
+            cert = x509.load_pem_x509_certificate(ca.certificate_pem.encode())
+            with self._lock:
+                self._certs[ca.id] = cert
+        return cert
+
+    def ca_for_key_hash(self, session: Session, key_hash: bytes) -> int | None:
+        """The id of the issuing CA whose public key hashes (SHA-1/SHA-256) to ``key_hash``."""
+        ca_id = self._by_key_hash.get(key_hash)
+        if ca_id is None:
+            stmt = select(CertificateAuthority).where(
+                CertificateAuthority.kind == "issuing",
+                CertificateAuthority.certificate_pem.is_not(None),
+            )
+            index: dict[bytes, int] = {}
+            for ca in session.execute(stmt).scalars():
+                bits = _public_key_bits(self.certificate(ca))
+                index[hashlib.sha1(bits).digest()] = ca.id  # noqa: S324 - OCSP CertID default
+                index[hashlib.sha256(bits).digest()] = ca.id
+            with self._lock:
+                self._by_key_hash = index
+            ca_id = index.get(key_hash)
+        return ca_id
+
+
+def _public_key_bits(cert: x509.Certificate) -> bytes:
+    """The subjectPublicKey BIT STRING contents (what OCSP's issuerKeyHash hashes)."""
+    key = cert.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key.public_bytes(Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key.public_bytes(Encoding.Raw, serialization.PublicFormat.Raw)
+    if isinstance(key, rsa.RSAPublicKey):
+        return key.public_bytes(Encoding.DER, serialization.PublicFormat.PKCS1)
+    raise InvalidInputError("unsupported CA key type")
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(Encoding.PEM).decode()
+
+
+def create_tenant_pki(
+    session: Session,
+    pki: Pki,
+    *,
+    tenant: Tenant,
+    actor: str,
+    backend: str = "file",
+    offline_root_dir: Path | None = None,
+    now: dt.datetime | None = None,
+) -> list[CertificateAuthority]:
+    """Create the root CA and the ``test`` and ``production`` issuing CAs.
+
+    Args:
+        backend: ``file`` or ``pkcs11`` for the issuing CA keys (and the root,
+            unless it goes offline).
+        offline_root_dir: write the root key there (encrypted) instead of
+            keeping it; it signs the two issuing CAs now and is not used again
+            by fleetward.
+    """
+    now = now or utcnow()
+    prefix = f"{tenant.name}-{now.strftime('%Y%m%d%H%M%S')}"
+    if offline_root_dir is not None:
+        offline_root_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        root_signer = generate_file_signer(
+            offline_root_dir / f"{prefix}-root.pem", passphrase=pki.keyring.passphrase
+        )
+        root_uri = OFFLINE + root_signer.uri
+    else:
+        root_signer = pki.keyring.generate(f"{prefix}-root", backend=backend)
+        root_uri = root_signer.uri
+    root_cert = sign_certificate(
+        ca_profile.root_ca_certificate(
+            public_key=root_signer.public_key(),
+            tenant=tenant.name,
+            serial=x509.random_serial_number(),
+            now=now,
+        ),
+        root_signer,
+    )
+    root = CertificateAuthority(
+        tenant_id=tenant.id,
+        kind="root",
+        environment=None,
+        status="active",
+        subject=root_cert.subject.rfc4514_string(),
+        key_uri=root_uri,
+        certificate_pem=_pem(root_cert),
+        created_at=now,
+    )
+    session.add(root)
+    session.flush()
+    audit.append(
+        session,
+        actor=actor,
+        action="ca.create",
+        subject=f"ca:{root.id}",
+        tenant_id=tenant.id,
+        details={"kind": "root", "key": root_uri, "subject": root.subject},
+        now=now,
+    )
+    created = [root]
+    for env in ENVIRONMENTS:
+        signer = pki.keyring.generate(f"{prefix}-{env}", backend=backend)
+        csr = sign_csr(ca_profile.issuing_ca_csr(tenant=tenant.name, environment=env), signer)
+        cert = sign_certificate(
+            ca_profile.issuing_ca_certificate(
+                csr=csr,
+                root=root_cert,
+                environment=env,
+                serial=x509.random_serial_number(),
+                now=now,
+            ),
+            root_signer,
+        )
+        ca = CertificateAuthority(
+            tenant_id=tenant.id,
+            kind="issuing",
+            environment=env,
+            status="active",
+            subject=cert.subject.rfc4514_string(),
+            key_uri=signer.uri,
+            certificate_pem=_pem(cert),
+            parent_id=root.id,
+            created_at=now,
+        )
+        session.add(ca)
+        session.flush()
+        audit.append(
+            session,
+            actor=actor,
+            action="ca.create",
+            subject=f"ca:{ca.id}",
+            tenant_id=tenant.id,
+            details={"kind": "issuing", "environment": env, "key": signer.uri},
+            now=now,
+        )
+        created.append(ca)
+    publish_crls(session, pki, now=now, tenant_id=tenant.id)
+    return created
+
+
+def list_cas(session: Session, *, tenant_id: int) -> list[CertificateAuthority]:
+    """Every CA of a tenant."""
+    stmt = select(CertificateAuthority).where(CertificateAuthority.tenant_id == tenant_id)
+    return list(session.execute(stmt.order_by(CertificateAuthority.id)).scalars())
+
+
+def get_ca(session: Session, *, tenant_id: int | None, ca_id: int) -> CertificateAuthority:
+    """A CA by id, within a tenant (``tenant_id=None``: any, for public endpoints)."""
+    ca = session.get(CertificateAuthority, ca_id)
+    if ca is None or (tenant_id is not None and ca.tenant_id != tenant_id):
+        raise NotFoundError(f"CA {ca_id} not found")
+    return ca
+
+
+def root_ca(session: Session, *, tenant_id: int) -> CertificateAuthority:
+    """The tenant's active root CA."""
+    stmt = select(CertificateAuthority).where(
+        CertificateAuthority.tenant_id == tenant_id,
+        CertificateAuthority.kind == "root",
+        CertificateAuthority.status == "active",
+    )
+    ca = session.execute(stmt).scalar()
+    if ca is None:
+        raise NotFoundError("tenant has no root CA")
+    return ca
+
+
+def active_issuing_ca(
+    session: Session, *, tenant_id: int, environment: str
+) -> CertificateAuthority:
+    """The issuing CA that signs new certificates for an environment."""
+    if environment not in ENVIRONMENTS:
+        raise InvalidInputError(f"unknown environment {environment!r}; one of {ENVIRONMENTS}")
+    stmt = select(CertificateAuthority).where(
+        CertificateAuthority.tenant_id == tenant_id,
+        CertificateAuthority.kind == "issuing",
+        CertificateAuthority.environment == environment,
+        CertificateAuthority.status == "active",
+    )
+    ca = session.execute(stmt).scalar()
+    if ca is None:
+        raise ConflictError(f"no active {environment} issuing CA for this tenant")
+    return ca
+
+
+def create_issuing_csr(
+    session: Session,
+    pki: Pki,
+    *,
+    tenant: Tenant,
+    environment: str,
+    actor: str,
+    backend: str = "file",
+    now: dt.datetime | None = None,
+) -> tuple[CertificateAuthority, bytes]:
+    """Generate a new issuing CA key and return a pending CA with its CSR (PEM).
+
+    The CSR goes to wherever the root key is kept; the signed certificate
+    comes back through :func:`import_issuing_certificate`.
+    """
+    if environment not in ENVIRONMENTS:
+        raise InvalidInputError(f"unknown environment {environment!r}; one of {ENVIRONMENTS}")
+    now = now or utcnow()
+    signer = pki.keyring.generate(
+        f"{tenant.name}-{now.strftime('%Y%m%d%H%M%S')}-{environment}", backend=backend
+    )
+    csr = sign_csr(ca_profile.issuing_ca_csr(tenant=tenant.name, environment=environment), signer)
+    csr_pem = csr.public_bytes(Encoding.PEM)
+    ca = CertificateAuthority(
+        tenant_id=tenant.id,
+        kind="issuing",
+        environment=environment,
+        status="pending",
+        subject=csr.subject.rfc4514_string(),
+        key_uri=signer.uri,
+        csr_pem=csr_pem.decode(),
+        parent_id=root_ca(session, tenant_id=tenant.id).id,
+        created_at=now,
+    )
+    session.add(ca)
+    session.flush()
+    audit.append(
+        session,
+        actor=actor,
+        action="ca.csr",
+        subject=f"ca:{ca.id}",
+        tenant_id=tenant.id,
+        details={"environment": environment, "key": signer.uri},
+        now=now,
+    )
+    return ca, csr_pem
+
+
+def sign_issuing_csr_offline(
+    *, root_cert_pem: bytes, root_signer_key: object, csr_pem: bytes, environment: str
+) -> bytes:
+    """Sign an issuing CA CSR with the (offline) root; no database involved.
+
+    Args:
+        root_signer_key: a :class:`fleetward.keys.Signer` for the root key.
+
+    Returns:
+        The issuing CA certificate, PEM.
+    """
+    from fleetward.keys import Signer
+
+    if not isinstance(root_signer_key, Signer):
+        raise TypeError("root_signer_key must be a Signer")
+    if environment not in ENVIRONMENTS:
+        raise InvalidInputError(f"unknown environment {environment!r}; one of {ENVIRONMENTS}")
+    try:
+        root = x509.load_pem_x509_certificate(root_cert_pem)
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise InvalidInputError(f"cannot parse root certificate or CSR: {exc}") from exc
+    if root.public_key() != root_signer_key.public_key():
+        raise InvalidInputError("the root key does not match the root certificate")
+    cert = sign_certificate(
+        ca_profile.issuing_ca_certificate(
+            csr=csr,
+            root=root,
+            environment=environment,
+            serial=x509.random_serial_number(),
+            now=utcnow(),
+        ),
+        root_signer_key,
+    )
+    return cert.public_bytes(Encoding.PEM)
+
+
+def import_issuing_certificate(
+    session: Session,
+    pki: Pki,
+    *,
+    tenant_id: int,
+    ca_id: int,
+    certificate_pem: bytes,
+    actor: str,
+    now: dt.datetime | None = None,
+) -> CertificateAuthority:
+    """Activate a pending issuing CA with its signed certificate.
+
+    The previous active issuing CA of the environment is retired: it signs no
+    new certificates but keeps answering CRL and OCSP for the ones it issued.
+    """
+    now = now or utcnow()
+    ca = get_ca(session, tenant_id=tenant_id, ca_id=ca_id)
+    if ca.status != "pending" or ca.environment is None:
+        raise ConflictError(f"CA {ca_id} is not waiting for a certificate")
+    try:
+        cert = x509.load_pem_x509_certificate(certificate_pem)
+    except ValueError as exc:
+        raise InvalidInputError(f"cannot parse certificate: {exc}") from exc
+    root = pki.certificate(root_ca(session, tenant_id=tenant_id))
+    signer = pki.keyring.open(ca.key_uri)
+    ca_profile.check_issuing_certificate(
+        cert, root=root, public_key=signer.public_key(), environment=ca.environment
+    )
+    previous = session.execute(
+        select(CertificateAuthority).where(
+            CertificateAuthority.tenant_id == tenant_id,
+            CertificateAuthority.kind == "issuing",
+            CertificateAuthority.environment == ca.environment,
+            CertificateAuthority.status == "active",
+        )
+    ).scalar()
+    if previous is not None:
+        previous.status = "retired"
+    ca.status = "active"
+    ca.certificate_pem = _pem(cert)
+    audit.append(
+        session,
+        actor=actor,
+        action="ca.activate",
+        subject=f"ca:{ca.id}",
+        tenant_id=tenant_id,
+        details={"environment": ca.environment, "retired": previous.id if previous else None},
+        now=now,
+    )
+    publish_crls(session, pki, now=now, tenant_id=tenant_id)
+    return ca
+
+
+def _revoked_entries(session: Session, ca_id: int) -> list[tuple[int, dt.datetime, str | None]]:
+    stmt = select(
+        CertificateRecord.serial, CertificateRecord.revoked_at, CertificateRecord.revocation_reason
+    ).where(CertificateRecord.ca_id == ca_id, CertificateRecord.status == "revoked")
+    out = []
+    for serial, when, reason in session.execute(stmt.execution_options(yield_per=20000)):
+        assert when is not None  # revoked rows always carry their time
+        out.append((int(serial, 16), when, reason))
+    return out
+
+
+def publish_crls(
+    session: Session,
+    pki: Pki,
+    *,
+    now: dt.datetime | None = None,
+    tenant_id: int | None = None,
+    force: bool = False,
+) -> list[PublishedCrl]:
+    """Rebuild the CRL of every issuing CA whose revocations changed or whose
+    CRL is past half its validity. Returns the CRLs that were rebuilt."""
+    now = now or utcnow()
+    stmt = select(CertificateAuthority).where(
+        CertificateAuthority.kind == "issuing", CertificateAuthority.status != "pending"
+    )
+    if tenant_id is not None:
+        stmt = stmt.where(CertificateAuthority.tenant_id == tenant_id)
+    rebuilt = []
+    for ca in session.execute(stmt).scalars().all():
+        current = session.get(PublishedCrl, ca.id)
+        count = session.execute(
+            select(func.count())
+            .select_from(CertificateRecord)
+            .where(CertificateRecord.ca_id == ca.id, CertificateRecord.status == "revoked")
+        ).scalar_one()
+        fresh = current is not None and current.next_update - now > pki.crl_validity / 2
+        if not force and current is not None and current.entries == count and fresh:
+            continue
+        number = (current.number + 1) if current else 1
+        crl = sign_crl(
+            revocation.crl_builder(
+                issuer=pki.certificate(ca),
+                entries=_revoked_entries(session, ca.id),
+                number=number,
+                this_update=now,
+                next_update=now + pki.crl_validity,
+            ),
+            pki.keyring.open(ca.key_uri),
+        )
+        der = crl.public_bytes(Encoding.DER)
+        if current is None:
+            current = PublishedCrl(ca_id=ca.id)
+            session.add(current)
+        current.number, current.this_update = number, now
+        current.next_update, current.entries, current.der = now + pki.crl_validity, count, der
+        rebuilt.append(current)
+    session.flush()
+    return rebuilt
+
+
+def get_crl(session: Session, *, ca_id: int) -> PublishedCrl:
+    """The published CRL of a CA."""
+    crl = session.get(PublishedCrl, ca_id)
+    if crl is None:
+        raise NotFoundError(f"no CRL published for CA {ca_id}")
+    return crl
+
+
+def ocsp_answer(
+    session: Session, pki: Pki, request_der: bytes, *, now: dt.datetime | None = None
+) -> bytes:
+    """Answer one DER OCSP request with a DER OCSP response (RFC 6960).
+
+    Malformed requests get ``malformedRequest`` and unknown issuers
+    ``unauthorized``, as the RFC asks; both are still HTTP 200.
+    """
+    now = now or utcnow()
+    try:
+        query = revocation.parse_ocsp_request(request_der)
+    except FleetwardError:
+        return ocsp.OCSPResponseBuilder.build_unsuccessful(
+            ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+        ).public_bytes(Encoding.DER)
+    ca_id = pki.ca_for_key_hash(session, query.issuer_key_hash)
+    if ca_id is None:
+        return ocsp.OCSPResponseBuilder.build_unsuccessful(
+            ocsp.OCSPResponseStatus.UNAUTHORIZED
+        ).public_bytes(Encoding.DER)
+    ca = get_ca(session, tenant_id=None, ca_id=ca_id)
+    row = session.execute(
+        select(
+            CertificateRecord.status,
+            CertificateRecord.revoked_at,
+            CertificateRecord.revocation_reason,
+        ).where(
+            CertificateRecord.serial == format(query.serial, "x"), CertificateRecord.ca_id == ca_id
+        )
+    ).first()
+    status, revoked_at, reason = (row[0], row[1], row[2]) if row else ("unknown", None, None)
+    builder = revocation.ocsp_response_builder(
+        query=query,
+        issuer=pki.certificate(ca),
+        status=status,
+        revoked_at=revoked_at,
+        reason=reason,
+        now=now,
+        validity=pki.ocsp_validity,
+    )
+    return sign_ocsp_response(builder, pki.keyring.open(ca.key_uri)).public_bytes(Encoding.DER)

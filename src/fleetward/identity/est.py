@@ -1,0 +1,180 @@
+"""EST (RFC 7030) for stock device clients: cacerts, simpleenroll, simplereenroll.
+
+Paths: ``/.well-known/est/[<label>/]<operation>``. A label names the target
+as ``<environment>`` or ``<tenant>.<environment>``; without one the token's
+tenant and environment apply (``cacerts``, which takes no credential, then
+means the ``default`` tenant's production CA).
+
+- ``simpleenroll``: Bearer or Basic (password = API token with the
+  ``device.enroll`` permission). Body: base64 DER PKCS#10. The CSR's CN is
+  the device id.
+- ``simplereenroll``: the device's current certificate in
+  ``X-Fleetward-Client-Cert`` (base64 DER; stands in for the TLS client
+  certificate when the API is not served over mutual TLS) and, when the key
+  changes, ``X-Fleetward-Renewal-Proof``.
+
+Responses are ``application/pkcs7-mime; smime-type=certs-only``, base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+from cryptography.x509.oid import NameOID
+from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
+
+from fleetward.api.deps import Ctx, authenticate, bearer_or_basic
+from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
+from fleetward.identity import ca_service, profile, service
+from fleetward.identity.models import CertificateAuthority
+from fleetward.tenancy import service as tenancy
+from fleetward.tenancy.roles import ENVIRONMENTS
+
+router = APIRouter(prefix="/.well-known/est", tags=["est"])
+
+PKCS7 = "application/pkcs7-mime; smime-type=certs-only"
+MAX_BODY = profile.MAX_CSR_BYTES * 2  # base64 of the largest accepted CSR, plus line breaks
+
+
+def _certs_only(certs: list[x509.Certificate]) -> Response:
+    der = pkcs7.serialize_certificates(certs, Encoding.DER)
+    return Response(
+        base64.encodebytes(der),
+        media_type=PKCS7,
+        headers={"Content-Transfer-Encoding": "base64"},
+    )
+
+
+def _parse_label(label: str | None) -> tuple[str | None, str | None]:
+    if not label:
+        return None, None
+    tenant, _, env = label.rpartition(".")
+    if env not in ENVIRONMENTS:
+        raise NotFoundError(f"unknown EST label {label!r}")
+    return tenant or None, env
+
+
+async def _body(request: Request) -> bytes:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise PayloadTooLargeError(f"EST request over {MAX_BODY} bytes")
+    try:
+        return base64.b64decode(b"".join(body.split()), validate=True)
+    except binascii.Error as exc:
+        raise InvalidInputError("EST body must be base64-encoded DER") from exc
+
+
+def _chain(session: Session, ctx: Ctx, ca: CertificateAuthority) -> list[x509.Certificate]:
+    root = ca_service.get_ca(session, tenant_id=ca.tenant_id, ca_id=ca.parent_id or ca.id)
+    return [ctx.pki.certificate(ca), ctx.pki.certificate(root)]
+
+
+def _cacerts(ctx: Ctx, label: str | None) -> Response:
+    tenant_name, env = _parse_label(label)
+    with ctx.db.session() as s:
+        tenant = tenancy.get_tenant_by_name(s, tenant_name or "default")
+        ca = ca_service.active_issuing_ca(s, tenant_id=tenant.id, environment=env or "production")
+        return _certs_only(_chain(s, ctx, ca))
+
+
+@router.get("/cacerts", response_class=Response)
+def cacerts(ctx: Ctx) -> Response:
+    """The default tenant's production issuing CA and root."""
+    return _cacerts(ctx, None)
+
+
+@router.get("/{label}/cacerts", response_class=Response)
+def cacerts_label(label: str, ctx: Ctx) -> Response:
+    """The labelled tenant/environment's issuing CA and root."""
+    return _cacerts(ctx, label)
+
+
+async def _simpleenroll(request: Request, ctx: Ctx, label: str | None) -> Response:
+    who = authenticate(ctx, bearer_or_basic(request), path=request.url.path)
+    tenant_name, env = _parse_label(label)
+    if tenant_name is not None and tenant_name != who.tenant_name:
+        raise NotFoundError(f"unknown EST label {label!r}")
+    csr_der = b""
+    device_id = "unknown"
+    with ctx.refusals_recorded(
+        actor=who.actor, action="certificate.issue", subject="est", tenant_id=who.tenant_id
+    ):
+        csr_der = await _body(request)
+        csr = profile.load_csr(csr_der)
+        cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if len(cns) != 1:
+            raise InvalidInputError("the CSR subject must carry exactly one CN: the device id")
+        device_id = str(cns[0].value)
+    from starlette.concurrency import run_in_threadpool
+
+    def work() -> Response:
+        with ctx.unit_of_work(
+            actor=who.actor,
+            action="certificate.issue",
+            subject=f"device:{device_id[:64]}",
+            tenant_id=who.tenant_id,
+        ) as s:
+            record = service.enroll(
+                s, ctx.pki, who, device_id=device_id, csr=csr_der, environment=env
+            )
+            return _certs_only([x509.load_der_x509_certificate(record.der)])
+
+    return await run_in_threadpool(work)
+
+
+@router.post("/simpleenroll", response_class=Response)
+async def simpleenroll(request: Request, ctx: Ctx) -> Response:
+    """RFC 7030 section 4.2.1."""
+    return await _simpleenroll(request, ctx, None)
+
+
+@router.post("/{label}/simpleenroll", response_class=Response)
+async def simpleenroll_label(label: str, request: Request, ctx: Ctx) -> Response:
+    """RFC 7030 section 4.2.1, for a labelled tenant/environment."""
+    return await _simpleenroll(request, ctx, label)
+
+
+async def _simplereenroll(request: Request, ctx: Ctx) -> Response:
+    from starlette.concurrency import run_in_threadpool
+
+    with ctx.refusals_recorded(
+        actor="device", action="certificate.renew", subject="est", tenant_id=None
+    ):
+        header = request.headers.get("x-fleetward-client-cert")
+        if not header:
+            raise InvalidInputError(
+                "simplereenroll needs the current certificate in X-Fleetward-Client-Cert"
+            )
+        try:
+            current = base64.b64decode(header, validate=True)
+            proof_header = request.headers.get("x-fleetward-renewal-proof")
+            proof = base64.b64decode(proof_header, validate=True) if proof_header else None
+        except binascii.Error as exc:
+            raise InvalidInputError("EST headers must be base64") from exc
+        csr_der = await _body(request)
+
+    def work() -> Response:
+        with ctx.unit_of_work(
+            actor="device", action="certificate.renew", subject="est", tenant_id=None
+        ) as s:
+            record = service.renew(s, ctx.pki, current=current, csr=csr_der, proof=proof)
+            return _certs_only([x509.load_der_x509_certificate(record.der)])
+
+    return await run_in_threadpool(work)
+
+
+@router.post("/simplereenroll", response_class=Response)
+async def simplereenroll(request: Request, ctx: Ctx) -> Response:
+    """RFC 7030 section 4.2.2."""
+    return await _simplereenroll(request, ctx)
+
+
+@router.post("/{label}/simplereenroll", response_class=Response)
+async def simplereenroll_label(label: str, request: Request, ctx: Ctx) -> Response:
+    """RFC 7030 section 4.2.2 (the label is implied by the certificate)."""
+    _parse_label(label)
+    return await _simplereenroll(request, ctx)

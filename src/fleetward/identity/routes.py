@@ -1,0 +1,258 @@
+"""REST routes of the identity domain (thin: parse, call the service, shape)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from fastapi import APIRouter, Query, Request, Response
+
+from fleetward.api.deps import Ctx, Operator
+from fleetward.errors import InvalidInputError
+from fleetward.identity import ca_service, service
+from fleetward.identity.schemas import (
+    BatchEnrollIn,
+    BatchEnrollOut,
+    BatchItemOut,
+    CaOut,
+    CertificateOut,
+    DeviceIn,
+    DeviceOut,
+    EnrollIn,
+    RenewIn,
+    RevokeIn,
+    StateIn,
+)
+from fleetward.tenancy.roles import Permission, require
+
+router = APIRouter(prefix="/api/v1", tags=["identity"])
+public = APIRouter(tags=["revocation"])
+
+
+@router.get("/cas", response_model=list[CaOut])
+def list_cas(ctx: Ctx, who: Operator) -> list[CaOut]:
+    """The tenant's CAs."""
+    require(who, Permission.CA_READ)
+    with ctx.db.session() as s:
+        return [CaOut.of(c) for c in ca_service.list_cas(s, tenant_id=who.tenant_id)]
+
+
+@router.get("/devices", response_model=list[DeviceOut])
+def list_devices(
+    ctx: Ctx,
+    who: Operator,
+    state: str | None = None,
+    product: str | None = None,
+    after: str = "",
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> list[DeviceOut]:
+    """Devices of the tenant, paged by ``after`` (last device id seen)."""
+    with ctx.db.session() as s:
+        rows = service.list_devices(s, who, state=state, product=product, after=after, limit=limit)
+        return [DeviceOut.of(d) for d in rows]
+
+
+@router.post("/devices", response_model=DeviceOut, status_code=201)
+def register_device(body: DeviceIn, ctx: Ctx, who: Operator) -> DeviceOut:
+    """Register a device (state ``pending``)."""
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="device.register",
+        subject=f"device:{body.device_id}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        d = service.register_device(
+            s, who, device_id=body.device_id, product=body.product, labels=body.labels
+        )
+        return DeviceOut.of(d)
+
+
+@router.get("/devices/{device_id}", response_model=DeviceOut)
+def get_device(device_id: str, ctx: Ctx, who: Operator) -> DeviceOut:
+    """One device."""
+    with ctx.db.session() as s:
+        return DeviceOut.of(service.get_device(s, who, device_id))
+
+
+@router.post("/devices/{device_id}/enroll", response_model=CertificateOut, status_code=201)
+def enroll(device_id: str, body: EnrollIn, ctx: Ctx, who: Operator) -> CertificateOut:
+    """Issue a device's first certificate from its CSR."""
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="certificate.issue",
+        subject=f"device:{device_id[:64]}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        r = service.enroll(
+            s,
+            ctx.pki,
+            who,
+            device_id=device_id,
+            csr=body.csr.encode(),
+            environment=body.environment,
+            product=body.product,
+            labels=body.labels,
+        )
+        return CertificateOut.of(r, device_id)
+
+
+@router.post("/enroll/batch", response_model=BatchEnrollOut)
+def enroll_batch(body: BatchEnrollIn, request: Request, ctx: Ctx, who: Operator) -> BatchEnrollOut:
+    """Enroll up to 1,000 devices in one request; each item succeeds or fails alone."""
+    items = [
+        service.BatchItem(
+            device_id=i.device_id, csr=i.csr.encode(), product=i.product, labels=i.labels
+        )
+        for i in body.items
+    ]
+    with ctx.unit_of_work(
+        actor=who.actor, action="certificate.issue", subject="batch", tenant_id=who.tenant_id
+    ) as s:
+        results = service.enroll_batch(s, ctx.pki, who, items=items, environment=body.environment)
+        out = []
+        for r in results:
+            if r.record is not None:
+                out.append(
+                    BatchItemOut(
+                        device_id=r.device_id, certificate=CertificateOut.of(r.record, r.device_id)
+                    )
+                )
+            else:
+                assert r.error is not None
+                out.append(
+                    BatchItemOut(
+                        device_id=r.device_id,
+                        problem={
+                            "type": f"urn:fleetward:problem:{r.error.slug}",
+                            "title": r.error.title,
+                            "status": r.error.status,
+                            "detail": r.error.detail,
+                        },
+                    )
+                )
+        issued = sum(1 for r in results if r.record is not None)
+        return BatchEnrollOut(issued=issued, refused=len(results) - issued, items=out)
+
+
+@router.post("/devices/{device_id}/state", response_model=DeviceOut)
+def set_state(device_id: str, body: StateIn, ctx: Ctx, who: Operator) -> DeviceOut:
+    """Move a device through its lifecycle."""
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="device.state",
+        subject=f"device:{device_id[:64]}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        return DeviceOut.of(
+            service.set_device_state(s, who, device_id, state=body.state, reason=body.reason)
+        )
+
+
+@router.post("/devices/{device_id}/revoke", response_model=DeviceOut)
+def revoke_device(device_id: str, body: RevokeIn, ctx: Ctx, who: Operator) -> DeviceOut:
+    """Revoke a device and all its certificates."""
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="device.revoke",
+        subject=f"device:{device_id[:64]}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        return DeviceOut.of(service.revoke_device(s, who, device_id, reason=body.reason))
+
+
+@router.get("/devices/{device_id}/certificates", response_model=list[CertificateOut])
+def device_certificates(device_id: str, ctx: Ctx, who: Operator) -> list[CertificateOut]:
+    """A device's certificate history."""
+    with ctx.db.session() as s:
+        return [
+            CertificateOut.of(r, device_id) for r in service.list_certificates(s, who, device_id)
+        ]
+
+
+@router.get("/certificates/{serial}", response_model=CertificateOut)
+def get_certificate(serial: str, ctx: Ctx, who: Operator) -> CertificateOut:
+    """One certificate by serial (hex)."""
+    with ctx.db.session() as s:
+        return CertificateOut.of(service.get_certificate(s, who, serial))
+
+
+@router.post("/certificates/{serial}/revoke", response_model=CertificateOut)
+def revoke_certificate(serial: str, body: RevokeIn, ctx: Ctx, who: Operator) -> CertificateOut:
+    """Revoke one certificate (RFC 5280 reason)."""
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="certificate.revoke",
+        subject=f"certificate:{serial[:42]}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        return CertificateOut.of(service.revoke_certificate(s, who, serial, reason=body.reason))
+
+
+@router.post("/renew", response_model=CertificateOut, status_code=201)
+def renew(body: RenewIn, ctx: Ctx) -> CertificateOut:
+    """Renew a certificate; the device authenticates with its current one."""
+    try:
+        proof = base64.b64decode(body.proof, validate=True) if body.proof else None
+    except binascii.Error as exc:
+        raise InvalidInputError("proof is not base64") from exc
+    with ctx.unit_of_work(
+        actor="device", action="certificate.renew", subject="renewal", tenant_id=None
+    ) as s:
+        r = service.renew(
+            s, ctx.pki, current=body.certificate.encode(), csr=body.csr.encode(), proof=proof
+        )
+        return CertificateOut.of(r)
+
+
+@public.get("/crl/{ca_id}.crl", response_class=Response)
+def crl(ca_id: int, ctx: Ctx) -> Response:
+    """The CA's latest published CRL (DER)."""
+    with ctx.db.session() as s:
+        published = ca_service.get_crl(s, ca_id=ca_id)
+        return Response(
+            published.der,
+            media_type="application/pkix-crl",
+            headers={"Cache-Control": "max-age=60"},
+        )
+
+
+@public.get("/ca/{ca_id}.crt", response_class=Response)
+def ca_certificate(ca_id: int, ctx: Ctx) -> Response:
+    """A CA certificate (PEM)."""
+    with ctx.db.session() as s:
+        ca = ca_service.get_ca(s, tenant_id=None, ca_id=ca_id)
+        if ca.certificate_pem is None:
+            raise InvalidInputError(f"CA {ca_id} has no certificate yet")
+        return Response(ca.certificate_pem, media_type="application/x-pem-file")
+
+
+OCSP_RESPONSE = "application/ocsp-response"
+
+
+@public.post("/ocsp", response_class=Response)
+async def ocsp_post(request: Request, ctx: Ctx) -> Response:
+    """OCSP over POST (RFC 6960 appendix A)."""
+    body = await request.body()
+    return Response(await _answer(ctx, body), media_type=OCSP_RESPONSE)
+
+
+@public.get("/ocsp/{encoded:path}", response_class=Response)
+async def ocsp_get(encoded: str, ctx: Ctx) -> Response:
+    """OCSP over GET: the base64 (URL-encoded) DER request in the path."""
+    try:
+        data = base64.b64decode(encoded.replace("-", "+").replace("_", "/"), validate=False)
+    except binascii.Error:
+        data = b""
+    return Response(
+        await _answer(ctx, data), media_type=OCSP_RESPONSE, headers={"Cache-Control": "no-cache"}
+    )
+
+
+async def _answer(ctx: Ctx, data: bytes) -> bytes:
+    from starlette.concurrency import run_in_threadpool
+
+    def work() -> bytes:
+        with ctx.db.session() as s:
+            return ca_service.ocsp_answer(s, ctx.pki, data)
+
+    return await run_in_threadpool(work)

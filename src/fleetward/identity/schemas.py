@@ -1,0 +1,186 @@
+"""Pydantic request and response bodies of the identity API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from pydantic import BaseModel, Field
+
+from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
+from fleetward.identity.profile import MAX_CSR_BYTES
+
+__all__ = [
+    "BatchEnrollIn",
+    "BatchEnrollOut",
+    "CaOut",
+    "CertificateOut",
+    "DeviceIn",
+    "DeviceOut",
+    "EnrollIn",
+    "RenewIn",
+    "RevokeIn",
+    "StateIn",
+]
+
+
+class DeviceIn(BaseModel):
+    """Register a device."""
+
+    device_id: str = Field(max_length=64)
+    product: str | None = Field(default=None, max_length=64)
+    labels: dict[str, str] | None = None
+
+
+class DeviceOut(BaseModel):
+    """A device in the registry."""
+
+    device_id: str
+    product: str
+    labels: dict[str, str]
+    state: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, d: Device) -> DeviceOut:
+        """From the ORM row."""
+        return cls(
+            device_id=d.device_id,
+            product=d.product,
+            labels=json.loads(d.labels),
+            state=d.state,
+            created_at=d.created_at,
+            updated_at=d.updated_at,
+        )
+
+
+class EnrollIn(BaseModel):
+    """First enrollment of one device."""
+
+    csr: str = Field(max_length=MAX_CSR_BYTES * 2, description="PKCS#10, PEM")
+    environment: str | None = Field(default=None, description="test or production")
+    product: str | None = Field(default=None, max_length=64)
+    labels: dict[str, str] | None = None
+
+
+class BatchItemIn(BaseModel):
+    """One device of a batch."""
+
+    device_id: str = Field(max_length=200)
+    csr: str = Field(max_length=MAX_CSR_BYTES * 2)
+    product: str | None = Field(default=None, max_length=64)
+    labels: dict[str, str] | None = None
+
+
+class BatchEnrollIn(BaseModel):
+    """Batch enrollment (factory stations)."""
+
+    environment: str | None = None
+    items: list[BatchItemIn]
+
+
+class CertificateOut(BaseModel):
+    """An issued certificate."""
+
+    serial: str
+    device_id: str | None = None
+    ca_id: int
+    environment: str
+    fingerprint: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    status: str
+    revoked_at: dt.datetime | None
+    revocation_reason: str | None
+    certificate: str = Field(description="PEM")
+
+    @classmethod
+    def of(cls, r: CertificateRecord, device_id: str | None = None) -> CertificateOut:
+        """From the ORM row."""
+        pem = x509.load_der_x509_certificate(r.der).public_bytes(Encoding.PEM).decode()
+        return cls(
+            serial=r.serial,
+            device_id=device_id,
+            ca_id=r.ca_id,
+            environment=r.environment,
+            fingerprint=r.fingerprint,
+            not_before=r.not_before,
+            not_after=r.not_after,
+            status=r.status,
+            revoked_at=r.revoked_at,
+            revocation_reason=r.revocation_reason,
+            certificate=pem,
+        )
+
+
+class BatchItemOut(BaseModel):
+    """Outcome of one batch item."""
+
+    device_id: str
+    certificate: CertificateOut | None = None
+    problem: dict[str, object] | None = None
+
+
+class BatchEnrollOut(BaseModel):
+    """Outcome of a batch."""
+
+    issued: int
+    refused: int
+    items: list[BatchItemOut]
+
+
+class RenewIn(BaseModel):
+    """Renewal, authenticated by the current certificate."""
+
+    certificate: str = Field(max_length=32768, description="current certificate, PEM")
+    csr: str = Field(max_length=MAX_CSR_BYTES * 2, description="PKCS#10, PEM")
+    proof: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="base64 signature by the current key over the renewal message (new key only)",
+    )
+
+
+class RevokeIn(BaseModel):
+    """Revocation with an RFC 5280 reason."""
+
+    reason: str = "unspecified"
+
+
+class StateIn(BaseModel):
+    """A lifecycle change."""
+
+    state: str
+    reason: str | None = None
+
+
+class CaOut(BaseModel):
+    """A CA."""
+
+    id: int
+    kind: str
+    environment: str | None
+    status: str
+    subject: str
+    key_uri: str
+    parent_id: int | None
+    certificate: str | None
+    csr: str | None
+
+    @classmethod
+    def of(cls, ca: CertificateAuthority) -> CaOut:
+        """From the ORM row."""
+        return cls(
+            id=ca.id,
+            kind=ca.kind,
+            environment=ca.environment,
+            status=ca.status,
+            subject=ca.subject,
+            key_uri=ca.key_uri,
+            parent_id=ca.parent_id,
+            certificate=ca.certificate_pem,
+            csr=ca.csr_pem,
+        )

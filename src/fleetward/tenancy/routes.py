@@ -1,0 +1,133 @@
+"""REST routes of the tenancy domain: the caller's tenant and its tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
+
+from fleetward.api.deps import Ctx, Operator
+from fleetward.store import utcnow
+from fleetward.tenancy import service
+from fleetward.tenancy.models import ApiToken
+
+router = APIRouter(prefix="/api/v1", tags=["tenancy"])
+
+
+class TenantOut(BaseModel):
+    """The caller's tenant."""
+
+    name: str
+    cert_lifetime_days: int
+    role: str
+
+
+class TenantPolicyIn(BaseModel):
+    """Tenant policy changes."""
+
+    cert_lifetime_days: int
+
+
+class TokenIn(BaseModel):
+    """A new token."""
+
+    name: str = Field(min_length=1, max_length=100)
+    role: str
+    environment: str | None = None
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class TokenOut(BaseModel):
+    """A token (never its secret, except once at creation in ``token``)."""
+
+    id: str
+    name: str
+    role: str
+    environment: str | None
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    token: str | None = None
+
+    @classmethod
+    def of(cls, t: ApiToken, token: str | None = None) -> TokenOut:
+        """From the ORM row."""
+        return cls(
+            id=t.id,
+            name=t.name,
+            role=t.role,
+            environment=t.environment,
+            created_at=t.created_at,
+            expires_at=t.expires_at,
+            revoked_at=t.revoked_at,
+            token=token,
+        )
+
+
+@router.get("/tenant", response_model=TenantOut)
+def get_tenant(ctx: Ctx, who: Operator) -> TenantOut:
+    """The tenant this token belongs to."""
+    with ctx.db.session() as s:
+        t = service.get_tenant(s, who.tenant_id)
+        return TenantOut(name=t.name, cert_lifetime_days=t.cert_lifetime_days, role=who.role)
+
+
+@router.patch("/tenant", response_model=TenantOut)
+def patch_tenant(body: TenantPolicyIn, ctx: Ctx, who: Operator) -> TenantOut:
+    """Change tenant policy (admin)."""
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="tenant.policy",
+        subject=f"tenant:{who.tenant_name}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        t = service.set_cert_lifetime(s, who, days=body.cert_lifetime_days)
+        return TenantOut(name=t.name, cert_lifetime_days=t.cert_lifetime_days, role=who.role)
+
+
+@router.get("/tokens", response_model=list[TokenOut])
+def list_tokens(ctx: Ctx, who: Operator) -> list[TokenOut]:
+    """Tokens of the tenant (admin)."""
+    with ctx.db.session() as s:
+        return [TokenOut.of(t) for t in service.list_tokens(s, who)]
+
+
+@router.post("/tokens", response_model=TokenOut, status_code=201)
+def create_token(body: TokenIn, ctx: Ctx, who: Operator) -> TokenOut:
+    """Create a token; the secret is in ``token`` and is shown only now."""
+    from fleetward.tenancy.roles import Permission, require
+
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="token.create",
+        subject=f"token:{body.name}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        require(who, Permission.TOKEN_MANAGE)
+        expires = (
+            utcnow() + dt.timedelta(days=body.expires_in_days) if body.expires_in_days else None
+        )
+        row, token = service.create_token(
+            s,
+            tenant=service.get_tenant(s, who.tenant_id),
+            name=body.name,
+            role=body.role,
+            environment=body.environment,
+            expires_at=expires,
+            actor=who.actor,
+        )
+        return TokenOut.of(row, token)
+
+
+@router.delete("/tokens/{token_id}", status_code=204, response_class=Response)
+def revoke_token(token_id: str, ctx: Ctx, who: Operator) -> Response:
+    """Revoke a token."""
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="token.revoke",
+        subject=f"token:{token_id[:32]}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        service.revoke_token(s, who, token_id)
+    return Response(status_code=204)

@@ -1,0 +1,212 @@
+"""Tenancy use cases: tenants, tokens, authentication."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleetward.audit import service as audit
+from fleetward.errors import AuthenticationError, ConflictError, InvalidInputError, NotFoundError
+from fleetward.store import utcnow
+from fleetward.tenancy.models import ApiToken, Tenant
+from fleetward.tenancy.roles import ENVIRONMENTS, ROLES, Permission, Principal, require
+from fleetward.tenancy.tokens import hash_secret, new_token, parse_token, secret_matches
+
+__all__ = [
+    "authenticate",
+    "create_tenant",
+    "create_token",
+    "get_tenant",
+    "get_tenant_by_name",
+    "list_tenants",
+    "list_tokens",
+    "revoke_token",
+    "set_cert_lifetime",
+]
+
+TENANT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_CERT_LIFETIME_DAYS = 825  # ceiling on tenant policy: long-lived device certs defeat rotation
+
+
+def create_tenant(
+    session: Session, *, name: str, actor: str, now: dt.datetime | None = None
+) -> Tenant:
+    """Create a tenant.
+
+    Raises:
+        InvalidInputError: the name is not a DNS-label-like identifier.
+        ConflictError: the name is taken.
+    """
+    if not TENANT_NAME.match(name):
+        raise InvalidInputError(
+            "tenant name must be 1-63 lowercase letters, digits or '-', "
+            "not starting or ending with '-'"
+        )
+    if session.execute(select(Tenant.id).where(Tenant.name == name)).first():
+        raise ConflictError(f"tenant {name!r} already exists")
+    now = now or utcnow()
+    tenant = Tenant(name=name, cert_lifetime_days=90, created_at=now)
+    session.add(tenant)
+    session.flush()
+    audit.append(
+        session,
+        actor=actor,
+        action="tenant.create",
+        subject=f"tenant:{name}",
+        tenant_id=tenant.id,
+        now=now,
+    )
+    return tenant
+
+
+def get_tenant(session: Session, tenant_id: int) -> Tenant:
+    """The tenant with this id."""
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFoundError("tenant not found")
+    return tenant
+
+
+def get_tenant_by_name(session: Session, name: str) -> Tenant:
+    """The tenant with this name."""
+    tenant = session.execute(select(Tenant).where(Tenant.name == name)).scalar()
+    if tenant is None:
+        raise NotFoundError(f"tenant {name!r} not found")
+    return tenant
+
+
+def list_tenants(session: Session) -> list[Tenant]:
+    """Every tenant (local CLI only; the API never lists across tenants)."""
+    return list(session.execute(select(Tenant).order_by(Tenant.id)).scalars())
+
+
+def set_cert_lifetime(session: Session, principal: Principal, *, days: int) -> Tenant:
+    """Set the tenant's device certificate lifetime policy."""
+    require(principal, Permission.TENANT_MANAGE)
+    if not 1 <= days <= MAX_CERT_LIFETIME_DAYS:
+        raise InvalidInputError(f"certificate lifetime must be 1..{MAX_CERT_LIFETIME_DAYS} days")
+    tenant = get_tenant(session, principal.tenant_id)
+    old = tenant.cert_lifetime_days
+    tenant.cert_lifetime_days = days
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="tenant.policy",
+        subject=f"tenant:{tenant.name}",
+        tenant_id=tenant.id,
+        details={"cert_lifetime_days": [old, days]},
+    )
+    return tenant
+
+
+def create_token(
+    session: Session,
+    *,
+    tenant: Tenant,
+    name: str,
+    role: str,
+    actor: str,
+    environment: str | None = None,
+    expires_at: dt.datetime | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[ApiToken, str]:
+    """Create an API token; returns the row and the token string (shown once).
+
+    Raises:
+        InvalidInputError: unknown role or environment, empty name, past expiry.
+    """
+    now = now or utcnow()
+    if role not in ROLES:
+        raise InvalidInputError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    if environment is not None and environment not in ENVIRONMENTS:
+        raise InvalidInputError(f"unknown environment {environment!r}")
+    if not name or len(name) > 100:
+        raise InvalidInputError("token name must be 1-100 characters")
+    if expires_at is not None and expires_at <= now:
+        raise InvalidInputError("token expiry must be in the future")
+    token_id, secret, full = new_token()
+    row = ApiToken(
+        id=token_id,
+        tenant_id=tenant.id,
+        name=name,
+        role=role,
+        environment=environment,
+        secret_hash=hash_secret(secret),
+        created_by=actor,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    session.add(row)
+    audit.append(
+        session,
+        actor=actor,
+        action="token.create",
+        subject=f"token:{token_id}",
+        tenant_id=tenant.id,
+        details={
+            "name": name,
+            "role": role,
+            "environment": environment,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+        now=now,
+    )
+    return row, full
+
+
+def authenticate(session: Session, token: str, *, now: dt.datetime | None = None) -> Principal:
+    """Resolve a token string to a principal.
+
+    Raises:
+        AuthenticationError: malformed, unknown, wrong secret, expired or revoked.
+    """
+    token_id, secret = parse_token(token)
+    row = session.get(ApiToken, token_id)
+    if row is None or not secret_matches(secret, row.secret_hash):
+        raise AuthenticationError("invalid API token")
+    now = now or utcnow()
+    if row.revoked_at is not None:
+        raise AuthenticationError("API token has been revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise AuthenticationError("API token has expired")
+    tenant = get_tenant(session, row.tenant_id)
+    return Principal(
+        tenant_id=tenant.id,
+        tenant_name=tenant.name,
+        role=row.role,
+        actor=f"token:{row.id}",
+        environment=row.environment,
+    )
+
+
+def list_tokens(session: Session, principal: Principal) -> list[ApiToken]:
+    """Tokens of the principal's tenant."""
+    require(principal, Permission.TOKEN_MANAGE)
+    stmt = (
+        select(ApiToken)
+        .where(ApiToken.tenant_id == principal.tenant_id)
+        .order_by(ApiToken.created_at)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def revoke_token(session: Session, principal: Principal, token_id: str) -> ApiToken:
+    """Revoke a token of the principal's tenant (idempotent refusal on repeat)."""
+    require(principal, Permission.TOKEN_MANAGE)
+    row = session.get(ApiToken, token_id)
+    if row is None or row.tenant_id != principal.tenant_id:
+        raise NotFoundError(f"token {token_id!r} not found")
+    if row.revoked_at is not None:
+        raise ConflictError(f"token {token_id!r} is already revoked")
+    row.revoked_at = utcnow()
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="token.revoke",
+        subject=f"token:{token_id}",
+        tenant_id=principal.tenant_id,
+    )
+    return row
