@@ -7,18 +7,14 @@ import sys
 from pathlib import Path
 
 import typer
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fleetward import __version__
-from fleetward.api.context import AppContext
 from fleetward.audit.cli import audit_app
 from fleetward.cli.common import console, err, load_ctx, local_actor
 from fleetward.config import DEFAULT_PORT, Settings, default_home
-from fleetward.errors import ConflictError, FleetwardError
-from fleetward.identity import ca_service
+from fleetward.errors import FleetwardError
 from fleetward.identity.cli import ca_app, cert_app, crl_app, device_app
-from fleetward.keys import generate_file_signer
-from fleetward.tenancy import service as tenancy
+from fleetward.installation import initialise
 from fleetward.tenancy.cli import tenant_app, token_app
 
 app = typer.Typer(
@@ -67,34 +63,11 @@ def init(
     its CAs, and print the first admin API token (once)."""
     home = ctx.find_root().obj.get("home")
     settings = Settings.load(Path(home) if home else default_home())
-    if (settings.home / "settings.json").exists():
-        raise ConflictError(f"{settings.home} is already initialised")
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     if public_url:
         settings = Settings(settings.home, settings.database_url, public_url.rstrip("/"))
-    context = AppContext.from_settings(settings)
-    context.db.migrate()
-    signer = generate_file_signer(
-        settings.checkpoint_key_path, passphrase=settings.key_passphrase()
+    _, token = initialise(
+        settings, actor=local_actor(), key_backend=key_backend, offline_root=offline_root
     )
-    settings.checkpoint_public_key_path.write_bytes(
-        signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    )
-    actor = local_actor()
-    with context.db.session() as s:
-        tenant = tenancy.create_tenant(s, name="default", actor=actor)
-        ca_service.create_tenant_pki(
-            s,
-            context.pki,
-            tenant=tenant,
-            actor=actor,
-            backend=key_backend,
-            offline_root_dir=offline_root,
-        )
-        _, token = tenancy.create_token(
-            s, tenant=tenant, name="first admin", role="admin", actor=actor
-        )
-    settings.save()
     console.print(f"fleetward initialised in {settings.home}")
     console.print(f"database: {settings.database_url}")
     if offline_root:
