@@ -15,9 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from fleetward.api.app import create_app
+from fleetward.api.context import AppContext
+from fleetward.config import Settings
+from fleetward.installation import initialise
 from fleetward.store import Database
 
 PG_URL = os.environ.get("FLEETWARD_TEST_PG_URL")
@@ -28,7 +33,8 @@ _counter = itertools.count()
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not PG_URL:
         return
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         uses_db = "db" in getattr(item, "fixturenames", ())
         (keep if uses_db else drop).append(item)
@@ -79,6 +85,36 @@ def db_url(tmp_path: Path) -> Iterator[str]:
         d.migrate()
         d.dispose()
         yield url
+
+
+@pytest.fixture
+def installation(db_url: str, tmp_path: Path) -> Iterator[tuple[AppContext, str]]:
+    """A fresh installation (what ``fleetward init`` makes): context and admin token."""
+    settings = Settings(
+        home=tmp_path / "home", database_url=db_url, public_url="http://127.0.0.1:8400"
+    )
+    ctx, token = initialise(settings, actor="test")
+    yield ctx, token
+    ctx.db.dispose()
+
+
+@pytest.fixture
+def ctx(installation: tuple[AppContext, str], db: Database) -> AppContext:
+    """The installation's context (``db`` is requested so the PostgreSQL run keeps it)."""
+    return installation[0]
+
+
+@pytest.fixture
+def admin_token(installation: tuple[AppContext, str]) -> str:
+    """The first admin token of tenant ``default``."""
+    return installation[1]
+
+
+@pytest.fixture
+def client(ctx: AppContext) -> Iterator[TestClient]:
+    """An HTTP client bound to the installation's API."""
+    with TestClient(create_app(ctx, crl_interval=3600, checkpoint_interval=3600)) as c:
+        yield c
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from fleetward.errors import (
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     SignatureError,
 )
 from fleetward.identity import profile
@@ -162,7 +163,7 @@ def _environment(principal: Principal, requested: str | None) -> str:
     if env not in ENVIRONMENTS:
         raise InvalidInputError(f"unknown environment {env!r}; one of {', '.join(ENVIRONMENTS)}")
     if principal.environment is not None and env != principal.environment:
-        raise CertificateError(
+        raise PermissionDeniedError(
             f"this token is scoped to the {principal.environment} environment, not {env}"
         )
     return env

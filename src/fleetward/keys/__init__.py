@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from fleetward.keys._file import generate_ephemeral_signer, generate_file_signer
 from fleetward.keys._open import open_signer
-from fleetward.keys._pkcs11 import generate_pkcs11_signer, pkcs11_uri
+from fleetward.keys._p11uri import pkcs11_uri
+from fleetward.keys._pkcs11 import generate_pkcs11_signer
 from fleetward.keys._signer import ALGORITHMS, Algorithm, Signer, verify_signature
 from fleetward.keys._x509 import sign_certificate, sign_crl, sign_csr, sign_ocsp_response
 

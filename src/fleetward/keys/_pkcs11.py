@@ -1,25 +1,19 @@
 """PKCS#11 keys: EC private keys generated on a token that never lets them out.
 
-Design, and the PKCS#11 facts that shaped it:
+Library loading, the shared per-token login and the PIN check live in
+:mod:`fleetward.keys._p11session`, URIs in :mod:`fleetward.keys._p11uri`;
+this module holds the signer itself. The PKCS#11 facts that shaped it:
 
-* **One library object per module path.** A PKCS#11 module can be
-  ``C_Initialize``-d once per process, so :func:`load_module` caches it. The
-  module reads its configuration (for SoftHSM2, ``SOFTHSM2_CONF``) only then:
-  tokens initialised later by another process stay invisible until restart.
-* **Login is per application, not per session.** ``C_Login`` on a second
-  session fails with "already logged in", and ``C_Logout`` (which python-pkcs11
-  calls when a logged-in session closes) logs out *every* session of the
-  token. So each token gets one logged-in *anchor* session, reference-counted
-  by the signers that use it, and every signer opens its own plain session
-  that rides on that login. The anchor closes with the last signer.
-  Because a second ``C_Login`` cannot check a PIN, the PIN that logged in is
-  remembered as an HMAC under a per-process random key, and a later open
-  with a different PIN is refused, as the token would have.
-* **Sessions are not thread safe**; each signer guards its session with a lock.
+* **Sessions are not thread safe**; each signer has its own session (riding
+  on the token's shared login) and guards it with a lock. Closing a signer,
+  or losing the last reference to it, releases the session exactly once.
 * **Signing:** SoftHSM2 has ``CKM_ECDSA`` but not ``CKM_ECDSA_SHA256``, so
   the host hashes (SHA-256 for P-256, SHA-384 for P-384) and the token signs
   the digest. The token returns raw ``r || s``; :meth:`Pkcs11Signer.sign`
   re-encodes it as the DER ``ECDSA-Sig-Value`` the rest of the world expects.
+* **Public key:** read from the public object's ``CKA_EC_POINT`` (a DER
+  OCTET STRING around the point); the private object's ``CKA_VALUE`` is
+  sensitive and cannot be read.
 * **Generation** asks for ``CKA_TOKEN``, ``CKA_SENSITIVE``, no
   ``CKA_EXTRACTABLE``, and sign/verify only (no derive), under a random
   shared ``CKA_ID``. Opening a key signs and verifies a random challenge, so a
@@ -28,18 +22,11 @@ Design, and the PKCS#11 facts that shaped it:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import hmac
-import os
 import secrets
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
 
-import pkcs11
 from asn1crypto.core import OctetString
 from asn1crypto.keys import ECDomainParameters
 from cryptography.hazmat.primitives import hashes
@@ -49,211 +36,22 @@ from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from fleetward.errors import (
-    ConflictError,
-    FleetwardError,
-    InvalidInputError,
-    NotFoundError,
-    PermissionDeniedError,
+from fleetward.errors import ConflictError, FleetwardError, InvalidInputError, NotFoundError
+from fleetward.keys._p11session import (
+    LoginKey,
+    load_module,
+    open_session,
+    release,
+    resolve_pin,
 )
+from fleetward.keys._p11uri import check_labels, parse_pkcs11_uri, pkcs11_uri
 from fleetward.keys._signer import ALGORITHMS, Algorithm, Signer, lookup_algorithm, verify_signature
 
-__all__ = [
-    "DEFAULT_MODULE",
-    "MODULE_ENV",
-    "PIN_ENV",
-    "Pkcs11Signer",
-    "generate_pkcs11_signer",
-    "load_module",
-    "open_pkcs11_signer",
-    "parse_pkcs11_uri",
-    "pkcs11_uri",
-]
-
-DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-MODULE_ENV = "FLEETWARD_PKCS11_MODULE"
-PIN_ENV = "FLEETWARD_PKCS11_PIN"
-
-# CK_TOKEN_INFO.label is a fixed 32-byte field.
-MAX_TOKEN_LABEL_LENGTH = 32
-# Key labels have no PKCS#11 limit; this bounds what a URI can make us search for.
-MAX_KEY_LABEL_LENGTH = 128
+__all__ = ["Pkcs11Signer", "generate_pkcs11_signer", "open_pkcs11_signer"]
 
 _CURVES_BY_NAME: dict[str, Algorithm] = {
     a.curve().name: a for a in ALGORITHMS.values() if a.curve is not None
 }
-
-_libs: dict[str, Any] = {}
-_libs_lock = threading.Lock()
-
-
-def load_module(module: str | None = None) -> Any:
-    """Return the cached python-pkcs11 ``lib`` for a module, loading it once.
-
-    Args:
-        module: Path of the PKCS#11 module. Defaults to ``$FLEETWARD_PKCS11_MODULE``
-            or :data:`DEFAULT_MODULE` (SoftHSM2).
-
-    Raises:
-        InvalidInputError: The module cannot be loaded.
-    """
-    path = module or os.environ.get(MODULE_ENV) or DEFAULT_MODULE
-    with _libs_lock:
-        lib = _libs.get(path)
-        if lib is None:
-            try:
-                lib = pkcs11.lib(path)
-            except p11.PKCS11Error as exc:
-                raise InvalidInputError(f"cannot load PKCS#11 module {path}: {exc}") from exc
-            _libs[path] = lib
-        return lib
-
-
-def pkcs11_uri(*, token_label: str, key_label: str) -> str:
-    """Return the RFC 7512 URI ``pkcs11:token=<label>;object=<label>``."""
-    return f"pkcs11:token={quote(token_label, safe='')};object={quote(key_label, safe='')}"
-
-
-def _check_labels(token_label: str, key_label: str) -> None:
-    if not token_label or len(token_label.encode()) > MAX_TOKEN_LABEL_LENGTH:
-        raise InvalidInputError(f"token label must be 1 to {MAX_TOKEN_LABEL_LENGTH} bytes")
-    if not key_label or len(key_label.encode()) > MAX_KEY_LABEL_LENGTH:
-        raise InvalidInputError(f"key label must be 1 to {MAX_KEY_LABEL_LENGTH} bytes")
-
-
-def parse_pkcs11_uri(uri: str) -> tuple[str, str]:
-    """Parse a ``pkcs11:`` URI into ``(token_label, key_label)``.
-
-    Only the ``token``, ``object`` and ``type=private`` path attributes are
-    understood. Query attributes are refused: ``pin-value`` would put a secret
-    into a string that is logged and stored, and ``module-path`` would let a
-    stored URI choose which shared library this process loads.
-
-    Raises:
-        InvalidInputError: Malformed URI, a missing or unknown attribute.
-    """
-    if not uri.startswith("pkcs11:"):
-        raise InvalidInputError("a PKCS#11 URI starts with 'pkcs11:'")
-    body = uri[len("pkcs11:") :]
-    if "?" in body:
-        raise InvalidInputError("PKCS#11 URI query attributes (pin-value, module-path) are refused")
-    attrs: dict[str, str] = {}
-    for part in filter(None, body.split(";")):
-        name, sep, value = part.partition("=")
-        if not sep or name in attrs:
-            raise InvalidInputError(f"malformed or repeated PKCS#11 URI attribute {part!r}")
-        try:
-            attrs[name] = unquote(value, errors="strict")
-        except UnicodeDecodeError:
-            raise InvalidInputError(f"PKCS#11 URI attribute {name!r} is not UTF-8") from None
-    if attrs.pop("type", "private") != "private":
-        raise InvalidInputError("a signer URI names a private key (type=private)")
-    token_label, key_label = attrs.pop("token", ""), attrs.pop("object", "")
-    if attrs:
-        raise InvalidInputError(f"unsupported PKCS#11 URI attributes: {', '.join(sorted(attrs))}")
-    _check_labels(token_label, key_label)
-    return token_label, key_label
-
-
-def _resolve_pin(pin: str | None) -> str:
-    value = pin if pin is not None else os.environ.get(PIN_ENV)
-    if not value:
-        raise InvalidInputError(f"a PKCS#11 user PIN is required (argument or ${PIN_ENV})")
-    return value
-
-
-# --- Login bookkeeping -------------------------------------------------------
-
-
-@dataclass
-class _Login:
-    anchor: Any  # the logged-in pkcs11 Session; python-pkcs11 types are loose here
-    pin_mac: bytes
-    users: int
-
-
-# Keyed by (module path, slot id). RLock: a signer's finaliser may run from
-# the garbage collector while this thread already holds the lock.
-_logins: dict[tuple[str, int], _Login] = {}
-_logins_lock = threading.RLock()
-_PIN_MAC_KEY = secrets.token_bytes(32)
-
-
-def _pin_mac(pin: str) -> bytes:
-    return hmac.new(_PIN_MAC_KEY, pin.encode(), hashlib.sha256).digest()
-
-
-def _find_token(lib: Any, token_label: str) -> Any:
-    try:
-        return lib.get_token(token_label=token_label)
-    except p11.NoSuchToken:
-        raise NotFoundError(f"no PKCS#11 token labelled {token_label!r}") from None
-    except p11.MultipleTokensReturned:
-        raise ConflictError(f"more than one PKCS#11 token labelled {token_label!r}") from None
-
-
-def _login(token: Any, pin: str) -> Any:
-    try:
-        return token.open(user_pin=pin)
-    except p11.PinIncorrect:
-        raise InvalidInputError(f"wrong PIN for PKCS#11 token {token.label!r}") from None
-    except (p11.PinLocked, p11.PinExpired):
-        raise PermissionDeniedError(f"the PIN of PKCS#11 token {token.label!r} is locked") from None
-    except (p11.UserAlreadyLoggedIn, p11.AnotherUserAlreadyLoggedIn):
-        raise ConflictError(
-            f"PKCS#11 token {token.label!r} was logged in outside fleetward.keys"
-        ) from None
-    except p11.PKCS11Error as exc:
-        raise FleetwardError(f"PKCS#11 login failed: {type(exc).__name__}") from exc
-
-
-def _release(key: tuple[str, int], session: Any) -> None:
-    """Close a signer's session and drop its share of the token login."""
-    with _logins_lock:
-        # A session that is already gone needs no closing.
-        with contextlib.suppress(p11.PKCS11Error):
-            session.close()
-        login = _logins.get(key)
-        if login is None:
-            return
-        login.users -= 1
-        if login.users <= 0:
-            del _logins[key]
-            with contextlib.suppress(p11.PKCS11Error):
-                login.anchor.close()
-
-
-def _open_session(
-    lib: Any, module_key: str, token_label: str, pin: str
-) -> tuple[Any, tuple[str, int]]:
-    """Return ``(session, release)`` for a new session on a logged-in token."""
-    token = _find_token(lib, token_label)
-    key = (module_key, token.slot.slot_id)
-    mac = _pin_mac(pin)
-    with _logins_lock:
-        login = _logins.get(key)
-        if login is None:
-            login = _Login(anchor=_login(token, pin), pin_mac=mac, users=0)
-            _logins[key] = login
-        elif not hmac.compare_digest(login.pin_mac, mac):
-            raise InvalidInputError(f"wrong PIN for PKCS#11 token {token_label!r}")
-        # Take the share before opening the session, so no concurrent release
-        # can drop the login to zero and log us out in between.
-        login.users += 1
-    try:
-        session = token.open(rw=True)
-    except p11.PKCS11Error as exc:
-        _release(key, _NoSession())
-        raise FleetwardError(f"cannot open a PKCS#11 session: {type(exc).__name__}") from exc
-    return session, key
-
-
-class _NoSession:
-    def close(self) -> None:
-        return None
-
-
-# --- The signer ---------------------------------------------------------------
 
 
 class Pkcs11Signer(Signer):
@@ -264,7 +62,7 @@ class Pkcs11Signer(Signer):
         *,
         uri: str,
         session: Any,
-        login_key: tuple[str, int],
+        login_key: LoginKey,
         private: Any,
         public: ec.EllipticCurvePublicKey,
     ) -> None:
@@ -274,7 +72,7 @@ class Pkcs11Signer(Signer):
         self._public = public
         self._spec = _CURVES_BY_NAME[public.curve.name]
         # Release the session and the login share when closed or collected.
-        self._finalizer = weakref.finalize(self, _release, login_key, session)
+        self._finalizer = weakref.finalize(self, release, login_key, session)
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
         """Return the public key read from the token's public object."""
@@ -353,21 +151,32 @@ def _one(session: Any, object_class: ObjectClass, key_label: str) -> Any:
 
 
 def _signer_for(
-    session: Any, login_key: tuple[str, int], token_label: str, key_label: str
+    session: Any, login_key: LoginKey, token_label: str, key_label: str
 ) -> Pkcs11Signer:
-    private = _one(session, ObjectClass.PRIVATE_KEY, key_label)
-    public_obj = _one(session, ObjectClass.PUBLIC_KEY, key_label)
-    if private[Attribute.KEY_TYPE] != KeyType.EC:
-        raise InvalidInputError(f"key {key_label!r} is not an EC key")
+    """Wrap a token key in a signer; on failure the session is released here."""
+    try:
+        private = _one(session, ObjectClass.PRIVATE_KEY, key_label)
+        public_obj = _one(session, ObjectClass.PUBLIC_KEY, key_label)
+        if private[Attribute.KEY_TYPE] != KeyType.EC:
+            raise InvalidInputError(f"key {key_label!r} is not an EC key")
+        public = _public_key_from(public_obj)
+    except BaseException:
+        release(login_key, session)
+        raise
+    # From here on the signer owns the session: closing it releases once.
     signer = Pkcs11Signer(
         uri=pkcs11_uri(token_label=token_label, key_label=key_label),
         session=session,
         login_key=login_key,
         private=private,
-        public=_public_key_from(public_obj),
+        public=public,
     )
-    challenge = secrets.token_bytes(32)
-    verify_signature(signer.public_key(), signature=signer.sign(challenge), data=challenge)
+    try:
+        challenge = secrets.token_bytes(32)
+        verify_signature(signer.public_key(), signature=signer.sign(challenge), data=challenge)
+    except BaseException:
+        signer.close()
+        raise
     return signer
 
 
@@ -389,14 +198,10 @@ def open_pkcs11_signer(uri: str, *, pin: str | None = None, module: str | None =
         SignatureError: The public object does not match the private key.
     """
     token_label, key_label = parse_pkcs11_uri(uri)
-    secret = _resolve_pin(pin)
+    secret = resolve_pin(pin)
     lib = load_module(module)
-    session, login_key = _open_session(lib, lib.so, token_label, secret)
-    try:
-        return _signer_for(session, login_key, token_label, key_label)
-    except BaseException:
-        _release(login_key, session)
-        raise
+    session, login_key = open_session(lib, lib.so, token_label, secret)
+    return _signer_for(session, login_key, token_label, key_label)
 
 
 def _generate(session: Any, spec: Algorithm, key_label: str) -> None:
@@ -462,18 +267,16 @@ def generate_pkcs11_signer(
     spec = lookup_algorithm(algorithm)
     if spec.curve is None:
         raise InvalidInputError(f"{algorithm} keys are not supported on PKCS#11 tokens")
-    _check_labels(token_label, key_label)
-    secret = _resolve_pin(pin)
+    check_labels(token_label, key_label)
+    secret = resolve_pin(pin)
     lib = load_module(module)
-    session, login_key = _open_session(lib, lib.so, token_label, secret)
+    session, login_key = open_session(lib, lib.so, token_label, secret)
     try:
-        try:
-            _generate(session, spec, key_label)
-        except ConflictError:
-            raise
-        except p11.PKCS11Error as exc:
-            raise FleetwardError(f"PKCS#11 key generation failed: {type(exc).__name__}") from exc
-        return _signer_for(session, login_key, token_label, key_label)
+        _generate(session, spec, key_label)
+    except p11.PKCS11Error as exc:
+        release(login_key, session)
+        raise FleetwardError(f"PKCS#11 key generation failed: {type(exc).__name__}") from exc
     except BaseException:
-        _release(login_key, session)
+        release(login_key, session)
         raise
+    return _signer_for(session, login_key, token_label, key_label)
