@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,7 +155,16 @@ def _iter_fields(session: Session, upto: int | None = None) -> Iterator[tuple[En
     stmt = select(AuditEntry).order_by(AuditEntry.seq)
     if upto is not None:
         stmt = stmt.where(AuditEntry.seq <= upto)
-    for e in session.execute(stmt.execution_options(yield_per=5000)).scalars():
+    result = session.execute(stmt.execution_options(yield_per=5000))
+    try:
+        yield from _fields_of(result.scalars())
+    finally:
+        # A verification that stops early must still close the server-side cursor.
+        result.close()
+
+
+def _fields_of(entries: Iterable[AuditEntry]) -> Iterator[tuple[EntryFields, str]]:
+    for e in entries:
         yield (
             EntryFields(
                 seq=e.seq,

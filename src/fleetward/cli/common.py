@@ -36,7 +36,9 @@ def load_ctx(ctx: typer.Context) -> AppContext:
         raise InvalidInputError(
             f"{settings.home} is not a fleetward home; run `fleetward init` first"
         )
-    return AppContext.from_settings(settings)
+    app = AppContext.from_settings(settings)
+    ctx.call_on_close(app.db.dispose)
+    return app
 
 
 def local_actor() -> str:

@@ -82,6 +82,11 @@ def load_module(module: str | None = None) -> Any:
 
 
 def resolve_pin(pin: str | None) -> str:
+    """Return ``pin``, or ``$FLEETWARD_PKCS11_PIN`` when it is ``None``.
+
+    Raises:
+        InvalidInputError: Neither gives a non-empty PIN.
+    """
     value = pin if pin is not None else os.environ.get(PIN_ENV)
     if not value:
         raise InvalidInputError(f"a PKCS#11 user PIN is required (argument or ${PIN_ENV})")
@@ -130,24 +135,52 @@ def _login(token: Any, pin: str) -> Any:
         raise FleetwardError(f"PKCS#11 login failed: {type(exc).__name__}") from exc
 
 
-def release(key: LoginKey, session: Any) -> None:
-    """Close a signer's session and drop its share of the token login."""
+def _drop_share(key: LoginKey) -> None:
     with _logins_lock:
-        # A session that is already gone needs no closing.
-        with contextlib.suppress(p11.PKCS11Error):
-            session.close()
         login = _logins.get(key)
         if login is None:
             return
         login.users -= 1
         if login.users <= 0:
             del _logins[key]
+            # Closing the logged-in anchor is what logs the token out.
             with contextlib.suppress(p11.PKCS11Error):
                 login.anchor.close()
 
 
+def release(key: LoginKey, session: Any) -> None:
+    """Close a signer's session and drop its share of the token login.
+
+    The last share closes the anchor session, which logs the token out.
+    """
+    with _logins_lock:
+        # A session that is already gone needs no closing.
+        with contextlib.suppress(p11.PKCS11Error):
+            session.close()
+        _drop_share(key)
+
+
 def open_session(lib: Any, module_key: str, token_label: str, pin: str) -> tuple[Any, LoginKey]:
-    """Return ``(session, release)`` for a new session on a logged-in token."""
+    """Open a new session on a token, logging the token in first if needed.
+
+    Args:
+        lib: The python-pkcs11 library from :func:`load_module`.
+        module_key: The module path, to tell equal slot ids of two modules apart.
+        token_label: Label of the token.
+        pin: User PIN; checked by the token on first login, against the
+            remembered PIN afterwards.
+
+    Returns:
+        ``(session, login_key)``; hand both to :func:`release` when done.
+
+    Raises:
+        NotFoundError: No token with that label.
+        ConflictError: Several tokens with that label, or a login made
+            outside this module.
+        InvalidInputError: Wrong PIN.
+        PermissionDeniedError: The PIN is locked.
+        FleetwardError: The token failed.
+    """
     token = _find_token(lib, token_label)
     key = (module_key, token.slot.slot_id)
     mac = _pin_mac(pin)
@@ -164,11 +197,6 @@ def open_session(lib: Any, module_key: str, token_label: str, pin: str) -> tuple
     try:
         session = token.open(rw=True)
     except p11.PKCS11Error as exc:
-        release(key, _NoSession())
+        _drop_share(key)
         raise FleetwardError(f"cannot open a PKCS#11 session: {type(exc).__name__}") from exc
     return session, key
-
-
-class _NoSession:
-    def close(self) -> None:
-        return None

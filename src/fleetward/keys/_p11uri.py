@@ -33,6 +33,11 @@ def pkcs11_uri(*, token_label: str, key_label: str) -> str:
 
 
 def check_labels(token_label: str, key_label: str) -> None:
+    """Refuse empty labels and labels over the named limits.
+
+    Raises:
+        InvalidInputError: A label is empty or too long.
+    """
     if not token_label or len(token_label.encode()) > MAX_TOKEN_LABEL_LENGTH:
         raise InvalidInputError(f"token label must be 1 to {MAX_TOKEN_LABEL_LENGTH} bytes")
     if not key_label or len(key_label.encode()) > MAX_KEY_LABEL_LENGTH:

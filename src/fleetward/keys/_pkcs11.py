@@ -70,7 +70,10 @@ class Pkcs11Signer(Signer):
         self._lock = threading.Lock()
         self._private = private
         self._public = public
-        self._spec = _CURVES_BY_NAME[public.curve.name]
+        spec = _CURVES_BY_NAME.get(public.curve.name)
+        if spec is None or spec.hash is None:
+            raise InvalidInputError(f"unsupported PKCS#11 key curve {public.curve.name}")
+        self._hash = spec.hash
         # Release the session and the login share when closed or collected.
         self._finalizer = weakref.finalize(self, release, login_key, session)
 
@@ -91,8 +94,7 @@ class Pkcs11Signer(Signer):
         Raises:
             FleetwardError: The signer is closed or the token failed to sign.
         """
-        assert self._spec.hash is not None
-        digest = hashes.Hash(self._spec.hash())
+        digest = hashes.Hash(self._hash())
         digest.update(data)
         value = digest.finalize()
         with self._lock:

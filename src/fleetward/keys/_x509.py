@@ -13,7 +13,10 @@ paths follow from that:
   ``BasicOCSPResponse`` that the response wraps). A CSR also carries the
   public key inside its TBS, so there the throw-away key's
   ``SubjectPublicKeyInfo`` is first replaced by the signer's and the TBS
-  re-encoded before it is signed.
+  re-encoded before it is signed. pyca also refuses to sign an OCSP response
+  whose responder certificate is not for the signing key, so the draft names
+  a stand-in certificate (same subject, throw-away key) and the real
+  ``ResponderID`` is written back into the TBS before signing.
 
 Either way, every result is reloaded with pyca and its signature is checked
 against ``signer.public_key()`` over the exact TBS bytes that were signed

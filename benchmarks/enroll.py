@@ -1,0 +1,380 @@
+"""Enrollment throughput against its raw ceiling (issue 2).
+
+Measured in one run, each figure on its own distinct devices:
+
+1. the raw ceiling, pyca only, one core: ``CertificateBuilder.sign`` of a
+   prebuilt device-profile certificate (P-256 issuer, SHA-256), and "CSR
+   load + verify + build + sign", which is the most one enrollment can reach
+   per core;
+2. enrollments/s through the service layer (``service.enroll``, one
+   transaction per device, in this process, one thread);
+3. enrollments/s over HTTP, ``POST /api/v1/devices/{id}/enroll`` with many
+   concurrent keep-alive connections, for each server worker count asked;
+4. enrollments/s over HTTP through ``POST /api/v1/enroll/batch``.
+
+Device keys and CSRs (one P-256 key per device, CN = device id) are made
+before any timing starts. The server runs in a subprocess on 127.0.0.1.
+
+    .venv/bin/python benchmarks/enroll.py                 # issue sizes
+    .venv/bin/python benchmarks/enroll.py --devices 2000  # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _harness import (
+    Row,
+    Server,
+    free_port,
+    json_request,
+    log,
+    new_installation,
+    print_json,
+    print_table,
+    rate,
+    run_load,
+    verdict,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from sqlalchemy import select
+
+from fleetward.identity import service
+from fleetward.identity.models import CertificateAuthority
+from fleetward.tenancy import service as tenancy
+
+TARGET_SINGLE = 500.0  # enrollments/s, single requests over HTTP (issue 2)
+TARGET_BATCH = 2000.0  # enrollments/s, batch endpoint over HTTP (issue 2)
+ENV = "production"
+
+
+def make_csrs(prefix: str, count: int) -> list[tuple[str, bytes]]:
+    """``count`` (device id, CSR PEM) pairs, each with its own P-256 key and CN."""
+    out = []
+    for i in range(count):
+        device_id = f"{prefix}-{i:06d}"
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+            .sign(key, hashes.SHA256())
+        )
+        out.append((device_id, csr.public_bytes(Encoding.PEM)))
+    return out
+
+
+def device_builder(
+    public_key: CertificatePublicKeyTypes, device_id: str, issuer: x509.Certificate
+) -> x509.CertificateBuilder:
+    """A certificate shaped like fleetward's device profile, in plain pyca."""
+    now = dt.datetime.now(dt.UTC)
+    ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    uri = f"urn:fleetward:default:device:{device_id}"
+    return (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, device_id),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ENV),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "default"),
+                ]
+            )
+        )
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+        .add_extension(
+            x509.CertificatePolicies(
+                [x509.PolicyInformation(x509.ObjectIdentifier("2.25.1.2"), None)]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.CRLDistributionPoints(
+                [
+                    x509.DistributionPoint(
+                        [x509.UniformResourceIdentifier("http://127.0.0.1/crl/3.crl")],
+                        None,
+                        None,
+                        None,
+                    )
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.OCSP,
+                        x509.UniformResourceIdentifier("http://127.0.0.1/ocsp"),
+                    )
+                ]
+            ),
+            critical=False,
+        )
+    )
+
+
+def raw_ceilings(
+    issuer: x509.Certificate,
+    key: CertificateIssuerPrivateKeyTypes,
+    csrs: list[tuple[str, bytes]],
+    seconds: float,
+) -> tuple[float, float]:
+    """(prebuilt builder sign/s, CSR verify + build + sign/s), pyca only, this thread."""
+    sample = x509.load_pem_x509_csr(csrs[0][1])
+    prebuilt = device_builder(sample.public_key(), csrs[0][0], issuer)
+    sign_per_s = rate(lambda _i: prebuilt.sign(key, hashes.SHA256()), seconds=seconds)
+
+    def enroll_once(i: int) -> None:
+        device_id, pem = csrs[i % len(csrs)]
+        csr = x509.load_pem_x509_csr(pem)
+        if not csr.is_signature_valid:
+            raise RuntimeError("bad CSR")
+        device_builder(csr.public_key(), device_id, issuer).sign(key, hashes.SHA256())
+
+    return sign_per_s, rate(enroll_once, seconds=seconds)
+
+
+def http_single(port: int, token: str, csrs: list[tuple[str, bytes]], concurrency: int) -> Any:
+    """Enroll every device with its own request; returns the load result."""
+    requests = [
+        json_request(
+            "POST",
+            f"/api/v1/devices/{device_id}/enroll",
+            {"csr": pem.decode(), "environment": ENV},
+            token=token,
+        )
+        for device_id, pem in csrs
+    ]
+    return run_load(port, requests, concurrency=concurrency)
+
+
+def http_batch(
+    port: int, token: str, csrs: list[tuple[str, bytes]], batch_size: int, concurrency: int
+) -> tuple[Any, int]:
+    """Enroll every device through batches; returns (load result, certificates issued)."""
+    requests = [
+        json_request(
+            "POST",
+            "/api/v1/enroll/batch",
+            {
+                "environment": ENV,
+                "items": [
+                    {"device_id": d, "csr": pem.decode()} for d, pem in csrs[i : i + batch_size]
+                ],
+            },
+            token=token,
+        )
+        for i in range(0, len(csrs), batch_size)
+    ]
+    issued = 0
+
+    def count(status: int, body: bytes) -> None:
+        nonlocal issued
+        if status == 200:
+            issued += int(json.loads(body)["issued"])
+
+    return run_load(port, requests, concurrency=concurrency, on_body=count), issued
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=20000, help="devices per mode")
+    parser.add_argument(
+        "--workers", default="1,2", help="server worker counts to run, comma-separated"
+    )
+    parser.add_argument("--concurrency", type=int, default=16, help="connections, single mode")
+    parser.add_argument("--batch-size", type=int, default=1000, help="items per batch (<= 1000)")
+    parser.add_argument("--batch-concurrency", type=int, default=2, help="batches in flight")
+    parser.add_argument("--raw-seconds", type=float, default=3.0, help="time per raw ceiling")
+    args = parser.parse_args(argv)
+    worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    n = args.devices
+
+    with tempfile.TemporaryDirectory(prefix="fw-bench-enroll-") as tmp_name:
+        tmp = Path(tmp_name)
+        port = free_port()
+        log.print(f"initialising a fleetward home in {tmp}")
+        ctx, token = new_installation(tmp, port=port)
+
+        modes = ["svc"] + [f"h{w}{m}" for w in worker_counts for m in ("s", "b")]
+        t0 = time.perf_counter()
+        csrs = {mode: make_csrs(mode, n) for mode in modes}
+        raw_pool = make_csrs("raw", 2000)
+        keygen_s = time.perf_counter() - t0
+        log.print(
+            f"pre-generated {n * len(modes) + len(raw_pool)} P-256 keys + CSRs in {keygen_s:.1f} s"
+        )
+
+        with ctx.db.session() as s:
+            principal = tenancy.authenticate(s, token)
+            ca = s.execute(
+                select(CertificateAuthority).where(
+                    CertificateAuthority.kind == "issuing",
+                    CertificateAuthority.environment == ENV,
+                    CertificateAuthority.status == "active",
+                )
+            ).scalar_one()
+            issuer = ctx.pki.certificate(ca)
+            ca_key = ctx.pki.keyring.open(ca.key_uri).builder_key()
+        assert ca_key is not None, "the benchmark needs a file-backed CA key"
+
+        log.print("raw ceilings (pyca, one core)")
+        raw_sign, raw_enroll = raw_ceilings(issuer, ca_key, raw_pool, args.raw_seconds)
+
+        log.print(f"service layer: {n} enrollments, one transaction each")
+        start = time.perf_counter()
+        for device_id, pem in csrs["svc"]:
+            with ctx.db.session() as s:
+                service.enroll(s, ctx.pki, principal, device_id=device_id, csr=pem, environment=ENV)
+        service_per_s = n / (time.perf_counter() - start)
+        ctx.db.dispose()
+
+        http: dict[str, dict[str, Any]] = {}
+        for w in worker_counts:
+            server = Server(home=tmp / "home", port=port, workers=w)
+            log.print(f"HTTP, {w} worker(s): starting the server")
+            with server:
+                log.print(f"HTTP single, {w} worker(s): {n} requests, {args.concurrency} conns")
+                single = http_single(port, token, csrs[f"h{w}s"], args.concurrency)
+                log.print(f"HTTP batch, {w} worker(s): batches of {args.batch_size}")
+                batch, issued = http_batch(
+                    port, token, csrs[f"h{w}b"], args.batch_size, args.batch_concurrency
+                )
+            ok_single = single.statuses.get(201, 0)
+            http[str(w)] = {
+                "single_per_s": ok_single / single.elapsed,
+                "single_ok": ok_single,
+                "single_errors": single.sent - ok_single,
+                "single_first_error": single.first_error,
+                "single_p50_ms": single.percentile(50),
+                "single_p99_ms": single.percentile(99),
+                "batch_per_s": issued / batch.elapsed,
+                "batch_issued": issued,
+                "batch_requests": batch.sent,
+                "batch_first_error": batch.first_error,
+                "batch_p50_ms": batch.percentile(50),
+            }
+
+    best_single_w = max(http, key=lambda w: http[w]["single_per_s"])
+    best_batch_w = max(http, key=lambda w: http[w]["batch_per_s"])
+    single_per_s = http[best_single_w]["single_per_s"]
+    batch_per_s = http[best_batch_w]["batch_per_s"]
+
+    def ratio(v: float) -> str:
+        return f"{v / raw_enroll:.2f}"
+
+    rows = [
+        Row("raw: CertificateBuilder.sign, prebuilt (P-256)", f"{raw_sign:,.0f}/s"),
+        Row("raw: CSR load+verify + build + sign (ceiling)", f"{raw_enroll:,.0f}/s", "1.00"),
+        Row(
+            "service.enroll, 1 txn per device, 1 thread",
+            f"{service_per_s:,.0f}/s",
+            ratio(service_per_s),
+        ),
+    ]
+    for w, fig in http.items():
+        errors = fig["single_errors"]
+        rows.append(
+            Row(
+                f"HTTP single, {w} worker(s), {args.concurrency} conns"
+                + (f" [{errors} errors]" if errors else ""),
+                f"{fig['single_per_s']:,.0f}/s",
+                ratio(fig["single_per_s"]),
+                f">= {TARGET_SINGLE:,.0f}/s",
+                verdict(fig["single_per_s"] >= TARGET_SINGLE and not errors),
+            )
+        )
+        rows.append(
+            Row(
+                f"HTTP batch of {args.batch_size}, {w} worker(s), "
+                f"{args.batch_concurrency} in flight",
+                f"{fig['batch_per_s']:,.0f}/s",
+                ratio(fig["batch_per_s"]),
+                f">= {TARGET_BATCH:,.0f}/s",
+                verdict(fig["batch_per_s"] >= TARGET_BATCH),
+            )
+        )
+    print_table(
+        f"Enrollment, {n:,} devices per mode (P-256, SHA-256)",
+        rows,
+        caption=(
+            "ratio = figure / raw per-enrollment ceiling of ONE core (the server with 2 workers "
+            "may use both cores).\nDevice keys and CSRs pre-generated (one key per device) in "
+            f"{keygen_s:.1f} s, before timing. Client: asyncio raw HTTP/1.1 keep-alive, in the "
+            "benchmark process, server in a subprocess (uvicorn), SQLite WAL.\n"
+            + "  ".join(
+                f"latency {w}w: single p50 {f['single_p50_ms']:.0f} ms p99 "
+                f"{f['single_p99_ms']:.0f} ms, batch p50 {f['batch_p50_ms']:.0f} ms"
+                for w, f in http.items()
+            )
+            + "".join(
+                f"\nfirst error {w}w: {f['single_first_error'] or f['batch_first_error']}"
+                for w, f in http.items()
+                if f["single_first_error"] or f["batch_first_error"]
+            )
+        ),
+    )
+    print_json(
+        {
+            "raw_sign_per_s": round(raw_sign, 1),
+            "raw_enroll_ceiling_per_s": round(raw_enroll, 1),
+            "service_per_s": round(service_per_s, 1),
+            "http_single_per_s": round(single_per_s, 1),
+            "http_single_workers": int(best_single_w),
+            "http_batch_per_s": round(batch_per_s, 1),
+            "http_batch_workers": int(best_batch_w),
+            "http_by_workers": {
+                w: {k: (round(v, 1) if isinstance(v, float) else v) for k, v in f.items()}
+                for w, f in http.items()
+            },
+            "devices": n,
+            "concurrency": args.concurrency,
+            "batch_size": args.batch_size,
+            "client": "asyncio-raw-http1.1",
+            "targets": {
+                "http_single_per_s": TARGET_SINGLE,
+                "http_batch_per_s": TARGET_BATCH,
+                "http_single_pass": single_per_s >= TARGET_SINGLE,
+                "http_batch_pass": batch_per_s >= TARGET_BATCH,
+            },
+        }
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
