@@ -24,6 +24,7 @@ from fleetward.api.context import AppContext
 from fleetward.config import Settings
 from fleetward.installation import initialise
 from fleetward.store import Database
+from tests.hsm import softhsm  # noqa: F401 - registers the session-wide token fixture
 
 PG_URL = os.environ.get("FLEETWARD_TEST_PG_URL")
 _template_ready = False

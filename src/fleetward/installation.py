@@ -38,6 +38,7 @@ def initialise(
     if (settings.home / "settings.json").exists():
         raise ConflictError(f"{settings.home} is already initialised")
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.keys_dir.mkdir(exist_ok=True, mode=0o700)
     context = AppContext.from_settings(settings)
     context.db.migrate()
     signer = generate_file_signer(

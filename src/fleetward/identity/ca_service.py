@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,11 @@ def _public_key_bits(cert: x509.Certificate) -> bytes:
     raise InvalidInputError("unsupported CA key type")
 
 
+def _key_prefix(tenant: str, now: dt.datetime) -> str:
+    """A unique, readable name for new CA keys (time plus randomness)."""
+    return f"{tenant}-{now.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+
+
 def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(Encoding.PEM).decode()
 
@@ -145,7 +151,7 @@ def create_tenant_pki(
             by fleetward.
     """
     now = now or utcnow()
-    prefix = f"{tenant.name}-{now.strftime('%Y%m%d%H%M%S')}"
+    prefix = _key_prefix(tenant.name, now)
     if offline_root_dir is not None:
         offline_root_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         root_signer = generate_file_signer(
@@ -289,9 +295,7 @@ def create_issuing_csr(
     if environment not in ENVIRONMENTS:
         raise InvalidInputError(f"unknown environment {environment!r}; one of {ENVIRONMENTS}")
     now = now or utcnow()
-    signer = pki.keyring.generate(
-        f"{tenant.name}-{now.strftime('%Y%m%d%H%M%S')}-{environment}", backend=backend
-    )
+    signer = pki.keyring.generate(f"{_key_prefix(tenant.name, now)}-{environment}", backend=backend)
     csr = sign_csr(ca_profile.issuing_ca_csr(tenant=tenant.name, environment=environment), signer)
     csr_pem = csr.public_bytes(Encoding.PEM)
     ca = CertificateAuthority(
