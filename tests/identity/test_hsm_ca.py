@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from fleetward.config import Settings
 from fleetward.identity import ca_service, service
 from fleetward.installation import initialise
+from fleetward.keys import verify_signature
 from fleetward.tenancy import service as tenancy
 from tests.helpers import csr_pem, new_key
 from tests.hsm import SoftHsm
@@ -52,10 +54,8 @@ def test_pkcs11_issuing_cas_sign_certificates_crls_and_ocsp(
         assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
         assert answer.certificate_status == ocsp.OCSPCertStatus.REVOKED
         assert answer.revocation_reason == x509.ReasonFlags.key_compromise
-        from fleetward.keys import verify_signature
-
-        verify_signature(
-            issuer.public_key(), signature=answer.signature, data=answer.tbs_response_bytes
-        )  # type: ignore[arg-type]
+        issuer_key = issuer.public_key()
+        assert isinstance(issuer_key, ec.EllipticCurvePublicKey)
+        verify_signature(issuer_key, signature=answer.signature, data=answer.tbs_response_bytes)
     finally:
         ctx.db.dispose()

@@ -24,8 +24,7 @@ from fleetward.errors import (
 )
 from fleetward.keys import _p11session, generate_pkcs11_signer, open_signer, verify_signature
 from fleetward.keys._p11session import load_module
-
-from .conftest import SoftHsm
+from tests.hsm import SoftHsm
 
 pytestmark = pytest.mark.hsm
 
