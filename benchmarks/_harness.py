@@ -121,6 +121,20 @@ class Server:
         self.stop()
         raise RuntimeError(f"server did not answer /healthz in {timeout:.0f} s:\n{self.log_tail()}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server and its worker processes so far (Linux)."""
+        if self.proc is None:
+            return 0.0
+        total, pids = 0, [self.proc.pid]
+        while pids:
+            pid = pids.pop()
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pids += [int(c) for c in (task / "children").read_text().split()]
+        return total / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, lines: int = 30) -> str:
         """The end of the server's output."""
         if self.log_path is None or not self.log_path.exists():

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import (
+    LoadResult,
     Row,
     Server,
     free_port,
@@ -168,9 +169,9 @@ def raw_ceilings(
     return sign_per_s, rate(enroll_once, seconds=seconds)
 
 
-def http_single(port: int, token: str, csrs: list[tuple[str, bytes]], concurrency: int) -> Any:
-    """Enroll every device with its own request; returns the load result."""
-    requests = [
+def single_requests(token: str, csrs: list[tuple[str, bytes]]) -> list[bytes]:
+    """One pre-encoded enroll request per device."""
+    return [
         json_request(
             "POST",
             f"/api/v1/devices/{device_id}/enroll",
@@ -179,14 +180,11 @@ def http_single(port: int, token: str, csrs: list[tuple[str, bytes]], concurrenc
         )
         for device_id, pem in csrs
     ]
-    return run_load(port, requests, concurrency=concurrency)
 
 
-def http_batch(
-    port: int, token: str, csrs: list[tuple[str, bytes]], batch_size: int, concurrency: int
-) -> tuple[Any, int]:
-    """Enroll every device through batches; returns (load result, certificates issued)."""
-    requests = [
+def batch_requests(token: str, csrs: list[tuple[str, bytes]], batch_size: int) -> list[bytes]:
+    """Pre-encoded batch enroll requests of ``batch_size`` devices."""
+    return [
         json_request(
             "POST",
             "/api/v1/enroll/batch",
@@ -200,14 +198,19 @@ def http_batch(
         )
         for i in range(0, len(csrs), batch_size)
     ]
-    issued = 0
 
-    def count(status: int, body: bytes) -> None:
-        nonlocal issued
-        if status == 200:
-            issued += int(json.loads(body)["issued"])
 
-    return run_load(port, requests, concurrency=concurrency, on_body=count), issued
+def measured_load(
+    server: Server, requests: list[bytes], concurrency: int, on_body: Any = None
+) -> tuple[LoadResult, float, float]:
+    """Run a load; returns (result, server cores used, client cores used)."""
+    server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
+    result = run_load(server.port, requests, concurrency=concurrency, on_body=on_body)
+    return (
+        result,
+        (server.cpu_seconds() - server_cpu) / result.elapsed,
+        (time.process_time() - client_cpu) / result.elapsed,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,12 +270,21 @@ def main(argv: list[str] | None = None) -> int:
         for w in worker_counts:
             server = Server(home=tmp / "home", port=port, workers=w)
             log.print(f"HTTP, {w} worker(s): starting the server")
+            single_reqs = single_requests(token, csrs[f"h{w}s"])
+            batch_reqs = batch_requests(token, csrs[f"h{w}b"], args.batch_size)
+            issued = 0
+
+            def count(status: int, body: bytes) -> None:
+                nonlocal issued
+                if status == 200:
+                    issued += int(json.loads(body)["issued"])
+
             with server:
                 log.print(f"HTTP single, {w} worker(s): {n} requests, {args.concurrency} conns")
-                single = http_single(port, token, csrs[f"h{w}s"], args.concurrency)
+                single, s_srv, s_cli = measured_load(server, single_reqs, args.concurrency)
                 log.print(f"HTTP batch, {w} worker(s): batches of {args.batch_size}")
-                batch, issued = http_batch(
-                    port, token, csrs[f"h{w}b"], args.batch_size, args.batch_concurrency
+                batch, b_srv, b_cli = measured_load(
+                    server, batch_reqs, args.batch_concurrency, count
                 )
             ok_single = single.statuses.get(201, 0)
             http[str(w)] = {
@@ -282,11 +294,15 @@ def main(argv: list[str] | None = None) -> int:
                 "single_first_error": single.first_error,
                 "single_p50_ms": single.percentile(50),
                 "single_p99_ms": single.percentile(99),
+                "single_server_cores": s_srv,
+                "single_client_cores": s_cli,
                 "batch_per_s": issued / batch.elapsed,
                 "batch_issued": issued,
                 "batch_requests": batch.sent,
                 "batch_first_error": batch.first_error,
                 "batch_p50_ms": batch.percentile(50),
+                "batch_server_cores": b_srv,
+                "batch_client_cores": b_cli,
             }
 
     best_single_w = max(http, key=lambda w: http[w]["single_per_s"])
@@ -336,9 +352,11 @@ def main(argv: list[str] | None = None) -> int:
             "may use both cores).\nDevice keys and CSRs pre-generated (one key per device) in "
             f"{keygen_s:.1f} s, before timing. Client: asyncio raw HTTP/1.1 keep-alive, in the "
             "benchmark process, server in a subprocess (uvicorn), SQLite WAL.\n"
-            + "  ".join(
-                f"latency {w}w: single p50 {f['single_p50_ms']:.0f} ms p99 "
-                f"{f['single_p99_ms']:.0f} ms, batch p50 {f['batch_p50_ms']:.0f} ms"
+            + "\n".join(
+                f"{w} worker(s): single p50 {f['single_p50_ms']:.0f} ms, p99 "
+                f"{f['single_p99_ms']:.0f} ms, server {f['single_server_cores']:.2f} cores, "
+                f"client {f['single_client_cores']:.2f}; batch p50 {f['batch_p50_ms']:.0f} ms, "
+                f"server {f['batch_server_cores']:.2f} cores, client {f['batch_client_cores']:.2f}"
                 for w, f in http.items()
             )
             + "".join(
