@@ -325,9 +325,9 @@ def verdict(ok: bool) -> str:
     return "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
 
 
-def print_table(title: str, rows: Sequence[Row], *, caption: str | None = None) -> None:
-    """Print a results table to stdout."""
-    table = Table(title=title, caption=caption, caption_justify="left", title_justify="left")
+def print_table(title: str, rows: Sequence[Row], *, notes: Sequence[str] = ()) -> None:
+    """Print a results table to stdout, then its notes, one per line."""
+    table = Table(title=title, title_justify="left")
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("ratio", justify="right")
@@ -336,6 +336,8 @@ def print_table(title: str, rows: Sequence[Row], *, caption: str | None = None) 
     for r in rows:
         table.add_row(r.figure, r.value, r.ratio, r.target, r.result)
     out.print(table)
+    for note in notes:
+        out.print(f"  {note}", soft_wrap=True)
 
 
 def print_json(figures: dict[str, Any]) -> None:

@@ -347,24 +347,26 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         f"Enrollment, {n:,} devices per mode (P-256, SHA-256)",
         rows,
-        caption=(
-            "ratio = figure / raw per-enrollment ceiling of ONE core (the server with 2 workers "
-            "may use both cores).\nDevice keys and CSRs pre-generated (one key per device) in "
-            f"{keygen_s:.1f} s, before timing. Client: asyncio raw HTTP/1.1 keep-alive, in the "
-            "benchmark process, server in a subprocess (uvicorn), SQLite WAL.\n"
-            + "\n".join(
+        notes=[
+            "ratio = figure / raw per-enrollment ceiling of ONE core (with 2 workers the server "
+            "may use both cores).",
+            f"Device keys and CSRs pre-generated (one P-256 key per device) in {keygen_s:.1f} s, "
+            "before timing.",
+            "Client: asyncio raw HTTP/1.1 keep-alive, in the benchmark process; server: "
+            "`fleetward serve` (uvicorn) in a subprocess on 127.0.0.1; SQLite WAL.",
+            *(
                 f"{w} worker(s): single p50 {f['single_p50_ms']:.0f} ms, p99 "
                 f"{f['single_p99_ms']:.0f} ms, server {f['single_server_cores']:.2f} cores, "
                 f"client {f['single_client_cores']:.2f}; batch p50 {f['batch_p50_ms']:.0f} ms, "
                 f"server {f['batch_server_cores']:.2f} cores, client {f['batch_client_cores']:.2f}"
                 for w, f in http.items()
-            )
-            + "".join(
-                f"\nfirst error {w}w: {f['single_first_error'] or f['batch_first_error']}"
+            ),
+            *(
+                f"first error, {w} worker(s): {f['single_first_error'] or f['batch_first_error']}"
                 for w, f in http.items()
                 if f["single_first_error"] or f["batch_first_error"]
-            )
-        ),
+            ),
+        ],
     )
     print_json(
         {
@@ -376,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             "http_batch_per_s": round(batch_per_s, 1),
             "http_batch_workers": int(best_batch_w),
             "http_by_workers": {
-                w: {k: (round(v, 1) if isinstance(v, float) else v) for k, v in f.items()}
+                w: {k: (round(v, 2) if isinstance(v, float) else v) for k, v in f.items()}
                 for w, f in http.items()
             },
             "devices": n,

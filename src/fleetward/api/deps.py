@@ -40,6 +40,12 @@ def bearer_or_basic(request: Request) -> str | None:
     return ""
 
 
+def _token_id(token: str | None) -> str | None:
+    """The public id part of a presented token, for the refusal record."""
+    parts = (token or "").split("_", 2)
+    return parts[1][:16] if len(parts) == 3 else None
+
+
 def authenticate(ctx: AppContext, token: str | None, *, path: str) -> Principal:
     """Resolve a token or record the refusal and raise."""
     try:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleetward.audit import merkle
@@ -369,14 +368,3 @@ def verify_proof(proof: dict[str, Any], *, public_key: PublicKeyTypes) -> None:
     merkle.verify_inclusion(
         data=data, index=index, tree_size=size, proof=path, expected_root=root_hash
     )
-
-
-def count(session: Session) -> int:
-    """Number of entries in the log."""
-    return int(session.execute(select(func.count()).select_from(AuditEntry)).scalar_one())
-
-
-def dumps_details(entry: AuditEntry) -> dict[str, Any]:
-    """The details of an entry as a dict."""
-    value: dict[str, Any] = json.loads(entry.details)
-    return value

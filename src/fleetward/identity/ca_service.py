@@ -31,6 +31,7 @@ from fleetward.identity import ca as ca_profile
 from fleetward.identity import revocation
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, PublishedCrl
 from fleetward.keys import (
+    Signer,
     generate_file_signer,
     sign_certificate,
     sign_crl,
@@ -324,20 +325,13 @@ def create_issuing_csr(
 
 
 def sign_issuing_csr_offline(
-    *, root_cert_pem: bytes, root_signer_key: object, csr_pem: bytes, environment: str
+    *, root_cert_pem: bytes, root_signer: Signer, csr_pem: bytes, environment: str
 ) -> bytes:
     """Sign an issuing CA CSR with the (offline) root; no database involved.
-
-    Args:
-        root_signer_key: a :class:`fleetward.keys.Signer` for the root key.
 
     Returns:
         The issuing CA certificate, PEM.
     """
-    from fleetward.keys import Signer
-
-    if not isinstance(root_signer_key, Signer):
-        raise TypeError("root_signer_key must be a Signer")
     if environment not in ENVIRONMENTS:
         raise InvalidInputError(f"unknown environment {environment!r}; one of {ENVIRONMENTS}")
     try:
@@ -345,7 +339,7 @@ def sign_issuing_csr_offline(
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError as exc:
         raise InvalidInputError(f"cannot parse root certificate or CSR: {exc}") from exc
-    if root.public_key() != root_signer_key.public_key():
+    if root.public_key() != root_signer.public_key():
         raise InvalidInputError("the root key does not match the root certificate")
     cert = sign_certificate(
         ca_profile.issuing_ca_certificate(
@@ -355,7 +349,7 @@ def sign_issuing_csr_offline(
             serial=x509.random_serial_number(),
             now=utcnow(),
         ),
-        root_signer_key,
+        root_signer,
     )
     return cert.public_bytes(Encoding.PEM)
 

@@ -82,7 +82,7 @@ def ca_sign_csr(
     signer = open_signer(f"file:{root_key.resolve()}", passphrase=passphrase.encode())
     pem = ca_service.sign_issuing_csr_offline(
         root_cert_pem=root_cert.read_bytes(),
-        root_signer_key=signer,
+        root_signer=signer,
         csr_pem=csr.read_bytes(),
         environment=environment,
     )

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from cryptography.x509.oid import NameOID
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from fleetward.api.deps import Ctx, authenticate, bearer_or_basic
 from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
@@ -109,7 +110,6 @@ async def _simpleenroll(request: Request, ctx: Ctx, label: str | None) -> Respon
         if len(cns) != 1:
             raise InvalidInputError("the CSR subject must carry exactly one CN: the device id")
         device_id = str(cns[0].value)
-    from starlette.concurrency import run_in_threadpool
 
     def work() -> Response:
         with ctx.unit_of_work(
@@ -139,8 +139,6 @@ async def simpleenroll_label(label: str, request: Request, ctx: Ctx) -> Response
 
 
 async def _simplereenroll(request: Request, ctx: Ctx) -> Response:
-    from starlette.concurrency import run_in_threadpool
-
     with ctx.refusals_recorded(
         actor="device", action="certificate.renew", subject="est", tenant_id=None
     ):

@@ -6,6 +6,7 @@ import base64
 import binascii
 
 from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from fleetward.api.deps import Ctx, Operator
 from fleetward.errors import InvalidInputError
@@ -249,8 +250,6 @@ async def ocsp_get(encoded: str, ctx: Ctx) -> Response:
 
 
 async def _answer(ctx: Ctx, data: bytes) -> bytes:
-    from starlette.concurrency import run_in_threadpool
-
     def work() -> bytes:
         with ctx.db.session() as s:
             return ca_service.ocsp_answer(s, ctx.pki, data)

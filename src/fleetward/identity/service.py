@@ -34,7 +34,7 @@ from fleetward.errors import (
     SignatureError,
 )
 from fleetward.identity import profile
-from fleetward.identity.ca_service import Pki, active_issuing_ca, get_ca
+from fleetward.identity.ca_service import Pki, active_issuing_ca
 from fleetward.identity.lifecycle import check_transition
 from fleetward.identity.models import CertificateRecord, Device
 from fleetward.identity.revocation import parse_reason
@@ -655,8 +655,3 @@ def revoke_device(
     """Revoke a device and every certificate it holds."""
     require(principal, Permission.CERT_REVOKE)
     return set_device_state(session, principal, device_id, state="revoked", reason=reason, now=now)
-
-
-def ca_of(session: Session, record: CertificateRecord) -> int:
-    """The issuing CA id of a certificate (used by EST to build the chain)."""
-    return get_ca(session, tenant_id=record.tenant_id, ca_id=record.ca_id).id

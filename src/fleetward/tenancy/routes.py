@@ -11,6 +11,7 @@ from fleetward.api.deps import Ctx, Operator
 from fleetward.store import utcnow
 from fleetward.tenancy import service
 from fleetward.tenancy.models import ApiToken
+from fleetward.tenancy.roles import Permission, require
 
 router = APIRouter(prefix="/api/v1", tags=["tenancy"])
 
@@ -96,8 +97,6 @@ def list_tokens(ctx: Ctx, who: Operator) -> list[TokenOut]:
 @router.post("/tokens", response_model=TokenOut, status_code=201)
 def create_token(body: TokenIn, ctx: Ctx, who: Operator) -> TokenOut:
     """Create a token; the secret is in ``token`` and is shown only now."""
-    from fleetward.tenancy.roles import Permission, require
-
     with ctx.unit_of_work(
         actor=who.actor,
         action="token.create",
