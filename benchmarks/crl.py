@@ -1,0 +1,818 @@
+"""CRL publication, revocation latency and OCSP throughput at 1,000,000 revocations (issue 2).
+
+Set-up: a fresh installation; a few real device certificates issued through
+``service.enroll``; then ``--entries`` revoked rows **bulk-inserted** into the
+``certificates`` table (SQLAlchemy Core ``insert``, not issued: issuing 1M
+certificates would take far longer than the benchmark), all under the
+production issuing CA, plus ``--good`` bulk-inserted good rows for the OCSP
+mix.
+
+Measured:
+
+(a) ``publish_crls(force=True)`` wall time at that size (DB read + build +
+    sign + store), the DER size, and the raw ceiling in the same run: pyca
+    ``CertificateRevocationListBuilder(revoked_certificates=...)`` build +
+    sign of the same entries from in-memory tuples;
+(b) with ``fleetward serve --crl-interval S`` running on that home: one
+    revocation over HTTP (target <= 50 ms), an OCSP request right after it
+    (must say revoked), and the seconds until ``/crl/<ca>.crl`` lists the
+    serial (target: within the publication interval). Two more revocations
+    are timed, one right after a publication and one about a second into the
+    next publisher round (which rebuilds the large CRL);
+(c) OCSP responses/s over HTTP for ``--ocsp-seconds`` (good / revoked /
+    unknown serials), with the Python client (POST) and with ``wrk`` (GET)
+    when it is installed, against the single-thread ceiling of
+    ``ocsp_answer`` measured in this process.
+
+    .venv/bin/python benchmarks/crl.py                   # issue sizes
+    .venv/bin/python benchmarks/crl.py --entries 20000   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import itertools
+import random
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _harness import (
+    HOST,
+    LoadResult,
+    Row,
+    Server,
+    free_port,
+    http_request,
+    log,
+    new_installation,
+    print_json,
+    print_table,
+    rate,
+    run_load,
+    verdict,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import NameOID
+from sqlalchemy import insert, select
+
+from fleetward.api.context import AppContext
+from fleetward.identity import ca_service, service
+from fleetward.identity.models import CertificateAuthority, CertificateRecord
+from fleetward.tenancy import service as tenancy
+from fleetward.tenancy.roles import Principal
+
+TARGET_CRL_S = 6.0  # build the CRL of 1,000,000 entries (issue 2)
+TARGET_REVOKE_MS = 50.0  # one more revocation at that size
+TARGET_OCSP = 2000.0  # OCSP responses/s
+ENV = "production"
+REASON = "keyCompromise"
+OCSP_TYPE = "application/ocsp-request"
+# RFC 6960 CertIDs hash with SHA-1 in practice (RFC 5019 requires it); clients send it.
+CERTID_HASH = hashes.SHA1()  # noqa: S303
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def make_csr(device_id: str) -> bytes:
+    """A P-256 CSR whose CN is the device id."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(Encoding.PEM)
+
+
+def issue_real(ctx: AppContext, principal: Principal, count: int) -> list[x509.Certificate]:
+    """Issue ``count`` real device certificates through the service layer."""
+    certs = []
+    for i in range(count):
+        device_id = f"real-{i:03d}"
+        with ctx.db.session() as s:
+            record = service.enroll(
+                s, ctx.pki, principal, device_id=device_id, csr=make_csr(device_id), environment=ENV
+            )
+            certs.append(x509.load_der_x509_certificate(record.der))
+    return certs
+
+
+def random_serials(rng: random.Random, count: int, taken: set[int]) -> list[int]:
+    """``count`` distinct positive serials shaped like ``x509.random_serial_number()``."""
+    out: list[int] = []
+    while len(out) < count:
+        serial = rng.getrandbits(159) | (1 << 150)  # ~20 DER bytes, like real serials
+        if serial not in taken:
+            taken.add(serial)
+            out.append(serial)
+    return out
+
+
+@dataclass
+class BulkRows:
+    """What was inserted directly into ``certificates``."""
+
+    revoked: list[tuple[int, dt.datetime]]
+    good: list[int]
+    seconds: float = 0.0
+
+
+def bulk_insert(
+    ctx: AppContext,
+    principal: Principal,
+    *,
+    ca_id: int,
+    entries: int,
+    good: int,
+    chunk: int,
+    taken: set[int],
+) -> BulkRows:
+    """Insert ``entries`` revoked and ``good`` good rows with Core ``insert``, chunked."""
+    rng = random.Random(20260501)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    revoked_serials = random_serials(rng, entries, taken)
+    # Revocation times spread over the last ~year, one second apart per entry.
+    revoked = [(s, now - dt.timedelta(seconds=i)) for i, s in enumerate(revoked_serials)]
+    good_serials = random_serials(rng, good, taken)
+    with ctx.db.session() as s:
+        device = service.register_device(s, principal, device_id="bulk-inserted")
+        s.flush()
+        device_pk = device.id
+    not_before, not_after = now - dt.timedelta(days=400), now + dt.timedelta(days=365)
+
+    def row(i: int, serial: int, revoked_at: dt.datetime | None) -> dict[str, Any]:
+        return {
+            "serial": format(serial, "x"),
+            "tenant_id": principal.tenant_id,
+            "device_pk": device_pk,
+            "ca_id": ca_id,
+            "environment": ENV,
+            "fingerprint": format(i, "064x"),
+            "not_before": not_before,
+            "not_after": not_after,
+            "status": "revoked" if revoked_at else "good",
+            "revoked_at": revoked_at,
+            "revocation_reason": REASON if revoked_at else None,
+            "der": b"",
+        }
+
+    start = time.perf_counter()
+    for lo in range(0, entries, chunk):
+        rows = [row(lo + j, s, t) for j, (s, t) in enumerate(revoked[lo : lo + chunk])]
+        with ctx.db.session() as s:
+            s.execute(insert(CertificateRecord), rows)
+        if lo and lo % (chunk * 4) == 0:
+            log.print(f"  {lo:,} rows inserted")
+    with ctx.db.session() as s:
+        if good_serials:
+            s.execute(
+                insert(CertificateRecord),
+                [row(entries + j, g, None) for j, g in enumerate(good_serials)],
+            )
+    return BulkRows(revoked=revoked, good=good_serials, seconds=time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- (a) CRL build
+
+
+def raw_crl(
+    issuer: x509.Certificate, key: Any, entries: list[tuple[int, dt.datetime]]
+) -> tuple[float, float, int]:
+    """pyca only: (seconds to build the entries, seconds to build+sign the CRL, DER bytes)."""
+    reason = x509.CRLReason(x509.ReasonFlags.key_compromise)
+    start = time.perf_counter()
+    revoked = [
+        x509.RevokedCertificateBuilder()
+        .serial_number(serial)
+        .revocation_date(when)
+        .add_extension(reason, critical=False)
+        .build()
+        for serial, when in entries
+    ]
+    built = time.perf_counter()
+    now = dt.datetime.now(dt.UTC)
+    ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    crl = x509.CertificateRevocationListBuilder(
+        issuer_name=issuer.subject,
+        last_update=now,
+        next_update=now + dt.timedelta(days=1),
+        extensions=[
+            x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(1)),
+            x509.Extension(
+                x509.AuthorityKeyIdentifier.oid,
+                False,
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+            ),
+        ],
+        revoked_certificates=revoked,
+    ).sign(key, hashes.SHA256())
+    der = crl.public_bytes(Encoding.DER)
+    return built - start, time.perf_counter() - start, len(der)
+
+
+def sql_read_seconds(ctx: AppContext, ca_id: int) -> float:
+    """The SELECT that ``publish_crls`` runs for one CA, alone (rows to tuples)."""
+    stmt = select(
+        CertificateRecord.serial, CertificateRecord.revoked_at, CertificateRecord.revocation_reason
+    ).where(CertificateRecord.ca_id == ca_id, CertificateRecord.status == "revoked")
+    start = time.perf_counter()
+    with ctx.db.session() as s:
+        rows = [
+            (int(serial, 16), when, reason)
+            for serial, when, reason in s.execute(stmt.execution_options(yield_per=20000))
+        ]
+    assert rows
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- OCSP helpers
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """The CA an OCSP CertID names."""
+
+    cert: x509.Certificate
+    name_hash: bytes
+    key_hash: bytes
+
+
+def issuer_hashes(issuer: x509.Certificate, sample: x509.Certificate) -> Issuer:
+    """SHA-1 issuer name/key hashes, read off a request pyca builds the standard way."""
+    req = ocsp.OCSPRequestBuilder().add_certificate(sample, issuer, CERTID_HASH).build()
+    return Issuer(issuer, req.issuer_name_hash, req.issuer_key_hash)
+
+
+def ocsp_request_for(issuer: Issuer, serial: int) -> bytes:
+    """A DER OCSP request for one serial of ``issuer``."""
+    req = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate_by_hash(issuer.name_hash, issuer.key_hash, serial, CERTID_HASH)
+        .build()
+    )
+    return req.public_bytes(Encoding.DER)
+
+
+def ocsp_status(der: bytes) -> str:
+    """``good``, ``revoked``, ``unknown``, or the unsuccessful response status."""
+    resp = ocsp.load_der_ocsp_response(der)
+    if resp.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+        return resp.response_status.name.lower()
+    return resp.certificate_status.name.lower()
+
+
+@dataclass
+class OcspProbe:
+    """OCSP requests every ``period`` seconds from a thread; records latencies."""
+
+    base: str
+    request: bytes
+    period: float = 0.1
+    latencies: list[float] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=120) as client:
+            while not self._stop.wait(self.period):
+                t0 = time.perf_counter()
+                client.post("/ocsp", content=self.request, headers={"content-type": OCSP_TYPE})
+                self.latencies.append(time.perf_counter() - t0)
+
+    def __enter__(self) -> OcspProbe:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=130)
+
+
+# --------------------------------------------------------------------------- (b) revocation
+
+
+@dataclass
+class Revocation:
+    """One timed revocation."""
+
+    label: str
+    serial: str
+    ms: float
+    ocsp: str = ""
+    ocsp_ms: float = 0.0
+    crl_s: float | None = None
+
+
+def crl_contains(client: httpx.Client, ca_id: int, serial: int) -> bool:
+    """Whether the published CRL lists ``serial``."""
+    resp = client.get(f"/crl/{ca_id}.crl")
+    resp.raise_for_status()
+    crl = x509.load_der_x509_crl(resp.content)
+    return crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+def wait_for_crl(
+    client: httpx.Client, ca_id: int, serial: int, since: float, timeout: float
+) -> float | None:
+    """Seconds from ``since`` until the CRL lists ``serial`` (``None``: not within timeout)."""
+    while time.perf_counter() - since < timeout:
+        if crl_contains(client, ca_id, serial):
+            return time.perf_counter() - since
+        time.sleep(0.25)
+    return None
+
+
+def revoke(client: httpx.Client, serial: int, label: str) -> tuple[Revocation, float]:
+    """Revoke over HTTP; returns the timing and the moment the response arrived."""
+    hex_serial = format(serial, "x")
+    t0 = time.perf_counter()
+    resp = client.post(f"/api/v1/certificates/{hex_serial}/revoke", json={"reason": REASON})
+    done = time.perf_counter()
+    if resp.status_code != 200 or resp.json()["status"] != "revoked":
+        raise RuntimeError(f"revocation failed: {resp.status_code} {resp.text[:300]}")
+    return Revocation(label, hex_serial, 1000 * (done - t0)), done
+
+
+def revocation_phase(
+    server: Server, token: str, ca_id: int, issuer: Issuer, certs: list[x509.Certificate]
+) -> tuple[list[Revocation], list[float]]:
+    """(b): revoke three real certificates at chosen moments against the running server."""
+    interval = server.crl_interval
+    timeout = 4 * interval + 120
+    headers = {"authorization": f"Bearer {token}"}
+    results = []
+    with httpx.Client(base_url=server.base, headers=headers, timeout=300) as client:
+        # Warm the connection, the token and the OCSP path before timing anything.
+        client.get("/api/v1/cas").raise_for_status()
+        probe_req = ocsp_request_for(issuer, certs[-1].serial_number)
+        client.post("/ocsp", content=probe_req, headers={"content-type": OCSP_TYPE})
+        with OcspProbe(server.base, probe_req) as probe:
+            first, done = revoke(client, certs[0].serial_number, "1st revocation (headline)")
+            req = (
+                ocsp.OCSPRequestBuilder()
+                .add_certificate(certs[0], issuer.cert, CERTID_HASH)
+                .build()
+                .public_bytes(Encoding.DER)
+            )
+            t0 = time.perf_counter()
+            resp = client.post("/ocsp", content=req, headers={"content-type": OCSP_TYPE})
+            first.ocsp_ms = 1000 * (time.perf_counter() - t0)
+            first.ocsp = ocsp_status(resp.content)
+            log.print(f"  revoked in {first.ms:.1f} ms; OCSP says {first.ocsp}; polling the CRL")
+            first.crl_s = wait_for_crl(client, ca_id, certs[0].serial_number, done, timeout)
+            results.append(first)
+            seen = time.perf_counter()
+
+            second, done2 = revoke(client, certs[1].serial_number, "2nd, right after a publication")
+            results.append(second)
+            # The publisher sleeps `interval` after each round, so its next round (which
+            # rebuilds the CRL for the 2nd revocation) starts about `interval` after `seen`.
+            time.sleep(max(0.0, seen + interval + 1.0 - time.perf_counter()))
+            third, done3 = revoke(
+                client, certs[2].serial_number, "3rd, ~1 s into the next publisher round"
+            )
+            results.append(third)
+            second.crl_s = wait_for_crl(client, ca_id, certs[1].serial_number, done2, timeout)
+            third.crl_s = wait_for_crl(client, ca_id, certs[2].serial_number, done3, timeout)
+    return results, probe.latencies
+
+
+# --------------------------------------------------------------------------- (c) OCSP load
+
+
+def ocsp_mix(issuer: Issuer, bulk: BulkRows, real_good: list[int], per_kind: int) -> list[bytes]:
+    """Requests for good, revoked and unknown serials, interleaved."""
+    rng = random.Random(7)
+    good = (real_good + bulk.good)[:per_kind]
+    revoked = [s for s, _ in rng.sample(bulk.revoked, min(per_kind, len(bulk.revoked)))]
+    unknown = random_serials(rng, per_kind, {s for s, _ in bulk.revoked} | set(good))
+    kinds = [[ocsp_request_for(issuer, s) for s in group] for group in (good, revoked, unknown)]
+    return [r for trio in itertools.zip_longest(*kinds) for r in trio if r is not None]
+
+
+def python_ocsp_load(
+    server: Server, requests: list[bytes], seconds: float, concurrency: int
+) -> tuple[LoadResult, float, float]:
+    """POST /ocsp with the asyncio client; returns (result, server cores, client cores)."""
+    raw = [http_request("POST", "/ocsp", body=r, content_type=OCSP_TYPE) for r in requests]
+    cpu, client_cpu = server.cpu_seconds(), time.process_time()
+    result = run_load(server.port, itertools.cycle(raw), concurrency=concurrency, duration=seconds)
+    return (
+        result,
+        (server.cpu_seconds() - cpu) / result.elapsed,
+        (time.process_time() - client_cpu) / result.elapsed,
+    )
+
+
+@dataclass
+class WrkResult:
+    """What ``wrk`` reported."""
+
+    per_s: float
+    requests: int
+    non_2xx: int
+    errors: str
+    p50_ms: float
+    p99_ms: float
+    server_cores: float
+    client_cores: float
+
+
+def _ms(text: str) -> float:
+    value, unit = float(text[:-2] if text.endswith(("ms", "us")) else text[:-1]), text
+    if unit.endswith("us"):
+        return value / 1000
+    if unit.endswith("ms"):
+        return value
+    return value * 1000  # seconds
+
+
+def wrk_ocsp_load(
+    server: Server, requests: list[bytes], seconds: float, concurrency: int, tmp: Path
+) -> WrkResult:
+    """GET /ocsp/<base64url> with wrk (one thread), cycling through ``requests``."""
+    paths = ["/ocsp/" + base64.urlsafe_b64encode(r).decode().replace("=", "%3D") for r in requests]
+    script = tmp / "ocsp.lua"
+    script.write_text(
+        "local paths = {"
+        + ",".join(f'"{p}"' for p in paths)
+        + "}\nlocal i = 0\nrequest = function()\n  i = i % #paths + 1\n"
+        '  return wrk.format("GET", paths[i])\nend\n'
+    )
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "30s",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://{HOST}:{server.port}",
+    ]
+    cpu = server.cpu_seconds()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+    def grab(pattern: str, default: str = "0") -> str:
+        m = re.search(pattern, text)
+        return m.group(1) if m else default
+
+    return WrkResult(
+        per_s=float(grab(r"Requests/sec:\s+([\d.]+)")),
+        requests=int(grab(r"(\d+) requests in")),
+        non_2xx=int(grab(r"Non-2xx or 3xx responses:\s+(\d+)")),
+        errors=grab(r"Socket errors:\s+(.*)", ""),
+        p50_ms=_ms(grab(r"50%\s+([\d.]+\w+)", "0ms")),
+        p99_ms=_ms(grab(r"99%\s+([\d.]+\w+)", "0ms")),
+        server_cores=(server.cpu_seconds() - cpu) / elapsed,
+        client_cores=client_cpu / elapsed,
+    )
+
+
+def check_mix(base: str, issuer: Issuer, bulk: BulkRows, real_good: int) -> dict[str, str]:
+    """One request of each kind must get the right answer before the load starts."""
+    unknown = random_serials(random.Random(1), 1, {s for s, _ in bulk.revoked})[0]
+    want = {"good": real_good, "revoked": bulk.revoked[0][0], "unknown": unknown}
+    got = {}
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for kind, serial in want.items():
+            der = ocsp_request_for(issuer, serial)
+            resp = client.post("/ocsp", content=der, headers={"content-type": OCSP_TYPE})
+            got[kind] = ocsp_status(resp.content)
+            encoded = base64.urlsafe_b64encode(der).decode().replace("=", "%3D")
+            via_get = ocsp_status(client.get(f"/ocsp/{encoded}").content)
+            if got[kind] != kind or via_get != kind:
+                raise RuntimeError(f"OCSP answered {got[kind]}/{via_get} for a {kind} serial")
+    return got
+
+
+def ocsp_service_ceiling(ctx: AppContext, requests: list[bytes], seconds: float) -> float:
+    """``ocsp_answer`` in a session per request (what the route does), one thread."""
+
+    def once(i: int) -> None:
+        with ctx.db.session() as s:
+            ca_service.ocsp_answer(s, ctx.pki, requests[i % len(requests)])
+
+    return rate(once, seconds=seconds)
+
+
+def ocsp_raw_ceiling(issuer: Issuer, key: Any, seconds: float) -> float:
+    """pyca only: build + sign one OCSP response (the CA is its own responder)."""
+    now = dt.datetime.now(dt.UTC)
+
+    def once(i: int) -> None:
+        (
+            ocsp.OCSPResponseBuilder()
+            .add_response_by_hash(
+                issuer_name_hash=issuer.name_hash,
+                issuer_key_hash=issuer.key_hash,
+                serial_number=i + 1,
+                algorithm=CERTID_HASH,
+                cert_status=ocsp.OCSPCertStatus.GOOD,
+                this_update=now,
+                next_update=now + dt.timedelta(hours=1),
+                revocation_time=None,
+                revocation_reason=None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, issuer.cert)
+            .sign(key, hashes.SHA256())
+            .public_bytes(Encoding.DER)
+        )
+
+    return rate(once, seconds=seconds)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=1_000_000, help="revoked rows")
+    parser.add_argument("--good", type=int, default=1000, help="good rows for the OCSP mix")
+    parser.add_argument("--chunk", type=int, default=50_000, help="rows per bulk INSERT")
+    parser.add_argument("--crl-interval", type=float, default=5.0, help="publisher interval, s")
+    parser.add_argument("--ocsp-seconds", type=float, default=10.0, help="OCSP load per client")
+    parser.add_argument("--ocsp-concurrency", type=int, default=32, help="OCSP connections")
+    parser.add_argument(
+        "--ocsp-workers", default="1,2", help="server worker counts for the OCSP load"
+    )
+    parser.add_argument(
+        "--client",
+        choices=("both", "python", "wrk"),
+        default="both",
+        help="OCSP load client (wrk is skipped when not installed)",
+    )
+    parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="time per ceiling")
+    args = parser.parse_args(argv)
+    n = args.entries
+    use_wrk = args.client in ("both", "wrk") and shutil.which("wrk") is not None
+    use_python = args.client in ("both", "python") or not use_wrk
+    worker_counts = [int(w) for w in args.ocsp_workers.split(",") if w.strip()]
+
+    with tempfile.TemporaryDirectory(prefix="fw-bench-crl-") as tmp_name:
+        tmp = Path(tmp_name)
+        port = free_port()
+        log.print(f"initialising a fleetward home in {tmp}")
+        ctx, token = new_installation(tmp, port=port)
+        with ctx.db.session() as s:
+            principal = tenancy.authenticate(s, token)
+            ca = s.execute(
+                select(CertificateAuthority).where(
+                    CertificateAuthority.kind == "issuing",
+                    CertificateAuthority.environment == ENV,
+                    CertificateAuthority.status == "active",
+                )
+            ).scalar_one()
+            ca_id, issuer_cert = ca.id, ctx.pki.certificate(ca)
+            ca_key = ctx.pki.keyring.open(ca.key_uri).builder_key()
+        real = issue_real(ctx, principal, 4)  # 3 to revoke, 1 stays good
+        issuer = issuer_hashes(issuer_cert, real[0])
+
+        log.print(f"bulk-inserting {n:,} revoked + {args.good:,} good rows (not issued)")
+        bulk = bulk_insert(
+            ctx,
+            principal,
+            ca_id=ca_id,
+            entries=n,
+            good=args.good,
+            chunk=args.chunk,
+            taken={c.serial_number for c in real},
+        )
+        log.print(f"  {bulk.seconds:.1f} s")
+
+        log.print("(a) raw pyca CRL build + sign from in-memory tuples")
+        raw_build_s, raw_total_s, raw_der = raw_crl(issuer_cert, ca_key, bulk.revoked)
+        log.print(f"  {raw_total_s:.2f} s; SQL read alone")
+        read_s = sql_read_seconds(ctx, ca_id)
+        log.print(f"  {read_s:.2f} s; publish_crls(force=True)")
+        start = time.perf_counter()
+        with ctx.db.session() as s:
+            rebuilt = ca_service.publish_crls(s, ctx.pki, force=True)
+            published = {c.ca_id: (c.entries, len(c.der)) for c in rebuilt}
+        publish_s = time.perf_counter() - start
+        crl_entries, crl_der = published[ca_id]
+        log.print(f"  {publish_s:.2f} s, {crl_der / 2**20:.1f} MiB, {crl_entries:,} entries")
+        ctx.db.dispose()
+
+        log.print(f"(b) revocations against `fleetward serve --crl-interval {args.crl_interval:g}`")
+        server = Server(home=tmp / "home", port=port, crl_interval=args.crl_interval)
+        with server:
+            revocations, probe = revocation_phase(server, token, ca_id, issuer, real)
+        # All three revocations are in the CRL now; the OCSP load sees no rebuild.
+
+        mix = ocsp_mix(issuer, bulk, [real[3].serial_number], per_kind=1000)
+        ocsp_runs: list[dict[str, Any]] = []
+        for w in worker_counts:
+            server = Server(home=tmp / "home", port=port, workers=w, crl_interval=60)
+            with server:
+                check_mix(server.base, issuer, bulk, real[3].serial_number)
+                if use_python:
+                    log.print(f"(c) OCSP POST load, python client, {w} worker(s)")
+                    res, srv, cli = python_ocsp_load(
+                        server, mix, args.ocsp_seconds, args.ocsp_concurrency
+                    )
+                    ok = res.statuses.get(200, 0)
+                    ocsp_runs.append(
+                        {
+                            "client": "python-asyncio POST",
+                            "workers": w,
+                            "per_s": ok / res.elapsed,
+                            "errors": res.sent - ok,
+                            "p50_ms": res.percentile(50),
+                            "p99_ms": res.percentile(99),
+                            "server_cores": srv,
+                            "client_cores": cli,
+                        }
+                    )
+                if use_wrk:
+                    log.print(f"(c) OCSP GET load, wrk, {w} worker(s)")
+                    wr = wrk_ocsp_load(server, mix, args.ocsp_seconds, args.ocsp_concurrency, tmp)
+                    ocsp_runs.append(
+                        {
+                            "client": "wrk GET",
+                            "workers": w,
+                            "per_s": wr.per_s,
+                            "errors": wr.non_2xx,
+                            "p50_ms": wr.p50_ms,
+                            "p99_ms": wr.p99_ms,
+                            "server_cores": wr.server_cores,
+                            "client_cores": wr.client_cores,
+                            "socket_errors": wr.errors,
+                        }
+                    )
+
+        log.print("(c) in-process ceilings: ocsp_answer (service), pyca build + sign (raw)")
+        service_ocsp = ocsp_service_ceiling(ctx, mix, args.ceiling_seconds)
+        raw_ocsp = ocsp_raw_ceiling(issuer, ca_key, args.ceiling_seconds)
+        ctx.db.dispose()
+
+    # ----------------------------------------------------------------- report
+    head = revocations[0]
+    interval = args.crl_interval
+    best = max(ocsp_runs, key=lambda r: r["per_s"])
+
+    def crl_row(r: Revocation) -> Row:
+        seen = "not seen" if r.crl_s is None else f"{r.crl_s:.1f} s"
+        ok = r.crl_s is not None and r.crl_s <= interval
+        return Row(f"  CRL lists it after ({r.label})", seen, "", f"<= {interval:g} s", verdict(ok))
+
+    rows = [
+        Row("(a) raw pyca: build entries + CRL + sign", f"{raw_total_s:.2f} s", "1.00"),
+        Row("    of which entry objects", f"{raw_build_s:.2f} s"),
+        Row(
+            "(a) publish_crls(force=True), incl. DB read",
+            f"{publish_s:.2f} s",
+            f"{publish_s / raw_total_s:.2f}",
+            f"<= {TARGET_CRL_S:g} s",
+            verdict(publish_s <= TARGET_CRL_S and crl_entries == n),
+        ),
+        Row("    the same SQL read alone", f"{read_s:.2f} s"),
+        Row("    CRL DER size", f"{crl_der / 2**20:.1f} MiB"),
+    ]
+    for r in revocations:
+        rows.append(
+            Row(
+                f"(b) HTTP revoke: {r.label}",
+                f"{r.ms:.1f} ms",
+                "",
+                f"<= {TARGET_REVOKE_MS:g} ms",
+                verdict(r.ms <= TARGET_REVOKE_MS),
+            )
+        )
+    rows.append(
+        Row(
+            "  OCSP right after the 1st revocation",
+            f"{head.ocsp} ({head.ocsp_ms:.0f} ms)",
+            "",
+            "revoked",
+            verdict(head.ocsp == "revoked"),
+        )
+    )
+    rows += [crl_row(r) for r in revocations]
+    if probe:
+        rows.append(
+            Row(
+                "  OCSP probe latency during (b), p50 / max",
+                f"{1000 * statistics.median(probe):.0f} / {1000 * max(probe):.0f} ms",
+            )
+        )
+    rows.append(
+        Row("(c) ocsp_answer in-process, 1 thread (ceiling)", f"{service_ocsp:,.0f}/s", "1.00")
+    )
+    rows.append(Row("    pyca OCSP response build + sign, 1 thread", f"{raw_ocsp:,.0f}/s"))
+    for r in ocsp_runs:
+        rows.append(
+            Row(
+                f"(c) OCSP over HTTP, {r['client']}, {r['workers']} worker(s)"
+                + (f" [{r['errors']} errors]" if r["errors"] else ""),
+                f"{r['per_s']:,.0f}/s",
+                f"{r['per_s'] / service_ocsp:.2f}",
+                f">= {TARGET_OCSP:,.0f}/s",
+                verdict(r["per_s"] >= TARGET_OCSP and not r["errors"]),
+            )
+        )
+    print_table(
+        f"CRL / revocation / OCSP at {n:,} revoked entries",
+        rows,
+        notes=[
+            f"The {n:,} revoked rows (+ {args.good:,} good) were BULK-INSERTED into "
+            f"`certificates` (SQLAlchemy Core insert, {bulk.seconds:.1f} s), not issued; "
+            "4 real certificates were issued through service.enroll.",
+            "Entries carry 159-bit random serials (as x509.random_serial_number() makes) and "
+            f"reason keyCompromise: {crl_der / max(n, 1):.0f} bytes of DER per entry; the raw "
+            f"pyca CRL of the same entries is {raw_der / 2**20:.1f} MiB.",
+            f"Server: `fleetward serve` (uvicorn, 1 worker for (b), --crl-interval {interval:g}) "
+            "in a subprocess on 127.0.0.1; SQLite WAL.",
+            f"(b) timed with httpx (keep-alive, warmed up); an OCSP probe ran every 100 ms "
+            f"throughout ({len(probe)} probes).",
+            f"(c) {args.ocsp_seconds:g} s per run, {args.ocsp_concurrency} connections, "
+            "good/revoked/unknown serials interleaved (1,000 each); ratio = HTTP / in-process "
+            "ceiling.",
+            *(
+                f"(c) {r['client']}, {r['workers']} worker(s): p50 {r['p50_ms']:.1f} ms, p99 "
+                f"{r['p99_ms']:.1f} ms, server {r['server_cores']:.2f} cores, client "
+                f"{r['client_cores']:.2f} cores"
+                for r in ocsp_runs
+            ),
+            *(["wrk not installed: only the Python client ran"] if not use_wrk else []),
+        ],
+    )
+    print_json(
+        {
+            "entries": n,
+            "rows_bulk_inserted": True,
+            "bulk_insert_s": round(bulk.seconds, 2),
+            "crl_publish_s": round(publish_s, 3),
+            "crl_der_bytes": crl_der,
+            "crl_entries": crl_entries,
+            "crl_sql_read_s": round(read_s, 3),
+            "raw_crl_build_sign_s": round(raw_total_s, 3),
+            "raw_crl_entries_build_s": round(raw_build_s, 3),
+            "raw_crl_der_bytes": raw_der,
+            "crl_interval_s": interval,
+            "revoke_http_ms": round(head.ms, 2),
+            "revocations": [
+                {
+                    "label": r.label,
+                    "ms": round(r.ms, 2),
+                    "crl_visible_s": None if r.crl_s is None else round(r.crl_s, 2),
+                }
+                for r in revocations
+            ],
+            "ocsp_after_revoke": head.ocsp,
+            "ocsp_after_revoke_ms": round(head.ocsp_ms, 2),
+            "crl_visible_after_s": None if head.crl_s is None else round(head.crl_s, 2),
+            "ocsp_probe_max_ms": round(1000 * max(probe), 1) if probe else None,
+            "ocsp_http_per_s": round(best["per_s"], 1),
+            "ocsp_http_client": best["client"],
+            "ocsp_http_workers": best["workers"],
+            "ocsp_runs": [
+                {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}
+                for r in ocsp_runs
+            ],
+            "ocsp_service_per_s": round(service_ocsp, 1),
+            "ocsp_raw_per_s": round(raw_ocsp, 1),
+            "targets": {
+                "crl_publish_s": TARGET_CRL_S,
+                "revoke_ms": TARGET_REVOKE_MS,
+                "crl_visible_s": interval,
+                "ocsp_per_s": TARGET_OCSP,
+                "crl_publish_pass": publish_s <= TARGET_CRL_S,
+                "revoke_pass": head.ms <= TARGET_REVOKE_MS,
+                "ocsp_revoked_pass": head.ocsp == "revoked",
+                "crl_visible_pass": head.crl_s is not None and head.crl_s <= interval,
+                "ocsp_pass": best["per_s"] >= TARGET_OCSP,
+            },
+        }
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
