@@ -48,7 +48,7 @@ def test_pkcs11_issuing_cas_sign_certificates_crls_and_ocsp(
             crl = x509.load_der_x509_crl(ca_service.get_crl(s, ca_id=record.ca_id).der)
             req = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA256()).build()
             answer = ocsp.load_der_ocsp_response(
-                ca_service.ocsp_answer(s, ctx.pki, req.public_bytes(Encoding.DER))
+                ca_service.ocsp_answer(s.connection(), ctx.pki, req.public_bytes(Encoding.DER))
             )
         assert crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
         assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None

@@ -51,7 +51,7 @@ def authenticate(ctx: AppContext, token: str | None, *, path: str) -> Principal:
     try:
         if token is None:
             raise AuthenticationError("an API token is required (Authorization: Bearer ...)")
-        with ctx.db.session() as session:
+        with ctx.db.read() as session:
             return tenancy.authenticate(session, token)
     except AuthenticationError as exc:
         audit.record_refusal(

@@ -60,7 +60,7 @@ def list_entries(
 ) -> list[EntryOut]:
     """The tenant's audit entries after ``after``."""
     require(who, Permission.AUDIT_READ)
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         return [
             EntryOut.of(e)
             for e in service.list_entries(s, tenant_id=who.tenant_id, after=after, limit=limit)
@@ -71,7 +71,7 @@ def list_entries(
 def verify(ctx: Ctx, who: Operator) -> VerifyOut:
     """Verify the whole chain and every checkpoint (problem 422 if broken)."""
     require(who, Permission.AUDIT_READ)
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         report = service.verify(s, public_key=ctx.checkpoint_public_key())
     return VerifyOut(
         ok=True, entries=report.entries, checkpoints=report.checkpoints, head_hash=report.head_hash
@@ -82,7 +82,7 @@ def verify(ctx: Ctx, who: Operator) -> VerifyOut:
 def proof(seq: int, ctx: Ctx, who: Operator) -> dict[str, Any]:
     """Inclusion proof of one of the tenant's entries in the newest checkpoint."""
     require(who, Permission.AUDIT_READ)
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         entry = s.get(AuditEntry, seq)
         if entry is None or entry.tenant_id != who.tenant_id:
             raise NotFoundError(f"audit entry {seq} not found")

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
-from sqlalchemy import func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from fleetward.audit import service as audit
@@ -69,7 +69,7 @@ class Pki:
     crl_validity: dt.timedelta = dt.timedelta(hours=24)
     ocsp_validity: dt.timedelta = dt.timedelta(hours=1)
     _certs: dict[int, x509.Certificate] = field(default_factory=dict)
-    _by_key_hash: dict[bytes, int] = field(default_factory=dict)
+    _by_key_hash: dict[bytes, _Responder] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def crl_url(self, ca_id: int) -> str:
@@ -92,23 +92,50 @@ class Pki:
                 self._certs[ca.id] = cert
         return cert
 
-    def ca_for_key_hash(self, session: Session, key_hash: bytes) -> int | None:
-        """The id of the issuing CA whose public key hashes (SHA-1/SHA-256) to ``key_hash``."""
-        ca_id = self._by_key_hash.get(key_hash)
-        if ca_id is None:
-            stmt = select(CertificateAuthority).where(
+    def responder(self, conn: Connection, key_hash: bytes, name_hash: bytes) -> _Responder | None:
+        """The issuing CA an OCSP CertID names, by SHA-1 or SHA-256 key and name hash.
+
+        The index is built from the database on a miss (a new CA), so
+        answering never queries CAs on the hot path.
+        """
+        found = self._by_key_hash.get(key_hash)
+        if found is None:
+            stmt = select(
+                CertificateAuthority.id,
+                CertificateAuthority.key_uri,
+                CertificateAuthority.certificate_pem,
+            ).where(
                 CertificateAuthority.kind == "issuing",
                 CertificateAuthority.certificate_pem.is_not(None),
             )
-            index: dict[bytes, int] = {}
-            for ca in session.execute(stmt).scalars():
-                bits = _public_key_bits(self.certificate(ca))
-                index[hashlib.sha1(bits).digest()] = ca.id  # noqa: S324 - OCSP CertID default
-                index[hashlib.sha256(bits).digest()] = ca.id
+            index: dict[bytes, _Responder] = {}
+            for ca_id, key_uri, pem in conn.execute(stmt):
+                assert pem is not None  # filtered above
+                cert = x509.load_pem_x509_certificate(pem.encode())
+                bits = _public_key_bits(cert)
+                name = cert.subject.public_bytes()
+                names = frozenset(
+                    {hashlib.sha1(name).digest(), hashlib.sha256(name).digest()}  # noqa: S324 - OCSP CertID
+                )
+                entry = _Responder(ca_id=ca_id, key_uri=key_uri, cert=cert, name_hashes=names)
+                index[hashlib.sha1(bits).digest()] = entry  # noqa: S324 - OCSP CertID default
+                index[hashlib.sha256(bits).digest()] = entry
             with self._lock:
                 self._by_key_hash = index
-            ca_id = index.get(key_hash)
-        return ca_id
+            found = index.get(key_hash)
+        if found is None or name_hash not in found.name_hashes:
+            return None
+        return found
+
+
+@dataclass(frozen=True)
+class _Responder:
+    """What answering OCSP for one issuing CA needs, cached per process."""
+
+    ca_id: int
+    key_uri: str
+    cert: x509.Certificate
+    name_hashes: frozenset[bytes]
 
 
 def _public_key_bits(cert: x509.Certificate) -> bytes:
@@ -475,8 +502,15 @@ def get_crl(session: Session, *, ca_id: int) -> PublishedCrl:
     return crl
 
 
+_OCSP_STATUS = select(
+    CertificateRecord.status, CertificateRecord.revoked_at, CertificateRecord.revocation_reason
+).where(
+    CertificateRecord.serial == bindparam("serial"), CertificateRecord.ca_id == bindparam("ca_id")
+)
+
+
 def ocsp_answer(
-    session: Session, pki: Pki, request_der: bytes, *, now: dt.datetime | None = None
+    conn: Connection, pki: Pki, request_der: bytes, *, now: dt.datetime | None = None
 ) -> bytes:
     """Answer one DER OCSP request with a DER OCSP response (RFC 6960).
 
@@ -490,29 +524,24 @@ def ocsp_answer(
         return ocsp.OCSPResponseBuilder.build_unsuccessful(
             ocsp.OCSPResponseStatus.MALFORMED_REQUEST
         ).public_bytes(Encoding.DER)
-    ca_id = pki.ca_for_key_hash(session, query.issuer_key_hash)
-    if ca_id is None:
+    responder = pki.responder(conn, query.issuer_key_hash, query.issuer_name_hash)
+    if responder is None:
         return ocsp.OCSPResponseBuilder.build_unsuccessful(
             ocsp.OCSPResponseStatus.UNAUTHORIZED
         ).public_bytes(Encoding.DER)
-    ca = get_ca(session, tenant_id=None, ca_id=ca_id)
-    row = session.execute(
-        select(
-            CertificateRecord.status,
-            CertificateRecord.revoked_at,
-            CertificateRecord.revocation_reason,
-        ).where(
-            CertificateRecord.serial == format(query.serial, "x"), CertificateRecord.ca_id == ca_id
-        )
+    row = conn.execute(
+        _OCSP_STATUS, {"serial": format(query.serial, "x"), "ca_id": responder.ca_id}
     ).first()
     status, revoked_at, reason = (row[0], row[1], row[2]) if row else ("unknown", None, None)
     builder = revocation.ocsp_response_builder(
         query=query,
-        issuer=pki.certificate(ca),
+        issuer=responder.cert,
         status=status,
         revoked_at=revoked_at,
         reason=reason,
         now=now,
         validity=pki.ocsp_validity,
     )
-    return sign_ocsp_response(builder, pki.keyring.open(ca.key_uri)).public_bytes(Encoding.DER)
+    return sign_ocsp_response(builder, pki.keyring.open(responder.key_uri)).public_bytes(
+        Encoding.DER
+    )

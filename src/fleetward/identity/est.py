@@ -76,7 +76,7 @@ def _chain(session: Session, ctx: Ctx, ca: CertificateAuthority) -> list[x509.Ce
 
 def _cacerts(ctx: Ctx, label: str | None) -> Response:
     tenant_name, env = _parse_label(label)
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         tenant = tenancy.get_tenant_by_name(s, tenant_name or "default")
         ca = ca_service.active_issuing_ca(s, tenant_id=tenant.id, environment=env or "production")
         return _certs_only(_chain(s, ctx, ca))

@@ -6,7 +6,6 @@ import base64
 import binascii
 
 from fastapi import APIRouter, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from fleetward.api.deps import Ctx, Operator
 from fleetward.errors import InvalidInputError
@@ -34,7 +33,7 @@ public = APIRouter(tags=["revocation"])
 def list_cas(ctx: Ctx, who: Operator) -> list[CaOut]:
     """The tenant's CAs."""
     require(who, Permission.CA_READ)
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         return [CaOut.of(c) for c in ca_service.list_cas(s, tenant_id=who.tenant_id)]
 
 
@@ -48,7 +47,7 @@ def list_devices(
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[DeviceOut]:
     """Devices of the tenant, paged by ``after`` (last device id seen)."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         rows = service.list_devices(s, who, state=state, product=product, after=after, limit=limit)
         return [DeviceOut.of(d) for d in rows]
 
@@ -71,7 +70,7 @@ def register_device(body: DeviceIn, ctx: Ctx, who: Operator) -> DeviceOut:
 @router.get("/devices/{device_id}", response_model=DeviceOut)
 def get_device(device_id: str, ctx: Ctx, who: Operator) -> DeviceOut:
     """One device."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         return DeviceOut.of(service.get_device(s, who, device_id))
 
 
@@ -164,7 +163,7 @@ def revoke_device(device_id: str, body: RevokeIn, ctx: Ctx, who: Operator) -> De
 @router.get("/devices/{device_id}/certificates", response_model=list[CertificateOut])
 def device_certificates(device_id: str, ctx: Ctx, who: Operator) -> list[CertificateOut]:
     """A device's certificate history."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         return [
             CertificateOut.of(r, device_id) for r in service.list_certificates(s, who, device_id)
         ]
@@ -173,7 +172,7 @@ def device_certificates(device_id: str, ctx: Ctx, who: Operator) -> list[Certifi
 @router.get("/certificates/{serial}", response_model=CertificateOut)
 def get_certificate(serial: str, ctx: Ctx, who: Operator) -> CertificateOut:
     """One certificate by serial (hex)."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         return CertificateOut.of(service.get_certificate(s, who, serial))
 
 
@@ -208,7 +207,7 @@ def renew(body: RenewIn, ctx: Ctx) -> CertificateOut:
 @public.get("/crl/{ca_id}.crl", response_class=Response)
 def crl(ca_id: int, ctx: Ctx) -> Response:
     """The CA's latest published CRL (DER)."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         published = ca_service.get_crl(s, ca_id=ca_id)
         return Response(
             published.der,
@@ -220,7 +219,7 @@ def crl(ca_id: int, ctx: Ctx) -> Response:
 @public.get("/ca/{ca_id}.crt", response_class=Response)
 def ca_certificate(ca_id: int, ctx: Ctx) -> Response:
     """A CA certificate (PEM)."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         ca = ca_service.get_ca(s, tenant_id=None, ca_id=ca_id)
         if ca.certificate_pem is None:
             raise InvalidInputError(f"CA {ca_id} has no certificate yet")
@@ -250,8 +249,7 @@ async def ocsp_get(encoded: str, ctx: Ctx) -> Response:
 
 
 async def _answer(ctx: Ctx, data: bytes) -> bytes:
-    def work() -> bytes:
-        with ctx.db.session() as s:
-            return ca_service.ocsp_answer(s, ctx.pki, data)
-
-    return await run_in_threadpool(work)
+    # Answered on the event loop: one indexed read and one signature take
+    # less time than a hop to the thread pool would.
+    with ctx.db.read_engine.connect() as conn:
+        return ca_service.ocsp_answer(conn, ctx.pki, data)

@@ -90,14 +90,14 @@ def sign_certificate(builder: x509.CertificateBuilder, signer: Signer) -> x509.C
     spec = signer.algorithm
     key = signer.builder_key()
     if key is not None:
-        cert = builder.sign(key, spec.new_hash())
-        tbs = cert.tbs_certificate_bytes
-    else:
-        draft = builder.sign(_ephemeral_key(spec), spec.new_hash())
-        tbs = draft.tbs_certificate_bytes
-        asn1 = asn1_x509.Certificate.load(draft.public_bytes(serialization.Encoding.DER))
-        asn1["signature_value"] = OctetBitString(signer.sign(tbs))
-        cert = x509.load_der_x509_certificate(asn1.dump())
+        # pyca signs with the in-memory key itself: nothing was reassembled,
+        # so there is nothing to re-check (this is the issuance hot path).
+        return builder.sign(key, spec.new_hash())
+    draft = builder.sign(_ephemeral_key(spec), spec.new_hash())
+    tbs = draft.tbs_certificate_bytes
+    asn1 = asn1_x509.Certificate.load(draft.public_bytes(serialization.Encoding.DER))
+    asn1["signature_value"] = OctetBitString(signer.sign(tbs))
+    cert = x509.load_der_x509_certificate(asn1.dump())
     if cert.tbs_certificate_bytes != tbs:
         raise SignatureError("reassembled certificate does not carry the signed TBS")
     _check(
@@ -183,14 +183,12 @@ def sign_crl(
     spec = signer.algorithm
     key = signer.builder_key()
     if key is not None:
-        crl = builder.sign(key, spec.new_hash())
-        tbs = crl.tbs_certlist_bytes
-    else:
-        draft = builder.sign(_ephemeral_key(spec), spec.new_hash())
-        tbs = draft.tbs_certlist_bytes
-        asn1 = asn1_crl.CertificateList.load(draft.public_bytes(serialization.Encoding.DER))
-        asn1["signature"] = OctetBitString(signer.sign(tbs))
-        crl = x509.load_der_x509_crl(asn1.dump())
+        return builder.sign(key, spec.new_hash())
+    draft = builder.sign(_ephemeral_key(spec), spec.new_hash())
+    tbs = draft.tbs_certlist_bytes
+    asn1 = asn1_crl.CertificateList.load(draft.public_bytes(serialization.Encoding.DER))
+    asn1["signature"] = OctetBitString(signer.sign(tbs))
+    crl = x509.load_der_x509_crl(asn1.dump())
     if crl.tbs_certlist_bytes != tbs:
         raise SignatureError("reassembled CRL does not carry the signed TBS")
     _check(
@@ -277,27 +275,30 @@ def sign_ocsp_response(builder: ocsp.OCSPResponseBuilder, signer: Signer) -> ocs
         SignatureError: The produced signature does not verify.
     """
     spec = signer.algorithm
+    key = signer.builder_key()
+    if key is not None:
+        # pyca itself refuses a key that does not match the responder
+        # certificate, and nothing is reassembled: the OCSP hot path.
+        try:
+            return builder.sign(key, spec.new_hash())
+        except ValueError as exc:
+            raise InvalidInputError(f"cannot sign the OCSP response: {exc}") from exc
     real, encoding = _responder(builder)
     if real.public_key() != signer.public_key():
         raise InvalidInputError("the OCSP responder certificate is not for the signer's key")
-    key = signer.builder_key()
-    if key is not None:
-        response = builder.sign(key, spec.new_hash())
-        tbs = response.tbs_response_bytes
-    else:
-        draft, real, encoding = _ocsp_draft(builder, spec)
-        outer = asn1_ocsp.OCSPResponse.load(draft.public_bytes(serialization.Encoding.DER))
-        response_bytes = outer["response_bytes"]
-        basic = response_bytes["response"].parsed
-        data = basic["tbs_response_data"]
-        data["responder_id"] = _asn1_responder_id(real, encoding)
-        tbs = data.dump()
-        basic["tbs_response_data"] = asn1_ocsp.ResponseData.load(tbs)
-        basic["signature"] = OctetBitString(signer.sign(tbs))
-        response_bytes["response"] = ParsableOctetString(basic.dump())
-        # Re-assign so the outer structure knows its child changed.
-        outer["response_bytes"] = response_bytes
-        response = ocsp.load_der_ocsp_response(outer.dump())
+    draft, real, encoding = _ocsp_draft(builder, spec)
+    outer = asn1_ocsp.OCSPResponse.load(draft.public_bytes(serialization.Encoding.DER))
+    response_bytes = outer["response_bytes"]
+    basic = response_bytes["response"].parsed
+    data = basic["tbs_response_data"]
+    data["responder_id"] = _asn1_responder_id(real, encoding)
+    tbs = data.dump()
+    basic["tbs_response_data"] = asn1_ocsp.ResponseData.load(tbs)
+    basic["signature"] = OctetBitString(signer.sign(tbs))
+    response_bytes["response"] = ParsableOctetString(basic.dump())
+    # Re-assign so the outer structure knows its child changed.
+    outer["response_bytes"] = response_bytes
+    response = ocsp.load_der_ocsp_response(outer.dump())
     if response.tbs_response_bytes != tbs:
         raise SignatureError("reassembled OCSP response does not carry the signed TBS")
     expected_id = _asn1_responder_id(real, encoding)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,7 @@ class Base(DeclarativeBase):
     """Declarative base of every fleetward table."""
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy issue BEGIN itself (below) instead of pysqlite.
@@ -42,14 +43,23 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        # Every transaction takes the write lock up front. With deferred
+        # Write transactions take the write lock up front. With deferred
         # transactions two writers that both read the audit chain head would
-        # race, and the loser would get SQLITE_BUSY at once instead of waiting.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # race, and the loser would get SQLITE_BUSY at once instead of
+        # waiting. Read transactions stay deferred: WAL lets them run beside
+        # the writer.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 class Database:
-    """An engine plus a session factory for one database URL."""
+    """Engines and session factories for one database URL.
+
+    :meth:`session` is a write unit of work; :meth:`read` is a read-only
+    one. On SQLite they use two engines (``BEGIN IMMEDIATE`` vs ``BEGIN``)
+    and writers of one process queue on a lock, which wakes them at once
+    instead of SQLite's sleep-and-retry busy handler. On PostgreSQL both
+    share one engine.
+    """
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
@@ -58,10 +68,18 @@ class Database:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
             kwargs["pool_pre_ping"] = True
+            kwargs["pool_size"] = 10
         self.engine = create_engine(url, **kwargs)
+        self._write_lock: threading.Lock | None = None
         if self.engine.dialect.name == "sqlite":
-            _sqlite_pragmas(self.engine)
+            _sqlite_pragmas(self.engine, immediate=True)
+            self.read_engine = create_engine(url, **kwargs)
+            _sqlite_pragmas(self.read_engine, immediate=False)
+            self._write_lock = threading.Lock()
+        else:
+            self.read_engine = self.engine
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.readers = sessionmaker(self.read_engine, expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -78,10 +96,22 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session whose transaction commits on success, rolls back on error."""
-        with self.sessions() as session, session.begin():
+        """A write session whose transaction commits on success, rolls back on error."""
+        if self._write_lock is None:
+            with self.sessions() as session, session.begin():
+                yield session
+            return
+        with self._write_lock, self.sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only session (never blocks on, nor blocks, the writer on SQLite)."""
+        with self.readers() as session, session.begin():
             yield session
 
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()

@@ -69,7 +69,7 @@ class TokenOut(BaseModel):
 @router.get("/tenant", response_model=TenantOut)
 def get_tenant(ctx: Ctx, who: Operator) -> TenantOut:
     """The tenant this token belongs to."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         t = service.get_tenant(s, who.tenant_id)
         return TenantOut(name=t.name, cert_lifetime_days=t.cert_lifetime_days, role=who.role)
 
@@ -90,7 +90,7 @@ def patch_tenant(body: TenantPolicyIn, ctx: Ctx, who: Operator) -> TenantOut:
 @router.get("/tokens", response_model=list[TokenOut])
 def list_tokens(ctx: Ctx, who: Operator) -> list[TokenOut]:
     """Tokens of the tenant (admin)."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         return [TokenOut.of(t) for t in service.list_tokens(s, who)]
 
 
