@@ -612,9 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         read_s = sql_read_seconds(ctx, ca_id)
         log.print(f"  {read_s:.2f} s; publish_crls(force=True)")
         start = time.perf_counter()
-        with ctx.db.session() as s:
-            rebuilt = ca_service.publish_crls(s, ctx.pki, force=True)
-            published = {c.ca_id: (c.entries, len(c.der)) for c in rebuilt}
+        rebuilt = ca_service.publish_crls(ctx.db, ctx.pki, force=True)
+        published = {c.ca_id: (c.entries, len(c.der)) for c in rebuilt}
         publish_s = time.perf_counter() - start
         crl_entries, crl_der = published[ca_id]
         log.print(f"  {publish_s:.2f} s, {crl_der / 2**20:.1f} MiB, {crl_entries:,} entries")

@@ -44,7 +44,8 @@ def test_pkcs11_issuing_cas_sign_certificates_crls_and_ocsp(
 
         with ctx.db.session() as s:
             service.revoke_certificate(s, who, record.serial, reason="keyCompromise")
-            ca_service.publish_crls(s, ctx.pki)
+        assert [b.ca_id for b in ca_service.publish_crls(ctx.db, ctx.pki)] == [record.ca_id]
+        with ctx.db.session() as s:
             crl = x509.load_der_x509_crl(ca_service.get_crl(s, ca_id=record.ca_id).der)
             req = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA256()).build()
             answer = ocsp.load_der_ocsp_response(

@@ -148,8 +148,7 @@ def test_revocation_leaves_the_crl_to_the_publisher(
     assert after.next_update_utc is not None and after.next_update_utc > dt.datetime.now(
         dt.UTC
     ) + dt.timedelta(hours=23)
-    with ctx.db.session() as s:
-        assert ca_service.publish_crls(s, ctx.pki) == []  # nothing changed: nothing rebuilt
+    assert ca_service.publish_crls(ctx.db, ctx.pki) == []  # nothing changed: nothing rebuilt
 
 
 def test_tenant_lifetime_policy_applies(client: TestClient, admin_token: str) -> None:

