@@ -95,7 +95,7 @@ def encode_entries(
     # field, and a cache of encoded times (mass revocations share one time).
     ext = _REASON_EXT
     times: dict[dt.datetime | str, bytes] = {}
-    parts = []
+    parts: list[bytes] = []
     append = parts.append
     for serial, when, reason in rows:
         raw = bytes.fromhex(serial if not len(serial) & 1 else "0" + serial)
