@@ -73,7 +73,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import insert, select
 
 from fleetward.api.context import AppContext
-from fleetward.identity import ca_service, service
+from fleetward.identity import ca_service, issuance, service
 from fleetward.identity.models import CertificateAuthority, CertificateRecord
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
@@ -108,7 +108,7 @@ def issue_real(ctx: AppContext, principal: Principal, count: int) -> list[x509.C
     for i in range(count):
         device_id = f"real-{i:03d}"
         with ctx.db.session() as s:
-            record = service.enroll(
+            record = issuance.enroll(
                 s, ctx.pki, principal, device_id=device_id, csr=make_csr(device_id), environment=ENV
             )
             certs.append(x509.load_der_x509_certificate(record.der))

@@ -6,7 +6,7 @@ Measured in one run, each figure on its own distinct devices:
    prebuilt device-profile certificate (P-256 issuer, SHA-256), and "CSR
    load + verify + build + sign", which is the most one enrollment can reach
    per core;
-2. enrollments/s through the service layer (``service.enroll``, one
+2. enrollments/s through the service layer (``issuance.enroll``, one
    transaction per device, in this process, one thread);
 3. enrollments/s over HTTP, ``POST /api/v1/devices/{id}/enroll`` with many
    concurrent keep-alive connections, for each server worker count asked;
@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 from sqlalchemy import select
 
-from fleetward.identity import service
+from fleetward.identity import issuance
 from fleetward.identity.models import CertificateAuthority
 from fleetward.tenancy import service as tenancy
 
@@ -262,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         for device_id, pem in csrs["svc"]:
             with ctx.db.session() as s:
-                service.enroll(s, ctx.pki, principal, device_id=device_id, csr=pem, environment=ENV)
+                issuance.enroll(
+                    s, ctx.pki, principal, device_id=device_id, csr=pem, environment=ENV
+                )
         service_per_s = n / (time.perf_counter() - start)
         ctx.db.dispose()
 
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         Row("raw: CertificateBuilder.sign, prebuilt (P-256)", f"{raw_sign:,.0f}/s"),
         Row("raw: CSR load+verify + build + sign (ceiling)", f"{raw_enroll:,.0f}/s", "1.00"),
         Row(
-            "service.enroll, 1 txn per device, 1 thread",
+            "issuance.enroll, 1 txn per device, 1 thread",
             f"{service_per_s:,.0f}/s",
             ratio(service_per_s),
         ),

@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 
 from fleetward.api.context import AppContext
 from fleetward.audit.models import AuditEntry
+from fleetward.identity.issuance import renewal_proof_message
 from fleetward.identity.models import CertificateRecord, Device
-from fleetward.identity.service import renewal_proof_message
 from fleetward.store import utcnow
 from fleetward.tenancy import service as tenancy
 from tests.helpers import csr_pem, new_key
@@ -356,8 +356,8 @@ def test_batch_enrollment_items_succeed_or_fail_alone(
     too_many = {"items": [items[0]] * 1001}
     assert_problem(
         client.post("/api/v1/enroll/batch", json=too_many, headers=auth(admin_token)),
-        413,
-        "limit is 1000",
+        422,
+        "at most 1000 items",
     )
 
 

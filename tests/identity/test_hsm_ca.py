@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from fleetward.config import Settings
-from fleetward.identity import ca_service, service
+from fleetward.identity import ca_service, issuance, service
 from fleetward.installation import initialise
 from fleetward.keys import verify_signature
 from fleetward.tenancy import service as tenancy
@@ -35,7 +35,7 @@ def test_pkcs11_issuing_cas_sign_certificates_crls_and_ocsp(
             assert {c.key_uri.split(":")[0] for c in cas} == {"pkcs11"}
             assert not list((settings.keys_dir).glob("default-*.pem"))  # no CA key on disk
             who = tenancy.authenticate(s, token)
-            record = service.enroll(
+            record = issuance.enroll(
                 s, ctx.pki, who, device_id="hsm-1", csr=csr_pem(new_key(), "hsm-1")
             )
             issuer = ctx.pki.certificate(ca_service.get_ca(s, tenant_id=1, ca_id=record.ca_id))

@@ -21,7 +21,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from fleetward.audit import merkle
@@ -32,8 +32,10 @@ from fleetward.keys import Signer, verify_signature
 from fleetward.store import Database, utcnow
 
 __all__ = [
+    "Event",
     "VerifyReport",
     "append",
+    "append_many",
     "checkpoint",
     "checkpoint_statement",
     "inclusion_proof",
@@ -44,13 +46,58 @@ __all__ = [
 ]
 
 
-def _head(session: Session) -> AuditHead:
-    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar()
-    if head is None:
-        head = AuditHead(id=1, seq=0, hash=GENESIS)
-        session.add(head)
-        session.flush()
-    return head
+_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry to append (see :func:`append`)."""
+
+    actor: str
+    action: str
+    subject: str
+    tenant_id: int | None = None
+    outcome: str = "ok"
+    details: dict[str, Any] | None = None
+
+
+def append_many(session: Session, events: list[Event], *, now: dt.datetime | None = None) -> int:
+    """Append ``events`` to the chain, in order, in the caller's transaction.
+
+    The head row is locked once (``SELECT ... FOR UPDATE`` on PostgreSQL; on
+    SQLite the write transaction already holds the database lock), the hashes
+    are chained in memory, and the rows go in with one multi-row insert.
+
+    Returns:
+        The sequence number of the last entry appended.
+    """
+    row = session.execute(_HEAD).first()
+    if row is None:
+        seq, prev = 0, GENESIS
+        session.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS))
+    else:
+        seq, prev = row[0], row[1]
+    ts = now or utcnow()
+    rows = []
+    for event in events:
+        seq += 1
+        fields = EntryFields(
+            seq=seq,
+            ts=ts,
+            tenant_id=event.tenant_id,
+            actor=event.actor[:200],
+            action=event.action,
+            outcome=event.outcome,
+            subject=event.subject[:200],
+            details=canonical_details(event.details),
+            prev_hash=prev,
+        )
+        prev = entry_hash(fields)
+        rows.append({**fields.__dict__, "hash": prev})
+    if rows:
+        session.execute(insert(AuditEntry), rows)
+        session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+    return seq
 
 
 def append(
@@ -63,12 +110,12 @@ def append(
     outcome: str = "ok",
     details: dict[str, Any] | None = None,
     now: dt.datetime | None = None,
-) -> AuditEntry:
+) -> int:
     """Append one entry to the chain in the caller's transaction.
 
     Args:
         session: the unit of work that makes the audited change.
-        actor: who acted (``token:<id>``, ``cli``, ``device:<id>``, ``system``).
+        actor: who acted (``token:<id>``, ``cli:<user>``, ``device:<id>``, ``system``).
         action: dotted verb, e.g. ``certificate.issue``.
         subject: what was acted on, e.g. ``device:sensor-1``.
         tenant_id: tenant the entry belongs to (``None`` for system events).
@@ -77,36 +124,17 @@ def append(
         now: time of the decision (defaults to the clock).
 
     Returns:
-        The new entry (flushed).
+        The new entry's sequence number.
     """
-    head = _head(session)
-    fields = EntryFields(
-        seq=head.seq + 1,
-        ts=now or utcnow(),
-        tenant_id=tenant_id,
-        actor=actor[:200],
+    event = Event(
+        actor=actor,
         action=action,
-        outcome=outcome,
-        subject=subject[:200],
-        details=canonical_details(details),
-        prev_hash=head.hash,
-    )
-    digest = entry_hash(fields)
-    entry = AuditEntry(
-        seq=fields.seq,
-        ts=fields.ts,
+        subject=subject,
         tenant_id=tenant_id,
-        actor=fields.actor,
-        action=action,
         outcome=outcome,
-        subject=fields.subject,
-        details=fields.details,
-        prev_hash=fields.prev_hash,
-        hash=digest,
+        details=details,
     )
-    session.add(entry)
-    head.seq, head.hash = fields.seq, digest
-    return entry
+    return append_many(session, [event], now=now)
 
 
 def record_refusal(

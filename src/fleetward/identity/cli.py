@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from fleetward.cli.common import console, load_ctx, local_principal
-from fleetward.identity import ca_service, service
-from fleetward.identity.schemas import CertificateOut, DeviceOut
+from fleetward.identity import ca_service, issuance, service
+from fleetward.identity.schemas import CertificateOut, DeviceOut, certificate_out
 from fleetward.keys import open_signer
 from fleetward.tenancy import service as tenancy
 
@@ -187,10 +187,10 @@ def device_enroll(
         subject=f"device:{device_id[:64]}",
         tenant_id=who.tenant_id,
     ) as s:
-        r = service.enroll(
+        r = issuance.enroll(
             s, app.pki, who, device_id=device_id, csr=csr.read_bytes(), environment=environment
         )
-    pem = CertificateOut.of(r).certificate
+    pem = certificate_out(r).certificate
     if out:
         out.write_text(pem)
         console.print(f"certificate {r.serial} written to {out}")

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fleetward.api.deps import Ctx, authenticate, bearer_or_basic
 from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
-from fleetward.identity import ca_service, profile, service
+from fleetward.identity import ca_service, issuance, profile
 from fleetward.identity.models import CertificateAuthority
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import ENVIRONMENTS
@@ -118,10 +118,10 @@ async def _simpleenroll(request: Request, ctx: Ctx, label: str | None) -> Respon
             subject=f"device:{device_id[:64]}",
             tenant_id=who.tenant_id,
         ) as s:
-            record = service.enroll(
+            issued = issuance.enroll(
                 s, ctx.pki, who, device_id=device_id, csr=csr_der, environment=env
             )
-            return _certs_only([x509.load_der_x509_certificate(record.der)])
+            return _certs_only([issued.certificate])
 
     return await run_in_threadpool(work)
 
@@ -159,8 +159,8 @@ async def _simplereenroll(request: Request, ctx: Ctx) -> Response:
         with ctx.unit_of_work(
             actor="device", action="certificate.renew", subject="est", tenant_id=None
         ) as s:
-            record = service.renew(s, ctx.pki, current=current, csr=csr_der, proof=proof)
-            return _certs_only([x509.load_der_x509_certificate(record.der)])
+            issued = issuance.renew(s, ctx.pki, current=current, csr=csr_der, proof=proof)
+            return _certs_only([issued.certificate])
 
     return await run_in_threadpool(work)
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from fleetward.api.deps import Ctx, Operator
 from fleetward.errors import InvalidInputError
-from fleetward.identity import ca_service, service
+from fleetward.identity import ca_service, issuance, service
 from fleetward.identity.schemas import (
     BatchEnrollIn,
     BatchEnrollOut,
@@ -22,6 +22,7 @@ from fleetward.identity.schemas import (
     RenewIn,
     RevokeIn,
     StateIn,
+    certificate_out,
 )
 from fleetward.tenancy.roles import Permission, require
 
@@ -77,61 +78,58 @@ def get_device(device_id: str, ctx: Ctx, who: Operator) -> DeviceOut:
 @router.post("/devices/{device_id}/enroll", response_model=CertificateOut, status_code=201)
 def enroll(device_id: str, body: EnrollIn, ctx: Ctx, who: Operator) -> CertificateOut:
     """Issue a device's first certificate from its CSR."""
-    with ctx.unit_of_work(
+    item = issuance.BatchItem(
+        device_id=device_id, csr=body.csr.encode(), product=body.product, labels=body.labels
+    )
+    with ctx.refusals_recorded(
         actor=who.actor,
         action="certificate.issue",
         subject=f"device:{device_id[:64]}",
         tenant_id=who.tenant_id,
-    ) as s:
-        r = service.enroll(
-            s,
-            ctx.pki,
-            who,
-            device_id=device_id,
-            csr=body.csr.encode(),
-            environment=body.environment,
-            product=body.product,
-            labels=body.labels,
-        )
-        return CertificateOut.of(r, device_id)
+    ):
+        result = issuance.enroll_many(
+            ctx.db, ctx.pki, who, items=[item], environment=body.environment
+        )[0]
+    if result.error is not None:
+        raise result.error  # already recorded, with the batch transaction
+    assert result.issued is not None
+    return certificate_out(result.issued)
 
 
 @router.post("/enroll/batch", response_model=BatchEnrollOut)
-def enroll_batch(body: BatchEnrollIn, request: Request, ctx: Ctx, who: Operator) -> BatchEnrollOut:
+def enroll_batch(body: BatchEnrollIn, ctx: Ctx, who: Operator) -> BatchEnrollOut:
     """Enroll up to 1,000 devices in one request; each item succeeds or fails alone."""
     items = [
-        service.BatchItem(
+        issuance.BatchItem(
             device_id=i.device_id, csr=i.csr.encode(), product=i.product, labels=i.labels
         )
         for i in body.items
     ]
-    with ctx.unit_of_work(
+    with ctx.refusals_recorded(
         actor=who.actor, action="certificate.issue", subject="batch", tenant_id=who.tenant_id
-    ) as s:
-        results = service.enroll_batch(s, ctx.pki, who, items=items, environment=body.environment)
-        out = []
-        for r in results:
-            if r.record is not None:
-                out.append(
-                    BatchItemOut(
-                        device_id=r.device_id, certificate=CertificateOut.of(r.record, r.device_id)
-                    )
+    ):
+        results = issuance.enroll_many(
+            ctx.db, ctx.pki, who, items=items, environment=body.environment
+        )
+    out = []
+    for r in results:
+        if r.issued is not None:
+            out.append(BatchItemOut(device_id=r.device_id, certificate=certificate_out(r.issued)))
+        else:
+            assert r.error is not None
+            out.append(
+                BatchItemOut(
+                    device_id=r.device_id,
+                    problem={
+                        "type": f"urn:fleetward:problem:{r.error.slug}",
+                        "title": r.error.title,
+                        "status": r.error.status,
+                        "detail": r.error.detail,
+                    },
                 )
-            else:
-                assert r.error is not None
-                out.append(
-                    BatchItemOut(
-                        device_id=r.device_id,
-                        problem={
-                            "type": f"urn:fleetward:problem:{r.error.slug}",
-                            "title": r.error.title,
-                            "status": r.error.status,
-                            "detail": r.error.detail,
-                        },
-                    )
-                )
-        issued = sum(1 for r in results if r.record is not None)
-        return BatchEnrollOut(issued=issued, refused=len(results) - issued, items=out)
+            )
+    issued = sum(1 for r in results if r.issued is not None)
+    return BatchEnrollOut(issued=issued, refused=len(results) - issued, items=out)
 
 
 @router.post("/devices/{device_id}/state", response_model=DeviceOut)
@@ -198,10 +196,10 @@ def renew(body: RenewIn, ctx: Ctx) -> CertificateOut:
     with ctx.unit_of_work(
         actor="device", action="certificate.renew", subject="renewal", tenant_id=None
     ) as s:
-        r = service.renew(
+        issued = issuance.renew(
             s, ctx.pki, current=body.certificate.encode(), csr=body.csr.encode(), proof=proof
         )
-        return CertificateOut.of(r)
+        return certificate_out(issued)
 
 
 @public.get("/crl/{ca_id}.crl", response_class=Response)

@@ -9,6 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from pydantic import BaseModel, Field
 
+from fleetward.identity.issuance import MAX_BATCH, Issued
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
 from fleetward.identity.profile import MAX_CSR_BYTES
 
@@ -23,6 +24,7 @@ __all__ = [
     "RenewIn",
     "RevokeIn",
     "StateIn",
+    "certificate_out",
 ]
 
 
@@ -79,7 +81,7 @@ class BatchEnrollIn(BaseModel):
     """Batch enrollment (factory stations)."""
 
     environment: str | None = None
-    items: list[BatchItemIn]
+    items: list[BatchItemIn] = Field(max_length=MAX_BATCH)
 
 
 class CertificateOut(BaseModel):
@@ -114,6 +116,23 @@ class CertificateOut(BaseModel):
             revocation_reason=r.revocation_reason,
             certificate=pem,
         )
+
+
+def certificate_out(issued: Issued) -> CertificateOut:
+    """A just-issued certificate."""
+    return CertificateOut(
+        serial=issued.serial,
+        device_id=issued.device_id or None,
+        ca_id=issued.ca_id,
+        environment=issued.environment,
+        fingerprint=issued.fingerprint,
+        not_before=issued.not_before,
+        not_after=issued.not_after,
+        status="good",
+        revoked_at=None,
+        revocation_reason=None,
+        certificate=issued.certificate.public_bytes(Encoding.PEM).decode(),
+    )
 
 
 class BatchItemOut(BaseModel):

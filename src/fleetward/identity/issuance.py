@@ -1,0 +1,586 @@
+"""Certificate issuance pipeline: check, sign, record.
+
+Issuance is split so the expensive part never holds the write lock:
+
+1. **check** (pure): device id, CSR parse, key type, proof of possession,
+   profile;
+2. **sign** (crypto, no transaction): the issuing CA and tenant policy come
+   from a short read (the issuer is cached for a few seconds per process);
+3. **record** (one short write transaction): device states are checked
+   again there, authoritatively; accepted certificates, new devices and one
+   audit entry per item (issued or refused) go in with multi-row inserts.
+
+A certificate signed for an item that the record step refuses is dropped:
+it was never stored nor returned, so it never existed for anyone.
+
+:func:`enroll_many` runs the three steps in their own transactions (the API
+uses it for single and batch requests); :func:`enroll` runs them in the
+caller's session (CLI, tests).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from fleetward.audit import service as audit
+from fleetward.errors import (
+    CertificateError,
+    ConflictError,
+    FleetwardError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    SignatureError,
+)
+from fleetward.identity import profile
+from fleetward.identity.ca_service import Pki
+from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
+from fleetward.keys import sign_certificate, verify_signature
+from fleetward.store import Database, utcnow
+from fleetward.tenancy.models import Tenant
+from fleetward.tenancy.roles import ENVIRONMENTS, Permission, Principal, require
+
+__all__ = [
+    "MAX_BATCH",
+    "BatchItem",
+    "BatchResult",
+    "Issued",
+    "enroll",
+    "enroll_many",
+    "environment_for",
+    "labels_json",
+    "product_name",
+    "renew",
+    "renewal_proof_message",
+]
+
+MAX_BATCH = 1000  # items per batch enrollment request
+MAX_CERT_BYTES = 16 * 1024  # a certificate a device presents to renew
+MAX_LABELS = 32  # labels per device; keys and values are short strings
+DEFAULT_PRODUCT = "default"
+ISSUER_CACHE_SECONDS = 5.0  # how long a process keeps using an issuer after a CA rotation
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One device to enroll."""
+
+    device_id: str
+    csr: bytes
+    product: str | None = None
+    labels: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A signed certificate, recorded or about to be."""
+
+    device_id: str
+    serial: str
+    der: bytes
+    fingerprint: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    ca_id: int
+    environment: str
+    key_type: str
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The certificate object."""
+        return x509.load_der_x509_certificate(self.der)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Outcome of one item: a certificate, or the error that refused it."""
+
+    device_id: str
+    issued: Issued | None = None
+    error: FleetwardError | None = None
+
+
+def labels_json(labels: dict[str, str] | None) -> str:
+    """Validated, canonical JSON for device labels."""
+    labels = labels or {}
+    if len(labels) > MAX_LABELS:
+        raise InvalidInputError(f"at most {MAX_LABELS} labels per device")
+    for k, v in labels.items():
+        if not isinstance(k, str) or not isinstance(v, str) or len(k) > 64 or len(v) > 128:
+            raise InvalidInputError("labels are string keys (<= 64) to string values (<= 128)")
+    return json.dumps(labels, sort_keys=True)
+
+
+def product_name(product: str | None) -> str:
+    """Validated product name (defaults to ``default``)."""
+    product = product or DEFAULT_PRODUCT
+    if not profile.DEVICE_ID.match(product):
+        raise InvalidInputError("product must be 1-64 characters of letters, digits, '.', '_', '-'")
+    return product
+
+
+def environment_for(principal: Principal, requested: str | None) -> str:
+    """The environment a request issues in; a scoped token may not leave its own."""
+    env = requested or principal.environment or "production"
+    if env not in ENVIRONMENTS:
+        raise InvalidInputError(f"unknown environment {env!r}; one of {', '.join(ENVIRONMENTS)}")
+    if principal.environment is not None and env != principal.environment:
+        raise PermissionDeniedError(
+            f"this token is scoped to the {principal.environment} environment, not {env}"
+        )
+    return env
+
+
+@dataclass(frozen=True)
+class _Issuer:
+    ca_id: int
+    key_uri: str
+    certificate: x509.Certificate
+    tenant_name: str
+    lifetime_days: int
+
+
+_ISSUER = (
+    select(
+        CertificateAuthority.id,
+        CertificateAuthority.key_uri,
+        CertificateAuthority.certificate_pem,
+        Tenant.name,
+        Tenant.cert_lifetime_days,
+    )
+    .join(Tenant, Tenant.id == CertificateAuthority.tenant_id)
+    .where(
+        CertificateAuthority.tenant_id == bindparam("tenant_id"),
+        CertificateAuthority.kind == "issuing",
+        CertificateAuthority.environment == bindparam("env"),
+        CertificateAuthority.status == "active",
+    )
+)
+_issuers: dict[tuple[int, int, str], tuple[float, _Issuer]] = {}
+
+
+def _issuer(conn: Connection, pki: Pki, *, tenant_id: int, environment: str) -> _Issuer:
+    """The active issuing CA and the tenant's lifetime policy (cached briefly)."""
+    key = (id(pki), tenant_id, environment)
+    hit = _issuers.get(key)
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    row = conn.execute(_ISSUER, {"tenant_id": tenant_id, "env": environment}).first()
+    if row is None or row[2] is None:
+        raise ConflictError(f"no active {environment} issuing CA for this tenant")
+    issuer = _Issuer(
+        ca_id=row[0],
+        key_uri=row[1],
+        certificate=pki.certificate_from_pem(row[0], row[2]),
+        tenant_name=row[3],
+        lifetime_days=row[4],
+    )
+    _issuers[key] = (time.monotonic() + ISSUER_CACHE_SECONDS, issuer)
+    return issuer
+
+
+def forget_issuers() -> None:
+    """Drop cached issuers (after a CA rotation or a policy change in this process)."""
+    _issuers.clear()
+
+
+def _sign(
+    pki: Pki,
+    issuer: _Issuer,
+    *,
+    device_id: str,
+    accepted: profile.AcceptedCsr,
+    environment: str,
+    now: dt.datetime,
+) -> Issued:
+    builder = profile.device_certificate(
+        public_key=accepted.public_key,
+        device_id=device_id,
+        tenant=issuer.tenant_name,
+        environment=environment,
+        issuer=issuer.certificate,
+        serial=x509.random_serial_number(),
+        lifetime=dt.timedelta(days=issuer.lifetime_days),
+        now=now,
+        crl_url=pki.crl_url(issuer.ca_id),
+        ocsp_url=pki.ocsp_url,
+    )
+    cert = sign_certificate(builder, pki.keyring.open(issuer.key_uri))
+    der = cert.public_bytes(Encoding.DER)
+    return Issued(
+        device_id=device_id,
+        serial=format(cert.serial_number, "x"),
+        der=der,
+        fingerprint=hashlib.sha256(der).hexdigest(),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        ca_id=issuer.ca_id,
+        environment=environment,
+        key_type=accepted.key_type,
+    )
+
+
+def _check_and_sign(
+    pki: Pki, issuer: _Issuer, item: BatchItem, *, environment: str, now: dt.datetime
+) -> Issued:
+    profile.check_device_id(item.device_id)
+    product_name(item.product)
+    labels_json(item.labels)
+    accepted = profile.check_csr(
+        profile.load_csr(item.csr), device_id=item.device_id, tenant=issuer.tenant_name
+    )
+    return _sign(
+        pki, issuer, device_id=item.device_id, accepted=accepted, environment=environment, now=now
+    )
+
+
+def _record(
+    session: Session,
+    principal: Principal,
+    *,
+    items: list[BatchItem],
+    signed: list[Issued | FleetwardError],
+    now: dt.datetime,
+) -> list[BatchResult]:
+    """Check device states and store what is accepted, in the caller's transaction."""
+    tenant_id = principal.tenant_id
+    ids = [i.device_id for i, s in zip(items, signed, strict=True) if isinstance(s, Issued)]
+    existing = {
+        r[1]: (r[0], r[2])
+        for r in session.execute(
+            select(Device.id, Device.device_id, Device.state).where(
+                Device.tenant_id == tenant_id, Device.device_id.in_(ids)
+            )
+        )
+    }
+    holding = set(
+        session.execute(
+            select(CertificateRecord.device_pk).where(
+                CertificateRecord.device_pk.in_([pk for pk, _ in existing.values()]),
+                CertificateRecord.status == "good",
+                CertificateRecord.not_after > now,
+            )
+        ).scalars()
+    )
+    results: list[BatchResult] = []
+    seen: set[str] = set()
+    for item, outcome in zip(items, signed, strict=True):
+        if isinstance(outcome, Issued):
+            found = existing.get(item.device_id)
+            if item.device_id in seen:
+                outcome = ConflictError(f"device {item.device_id!r} appears twice in the batch")
+            elif found is not None and found[1] in ("quarantined", "revoked", "retired"):
+                outcome = ConflictError(
+                    f"device {item.device_id!r} is {found[1]} and cannot enroll"
+                )
+            elif found is not None and found[0] in holding:
+                outcome = ConflictError(
+                    f"device {item.device_id!r} is already enrolled; renew its certificate"
+                )
+            seen.add(item.device_id)
+        if isinstance(outcome, Issued):
+            results.append(BatchResult(device_id=item.device_id, issued=outcome))
+        else:
+            results.append(BatchResult(device_id=item.device_id, error=outcome))
+    accepted = [(i, r.issued) for i, r in zip(items, results, strict=True) if r.issued is not None]
+    new_rows = [
+        {
+            "tenant_id": tenant_id,
+            "device_id": i.device_id,
+            "product": product_name(i.product),
+            "labels": labels_json(i.labels),
+            "state": "active",
+            "created_at": now,
+            "updated_at": now,
+        }
+        for i, _ in accepted
+        if i.device_id not in existing
+    ]
+    pks = {d: pk for d, (pk, _) in existing.items()}
+    if new_rows:
+        try:
+            created = session.execute(
+                insert(Device).returning(Device.id, Device.device_id), new_rows
+            ).all()
+        except IntegrityError as exc:  # a concurrent request created one of them
+            raise ConflictError("a device in this request was enrolled concurrently") from exc
+        pks.update({d: pk for pk, d in created})
+    old = [pks[i.device_id] for i, _ in accepted if i.device_id in existing]
+    if old:
+        session.execute(
+            update(Device).where(Device.id.in_(old)).values(state="active", updated_at=now)
+        )
+    if accepted:
+        session.execute(
+            insert(CertificateRecord),
+            [
+                {
+                    "serial": c.serial,
+                    "tenant_id": tenant_id,
+                    "device_pk": pks[c.device_id],
+                    "ca_id": c.ca_id,
+                    "environment": c.environment,
+                    "fingerprint": c.fingerprint,
+                    "not_before": c.not_before,
+                    "not_after": c.not_after,
+                    "status": "good",
+                    "der": c.der,
+                }
+                for _, c in accepted
+            ],
+        )
+    events = []
+    for r in results:
+        if r.issued is not None:
+            c = r.issued
+            details = {
+                "serial": c.serial,
+                "ca": c.ca_id,
+                "environment": c.environment,
+                "key": c.key_type,
+                "fingerprint": c.fingerprint,
+                "not_after": c.not_after.isoformat(),
+            }
+            result_outcome = "ok"
+        else:
+            assert r.error is not None
+            details, result_outcome = {"reason": r.error.detail}, "refused"
+        events.append(
+            audit.Event(
+                actor=principal.actor,
+                action="certificate.issue",
+                subject=f"device:{r.device_id[:64]}",
+                tenant_id=tenant_id,
+                outcome=result_outcome,
+                details=details,
+            )
+        )
+    audit.append_many(session, events, now=now)
+    return results
+
+
+def _sign_all(
+    pki: Pki, issuer: _Issuer, items: list[BatchItem], *, environment: str, now: dt.datetime
+) -> list[Issued | FleetwardError]:
+    signed: list[Issued | FleetwardError] = []
+    for item in items:
+        try:
+            signed.append(_check_and_sign(pki, issuer, item, environment=environment, now=now))
+        except FleetwardError as exc:
+            signed.append(exc)
+    return signed
+
+
+def enroll_many(
+    db: Database,
+    pki: Pki,
+    principal: Principal,
+    *,
+    items: list[BatchItem],
+    environment: str | None = None,
+    now: dt.datetime | None = None,
+) -> list[BatchResult]:
+    """Enroll devices: each item is issued or refused on its own.
+
+    Checks and signing run outside any transaction; one short write
+    transaction records the certificates, the new devices and an audit entry
+    per item (refusals included).
+
+    Raises:
+        PermissionDeniedError: the role may not enroll, or the environment is
+            outside the token's scope.
+        PayloadTooLargeError: more than ``MAX_BATCH`` items.
+    """
+    require(principal, Permission.DEVICE_ENROLL)
+    if len(items) > MAX_BATCH:
+        raise PayloadTooLargeError(f"batch of {len(items)} items; the limit is {MAX_BATCH}")
+    env = environment_for(principal, environment)
+    now = now or utcnow()
+    with db.read_engine.connect() as conn:
+        issuer = _issuer(conn, pki, tenant_id=principal.tenant_id, environment=env)
+    signed = _sign_all(pki, issuer, items, environment=env, now=now)
+    with db.session() as session:
+        return _record(session, principal, items=items, signed=signed, now=now)
+
+
+def enroll(
+    session: Session,
+    pki: Pki,
+    principal: Principal,
+    *,
+    device_id: str,
+    csr: bytes,
+    environment: str | None = None,
+    product: str | None = None,
+    labels: dict[str, str] | None = None,
+    now: dt.datetime | None = None,
+) -> Issued:
+    """Issue one device's first certificate, all in the caller's session.
+
+    The device is created if the registry does not know it yet.
+
+    Raises:
+        PermissionDeniedError: the role may not enroll devices.
+        InvalidInputError / PayloadTooLargeError: malformed id or CSR.
+        CertificateError / SignatureError: the CSR breaks the profile.
+        ConflictError: the device is already enrolled, or not enrollable.
+    """
+    require(principal, Permission.DEVICE_ENROLL)
+    env = environment_for(principal, environment)
+    now = now or utcnow()
+    item = BatchItem(device_id=device_id, csr=csr, product=product, labels=labels)
+    issuer = _issuer(session.connection(), pki, tenant_id=principal.tenant_id, environment=env)
+    signed = _check_and_sign(pki, issuer, item, environment=env, now=now)
+    result = _record(session, principal, items=[item], signed=[signed], now=now)[0]
+    if result.error is not None:
+        raise result.error
+    assert result.issued is not None
+    return result.issued
+
+
+def renewal_proof_message(csr_der: bytes) -> bytes:
+    """What the current key signs to authorise a renewal with a new key."""
+    return b"fleetward-renew/v1\n" + hashlib.sha256(csr_der).digest()
+
+
+def _verify_with(key: Any, signature: bytes, message: bytes) -> None:
+    if isinstance(key, rsa.RSAPublicKey):
+        try:
+            key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature as exc:
+            raise SignatureError("renewal proof does not verify with the current key") from exc
+    elif isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+        verify_signature(key, signature=signature, data=message)
+    else:
+        raise SignatureError("unsupported key type for the renewal proof")
+
+
+def load_presented_certificate(data: bytes) -> x509.Certificate:
+    """Parse a certificate a device presents (PEM or DER), within the limit."""
+    if len(data) > MAX_CERT_BYTES:
+        raise PayloadTooLargeError(f"certificate over {MAX_CERT_BYTES} bytes")
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise InvalidInputError(f"malformed certificate: {exc}") from exc
+
+
+def renew(
+    session: Session,
+    pki: Pki,
+    *,
+    current: bytes,
+    csr: bytes,
+    proof: bytes | None = None,
+    now: dt.datetime | None = None,
+) -> Issued:
+    """Issue a new certificate to a device that proves it holds its current one.
+
+    Possession is proven by the CSR signature when the key is unchanged, and
+    by ``proof`` (the current key's signature over
+    :func:`renewal_proof_message`) when the device moves to a new key.
+
+    Raises:
+        CertificateError: the presented certificate is not ours, is revoked or
+            expired, or the device may not renew.
+        SignatureError: the proof of possession fails.
+    """
+    now = now or utcnow()
+    cert = load_presented_certificate(current)
+    der = cert.public_bytes(Encoding.DER)
+    record = session.get(CertificateRecord, format(cert.serial_number, "x"))
+    if record is None or record.der != der:
+        raise CertificateError("the presented certificate was not issued by fleetward")
+    if record.status == "revoked":
+        raise CertificateError("the presented certificate is revoked")
+    if record.not_after <= now:
+        raise CertificateError("the presented certificate has expired; enroll again")
+    device = session.get(Device, record.device_pk)
+    assert device is not None
+    if device.state not in ("active", "quarantined"):
+        raise CertificateError(f"device {device.device_id!r} is {device.state} and cannot renew")
+    tenant = session.get(Tenant, record.tenant_id)
+    assert tenant is not None
+    accepted = profile.check_csr(
+        profile.load_csr(csr), device_id=device.device_id, tenant=tenant.name
+    )
+    if accepted.public_key != cert.public_key():
+        if proof is None:
+            raise SignatureError("a new key needs a proof signed by the current certificate's key")
+        _verify_with(cert.public_key(), proof, renewal_proof_message(accepted.der))
+    issuer = _issuer(session.connection(), pki, tenant_id=tenant.id, environment=record.environment)
+    issued = _sign(
+        pki,
+        issuer,
+        device_id=device.device_id,
+        accepted=accepted,
+        environment=record.environment,
+        now=now,
+    )
+    session.execute(
+        insert(CertificateRecord).values(
+            serial=issued.serial,
+            tenant_id=tenant.id,
+            device_pk=device.id,
+            ca_id=issued.ca_id,
+            environment=issued.environment,
+            fingerprint=issued.fingerprint,
+            not_before=issued.not_before,
+            not_after=issued.not_after,
+            status="good",
+            der=issued.der,
+        )
+    )
+    device.updated_at = now
+    audit.append(
+        session,
+        actor=f"device:{device.device_id}",
+        action="certificate.renew",
+        subject=f"device:{device.device_id}",
+        tenant_id=tenant.id,
+        details={
+            "serial": issued.serial,
+            "previous": record.serial,
+            "ca": issued.ca_id,
+            "key": issued.key_type,
+            "fingerprint": issued.fingerprint,
+            "not_after": issued.not_after.isoformat(),
+        },
+        now=now,
+    )
+    return issued
+
+
+def get_issued(session: Session, serial: str) -> Issued:
+    """An issued certificate as a value (for renewal responses)."""
+    record = session.get(CertificateRecord, serial)
+    if record is None:
+        raise NotFoundError(f"certificate {serial!r} not found")
+    return Issued(
+        device_id="",
+        serial=record.serial,
+        der=record.der,
+        fingerprint=record.fingerprint,
+        not_before=record.not_before,
+        not_after=record.not_after,
+        ca_id=record.ca_id,
+        environment=record.environment,
+        key_type="",
+    )
