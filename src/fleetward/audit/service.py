@@ -21,7 +21,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from fleetward.audit import merkle
@@ -47,6 +47,10 @@ __all__ = [
 
 
 _HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+_INSERT_ENTRY = insert(AuditEntry)
+_SET_HEAD = (
+    update(AuditHead).where(AuditHead.id == 1).values(seq=bindparam("seq"), hash=bindparam("hash"))
+)
 
 
 @dataclass(frozen=True)
@@ -71,10 +75,11 @@ def append_many(session: Session, events: list[Event], *, now: dt.datetime | Non
     Returns:
         The sequence number of the last entry appended.
     """
-    row = session.execute(_HEAD).first()
+    conn = session.connection()  # Core on the session's connection: the hot path
+    row = conn.execute(_HEAD).first()
     if row is None:
         seq, prev = 0, GENESIS
-        session.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS))
+        conn.execute(insert(AuditHead).values(id=1, seq=0, hash=GENESIS))
     else:
         seq, prev = row[0], row[1]
     ts = now or utcnow()
@@ -95,8 +100,8 @@ def append_many(session: Session, events: list[Event], *, now: dt.datetime | Non
         prev = entry_hash(fields)
         rows.append({**fields.__dict__, "hash": prev})
     if rows:
-        session.execute(insert(AuditEntry), rows)
-        session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+        conn.execute(_INSERT_ENTRY, rows)
+        conn.execute(_SET_HEAD, {"seq": seq, "hash": prev})
     return seq
 
 

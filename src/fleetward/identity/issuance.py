@@ -249,6 +249,24 @@ def _check_and_sign(
     )
 
 
+_EXISTING = select(Device.id, Device.device_id, Device.state).where(
+    Device.tenant_id == bindparam("tenant_id"),
+    Device.device_id.in_(bindparam("ids", expanding=True)),
+)
+_HOLDING = select(CertificateRecord.device_pk).where(
+    CertificateRecord.device_pk.in_(bindparam("pks", expanding=True)),
+    CertificateRecord.status == "good",
+    CertificateRecord.not_after > bindparam("now"),
+)
+_INSERT_DEVICE = insert(Device).returning(Device.id, Device.device_id)
+_ACTIVATE = (
+    update(Device)
+    .where(Device.id.in_(bindparam("pks", expanding=True)))
+    .values(state="active", updated_at=bindparam("now"))
+)
+_INSERT_CERT = insert(CertificateRecord)
+
+
 def _record(
     session: Session,
     principal: Principal,
@@ -259,24 +277,17 @@ def _record(
 ) -> list[BatchResult]:
     """Check device states and store what is accepted, in the caller's transaction."""
     tenant_id = principal.tenant_id
+    # Core statements on the session's connection: the ORM execution layer
+    # costs more than the SQL here, and this runs under the write lock.
+    conn = session.connection()
     ids = [i.device_id for i, s in zip(items, signed, strict=True) if isinstance(s, Issued)]
     existing = {
-        r[1]: (r[0], r[2])
-        for r in session.execute(
-            select(Device.id, Device.device_id, Device.state).where(
-                Device.tenant_id == tenant_id, Device.device_id.in_(ids)
-            )
-        )
+        r[1]: (r[0], r[2]) for r in conn.execute(_EXISTING, {"tenant_id": tenant_id, "ids": ids})
     }
-    holding = set(
-        session.execute(
-            select(CertificateRecord.device_pk).where(
-                CertificateRecord.device_pk.in_([pk for pk, _ in existing.values()]),
-                CertificateRecord.status == "good",
-                CertificateRecord.not_after > now,
-            )
-        ).scalars()
-    )
+    holding: set[int] = set()
+    if existing:
+        pks_in = [pk for pk, _ in existing.values()]
+        holding = set(conn.execute(_HOLDING, {"pks": pks_in, "now": now}).scalars())
     results: list[BatchResult] = []
     seen: set[str] = set()
     for item, outcome in zip(items, signed, strict=True):
@@ -314,20 +325,16 @@ def _record(
     pks = {d: pk for d, (pk, _) in existing.items()}
     if new_rows:
         try:
-            created = session.execute(
-                insert(Device).returning(Device.id, Device.device_id), new_rows
-            ).all()
+            created = conn.execute(_INSERT_DEVICE, new_rows).all()
         except IntegrityError as exc:  # a concurrent request created one of them
             raise ConflictError("a device in this request was enrolled concurrently") from exc
         pks.update({d: pk for pk, d in created})
     old = [pks[i.device_id] for i, _ in accepted if i.device_id in existing]
     if old:
-        session.execute(
-            update(Device).where(Device.id.in_(old)).values(state="active", updated_at=now)
-        )
+        conn.execute(_ACTIVATE, {"pks": old, "now": now})
     if accepted:
-        session.execute(
-            insert(CertificateRecord),
+        conn.execute(
+            _INSERT_CERT,
             [
                 {
                     "serial": c.serial,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from fleetward.audit import service as audit
@@ -157,28 +157,43 @@ def create_token(
     return row, full
 
 
+_TOKEN = (
+    select(
+        ApiToken.id,
+        ApiToken.secret_hash,
+        ApiToken.role,
+        ApiToken.environment,
+        ApiToken.expires_at,
+        ApiToken.revoked_at,
+        Tenant.id,
+        Tenant.name,
+    )
+    .join(Tenant, Tenant.id == ApiToken.tenant_id)
+    .where(ApiToken.id == bindparam("token_id"))
+)
+
+
 def authenticate(session: Session, token: str, *, now: dt.datetime | None = None) -> Principal:
-    """Resolve a token string to a principal.
+    """Resolve a token string to a principal (one indexed read; every request does it).
 
     Raises:
         AuthenticationError: malformed, unknown, wrong secret, expired or revoked.
     """
     token_id, secret = parse_token(token)
-    row = session.get(ApiToken, token_id)
-    if row is None or not secret_matches(secret, row.secret_hash):
+    row = session.connection().execute(_TOKEN, {"token_id": token_id}).first()
+    if row is None or not secret_matches(secret, row[1]):
         raise AuthenticationError("invalid API token")
     now = now or utcnow()
-    if row.revoked_at is not None:
+    if row[5] is not None:
         raise AuthenticationError("API token has been revoked")
-    if row.expires_at is not None and row.expires_at <= now:
+    if row[4] is not None and row[4] <= now:
         raise AuthenticationError("API token has expired")
-    tenant = get_tenant(session, row.tenant_id)
     return Principal(
-        tenant_id=tenant.id,
-        tenant_name=tenant.name,
-        role=row.role,
-        actor=f"token:{row.id}",
-        environment=row.environment,
+        tenant_id=row[6],
+        tenant_name=row[7],
+        role=row[2],
+        actor=f"token:{row[0]}",
+        environment=row[3],
     )
 
 
