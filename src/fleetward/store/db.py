@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,11 +73,15 @@ class Database:
             kwargs["pool_size"] = 10
         self.engine = create_engine(url, **kwargs)
         self._write_lock: threading.Lock | None = None
+        self._lock_path: str | None = None
         if self.engine.dialect.name == "sqlite":
             _sqlite_pragmas(self.engine, immediate=True)
             self.read_engine = create_engine(url, **kwargs)
             _sqlite_pragmas(self.read_engine, immediate=False)
             self._write_lock = threading.Lock()
+            database = self.engine.url.database
+            if database and database != ":memory:":
+                self._lock_path = database + ".writer-lock"
         else:
             self.read_engine = self.engine
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -101,8 +107,23 @@ class Database:
             with self.sessions() as session, session.begin():
                 yield session
             return
-        with self._write_lock, self.sessions() as session, session.begin():
+        with self._write_lock, self._process_lock(), self.sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def _process_lock(self) -> Iterator[None]:
+        """Queue writers of several processes (``serve --workers N``) on a file
+        lock: it wakes the next writer the moment the lock is released, where
+        SQLite's busy handler sleeps and polls (tens of ms under load)."""
+        if self._lock_path is None:
+            yield
+            return
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     @contextmanager
     def read(self) -> Iterator[Session]:
