@@ -35,7 +35,9 @@ def live(ctx: AppContext) -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(ctx, crl_interval=CRL_INTERVAL, checkpoint_interval=3600),
+        create_app(
+            ctx, crl_interval=CRL_INTERVAL, checkpoint_interval=3600, isolate_publisher=True
+        ),
         host="127.0.0.1",
         port=port,
         log_level="warning",

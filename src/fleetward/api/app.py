@@ -1,19 +1,23 @@
 """FastAPI application assembly and the background publisher.
 
-The publisher thread rebuilds stale CRLs every ``crl_interval`` seconds and
-signs an audit checkpoint every ``checkpoint_interval`` seconds when the log
-grew, so neither ever runs on a request path.
+The publisher rebuilds CRLs that missed a revocation (checked every
+``crl_interval`` seconds) and signs an audit checkpoint every
+``checkpoint_interval`` seconds when the log grew, so neither ever runs on a
+request path.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import multiprocessing
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -25,6 +29,7 @@ from fleetward.api.context import AppContext
 from fleetward.audit import routes as audit_routes
 from fleetward.audit import service as audit
 from fleetward.audit.models import AuditCheckpoint, AuditHead
+from fleetward.config import Settings
 from fleetward.identity import ca_service, est
 from fleetward.identity import routes as identity_routes
 from fleetward.store import lease, utcnow
@@ -35,16 +40,63 @@ __all__ = ["Publisher", "create_app"]
 log = logging.getLogger("fleetward.publisher")
 
 
-class Publisher:
-    """Background CRL publication and audit checkpointing."""
+def _checkpoint_if_grown(ctx: AppContext) -> None:
+    with ctx.db.session() as s:
+        last = s.execute(
+            select(AuditCheckpoint.tree_size).order_by(AuditCheckpoint.tree_size.desc()).limit(1)
+        ).scalar()
+        head = s.get(AuditHead, 1)
+        # A checkpoint appends its own entry: only sign when more came.
+        if head is not None and head.seq > (last or 0) + 1:
+            audit.checkpoint(s, signer=ctx.checkpoint_signer())
 
-    def __init__(self, ctx: AppContext, *, crl_interval: float, checkpoint_interval: float) -> None:
+
+def _round(ctx: AppContext, *, checkpoint: bool) -> int:
+    """One publisher round; returns how many CRLs were rebuilt."""
+    built = len(ca_service.publish_crls(ctx.db, ctx.pki))
+    if checkpoint:
+        _checkpoint_if_grown(ctx)
+    return built
+
+
+_child: AppContext | None = None
+
+
+def _round_in_child(settings: Settings, checkpoint: bool) -> int:
+    """Entry point in the publisher's child process (keeps its context)."""
+    global _child
+    if _child is None:
+        _child = AppContext.from_settings(settings)
+    return _round(_child, checkpoint=checkpoint)
+
+
+class Publisher:
+    """Background CRL publication and audit checkpointing.
+
+    A thread wakes every ``crl_interval`` seconds. If this process holds the
+    ``publisher`` lease and a CRL is due (a revocation since the last one,
+    or past half its validity) or a checkpoint is due, the work runs — in a
+    child process when ``isolate`` is set (``fleetward serve``), so that
+    building a million-entry CRL never holds this process's GIL while it
+    answers OCSP and enrollment requests.
+    """
+
+    def __init__(
+        self,
+        ctx: AppContext,
+        *,
+        crl_interval: float,
+        checkpoint_interval: float,
+        isolate: bool = False,
+    ) -> None:
         self.ctx = ctx
         self.crl_interval = crl_interval
         self.checkpoint_interval = checkpoint_interval
+        self.isolate = isolate
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleetward-publisher", daemon=True)
-        self._since_checkpoint = 0.0
+        self._last_checkpoint = time.monotonic()
+        self._pool: ProcessPoolExecutor | None = None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def start(self) -> None:
@@ -52,31 +104,30 @@ class Publisher:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread and wait for it."""
+        """Stop the thread (and the child process) and wait for them."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=60)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def run_once(self, *, now: dt.datetime | None = None) -> None:
-        """If this process holds the publisher lease: publish stale CRLs and,
-        when due, checkpoint the audit log."""
+    def run_once(self, *, now: dt.datetime | None = None) -> int:
+        """One round: returns how many CRLs were rebuilt (0 without the lease)."""
         now = now or utcnow()
-        ttl = dt.timedelta(seconds=max(3 * self.crl_interval, 30))
+        ttl = dt.timedelta(seconds=max(3 * self.crl_interval, 60))
         if not lease.acquire(self.ctx.db, name="publisher", holder=self.holder, ttl=ttl, now=now):
-            return
-        ca_service.publish_crls(self.ctx.db, self.ctx.pki, now=now)
-        self._since_checkpoint += self.crl_interval
-        if self._since_checkpoint >= self.checkpoint_interval:
-            self._since_checkpoint = 0.0
-            with self.ctx.db.session() as s:
-                last = s.execute(
-                    select(AuditCheckpoint.tree_size)
-                    .order_by(AuditCheckpoint.tree_size.desc())
-                    .limit(1)
-                ).scalar()
-                head = s.get(AuditHead, 1)
-                # A checkpoint appends its own entry: only sign when more came.
-                if head is not None and head.seq > (last or 0) + 1:
-                    audit.checkpoint(s, signer=self.ctx.checkpoint_signer())
+            return 0
+        checkpoint = time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
+        if not checkpoint and not ca_service.crls_due(self.ctx.db, self.ctx.pki, now=now):
+            return 0
+        if checkpoint:
+            self._last_checkpoint = time.monotonic()
+        if not self.isolate:
+            return _round(self.ctx, checkpoint=checkpoint)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool.submit(_round_in_child, self.ctx.settings, checkpoint).result()
 
     def _run(self) -> None:
         while not self._stop.wait(self.crl_interval):
@@ -87,10 +138,19 @@ class Publisher:
 
 
 def create_app(
-    ctx: AppContext, *, crl_interval: float = 60.0, checkpoint_interval: float = 600.0
+    ctx: AppContext,
+    *,
+    crl_interval: float = 5.0,
+    checkpoint_interval: float = 600.0,
+    isolate_publisher: bool = False,
 ) -> FastAPI:
     """The fleetward API for ``ctx``; the publisher runs while the app runs."""
-    publisher = Publisher(ctx, crl_interval=crl_interval, checkpoint_interval=checkpoint_interval)
+    publisher = Publisher(
+        ctx,
+        crl_interval=crl_interval,
+        checkpoint_interval=checkpoint_interval,
+        isolate=isolate_publisher,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

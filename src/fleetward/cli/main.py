@@ -81,7 +81,9 @@ def serve(
     ctx: typer.Context,
     port: int = typer.Option(DEFAULT_PORT, help="TCP port"),
     host: str = typer.Option("127.0.0.1", help="bind address"),
-    crl_interval: float = typer.Option(60.0, help="seconds between CRL publication rounds"),
+    crl_interval: float = typer.Option(
+        5.0, help="seconds between checks for revocations a CRL has not listed yet"
+    ),
     checkpoint_interval: float = typer.Option(600.0, help="seconds between audit checkpoints"),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
 ) -> None:
@@ -107,7 +109,12 @@ def serve(
         )
         return
     uvicorn.run(
-        create_app(context, crl_interval=crl_interval, checkpoint_interval=checkpoint_interval),
+        create_app(
+            context,
+            crl_interval=crl_interval,
+            checkpoint_interval=checkpoint_interval,
+            isolate_publisher=True,
+        ),
         host=host,
         port=port,
         log_level="warning",

@@ -534,6 +534,41 @@ def _publish_now(session: Session, pki: Pki, ca: CertificateAuthority, now: dt.d
     _store_crl(session, build)
 
 
+def _due(
+    pki: Pki,
+    now: dt.datetime,
+    number: int | None,
+    next_update: dt.datetime | None,
+    seen: int | None,
+    revocations: int,
+) -> bool:
+    fresh = next_update is not None and next_update - now > pki.crl_validity / 2
+    return number is None or seen != revocations or not fresh
+
+
+_CRL_STATE = (
+    select(
+        CertificateAuthority.id,
+        CertificateAuthority.key_uri,
+        CertificateAuthority.certificate_pem,
+        CertificateAuthority.revocations,
+        PublishedCrl.number,
+        PublishedCrl.next_update,
+        PublishedCrl.revocations_seen,
+    )
+    .outerjoin(PublishedCrl, PublishedCrl.ca_id == CertificateAuthority.id)
+    .where(CertificateAuthority.kind == "issuing", CertificateAuthority.status != "pending")
+)
+
+
+def crls_due(db: Database, pki: Pki, *, now: dt.datetime | None = None) -> bool:
+    """Whether any CRL needs rebuilding (one small read; the publisher polls it)."""
+    now = now or utcnow()
+    with db.read() as s:
+        rows = s.execute(_CRL_STATE).all()
+    return any(_due(pki, now, r[4], r[5], r[6], r[3]) for r in rows)
+
+
 def publish_crls(
     db: Database,
     pki: Pki,
@@ -550,27 +585,14 @@ def publish_crls(
     OCSP never wait for a large CRL.
     """
     now = now or utcnow()
-    stmt = (
-        select(
-            CertificateAuthority.id,
-            CertificateAuthority.key_uri,
-            CertificateAuthority.certificate_pem,
-            CertificateAuthority.revocations,
-            PublishedCrl.number,
-            PublishedCrl.next_update,
-            PublishedCrl.revocations_seen,
-        )
-        .outerjoin(PublishedCrl, PublishedCrl.ca_id == CertificateAuthority.id)
-        .where(CertificateAuthority.kind == "issuing", CertificateAuthority.status != "pending")
-    )
+    stmt = _CRL_STATE
     if tenant_id is not None:
         stmt = stmt.where(CertificateAuthority.tenant_id == tenant_id)
     with db.read() as s:
         cas = s.execute(stmt).all()
     published = []
     for ca_id, key_uri, pem, revocations, number, next_update, seen in cas:
-        fresh = next_update is not None and next_update - now > pki.crl_validity / 2
-        if not force and number is not None and seen == revocations and fresh:
+        if not force and not _due(pki, now, number, next_update, seen, revocations):
             continue
         assert pem is not None  # not pending
         with db.read() as s:
