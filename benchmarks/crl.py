@@ -556,7 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entries", type=int, default=1_000_000, help="revoked rows")
     parser.add_argument("--good", type=int, default=1000, help="good rows for the OCSP mix")
     parser.add_argument("--chunk", type=int, default=50_000, help="rows per bulk INSERT")
-    parser.add_argument("--crl-interval", type=float, default=5.0, help="publisher interval, s")
+    parser.add_argument(
+        "--crl-interval", type=float, default=10.0, help="publication interval (serve default), s"
+    )
     parser.add_argument("--ocsp-seconds", type=float, default=10.0, help="OCSP load per client")
     parser.add_argument("--ocsp-concurrency", type=int, default=32, help="OCSP connections")
     parser.add_argument(

@@ -16,7 +16,7 @@ def app() -> FastAPI:
     ctx = AppContext.from_settings(Settings.load())
     return create_app(
         ctx,
-        crl_interval=float(os.environ.get("FLEETWARD_CRL_INTERVAL", "5")),
+        crl_interval=float(os.environ.get("FLEETWARD_CRL_INTERVAL", "10")),
         checkpoint_interval=float(os.environ.get("FLEETWARD_CHECKPOINT_INTERVAL", "600")),
         isolate_publisher=True,
     )

@@ -82,7 +82,7 @@ def serve(
     port: int = typer.Option(DEFAULT_PORT, help="TCP port"),
     host: str = typer.Option("127.0.0.1", help="bind address"),
     crl_interval: float = typer.Option(
-        5.0, help="seconds between checks for revocations a CRL has not listed yet"
+        10.0, help="publication interval: a revocation is in the CRL within this many seconds"
     ),
     checkpoint_interval: float = typer.Option(600.0, help="seconds between audit checkpoints"),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
