@@ -196,3 +196,28 @@ def test_tokens_over_the_api(client: TestClient, admin_token: str) -> None:
         ).status_code
         == 400
     )
+
+
+def test_crl_rebuilds_append_only_new_revocations(
+    client: TestClient, ctx: AppContext, admin_token: str
+) -> None:
+    first, _ = issue(client, admin_token, "inc1")
+    second, _ = issue(client, admin_token, "inc2")
+    for cert in (first, second):
+        client.post(
+            f"/api/v1/certificates/{format(cert.serial_number, 'x')}/revoke",
+            json={"reason": "keyCompromise"},
+            headers=auth(admin_token),
+        )
+        [build] = ca_service.publish_crls(ctx.db, ctx.pki)
+        assert build.revocations_seen == ctx.pki.crl_entries[build.ca_id].upto
+    crl = x509.load_der_x509_crl(client.get("/crl/3.crl").content)
+    assert {r.serial_number for r in crl} == {first.serial_number, second.serial_number}
+    assert ctx.pki.crl_entries[3].count == 2
+    # A publisher without the cache (another process) builds the same list in full.
+    ctx.pki.crl_entries.clear()
+    [full] = [b for b in ca_service.publish_crls(ctx.db, ctx.pki, force=True) if b.ca_id == 3]
+    assert {r.serial_number for r in x509.load_der_x509_crl(full.der)} == {
+        first.serial_number,
+        second.serial_number,
+    }

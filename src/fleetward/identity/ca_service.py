@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
-from sqlalchemy import Connection, String, bindparam, select, type_coerce
+from sqlalchemy import Connection, String, bindparam, or_, select, type_coerce
 from sqlalchemy.orm import Session
 
 from fleetward.audit import service as audit
@@ -72,6 +72,7 @@ class Pki:
     ocsp_validity: dt.timedelta = dt.timedelta(hours=1)
     _certs: dict[int, x509.Certificate] = field(default_factory=dict)
     _by_key_hash: dict[bytes, _Responder] = field(default_factory=dict)
+    crl_entries: dict[int, _EncodedEntries] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def crl_url(self, ca_id: int) -> str:
@@ -441,15 +442,39 @@ def import_issuing_certificate(
     return ca
 
 
-def _crl_rows(conn: Connection, ca_id: int) -> Iterator[tuple[str, dt.datetime | str, str | None]]:
-    """Revoked entries of a CA, as stored (SQLite times stay text: faster to encode)."""
+def _crl_rows(
+    conn: Connection, ca_id: int, *, after: int | None, upto: int
+) -> Iterator[tuple[str, dt.datetime | str, str | None]]:
+    """Revoked entries of a CA with ``after < revocation_seq <= upto`` (all up to
+    ``upto`` when ``after`` is None, rows without a sequence number included).
+    SQLite times stay text: faster to encode than to parse."""
     when: Any = CertificateRecord.revoked_at
     if conn.dialect.name == "sqlite":
         when = type_coerce(CertificateRecord.revoked_at, String)
     stmt = select(CertificateRecord.serial, when, CertificateRecord.revocation_reason).where(
         CertificateRecord.ca_id == ca_id, CertificateRecord.status == "revoked"
     )
+    if after is None:
+        stmt = stmt.where(
+            or_(
+                CertificateRecord.revocation_seq.is_(None),
+                CertificateRecord.revocation_seq <= upto,
+            )
+        )
+    else:
+        stmt = stmt.where(
+            CertificateRecord.revocation_seq > after, CertificateRecord.revocation_seq <= upto
+        )
     yield from conn.execute(stmt.execution_options(yield_per=50000))
+
+
+@dataclass
+class _EncodedEntries:
+    """A publisher's encoded entries of one CA, up to a revocation sequence."""
+
+    upto: int
+    count: int
+    der: bytearray
 
 
 @dataclass(frozen=True)
@@ -473,15 +498,29 @@ def build_crl(
     certificate: x509.Certificate,
     key_uri: str,
     number: int,
-    revocations_seen: int,
     now: dt.datetime,
 ) -> CrlBuild:
     """Read a CA's revoked entries on ``conn`` and build its signed CRL.
 
     Reading happens in the caller's (read) transaction; encoding and signing
     need none, so a publisher never holds the write lock while it builds.
+    Revocations are final, so a process keeps the entries it encoded and
+    reads only the revocations it has not seen (by ``revocation_seq``).
     """
-    entries, count = crl_der.encode_entries(_crl_rows(conn, ca_id))
+    upto = conn.execute(
+        select(CertificateAuthority.revocations).where(CertificateAuthority.id == ca_id)
+    ).scalar_one()
+    cached = pki.crl_entries.get(ca_id)
+    if cached is None or cached.upto > upto:
+        der, count = crl_der.encode_entries(_crl_rows(conn, ca_id, after=None, upto=upto))
+        cached = _EncodedEntries(upto=upto, count=count, der=bytearray(der))
+    elif cached.upto < upto:
+        der, count = crl_der.encode_entries(_crl_rows(conn, ca_id, after=cached.upto, upto=upto))
+        cached.der += der
+        cached.count += count
+        cached.upto = upto
+    pki.crl_entries[ca_id] = cached
+    entries, count = crl_der.revoked_certificates(bytes(cached.der)), cached.count
     signer = pki.keyring.open(key_uri)
     next_update = now + pki.crl_validity
     empty = sign_crl(
@@ -499,7 +538,7 @@ def build_crl(
         this_update=now,
         next_update=next_update,
         entries=count,
-        revocations_seen=revocations_seen,
+        revocations_seen=upto,
         der=der,
     )
 
@@ -528,7 +567,6 @@ def _publish_now(session: Session, pki: Pki, ca: CertificateAuthority, now: dt.d
         certificate=pki.certificate(ca),
         key_uri=ca.key_uri,
         number=(current.number + 1) if current else 1,
-        revocations_seen=ca.revocations or 0,
         now=now,
     )
     _store_crl(session, build)
@@ -603,7 +641,6 @@ def publish_crls(
                 certificate=pki.certificate_from_pem(ca_id, pem),
                 key_uri=key_uri,
                 number=(number or 0) + 1,
-                revocations_seen=revocations,
                 now=now,
             )
         with db.session() as s:

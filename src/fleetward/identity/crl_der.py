@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetward.errors import SignatureError
 
-__all__ = ["REASON_CODES", "assemble_crl", "encode_entries"]
+__all__ = ["REASON_CODES", "assemble_crl", "encode_entries", "revoked_certificates"]
 
 # RFC 5280 section 5.3.1 CRLReason values.
 REASON_CODES: dict[str, int] = {
@@ -86,10 +86,10 @@ def _time(value: dt.datetime | str) -> bytes:
 def encode_entries(
     rows: Iterable[tuple[str, dt.datetime | str, str | None]],
 ) -> tuple[bytes, int]:
-    """DER of the ``revokedCertificates`` SEQUENCE for ``(serial_hex, time, reason)``
-    rows, and how many there were.
-
-    The DER is ``b""`` for no rows: the field is then omitted, as RFC 5280 asks.
+    """DER of the entries for ``(serial_hex, time, reason)`` rows, concatenated
+    (the content of ``revokedCertificates``; see :func:`revoked_certificates`),
+    and how many there were. Concatenations of outputs are valid content too,
+    which lets a publisher append new revocations to what it encoded before.
     """
     # The hot loop of a million-entry CRL: locals, no helper calls per
     # field, and a cache of encoded times (mass revocations share one time).
@@ -112,7 +112,15 @@ def encode_entries(
             + ext.get(reason or "unspecified", b"")
         )
         append(b"\x30" + _length(len(body)) + body)
-    return (_tlv(0x30, b"".join(parts)) if parts else b""), len(parts)
+    return b"".join(parts), len(parts)
+
+
+def revoked_certificates(entries: bytes) -> bytes:
+    """The ``revokedCertificates`` field around concatenated entries.
+
+    ``b""`` for no entries: the field is then omitted, as RFC 5280 asks.
+    """
+    return _tlv(0x30, entries) if entries else b""
 
 
 def _elements(der: bytes) -> list[tuple[int, int]]:
@@ -147,7 +155,7 @@ def assemble_crl(
     Args:
         empty: a CRL built by pyca with no entries, whose signature algorithm
             is the signer's (its own signature is discarded).
-        entries: output of :func:`encode_entries`.
+        entries: output of :func:`revoked_certificates`.
         sign: signs the TBS bytes (a :class:`fleetward.keys.Signer`'s ``sign``).
         public_key: the signer's public key, to verify the result.
 

@@ -67,6 +67,7 @@ class CertificateRecord(Base):
     __tablename__ = "certificates"
     __table_args__ = (
         Index("ix_certificates_ca_status", "ca_id", "status"),
+        Index("ix_certificates_ca_revocation", "ca_id", "revocation_seq"),
         Index("ix_certificates_device", "device_pk"),
     )
 
@@ -81,6 +82,10 @@ class CertificateRecord(Base):
     status: Mapped[str] = mapped_column(String(16))  # good | revoked
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revocation_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The CA's revocation counter after this revocation: per CA, increasing in
+    # commit order (the counter row is locked until commit), so the CRL
+    # publisher can read only what it has not seen yet.
+    revocation_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     der: Mapped[bytes] = mapped_column(LargeBinary)
 
 

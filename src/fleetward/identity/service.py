@@ -147,11 +147,12 @@ def _revoke(
     record.status = "revoked"
     record.revoked_at = now
     record.revocation_reason = reason
-    session.execute(
+    record.revocation_seq = session.execute(
         update(CertificateAuthority)
         .where(CertificateAuthority.id == record.ca_id)
         .values(revocations=CertificateAuthority.revocations + 1)
-    )
+        .returning(CertificateAuthority.revocations)
+    ).scalar_one()
     audit.append(
         session,
         actor=actor,
