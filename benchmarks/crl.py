@@ -115,6 +115,17 @@ def issue_real(ctx: AppContext, principal: Principal, count: int) -> list[x509.C
     return certs
 
 
+def issue_real_named(
+    ctx: AppContext, principal: Principal, device_id: str
+) -> list[x509.Certificate]:
+    """Issue one real certificate for ``device_id``."""
+    with ctx.db.session() as s:
+        record = issuance.enroll(
+            s, ctx.pki, principal, device_id=device_id, csr=make_csr(device_id), environment=ENV
+        )
+    return [x509.load_der_x509_certificate(record.der)]
+
+
 def random_serials(rng: random.Random, count: int, taken: set[int]) -> list[int]:
     """``count`` distinct positive serials shaped like ``x509.random_serial_number()``."""
     out: list[int] = []
@@ -619,6 +630,16 @@ def main(argv: list[str] | None = None) -> int:
         publish_s = time.perf_counter() - start
         crl_entries, crl_der = published[ca_id]
         log.print(f"  {publish_s:.2f} s, {crl_der / 2**20:.1f} MiB, {crl_entries:,} entries")
+        log.print("(a') one more revocation, then the publisher's incremental rebuild")
+        [extra] = issue_real_named(ctx, principal, "extra-000")
+        with ctx.db.session() as s:
+            service.revoke_certificate(
+                s, principal, format(extra.serial_number, "x"), reason="keyCompromise"
+            )
+        start = time.perf_counter()
+        [incremental] = ca_service.publish_crls(ctx.db, ctx.pki)
+        incremental_s = time.perf_counter() - start
+        log.print(f"  {incremental_s:.2f} s, {incremental.entries:,} entries")
         ctx.db.dispose()
 
         log.print(f"(b) revocations against `fleetward serve --crl-interval {args.crl_interval:g}`")
@@ -692,6 +713,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{publish_s / raw_total_s:.2f}",
             f"<= {TARGET_CRL_S:g} s",
             verdict(publish_s <= TARGET_CRL_S and crl_entries == n),
+        ),
+        Row(
+            "(a') rebuild after one more revocation (incremental)",
+            f"{incremental_s:.2f} s",
+            "",
+            f"<= {args.crl_interval:g} s",
+            verdict(incremental_s <= args.crl_interval and incremental.entries == n + 1),
         ),
         Row("    the same SQL read alone", f"{read_s:.2f} s"),
         Row("    CRL DER size", f"{crl_der / 2**20:.1f} MiB"),
@@ -770,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows_bulk_inserted": True,
             "bulk_insert_s": round(bulk.seconds, 2),
             "crl_publish_s": round(publish_s, 3),
+            "crl_incremental_s": round(incremental_s, 3),
             "crl_der_bytes": crl_der,
             "crl_entries": crl_entries,
             "crl_sql_read_s": round(read_s, 3),

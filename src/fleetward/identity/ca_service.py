@@ -499,18 +499,20 @@ def build_crl(
     key_uri: str,
     number: int,
     now: dt.datetime,
+    full: bool = False,
 ) -> CrlBuild:
     """Read a CA's revoked entries on ``conn`` and build its signed CRL.
 
     Reading happens in the caller's (read) transaction; encoding and signing
     need none, so a publisher never holds the write lock while it builds.
     Revocations are final, so a process keeps the entries it encoded and
-    reads only the revocations it has not seen (by ``revocation_seq``).
+    reads only the revocations it has not seen (by ``revocation_seq``);
+    ``full`` reads everything again.
     """
     upto = conn.execute(
         select(CertificateAuthority.revocations).where(CertificateAuthority.id == ca_id)
     ).scalar_one()
-    cached = pki.crl_entries.get(ca_id)
+    cached = None if full else pki.crl_entries.get(ca_id)
     if cached is None or cached.upto > upto:
         der, count = crl_der.encode_entries(_crl_rows(conn, ca_id, after=None, upto=upto))
         cached = _EncodedEntries(upto=upto, count=count, der=bytearray(der))
@@ -616,7 +618,8 @@ def publish_crls(
     force: bool = False,
 ) -> list[CrlBuild]:
     """Rebuild every issuing CA's CRL that missed a revocation or is past half
-    its validity; returns what was published.
+    its validity (``force``: every CRL, from a full read); returns what was
+    published.
 
     Each CRL is read in a read transaction, built and signed outside any
     transaction, and stored in a short write transaction, so revocations and
@@ -642,6 +645,7 @@ def publish_crls(
                 key_uri=key_uri,
                 number=(number or 0) + 1,
                 now=now,
+                full=force,
             )
         with db.session() as s:
             if _store_crl(s, build) is not None:

@@ -1,0 +1,1 @@
+"""Controlled provisioning: factories, batches, key-origin attestation, enrollment records."""
