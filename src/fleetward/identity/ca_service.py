@@ -73,6 +73,9 @@ class Pki:
     _certs: dict[int, x509.Certificate] = field(default_factory=dict)
     _by_key_hash: dict[bytes, _Responder] = field(default_factory=dict)
     crl_entries: dict[int, _EncodedEntries] = field(default_factory=dict)
+    # (tenant, environment) -> (expiry, issuer) for issuance; a CA rotation in
+    # this process clears it, other processes pick the new CA up on expiry.
+    issuers: dict[tuple[int, str], tuple[float, object]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def crl_url(self, ca_id: int) -> str:
@@ -427,6 +430,7 @@ def import_issuing_certificate(
     ).scalar()
     if previous is not None:
         previous.status = "retired"
+    pki.issuers.clear()
     ca.status = "active"
     ca.certificate_pem = _pem(cert)
     audit.append(

@@ -42,7 +42,6 @@ from fleetward.errors import (
     ConflictError,
     FleetwardError,
     InvalidInputError,
-    NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
     SignatureError,
@@ -171,14 +170,14 @@ _ISSUER = (
         CertificateAuthority.status == "active",
     )
 )
-_issuers: dict[tuple[int, int, str], tuple[float, _Issuer]] = {}
 
 
 def _issuer(conn: Connection, pki: Pki, *, tenant_id: int, environment: str) -> _Issuer:
     """The active issuing CA and the tenant's lifetime policy (cached briefly)."""
-    key = (id(pki), tenant_id, environment)
-    hit = _issuers.get(key)
+    key = (tenant_id, environment)
+    hit = pki.issuers.get(key)
     if hit is not None and hit[0] > time.monotonic():
+        assert isinstance(hit[1], _Issuer)
         return hit[1]
     row = conn.execute(_ISSUER, {"tenant_id": tenant_id, "env": environment}).first()
     if row is None or row[2] is None:
@@ -190,13 +189,8 @@ def _issuer(conn: Connection, pki: Pki, *, tenant_id: int, environment: str) -> 
         tenant_name=row[3],
         lifetime_days=row[4],
     )
-    _issuers[key] = (time.monotonic() + ISSUER_CACHE_SECONDS, issuer)
+    pki.issuers[key] = (time.monotonic() + ISSUER_CACHE_SECONDS, issuer)
     return issuer
-
-
-def forget_issuers() -> None:
-    """Drop cached issuers (after a CA rotation or a policy change in this process)."""
-    _issuers.clear()
 
 
 def _sign(
@@ -573,21 +567,3 @@ def renew(
         now=now,
     )
     return issued
-
-
-def get_issued(session: Session, serial: str) -> Issued:
-    """An issued certificate as a value (for renewal responses)."""
-    record = session.get(CertificateRecord, serial)
-    if record is None:
-        raise NotFoundError(f"certificate {serial!r} not found")
-    return Issued(
-        device_id="",
-        serial=record.serial,
-        der=record.der,
-        fingerprint=record.fingerprint,
-        not_before=record.not_before,
-        not_after=record.not_after,
-        ca_id=record.ca_id,
-        environment=record.environment,
-        key_type="",
-    )
