@@ -24,6 +24,7 @@ from fleetward.api.context import AppContext
 from fleetward.config import Settings
 from fleetward.installation import initialise
 from fleetward.store import Database
+from fleetward.tenancy import service as tenancy
 from tests.hsm import softhsm  # noqa: F401 - registers the session-wide token fixture
 
 PG_URL = os.environ.get("FLEETWARD_TEST_PG_URL")
@@ -95,6 +96,12 @@ def installation(db_url: str, tmp_path: Path) -> Iterator[tuple[AppContext, str]
         home=tmp_path / "home", database_url=db_url, public_url="http://127.0.0.1:8400"
     )
     ctx, token = initialise(settings, actor="test")
+    # Identity tests enroll software keys straight into production, which
+    # needs the tenant's dangerous option; provisioning tests turn it off to
+    # check the refusal (see tests/provisioning).
+    with ctx.db.session() as s:
+        admin = tenancy.authenticate(s, token)
+        tenancy.set_allow_unattested(s, admin, allow=True)
     yield ctx, token
     ctx.db.dispose()
 

@@ -9,7 +9,7 @@ from cryptography import x509
 from typer.testing import CliRunner
 
 from fleetward.cli.main import app
-from fleetward.errors import CertificateError, ConflictError
+from fleetward.errors import AttestationError, CertificateError, ConflictError
 from tests.helpers import csr_pem, new_key
 
 PASS = "correct horse battery staple"
@@ -62,6 +62,10 @@ def test_offline_root_issuing_ca_rotation(home: Path, tmp_path: Path) -> None:
     assert "retired" in listing
 
     (tmp_path / "d.csr").write_bytes(csr_pem(new_key(), "cli-dev"))
+    enroll = ["device", "enroll", "cli-dev", "--csr", str(tmp_path / "d.csr")]
+    with pytest.raises(AttestationError, match="production refuses"):
+        fw(home, *enroll)
+    assert "ALLOWED" in fw(home, "tenant", "policy", "--allow-unattested-keys-in-production")
     fw(
         home,
         "device",

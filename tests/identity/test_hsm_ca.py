@@ -36,7 +36,12 @@ def test_pkcs11_issuing_cas_sign_certificates_crls_and_ocsp(
             assert not list((settings.keys_dir).glob("default-*.pem"))  # no CA key on disk
             who = tenancy.authenticate(s, token)
             record = issuance.enroll(
-                s, ctx.pki, who, device_id="hsm-1", csr=csr_pem(new_key(), "hsm-1")
+                s,
+                ctx.pki,
+                who,
+                device_id="hsm-1",
+                csr=csr_pem(new_key(), "hsm-1"),
+                environment="test",
             )
             issuer = ctx.pki.certificate(ca_service.get_ca(s, tenant_id=1, ca_id=record.ca_id))
         cert = x509.load_der_x509_certificate(record.der)

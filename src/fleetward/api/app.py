@@ -32,6 +32,7 @@ from fleetward.audit.models import AuditCheckpoint, AuditHead
 from fleetward.config import Settings
 from fleetward.identity import ca_service, est
 from fleetward.identity import routes as identity_routes
+from fleetward.provisioning import routes as provisioning_routes
 from fleetward.store import lease, utcnow
 from fleetward.tenancy import routes as tenancy_routes
 
@@ -181,6 +182,7 @@ def create_app(
     app.include_router(identity_routes.router)
     app.include_router(identity_routes.public)
     app.include_router(audit_routes.router)
+    app.include_router(provisioning_routes.router)
     app.include_router(est.router)
 
     @app.get("/healthz", tags=["meta"])

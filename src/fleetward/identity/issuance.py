@@ -32,12 +32,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fleetward.audit import service as audit
 from fleetward.errors import (
+    AttestationError,
     CertificateError,
     ConflictError,
     FleetwardError,
@@ -58,12 +59,17 @@ __all__ = [
     "MAX_BATCH",
     "BatchItem",
     "BatchResult",
+    "DuplicateEnrollmentError",
     "Issued",
+    "UnattestedKeyError",
+    "check_and_sign",
     "enroll",
     "enroll_many",
     "environment_for",
+    "issuer_for",
     "labels_json",
     "product_name",
+    "record",
     "renew",
     "renewal_proof_message",
 ]
@@ -75,6 +81,20 @@ DEFAULT_PRODUCT = "default"
 ISSUER_CACHE_SECONDS = 5.0  # how long a process keeps using an issuer after a CA rotation
 
 
+class UnattestedKeyError(AttestationError):
+    """A production certificate was asked for a key nobody attested."""
+
+    title = "Unattested key refused"
+    slug = "unattested-key"
+
+
+class DuplicateEnrollmentError(ConflictError):
+    """The device was provisioned before and has no re-provisioning grant."""
+
+    title = "Already provisioned"
+    slug = "duplicate-enrollment"
+
+
 @dataclass(frozen=True)
 class BatchItem:
     """One device to enroll."""
@@ -83,6 +103,9 @@ class BatchItem:
     csr: bytes
     product: str | None = None
     labels: dict[str, str] | None = None
+    key_origin: str = "software"  # or "hardware-attested", once provisioning verified it
+    batch_id: int | None = None
+    factory_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,7 @@ class Issued:
     ca_id: int
     environment: str
     key_type: str
+    key_origin: str = "software"
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -152,6 +176,7 @@ class _Issuer:
     certificate: x509.Certificate
     tenant_name: str
     lifetime_days: int
+    allow_unattested_in_production: bool
 
 
 _ISSUER = (
@@ -161,6 +186,7 @@ _ISSUER = (
         CertificateAuthority.certificate_pem,
         Tenant.name,
         Tenant.cert_lifetime_days,
+        Tenant.allow_unattested_keys_in_production,
     )
     .join(Tenant, Tenant.id == CertificateAuthority.tenant_id)
     .where(
@@ -172,7 +198,7 @@ _ISSUER = (
 )
 
 
-def _issuer(conn: Connection, pki: Pki, *, tenant_id: int, environment: str) -> _Issuer:
+def issuer_for(conn: Connection, pki: Pki, *, tenant_id: int, environment: str) -> _Issuer:
     """The active issuing CA and the tenant's lifetime policy (cached briefly)."""
     key = (tenant_id, environment)
     hit = pki.issuers.get(key)
@@ -188,6 +214,7 @@ def _issuer(conn: Connection, pki: Pki, *, tenant_id: int, environment: str) -> 
         certificate=pki.certificate_from_pem(row[0], row[2]),
         tenant_name=row[3],
         lifetime_days=row[4],
+        allow_unattested_in_production=bool(row[5]),
     )
     pki.issuers[key] = (time.monotonic() + ISSUER_CACHE_SECONDS, issuer)
     return issuer
@@ -201,6 +228,7 @@ def _sign(
     accepted: profile.AcceptedCsr,
     environment: str,
     now: dt.datetime,
+    key_origin: str = "software",
 ) -> Issued:
     builder = profile.device_certificate(
         public_key=accepted.public_key,
@@ -226,20 +254,43 @@ def _sign(
         ca_id=issuer.ca_id,
         environment=environment,
         key_type=accepted.key_type,
+        key_origin=key_origin,
     )
 
 
-def _check_and_sign(
+def check_and_sign(
     pki: Pki, issuer: _Issuer, item: BatchItem, *, environment: str, now: dt.datetime
 ) -> Issued:
+    """Check one item against the profile and policy, and sign its certificate.
+
+    Raises:
+        AttestationError: a software key in production, unless the tenant
+            set ``allow_unattested_keys_in_production``.
+        (and what :func:`fleetward.identity.profile.check_csr` raises)
+    """
     profile.check_device_id(item.device_id)
+    if (
+        environment == "production"
+        and item.key_origin != "hardware-attested"
+        and not issuer.allow_unattested_in_production
+    ):
+        raise UnattestedKeyError(
+            "production refuses keys without a key attestation; the tenant option "
+            "allow_unattested_keys_in_production (dangerous) would accept them"
+        )
     product_name(item.product)
     labels_json(item.labels)
     accepted = profile.check_csr(
         profile.load_csr(item.csr), device_id=item.device_id, tenant=issuer.tenant_name
     )
     return _sign(
-        pki, issuer, device_id=item.device_id, accepted=accepted, environment=environment, now=now
+        pki,
+        issuer,
+        device_id=item.device_id,
+        accepted=accepted,
+        environment=environment,
+        now=now,
+        key_origin=item.key_origin,
     )
 
 
@@ -255,21 +306,34 @@ _HOLDING = select(CertificateRecord.device_pk).where(
 _INSERT_DEVICE = insert(Device).returning(Device.id, Device.device_id)
 _ACTIVATE = (
     update(Device)
-    .where(Device.id.in_(bindparam("pks", expanding=True)))
-    .values(state="active", updated_at=bindparam("now"))
+    .where(Device.id == bindparam("pk"))
+    .values(
+        state="active",
+        updated_at=bindparam("now"),
+        key_origin=bindparam("origin"),
+        batch_id=func.coalesce(bindparam("batch"), Device.batch_id),
+    )
 )
 _INSERT_CERT = insert(CertificateRecord)
 
 
-def _record(
+def record(
     session: Session,
     principal: Principal,
     *,
     items: list[BatchItem],
     signed: list[Issued | FleetwardError],
     now: dt.datetime,
+    once: bool = False,
+    reprovision: frozenset[str] = frozenset(),
 ) -> list[BatchResult]:
-    """Check device states and store what is accepted, in the caller's transaction."""
+    """Check device states and store what is accepted, in the caller's transaction.
+
+    Args:
+        once: factory provisioning: a device the registry knows is refused
+            unless its id is in ``reprovision`` (an explicit grant).
+        reprovision: device ids allowed to be provisioned again.
+    """
     tenant_id = principal.tenant_id
     # Core statements on the session's connection: the ORM execution layer
     # costs more than the SQL here, and this runs under the write lock.
@@ -289,11 +353,16 @@ def _record(
             found = existing.get(item.device_id)
             if item.device_id in seen:
                 outcome = ConflictError(f"device {item.device_id!r} appears twice in the batch")
+            elif once and found is not None and item.device_id not in reprovision:
+                outcome = DuplicateEnrollmentError(
+                    f"device {item.device_id!r} was already provisioned; re-provisioning "
+                    "needs an explicit grant"
+                )
             elif found is not None and found[1] in ("quarantined", "revoked", "retired"):
                 outcome = ConflictError(
                     f"device {item.device_id!r} is {found[1]} and cannot enroll"
                 )
-            elif found is not None and found[0] in holding:
+            elif found is not None and found[0] in holding and item.device_id not in reprovision:
                 outcome = ConflictError(
                     f"device {item.device_id!r} is already enrolled; renew its certificate"
                 )
@@ -310,6 +379,9 @@ def _record(
             "product": product_name(i.product),
             "labels": labels_json(i.labels),
             "state": "active",
+            "key_origin": i.key_origin,
+            "factory_id": i.factory_id,
+            "batch_id": i.batch_id,
             "created_at": now,
             "updated_at": now,
         }
@@ -323,9 +395,13 @@ def _record(
         except IntegrityError as exc:  # a concurrent request created one of them
             raise ConflictError("a device in this request was enrolled concurrently") from exc
         pks.update({d: pk for pk, d in created})
-    old = [pks[i.device_id] for i, _ in accepted if i.device_id in existing]
+    old = [
+        {"pk": pks[i.device_id], "now": now, "origin": i.key_origin, "batch": i.batch_id}
+        for i, _ in accepted
+        if i.device_id in existing
+    ]
     if old:
-        conn.execute(_ACTIVATE, {"pks": old, "now": now})
+        conn.execute(_ACTIVATE, old)
     if accepted:
         conn.execute(
             _INSERT_CERT,
@@ -336,6 +412,7 @@ def _record(
                     "device_pk": pks[c.device_id],
                     "ca_id": c.ca_id,
                     "environment": c.environment,
+                    "key_origin": c.key_origin,
                     "fingerprint": c.fingerprint,
                     "not_before": c.not_before,
                     "not_after": c.not_after,
@@ -354,6 +431,7 @@ def _record(
                 "ca": c.ca_id,
                 "environment": c.environment,
                 "key": c.key_type,
+                "key_origin": c.key_origin,
                 "fingerprint": c.fingerprint,
                 "not_after": c.not_after.isoformat(),
             }
@@ -381,7 +459,7 @@ def _sign_all(
     signed: list[Issued | FleetwardError] = []
     for item in items:
         try:
-            signed.append(_check_and_sign(pki, issuer, item, environment=environment, now=now))
+            signed.append(check_and_sign(pki, issuer, item, environment=environment, now=now))
         except FleetwardError as exc:
             signed.append(exc)
     return signed
@@ -413,10 +491,10 @@ def enroll_many(
     env = environment_for(principal, environment)
     now = now or utcnow()
     with db.read_engine.connect() as conn:
-        issuer = _issuer(conn, pki, tenant_id=principal.tenant_id, environment=env)
+        issuer = issuer_for(conn, pki, tenant_id=principal.tenant_id, environment=env)
     signed = _sign_all(pki, issuer, items, environment=env, now=now)
     with db.session() as session:
-        return _record(session, principal, items=items, signed=signed, now=now)
+        return record(session, principal, items=items, signed=signed, now=now)
 
 
 def enroll(
@@ -445,9 +523,9 @@ def enroll(
     env = environment_for(principal, environment)
     now = now or utcnow()
     item = BatchItem(device_id=device_id, csr=csr, product=product, labels=labels)
-    issuer = _issuer(session.connection(), pki, tenant_id=principal.tenant_id, environment=env)
-    signed = _check_and_sign(pki, issuer, item, environment=env, now=now)
-    result = _record(session, principal, items=[item], signed=[signed], now=now)[0]
+    issuer = issuer_for(session.connection(), pki, tenant_id=principal.tenant_id, environment=env)
+    signed = check_and_sign(pki, issuer, item, environment=env, now=now)
+    result = record(session, principal, items=[item], signed=[signed], now=now)[0]
     if result.error is not None:
         raise result.error
     assert result.issued is not None
@@ -526,7 +604,9 @@ def renew(
         if proof is None:
             raise SignatureError("a new key needs a proof signed by the current certificate's key")
         _verify_with(cert.public_key(), proof, renewal_proof_message(accepted.der))
-    issuer = _issuer(session.connection(), pki, tenant_id=tenant.id, environment=record.environment)
+    issuer = issuer_for(
+        session.connection(), pki, tenant_id=tenant.id, environment=record.environment
+    )
     issued = _sign(
         pki,
         issuer,

@@ -57,6 +57,10 @@ class Device(Base):
     product: Mapped[str] = mapped_column(String(64))
     labels: Mapped[str] = mapped_column(Text, default="{}")
     state: Mapped[str] = mapped_column(String(16))
+    # How the current identity key was made: hardware-attested | software.
+    key_origin: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    factory_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    batch_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
@@ -76,6 +80,7 @@ class CertificateRecord(Base):
     device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"))
     ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"))
     environment: Mapped[str] = mapped_column(String(16))
+    key_origin: Mapped[str | None] = mapped_column(String(32), nullable=True)
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     not_before: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -36,6 +36,7 @@ __all__ = [
     "register_device",
     "revoke_certificate",
     "revoke_device",
+    "revoke_superseded",
     "set_device_state",
 ]
 
@@ -162,6 +163,39 @@ def _revoke(
         details={"serial": record.serial, "reason": reason, "ca": record.ca_id},
         now=now,
     )
+
+
+def revoke_superseded(
+    session: Session,
+    principal: Principal,
+    *,
+    device_id: str,
+    keep_serial: str,
+    now: dt.datetime | None = None,
+) -> int:
+    """Revoke (``superseded``) every good certificate of a re-provisioned device
+    but the new one; returns how many."""
+    now = now or utcnow()
+    device = get_device(session, principal, device_id)
+    olds = session.execute(
+        select(CertificateRecord).where(
+            CertificateRecord.device_pk == device.id,
+            CertificateRecord.status == "good",
+            CertificateRecord.serial != keep_serial,
+        )
+    ).scalars()
+    count = 0
+    for record in olds:
+        _revoke(
+            session,
+            record,
+            reason="superseded",
+            actor=principal.actor,
+            device_id=device_id,
+            now=now,
+        )
+        count += 1
+    return count
 
 
 def revoke_certificate(

@@ -41,6 +41,7 @@ __all__ = [
     "MAX_CHAIN",
     "MAX_STATEMENT_BYTES",
     "Attested",
+    "NonceError",
     "Statement",
     "attestation_message",
     "parse_statement",
@@ -50,6 +51,13 @@ __all__ = [
 FORMAT = "fleetward-key-attestation/v1"
 MAX_STATEMENT_BYTES = 16 * 1024  # a statement with a 3-certificate chain is ~3 KiB
 MAX_CHAIN = 4  # leaf plus at most three intermediates
+
+
+class NonceError(AttestationError):
+    """The statement's nonce is not the fresh, unused one the server issued."""
+
+    title = "Attestation nonce refused"
+    slug = "attestation-nonce"
 
 
 def attestation_message(*, nonce: bytes, identity_spki_der: bytes) -> bytes:
@@ -143,7 +151,7 @@ def verify_statement(
             does not cover this key and nonce.
     """
     if statement.nonce != expected_nonce:
-        raise AttestationError("attestation nonce does not match the one issued")
+        raise NonceError("attestation nonce does not match the one issued")
     chain = statement.chain
     _valid_at(chain[0], now, "attestation certificate")
     for child, parent in itertools.pairwise(chain):

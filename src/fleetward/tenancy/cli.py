@@ -37,6 +37,34 @@ def tenant_create(
     console.print(f"admin token (shown once): [bold]{token}[/bold]")
 
 
+@tenant_app.command("policy")
+def tenant_policy(
+    ctx: typer.Context,
+    tenant: str = typer.Option("default"),
+    cert_lifetime_days: int | None = typer.Option(None, min=1),
+    allow_unattested_keys_in_production: bool | None = typer.Option(
+        None,
+        "--allow-unattested-keys-in-production/--refuse-unattested-keys-in-production",
+        help="DANGEROUS: let production certify keys without a key attestation",
+    ),
+) -> None:
+    """Change a tenant's issuance policy."""
+    app = load_ctx(ctx)
+    who = local_principal(app, tenant)
+    with app.unit_of_work(
+        actor=who.actor, action="tenant.policy", subject=f"tenant:{tenant}", tenant_id=who.tenant_id
+    ) as s:
+        if cert_lifetime_days is not None:
+            service.set_cert_lifetime(s, who, days=cert_lifetime_days)
+        if allow_unattested_keys_in_production is not None:
+            service.set_allow_unattested(s, who, allow=allow_unattested_keys_in_production)
+        t = service.get_tenant(s, who.tenant_id)
+        console.print(
+            f"tenant {t.name}: certificates {t.cert_lifetime_days} days; unattested keys in "
+            f"production {'ALLOWED' if t.allow_unattested_keys_in_production else 'refused'}"
+        )
+
+
 @tenant_app.command("list")
 def tenant_list(ctx: typer.Context) -> None:
     """List tenants."""

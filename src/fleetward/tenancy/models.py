@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy import Boolean, ForeignKey, Integer, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetward.store.db import Base
@@ -21,6 +21,11 @@ class Tenant(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     cert_lifetime_days: Mapped[int] = mapped_column(Integer, default=90)
+    # Dangerous on purpose: production certificates for keys nobody attested
+    # to have been generated in a secure element.
+    allow_unattested_keys_in_production: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
@@ -38,6 +43,8 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(100))
     role: Mapped[str] = mapped_column(String(32))
     environment: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # factory-operator tokens are scoped to one factory (provisioning.factories.id)
+    factory_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     secret_hash: Mapped[str] = mapped_column(String(64))
     created_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -54,6 +54,7 @@ class Principal:
     role: str
     actor: str
     environment: str | None = None
+    factory_id: int | None = None  # factory-operator tokens are bound to one factory
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

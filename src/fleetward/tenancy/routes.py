@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from fleetward.api.deps import Ctx, Operator
 from fleetward.store import utcnow
 from fleetward.tenancy import service
-from fleetward.tenancy.models import ApiToken
+from fleetward.tenancy.models import ApiToken, Tenant
 from fleetward.tenancy.roles import Permission, require
 
 router = APIRouter(prefix="/api/v1", tags=["tenancy"])
@@ -21,13 +21,17 @@ class TenantOut(BaseModel):
 
     name: str
     cert_lifetime_days: int
+    allow_unattested_keys_in_production: bool
     role: str
 
 
 class TenantPolicyIn(BaseModel):
-    """Tenant policy changes."""
+    """Tenant policy changes (fields left out stay as they are)."""
 
-    cert_lifetime_days: int
+    cert_lifetime_days: int | None = None
+    allow_unattested_keys_in_production: bool | None = Field(
+        default=None, description="DANGEROUS: production certificates for unattested keys"
+    )
 
 
 class TokenIn(BaseModel):
@@ -66,12 +70,20 @@ class TokenOut(BaseModel):
         )
 
 
+def _tenant_out(t: Tenant, role: str) -> TenantOut:
+    return TenantOut(
+        name=t.name,
+        cert_lifetime_days=t.cert_lifetime_days,
+        allow_unattested_keys_in_production=t.allow_unattested_keys_in_production,
+        role=role,
+    )
+
+
 @router.get("/tenant", response_model=TenantOut)
 def get_tenant(ctx: Ctx, who: Operator) -> TenantOut:
     """The tenant this token belongs to."""
     with ctx.db.read() as s:
-        t = service.get_tenant(s, who.tenant_id)
-        return TenantOut(name=t.name, cert_lifetime_days=t.cert_lifetime_days, role=who.role)
+        return _tenant_out(service.get_tenant(s, who.tenant_id), who.role)
 
 
 @router.patch("/tenant", response_model=TenantOut)
@@ -83,8 +95,11 @@ def patch_tenant(body: TenantPolicyIn, ctx: Ctx, who: Operator) -> TenantOut:
         subject=f"tenant:{who.tenant_name}",
         tenant_id=who.tenant_id,
     ) as s:
-        t = service.set_cert_lifetime(s, who, days=body.cert_lifetime_days)
-        return TenantOut(name=t.name, cert_lifetime_days=t.cert_lifetime_days, role=who.role)
+        if body.cert_lifetime_days is not None:
+            service.set_cert_lifetime(s, who, days=body.cert_lifetime_days)
+        if body.allow_unattested_keys_in_production is not None:
+            service.set_allow_unattested(s, who, allow=body.allow_unattested_keys_in_production)
+        return _tenant_out(service.get_tenant(s, who.tenant_id), who.role)
 
 
 @router.get("/tokens", response_model=list[TokenOut])

@@ -111,6 +111,7 @@ def create_token(
     actor: str,
     environment: str | None = None,
     expires_at: dt.datetime | None = None,
+    factory_id: int | None = None,
     now: dt.datetime | None = None,
 ) -> tuple[ApiToken, str]:
     """Create an API token; returns the row and the token string (shown once).
@@ -134,6 +135,7 @@ def create_token(
         name=name,
         role=role,
         environment=environment,
+        factory_id=factory_id,
         secret_hash=hash_secret(secret),
         created_by=actor,
         created_at=now,
@@ -150,6 +152,7 @@ def create_token(
             "name": name,
             "role": role,
             "environment": environment,
+            "factory": factory_id,
             "expires_at": expires_at.isoformat() if expires_at else None,
         },
         now=now,
@@ -167,6 +170,7 @@ _TOKEN = (
         ApiToken.revoked_at,
         Tenant.id,
         Tenant.name,
+        ApiToken.factory_id,
     )
     .join(Tenant, Tenant.id == ApiToken.tenant_id)
     .where(ApiToken.id == bindparam("token_id"))
@@ -194,7 +198,24 @@ def authenticate(session: Session, token: str, *, now: dt.datetime | None = None
         role=row[2],
         actor=f"token:{row[0]}",
         environment=row[3],
+        factory_id=row[8],
     )
+
+
+def set_allow_unattested(session: Session, principal: Principal, *, allow: bool) -> Tenant:
+    """Set the dangerous option that lets production accept unattested (software) keys."""
+    require(principal, Permission.TENANT_MANAGE)
+    tenant = get_tenant(session, principal.tenant_id)
+    tenant.allow_unattested_keys_in_production = allow
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="tenant.policy",
+        subject=f"tenant:{tenant.name}",
+        tenant_id=tenant.id,
+        details={"allow_unattested_keys_in_production": allow},
+    )
+    return tenant
 
 
 def list_tokens(session: Session, principal: Principal) -> list[ApiToken]:

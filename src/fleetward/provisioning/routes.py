@@ -1,0 +1,374 @@
+"""REST routes of the provisioning domain (thin)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from fleetward.api.deps import Ctx, Operator
+from fleetward.identity.issuance import MAX_BATCH
+from fleetward.identity.profile import MAX_CSR_BYTES
+from fleetward.identity.schemas import certificate_out
+from fleetward.provisioning import enroll, service
+from fleetward.provisioning.attestation import MAX_STATEMENT_BYTES
+from fleetward.provisioning.models import EnrollmentAttempt, EnrollmentBatch, Factory
+from fleetward.store import utcnow
+
+router = APIRouter(prefix="/api/v1/provisioning", tags=["provisioning"])
+
+
+class FactoryIn(BaseModel):
+    """A new factory."""
+
+    name: str = Field(max_length=64)
+    environment: str
+
+
+class FactoryOut(BaseModel):
+    """A factory."""
+
+    id: int
+    name: str
+    environment: str
+
+    @classmethod
+    def of(cls, f: Factory) -> FactoryOut:
+        """From the ORM row."""
+        return cls(id=f.id, name=f.name, environment=f.environment)
+
+
+class FactoryTokenIn(BaseModel):
+    """A factory-operator token."""
+
+    name: str = Field(min_length=1, max_length=100)
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class BatchIn(BaseModel):
+    """A new enrollment batch: explicit ids or a serial range."""
+
+    factory_id: int
+    product: str = Field(max_length=64)
+    expires_in_hours: float = Field(gt=0, le=24 * 365)
+    device_ids: list[str] | None = Field(default=None, max_length=100_000)
+    range_prefix: str | None = Field(default=None, max_length=48)
+    range_start: int | None = None
+    range_end: int | None = None
+    range_width: int | None = None
+    max_count: int | None = Field(default=None, ge=1)
+
+
+class BatchOut(BaseModel):
+    """A batch."""
+
+    id: int
+    factory_id: int
+    product: str
+    environment: str
+    status: str
+    max_count: int
+    used_count: int
+    expires_at: dt.datetime
+    range_prefix: str | None
+    range_start: int | None
+    range_end: int | None
+    range_width: int | None
+    listed_devices: int | None
+
+    @classmethod
+    def of(cls, b: EnrollmentBatch) -> BatchOut:
+        """From the ORM row."""
+        return cls(
+            id=b.id,
+            factory_id=b.factory_id,
+            product=b.product,
+            environment=b.environment,
+            status=b.status,
+            max_count=b.max_count,
+            used_count=b.used_count,
+            expires_at=b.expires_at,
+            range_prefix=b.range_prefix,
+            range_start=b.range_start,
+            range_end=b.range_end,
+            range_width=b.range_width,
+            listed_devices=len(json.loads(b.device_ids)) if b.device_ids else None,
+        )
+
+
+class RootIn(BaseModel):
+    """A chip vendor's attestation root."""
+
+    name: str = Field(max_length=100)
+    certificate: str = Field(max_length=16384, description="PEM")
+
+
+class GrantIn(BaseModel):
+    """Permission to provision a device again."""
+
+    device_id: str = Field(max_length=64)
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class ProvisionItemIn(BaseModel):
+    """One device at the station."""
+
+    device_id: str = Field(max_length=200)
+    csr: str = Field(max_length=MAX_CSR_BYTES * 2, description="PKCS#10, PEM")
+    attestation: dict[str, Any] | None = Field(
+        default=None, description=f"key attestation statement (JSON, < {MAX_STATEMENT_BYTES} B)"
+    )
+
+
+class ProvisionIn(BaseModel):
+    """Devices to enroll in one batch."""
+
+    items: list[ProvisionItemIn] = Field(max_length=MAX_BATCH)
+
+
+def _attempt(a: EnrollmentAttempt) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "ts": a.ts.isoformat(),
+        "factory_id": a.factory_id,
+        "batch_id": a.batch_id,
+        "token": a.token_id,
+        "device_id": a.device_id,
+        "csr_fingerprint": a.csr_fingerprint,
+        "key_origin": a.key_origin,
+        "result": a.result,
+        "category": a.category,
+        "reason": a.reason,
+        "source": a.source,
+        "serial": a.serial,
+    }
+
+
+@router.post("/factories", response_model=FactoryOut, status_code=201)
+def create_factory(body: FactoryIn, ctx: Ctx, who: Operator) -> FactoryOut:
+    """Register a factory (admin)."""
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="factory.create",
+        subject=f"factory:{body.name}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        return FactoryOut.of(
+            service.create_factory(s, who, name=body.name, environment=body.environment)
+        )
+
+
+@router.get("/factories", response_model=list[FactoryOut])
+def list_factories(ctx: Ctx, who: Operator) -> list[FactoryOut]:
+    """The tenant's factories."""
+    with ctx.db.read() as s:
+        return [FactoryOut.of(f) for f in service.list_factories(s, who)]
+
+
+@router.post("/factories/{factory_id}/tokens", status_code=201)
+def factory_token(factory_id: int, body: FactoryTokenIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
+    """A factory-operator token bound to this factory (shown once)."""
+    expires = utcnow() + dt.timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="token.create",
+        subject=f"factory:{factory_id}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        row, token = service.create_factory_token(
+            s, who, factory_id=factory_id, name=body.name, expires_at=expires
+        )
+        return {
+            "id": row.id,
+            "factory_id": factory_id,
+            "environment": row.environment,
+            "token": token,
+        }
+
+
+@router.post("/batches", response_model=BatchOut, status_code=201)
+def create_batch(body: BatchIn, ctx: Ctx, who: Operator) -> BatchOut:
+    """Authorise a set of devices at a factory (admin)."""
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="batch.create",
+        subject=f"factory:{body.factory_id}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        batch = service.create_batch(
+            s,
+            who,
+            factory_id=body.factory_id,
+            product=body.product,
+            expires_at=utcnow() + dt.timedelta(hours=body.expires_in_hours),
+            device_ids=body.device_ids,
+            range_prefix=body.range_prefix,
+            range_start=body.range_start,
+            range_end=body.range_end,
+            range_width=body.range_width,
+            max_count=body.max_count,
+        )
+        return BatchOut.of(batch)
+
+
+@router.get("/batches", response_model=list[BatchOut])
+def list_batches(ctx: Ctx, who: Operator) -> list[BatchOut]:
+    """Batches (a factory token sees its own factory's)."""
+    with ctx.db.read() as s:
+        return [BatchOut.of(b) for b in service.list_batches(s, who)]
+
+
+@router.post("/batches/{batch_id}/close", response_model=BatchOut)
+def close_batch(batch_id: int, ctx: Ctx, who: Operator) -> BatchOut:
+    """Close a batch (admin)."""
+    with ctx.unit_of_work(
+        actor=who.actor, action="batch.close", subject=f"batch:{batch_id}", tenant_id=who.tenant_id
+    ) as s:
+        return BatchOut.of(service.close_batch(s, who, batch_id))
+
+
+@router.post("/batches/{batch_id}/enroll")
+def provision(
+    batch_id: int, body: ProvisionIn, request: Request, ctx: Ctx, who: Operator
+) -> dict[str, Any]:
+    """Enroll devices of this batch (one or up to 1,000); each is issued or refused alone."""
+    items = [
+        enroll.ProvisionItem(device_id=i.device_id, csr=i.csr.encode(), attestation=i.attestation)
+        for i in body.items
+    ]
+    source = request.client.host if request.client else None
+    with ctx.refusals_recorded(
+        actor=who.actor,
+        action="certificate.issue",
+        subject=f"batch:{batch_id}",
+        tenant_id=who.tenant_id,
+    ):
+        results = enroll.provision(
+            ctx.db, ctx.pki, who, batch_id=batch_id, items=items, source=source
+        )
+    out = []
+    for r in results:
+        entry: dict[str, Any] = {"device_id": r.device_id, "key_origin": r.key_origin}
+        if r.issued is not None:
+            entry["certificate"] = certificate_out(r.issued).model_dump(mode="json")
+        else:
+            assert r.error is not None
+            entry["problem"] = {
+                "type": f"urn:fleetward:problem:{r.error.slug}",
+                "title": r.error.title,
+                "status": r.error.status,
+                "detail": r.error.detail,
+                "category": r.category,
+            }
+        out.append(entry)
+    issued = sum(1 for r in results if r.issued is not None)
+    return {"issued": issued, "refused": len(results) - issued, "items": out}
+
+
+@router.post("/attestation-roots", status_code=201)
+def register_root(body: RootIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
+    """Trust a chip vendor's attestation root (admin)."""
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="attestation-root.register",
+        subject=f"root:{body.name[:50]}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        root = service.register_root(
+            s, who, name=body.name, certificate_pem=body.certificate.encode()
+        )
+        return {"id": root.id, "name": root.name, "sha256": root.fingerprint}
+
+
+@router.get("/attestation-roots")
+def list_roots(ctx: Ctx, who: Operator) -> list[dict[str, Any]]:
+    """Trusted vendor roots."""
+    with ctx.db.read() as s:
+        return [
+            {"id": r.id, "name": r.name, "sha256": r.fingerprint}
+            for r in service.list_roots(s, who)
+        ]
+
+
+@router.post("/nonces", status_code=201)
+def nonces(ctx: Ctx, who: Operator, count: int = Query(default=1, ge=1, le=1000)) -> dict[str, Any]:
+    """Single-use challenges for key attestation statements (valid 5 minutes)."""
+    with ctx.unit_of_work(
+        actor=who.actor, action="nonce.issue", subject="nonces", tenant_id=who.tenant_id
+    ) as s:
+        rows = service.issue_nonce(s, who, count=count)
+        return {"nonces": [r.nonce for r in rows], "expires_at": rows[0].expires_at.isoformat()}
+
+
+@router.post("/reprovision-grants", status_code=201)
+def grant(body: GrantIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
+    """Allow one more provisioning of a device (security, admin)."""
+    with ctx.unit_of_work(
+        actor=who.actor,
+        action="device.reprovision-grant",
+        subject=f"device:{body.device_id}",
+        tenant_id=who.tenant_id,
+    ) as s:
+        g = service.grant_reprovision(s, who, device_id=body.device_id, reason=body.reason)
+        return {"id": g.id, "device_id": g.device_id, "expires_at": g.expires_at.isoformat()}
+
+
+@router.get("/attempts", response_model=None)
+def attempts(
+    ctx: Ctx,
+    who: Operator,
+    format: str = Query(default="json", pattern="^(json|csv)$"),
+    factory_id: int | None = None,
+    batch_id: int | None = None,
+    after_id: int = 0,
+    limit: int = Query(default=1000, ge=1, le=10_000),
+) -> Any:
+    """Every enrollment attempt (JSON, or CSV with ``format=csv``)."""
+    with ctx.db.read() as s:
+        rows = [
+            _attempt(a)
+            for a in service.list_attempts(
+                s, who, factory_id=factory_id, batch_id=batch_id, after_id=after_id, limit=limit
+            )
+        ]
+    if format == "csv":
+        return Response(to_csv(rows), media_type="text/csv")
+    return rows
+
+
+@router.get("/counters")
+def counters(ctx: Ctx, who: Operator) -> list[dict[str, Any]]:
+    """Abnormal-enrollment signals per factory and batch."""
+    with ctx.db.read() as s:
+        return service.counters(s, who)
+
+
+CSV_FIELDS = [
+    "id",
+    "ts",
+    "factory_id",
+    "batch_id",
+    "token",
+    "device_id",
+    "csr_fingerprint",
+    "key_origin",
+    "result",
+    "category",
+    "reason",
+    "source",
+    "serial",
+]
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """Attempts as CSV (header first)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
