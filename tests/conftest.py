@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -28,6 +32,7 @@ from fleetward.tenancy import service as tenancy
 from tests.hsm import softhsm  # noqa: F401 - registers the session-wide token fixture
 
 PG_URL = os.environ.get("FLEETWARD_TEST_PG_URL")
+CRL_INTERVAL = 0.5  # the live server's publication interval
 _template_ready = False
 _counter = itertools.count()
 
@@ -123,6 +128,32 @@ def client(ctx: AppContext) -> Iterator[TestClient]:
     """An HTTP client bound to the installation's API."""
     with TestClient(create_app(ctx, crl_interval=3600, checkpoint_interval=3600)) as c:
         yield c
+
+
+@pytest.fixture
+def live(ctx: AppContext) -> Iterator[str]:
+    """A real server on a loopback port (uvicorn in a thread), publisher isolated."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(
+            ctx, crl_interval=CRL_INTERVAL, checkpoint_interval=3600, isolate_publisher=True
+        ),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 @pytest.fixture

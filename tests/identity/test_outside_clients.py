@@ -8,50 +8,18 @@ fast CRL publication interval; the clients are the real ``openssl`` and
 from __future__ import annotations
 
 import base64
-import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from fleetward.api.app import create_app
-from fleetward.api.context import AppContext
+from tests.conftest import CRL_INTERVAL
 
 pytestmark = pytest.mark.openssl
-
-CRL_INTERVAL = 0.5
-
-
-@pytest.fixture
-def live(ctx: AppContext) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(
-            ctx, crl_interval=CRL_INTERVAL, checkpoint_interval=3600, isolate_publisher=True
-        ),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def run(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -1,0 +1,255 @@
+"""The agent's enrollment and renewal, over the fleetward REST API.
+
+A device (or a factory station acting for many) generates its identity key
+in its keystore, makes a CSR signed by that key, asks its secure element for
+an attestation statement over a server nonce, and enrolls in its batch. The
+result is kept in the device's directory (``identity.json``, ``cert.pem``,
+``ca.pem``); the private key stays in the keystore. Renewal proves
+possession with a CSR from the same key and replaces the certificate only
+once the new one is saved.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography import x509
+
+from fleetward.agent.keystore import Keystore, make_csr
+from fleetward.agent.secure_element import SecureElement
+from fleetward.errors import FleetwardError, InvalidInputError
+from fleetward.keys import Signer
+
+__all__ = [
+    "Enrolled",
+    "Server",
+    "ServerRefusedError",
+    "enroll_devices",
+    "load_identity",
+    "renew",
+]
+
+IDENTITY_FILE = "identity.json"
+CHUNK = 500  # devices per batch request from a station (the server takes up to 1,000)
+
+
+class ServerRefusedError(FleetwardError):
+    """The server answered with a problem."""
+
+    title = "Refused by the server"
+    slug = "server-refused"
+
+    def __init__(self, detail: str, *, status: int) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+class Server:
+    """A fleetward server as the agent sees it."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise ServerRefusedError(f"cannot reach the server: {exc}", status=0) from exc
+        if resp.status_code >= 400:
+            try:
+                detail = resp.json().get("detail", resp.text)
+            except ValueError:
+                detail = resp.text
+            raise ServerRefusedError(str(detail), status=resp.status_code)
+        return (
+            resp.json()
+            if resp.headers.get("content-type", "").startswith("application/json")
+            else resp.text
+        )
+
+    def nonces(self, count: int) -> list[bytes]:
+        """Fresh attestation nonces."""
+        out: list[bytes] = []
+        while len(out) < count:
+            n = min(1000, count - len(out))
+            body = self._call("POST", "/api/v1/provisioning/nonces", params={"count": n})
+            out.extend(base64.urlsafe_b64decode(v) for v in body["nonces"])
+        return out
+
+    def provision(self, batch_id: int, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Enroll items in a batch; one result per item."""
+        body = self._call(
+            "POST", f"/api/v1/provisioning/batches/{batch_id}/enroll", json={"items": items}
+        )
+        return list(body["items"])
+
+    def ca_pem(self, ca_id: int) -> str:
+        """An issuing CA certificate."""
+        return str(self._call("GET", f"/ca/{ca_id}.crt"))
+
+    def renew(self, certificate_pem: str, csr_pem: bytes) -> dict[str, Any]:
+        """Renew with the same key."""
+        return dict(
+            self._call(
+                "POST",
+                "/api/v1/renew",
+                json={"certificate": certificate_pem, "csr": csr_pem.decode()},
+            )
+        )
+
+    def batch(self, batch_id: int) -> dict[str, Any]:
+        """A batch the token can see."""
+        for b in self._call("GET", "/api/v1/provisioning/batches"):
+            if b["id"] == batch_id:
+                return dict(b)
+        raise ServerRefusedError(f"batch {batch_id} not found", status=404)
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """One device's outcome at the station."""
+
+    device_id: str
+    serial: str | None
+    fingerprint: str | None
+    key_origin: str | None
+    error: str | None
+
+
+def _save(directory: Path, identity: dict[str, Any], cert_pem: str, ca_pem: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Write the new files beside the old ones, then rename: a crash leaves
+    # either the old identity or the new one, never half of each.
+    for name, text in (("cert.pem", cert_pem), ("ca.pem", ca_pem)):
+        tmp = directory / f".{name}.new"
+        tmp.write_text(text)
+        os.replace(tmp, directory / name)
+    tmp = directory / f".{IDENTITY_FILE}.new"
+    tmp.write_text(json.dumps(identity, indent=2))
+    os.replace(tmp, directory / IDENTITY_FILE)
+
+
+def enroll_devices(
+    server: Server,
+    keystore: Keystore,
+    *,
+    batch_id: int,
+    device_ids: Sequence[str],
+    out_dir: Path,
+    chips: Sequence[SecureElement] | None = None,
+    on_progress: Any = None,
+) -> list[Enrolled]:
+    """Generate keys, make CSRs and statements, and enroll ``device_ids`` in chunks.
+
+    Each device's identity is saved under ``out_dir / device_id`` as soon as
+    its chunk is accepted.
+    """
+    if chips is not None and len(chips) != len(device_ids):
+        raise InvalidInputError("one secure element per device")
+    results: list[Enrolled] = []
+    ca_cache: dict[int, str] = {}
+    for start in range(0, len(device_ids), CHUNK):
+        ids = device_ids[start : start + CHUNK]
+        signers: list[Signer] = [keystore.generate(d) for d in ids]
+        nonces = server.nonces(len(ids)) if chips is not None else [b""] * len(ids)
+        items: list[dict[str, Any]] = []
+        for i, (device_id, signer) in enumerate(zip(ids, signers, strict=True)):
+            item: dict[str, Any] = {
+                "device_id": device_id,
+                "csr": make_csr(signer, device_id).decode(),
+            }
+            if chips is not None:
+                chip = chips[start + i]
+                item["attestation"] = chip.statement(
+                    nonce=nonces[i], identity_public_key=signer.public_key()
+                )
+            items.append(item)
+        answers = server.provision(batch_id, items)
+        for device_id, signer, answer in zip(ids, signers, answers, strict=True):
+            cert = answer.get("certificate")
+            if cert is None:
+                problem = answer.get("problem") or {}
+                results.append(Enrolled(device_id, None, None, None, str(problem.get("detail"))))
+                continue
+            ca_id = int(cert["ca_id"])
+            if ca_id not in ca_cache:
+                ca_cache[ca_id] = server.ca_pem(ca_id)
+            _save(
+                out_dir / device_id,
+                {
+                    "device_id": device_id,
+                    "keystore": keystore.kind,
+                    "key_uri": signer.uri,
+                    "key_origin": answer.get("key_origin"),
+                    "serial": cert["serial"],
+                },
+                cert["certificate"],
+                ca_cache[ca_id],
+            )
+            results.append(
+                Enrolled(
+                    device_id, cert["serial"], cert["fingerprint"], answer.get("key_origin"), None
+                )
+            )
+        if on_progress is not None:
+            on_progress(len(ids))
+    return results
+
+
+def load_identity(directory: Path) -> dict[str, Any]:
+    """A device's saved identity."""
+    path = directory / IDENTITY_FILE
+    if not path.exists():
+        raise InvalidInputError(f"{directory} holds no enrolled identity")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def renew(
+    server: Server,
+    keystore: Keystore,
+    directory: Path,
+    *,
+    within: dt.timedelta,
+    now: dt.datetime | None = None,
+) -> bool:
+    """Renew the certificate if it expires within ``within``; whether it did."""
+    identity = load_identity(directory)
+    cert_pem = (directory / "cert.pem").read_text()
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    now = now or dt.datetime.now(dt.UTC)
+    if cert.not_valid_after_utc - now > within:
+        return False
+    signer = keystore.open(identity["key_uri"])
+    answer = server.renew(cert_pem, make_csr(signer, identity["device_id"]))
+    identity["serial"] = answer["serial"]
+    _save(directory, identity, answer["certificate"], (directory / "ca.pem").read_text())
+    return True

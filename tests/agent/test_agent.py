@@ -1,0 +1,148 @@
+"""The device agent against a live server: software and PKCS#11 keystores,
+secure-element attestation, renewal, and the ``fleetward-agent`` command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from typer.testing import CliRunner
+
+from fleetward.agent.cli import app as agent_cli
+from fleetward.agent.client import Server, enroll_devices, load_identity, renew
+from fleetward.agent.keystore import Keystore
+from fleetward.agent.secure_element import SimulatedVendor
+from fleetward.api.context import AppContext
+from fleetward.tenancy import service as tenancy
+from tests.hsm import SoftHsm
+
+API = "/api/v1/provisioning"
+
+
+def admin_call(live: str, token: str, method: str, path: str, **kw: Any) -> Any:
+    resp = httpx.request(method, live + path, headers={"Authorization": f"Bearer {token}"}, **kw)
+    assert resp.status_code < 300, resp.text
+    return resp.json()
+
+
+def factory_line(live: str, admin: str, env: str, ids: list[str]) -> tuple[str, int]:
+    factory = admin_call(
+        live,
+        admin,
+        "POST",
+        f"{API}/factories",
+        json={"name": f"f-{uuid.uuid4().hex[:6]}", "environment": env},
+    )
+    token = admin_call(
+        live, admin, "POST", f"{API}/factories/{factory['id']}/tokens", json={"name": "station"}
+    )["token"]
+    batch = admin_call(
+        live,
+        admin,
+        "POST",
+        f"{API}/batches",
+        json={
+            "factory_id": factory["id"],
+            "product": "p",
+            "expires_in_hours": 1,
+            "device_ids": ids,
+        },
+    )
+    return token, int(batch["id"])
+
+
+def test_software_keystore_enroll_and_renew(live: str, admin_token: str, tmp_path: Path) -> None:
+    token, batch = factory_line(live, admin_token, "test", ["sw-1", "sw-2"])
+    store = Keystore("software", directory=tmp_path / "keys")
+    with Server(live, token=token) as srv:
+        results = enroll_devices(
+            srv,
+            store,
+            batch_id=batch,
+            device_ids=["sw-1", "sw-2", "sw-3"],
+            out_dir=tmp_path / "devices",
+        )
+    assert [(r.device_id, r.key_origin) for r in results[:2]] == [
+        ("sw-1", "software"),
+        ("sw-2", "software"),
+    ]
+    assert results[2].error is not None and "not in batch" in results[2].error
+    identity = load_identity(tmp_path / "devices" / "sw-1")
+    cert = x509.load_pem_x509_certificate((tmp_path / "devices" / "sw-1" / "cert.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((tmp_path / "devices" / "sw-1" / "ca.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert format(cert.serial_number, "x") == identity["serial"]
+    with Server(live) as srv:
+        assert not renew(srv, store, tmp_path / "devices" / "sw-1", within=dt.timedelta(days=1))
+        assert renew(srv, store, tmp_path / "devices" / "sw-1", within=dt.timedelta(days=365))
+    renewed = x509.load_pem_x509_certificate(
+        (tmp_path / "devices" / "sw-1" / "cert.pem").read_bytes()
+    )
+    assert renewed.serial_number != cert.serial_number
+    assert renewed.public_key() == cert.public_key()  # same key, proven by the CSR signature
+
+
+@pytest.mark.hsm
+def test_pkcs11_keystore_with_attested_keys_in_production(
+    live: str, admin_token: str, ctx: AppContext, softhsm: SoftHsm, tmp_path: Path
+) -> None:
+    with ctx.db.session() as s:
+        tenancy.set_allow_unattested(s, tenancy.authenticate(s, admin_token), allow=False)
+    vendor = SimulatedVendor.open(tmp_path / "vendor")
+    admin_call(
+        live,
+        admin_token,
+        "POST",
+        f"{API}/attestation-roots",
+        json={"name": "sim", "certificate": vendor.root_pem()},
+    )
+    ids = [f"hw-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    token, batch = factory_line(live, admin_token, "production", ids)
+    store = Keystore(
+        "pkcs11", directory=tmp_path / "keys", token_label=softhsm.token_label, pin=softhsm.pin
+    )
+    with Server(live, token=token) as srv:
+        results = enroll_devices(
+            srv,
+            store,
+            batch_id=batch,
+            device_ids=ids,
+            out_dir=tmp_path / "devices",
+            chips=[vendor.chip(i) for i in ids],
+        )
+    assert [r.key_origin for r in results] == ["hardware-attested", "hardware-attested"]
+    identity = load_identity(tmp_path / "devices" / ids[0])
+    assert identity["key_uri"].startswith("pkcs11:")
+    # Without a chip, production refuses the same kind of key.
+    token2, batch2 = factory_line(live, admin_token, "production", ["hw-soft"])
+    with Server(live, token=token2) as srv:
+        [refused] = enroll_devices(
+            srv, store, batch_id=batch2, device_ids=["hw-soft"], out_dir=tmp_path / "devices"
+        )
+    assert refused.error is not None and "production refuses" in refused.error
+
+
+def test_agent_command(live: str, admin_token: str, tmp_path: Path) -> None:
+    token, batch = factory_line(live, admin_token, "test", ["cli-1"])
+    runner = CliRunner()
+    args = ["--server", live, "--dir", str(tmp_path)]
+    out = runner.invoke(
+        agent_cli,
+        ["enroll", "--device-id", "cli-1", "--batch", str(batch), "--token", token, *args],
+    )
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "cli-1" / "cert.pem").exists()
+    again = runner.invoke(
+        agent_cli,
+        ["enroll", "--device-id", "cli-1", "--batch", str(batch), "--token", token, *args],
+    )
+    assert again.exit_code == 1
+    out = runner.invoke(
+        agent_cli, ["renew", "--device-id", "cli-1", "--within-days", "3650", *args]
+    )
+    assert out.exit_code == 0 and "renewed" in out.output
