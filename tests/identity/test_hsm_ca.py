@@ -51,7 +51,9 @@ def test_pkcs11_issuing_cas_sign_certificates_crls_and_ocsp(
             service.revoke_certificate(s, who, record.serial, reason="keyCompromise")
         assert [b.ca_id for b in ca_service.publish_crls(ctx.db, ctx.pki)] == [record.ca_id]
         with ctx.db.session() as s:
-            crl = x509.load_der_x509_crl(ca_service.get_crl(s, ca_id=record.ca_id).der)
+            crl = x509.load_der_x509_crl(
+                ca_service.published_der(ctx.pki, ca_service.get_crl(s, ca_id=record.ca_id))
+            )
             req = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA256()).build()
             answer = ocsp.load_der_ocsp_response(
                 ca_service.ocsp_answer(s.connection(), ctx.pki, req.public_bytes(Encoding.DER))

@@ -33,10 +33,12 @@ class AppContext:
     def from_settings(cls, settings: Settings) -> AppContext:
         """Open the database and key ring described by ``settings``."""
         keyring = KeyRing(keys_dir=settings.keys_dir, passphrase=settings.key_passphrase())
+        db = Database(settings.database_url)
+        crl_dir = settings.home / "crls" if db.is_sqlite else None
         return cls(
             settings=settings,
-            db=Database(settings.database_url),
-            pki=Pki(keyring=keyring, public_url=settings.public_url),
+            db=db,
+            pki=Pki(keyring=keyring, public_url=settings.public_url, crl_dir=crl_dir),
         )
 
     def checkpoint_signer(self) -> Signer:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -72,6 +73,7 @@ class Pki:
     ocsp_validity: dt.timedelta = dt.timedelta(hours=1)
     _certs: dict[int, x509.Certificate] = field(default_factory=dict)
     _by_key_hash: dict[bytes, _Responder] = field(default_factory=dict)
+    crl_dir: Path | None = None  # set on SQLite: CRL DER goes to files, see PublishedCrl
     crl_entries: dict[int, _EncodedEntries] = field(default_factory=dict)
     # (tenant, environment) -> (expiry, issuer) for issuance; a CA rotation in
     # this process clears it, other processes pick the new CA up on expiry.
@@ -549,7 +551,32 @@ def build_crl(
     )
 
 
-def _store_crl(session: Session, build: CrlBuild) -> PublishedCrl | None:
+def _write_file(pki: Pki, build: CrlBuild) -> str | None:
+    """Put the DER in ``pki.crl_dir`` (atomically) and return its name, if files are used."""
+    if pki.crl_dir is None:
+        return None
+    pki.crl_dir.mkdir(parents=True, exist_ok=True)
+    name = f"ca{build.ca_id}-{build.number}.der"
+    tmp = pki.crl_dir / f".{name}.{os.getpid()}.tmp"
+    tmp.write_bytes(build.der)
+    os.replace(tmp, pki.crl_dir / name)
+    return name
+
+
+def _prune_files(pki: Pki, ca_id: int, number: int) -> None:
+    """Drop CRL files older than the previous one (a reader may still hold that)."""
+    if pki.crl_dir is None:
+        return
+    for path in pki.crl_dir.glob(f"ca{ca_id}-*.der"):
+        try:
+            old = int(path.stem.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if old < number - 1:
+            path.unlink(missing_ok=True)
+
+
+def _store_crl(session: Session, build: CrlBuild, *, der_file: str | None) -> PublishedCrl | None:
     current = session.get(PublishedCrl, build.ca_id)
     if current is not None and current.number >= build.number:
         return None  # another publisher got there first
@@ -558,8 +585,21 @@ def _store_crl(session: Session, build: CrlBuild) -> PublishedCrl | None:
         session.add(current)
     current.number, current.this_update = build.number, build.this_update
     current.next_update, current.entries = build.next_update, build.entries
-    current.revocations_seen, current.der = build.revocations_seen, build.der
+    current.revocations_seen = build.revocations_seen
+    current.der, current.der_file = (b"" if der_file else build.der), der_file
     return current
+
+
+def published_der(pki: Pki, published: PublishedCrl) -> bytes:
+    """The DER of a published CRL, wherever it is kept."""
+    if published.der_file is None:
+        return published.der
+    if pki.crl_dir is None:
+        raise NotFoundError("this process has no CRL directory for a file-stored CRL")
+    try:
+        return (pki.crl_dir / published.der_file).read_bytes()
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"CRL file {published.der_file} is missing") from exc
 
 
 def _publish_now(session: Session, pki: Pki, ca: CertificateAuthority, now: dt.datetime) -> None:
@@ -575,7 +615,7 @@ def _publish_now(session: Session, pki: Pki, ca: CertificateAuthority, now: dt.d
         number=(current.number + 1) if current else 1,
         now=now,
     )
-    _store_crl(session, build)
+    _store_crl(session, build, der_file=_write_file(pki, build))
 
 
 def _due(
@@ -651,9 +691,12 @@ def publish_crls(
                 now=now,
                 full=force,
             )
+        der_file = _write_file(pki, build)  # before the write lock: large and slow
         with db.session() as s:
-            if _store_crl(s, build) is not None:
-                published.append(build)
+            stored = _store_crl(s, build, der_file=der_file) is not None
+        if stored:
+            published.append(build)
+            _prune_files(pki, ca_id, build.number)
     return published
 
 

@@ -105,4 +105,8 @@ class PublishedCrl(Base):
     next_update: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     entries: Mapped[int] = mapped_column(Integer)
     revocations_seen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # On SQLite the DER lives in a file (``der_file``, under the home's
+    # ``crls/``): writing a 50 MiB blob would hold the database write lock
+    # for ~0.1 s and stall revocations. On PostgreSQL it is stored here.
     der: Mapped[bytes] = mapped_column(LargeBinary)
+    der_file: Mapped[str | None] = mapped_column(String(200), nullable=True)

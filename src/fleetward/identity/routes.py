@@ -213,7 +213,7 @@ def crl(ca_id: int, ctx: Ctx) -> Response:
     with ctx.db.read() as s:
         published = ca_service.get_crl(s, ca_id=ca_id)
         return Response(
-            published.der,
+            ca_service.published_der(ctx.pki, published),
             media_type="application/pkix-crl",
             headers={"Cache-Control": "max-age=60"},
         )
