@@ -146,3 +146,65 @@ def test_agent_command(live: str, admin_token: str, tmp_path: Path) -> None:
         agent_cli, ["renew", "--device-id", "cli-1", "--within-days", "3650", *args]
     )
     assert out.exit_code == 0 and "renewed" in out.output
+
+
+def test_factory_line_run_and_records_export(
+    live: str, admin_token: str, ctx: AppContext, tmp_path: Path
+) -> None:
+    import json
+
+    from fleetward.cli.main import app as fleetward_cli
+
+    factory = admin_call(
+        live,
+        admin_token,
+        "POST",
+        f"{API}/factories",
+        json={"name": "line-9", "environment": "test"},
+    )
+    token = admin_call(
+        live, admin_token, "POST", f"{API}/factories/{factory['id']}/tokens", json={"name": "s"}
+    )["token"]
+    batch = admin_call(
+        live,
+        admin_token,
+        "POST",
+        f"{API}/batches",
+        json={
+            "factory_id": factory["id"],
+            "product": "p",
+            "expires_in_hours": 1,
+            "range_prefix": "LN",
+            "range_start": 1,
+            "range_end": 20,
+            "range_width": 5,
+        },
+    )
+    runner = CliRunner()
+    args = [
+        "factory",
+        "run",
+        "--batch",
+        str(batch["id"]),
+        "--server",
+        live,
+        "--token",
+        token,
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    out = runner.invoke(fleetward_cli, [*args, "--count", "12"])
+    assert out.exit_code == 0, out.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [d["device_id"] for d in manifest["devices"]] == [f"LN{n:05d}" for n in range(1, 13)]
+    assert all(d["error"] is None and d["serial"] for d in manifest["devices"])
+    # The next run continues where the batch stands; asking for more than is left fails clearly.
+    out = runner.invoke(fleetward_cli, [*args, "--count", "9"])
+    assert out.exit_code != 0 and "only 8 unused serials" in str(out.exception)
+    home = str(ctx.settings.home)
+    export = runner.invoke(
+        fleetward_cli,
+        ["--home", home, "factory", "attempts", "--format", "csv", "--batch", str(batch["id"])],
+    )
+    assert export.exit_code == 0, export.output
+    assert export.output.count("accepted") == 12

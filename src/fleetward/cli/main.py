@@ -15,6 +15,7 @@ from fleetward.config import DEFAULT_PORT, Settings, default_home
 from fleetward.errors import FleetwardError
 from fleetward.identity.cli import ca_app, cert_app, crl_app, device_app
 from fleetward.installation import initialise
+from fleetward.provisioning.cli import factory_app
 from fleetward.tenancy.cli import tenant_app, token_app
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(device_app, name="device")
 app.add_typer(cert_app, name="cert")
 app.add_typer(crl_app, name="crl")
 app.add_typer(audit_app, name="audit")
+app.add_typer(factory_app, name="factory")
 
 
 @app.callback()

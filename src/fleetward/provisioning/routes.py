@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 from typing import Any
 
@@ -17,7 +15,7 @@ from fleetward.identity.profile import MAX_CSR_BYTES
 from fleetward.identity.schemas import certificate_out
 from fleetward.provisioning import enroll, service
 from fleetward.provisioning.attestation import MAX_STATEMENT_BYTES
-from fleetward.provisioning.models import EnrollmentAttempt, EnrollmentBatch, Factory
+from fleetward.provisioning.models import EnrollmentBatch, Factory
 from fleetward.store import utcnow
 
 router = APIRouter(prefix="/api/v1/provisioning", tags=["provisioning"])
@@ -129,24 +127,6 @@ class ProvisionIn(BaseModel):
     """Devices to enroll in one batch."""
 
     items: list[ProvisionItemIn] = Field(max_length=MAX_BATCH)
-
-
-def _attempt(a: EnrollmentAttempt) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "ts": a.ts.isoformat(),
-        "factory_id": a.factory_id,
-        "batch_id": a.batch_id,
-        "token": a.token_id,
-        "device_id": a.device_id,
-        "csr_fingerprint": a.csr_fingerprint,
-        "key_origin": a.key_origin,
-        "result": a.result,
-        "category": a.category,
-        "reason": a.reason,
-        "source": a.source,
-        "serial": a.serial,
-    }
 
 
 @router.post("/factories", response_model=FactoryOut, status_code=201)
@@ -331,13 +311,13 @@ def attempts(
     """Every enrollment attempt (JSON, or CSV with ``format=csv``)."""
     with ctx.db.read() as s:
         rows = [
-            _attempt(a)
+            service.attempt_record(a)
             for a in service.list_attempts(
                 s, who, factory_id=factory_id, batch_id=batch_id, after_id=after_id, limit=limit
             )
         ]
     if format == "csv":
-        return Response(to_csv(rows), media_type="text/csv")
+        return Response(service.attempts_csv(rows), media_type="text/csv")
     return rows
 
 
@@ -346,29 +326,3 @@ def counters(ctx: Ctx, who: Operator) -> list[dict[str, Any]]:
     """Abnormal-enrollment signals per factory and batch."""
     with ctx.db.read() as s:
         return service.counters(s, who)
-
-
-CSV_FIELDS = [
-    "id",
-    "ts",
-    "factory_id",
-    "batch_id",
-    "token",
-    "device_id",
-    "csr_fingerprint",
-    "key_origin",
-    "result",
-    "category",
-    "reason",
-    "source",
-    "serial",
-]
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    """Attempts as CSV (header first)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()

@@ -16,7 +16,9 @@ nonces and used grants commit together or not at all.
 from __future__ import annotations
 
 import base64
+import csv
 import datetime as dt
+import io
 import json
 import secrets
 from collections.abc import Sequence
@@ -55,6 +57,8 @@ from fleetward.tenancy.roles import ENVIRONMENTS, Permission, Principal, require
 
 __all__ = [
     "NONCE_TTL",
+    "attempt_record",
+    "attempts_csv",
     "close_batch",
     "counters",
     "create_batch",
@@ -455,3 +459,48 @@ def counters(
         entry["burst"] = windows > 1.0 and last > BURST_FACTOR * (total / windows)
         entry["first_attempt"] = entry["first_attempt"].isoformat()
     return list(out.values())
+
+
+def attempt_record(a: EnrollmentAttempt) -> dict[str, Any]:
+    """One enrollment record as a plain dict (JSON and CSV export)."""
+    return {
+        "id": a.id,
+        "ts": a.ts.isoformat(),
+        "factory_id": a.factory_id,
+        "batch_id": a.batch_id,
+        "token": a.token_id,
+        "device_id": a.device_id,
+        "csr_fingerprint": a.csr_fingerprint,
+        "key_origin": a.key_origin,
+        "result": a.result,
+        "category": a.category,
+        "reason": a.reason,
+        "source": a.source,
+        "serial": a.serial,
+    }
+
+
+CSV_FIELDS = [
+    "id",
+    "ts",
+    "factory_id",
+    "batch_id",
+    "token",
+    "device_id",
+    "csr_fingerprint",
+    "key_origin",
+    "result",
+    "category",
+    "reason",
+    "source",
+    "serial",
+]
+
+
+def attempts_csv(rows: list[dict[str, Any]]) -> str:
+    """Attempts as CSV (header first)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
