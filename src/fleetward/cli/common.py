@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import getpass
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from sqlalchemy.orm import Session
 
 from fleetward.api.context import AppContext
 from fleetward.config import Settings
@@ -16,7 +19,15 @@ from fleetward.errors import InvalidInputError
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
 
-__all__ = ["console", "err", "load_ctx", "local_actor", "local_principal", "print_json"]
+__all__ = [
+    "admin_session",
+    "console",
+    "err",
+    "load_ctx",
+    "local_actor",
+    "local_principal",
+    "print_json",
+]
 
 console = Console()
 err = Console(stderr=True)
@@ -51,6 +62,19 @@ def local_principal(app: AppContext, tenant: str) -> Principal:
     with app.db.session() as s:
         t = tenancy.get_tenant_by_name(s, tenant)
         return Principal(tenant_id=t.id, tenant_name=t.name, role="admin", actor=local_actor())
+
+
+@contextmanager
+def admin_session(
+    ctx: typer.Context, tenant: str, *, action: str, subject: str
+) -> Iterator[tuple[AppContext, Principal, Session]]:
+    """The local admin of ``tenant`` in a unit of work that records refusals."""
+    app = load_ctx(ctx)
+    who = local_principal(app, tenant)
+    with app.unit_of_work(
+        actor=who.actor, action=action, subject=subject, tenant_id=who.tenant_id
+    ) as session:
+        yield app, who, session
 
 
 def print_json(value: Any) -> None:

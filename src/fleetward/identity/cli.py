@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fleetward.cli.common import console, load_ctx, local_principal
+from fleetward.cli.common import admin_session, console, load_ctx, local_principal
 from fleetward.identity import ca_service, issuance, service
 from fleetward.identity.schemas import CertificateOut, DeviceOut, certificate_out
 from fleetward.keys import open_signer
@@ -45,11 +45,11 @@ def ca_issuing_csr(
     key_backend: str = typer.Option("file", help="file or pkcs11"),
 ) -> None:
     """Create a new issuing CA key and write its CSR for the (offline) root to sign."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor, action="ca.csr", subject=f"tenant:{tenant}", tenant_id=who.tenant_id
-    ) as s:
+    with admin_session(ctx, tenant, action="ca.csr", subject=f"tenant:{tenant}") as (
+        app,
+        who,
+        s,
+    ):
         ca, csr = ca_service.create_issuing_csr(
             s,
             app.pki,
@@ -98,11 +98,11 @@ def ca_import(
     tenant: str = TENANT,
 ) -> None:
     """Activate a pending issuing CA with its signed certificate."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor, action="ca.activate", subject=f"ca:{ca_id}", tenant_id=who.tenant_id
-    ) as s:
+    with admin_session(ctx, tenant, action="ca.activate", subject=f"ca:{ca_id}") as (
+        app,
+        who,
+        s,
+    ):
         ca_service.import_issuing_certificate(
             s,
             app.pki,
@@ -157,14 +157,11 @@ def device_register(
     ctx: typer.Context, device_id: str, product: str | None = None, tenant: str = TENANT
 ) -> None:
     """Register a device (pending)."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor,
-        action="device.register",
-        subject=f"device:{device_id}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with admin_session(ctx, tenant, action="device.register", subject=f"device:{device_id}") as (
+        _app,
+        who,
+        s,
+    ):
         service.register_device(s, who, device_id=device_id, product=product)
     console.print(f"device {device_id} registered")
 
@@ -179,14 +176,13 @@ def device_enroll(
     tenant: str = TENANT,
 ) -> None:
     """Issue a device certificate from its CSR."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor,
-        action="certificate.issue",
-        subject=f"device:{device_id[:64]}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with admin_session(
+        ctx, tenant, action="certificate.issue", subject=f"device:{device_id[:64]}"
+    ) as (
+        app,
+        who,
+        s,
+    ):
         r = issuance.enroll(
             s, app.pki, who, device_id=device_id, csr=csr.read_bytes(), environment=environment
         )
@@ -203,14 +199,11 @@ def device_state(
     ctx: typer.Context, device_id: str, state: str, reason: str | None = None, tenant: str = TENANT
 ) -> None:
     """Move a device to another lifecycle state."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor,
-        action="device.state",
-        subject=f"device:{device_id[:64]}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with admin_session(ctx, tenant, action="device.state", subject=f"device:{device_id[:64]}") as (
+        _app,
+        who,
+        s,
+    ):
         service.set_device_state(s, who, device_id, state=state, reason=reason)
     console.print(f"device {device_id} is {state}")
 
@@ -220,14 +213,11 @@ def device_revoke(
     ctx: typer.Context, device_id: str, reason: str = "unspecified", tenant: str = TENANT
 ) -> None:
     """Revoke a device and all its certificates."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor,
-        action="device.revoke",
-        subject=f"device:{device_id[:64]}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with admin_session(ctx, tenant, action="device.revoke", subject=f"device:{device_id[:64]}") as (
+        _app,
+        who,
+        s,
+    ):
         service.revoke_device(s, who, device_id, reason=reason)
     console.print(f"device {device_id} revoked")
 
@@ -251,14 +241,13 @@ def cert_revoke(
     tenant: str = TENANT,
 ) -> None:
     """Revoke one certificate."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor,
-        action="certificate.revoke",
-        subject=f"certificate:{serial[:42]}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with admin_session(
+        ctx, tenant, action="certificate.revoke", subject=f"certificate:{serial[:42]}"
+    ) as (
+        _app,
+        who,
+        s,
+    ):
         service.revoke_certificate(s, who, serial, reason=reason)
     console.print(f"certificate {serial} revoked ({reason})")
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from fleetward.agent.client import Server, enroll_devices
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.secure_element import SimulatedVendor
-from fleetward.cli.common import console, load_ctx, local_principal
+from fleetward.cli.common import admin_session, console, load_ctx, local_principal
 from fleetward.errors import InvalidInputError
 from fleetward.provisioning import service
 from fleetward.store import utcnow
@@ -31,11 +31,11 @@ def create(
     tenant: str = TENANT,
 ) -> None:
     """Register a factory."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor, action="factory.create", subject=f"factory:{name}", tenant_id=who.tenant_id
-    ) as s:
+    with admin_session(ctx, tenant, action="factory.create", subject=f"factory:{name}") as (
+        _app,
+        who,
+        s,
+    ):
         f = service.create_factory(s, who, name=name, environment=environment)
         console.print(f"factory {f.id} ({f.name}, {f.environment})")
 
@@ -70,14 +70,11 @@ def token(
     tenant: str = TENANT,
 ) -> None:
     """Create a factory-operator token bound to the factory (printed once)."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor,
-        action="token.create",
-        subject=f"factory:{factory_id}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with admin_session(ctx, tenant, action="token.create", subject=f"factory:{factory_id}") as (
+        _app,
+        who,
+        s,
+    ):
         _, secret = service.create_factory_token(s, who, factory_id=factory_id, name=name)
     typer.echo(secret)
 
@@ -96,14 +93,11 @@ def batch(
     tenant: str = TENANT,
 ) -> None:
     """Authorise a serial range of devices at a factory."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor,
-        action="batch.create",
-        subject=f"factory:{factory_id}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with admin_session(ctx, tenant, action="batch.create", subject=f"factory:{factory_id}") as (
+        _app,
+        who,
+        s,
+    ):
         b = service.create_batch(
             s,
             who,
@@ -127,14 +121,11 @@ def root(
     tenant: str = TENANT,
 ) -> None:
     """Trust a chip vendor's attestation root."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor,
-        action="attestation-root.register",
-        subject=f"root:{name}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with admin_session(ctx, tenant, action="attestation-root.register", subject=f"root:{name}") as (
+        _app,
+        who,
+        s,
+    ):
         r = service.register_root(s, who, name=name, certificate_pem=cert.read_bytes())
     console.print(f"attestation root {r.id} registered (sha256 {r.fingerprint[:16]}...)")
 

@@ -7,7 +7,7 @@ import datetime as dt
 import typer
 from rich.table import Table
 
-from fleetward.cli.common import console, load_ctx, local_actor, local_principal
+from fleetward.cli.common import admin_session, console, load_ctx, local_actor, local_principal
 from fleetward.identity import ca_service
 from fleetward.store import utcnow
 from fleetward.tenancy import service
@@ -49,11 +49,11 @@ def tenant_policy(
     ),
 ) -> None:
     """Change a tenant's issuance policy."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor, action="tenant.policy", subject=f"tenant:{tenant}", tenant_id=who.tenant_id
-    ) as s:
+    with admin_session(ctx, tenant, action="tenant.policy", subject=f"tenant:{tenant}") as (
+        _app,
+        who,
+        s,
+    ):
         if cert_lifetime_days is not None:
             service.set_cert_lifetime(s, who, days=cert_lifetime_days)
         if allow_unattested_keys_in_production is not None:
@@ -129,10 +129,10 @@ def token_list(ctx: typer.Context, tenant: str = typer.Option("default")) -> Non
 @token_app.command("revoke")
 def token_revoke(ctx: typer.Context, token_id: str, tenant: str = typer.Option("default")) -> None:
     """Revoke a token."""
-    app = load_ctx(ctx)
-    who = local_principal(app, tenant)
-    with app.unit_of_work(
-        actor=who.actor, action="token.revoke", subject=f"token:{token_id}", tenant_id=who.tenant_id
-    ) as s:
+    with admin_session(ctx, tenant, action="token.revoke", subject=f"token:{token_id}") as (
+        _app,
+        who,
+        s,
+    ):
         service.revoke_token(s, who, token_id)
     console.print(f"token {token_id} revoked")
