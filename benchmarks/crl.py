@@ -73,7 +73,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import insert, select
 
 from fleetward.api.context import AppContext
-from fleetward.identity import ca_service, issuance, service
+from fleetward.identity import issuance, publication, service
 from fleetward.identity.models import CertificateAuthority, CertificateRecord
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
@@ -527,7 +527,7 @@ def ocsp_service_ceiling(ctx: AppContext, requests: list[bytes], seconds: float)
 
     def once(i: int) -> None:
         with ctx.db.read_engine.connect() as conn:
-            ca_service.ocsp_answer(conn, ctx.pki, requests[i % len(requests)])
+            publication.ocsp_answer(conn, ctx.pki, requests[i % len(requests)])
 
     return rate(once, seconds=seconds)
 
@@ -624,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         read_s = sql_read_seconds(ctx, ca_id)
         log.print(f"  {read_s:.2f} s; publish_crls(force=True)")
         start = time.perf_counter()
-        rebuilt = ca_service.publish_crls(ctx.db, ctx.pki, force=True)
+        rebuilt = publication.publish_crls(ctx.db, ctx.pki, force=True)
         published = {c.ca_id: (c.entries, len(c.der)) for c in rebuilt}
         publish_s = time.perf_counter() - start
         crl_entries, crl_der = published[ca_id]
@@ -636,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
                 s, principal, format(extra.serial_number, "x"), reason="keyCompromise"
             )
         start = time.perf_counter()
-        [incremental] = ca_service.publish_crls(ctx.db, ctx.pki)
+        [incremental] = publication.publish_crls(ctx.db, ctx.pki)
         incremental_s = time.perf_counter() - start
         log.print(f"  {incremental_s:.2f} s, {incremental.entries:,} entries")
         ctx.db.dispose()

@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 
 from fleetward.api.context import AppContext
 from fleetward.audit.models import AuditEntry
-from fleetward.identity.issuance import renewal_proof_message
 from fleetward.identity.models import CertificateRecord, Device
+from fleetward.identity.renewal import renewal_proof_message
 from fleetward.store import utcnow
 from fleetward.tenancy import service as tenancy
 from tests.helpers import csr_pem, new_key

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from fleetward.config import Settings
-from fleetward.identity import ca_service, issuance, service
+from fleetward.identity import ca_service, issuance, publication, service
 from fleetward.installation import initialise
 from fleetward.keys import verify_signature
 from fleetward.tenancy import service as tenancy
@@ -49,14 +49,14 @@ def test_pkcs11_issuing_cas_sign_certificates_crls_and_ocsp(
 
         with ctx.db.session() as s:
             service.revoke_certificate(s, who, record.serial, reason="keyCompromise")
-        assert [b.ca_id for b in ca_service.publish_crls(ctx.db, ctx.pki)] == [record.ca_id]
+        assert [b.ca_id for b in publication.publish_crls(ctx.db, ctx.pki)] == [record.ca_id]
         with ctx.db.session() as s:
             crl = x509.load_der_x509_crl(
-                ca_service.published_der(ctx.pki, ca_service.get_crl(s, ca_id=record.ca_id))
+                publication.published_der(ctx.pki, publication.get_crl(s, ca_id=record.ca_id))
             )
             req = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA256()).build()
             answer = ocsp.load_der_ocsp_response(
-                ca_service.ocsp_answer(s.connection(), ctx.pki, req.public_bytes(Encoding.DER))
+                publication.ocsp_answer(s.connection(), ctx.pki, req.public_bytes(Encoding.DER))
             )
         assert crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
         assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None

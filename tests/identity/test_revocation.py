@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from fleetward.api.context import AppContext
 from fleetward.identity import ca as ca_profile
-from fleetward.identity import ca_service
+from fleetward.identity import publication
 from fleetward.keys import generate_ephemeral_signer, sign_certificate
 from tests.helpers import csr_pem, new_key
 from tests.identity.test_api import auth, cas, enroll
@@ -148,7 +148,7 @@ def test_revocation_leaves_the_crl_to_the_publisher(
     assert after.next_update_utc is not None and after.next_update_utc > dt.datetime.now(
         dt.UTC
     ) + dt.timedelta(hours=23)
-    assert ca_service.publish_crls(ctx.db, ctx.pki) == []  # nothing changed: nothing rebuilt
+    assert publication.publish_crls(ctx.db, ctx.pki) == []  # nothing changed: nothing rebuilt
 
 
 def test_tenant_lifetime_policy_applies(client: TestClient, admin_token: str) -> None:
@@ -209,14 +209,14 @@ def test_crl_rebuilds_append_only_new_revocations(
             json={"reason": "keyCompromise"},
             headers=auth(admin_token),
         )
-        [build] = ca_service.publish_crls(ctx.db, ctx.pki)
+        [build] = publication.publish_crls(ctx.db, ctx.pki)
         assert build.revocations_seen == ctx.pki.crl_entries[build.ca_id].upto
     crl = x509.load_der_x509_crl(client.get("/crl/3.crl").content)
     assert {r.serial_number for r in crl} == {first.serial_number, second.serial_number}
     assert ctx.pki.crl_entries[3].count == 2
     # A publisher without the cache (another process) builds the same list in full.
     ctx.pki.crl_entries.clear()
-    [full] = [b for b in ca_service.publish_crls(ctx.db, ctx.pki, force=True) if b.ca_id == 3]
+    [full] = [b for b in publication.publish_crls(ctx.db, ctx.pki, force=True) if b.ca_id == 3]
     assert {r.serial_number for r in x509.load_der_x509_crl(full.der)} == {
         first.serial_number,
         second.serial_number,

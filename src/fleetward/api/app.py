@@ -30,7 +30,7 @@ from fleetward.audit import routes as audit_routes
 from fleetward.audit import service as audit
 from fleetward.audit.models import AuditCheckpoint, AuditHead
 from fleetward.config import Settings
-from fleetward.identity import ca_service, est
+from fleetward.identity import est, publication
 from fleetward.identity import routes as identity_routes
 from fleetward.provisioning import routes as provisioning_routes
 from fleetward.store import lease, utcnow
@@ -54,7 +54,7 @@ def _checkpoint_if_grown(ctx: AppContext) -> None:
 
 def _round(ctx: AppContext, *, checkpoint: bool) -> int:
     """One publisher round; returns how many CRLs were rebuilt."""
-    built = len(ca_service.publish_crls(ctx.db, ctx.pki))
+    built = len(publication.publish_crls(ctx.db, ctx.pki))
     if checkpoint:
         _checkpoint_if_grown(ctx)
     return built
@@ -121,7 +121,7 @@ class Publisher:
         if not lease.acquire(self.ctx.db, name="publisher", holder=self.holder, ttl=ttl, now=now):
             return 0
         checkpoint = time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
-        if not checkpoint and not ca_service.crls_due(self.ctx.db, self.ctx.pki, now=now):
+        if not checkpoint and not publication.crls_due(self.ctx.db, self.ctx.pki, now=now):
             return 0
         if checkpoint:
             self._last_checkpoint = time.monotonic()

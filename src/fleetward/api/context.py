@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from fleetward.audit import service as audit
 from fleetward.config import Settings
 from fleetward.errors import FleetwardError
-from fleetward.identity.ca_service import Pki
+from fleetward.identity.pki import Pki
 from fleetward.keys import Signer
 from fleetward.keys.ring import KeyRing
 from fleetward.store import Database

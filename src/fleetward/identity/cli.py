@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from fleetward.cli.common import admin_session, console, load_ctx, local_principal
-from fleetward.identity import ca_service, issuance, service
+from fleetward.identity import ca_service, issuance, publication, service
 from fleetward.identity.schemas import CertificateOut, DeviceOut, certificate_out
 from fleetward.keys import open_signer
 from fleetward.tenancy import service as tenancy
@@ -256,7 +256,7 @@ def cert_revoke(
 def crl_publish(ctx: typer.Context, force: bool = False) -> None:
     """Rebuild stale CRLs now (the server does this every interval)."""
     app = load_ctx(ctx)
-    rebuilt = ca_service.publish_crls(app.db, app.pki, force=force)
+    rebuilt = publication.publish_crls(app.db, app.pki, force=force)
     for crl in rebuilt:
         console.print(f"CA {crl.ca_id}: CRL #{crl.number}, {crl.entries} entries")
     if not rebuilt:

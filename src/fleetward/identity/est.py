@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fleetward.api.deps import Ctx, authenticate, bearer_or_basic
 from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
-from fleetward.identity import ca_service, issuance, profile
+from fleetward.identity import ca_service, issuance, profile, renewal
 from fleetward.identity.models import CertificateAuthority
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import ENVIRONMENTS
@@ -159,7 +159,7 @@ async def _simplereenroll(request: Request, ctx: Ctx) -> Response:
         with ctx.unit_of_work(
             actor="device", action="certificate.renew", subject="est", tenant_id=None
         ) as s:
-            issued = issuance.renew(s, ctx.pki, current=current, csr=csr_der, proof=proof)
+            issued = renewal.renew(s, ctx.pki, current=current, csr=csr_der, proof=proof)
             return _certs_only([issued.certificate])
 
     return await run_in_threadpool(work)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from fleetward.api.deps import Ctx, Operator
 from fleetward.errors import InvalidInputError
-from fleetward.identity import ca_service, issuance, service
+from fleetward.identity import ca_service, issuance, publication, renewal, service
 from fleetward.identity.schemas import (
     BatchEnrollIn,
     BatchEnrollOut,
@@ -201,7 +201,7 @@ def renew(body: RenewIn, ctx: Ctx) -> CertificateOut:
     with ctx.unit_of_work(
         actor="device", action="certificate.renew", subject="renewal", tenant_id=None
     ) as s:
-        issued = issuance.renew(
+        issued = renewal.renew(
             s, ctx.pki, current=body.certificate.encode(), csr=body.csr.encode(), proof=proof
         )
         return certificate_out(issued)
@@ -211,9 +211,9 @@ def renew(body: RenewIn, ctx: Ctx) -> CertificateOut:
 def crl(ca_id: int, ctx: Ctx) -> Response:
     """The CA's latest published CRL (DER)."""
     with ctx.db.read() as s:
-        published = ca_service.get_crl(s, ca_id=ca_id)
+        published = publication.get_crl(s, ca_id=ca_id)
         return Response(
-            ca_service.published_der(ctx.pki, published),
+            publication.published_der(ctx.pki, published),
             media_type="application/pkix-crl",
             headers={"Cache-Control": "max-age=60"},
         )
@@ -255,4 +255,4 @@ async def _answer(ctx: Ctx, data: bytes) -> bytes:
     # Answered on the event loop: one indexed read and one signature take
     # less time than a hop to the thread pool would.
     with ctx.db.read_engine.connect() as conn:
-        return ca_service.ocsp_answer(conn, ctx.pki, data)
+        return publication.ocsp_answer(conn, ctx.pki, data)

@@ -29,7 +29,7 @@ from fleetward.errors import (
 )
 from fleetward.identity import issuance, profile
 from fleetward.identity import service as identity_service
-from fleetward.identity.ca_service import Pki
+from fleetward.identity.pki import Pki
 from fleetward.provisioning import attestation
 from fleetward.provisioning.batch import BatchRules, OutsideBatchError, check_member, check_usable
 from fleetward.provisioning.models import (
