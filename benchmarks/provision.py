@@ -281,6 +281,7 @@ def run_line(
         result.keystore,
         *extra,
     ]
+    out.parent.mkdir(parents=True, exist_ok=True)
     log_path = out.parent / f"factory-{result.keystore}.log"
     devices_dir = out / "devices"
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)

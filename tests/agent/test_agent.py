@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
+from pkcs11 import Attribute, ObjectClass
+from pkcs11.exceptions import AttributeSensitive
 from typer.testing import CliRunner
 
 from fleetward.agent.cli import app as agent_cli
@@ -18,6 +20,7 @@ from fleetward.agent.client import Server, enroll_devices, load_identity, renew
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.secure_element import SimulatedVendor
 from fleetward.api.context import AppContext
+from fleetward.keys._p11session import load_module
 from fleetward.tenancy import service as tenancy
 from tests.hsm import SoftHsm
 
@@ -118,6 +121,16 @@ def test_pkcs11_keystore_with_attested_keys_in_production(
     assert [r.key_origin for r in results] == ["hardware-attested", "hardware-attested"]
     identity = load_identity(tmp_path / "devices" / ids[0])
     assert identity["key_uri"].startswith("pkcs11:")
+    # The device key the agent made cannot be read out of the token.
+    signer = store.open(identity["key_uri"])  # keeps the token logged in for the session below
+    token = load_module(softhsm.module).get_token(token_label=softhsm.token_label)
+    with token.open() as session:
+        private = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=ids[0])
+        assert private[Attribute.SENSITIVE] is True
+        assert private[Attribute.EXTRACTABLE] is False
+        with pytest.raises(AttributeSensitive):
+            private[Attribute.VALUE]
+    signer.close()
     # Without a chip, production refuses the same kind of key.
     token2, batch2 = factory_line(live, admin_token, "production", ["hw-soft"])
     with Server(live, token=token2) as srv:
