@@ -58,6 +58,44 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(Encoding.PEM).decode()
 
 
+def _add_ca(
+    session: Session,
+    *,
+    tenant_id: int,
+    environment: str | None,
+    cert: x509.Certificate,
+    key_uri: str,
+    parent_id: int | None,
+    actor: str,
+    now: dt.datetime,
+) -> CertificateAuthority:
+    """Store an active CA (root when ``environment`` is None) and audit it."""
+    kind = "root" if environment is None else "issuing"
+    ca = CertificateAuthority(
+        tenant_id=tenant_id,
+        kind=kind,
+        environment=environment,
+        status="active",
+        subject=cert.subject.rfc4514_string(),
+        key_uri=key_uri,
+        certificate_pem=_pem(cert),
+        parent_id=parent_id,
+        created_at=now,
+    )
+    session.add(ca)
+    session.flush()
+    audit.append(
+        session,
+        actor=actor,
+        action="ca.create",
+        subject=f"ca:{ca.id}",
+        tenant_id=tenant_id,
+        details={"kind": kind, "environment": environment, "key": key_uri, "subject": ca.subject},
+        now=now,
+    )
+    return ca
+
+
 def create_tenant_pki(
     session: Session,
     pki: Pki,
@@ -97,25 +135,14 @@ def create_tenant_pki(
         ),
         root_signer,
     )
-    root = CertificateAuthority(
-        tenant_id=tenant.id,
-        kind="root",
-        environment=None,
-        status="active",
-        subject=root_cert.subject.rfc4514_string(),
-        key_uri=root_uri,
-        certificate_pem=_pem(root_cert),
-        created_at=now,
-    )
-    session.add(root)
-    session.flush()
-    audit.append(
+    root = _add_ca(
         session,
-        actor=actor,
-        action="ca.create",
-        subject=f"ca:{root.id}",
         tenant_id=tenant.id,
-        details={"kind": "root", "key": root_uri, "subject": root.subject},
+        environment=None,
+        cert=root_cert,
+        key_uri=root_uri,
+        parent_id=None,
+        actor=actor,
         now=now,
     )
     created = [root]
@@ -132,26 +159,14 @@ def create_tenant_pki(
             ),
             root_signer,
         )
-        ca = CertificateAuthority(
-            tenant_id=tenant.id,
-            kind="issuing",
-            environment=env,
-            status="active",
-            subject=cert.subject.rfc4514_string(),
-            key_uri=signer.uri,
-            certificate_pem=_pem(cert),
-            parent_id=root.id,
-            created_at=now,
-        )
-        session.add(ca)
-        session.flush()
-        audit.append(
+        ca = _add_ca(
             session,
-            actor=actor,
-            action="ca.create",
-            subject=f"ca:{ca.id}",
             tenant_id=tenant.id,
-            details={"kind": "issuing", "environment": env, "key": signer.uri},
+            environment=env,
+            cert=cert,
+            key_uri=signer.uri,
+            parent_id=root.id,
+            actor=actor,
             now=now,
         )
         created.append(ca)
