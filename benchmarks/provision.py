@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import resource
@@ -83,6 +84,7 @@ from fleetward.tenancy import service as tenancy
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 TARGET_DEVICES = 10_000  # devices per keystore, end to end (issue 3)
 HARDWARE = "hardware-attested"
+CHUNK = 500  # devices per enroll request of the factory line (fleetward.agent.client.CHUNK)
 
 
 @dataclass(frozen=True)
@@ -130,14 +132,21 @@ def init_softhsm(root: Path) -> SoftHsm:
     return hsm
 
 
-def pkcs11_keygen_ceiling(hsm: SoftHsm, seconds: float) -> tuple[float, int]:
-    """P-256 key pairs/s stored on the (empty) ceiling token, python-pkcs11 only."""
+def pkcs11_keygen(
+    hsm: SoftHsm, *, token_label: str, prefix: str, seconds: float
+) -> tuple[float, int, float]:
+    """(P-256 key pairs/s stored on a token, keys made, ms per search by label), python-pkcs11.
+
+    The key template is the one fleetward uses for a device key; the search
+    is the ``C_FindObjects`` by label fleetward makes before and after each
+    key (for a label that does not exist, so it walks every object).
+    """
     import pkcs11
     from pkcs11 import Attribute, KeyType, MechanismFlag
     from pkcs11.util.ec import encode_named_curve_parameters
 
     lib = pkcs11.lib(SOFTHSM_MODULE)
-    token = lib.get_token(token_label=hsm.ceiling_token)
+    token = lib.get_token(token_label=token_label)
     with token.open(user_pin=hsm.pin, rw=True) as session:
         params = session.create_domain_parameters(
             KeyType.EC,
@@ -148,10 +157,9 @@ def pkcs11_keygen_ceiling(hsm: SoftHsm, seconds: float) -> tuple[float, int]:
 
         def generate(i: int) -> None:
             nonlocal count
-            # The same template fleetward uses for a device key.
             params.generate_keypair(
                 id=secrets.token_bytes(16),
-                label=f"ceiling-{i}",
+                label=f"{prefix}-{i}",
                 store=True,
                 capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
                 public_template={Attribute.PRIVATE: False},
@@ -166,7 +174,12 @@ def pkcs11_keygen_ceiling(hsm: SoftHsm, seconds: float) -> tuple[float, int]:
             count += 1
 
         per_s = rate(generate, seconds=seconds, min_calls=20)
-    return per_s, count
+        searches = 10
+        t0 = time.perf_counter()
+        for i in range(searches):
+            list(session.get_objects({Attribute.LABEL: f"{prefix}-absent-{i}"}))
+        search_ms = 1000 * (time.perf_counter() - t0) / searches
+    return per_s, count, search_ms
 
 
 def station_software_rate(directory: Path, seconds: float) -> float:
@@ -222,6 +235,16 @@ class LineResult:
         t_half, n_half = reached
         return n_half / t_half, (self.devices - n_half) / (self.wall_s - t_half)
 
+    def chunk_seconds(self) -> list[float]:
+        """Seconds per chunk of the factory line (the first includes the station's start-up)."""
+        marks = [0.0]
+        for k in range(CHUNK, self.devices + CHUNK, CHUNK):
+            t = next((t for t, n in self.samples if n >= min(k, self.devices)), None)
+            if t is None:
+                break
+            marks.append(t)
+        return [round(b - a, 1) for a, b in itertools.pairwise(marks)]
+
     def summary(self) -> dict[str, Any]:
         """Figures for the JSON line."""
         first, second = self.halves()
@@ -235,6 +258,7 @@ class LineResult:
             "second_half_per_s": round(second, 1),
             "station_cores": round(self.station_cpu_s / self.wall_s, 2) if self.wall_s else 0,
             "server_cores": round(self.server_cpu_s / self.wall_s, 2) if self.wall_s else 0,
+            "chunk_seconds": self.chunk_seconds(),
             "exit_code": self.exit_code,
             "key_origins": self.key_origins,
             "verified": not self.problems,
@@ -295,14 +319,14 @@ def run_line(
         try:
             while True:
                 try:
-                    proc.wait(timeout=1.0)
+                    proc.wait(timeout=0.25)
                     break
                 except subprocess.TimeoutExpired:
                     pass
                 now = time.perf_counter() - start
                 done = _count_dirs(devices_dir)
                 result.samples.append((now, done))
-                if now - last_report >= 15:
+                if now - last_report >= 30:
                     last_report = now
                     log.print(f"  {result.keystore}: {done:,}/{result.devices:,} after {now:.0f} s")
                 if now > timeout:
@@ -396,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         "--station-seconds", type=float, default=3.0, help="time per station-side figure"
     )
     parser.add_argument(
-        "--timeout", type=float, default=3600.0, help="seconds before a factory run is stopped"
+        "--timeout", type=float, default=7200.0, help="seconds before a factory run is stopped"
     )
     args = parser.parse_args(argv)
     keystores = [k.strip() for k in args.keystores.split(",") if k.strip()]
@@ -460,13 +484,17 @@ def main(argv: list[str] | None = None) -> int:
         station_sw = station_software_rate(tmp / "station-ceiling-keys", args.station_seconds)
 
         hsm: SoftHsm | None = None
-        keygen = keygen_count = 0.0
+        keygen = 0.0
+        p11: dict[str, float] = {}
         if "pkcs11" in keystores:
             hsm = init_softhsm(tmp / "softhsm")
             # SoftHSM2 reads its configuration when the module is first loaded here.
             os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
             log.print(f"PKCS#11 ceiling: on-token P-256 keygen for {args.keygen_seconds:.0f} s")
-            keygen, keygen_count = pkcs11_keygen_ceiling(hsm, args.keygen_seconds)
+            keygen, count, search_ms = pkcs11_keygen(
+                hsm, token_label=hsm.ceiling_token, prefix="ceiling", seconds=args.keygen_seconds
+            )
+            p11.update(keygen_keys=count, search_ms_ceiling_token=search_ms)
 
         ctx.db.dispose()
         env = {
@@ -508,10 +536,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             server_log_tail = server.log_tail(5)
 
-        station_hw = 0.0
-        if hsm is not None:
-            log.print(f"station: fleetward PKCS#11 keygen + CSR on the line token (after {n:,})")
-            station_hw = station_pkcs11_rate(hsm, args.station_seconds)
+        if hsm is not None and "pkcs11" in lines:
+            log.print(f"PKCS#11 on the line token after {n:,} devices: raw keygen, search")
+            keygen_after, _, search_ms = pkcs11_keygen(
+                hsm, token_label=hsm.line_token, prefix="after-raw", seconds=args.station_seconds
+            )
+            p11.update(keygen_after_per_s=keygen_after, search_ms_line_token=search_ms)
+            log.print("station: fleetward PKCS#11 keygen + CSR on the line token")
+            p11["station_per_s_after"] = station_pkcs11_rate(hsm, args.station_seconds)
         ctx.db.dispose()
 
     rows = [
@@ -526,18 +558,30 @@ def main(argv: list[str] | None = None) -> int:
     if hsm is not None:
         rows.append(
             Row(
-                f"PKCS#11 ceiling: P-256 keygen store=True, empty token ({keygen_count:,.0f} keys)",
+                "PKCS#11 ceiling: P-256 keygen store=True, empty token "
+                f"({p11['keygen_keys']:,.0f} keys)",
                 f"{keygen:,.1f}/s",
                 "1.00",
             )
         )
-        rows.append(
+    if "station_per_s_after" in p11:
+        rows += [
             Row(
-                f"station: fleetward PKCS#11 keygen + CSR, token holding {n:,} keys",
-                f"{station_hw:,.1f}/s",
-                f"{station_hw / keygen:.2f}" if keygen else "",
-            )
-        )
+                f"PKCS#11: same keygen on the line token after {n:,} devices",
+                f"{p11['keygen_after_per_s']:,.1f}/s",
+                f"{p11['keygen_after_per_s'] / keygen:.2f}",
+            ),
+            Row(
+                f"PKCS#11: one search by label (C_FindObjects), ceiling token "
+                f"({p11['keygen_keys']:,.0f} keys) / line token after the line",
+                f"{p11['search_ms_ceiling_token']:.2f} / {p11['search_ms_line_token']:.1f} ms",
+            ),
+            Row(
+                "station: fleetward generate_pkcs11_signer + CSR, after the line",
+                f"{p11['station_per_s_after']:,.1f}/s",
+                f"{p11['station_per_s_after'] / keygen:.2f}",
+            ),
+        ]
     for k, line in lines.items():
         base, name = (raw_enroll, "enroll ceiling") if k == "software" else (keygen, "keygen")
         rows.append(
@@ -574,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(
             f"{k}: {s['wall_s']:.1f} s wall; first half {s['first_half_per_s']:,.1f}/s, second "
             f"half {s['second_half_per_s']:,.1f}/s; station {s['station_cores']:.2f} cores, "
-            f"server {s['server_cores']:.2f} cores; key origins {s['key_origins']}"
+            f"server {s['server_cores']:.2f} cores; key origins {s['key_origins']}; seconds "
+            f"per chunk of {CHUNK}: {s['chunk_seconds']}"
         )
     if any(line.problems for line in lines.values()):
         notes.append(f"server log tail: {server_log_tail!r}")
@@ -584,8 +629,8 @@ def main(argv: list[str] | None = None) -> int:
             "raw_sign_per_s": round(raw_sign, 1),
             "raw_enroll_ceiling_per_s": round(raw_enroll, 1),
             "pkcs11_keygen_ceiling_per_s": round(keygen, 1) if hsm else None,
+            "pkcs11": {k: round(v, 2) for k, v in p11.items()},
             "station_software_key_csr_per_s": round(station_sw, 1),
-            "station_pkcs11_key_csr_per_s_after_line": round(station_hw, 1) if hsm else None,
             "software_devices_per_s": round(lines["software"].per_s, 1)
             if "software" in lines
             else None,

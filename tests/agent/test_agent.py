@@ -21,6 +21,7 @@ from fleetward.agent.keystore import Keystore
 from fleetward.agent.secure_element import SimulatedVendor
 from fleetward.api.context import AppContext
 from fleetward.keys._p11session import load_module
+from fleetward.keys._p11uri import parse_pkcs11_uri
 from fleetward.tenancy import service as tenancy
 from tests.hsm import SoftHsm
 
@@ -125,7 +126,9 @@ def test_pkcs11_keystore_with_attested_keys_in_production(
     signer = store.open(identity["key_uri"])  # keeps the token logged in for the session below
     token = load_module(softhsm.module).get_token(token_label=softhsm.token_label)
     with token.open() as session:
-        private = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=ids[0])
+        _, label = parse_pkcs11_uri(identity["key_uri"])
+        assert label.startswith(ids[0] + ".")
+        private = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
         assert private[Attribute.SENSITIVE] is True
         assert private[Attribute.EXTRACTABLE] is False
         with pytest.raises(AttributeSensitive):

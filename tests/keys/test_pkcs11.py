@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -195,3 +196,14 @@ def test_concurrent_signing(softhsm: SoftHsm, key_label: str) -> None:
         assert len(results) == 80
         for message, signature in results:
             verify_signature(signer.public_key(), signature=signature, data=message)
+
+
+def test_unique_label_generation_skips_searches_and_works(softhsm: SoftHsm) -> None:
+    label = f"dev.{uuid.uuid4().hex}"
+    with generate_pkcs11_signer(
+        token_label=softhsm.token_label, key_label=label, pin=softhsm.pin, unique_label=True
+    ) as signer:
+        verify_signature(signer.public_key(), signature=signer.sign(b"x"), data=b"x")
+        assert signer.uri == softhsm.uri(label)
+    with open_signer(softhsm.uri(label), pin=softhsm.pin) as reopened:
+        verify_signature(reopened.public_key(), signature=reopened.sign(b"y"), data=b"y")

@@ -73,8 +73,14 @@ class Keystore:
                 self.directory / f"{name}.key.pem", passphrase=self._passphrase()
             )
         assert self.token_label is not None and self._pin is not None
+        # A random suffix makes the label unique by construction, so the
+        # token-wide label searches (linear in the token's keys) are skipped.
         return generate_pkcs11_signer(
-            token_label=self.token_label, key_label=name, pin=self._pin, module=self._module
+            token_label=self.token_label,
+            key_label=f"{name}.{secrets.token_hex(6)}",
+            pin=self._pin,
+            module=self._module,
+            unique_label=True,
         )
 
     def open(self, uri: str) -> Signer:

@@ -153,12 +153,22 @@ def _one(session: Any, object_class: ObjectClass, key_label: str) -> Any:
 
 
 def _signer_for(
-    session: Any, login_key: LoginKey, token_label: str, key_label: str
+    session: Any,
+    login_key: LoginKey,
+    token_label: str,
+    key_label: str,
+    objects: tuple[Any, Any] | None = None,
 ) -> Pkcs11Signer:
-    """Wrap a token key in a signer; on failure the session is released here."""
+    """Wrap a token key in a signer; on failure the session is released here.
+
+    ``objects`` (public, private) skips looking the pair up by label.
+    """
     try:
-        private = _one(session, ObjectClass.PRIVATE_KEY, key_label)
-        public_obj = _one(session, ObjectClass.PUBLIC_KEY, key_label)
+        if objects is None:
+            private = _one(session, ObjectClass.PRIVATE_KEY, key_label)
+            public_obj = _one(session, ObjectClass.PUBLIC_KEY, key_label)
+        else:
+            public_obj, private = objects
         if private[Attribute.KEY_TYPE] != KeyType.EC:
             raise InvalidInputError(f"key {key_label!r} is not an EC key")
         public = _public_key_from(public_obj)
@@ -206,9 +216,11 @@ def open_pkcs11_signer(uri: str, *, pin: str | None = None, module: str | None =
     return _signer_for(session, login_key, token_label, key_label)
 
 
-def _generate(session: Any, spec: Algorithm, key_label: str) -> None:
+def _generate(
+    session: Any, spec: Algorithm, key_label: str, *, unique_label: bool
+) -> tuple[Any, Any]:
     assert spec.curve is not None
-    if _objects(session, {Attribute.LABEL: key_label}):
+    if not unique_label and _objects(session, {Attribute.LABEL: key_label}):
         raise ConflictError(f"a key labelled {key_label!r} already exists on the token")
     params = session.create_domain_parameters(
         KeyType.EC,
@@ -231,10 +243,11 @@ def _generate(session: Any, spec: Algorithm, key_label: str) -> None:
     )
     # Two processes may race past the existence check; the loser removes its
     # pair so a label keeps naming exactly one key.
-    if len(_objects(session, {Attribute.LABEL: key_label})) > 2:
+    if not unique_label and len(_objects(session, {Attribute.LABEL: key_label})) > 2:
         private.destroy()
         public.destroy()
         raise ConflictError(f"a key labelled {key_label!r} was created concurrently")
+    return public, private
 
 
 def generate_pkcs11_signer(
@@ -244,6 +257,7 @@ def generate_pkcs11_signer(
     pin: str,
     module: str | None = None,
     algorithm: str = "ec-p256",
+    unique_label: bool = False,
 ) -> Signer:
     """Generate an EC key pair on a token and return its signer.
 
@@ -256,6 +270,11 @@ def generate_pkcs11_signer(
         pin: User PIN of the token.
         module: PKCS#11 module path; see :func:`load_module`.
         algorithm: ``"ec-p256"`` (default) or ``"ec-p384"``.
+        unique_label: the caller guarantees no other key carries
+            ``key_label`` (it holds a random part): skip the label searches
+            before and after generation. SoftHSM2 searches in time linear in
+            the token's objects, so with thousands of keys on one token (a
+            factory station) they dominate.
 
     Returns:
         A signer with ``uri`` ``pkcs11:token=<label>;object=<label>``.
@@ -274,11 +293,11 @@ def generate_pkcs11_signer(
     lib = load_module(module)
     session, login_key = open_session(lib, lib.so, token_label, secret)
     try:
-        _generate(session, spec, key_label)
+        objects = _generate(session, spec, key_label, unique_label=unique_label)
     except p11.PKCS11Error as exc:
         release(login_key, session)
         raise FleetwardError(f"PKCS#11 key generation failed: {type(exc).__name__}") from exc
     except BaseException:
         release(login_key, session)
         raise
-    return _signer_for(session, login_key, token_label, key_label)
+    return _signer_for(session, login_key, token_label, key_label, objects)
