@@ -224,3 +224,107 @@ def test_factory_line_run_and_records_export(
     )
     assert export.exit_code == 0, export.output
     assert export.output.count("accepted") == 12
+
+
+@pytest.mark.hsm
+def test_refusals_with_softhsm_keys(
+    live: str, admin_token: str, ctx: AppContext, softhsm: SoftHsm, tmp_path: Path
+) -> None:
+    """The issue's refusals, with identity keys generated on the SoftHSM2 token."""
+    from fleetward.agent.keystore import make_csr
+
+    with ctx.db.session() as s:
+        tenancy.set_allow_unattested(s, tenancy.authenticate(s, admin_token), allow=False)
+    vendor = SimulatedVendor.open(tmp_path / "vendor")
+    admin_call(
+        live,
+        admin_token,
+        "POST",
+        f"{API}/attestation-roots",
+        json={"name": "sim2", "certificate": vendor.root_pem()},
+    )
+    ids = [f"r-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    token, batch = factory_line(live, admin_token, "production", ids)
+    store = Keystore(
+        "pkcs11", directory=tmp_path / "keys", token_label=softhsm.token_label, pin=softhsm.pin
+    )
+    out = tmp_path / "devices"
+    with Server(live, token=token) as srv:
+        [ok] = enroll_devices(
+            srv,
+            store,
+            batch_id=batch,
+            device_ids=[ids[0]],
+            out_dir=out,
+            chips=[vendor.chip(ids[0])],
+        )
+        assert ok.error is None
+        refusals = {
+            "outside-batch": enroll_devices(
+                srv,
+                store,
+                batch_id=batch,
+                device_ids=["stranger-1"],
+                out_dir=out,
+                chips=[vendor.chip("s")],
+            ),
+            "duplicate": enroll_devices(
+                srv,
+                store,
+                batch_id=batch,
+                device_ids=[ids[0]],
+                out_dir=out,
+                chips=[vendor.chip(ids[0])],
+            ),
+            "unregistered vendor": enroll_devices(
+                srv,
+                store,
+                batch_id=batch,
+                device_ids=[ids[1]],
+                out_dir=out,
+                chips=[SimulatedVendor.create().chip(ids[1])],
+            ),
+        }
+        expected = {
+            "outside-batch": "not in batch",
+            "duplicate": "already provisioned",
+            "unregistered vendor": "registered vendor root",
+        }
+        for name, [result] in refusals.items():
+            assert result.error is not None and expected[name] in result.error, (name, result)
+        # Replayed attestation: a statement with a spent nonce, for a fresh token key.
+        signer = store.generate(ids[2])
+        chip = vendor.chip(ids[2])
+        [nonce] = srv.nonces(1)
+        statement = chip.statement(nonce=nonce, identity_public_key=signer.public_key())
+        item = {
+            "device_id": ids[2],
+            "csr": make_csr(signer, ids[2]).decode(),
+            "attestation": statement,
+        }
+        first = srv.provision(batch, [item])
+        assert "certificate" in first[0]
+        replay = srv.provision(batch, [dict(item, device_id=ids[1])])
+        assert "nonce" in replay[0]["problem"]["detail"]
+        # Tampered CSR: flip a byte inside the signed part.
+        other = store.generate(f"{ids[1]}-t")
+        [nonce2] = srv.nonces(1)
+        pem = make_csr(other, ids[1]).decode().splitlines()
+        body = "".join(pem[1:-1])
+        body = body[:60] + ("A" if body[60] != "A" else "B") + body[61:]
+        tampered = {
+            "device_id": ids[1],
+            "csr": "\n".join([pem[0], body, pem[-1]]) + "\n",
+            "attestation": vendor.chip(ids[1]).statement(
+                nonce=nonce2, identity_public_key=other.public_key()
+            ),
+        }
+        assert "problem" in srv.provision(batch, [tampered])[0]
+    rows = admin_call(live, admin_token, "GET", f"{API}/attempts", params={"batch_id": batch})
+    assert sum(r["result"] == "accepted" for r in rows) == 2
+    assert {r["category"] for r in rows if r["result"] == "refused"} >= {
+        "outside-batch",
+        "duplicate",
+        "attestation",
+        "replayed-nonce",
+    }
