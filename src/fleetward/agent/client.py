@@ -144,17 +144,29 @@ class Enrolled:
     error: str | None
 
 
+def _write_durably(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.new")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def _save(directory: Path, identity: dict[str, Any], cert_pem: str, ca_pem: str) -> None:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # Write the new files beside the old ones, then rename: a crash leaves
-    # either the old identity or the new one, never half of each.
-    for name, text in (("cert.pem", cert_pem), ("ca.pem", ca_pem)):
-        tmp = directory / f".{name}.new"
-        tmp.write_text(text)
-        os.replace(tmp, directory / name)
-    tmp = directory / f".{IDENTITY_FILE}.new"
-    tmp.write_text(json.dumps(identity, indent=2))
-    os.replace(tmp, directory / IDENTITY_FILE)
+    # Each file is written to a temporary name, synced and renamed, and the
+    # directory synced last: once the server has issued a certificate, a
+    # crash leaves either the old identity or the new one, never a device
+    # without the certificate it was given.
+    _write_durably(directory / "cert.pem", cert_pem)
+    _write_durably(directory / "ca.pem", ca_pem)
+    _write_durably(directory / IDENTITY_FILE, json.dumps(identity, indent=2))
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def enroll_devices(

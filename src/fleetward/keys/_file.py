@@ -139,6 +139,12 @@ def generate_file_signer(path: Path, *, passphrase: bytes, algorithm: str = "ec-
     except BaseException:
         target.unlink(missing_ok=True)
         raise
+    # Sync the directory too, or a crash can lose the new file's entry.
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return KeySigner(key, uri=f"file:{target}")
 
 
