@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -98,16 +97,16 @@ def serve(
     context.db.migrate()
     console.print(f"fleetward {__version__} on http://{host}:{port} (home {context.settings.home})")
     if workers > 1:
-        os.environ["FLEETWARD_HOME"] = str(context.settings.home)
-        os.environ["FLEETWARD_CRL_INTERVAL"] = str(crl_interval)
-        os.environ["FLEETWARD_CHECKPOINT_INTERVAL"] = str(checkpoint_interval)
-        uvicorn.run(
-            "fleetward.api.factory:app",
+        from fleetward.api.workers import serve_workers
+
+        context.db.dispose()
+        serve_workers(
+            context.settings,
             host=host,
             port=port,
             workers=workers,
-            log_level="warning",
-            factory=True,
+            crl_interval=crl_interval,
+            checkpoint_interval=checkpoint_interval,
         )
         return
     uvicorn.run(
