@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -17,6 +17,7 @@ from fleetward.identity.pki import Pki
 from fleetward.keys import Signer
 from fleetward.keys.ring import KeyRing
 from fleetward.store import Database
+from fleetward.tenancy.roles import Principal
 
 __all__ = ["AppContext"]
 
@@ -63,6 +64,14 @@ class AppContext:
             self.db.session() as session,
         ):
             yield session
+
+    def operator_work(
+        self, who: Principal, *, action: str, subject: str
+    ) -> AbstractContextManager[Session]:
+        """:meth:`unit_of_work` acting as an authenticated operator."""
+        return self.unit_of_work(
+            actor=who.actor, action=action, subject=subject, tenant_id=who.tenant_id
+        )
 
     @contextmanager
     def refusals_recorded(

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetward.errors import AuditChainError, FleetwardError
 
-__all__ = ["PROBLEM_JSON", "install", "problem"]
+__all__ = ["PROBLEM_JSON", "as_dict", "install", "problem"]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -30,6 +30,17 @@ def problem(
     }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def as_dict(error: FleetwardError, **extra: Any) -> dict[str, Any]:
+    """The problem-details members of an error (for items inside a batch answer)."""
+    return {
+        "type": f"urn:fleetward:problem:{error.slug}",
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        **extra,
+    }
 
 
 def install(app: FastAPI) -> None:

@@ -7,6 +7,7 @@ import binascii
 
 from fastapi import APIRouter, Query, Request, Response
 
+from fleetward.api import problems
 from fleetward.api.deps import Ctx, Operator
 from fleetward.errors import InvalidInputError
 from fleetward.identity import ca_service, issuance, publication, renewal, service
@@ -56,12 +57,7 @@ def list_devices(
 @router.post("/devices", response_model=DeviceOut, status_code=201)
 def register_device(body: DeviceIn, ctx: Ctx, who: Operator) -> DeviceOut:
     """Register a device (state ``pending``)."""
-    with ctx.unit_of_work(
-        actor=who.actor,
-        action="device.register",
-        subject=f"device:{body.device_id}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with ctx.operator_work(who, action="device.register", subject=f"device:{body.device_id}") as s:
         d = service.register_device(
             s, who, device_id=body.device_id, product=body.product, labels=body.labels
         )
@@ -125,12 +121,7 @@ def enroll_batch(body: BatchEnrollIn, ctx: Ctx, who: Operator) -> BatchEnrollOut
             out.append(
                 BatchItemOut(
                     device_id=r.device_id,
-                    problem={
-                        "type": f"urn:fleetward:problem:{r.error.slug}",
-                        "title": r.error.title,
-                        "status": r.error.status,
-                        "detail": r.error.detail,
-                    },
+                    problem=problems.as_dict(r.error),
                 )
             )
     issued = sum(1 for r in results if r.issued is not None)
@@ -140,12 +131,7 @@ def enroll_batch(body: BatchEnrollIn, ctx: Ctx, who: Operator) -> BatchEnrollOut
 @router.post("/devices/{device_id}/state", response_model=DeviceOut)
 def set_state(device_id: str, body: StateIn, ctx: Ctx, who: Operator) -> DeviceOut:
     """Move a device through its lifecycle."""
-    with ctx.unit_of_work(
-        actor=who.actor,
-        action="device.state",
-        subject=f"device:{device_id[:64]}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with ctx.operator_work(who, action="device.state", subject=f"device:{device_id[:64]}") as s:
         return DeviceOut.of(
             service.set_device_state(s, who, device_id, state=body.state, reason=body.reason)
         )
@@ -154,12 +140,7 @@ def set_state(device_id: str, body: StateIn, ctx: Ctx, who: Operator) -> DeviceO
 @router.post("/devices/{device_id}/revoke", response_model=DeviceOut)
 def revoke_device(device_id: str, body: RevokeIn, ctx: Ctx, who: Operator) -> DeviceOut:
     """Revoke a device and all its certificates."""
-    with ctx.unit_of_work(
-        actor=who.actor,
-        action="device.revoke",
-        subject=f"device:{device_id[:64]}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with ctx.operator_work(who, action="device.revoke", subject=f"device:{device_id[:64]}") as s:
         return DeviceOut.of(service.revoke_device(s, who, device_id, reason=body.reason))
 
 
@@ -182,11 +163,8 @@ def get_certificate(serial: str, ctx: Ctx, who: Operator) -> CertificateOut:
 @router.post("/certificates/{serial}/revoke", response_model=CertificateOut)
 def revoke_certificate(serial: str, body: RevokeIn, ctx: Ctx, who: Operator) -> CertificateOut:
     """Revoke one certificate (RFC 5280 reason)."""
-    with ctx.unit_of_work(
-        actor=who.actor,
-        action="certificate.revoke",
-        subject=f"certificate:{serial[:42]}",
-        tenant_id=who.tenant_id,
+    with ctx.operator_work(
+        who, action="certificate.revoke", subject=f"certificate:{serial[:42]}"
     ) as s:
         return CertificateOut.of(service.revoke_certificate(s, who, serial, reason=body.reason))
 

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from fleetward.api import problems
 from fleetward.api.deps import Ctx, Operator
 from fleetward.identity.issuance import MAX_BATCH
 from fleetward.identity.profile import MAX_CSR_BYTES
@@ -132,12 +133,7 @@ class ProvisionIn(BaseModel):
 @router.post("/factories", response_model=FactoryOut, status_code=201)
 def create_factory(body: FactoryIn, ctx: Ctx, who: Operator) -> FactoryOut:
     """Register a factory (admin)."""
-    with ctx.unit_of_work(
-        actor=who.actor,
-        action="factory.create",
-        subject=f"factory:{body.name}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with ctx.operator_work(who, action="factory.create", subject=f"factory:{body.name}") as s:
         return FactoryOut.of(
             service.create_factory(s, who, name=body.name, environment=body.environment)
         )
@@ -154,12 +150,7 @@ def list_factories(ctx: Ctx, who: Operator) -> list[FactoryOut]:
 def factory_token(factory_id: int, body: FactoryTokenIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
     """A factory-operator token bound to this factory (shown once)."""
     expires = utcnow() + dt.timedelta(days=body.expires_in_days) if body.expires_in_days else None
-    with ctx.unit_of_work(
-        actor=who.actor,
-        action="token.create",
-        subject=f"factory:{factory_id}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with ctx.operator_work(who, action="token.create", subject=f"factory:{factory_id}") as s:
         row, token = service.create_factory_token(
             s, who, factory_id=factory_id, name=body.name, expires_at=expires
         )
@@ -174,12 +165,7 @@ def factory_token(factory_id: int, body: FactoryTokenIn, ctx: Ctx, who: Operator
 @router.post("/batches", response_model=BatchOut, status_code=201)
 def create_batch(body: BatchIn, ctx: Ctx, who: Operator) -> BatchOut:
     """Authorise a set of devices at a factory (admin)."""
-    with ctx.unit_of_work(
-        actor=who.actor,
-        action="batch.create",
-        subject=f"factory:{body.factory_id}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with ctx.operator_work(who, action="batch.create", subject=f"factory:{body.factory_id}") as s:
         batch = service.create_batch(
             s,
             who,
@@ -206,9 +192,7 @@ def list_batches(ctx: Ctx, who: Operator) -> list[BatchOut]:
 @router.post("/batches/{batch_id}/close", response_model=BatchOut)
 def close_batch(batch_id: int, ctx: Ctx, who: Operator) -> BatchOut:
     """Close a batch (admin)."""
-    with ctx.unit_of_work(
-        actor=who.actor, action="batch.close", subject=f"batch:{batch_id}", tenant_id=who.tenant_id
-    ) as s:
+    with ctx.operator_work(who, action="batch.close", subject=f"batch:{batch_id}") as s:
         return BatchOut.of(service.close_batch(s, who, batch_id))
 
 
@@ -238,13 +222,7 @@ def provision(
             entry["certificate"] = certificate_out(r.issued).model_dump(mode="json")
         else:
             assert r.error is not None
-            entry["problem"] = {
-                "type": f"urn:fleetward:problem:{r.error.slug}",
-                "title": r.error.title,
-                "status": r.error.status,
-                "detail": r.error.detail,
-                "category": r.category,
-            }
+            entry["problem"] = problems.as_dict(r.error, category=r.category)
         out.append(entry)
     issued = sum(1 for r in results if r.issued is not None)
     return {"issued": issued, "refused": len(results) - issued, "items": out}
@@ -253,11 +231,8 @@ def provision(
 @router.post("/attestation-roots", status_code=201)
 def register_root(body: RootIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
     """Trust a chip vendor's attestation root (admin)."""
-    with ctx.unit_of_work(
-        actor=who.actor,
-        action="attestation-root.register",
-        subject=f"root:{body.name[:50]}",
-        tenant_id=who.tenant_id,
+    with ctx.operator_work(
+        who, action="attestation-root.register", subject=f"root:{body.name[:50]}"
     ) as s:
         root = service.register_root(
             s, who, name=body.name, certificate_pem=body.certificate.encode()
@@ -278,9 +253,7 @@ def list_roots(ctx: Ctx, who: Operator) -> list[dict[str, Any]]:
 @router.post("/nonces", status_code=201)
 def nonces(ctx: Ctx, who: Operator, count: int = Query(default=1, ge=1, le=1000)) -> dict[str, Any]:
     """Single-use challenges for key attestation statements (valid 5 minutes)."""
-    with ctx.unit_of_work(
-        actor=who.actor, action="nonce.issue", subject="nonces", tenant_id=who.tenant_id
-    ) as s:
+    with ctx.operator_work(who, action="nonce.issue", subject="nonces") as s:
         rows = service.issue_nonce(s, who, count=count)
         return {"nonces": [r.nonce for r in rows], "expires_at": rows[0].expires_at.isoformat()}
 
@@ -288,11 +261,8 @@ def nonces(ctx: Ctx, who: Operator, count: int = Query(default=1, ge=1, le=1000)
 @router.post("/reprovision-grants", status_code=201)
 def grant(body: GrantIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
     """Allow one more provisioning of a device (security, admin)."""
-    with ctx.unit_of_work(
-        actor=who.actor,
-        action="device.reprovision-grant",
-        subject=f"device:{body.device_id}",
-        tenant_id=who.tenant_id,
+    with ctx.operator_work(
+        who, action="device.reprovision-grant", subject=f"device:{body.device_id}"
     ) as s:
         g = service.grant_reprovision(s, who, device_id=body.device_id, reason=body.reason)
         return {"id": g.id, "device_id": g.device_id, "expires_at": g.expires_at.isoformat()}

@@ -89,12 +89,7 @@ def get_tenant(ctx: Ctx, who: Operator) -> TenantOut:
 @router.patch("/tenant", response_model=TenantOut)
 def patch_tenant(body: TenantPolicyIn, ctx: Ctx, who: Operator) -> TenantOut:
     """Change tenant policy (admin)."""
-    with ctx.unit_of_work(
-        actor=who.actor,
-        action="tenant.policy",
-        subject=f"tenant:{who.tenant_name}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with ctx.operator_work(who, action="tenant.policy", subject=f"tenant:{who.tenant_name}") as s:
         if body.cert_lifetime_days is not None:
             service.set_cert_lifetime(s, who, days=body.cert_lifetime_days)
         if body.allow_unattested_keys_in_production is not None:
@@ -112,12 +107,7 @@ def list_tokens(ctx: Ctx, who: Operator) -> list[TokenOut]:
 @router.post("/tokens", response_model=TokenOut, status_code=201)
 def create_token(body: TokenIn, ctx: Ctx, who: Operator) -> TokenOut:
     """Create a token; the secret is in ``token`` and is shown only now."""
-    with ctx.unit_of_work(
-        actor=who.actor,
-        action="token.create",
-        subject=f"token:{body.name}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with ctx.operator_work(who, action="token.create", subject=f"token:{body.name}") as s:
         require(who, Permission.TOKEN_MANAGE)
         expires = (
             utcnow() + dt.timedelta(days=body.expires_in_days) if body.expires_in_days else None
@@ -137,11 +127,6 @@ def create_token(body: TokenIn, ctx: Ctx, who: Operator) -> TokenOut:
 @router.delete("/tokens/{token_id}", status_code=204, response_class=Response)
 def revoke_token(token_id: str, ctx: Ctx, who: Operator) -> Response:
     """Revoke a token."""
-    with ctx.unit_of_work(
-        actor=who.actor,
-        action="token.revoke",
-        subject=f"token:{token_id[:32]}",
-        tenant_id=who.tenant_id,
-    ) as s:
+    with ctx.operator_work(who, action="token.revoke", subject=f"token:{token_id[:32]}") as s:
         service.revoke_token(s, who, token_id)
     return Response(status_code=204)
