@@ -1,0 +1,128 @@
+"""Compile tenants' policies and the device registry into the broker's ACL table.
+
+Pure. The table (format in ``native/fw_acl.c``) lists each tenant's roles
+once and every device that may connect: its MQTT username, the serials of its
+current certificates, the roles its selectors gave it (only ``quarantine``
+while quarantined) and the values its template variables take. Devices that
+are revoked, retired or pending, and certificates that are revoked or
+expired, are simply absent: the plugin denies everything to an identity it
+does not list and kicks identities that disappear.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from fleetward.comms.policy import QUARANTINE, Policy, Role, Subject
+
+__all__ = ["TABLE_FORMAT", "BrokerDevice", "compile_table", "mqtt_username"]
+
+TABLE_FORMAT = "1"
+_SAFE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_HEX = re.compile(r"^[0-9a-f]{1,64}$")
+
+
+def mqtt_username(*, tenant: str, environment: str, device_id: str) -> str:
+    """The username Mosquitto derives from a device certificate.
+
+    The broker runs with ``use_subject_as_username``: the subject in RFC 2253
+    order. It names the tenant, so equal device ids in two tenants never
+    share an MQTT identity (or a client id, which is forced to it).
+    """
+    return f"O={tenant},OU={environment},CN={device_id}"
+
+
+@dataclass(frozen=True)
+class BrokerDevice:
+    """A device identity the broker should accept."""
+
+    subject: Subject
+    username: str
+    serials: tuple[str, ...]  # lowercase hex of each current certificate
+
+
+def _role_lines(role: Role) -> list[str]:
+    lines = [f"R\t{role.name}"]
+    for code, templates in (
+        ("p", role.publish),
+        ("s", role.subscribe),
+        ("P", role.deny_publish),
+        ("S", role.deny_subscribe),
+    ):
+        lines.extend(f"r\t{code}\t{t.text}" for t in templates)
+    lines.extend(f"r\tc\t{name}" for name in role.commands)
+    lines.extend(f"r\tC\t{name}" for name in role.deny_commands)
+    return lines
+
+
+def _safe(value: str) -> str:
+    return value if _SAFE.match(value) else ""
+
+
+def compile_table(
+    *,
+    policies: Mapping[str, Policy],
+    devices: Iterable[BrokerDevice],
+    generation: int,
+    max_payload: int,
+    service_username: str,
+) -> str:
+    """Render the ACL table.
+
+    Args:
+        policies: each tenant's policy by tenant name (a device of a tenant
+            missing here gets no roles, so it may do nothing).
+        devices: the identities to accept.
+        generation: a number that grows with every table (for logs).
+        max_payload: the largest PUBLISH payload the broker lets through.
+        service_username: fleetward's own broker identity (allowed all).
+
+    Raises:
+        ValueError: a device's values could break the table format.
+    """
+    lines = [f"fwacl\t{TABLE_FORMAT}\t{generation}\t{max_payload}\t{service_username}"]
+    lines.extend(_role_lines(QUARANTINE))
+    offsets: dict[str, int] = {}
+    count = 1
+    for tenant, policy in policies.items():
+        offsets[tenant] = count
+        for role in policy.roles:
+            lines.extend(_role_lines(role))
+        count += len(policy.roles)
+    for device in devices:
+        subject = device.subject
+        for value in (device.username, subject.tenant, subject.device_id):
+            if any(c in value for c in "\t\n\r") or not value:
+                raise ValueError(f"unsafe value {value!r} for the broker table")
+        if not all(_HEX.match(s) for s in device.serials):
+            raise ValueError(f"serials of {subject.device_id!r} must be lowercase hex")
+        own = policies.get(subject.tenant)
+        if subject.quarantined:
+            roles = [0]
+        elif own is None:
+            roles = []
+        else:
+            base = offsets[subject.tenant]
+            roles = [base + i for i, r in enumerate(own.roles) if r.selects(subject)]
+        labels = ";".join(
+            f"{k}={v}"
+            for k, v in sorted(subject.labels.items())
+            if _SAFE.match(k) and _SAFE.match(v)
+        )
+        lines.append(
+            "\t".join(
+                (
+                    "D",
+                    device.username,
+                    subject.tenant,
+                    subject.device_id,
+                    _safe(subject.product),
+                    ",".join(device.serials),
+                    ",".join(map(str, roles)),
+                    labels,
+                )
+            )
+        )
+    return "\n".join(lines) + "\n"

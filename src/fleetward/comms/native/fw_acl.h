@@ -1,0 +1,44 @@
+/* fleetward ACL table: a thin evaluator of the policy compiled by
+ * fleetward.comms.compile. The meaning lives in fleetward/comms/policy.py;
+ * tests/comms/test_differential.py checks this code against it. No
+ * Mosquitto or OpenSSL dependency, so the tests can load it alone. */
+#ifndef FW_ACL_H
+#define FW_ACL_H
+
+#include <stddef.h>
+
+#define FW_PUBLISH 0
+#define FW_SUBSCRIBE 1
+#define FW_RECEIVE 2
+
+typedef struct fw_table fw_table;
+typedef struct fw_device fw_device;
+
+/* Parse a table (text is copied). Returns NULL and fills err on failure. */
+fw_table *fw_table_load(const char *text, size_t len, char *err, size_t errlen);
+void fw_table_free(fw_table *table);
+
+const fw_device *fw_table_find(const fw_table *table, const char *username);
+const char *fw_table_service(const fw_table *table);
+long fw_table_max_payload(const fw_table *table);
+long fw_table_generation(const fw_table *table);
+
+/* 1 allow, 0 deny. topic must be a valid MQTT name (filter for SUBSCRIBE). */
+int fw_check(const fw_table *table, const fw_device *device, int action, const char *topic);
+
+/* Whether the device accepts a certificate with this serial (big-endian
+ * magnitude bytes, as in an ASN1_INTEGER). */
+int fw_serial_ok(const fw_device *device, const unsigned char *serial, size_t len);
+
+/* Whether every serial of old_device is still accepted by new_device. */
+int fw_serials_kept(const fw_device *old_device, const fw_device *new_device);
+
+/* Iterate devices: index 0..fw_table_count-1. */
+size_t fw_table_count(const fw_table *table);
+const fw_device *fw_table_at(const fw_table *table, size_t i);
+const char *fw_device_username(const fw_device *device);
+
+/* For tests: load + check in one call through ctypes. */
+int fw_check_text(const fw_table *table, const char *username, int action, const char *topic);
+
+#endif
