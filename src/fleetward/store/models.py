@@ -1,10 +1,12 @@
 """Every table, gathered so Alembic sees one metadata."""
 
 from fleetward.audit import models as _audit  # noqa: F401
+from fleetward.comms import models as _comms  # noqa: F401
 from fleetward.identity import models as _identity  # noqa: F401
 from fleetward.provisioning import models as _provisioning  # noqa: F401
 from fleetward.store import lease as _lease  # noqa: F401
 from fleetward.store.db import Base
+from fleetward.telemetry import models as _telemetry  # noqa: F401
 from fleetward.tenancy import models as _tenancy  # noqa: F401
 
 metadata = Base.metadata

@@ -30,6 +30,7 @@ class Permission(enum.StrEnum):
     DEVICE_ENROLL = "device.enroll"
     CERT_REVOKE = "certificate.revoke"
     AUDIT_READ = "audit.read"
+    POLICY_MANAGE = "policy.manage"
 
 
 _READ = {Permission.CA_READ, Permission.DEVICE_READ}
@@ -37,7 +38,13 @@ _READ = {Permission.CA_READ, Permission.DEVICE_READ}
 ROLES: dict[str, frozenset[Permission]] = {
     "admin": frozenset(Permission),
     "security": frozenset(
-        _READ | {Permission.DEVICE_MANAGE, Permission.CERT_REVOKE, Permission.AUDIT_READ}
+        _READ
+        | {
+            Permission.DEVICE_MANAGE,
+            Permission.CERT_REVOKE,
+            Permission.AUDIT_READ,
+            Permission.POLICY_MANAGE,
+        }
     ),
     "release-manager": frozenset(_READ),
     "factory-operator": frozenset(_READ | {Permission.DEVICE_ENROLL}),

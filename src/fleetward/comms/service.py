@@ -1,0 +1,342 @@
+"""The comms domain's service: policy versions, explanations, the broker's view.
+
+Policies are versioned per tenant and never edited in place; every new
+version is audited with its hash. :func:`broker_snapshot` is the one query
+the broker table is built from (all tenants: it is a system task, not an
+operator's), and :func:`record_acl_events` turns what the plugin reports
+into telemetry events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from fleetward.audit import service as audit
+from fleetward.comms.compile import BrokerDevice, mqtt_username
+from fleetward.comms.models import CommsPolicy
+from fleetward.comms.policy import DEFAULT_POLICY, Action, Decision, Policy, Subject, decide
+from fleetward.comms.policy import parse_policy as _parse
+from fleetward.errors import NotFoundError
+from fleetward.identity import service as identity
+from fleetward.identity.models import CertificateRecord, Device
+from fleetward.store.db import utcnow
+from fleetward.telemetry.models import Event
+from fleetward.tenancy.models import Tenant
+from fleetward.tenancy.roles import Permission, Principal, require
+
+__all__ = [
+    "PolicyVersion",
+    "broker_snapshot",
+    "explain",
+    "get_policy",
+    "list_events",
+    "list_versions",
+    "record_acl_events",
+    "set_policy",
+    "subject_of",
+]
+
+# States in which a device may hold a broker connection at all.
+CONNECTABLE = ("active", "quarantined")
+_USERNAME = re.compile(r"^O=([a-z0-9-]+),OU=([a-z]+),CN=([A-Za-z0-9._-]+)$")
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    """A tenant's policy at one version (0: the built-in default, never stored)."""
+
+    version: int
+    policy: Policy
+    sha256: str
+    created_by: str | None
+    created_at: dt.datetime | None
+
+
+def _version_of(row: CommsPolicy) -> PolicyVersion:
+    return PolicyVersion(
+        version=row.version,
+        policy=_parse(json.loads(row.document)),
+        sha256=row.sha256,
+        created_by=row.created_by,
+        created_at=row.created_at,
+    )
+
+
+def _default() -> PolicyVersion:
+    digest = hashlib.sha256(DEFAULT_POLICY.canonical_json().encode()).hexdigest()
+    return PolicyVersion(0, DEFAULT_POLICY, digest, None, None)
+
+
+def current_policy(session: Session, tenant_id: int) -> PolicyVersion:
+    """The tenant's newest policy, or the default when it never set one."""
+    row = session.execute(
+        select(CommsPolicy)
+        .where(CommsPolicy.tenant_id == tenant_id)
+        .order_by(CommsPolicy.version.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return _version_of(row) if row else _default()
+
+
+def get_policy(session: Session, principal: Principal, version: int | None = None) -> PolicyVersion:
+    """The current policy, or one version of it.
+
+    Raises:
+        NotFoundError: no such version in this tenant.
+    """
+    require(principal, Permission.DEVICE_READ)
+    if version is None:
+        return current_policy(session, principal.tenant_id)
+    if version == 0:
+        return _default()
+    row = session.execute(
+        select(CommsPolicy).where(
+            CommsPolicy.tenant_id == principal.tenant_id, CommsPolicy.version == version
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFoundError(f"policy version {version} not found")
+    return _version_of(row)
+
+
+def list_versions(session: Session, principal: Principal) -> list[PolicyVersion]:
+    """Every stored version, newest first."""
+    require(principal, Permission.DEVICE_READ)
+    rows = session.execute(
+        select(CommsPolicy)
+        .where(CommsPolicy.tenant_id == principal.tenant_id)
+        .order_by(CommsPolicy.version.desc())
+    ).scalars()
+    return [_version_of(r) for r in rows]
+
+
+def set_policy(
+    session: Session, principal: Principal, policy: Policy, *, now: dt.datetime | None = None
+) -> PolicyVersion:
+    """Store ``policy`` as the tenant's next version and audit it."""
+    require(principal, Permission.POLICY_MANAGE)
+    now = now or utcnow()
+    document = policy.canonical_json()
+    digest = hashlib.sha256(document.encode()).hexdigest()
+    latest = session.execute(
+        select(func.max(CommsPolicy.version)).where(CommsPolicy.tenant_id == principal.tenant_id)
+    ).scalar_one()
+    row = CommsPolicy(
+        tenant_id=principal.tenant_id,
+        version=(latest or 0) + 1,
+        document=document,
+        sha256=digest,
+        created_by=principal.actor,
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="comms.policy.set",
+        subject=f"policy:{row.version}",
+        tenant_id=principal.tenant_id,
+        details={
+            "version": row.version,
+            "sha256": digest,
+            "previous": latest or 0,
+            "roles": [r.name for r in policy.roles],
+        },
+        now=now,
+    )
+    return _version_of(row)
+
+
+def subject_of(device: Device, tenant_name: str) -> Subject:
+    """The policy subject for a registry device."""
+    labels = json.loads(device.labels or "{}")
+    return Subject(
+        tenant=tenant_name,
+        device_id=device.device_id,
+        product=device.product,
+        labels={str(k): str(v) for k, v in labels.items()},
+        quarantined=device.state == "quarantined",
+    )
+
+
+def explain(
+    session: Session, principal: Principal, device_id: str, *, action: Action, topic: str
+) -> tuple[Decision, PolicyVersion, Device]:
+    """Decide ``action`` on ``topic`` for a device under the current policy.
+
+    A device that is not active or quarantined cannot connect at all; the
+    decision says so rather than evaluating rules it will never reach.
+
+    Raises:
+        NotFoundError: no such device in this tenant.
+        InvalidInputError: the action or topic is malformed.
+    """
+    device = identity.get_device(session, principal, device_id)
+    current = current_policy(session, principal.tenant_id)
+    decision = decide(current.policy, subject_of(device, principal.tenant_name), action, topic)
+    if device.state not in CONNECTABLE:
+        decision = Decision(False, None, f"device is {device.state}: the broker refuses it")
+    return decision, current, device
+
+
+def broker_snapshot(
+    session: Session, *, now: dt.datetime | None = None
+) -> tuple[dict[str, Policy], list[BrokerDevice]]:
+    """Every tenant's policy and every identity the broker should accept now.
+
+    An identity is a device that is active or quarantined with at least one
+    good, unexpired certificate; one entry per environment it holds
+    certificates in.
+    """
+    now = now or utcnow()
+    tenants = {t.id: t.name for t in session.execute(select(Tenant)).scalars()}
+    policies = {name: current_policy(session, tid).policy for tid, name in tenants.items()}
+    rows = session.execute(
+        select(
+            Device.tenant_id,
+            Device.device_id,
+            Device.product,
+            Device.labels,
+            Device.state,
+            CertificateRecord.environment,
+            CertificateRecord.serial,
+        )
+        .join(CertificateRecord, CertificateRecord.device_pk == Device.id)
+        .where(
+            Device.state.in_(CONNECTABLE),
+            CertificateRecord.status == "good",
+            CertificateRecord.not_after > now,
+        )
+        .order_by(Device.id, CertificateRecord.environment)
+    )
+    grouped: dict[tuple[str, str], tuple[Subject, list[str]]] = {}
+    for tenant_id, device_id, product, labels, state, env, serial in rows:
+        tenant = tenants[tenant_id]
+        key = (mqtt_username(tenant=tenant, environment=env, device_id=device_id), tenant)
+        if key not in grouped:
+            decoded = json.loads(labels or "{}")
+            subject = Subject(
+                tenant=tenant,
+                device_id=device_id,
+                product=product,
+                labels={str(k): str(v) for k, v in decoded.items()},
+                quarantined=state == "quarantined",
+            )
+            grouped[key] = (subject, [])
+        grouped[key][1].append(serial)
+    devices = [
+        BrokerDevice(subject=subject, username=username, serials=tuple(serials))
+        for (username, _), (subject, serials) in grouped.items()
+    ]
+    return policies, devices
+
+
+def record_acl_events(
+    session: Session, lines: Iterable[str], *, now: dt.datetime | None = None
+) -> int:
+    """Store what the plugin reported (one line per identity, kind, action and topic).
+
+    Lines that do not parse are skipped: the file is the plugin's, and one
+    torn line must not stop the rest. Returns how many events were stored.
+    """
+    now = now or utcnow()
+    tenants = {name: tid for tid, name in session.execute(select(Tenant.id, Tenant.name))}
+    events: list[Event] = []
+    for line in lines:
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) != 6:
+            continue
+        ts, username, kind, action, topic, count = parts
+        try:
+            at = dt.datetime.fromtimestamp(int(ts), tz=dt.UTC)
+            n = int(count)
+        except ValueError:
+            continue
+        tenant_id = device_pk = None
+        match = _USERNAME.match(username)
+        if match and match.group(1) in tenants:
+            tenant_id = tenants[match.group(1)]
+            device_pk = session.execute(
+                select(Device.id).where(
+                    Device.tenant_id == tenant_id, Device.device_id == match.group(3)
+                )
+            ).scalar_one_or_none()
+        events.append(
+            Event(
+                tenant_id=tenant_id,
+                device_pk=device_pk,
+                type=f"authz.{kind}",
+                at=at,
+                count=n,
+                fields=json.dumps({"identity": username, "action": action, "topic": topic}),
+            )
+        )
+    session.add_all(events)
+    return len(events)
+
+
+def record_handshake_refusals(
+    session: Session, peers: Iterable[tuple[str, str]], *, now: dt.datetime | None = None
+) -> int:
+    """Store refused TLS handshakes: ``(peer address, reason)`` pairs.
+
+    Mosquitto reports no certificate identity for a handshake it refused, so
+    these carry the peer address and are not attributed to a tenant.
+    """
+    now = now or utcnow()
+    events = [
+        Event(
+            tenant_id=None,
+            device_pk=None,
+            type="authz.handshake-refused",
+            at=now,
+            count=1,
+            fields=json.dumps({"peer": peer, "reason": reason}),
+        )
+        for peer, reason in peers
+    ]
+    session.add_all(events)
+    return len(events)
+
+
+def list_events(
+    session: Session,
+    principal: Principal,
+    *,
+    device_id: str | None = None,
+    type_prefix: str = "authz.",
+    limit: int = 100,
+) -> list[tuple[Event, str | None]]:
+    """The tenant's newest events (with the device id each names), newest first."""
+    require(principal, Permission.DEVICE_READ)
+    query = (
+        select(Event, Device.device_id)
+        .outerjoin(Device, Device.id == Event.device_pk)
+        .where(Event.tenant_id == principal.tenant_id, Event.type.startswith(type_prefix))
+        .order_by(Event.id.desc())
+        .limit(limit)
+    )
+    if device_id is not None:
+        device = identity.get_device(session, principal, device_id)
+        query = query.where(Event.device_pk == device.id)
+    return [(e, d) for e, d in session.execute(query).tuples()]
+
+
+def denial_counts(session: Session, principal: Principal, device_id: str) -> dict[str, int]:
+    """How many denials of each kind the broker counted for one device."""
+    device = identity.get_device(session, principal, device_id)
+    rows = session.execute(
+        select(Event.type, func.sum(Event.count))
+        .where(Event.device_pk == device.id, Event.type.startswith("authz."))
+        .group_by(Event.type)
+    )
+    return {t: int(n) for t, n in rows}

@@ -1,0 +1,306 @@
+"""Least privilege at a real Mosquitto with the fleetward plugin.
+
+Devices hold real certificates from the tenant CA and connect over TLS with
+paho (MQTT 5) or the mosquitto command-line clients; fleetward's own service
+identity connects on the service listener.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from fleetward.api.context import AppContext
+from fleetward.comms import service as comms
+from fleetward.comms.broker import MAX_PAYLOAD, BrokerRuntime
+from fleetward.identity import ca_service
+from fleetward.identity import service as identity
+from fleetward.telemetry.models import Event
+from fleetward.tenancy import service as tenancy
+from tests.comms.conftest import Client, DeviceCreds, admin_of, connect, make_device, wait_for
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+NOT_AUTHORIZED = 0x87
+GRANTED_QOS1 = 1
+
+
+def dev(broker: BrokerRuntime, creds: DeviceCreds, **kw: object) -> Client:
+    files = broker.files
+    return connect(broker.port, files.broker_ca, creds.cert, creds.key, **kw)  # type: ignore[arg-type]
+
+
+def service_client(broker: BrokerRuntime) -> Client:
+    f = broker.files
+    return connect(broker.service_port, f.broker_ca, f.service_cert, f.service_key)
+
+
+def synced(broker: BrokerRuntime) -> None:
+    """Wait until the sync loop has written the newest state."""
+    broker.sync.refresh()
+    time.sleep(0.15)  # the plugin stats the table every 50 ms
+
+
+def events(ctx: AppContext, type_: str) -> list[dict[str, object]]:
+    with ctx.db.read() as s:
+        rows = s.execute(select(Event).where(Event.type == type_)).scalars()
+        return [{"count": e.count, "device_pk": e.device_pk, **json.loads(e.fields)} for e in rows]
+
+
+def test_devices_reach_only_their_own_topics(
+    ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    d1 = make_device(ctx, tmp_path, "d1")
+    d2 = make_device(ctx, tmp_path, "d2")
+    synced(broker)
+    svc = service_client(broker)
+    assert svc.subscribe("fw/default/#") == GRANTED_QOS1
+    c1, c2 = dev(broker, d1), dev(broker, d2)
+    # Own telemetry: allowed and delivered to fleetward.
+    assert c1.publish("fw/default/d1/telemetry/temp", b"21") == 0
+    # Another device's topics: refused (PUBACK 0x87) and never delivered.
+    assert c2.publish("fw/default/d1/telemetry/temp", b"forged") == NOT_AUTHORIZED
+    assert c2.publish("fw/default/d1/ota/x", b"forged") == NOT_AUTHORIZED
+    # Reading another device's topics: SUBACK refuses it.
+    assert c2.subscribe("fw/default/d1/telemetry/#") == NOT_AUTHORIZED
+    assert c2.subscribe("#") == NOT_AUTHORIZED
+    assert c2.subscribe("fw/default/+/ota/#") == NOT_AUTHORIZED
+    assert c1.subscribe("fw/default/d1/ota/#") == GRANTED_QOS1
+    svc.publish("fw/default/d1/ota/manifest", b"m1")
+    svc.publish("fw/default/d2/ota/manifest", b"m2")
+    wait_for(lambda: "fw/default/d1/ota/manifest" in c1.topics(), what="d1's update")
+    wait_for(lambda: ("fw/default/d1/telemetry/temp", b"21") in svc.messages, what="telemetry")
+    time.sleep(0.3)
+    assert c1.topics() == ["fw/default/d1/ota/manifest"]
+    assert c2.messages == []
+    assert b"forged" not in [p for _, p in svc.messages]
+    # The denials are counted per device and land as events.
+    wait_for(lambda: len(events(ctx, "authz.denied")) >= 5, timeout=5, what="events")
+    with ctx.db.read() as s:
+        counts = comms.denial_counts(s, admin_of(ctx), "d2")
+    assert counts["authz.denied"] >= 5
+    for c in (c1, c2, svc):
+        c.close()
+
+
+def test_tenants_cannot_see_each_other(
+    ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    with ctx.db.session() as s:
+        other = tenancy.create_tenant(s, name="globex", actor="test")
+        ca_service.create_tenant_pki(s, ctx.pki, tenant=other, actor="test")
+    a = make_device(ctx, tmp_path, "dev1")
+    b = make_device(ctx, tmp_path, "dev1", tenant="globex")  # the same device id
+    synced(broker)
+    ca, cb = dev(broker, a), dev(broker, b)
+    # Both are connected at once: equal ids in two tenants are two identities.
+    time.sleep(0.3)
+    assert not ca.disconnected.is_set() and not cb.disconnected.is_set()
+    assert cb.subscribe("fw/default/dev1/ota/#") == NOT_AUTHORIZED
+    assert cb.publish("fw/default/dev1/telemetry/x", b"cross") == NOT_AUTHORIZED
+    assert ca.publish("fw/globex/dev1/telemetry/x", b"cross") == NOT_AUTHORIZED
+    assert cb.publish("fw/globex/dev1/telemetry/x", b"own") == 0
+    for c in (ca, cb):
+        c.close()
+
+
+def test_only_listed_commands_are_delivered(
+    ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    d1 = make_device(ctx, tmp_path, "d1")
+    synced(broker)
+    c1 = dev(broker, d1)
+    assert c1.subscribe("fw/default/d1/cmd/+") == GRANTED_QOS1
+    svc = service_client(broker)
+    for name in ("wipe", "ping", "reboot", "ping"):
+        svc.publish(f"fw/default/d1/cmd/{name}", name.encode())
+    wait_for(lambda: len(c1.messages) >= 2, what="two pings")
+    time.sleep(0.3)
+    assert c1.topics() == ["fw/default/d1/cmd/ping"] * 2
+    # A command subscription by name is refused too.
+    assert c1.subscribe("fw/default/d1/cmd/wipe") == NOT_AUTHORIZED
+    c1.close()
+    svc.close()
+
+
+def test_revoked_device_is_cut_off_and_cannot_reconnect(
+    ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    d1 = make_device(ctx, tmp_path, "d1")
+    synced(broker)
+    c1 = dev(broker, d1)
+    assert c1.publish("fw/default/d1/telemetry/x") == 0
+    started = time.monotonic()
+    admin = admin_of(ctx)
+    with ctx.db.session() as s:
+        identity.revoke_device(s, admin, "d1", reason="keyCompromise")
+    wait_for(c1.disconnected.is_set, timeout=2, what="the revoked device to be cut off")
+    latency = time.monotonic() - started
+    assert latency < 1.0, latency
+    c1.client.loop_stop()
+    # The sync loop also published the CRL and reloaded Mosquitto: the
+    # handshake itself now fails.
+    wait_for(
+        lambda: not dev(broker, d1, expect_ok=False).connected.wait(0.5),
+        timeout=5,
+        what="reconnection to be refused",
+    )
+    again = dev(broker, d1, expect_ok=False)
+    assert not again.connected.wait(1.0)
+    # openssl as an outside client agrees: certificate revoked.
+    proc = subprocess.run(
+        [
+            "mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port),
+            "--cafile", str(broker.files.broker_ca),
+            "--cert", str(d1.cert), "--key", str(d1.key),
+            "-t", "fw/default/d1/telemetry/x", "-m", "x",
+        ],
+        capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    wait_for(lambda: events(ctx, "authz.handshake-refused") != [], timeout=5, what="event")
+
+
+def test_superseded_certificate_is_muted_before_the_crl(
+    ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    """The plugin checks the serial on every decision: a certificate that the
+    table no longer lists is refused even while the TLS layer accepts it."""
+    broker.sync.publish_crls = False  # keep the CRL stale on purpose
+    d1 = make_device(ctx, tmp_path, "d1")
+    synced(broker)
+    c1 = dev(broker, d1)
+    admin = admin_of(ctx)
+    with ctx.db.session() as s:
+        identity.revoke_certificate(s, admin, d1.serial, reason="keyCompromise")
+    wait_for(c1.disconnected.is_set, timeout=2, what="kick")
+    c1.client.loop_stop()
+    again = dev(broker, d1)  # TLS still accepts it (stale CRL) ...
+    assert again.publish("fw/default/d1/telemetry/x") == NOT_AUTHORIZED  # ... the plugin does not
+    wait_for(again.disconnected.is_set, timeout=2, what="kick on use")
+    # Its only certificate is revoked, so the table no longer lists the identity.
+    wait_for(lambda: events(ctx, "authz.unknown-identity") != [], timeout=5, what="event")
+
+
+def test_quarantine_keeps_only_quarantine_topics_live(
+    ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    d1 = make_device(ctx, tmp_path, "d1")
+    synced(broker)
+    c1 = dev(broker, d1)
+    assert c1.subscribe("fw/default/d1/cmd/+") == GRANTED_QOS1
+    assert c1.publish("fw/default/d1/state/x") == 0
+    admin = admin_of(ctx)
+    with ctx.db.session() as s:
+        identity.set_device_state(s, admin, "d1", state="quarantined")
+    synced(broker)
+    # Still connected, but only boot evidence, telemetry and updates remain.
+    assert c1.publish("fw/default/d1/state/x") == NOT_AUTHORIZED
+    assert c1.publish("fw/default/d1/telemetry/x") == 0
+    assert c1.publish("fw/default/d1/boot/evidence") == 0
+    svc = service_client(broker)
+    svc.publish("fw/default/d1/cmd/ping", b"p")
+    assert c1.subscribe("fw/default/d1/ota/#") == GRANTED_QOS1
+    svc.publish("fw/default/d1/ota/m", b"u")
+    wait_for(lambda: "fw/default/d1/ota/m" in c1.topics(), what="update")
+    assert "fw/default/d1/cmd/ping" not in c1.topics()
+    assert not c1.disconnected.is_set()
+    with ctx.db.session() as s:
+        identity.set_device_state(s, admin, "d1", state="active")
+    synced(broker)
+    assert c1.publish("fw/default/d1/state/x") == 0
+    c1.close()
+    svc.close()
+
+
+def test_client_id_takeover_fails(ctx: AppContext, broker: BrokerRuntime, tmp_path: Path) -> None:
+    d1 = make_device(ctx, tmp_path, "d1")
+    d2 = make_device(ctx, tmp_path, "d2")
+    synced(broker)
+    c1 = dev(broker, d1, client_id="O=default,OU=test,CN=d1")
+    c2 = dev(broker, d2, client_id="O=default,OU=test,CN=d1")  # claims d1's session
+    time.sleep(0.5)
+    assert not c1.disconnected.is_set(), "d2 kicked d1 off"
+    assert c1.publish("fw/default/d1/telemetry/x") == 0
+    assert c2.publish("fw/default/d1/telemetry/x") == NOT_AUTHORIZED
+    c1.close()
+    c2.close()
+
+
+def test_untrusted_certificates_are_refused_at_the_handshake(
+    ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    # fleetward's own service certificate is not a device certificate.
+    f = broker.files
+    c = connect(broker.port, f.broker_ca, f.service_cert, f.service_key, expect_ok=False)
+    assert not c.connected.wait(1.0)
+    # A self-made certificate with a device's name.
+    d = tmp_path / "rogue"
+    d.mkdir()
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", str(d / "k.pem"), "-out", str(d / "c.pem"),
+            "-subj", "/CN=d1/OU=test/O=default", "-days", "1",
+        ],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    rogue = connect(broker.port, f.broker_ca, d / "c.pem", d / "k.pem", expect_ok=False)
+    assert not rogue.connected.wait(1.0)
+    wait_for(lambda: len(events(ctx, "authz.handshake-refused")) >= 2, timeout=5, what="events")
+
+
+def test_oversized_payload_is_denied_and_counted(
+    ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    d1 = make_device(ctx, tmp_path, "d1")
+    synced(broker)
+    c1 = dev(broker, d1)
+    assert c1.publish("fw/default/d1/telemetry/x", b"a" * MAX_PAYLOAD) == 0
+    assert c1.publish("fw/default/d1/telemetry/x", b"a" * (MAX_PAYLOAD + 1)) == NOT_AUTHORIZED
+    wait_for(lambda: events(ctx, "authz.payload-too-large") != [], timeout=5, what="event")
+    c1.close()
+
+
+def test_mosquitto_command_line_clients(
+    ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    d1 = make_device(ctx, tmp_path, "d1")
+    d2 = make_device(ctx, tmp_path, "d2")
+    synced(broker)
+    base = ["-h", "127.0.0.1", "-p", str(broker.port), "--cafile", str(broker.files.broker_ca)]
+    sub = subprocess.Popen(
+        ["mosquitto_sub", *base, "--cert", str(d2.cert), "--key", str(d2.key),
+         "-V", "mqttv5", "-t", "fw/default/d1/#", "-t", "fw/default/d2/ota/#", "-v", "-W", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(0.7)
+    pub = subprocess.run(
+        ["mosquitto_pub", *base, "--cert", str(d1.cert), "--key", str(d1.key),
+         "-V", "mqttv5", "-q", "1", "-t", "fw/default/d1/telemetry/t", "-m", "secret"],
+        capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert pub.returncode == 0, pub.stderr
+    forged = subprocess.run(
+        ["mosquitto_pub", *base, "--cert", str(d1.cert), "--key", str(d1.key),
+         "-V", "mqttv5", "-q", "1", "-t", "fw/default/d2/ota/x", "-m", "forged"],
+        capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert "not authorized" in (forged.stderr + forged.stdout).lower()
+    out, _ = sub.communicate(timeout=10)
+    assert "secret" not in out and "forged" not in out
+
+
+def test_explain_matches_the_broker(ctx: AppContext, tmp_path: Path) -> None:
+    make_device(ctx, tmp_path, "d1")
+    with ctx.db.read() as s:
+        decision, version, _ = comms.explain(
+            s, admin_of(ctx), "d1", action="publish", topic="fw/default/d1/telemetry/x"
+        )
+    assert decision.allowed and version.version == 0
+    assert decision.rule is not None and decision.rule.role == "device"
