@@ -37,7 +37,11 @@ def free_port() -> int:
 def broker(ctx: AppContext, tmp_path: Path) -> Iterator[BrokerRuntime]:
     """Mosquitto + plugin + sync loop on free loopback ports."""
     runtime = BrokerRuntime(
-        ctx, tmp_path / "broker", port=free_port(), service_port=free_port(), interval=0.05
+        ctx,
+        ctx.settings.home / "broker",
+        port=free_port(),
+        service_port=free_port(),
+        interval=0.05,
     )
     runtime.start()
     yield runtime
@@ -196,3 +200,9 @@ def connect(
     if expect_ok:
         wait_for(state.connected.is_set, what="CONNACK")
     return state
+
+
+def synced(broker: BrokerRuntime) -> None:
+    """Wait until the broker enforces the newest database state."""
+    broker.sync.refresh()
+    time.sleep(0.15)  # the plugin stats the table every 50 ms

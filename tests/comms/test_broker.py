@@ -22,7 +22,15 @@ from fleetward.identity import ca_service
 from fleetward.identity import service as identity
 from fleetward.telemetry.models import Event
 from fleetward.tenancy import service as tenancy
-from tests.comms.conftest import Client, DeviceCreds, admin_of, connect, make_device, wait_for
+from tests.comms.conftest import (
+    Client,
+    DeviceCreds,
+    admin_of,
+    connect,
+    make_device,
+    synced,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -38,12 +46,6 @@ def dev(broker: BrokerRuntime, creds: DeviceCreds, **kw: object) -> Client:
 def service_client(broker: BrokerRuntime) -> Client:
     f = broker.files
     return connect(broker.service_port, f.broker_ca, f.service_cert, f.service_key)
-
-
-def synced(broker: BrokerRuntime) -> None:
-    """Wait until the sync loop has written the newest state."""
-    broker.sync.refresh()
-    time.sleep(0.15)  # the plugin stats the table every 50 ms
 
 
 def events(ctx: AppContext, type_: str) -> list[dict[str, object]]:

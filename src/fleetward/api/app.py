@@ -29,6 +29,7 @@ from fleetward.api.context import AppContext
 from fleetward.audit import routes as audit_routes
 from fleetward.audit import service as audit
 from fleetward.audit.models import AuditCheckpoint, AuditHead
+from fleetward.comms import routes as comms_routes
 from fleetward.config import Settings
 from fleetward.identity import est, publication
 from fleetward.identity import routes as identity_routes
@@ -159,12 +160,15 @@ def create_app(
     )
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(running: FastAPI) -> AsyncIterator[None]:
         publisher.start()
         try:
             yield
         finally:
             publisher.stop()
+            sender = getattr(running.state, "command_sender", None)
+            if sender is not None:
+                sender.close()
 
     app = FastAPI(
         title="fleetward",
@@ -184,6 +188,8 @@ def create_app(
     app.include_router(audit_routes.router)
     app.include_router(provisioning_routes.router)
     app.include_router(est.router)
+    app.include_router(comms_routes.router)
+    app.include_router(comms_routes.public)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

@@ -8,8 +8,10 @@ from pathlib import Path
 import typer
 
 from fleetward import __version__
+from fleetward.api.context import AppContext
 from fleetward.audit.cli import audit_app
 from fleetward.cli.common import console, err, load_ctx, local_actor
+from fleetward.comms.cli import broker_app, policy_app
 from fleetward.config import DEFAULT_PORT, Settings, default_home
 from fleetward.errors import FleetwardError
 from fleetward.identity.cli import ca_app, cert_app, crl_app, device_app
@@ -30,6 +32,8 @@ app.add_typer(cert_app, name="cert")
 app.add_typer(crl_app, name="crl")
 app.add_typer(audit_app, name="audit")
 app.add_typer(factory_app, name="factory")
+app.add_typer(policy_app, name="policy")
+app.add_typer(broker_app, name="broker")
 
 
 @app.callback()
@@ -89,12 +93,67 @@ def serve(
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
 ) -> None:
     """Run the API (REST under /api/v1, EST, CRL, OCSP)."""
+    context = load_ctx(ctx)
+    context.db.migrate()
+    _serve(
+        context,
+        host=host,
+        port=port,
+        workers=workers,
+        crl_interval=crl_interval,
+        checkpoint_interval=checkpoint_interval,
+    )
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    port: int = typer.Option(DEFAULT_PORT, help="API port"),
+    mqtt_port: int = typer.Option(8883, help="device MQTT port (TLS, client certificates)"),
+    service_port: int = typer.Option(8884, help="fleetward's own MQTT port"),
+    crl_interval: float = typer.Option(10.0, help="CRL publication interval (seconds)"),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
+) -> None:
+    """Run fleetward with a Mosquitto it configures and keeps in step (all on
+    127.0.0.1): the API, the broker with the fleetward plugin, and the sync loop."""
+    from fleetward.comms.broker import BrokerRuntime
+
+    context = load_ctx(ctx)
+    context.db.migrate()
+    runtime = BrokerRuntime(
+        context, context.settings.home / "broker", port=mqtt_port, service_port=service_port
+    )
+    runtime.start()
+    console.print(
+        f"mosquitto on mqtts://127.0.0.1:{mqtt_port} (devices), "
+        f"127.0.0.1:{service_port} (fleetward); config {runtime.files.config}"
+    )
+    try:
+        _serve(
+            context,
+            host="127.0.0.1",
+            port=port,
+            workers=workers,
+            crl_interval=crl_interval,
+            checkpoint_interval=600.0,
+        )
+    finally:
+        runtime.stop()
+
+
+def _serve(
+    context: AppContext,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    crl_interval: float,
+    checkpoint_interval: float,
+) -> None:
     import uvicorn
 
     from fleetward.api.app import create_app
 
-    context = load_ctx(ctx)
-    context.db.migrate()
     console.print(f"fleetward {__version__} on http://{host}:{port} (home {context.settings.home})")
     if workers > 1:
         from fleetward.api.workers import serve_workers

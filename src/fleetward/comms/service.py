@@ -24,7 +24,7 @@ from fleetward.comms.compile import BrokerDevice, mqtt_username
 from fleetward.comms.models import CommsPolicy
 from fleetward.comms.policy import DEFAULT_POLICY, Action, Decision, Policy, Subject, decide
 from fleetward.comms.policy import parse_policy as _parse
-from fleetward.errors import NotFoundError
+from fleetward.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from fleetward.identity import service as identity
 from fleetward.identity.models import CertificateRecord, Device
 from fleetward.store.db import utcnow
@@ -34,6 +34,7 @@ from fleetward.tenancy.roles import Permission, Principal, require
 
 __all__ = [
     "PolicyVersion",
+    "authorize_command",
     "broker_snapshot",
     "explain",
     "get_policy",
@@ -46,6 +47,7 @@ __all__ = [
 
 # States in which a device may hold a broker connection at all.
 CONNECTABLE = ("active", "quarantined")
+_COMMAND_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
 _USERNAME = re.compile(r"^O=([a-z0-9-]+),OU=([a-z]+),CN=([A-Za-z0-9._-]+)$")
 
 
@@ -340,3 +342,42 @@ def denial_counts(session: Session, principal: Principal, device_id: str) -> dic
         .group_by(Event.type)
     )
     return {t: int(n) for t, n in rows}
+
+
+def authorize_command(
+    session: Session,
+    principal: Principal,
+    device_id: str,
+    name: str,
+    *,
+    now: dt.datetime | None = None,
+) -> str:
+    """Check that ``device_id`` may receive command ``name``, audit the
+    sending, and return the topic to publish it on.
+
+    Raises:
+        PermissionDeniedError: the operator may not command devices, or the
+            device's roles do not list the command.
+        NotFoundError: no such device in this tenant.
+        InvalidInputError: malformed command name.
+    """
+    require(principal, Permission.DEVICE_MANAGE)
+    if not _COMMAND_NAME.match(name):
+        raise InvalidInputError("command names are 1-48 characters of [a-z0-9._-]")
+    topic = f"fw/{principal.tenant_name}/{device_id}/cmd/{name}"
+    decision, version, _ = explain(session, principal, device_id, action="receive", topic=topic)
+    if not decision.allowed:
+        raise PermissionDeniedError(
+            f"device {device_id!r} may not receive command {name!r} under policy "
+            f"version {version.version}: {decision.reason}"
+        )
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="device.command",
+        subject=f"device:{device_id}",
+        tenant_id=principal.tenant_id,
+        details={"command": name, "policy_version": version.version},
+        now=now or utcnow(),
+    )
+    return topic

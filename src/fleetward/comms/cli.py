@@ -1,0 +1,142 @@
+"""``fleetward policy`` and ``fleetward broker``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fleetward.cli.common import admin_session, console, load_ctx, local_principal, print_json
+from fleetward.comms import service
+from fleetward.comms.broker import (
+    DEFAULT_MQTT_PORT,
+    DEFAULT_SERVICE_PORT,
+    BrokerFiles,
+    BrokerSync,
+    prepare,
+)
+from fleetward.comms.policy import Action, load_policy_text
+from fleetward.errors import InvalidInputError
+
+policy_app = typer.Typer(help="Device communication policy.", no_args_is_help=True)
+broker_app = typer.Typer(help="The MQTT broker (Mosquitto) configuration.", no_args_is_help=True)
+
+TENANT = typer.Option("default", help="tenant name")
+
+
+@policy_app.command("show")
+def show(
+    ctx: typer.Context,
+    tenant: str = TENANT,
+    version: int | None = typer.Option(None, help="a stored version (default: current)"),
+) -> None:
+    """Print the policy document (JSON) with its version and hash."""
+    app = load_ctx(ctx)
+    who = local_principal(app, tenant)
+    with app.db.read() as s:
+        v = service.get_policy(s, who, version)
+    print_json({"version": v.version, "sha256": v.sha256, "document": v.policy.document()})
+
+
+@policy_app.command("set")
+def set_(ctx: typer.Context, path: Path, tenant: str = TENANT) -> None:
+    """Validate PATH (YAML or JSON) and store it as the next version (audited)."""
+    policy = load_policy_text(path.read_bytes())
+    with admin_session(ctx, tenant, action="comms.policy.set", subject="policy") as (_, who, s):
+        v = service.set_policy(s, who, policy)
+    console.print(f"policy version {v.version} stored (sha256 {v.sha256[:16]})")
+
+
+@policy_app.command("history")
+def history(ctx: typer.Context, tenant: str = TENANT) -> None:
+    """List stored versions."""
+    app = load_ctx(ctx)
+    who = local_principal(app, tenant)
+    table = Table("version", "sha256", "by", "at", "roles")
+    with app.db.read() as s:
+        for v in service.list_versions(s, who):
+            roles = ", ".join(r.name for r in v.policy.roles)
+            table.add_row(str(v.version), v.sha256[:16], v.created_by, str(v.created_at), roles)
+    console.print(table)
+
+
+@policy_app.command("check")
+def check(
+    ctx: typer.Context,
+    device: str = typer.Option(..., help="device id"),
+    publish: str | None = typer.Option(None, help="a topic the device would publish to"),
+    subscribe: str | None = typer.Option(None, help="a filter the device would subscribe to"),
+    receive: str | None = typer.Option(None, help="a topic delivered to the device"),
+    tenant: str = TENANT,
+) -> None:
+    """Allow or deny, with the rule that decided; exit 1 on deny."""
+    asked: tuple[tuple[Action, str | None], ...] = (
+        ("publish", publish),
+        ("subscribe", subscribe),
+        ("receive", receive),
+    )
+    given = [(a, t) for a, t in asked if t is not None]
+    if len(given) != 1:
+        raise InvalidInputError("give exactly one of --publish, --subscribe or --receive")
+    action, topic = given[0]
+    app = load_ctx(ctx)
+    who = local_principal(app, tenant)
+    with app.db.read() as s:
+        decision, version, _ = service.explain(s, who, device, action=action, topic=topic)
+    verdict = "[green]allow[/green]" if decision.allowed else "[red]deny[/red]"
+    console.print(f"{verdict} {action} {topic} for {device} (policy version {version.version})")
+    console.print(f"  {decision.rule.describe() if decision.rule else decision.reason}")
+    if not decision.allowed:
+        raise typer.Exit(1)
+
+
+@broker_app.command("render")
+def render(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., help="directory for mosquitto.conf and its files"),
+    host: str = typer.Option("127.0.0.1", help="listener address"),
+    port: int = typer.Option(DEFAULT_MQTT_PORT, help="device listener port (TLS)"),
+    service_port: int = typer.Option(DEFAULT_SERVICE_PORT, help="fleetward's own listener"),
+) -> None:
+    """Write the Mosquitto configuration, certificates, plugin, ACL table,
+    CA and CRL bundles for an operator-run broker. Keep them fresh with
+    `fleetward broker sync`."""
+    app = load_ctx(ctx)
+    files = prepare(app, out.resolve(), host=host, port=port, service_port=service_port)
+    console.print(f"broker configuration written: {files.config}")
+    console.print(f"run: mosquitto -c {files.config}   and keep `fleetward broker sync` running")
+
+
+@broker_app.command("sync")
+def sync(
+    ctx: typer.Context,
+    directory: Path = typer.Option(..., "--dir", help="the directory `broker render` wrote"),
+    pid_file: Path | None = typer.Option(
+        None, help="Mosquitto's pid file, for SIGHUP on CRL change"
+    ),
+    interval: float = typer.Option(0.1, help="seconds between database polls"),
+) -> None:
+    """Keep the ACL table, CA and CRL bundles in step with the database and
+    ingest the plugin's authorization events, until interrupted."""
+    app = load_ctx(ctx)
+
+    def reload() -> None:
+        if pid_file is not None and pid_file.exists():
+            import os
+
+            os.kill(int(pid_file.read_text().strip()), signal.SIGHUP)
+
+    files = BrokerFiles(directory.resolve())
+    if not files.config.exists():
+        raise InvalidInputError(f"{directory} has no mosquitto.conf; run `fleetward broker render`")
+    loop = BrokerSync(app, files, reload=reload)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"syncing {files.root} every {interval} s (Ctrl-C stops)")
+    try:
+        loop.run(stop, interval=interval)
+    except KeyboardInterrupt:
+        stop.set()

@@ -1,0 +1,174 @@
+"""REST routes of the comms domain: policy versions, explain, events, commands."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+
+from fleetward.api.deps import Ctx, Operator
+from fleetward.comms import service
+from fleetward.comms.commands import MAX_COMMAND_BYTES, CommandSender, broker_info
+from fleetward.comms.policy import MAX_POLICY_BYTES, load_policy_text, parse_policy
+from fleetward.errors import InvalidInputError, PayloadTooLargeError
+
+router = APIRouter(prefix="/api/v1", tags=["comms"])
+public = APIRouter(tags=["comms"])
+
+
+class PolicyOut(BaseModel):
+    """One version of the tenant's communication policy."""
+
+    version: int
+    sha256: str
+    created_by: str | None
+    created_at: dt.datetime | None
+    document: dict[str, Any]
+
+    @classmethod
+    def of(cls, v: service.PolicyVersion) -> PolicyOut:
+        """From the service's value."""
+        return cls(
+            version=v.version,
+            sha256=v.sha256,
+            created_by=v.created_by,
+            created_at=v.created_at,
+            document=v.policy.document(),
+        )
+
+
+class PolicyIn(BaseModel):
+    """A new policy: a JSON ``document``, or ``text`` in YAML or JSON."""
+
+    document: dict[str, Any] | None = None
+    text: str | None = Field(default=None, max_length=MAX_POLICY_BYTES)
+
+
+class CheckIn(BaseModel):
+    """A question for explain."""
+
+    device: str = Field(max_length=64)
+    action: Literal["publish", "subscribe", "receive"]
+    topic: str = Field(max_length=1024)
+
+
+class CheckOut(BaseModel):
+    """Allow or deny, and what decided."""
+
+    decision: Literal["allow", "deny"]
+    rule: str | None
+    reason: str
+    policy_version: int
+    device_state: str
+
+
+class EventOut(BaseModel):
+    """One authorization event."""
+
+    id: int
+    device: str | None
+    type: str
+    at: dt.datetime
+    count: int
+    fields: dict[str, Any]
+
+
+class CommandIn(BaseModel):
+    """A command's arguments (JSON, sent as the MQTT payload)."""
+
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+@router.get("/comms/policy", response_model=PolicyOut)
+def get_policy(ctx: Ctx, who: Operator, version: int | None = None) -> PolicyOut:
+    """The current policy (version 0 is the built-in default), or one version."""
+    with ctx.db.read() as s:
+        return PolicyOut.of(service.get_policy(s, who, version))
+
+
+@router.get("/comms/policy/versions", response_model=list[PolicyOut])
+def list_versions(ctx: Ctx, who: Operator) -> list[PolicyOut]:
+    """Every stored version, newest first."""
+    with ctx.db.read() as s:
+        return [PolicyOut.of(v) for v in service.list_versions(s, who)]
+
+
+@router.put("/comms/policy", response_model=PolicyOut, status_code=201)
+def set_policy(body: PolicyIn, ctx: Ctx, who: Operator) -> PolicyOut:
+    """Store a new policy version; the broker enforces it within a second."""
+    with ctx.operator_work(who, action="comms.policy.set", subject="policy") as s:
+        if (body.document is None) == (body.text is None):
+            raise InvalidInputError("send exactly one of 'document' or 'text'")
+        if body.text is not None:
+            policy = load_policy_text(body.text)
+        else:
+            if len(json.dumps(body.document)) > MAX_POLICY_BYTES:
+                raise PayloadTooLargeError(f"a policy is limited to {MAX_POLICY_BYTES} bytes")
+            policy = parse_policy(body.document)
+        return PolicyOut.of(service.set_policy(s, who, policy))
+
+
+@router.post("/comms/policy/check", response_model=CheckOut)
+def check(body: CheckIn, ctx: Ctx, who: Operator) -> CheckOut:
+    """Explain: would the broker allow this device this action on this topic?"""
+    with ctx.db.read() as s:
+        decision, version, device = service.explain(
+            s, who, body.device, action=body.action, topic=body.topic
+        )
+        return CheckOut(
+            **decision.as_dict(), policy_version=version.version, device_state=device.state
+        )
+
+
+@router.get("/comms/events", response_model=list[EventOut])
+def list_events(
+    ctx: Ctx,
+    who: Operator,
+    device: str | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> list[EventOut]:
+    """The tenant's newest authorization events (denials, refused identities)."""
+    with ctx.db.read() as s:
+        return [
+            EventOut(
+                id=e.id,
+                device=d,
+                type=e.type,
+                at=e.at,
+                count=e.count,
+                fields=json.loads(e.fields),
+            )
+            for e, d in service.list_events(s, who, device_id=device, limit=limit)
+        ]
+
+
+@router.post("/devices/{device_id}/commands/{name}", status_code=202)
+def send_command(
+    device_id: str, name: str, body: CommandIn, request: Request, ctx: Ctx, who: Operator
+) -> dict[str, str]:
+    """Send a command the device's roles allow (QoS 1, through the broker)."""
+    payload = json.dumps(body.args).encode()
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise PayloadTooLargeError(f"command arguments are limited to {MAX_COMMAND_BYTES} bytes")
+    with ctx.operator_work(who, action="device.command", subject=f"device:{device_id}") as s:
+        topic = service.authorize_command(s, who, device_id, name)
+    sender = getattr(request.app.state, "command_sender", None)
+    if sender is None:
+        sender = request.app.state.command_sender = CommandSender(ctx.settings.home)
+    sender.send(topic, payload)
+    return {"status": "sent", "topic": topic}
+
+
+@public.get("/api/v1/comms/broker")
+def broker(ctx: Ctx) -> dict[str, Any]:
+    """Where devices connect, and the CA that signed the broker's certificate."""
+    info = broker_info(ctx.settings.home)
+    return {
+        "host": info["host"],
+        "port": info["port"],
+        "ca_pem": Path(info["ca"]).read_text(),
+    }
