@@ -470,6 +470,18 @@ def prepare(
     return files
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM the broker when fleetward dies, however it dies
+    (uvicorn re-raises SIGTERM after shutdown, skipping ``finally`` blocks)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() still terminates it on a clean exit
+
+
 class MosquittoProcess:
     """A Mosquitto child process on a prepared directory."""
 
@@ -508,6 +520,7 @@ class MosquittoProcess:
         prefix = [stdbuf, "-oL"] if stdbuf else []
         self.proc = subprocess.Popen(
             [*prefix, self.executable(), "-c", str(self.files.config)],
+            preexec_fn=_die_with_parent,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
