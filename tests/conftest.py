@@ -29,6 +29,7 @@ from fleetward.config import Settings
 from fleetward.installation import initialise
 from fleetward.store import Database
 from fleetward.tenancy import service as tenancy
+from tests.broker import broker  # noqa: F401 - registers the Mosquitto fixture
 from tests.hsm import softhsm  # noqa: F401 - registers the session-wide token fixture
 
 PG_URL = os.environ.get("FLEETWARD_TEST_PG_URL")

@@ -15,7 +15,7 @@ from fleetward.audit.models import AuditEntry
 from fleetward.cli.main import app as cli
 from fleetward.comms.broker import BrokerRuntime
 from fleetward.tenancy import service as tenancy
-from tests.comms.conftest import connect, make_device, synced, wait_for
+from tests.broker import connect, make_device, synced, wait_for
 
 POLICY = {
     "roles": {

@@ -22,7 +22,7 @@ from fleetward.identity import ca_service
 from fleetward.identity import service as identity
 from fleetward.telemetry.models import Event
 from fleetward.tenancy import service as tenancy
-from tests.comms.conftest import (
+from tests.broker import (
     Client,
     DeviceCreds,
     admin_of,

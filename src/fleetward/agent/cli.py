@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -72,6 +73,67 @@ def renew_cmd(
     with Server(server) as srv:
         done = renew(srv, store, directory / device_id, within=dt.timedelta(days=within_days))
     console.print("renewed" if done else "certificate is not due for renewal")
+
+
+@app.command("run")
+def run_cmd(
+    device_id: str = typer.Option(..., help="this device's id"),
+    server: str = typer.Option(..., envvar="FLEETWARD_SERVER", help="fleetward base URL"),
+    directory: Path = typer.Option(Path("fleetward-agent"), "--dir", help="state directory"),
+    keystore: str = KEYSTORE,
+    token_label: str | None = TOKEN_LABEL,
+    pin: str | None = PIN,
+    broker: str | None = typer.Option(
+        None, help="host:port of the broker (default: what the server announces)"
+    ),
+    broker_ca: Path | None = typer.Option(
+        None, help="CA of the broker's certificate (default: fetched from the server once)"
+    ),
+    interval: float = typer.Option(10.0, help="seconds between telemetry readings"),
+    renew_within_days: float = typer.Option(30.0, help="renew when expiry is this close"),
+) -> None:
+    """Connect to the broker with this device's certificate, publish telemetry,
+    answer allowed commands, reconnect with backoff, renew before expiry."""
+    import signal
+    import threading
+
+    import httpx
+
+    from fleetward.agent.mqtt import AgentConfig, DeviceAgent
+
+    device_dir = directory / device_id
+    ca_path = broker_ca or device_dir / "broker-ca.pem"
+    host, port = "", 0
+    if broker is None or not ca_path.exists():
+        info = httpx.get(f"{server.rstrip('/')}/api/v1/comms/broker", timeout=10).json()
+        host, port = info["host"], int(info["port"])
+        if not ca_path.exists():
+            ca_path.write_text(info["ca_pem"])
+    if broker is not None:
+        host, _, port_text = broker.rpartition(":")
+        port = int(port_text)
+    config = AgentConfig(
+        directory=device_dir,
+        keystore=keystore_for(keystore, directory, token_label, pin),
+        broker_host=host,
+        broker_port=port,
+        broker_ca=ca_path,
+        server_url=server,
+        telemetry_interval=interval,
+        renew_within=dt.timedelta(days=renew_within_days),
+    )
+    agent = DeviceAgent(config, reading=lambda: {"uptime": round(time.monotonic(), 1)})
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"{device_id}: connecting to {host}:{port} (Ctrl-C stops)")
+    try:
+        agent.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+    console.print(
+        f"{device_id}: {agent.stats.published} messages acknowledged, "
+        f"{agent.stats.connects} connections, {agent.stats.renewals} renewals"
+    )
 
 
 def main() -> None:

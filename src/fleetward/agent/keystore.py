@@ -83,6 +83,26 @@ class Keystore:
             unique_label=True,
         )
 
+    def key_file(self, uri: str) -> tuple[Path, bytes]:
+        """The encrypted key file of a software key and its passphrase (for TLS).
+
+        Raises:
+            InvalidInputError: not a software key of this keystore.
+        """
+        if self.kind != "software" or not uri.startswith("file:"):
+            raise InvalidInputError(f"{uri!r} is not a software key file")
+        return Path(uri[len("file:") :]), self._passphrase()
+
+    @property
+    def pin(self) -> str | None:
+        """The token PIN (PKCS#11 keystores)."""
+        return self._pin
+
+    @property
+    def module(self) -> str | None:
+        """The PKCS#11 module path, if not the default."""
+        return self._module
+
     def open(self, uri: str) -> Signer:
         """Reopen a key this keystore created."""
         if self.kind == "software":

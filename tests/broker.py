@@ -1,4 +1,4 @@
-"""Fixtures for broker tests: a real Mosquitto with the fleetward plugin,
+"""The ``broker`` fixture and helpers for broker tests: a real Mosquitto with the fleetward plugin,
 devices with real certificates, and MQTT clients (paho and the mosquitto
 command-line tools)."""
 
