@@ -139,6 +139,20 @@ def test_commands_through_the_broker(
     assert c.messages == [("fw/default/d1/cmd/ping", b'{"n": 1}')]
     refused = client.post("/api/v1/devices/d1/commands/wipe", headers=h, json={})
     assert refused.status_code == 403 and "wipe" in refused.json()["detail"]
+    # Defence in depth: even fleetward's own identity cannot get it delivered.
+    f = broker.files
+    svc = connect(broker.service_port, f.broker_ca, f.service_cert, f.service_key)
+    svc.publish("fw/default/d1/cmd/wipe", b"{}")
+    wait_for(
+        lambda: (
+            client.get("/api/v1/devices/d1/denials", headers=h).json().get("authz.denied", 0) >= 1
+        ),
+        what="the refused delivery to be counted",
+    )
+    events = client.get("/api/v1/comms/events?device=d1", headers=h).json()
+    assert events[0]["fields"]["topic"] == "fw/default/d1/cmd/wipe"
+    assert c.messages == [("fw/default/d1/cmd/ping", b'{"n": 1}')]
+    svc.close()
     info = client.get("/api/v1/comms/broker").json()
     assert info["port"] == broker.port and "BEGIN CERTIFICATE" in info["ca_pem"]
     c.close()

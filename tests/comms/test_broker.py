@@ -83,8 +83,9 @@ def test_devices_reach_only_their_own_topics(
     assert b"forged" not in [p for _, p in svc.messages]
     # The denials are counted per device and land as events.
     wait_for(lambda: len(events(ctx, "authz.denied")) >= 5, timeout=5, what="events")
+    admin = admin_of(ctx)
     with ctx.db.read() as s:
-        counts = comms.denial_counts(s, admin_of(ctx), "d2")
+        counts = comms.denial_counts(s, admin, "d2")
     assert counts["authz.denied"] >= 5
     for c in (c1, c2, svc):
         c.close()
@@ -306,3 +307,41 @@ def test_explain_matches_the_broker(ctx: AppContext, tmp_path: Path) -> None:
         )
     assert decision.allowed and version.version == 0
     assert decision.rule is not None and decision.rule.role == "device"
+
+
+def _mqtt_string(s: str) -> bytes:
+    raw = s.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def test_wildcards_in_a_publish_topic_are_refused(
+    ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    """paho and mosquitto_pub refuse to send such a PUBLISH, so speak MQTT 3.1.1
+    by hand: the broker must drop the client and deliver nothing."""
+    import socket
+    import ssl
+
+    d1 = make_device(ctx, tmp_path, "d1")
+    synced(broker)
+    svc = service_client(broker)
+    svc.subscribe("fw/default/#")
+    context = ssl.create_default_context(cafile=str(broker.files.broker_ca))
+    context.load_cert_chain(str(d1.cert), str(d1.key))
+    with (
+        socket.create_connection(("127.0.0.1", broker.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as sock,
+    ):
+        body = _mqtt_string("MQTT") + bytes([4, 0x02, 0, 60]) + _mqtt_string("x")
+        sock.sendall(bytes([0x10, len(body)]) + body)
+        assert sock.recv(4) == bytes([0x20, 2, 0, 0])  # CONNACK, accepted
+        body = _mqtt_string("fw/default/d1/telemetry/+") + b"wild"
+        try:
+            sock.sendall(bytes([0x30, len(body)]) + body)
+            closed = sock.recv(1) == b""
+        except (ConnectionError, ssl.SSLError):
+            closed = True
+        assert closed, "the broker kept a client that published to a wildcard topic"
+    time.sleep(0.3)
+    assert not any(p == b"wild" for _, p in svc.messages)
+    svc.close()

@@ -146,6 +146,13 @@ def list_events(
         ]
 
 
+@router.get("/devices/{device_id}/denials")
+def denials(device_id: str, ctx: Ctx, who: Operator) -> dict[str, int]:
+    """How many denials of each kind the broker counted for a device."""
+    with ctx.db.read() as s:
+        return service.denial_counts(s, who, device_id)
+
+
 @router.post("/devices/{device_id}/commands/{name}", status_code=202)
 def send_command(
     device_id: str, name: str, body: CommandIn, request: Request, ctx: Ctx, who: Operator

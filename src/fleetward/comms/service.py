@@ -330,11 +330,12 @@ def list_events(
     if device_id is not None:
         device = identity.get_device(session, principal, device_id)
         query = query.where(Event.device_pk == device.id)
-    return [(e, d) for e, d in session.execute(query).tuples()]
+    return [(e, d) for e, d in session.execute(query)]
 
 
 def denial_counts(session: Session, principal: Principal, device_id: str) -> dict[str, int]:
     """How many denials of each kind the broker counted for one device."""
+    require(principal, Permission.DEVICE_READ)
     device = identity.get_device(session, principal, device_id)
     rows = session.execute(
         select(Event.type, func.sum(Event.count))
