@@ -190,6 +190,48 @@ def test_superseded_certificate_is_muted_before_the_crl(
     wait_for(lambda: events(ctx, "authz.unknown-identity") != [], timeout=5, what="event")
 
 
+def test_rotated_out_certificate_is_refused_while_the_new_one_works(
+    ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    """After a renewal, revoking the old certificate cuts off the connection
+    that uses it, and the plugin refuses it on reconnection (serial check)
+    even while the CRL the TLS layer holds does not list it yet."""
+    from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+
+    from fleetward.identity import renewal
+    from tests.helpers import csr_pem
+
+    broker.sync.publish_crls = False  # keep the TLS layer's CRL stale on purpose
+    old = make_device(ctx, tmp_path, "d1")
+    synced(broker)
+    c_old = dev(broker, old)
+    key = load_pem_private_key(old.key.read_bytes(), None)
+    with ctx.db.session() as s:
+        issued = renewal.renew(
+            s,
+            ctx.pki,
+            current=old.cert.read_bytes(),
+            csr=csr_pem(key, "d1"),  # type: ignore[arg-type]
+        )
+    new_cert = tmp_path / "new.pem"
+    new_cert.write_bytes(issued.certificate.public_bytes(Encoding.PEM))
+    synced(broker)
+    assert c_old.publish("fw/default/d1/telemetry/x") == 0  # both certificates are good
+    admin = admin_of(ctx)
+    with ctx.db.session() as s:
+        identity.revoke_certificate(s, admin, old.serial, reason="superseded")
+    wait_for(c_old.disconnected.is_set, timeout=2, what="the old certificate's connection to drop")
+    c_old.client.loop_stop()
+    again = dev(broker, old)  # the stale CRL lets the handshake through ...
+    assert again.publish("fw/default/d1/telemetry/x") == NOT_AUTHORIZED  # ... the plugin does not
+    wait_for(again.disconnected.is_set, timeout=2, what="kick")
+    again.client.loop_stop()
+    c_new = connect(broker.port, broker.files.broker_ca, new_cert, old.key)
+    assert c_new.publish("fw/default/d1/telemetry/x") == 0
+    wait_for(lambda: events(ctx, "authz.stale-certificate") != [], timeout=5, what="event")
+    c_new.close()
+
+
 def test_quarantine_keeps_only_quarantine_topics_live(
     ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
 ) -> None:

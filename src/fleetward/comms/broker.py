@@ -76,6 +76,7 @@ MAX_PAYLOAD = 64 * 1024
 # Mosquitto's own hard limit on any packet: past it the client is dropped.
 MAX_PACKET = 256 * 1024
 SERVICE_CN = "fleetward-broker-service"
+CRL_CHECK_SECONDS = 30.0
 # use_subject_as_username renders the subject per RFC 2253.
 SERVICE_USERNAME = f"CN={SERVICE_CN}"
 _HANDSHAKE = re.compile(r"OpenSSL Error\[\d+\]: (?P<reason>.*)$")
@@ -415,13 +416,21 @@ class BrokerSync:
 
     def run(self, stop: threading.Event, *, interval: float = 0.1) -> None:
         """Refresh every ``interval`` seconds and ingest events every second."""
-        last_ingest = 0.0
+        last_ingest = last_crl_check = 0.0
         while not stop.is_set():
             try:
                 self.refresh()
-                if time.monotonic() - last_ingest >= 1.0:
-                    last_ingest = time.monotonic()
+                now = time.monotonic()
+                if now - last_ingest >= 1.0:
+                    last_ingest = now
                     self.ingest_events()
+                if self.publish_crls and now - last_crl_check >= CRL_CHECK_SECONDS:
+                    # Mosquitto refuses every client once a CRL passes its
+                    # nextUpdate: republish in time even when nothing changes
+                    # and no API process runs.
+                    last_crl_check = now
+                    if publication.crls_due(self.ctx.db, self.ctx.pki):
+                        publication.publish_crls(self.ctx.db, self.ctx.pki)
             except Exception:  # the loop must outlive one bad round
                 log.exception("broker sync round failed")
             stop.wait(interval)
