@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetward.agent._p11tls import release_token_keys
 from fleetward.agent.client import Server, enroll_devices, load_identity
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.mqtt import AgentConfig, DeviceAgent, backoff
@@ -194,6 +195,7 @@ def test_agent_connects_with_a_key_that_stays_on_the_token(
     finally:
         stop.set()
         thread.join(timeout=10)
+        release_token_keys()  # the session-wide test token must end up logged out
     assert agent.stats.connects == 1 and agent.stats.connect_failures == 0
     wait_for(lambda: len(svc.messages) >= 3, what="delivery")
     svc.close()

@@ -26,10 +26,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fleetward.errors import InvalidInputError
+from fleetward.keys import Signer, open_signer
 from fleetward.keys._p11session import DEFAULT_MODULE, MODULE_ENV
 from fleetward.keys._p11uri import parse_pkcs11_uri
 
-__all__ = ["use_token_key"]
+__all__ = ["release_token_keys", "use_token_key"]
 
 _ENGINE_GLOBS = (
     "/usr/lib/*/engines-3/pkcs11.so",
@@ -38,6 +39,11 @@ _ENGINE_GLOBS = (
 )
 _lock = threading.Lock()
 _engines: dict[str, int] = {}
+# fleetward.keys owns the token login (it refuses to share a login someone
+# else made, and logs out when its last signer closes). Holding one signer
+# per key for the life of the process makes the engine's login a no-op on an
+# already logged-in token, and keeps the login alive under the TLS key.
+_held: dict[str, Signer] = {}
 
 
 class _Libs:
@@ -126,6 +132,8 @@ def use_token_key(
         if _libs is None:
             _libs = _Libs()
         libs = _libs
+        if key_uri not in _held:
+            _held[key_uri] = open_signer(key_uri, pin=pin, module=module)
         engine = _engine(libs, module or os.environ.get(MODULE_ENV, DEFAULT_MODULE))
         if libs.crypto.ENGINE_ctrl_cmd_string(engine, b"PIN", pin.encode(), 0) != 1:
             raise InvalidInputError(f"pkcs11 engine refused the PIN: {libs.error()}")
@@ -144,3 +152,14 @@ def use_token_key(
                 raise InvalidInputError("the token key does not match the device certificate")
         finally:
             libs.crypto.EVP_PKEY_free(pkey)  # the SSL_CTX holds its own reference
+
+
+def release_token_keys() -> None:
+    """Close the signers held for TLS keys (the token logs out when the last
+    fleetward signer closes). Contexts made earlier stop working."""
+    with _lock:
+        for signer in _held.values():
+            close = getattr(signer, "close", None)
+            if close is not None:
+                close()
+        _held.clear()
