@@ -33,6 +33,8 @@ from fleetward.comms import routes as comms_routes
 from fleetward.config import Settings
 from fleetward.identity import est, publication
 from fleetward.identity import routes as identity_routes
+from fleetward.ota import routes as ota_routes
+from fleetward.ota import service as ota
 from fleetward.provisioning import routes as provisioning_routes
 from fleetward.store import lease, utcnow
 from fleetward.tenancy import routes as tenancy_routes
@@ -40,6 +42,7 @@ from fleetward.tenancy import routes as tenancy_routes
 __all__ = ["Publisher", "create_app"]
 
 log = logging.getLogger("fleetward.publisher")
+TUF_REFRESH_SECONDS = 60.0
 
 
 def _checkpoint_if_grown(ctx: AppContext) -> None:
@@ -101,6 +104,7 @@ class Publisher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleetward-publisher", daemon=True)
         self._last_checkpoint = time.monotonic()
+        self._last_tuf = 0.0
         self._pool: ProcessPoolExecutor | None = None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -121,6 +125,12 @@ class Publisher:
         ttl = dt.timedelta(seconds=max(3 * self.crl_interval, 60))
         if not lease.acquire(self.ctx.db, name="publisher", holder=self.holder, ttl=ttl, now=now):
             return 0
+        if time.monotonic() - self._last_tuf >= TUF_REFRESH_SECONDS:
+            # Timestamp and snapshot are re-signed at half-life, or devices
+            # would see them expire and (rightly) refuse every update.
+            self._last_tuf = time.monotonic()
+            with self.ctx.db.session() as s:
+                ota.refresh_online_roles(s, self.ctx.pki.keyring, now=now)
         checkpoint = time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
         if not checkpoint and not publication.crls_due(self.ctx.db, self.ctx.pki, now=now):
             return 0
@@ -190,6 +200,8 @@ def create_app(
     app.include_router(est.router)
     app.include_router(comms_routes.router)
     app.include_router(comms_routes.public)
+    app.include_router(ota_routes.router)
+    app.include_router(ota_routes.public)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

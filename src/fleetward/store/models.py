@@ -3,6 +3,7 @@
 from fleetward.audit import models as _audit  # noqa: F401
 from fleetward.comms import models as _comms  # noqa: F401
 from fleetward.identity import models as _identity  # noqa: F401
+from fleetward.ota import models as _ota  # noqa: F401
 from fleetward.provisioning import models as _provisioning  # noqa: F401
 from fleetward.store import lease as _lease  # noqa: F401
 from fleetward.store.db import Base

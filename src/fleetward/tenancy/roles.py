@@ -31,6 +31,8 @@ class Permission(enum.StrEnum):
     CERT_REVOKE = "certificate.revoke"
     AUDIT_READ = "audit.read"
     POLICY_MANAGE = "policy.manage"
+    RELEASE_MANAGE = "release.manage"
+    RELEASE_APPROVE = "release.approve"
 
 
 _READ = {Permission.CA_READ, Permission.DEVICE_READ}
@@ -44,9 +46,10 @@ ROLES: dict[str, frozenset[Permission]] = {
             Permission.CERT_REVOKE,
             Permission.AUDIT_READ,
             Permission.POLICY_MANAGE,
+            Permission.RELEASE_APPROVE,
         }
     ),
-    "release-manager": frozenset(_READ),
+    "release-manager": frozenset(_READ | {Permission.RELEASE_MANAGE, Permission.RELEASE_APPROVE}),
     "factory-operator": frozenset(_READ | {Permission.DEVICE_ENROLL}),
     "auditor": frozenset(_READ | {Permission.AUDIT_READ}),
 }

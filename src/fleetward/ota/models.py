@@ -1,0 +1,79 @@
+"""Tables of the ota domain."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fleetward.store.db import Base
+from fleetward.store.types import UTCDateTime
+
+__all__ = ["Release", "TufKey", "TufMetadata", "TufRole"]
+
+
+class TufRole(Base):
+    """A role of a tenant's TUF repository and its signature threshold."""
+
+    __tablename__ = "tuf_roles"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(80))  # root|targets|snapshot|timestamp|product-<p>
+    threshold: Mapped[int] = mapped_column(Integer)
+
+
+class TufKey(Base):
+    """A key of a role (the private half behind ``key_uri``: file or PKCS#11)."""
+
+    __tablename__ = "tuf_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    role: Mapped[str] = mapped_column(String(80))
+    keyid: Mapped[str] = mapped_column(String(64))
+    key_uri: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class TufMetadata(Base):
+    """One signed version of one role's metadata, exactly as served."""
+
+    __tablename__ = "tuf_metadata"
+    __table_args__ = (UniqueConstraint("tenant_id", "role", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    role: Mapped[str] = mapped_column(String(80))
+    version: Mapped[int] = mapped_column(Integer)
+    expires: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class Release(Base):
+    """A firmware release of a product: artifact, SBOM, reference measurements."""
+
+    __tablename__ = "releases"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "product", "version"),
+        Index("ix_releases_tenant_product", "tenant_id", "product"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    product: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    length: Mapped[int] = mapped_column(Integer)
+    hardware: Mapped[str] = mapped_column(Text)  # JSON list of compatible hardware ids
+    sbom: Mapped[str | None] = mapped_column(Text, nullable=True)  # CycloneDX JSON
+    measurements: Mapped[str] = mapped_column(Text, default="{}")  # JSON stage -> sha256
+    state: Mapped[str] = mapped_column(String(16))  # pending | deployable | withdrawn
+    approvals: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of actors
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

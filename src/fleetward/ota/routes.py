@@ -1,0 +1,168 @@
+"""REST routes of the ota domain, and the TUF repository as a stock client reads it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field
+
+from fleetward.api.deps import Ctx, Operator
+from fleetward.errors import InvalidInputError
+from fleetward.ota import release as checks
+from fleetward.ota import service
+from fleetward.ota.models import Release
+
+router = APIRouter(prefix="/api/v1", tags=["ota"])
+public = APIRouter(tags=["tuf"])
+
+
+def blobs(ctx: Any) -> service.BlobStore:
+    """The installation's artifact store."""
+    return service.BlobStore(ctx.settings.home / "blobs")
+
+
+class ReleaseOut(BaseModel):
+    """A release and its review gate."""
+
+    id: int
+    product: str
+    version: str
+    filename: str
+    sha256: str
+    length: int
+    hardware: list[str]
+    state: str
+    approvals: list[str]
+    gate: list[str] = Field(description="what still blocks deployment (empty: passed)")
+    target: str
+    created_by: str
+    created_at: dt.datetime
+
+
+def release_out(ctx: Any, r: Release) -> ReleaseOut:
+    """Shape a release (the gate needs a session)."""
+    with ctx.db.read() as s:
+        findings = list(service.gate(s, r).findings) if r.state == "pending" else []
+    return ReleaseOut(
+        id=r.id,
+        product=r.product,
+        version=r.version,
+        filename=r.filename,
+        sha256=r.sha256,
+        length=r.length,
+        hardware=json.loads(r.hardware),
+        state=r.state,
+        approvals=json.loads(r.approvals),
+        gate=findings,
+        target=f"{r.product}/{r.version}/{r.filename}",
+        created_by=r.created_by,
+        created_at=r.created_at,
+    )
+
+
+class ProductIn(BaseModel):
+    """A product's release role."""
+
+    threshold: int = Field(default=1, ge=1, le=5)
+
+
+class WithdrawIn(BaseModel):
+    """Why a release is withdrawn."""
+
+    reason: str = Field(default="", max_length=500)
+
+
+@router.post("/ota/products/{product}", status_code=201)
+def create_product(product: str, body: ProductIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
+    """Delegate a product to its own TUF role with ``threshold`` release signers."""
+    with ctx.operator_work(who, action="ota.product.create", subject=f"product:{product}") as s:
+        created = service.ensure_product(s, ctx.pki.keyring, who, product, threshold=body.threshold)
+    return {"product": product, "threshold": body.threshold, "created": created}
+
+
+@router.post("/releases", response_model=ReleaseOut, status_code=201)
+def create_release(
+    ctx: Ctx,
+    who: Operator,
+    product: Annotated[str, Form(max_length=64)],
+    version: Annotated[str, Form(max_length=32)],
+    hardware: Annotated[str, Form(max_length=4096, description="comma-separated ids")],
+    artifact: Annotated[UploadFile, File()],
+    measurements: Annotated[str, Form(max_length=4096, description="JSON: stage -> sha256")] = "{}",
+    sbom: Annotated[UploadFile | None, File()] = None,
+) -> ReleaseOut:
+    """Upload an artifact with its SBOM and reference measurements (state ``pending``)."""
+    try:
+        parsed = json.loads(measurements)
+    except ValueError as exc:
+        raise InvalidInputError(f"measurements are not JSON: {exc}") from exc
+    sbom_bytes = sbom.file.read(checks.MAX_SBOM_BYTES + 1) if sbom is not None else None
+    with ctx.operator_work(who, action="ota.release.create", subject=f"product:{product}") as s:
+        r = service.create_release(
+            s,
+            ctx.pki.keyring,
+            blobs(ctx),
+            who,
+            product=product,
+            version=version,
+            filename=artifact.filename or "firmware.bin",
+            artifact=artifact.file,
+            hardware=[h.strip() for h in hardware.split(",") if h.strip()],
+            sbom=sbom_bytes,
+            measurements=parsed,
+        )
+    return release_out(ctx, r)
+
+
+@router.get("/releases", response_model=list[ReleaseOut])
+def list_releases(ctx: Ctx, who: Operator, product: str | None = None) -> list[ReleaseOut]:
+    """The tenant's releases, newest first."""
+    with ctx.db.read() as s:
+        rows = service.list_releases(s, who, product=product)
+    return [release_out(ctx, r) for r in rows]
+
+
+@router.get("/releases/{release_id}", response_model=ReleaseOut)
+def get_release(release_id: int, ctx: Ctx, who: Operator) -> ReleaseOut:
+    """One release with its review gate."""
+    with ctx.db.read() as s:
+        r = service.get_release(s, who, release_id)
+    return release_out(ctx, r)
+
+
+@router.post("/releases/{release_id}/approve", response_model=ReleaseOut)
+def approve(release_id: int, ctx: Ctx, who: Operator) -> ReleaseOut:
+    """One release signer's approval; at the threshold the release is signed."""
+    with ctx.operator_work(who, action="ota.release.approve", subject=f"release:{release_id}") as s:
+        r = service.approve_release(s, ctx.pki.keyring, who, release_id)
+    return release_out(ctx, r)
+
+
+@router.post("/releases/{release_id}/withdraw", response_model=ReleaseOut)
+def withdraw(release_id: int, body: WithdrawIn, ctx: Ctx, who: Operator) -> ReleaseOut:
+    """Remove a release from the product's targets."""
+    with ctx.operator_work(
+        who, action="ota.release.withdraw", subject=f"release:{release_id}"
+    ) as s:
+        r = service.withdraw_release(s, ctx.pki.keyring, who, release_id, reason=body.reason)
+    return release_out(ctx, r)
+
+
+@public.get("/tuf/{tenant}/metadata/{filename}")
+def metadata(tenant: str, filename: str, ctx: Ctx) -> Response:
+    """TUF metadata (``timestamp.json``, ``<version>.<role>.json``)."""
+    with ctx.db.read() as s:
+        body = service.metadata_bytes(s, tenant, filename)
+    return Response(content=body, media_type="application/json")
+
+
+@public.get("/tuf/{tenant}/targets/{path:path}")
+def target(tenant: str, path: str, ctx: Ctx) -> FileResponse:
+    """A target file by its consistent-snapshot path (``<dir>/<sha256>.<name>``)."""
+    with ctx.db.read() as s:
+        r = service.release_for_target(s, tenant, path)
+    return FileResponse(blobs(ctx).path(r.sha256), media_type="application/octet-stream")

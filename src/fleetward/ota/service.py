@@ -1,0 +1,634 @@
+"""The ota domain's service: each tenant's TUF repository and its releases.
+
+Every signed metadata version is stored as served (``tuf_metadata``); the
+HTTP routes only read. Writes follow TUF's order inside one transaction:
+the changed targets role(s), then a new snapshot, then a new timestamp.
+Artifacts live in a content-addressed :class:`BlobStore`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from fleetward.audit import service as audit
+from fleetward.errors import ConflictError, InvalidInputError, NotFoundError, PayloadTooLargeError
+from fleetward.keys import Signer
+from fleetward.keys.ring import KeyRing
+from fleetward.ota import release as checks
+from fleetward.ota import tuf_repo
+from fleetward.ota.models import Release, TufKey, TufMetadata, TufRole
+from fleetward.store.db import utcnow
+from fleetward.tenancy.models import Tenant
+from fleetward.tenancy.roles import Permission, Principal, require
+
+__all__ = [
+    "BlobStore",
+    "approve_release",
+    "create_release",
+    "ensure_product",
+    "ensure_repository",
+    "get_release",
+    "list_releases",
+    "metadata_bytes",
+    "refresh_online_roles",
+    "release_for_target",
+    "trusted_root",
+    "withdraw_release",
+]
+
+_META_NAME = re.compile(r"^(?:(\d{1,9})\.)?([a-z0-9-]{1,80})\.json$")
+_PRODUCT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class BlobStore:
+    """Content-addressed files: ``<root>/sha256/<2 hex>/<64 hex>``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, sha256: str) -> Path:
+        """Where a blob is (it may not exist)."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise InvalidInputError("a blob is named by its SHA-256")
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def put(self, stream: IO[bytes], *, limit: int) -> tuple[str, int]:
+        """Store a stream (hashing it as it goes); returns (sha256, length).
+
+        Raises:
+            PayloadTooLargeError: more than ``limit`` bytes.
+        """
+        (self.root / "sha256").mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        length = 0
+        fd, tmp = tempfile.mkstemp(dir=self.root / "sha256", prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := stream.read(1 << 20):
+                    length += len(chunk)
+                    if length > limit:
+                        raise PayloadTooLargeError(f"artifacts are limited to {limit} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            sha = digest.hexdigest()
+            target = self.path(sha)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+            return sha, length
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+# -- repository --------------------------------------------------------------
+
+
+def _keys(session: Session, tenant_id: int, role: str) -> list[TufKey]:
+    return list(
+        session.execute(
+            select(TufKey)
+            .where(TufKey.tenant_id == tenant_id, TufKey.role == role)
+            .order_by(TufKey.id)
+        ).scalars()
+    )
+
+
+def _signers(session: Session, keyring: KeyRing, tenant_id: int, role: str) -> list[Signer]:
+    return [keyring.open(k.key_uri) for k in _keys(session, tenant_id, role)]
+
+
+def _threshold(session: Session, tenant_id: int, role: str) -> int:
+    row = session.execute(
+        select(TufRole.threshold).where(TufRole.tenant_id == tenant_id, TufRole.name == role)
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFoundError(f"no TUF role {role!r}")
+    return int(row)
+
+
+def _new_keys(
+    session: Session, keyring: KeyRing, tenant: Tenant, role: str, count: int, now: dt.datetime
+) -> list[Signer]:
+    signers = []
+    stamp = now.strftime("%Y%m%dT%H%M%S%f")
+    for i in range(count):
+        signer = keyring.generate(f"tuf-{tenant.name}-{role}-{stamp}-{i}")
+        session.add(
+            TufKey(
+                tenant_id=tenant.id,
+                role=role,
+                keyid=tuf_repo.public_key(signer).keyid,
+                key_uri=signer.uri,
+                created_at=now,
+            )
+        )
+        signers.append(signer)
+    return signers
+
+
+def _latest(session: Session, tenant_id: int, role: str) -> TufMetadata | None:
+    return session.execute(
+        select(TufMetadata)
+        .where(TufMetadata.tenant_id == tenant_id, TufMetadata.role == role)
+        .order_by(TufMetadata.version.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def _store(session: Session, tenant_id: int, role: str, md: Any, now: dt.datetime) -> int:
+    session.add(
+        TufMetadata(
+            tenant_id=tenant_id,
+            role=role,
+            version=md.signed.version,
+            expires=md.signed.expires,
+            body=md.to_bytes(),
+            created_at=now,
+        )
+    )
+    return int(md.signed.version)
+
+
+def _next_version(session: Session, tenant_id: int, role: str) -> int:
+    latest = _latest(session, tenant_id, role)
+    return (latest.version if latest else 0) + 1
+
+
+def _targets_roles(session: Session, tenant_id: int) -> dict[str, int]:
+    rows = session.execute(
+        select(TufMetadata.role, func.max(TufMetadata.version))
+        .where(
+            TufMetadata.tenant_id == tenant_id,
+            TufMetadata.role.not_in(("root", "snapshot", "timestamp")),
+        )
+        .group_by(TufMetadata.role)
+    )
+    return {role: int(v) for role, v in rows}
+
+
+def _publish_snapshot_and_timestamp(
+    session: Session, keyring: KeyRing, tenant_id: int, now: dt.datetime
+) -> None:
+    session.flush()
+    [snapshot_key] = _signers(session, keyring, tenant_id, "snapshot")
+    [timestamp_key] = _signers(session, keyring, tenant_id, "timestamp")
+    snap = tuf_repo.build_snapshot(
+        version=_next_version(session, tenant_id, "snapshot"),
+        roles=_targets_roles(session, tenant_id),
+        signer=snapshot_key,
+        now=now,
+    )
+    _store(session, tenant_id, "snapshot", snap, now)
+    ts = tuf_repo.build_timestamp(
+        version=_next_version(session, tenant_id, "timestamp"),
+        snapshot_version=snap.signed.version,
+        signer=timestamp_key,
+        now=now,
+    )
+    _store(session, tenant_id, "timestamp", ts, now)
+
+
+def _products(session: Session, tenant_id: int) -> list[str]:
+    names = session.execute(
+        select(TufRole.name).where(
+            TufRole.tenant_id == tenant_id, TufRole.name.startswith("product-")
+        )
+    ).scalars()
+    return sorted(n[len("product-") :] for n in names)
+
+
+def _publish_targets(session: Session, keyring: KeyRing, tenant_id: int, now: dt.datetime) -> None:
+    products = {
+        p: tuf_repo.RoleKeys(
+            _signers(session, keyring, tenant_id, tuf_repo.product_role(p)),
+            _threshold(session, tenant_id, tuf_repo.product_role(p)),
+        )
+        for p in _products(session, tenant_id)
+    }
+    md = tuf_repo.build_targets(
+        version=_next_version(session, tenant_id, "targets"),
+        products=products,
+        signers=_signers(session, keyring, tenant_id, "targets"),
+        now=now,
+    )
+    _store(session, tenant_id, "targets", md, now)
+
+
+def ensure_repository(
+    session: Session,
+    keyring: KeyRing,
+    tenant: Tenant,
+    *,
+    root_threshold: int = 2,
+    root_keys: int = 3,
+    now: dt.datetime | None = None,
+) -> bool:
+    """Create the tenant's repository (keys, root, targets, snapshot,
+    timestamp) unless it exists; returns whether it was created."""
+    if _latest(session, tenant.id, "root") is not None:
+        return False
+    if not 1 <= root_threshold <= root_keys:
+        raise InvalidInputError("root threshold must be between 1 and the number of root keys")
+    now = now or utcnow()
+    root = _new_keys(session, keyring, tenant, "root", root_keys, now)
+    targets = _new_keys(session, keyring, tenant, "targets", 1, now)
+    [snapshot] = _new_keys(session, keyring, tenant, "snapshot", 1, now)
+    [timestamp] = _new_keys(session, keyring, tenant, "timestamp", 1, now)
+    for name, threshold in (
+        ("root", root_threshold),
+        ("targets", 1),
+        ("snapshot", 1),
+        ("timestamp", 1),
+    ):
+        session.add(TufRole(tenant_id=tenant.id, name=name, threshold=threshold))
+    md = tuf_repo.build_root(
+        version=1,
+        root=tuf_repo.RoleKeys(root, root_threshold),
+        targets=tuf_repo.RoleKeys(targets, 1),
+        snapshot=snapshot,
+        timestamp=timestamp,
+        now=now,
+    )
+    _store(session, tenant.id, "root", md, now)
+    _publish_targets(session, keyring, tenant.id, now)
+    _publish_snapshot_and_timestamp(session, keyring, tenant.id, now)
+    audit.append(
+        session,
+        actor="system",
+        action="ota.repository.create",
+        subject=f"tenant:{tenant.name}",
+        tenant_id=tenant.id,
+        details={"root_threshold": root_threshold, "root_keys": root_keys},
+        now=now,
+    )
+    return True
+
+
+def _tenant(session: Session, principal: Principal) -> Tenant:
+    tenant = session.get(Tenant, principal.tenant_id)
+    assert tenant is not None
+    return tenant
+
+
+def ensure_product(
+    session: Session,
+    keyring: KeyRing,
+    principal: Principal,
+    product: str,
+    *,
+    threshold: int = 1,
+    now: dt.datetime | None = None,
+) -> bool:
+    """Delegate ``product`` to its own role with ``threshold`` release signers."""
+    require(principal, Permission.RELEASE_MANAGE)
+    if not _PRODUCT.match(product or ""):
+        raise InvalidInputError("product names are 1-64 characters of [A-Za-z0-9._-]")
+    if not 1 <= threshold <= 5:
+        raise InvalidInputError("a product's release threshold is between 1 and 5")
+    now = now or utcnow()
+    tenant = _tenant(session, principal)
+    ensure_repository(session, keyring, tenant, now=now)
+    role = tuf_repo.product_role(product)
+    exists = session.execute(
+        select(TufRole).where(TufRole.tenant_id == tenant.id, TufRole.name == role)
+    ).scalar_one_or_none()
+    if exists is not None:
+        return False
+    signers = _new_keys(session, keyring, tenant, role, threshold, now)
+    session.add(TufRole(tenant_id=tenant.id, name=role, threshold=threshold))
+    session.flush()
+    _publish_targets(session, keyring, tenant.id, now)
+    md = tuf_repo.build_product(version=1, releases=[], signers=signers, now=now)
+    _store(session, tenant.id, role, md, now)
+    _publish_snapshot_and_timestamp(session, keyring, tenant.id, now)
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="ota.product.create",
+        subject=f"product:{product}",
+        tenant_id=tenant.id,
+        details={"threshold": threshold},
+        now=now,
+    )
+    return True
+
+
+def _release_target(r: Release) -> tuf_repo.ReleaseTarget:
+    return tuf_repo.ReleaseTarget(
+        path=f"{r.product}/{r.version}/{r.filename}",
+        length=r.length,
+        sha256=r.sha256,
+        custom={
+            "release_id": r.id,
+            "product": r.product,
+            "version": r.version,
+            "hardware": json.loads(r.hardware),
+        },
+    )
+
+
+def _publish_product(
+    session: Session, keyring: KeyRing, tenant_id: int, product: str, now: dt.datetime
+) -> None:
+    session.flush()
+    role = tuf_repo.product_role(product)
+    deployable = session.execute(
+        select(Release)
+        .where(
+            Release.tenant_id == tenant_id,
+            Release.product == product,
+            Release.state == "deployable",
+        )
+        .order_by(Release.id)
+    ).scalars()
+    md = tuf_repo.build_product(
+        version=_next_version(session, tenant_id, role),
+        releases=[_release_target(r) for r in deployable],
+        signers=_signers(session, keyring, tenant_id, role),
+        now=now,
+    )
+    _store(session, tenant_id, role, md, now)
+    _publish_snapshot_and_timestamp(session, keyring, tenant_id, now)
+
+
+# -- releases ----------------------------------------------------------------
+
+
+def create_release(
+    session: Session,
+    keyring: KeyRing,
+    blobs: BlobStore,
+    principal: Principal,
+    *,
+    product: str,
+    version: str,
+    filename: str,
+    artifact: IO[bytes],
+    hardware: list[str],
+    sbom: bytes | None,
+    measurements: dict[str, Any],
+    now: dt.datetime | None = None,
+) -> Release:
+    """Register a release (state ``pending`` until its review gate passes).
+
+    The SBOM and measurements may be missing or wrong here: the gate lists
+    what is missing, and the release cannot become deployable until a new
+    upload fixes it. Version order, hardware and the file name are checked
+    at once.
+
+    Raises:
+        InvalidInputError / PayloadTooLargeError: malformed fields or artifact.
+        ConflictError: the version is not higher than the product's newest.
+        NotFoundError: the product has no role yet (``ensure_product``).
+    """
+    require(principal, Permission.RELEASE_MANAGE)
+    now = now or utcnow()
+    _threshold(session, principal.tenant_id, tuf_repo.product_role(product))
+    existing = session.execute(
+        select(Release.version).where(
+            Release.tenant_id == principal.tenant_id, Release.product == product
+        )
+    ).scalars()
+    checks.check_new_version(version, existing)
+    checks.check_filename(filename)
+    hw = checks.check_hardware(hardware)
+    if sbom is not None and len(sbom) > checks.MAX_SBOM_BYTES:
+        raise PayloadTooLargeError(f"an SBOM is limited to {checks.MAX_SBOM_BYTES} bytes")
+    sha, length = blobs.put(artifact, limit=checks.MAX_ARTIFACT_BYTES)
+    row = Release(
+        tenant_id=principal.tenant_id,
+        product=product,
+        version=version,
+        filename=filename,
+        sha256=sha,
+        length=length,
+        hardware=json.dumps(hw),
+        sbom=sbom.decode("utf-8", errors="replace") if sbom is not None else None,
+        measurements=json.dumps(measurements),
+        state="pending",
+        approvals="[]",
+        created_by=principal.actor,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="ota.release.create",
+        subject=f"release:{row.id}",
+        tenant_id=principal.tenant_id,
+        details={"product": product, "version": version, "sha256": sha, "length": length},
+        now=now,
+    )
+    return row
+
+
+def gate(session: Session, r: Release) -> checks.GateResult:
+    """The release's review gate as it stands."""
+    return checks.review_gate(
+        approvals=len(json.loads(r.approvals)),
+        threshold=_threshold(session, r.tenant_id, tuf_repo.product_role(r.product)),
+        sbom=r.sbom.encode() if r.sbom is not None else None,
+        measurements=json.loads(r.measurements),
+    )
+
+
+def get_release(session: Session, principal: Principal, release_id: int) -> Release:
+    """One release of the tenant."""
+    r = session.get(Release, release_id)
+    if r is None or r.tenant_id != principal.tenant_id:
+        raise NotFoundError(f"release {release_id} not found")
+    return r
+
+
+def list_releases(
+    session: Session, principal: Principal, *, product: str | None = None
+) -> list[Release]:
+    """The tenant's releases, newest first."""
+    query = select(Release).where(Release.tenant_id == principal.tenant_id)
+    if product is not None:
+        query = query.where(Release.product == product)
+    return list(session.execute(query.order_by(Release.id.desc())).scalars())
+
+
+def approve_release(
+    session: Session,
+    keyring: KeyRing,
+    principal: Principal,
+    release_id: int,
+    *,
+    now: dt.datetime | None = None,
+) -> Release:
+    """One release signer's approval; at the threshold, with the rest of the
+    gate passed, the release is signed into the product role and deployable.
+
+    Raises:
+        ConflictError: already approved by this actor, withdrawn, or deployable.
+    """
+    require(principal, Permission.RELEASE_APPROVE)
+    now = now or utcnow()
+    r = get_release(session, principal, release_id)
+    if r.state != "pending":
+        raise ConflictError(f"release {release_id} is {r.state}")
+    approvals: list[str] = json.loads(r.approvals)
+    if principal.actor in approvals:
+        raise ConflictError(f"{principal.actor} already approved release {release_id}")
+    approvals.append(principal.actor)
+    r.approvals = json.dumps(approvals)
+    r.updated_at = now
+    result = gate(session, r)
+    if result.passed:
+        r.state = "deployable"
+        _publish_product(session, keyring, r.tenant_id, r.product, now)
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="ota.release.approve",
+        subject=f"release:{r.id}",
+        tenant_id=r.tenant_id,
+        details={"approvals": len(approvals), "state": r.state, "gate": list(result.findings)},
+        now=now,
+    )
+    return r
+
+
+def withdraw_release(
+    session: Session,
+    keyring: KeyRing,
+    principal: Principal,
+    release_id: int,
+    *,
+    reason: str = "",
+    now: dt.datetime | None = None,
+) -> Release:
+    """Remove a release from its product's targets (devices can no longer get it)."""
+    require(principal, Permission.RELEASE_MANAGE)
+    now = now or utcnow()
+    r = get_release(session, principal, release_id)
+    if r.state == "withdrawn":
+        return r
+    was_deployable = r.state == "deployable"
+    r.state = "withdrawn"
+    r.updated_at = now
+    if was_deployable:
+        _publish_product(session, keyring, r.tenant_id, r.product, now)
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="ota.release.withdraw",
+        subject=f"release:{r.id}",
+        tenant_id=r.tenant_id,
+        details={"reason": reason},
+        now=now,
+    )
+    return r
+
+
+# -- serving and upkeep ---------------------------------------------------------
+
+
+def _tenant_id(session: Session, tenant_name: str) -> int:
+    tid = session.execute(select(Tenant.id).where(Tenant.name == tenant_name)).scalar_one_or_none()
+    if tid is None:
+        raise NotFoundError("no such repository")
+    return int(tid)
+
+
+def metadata_bytes(session: Session, tenant_name: str, filename: str) -> bytes:
+    """A metadata file as a TUF client asks for it (``timestamp.json`` or
+    ``<version>.<role>.json``).
+
+    Raises:
+        NotFoundError: no such file.
+    """
+    m = _META_NAME.match(filename)
+    if not m:
+        raise NotFoundError("no such metadata")
+    tenant_id = _tenant_id(session, tenant_name)
+    version, role = m.group(1), m.group(2)
+    if version is None:
+        if role != "timestamp":
+            raise NotFoundError("only timestamp.json is served without a version")
+        row = _latest(session, tenant_id, "timestamp")
+    else:
+        row = session.execute(
+            select(TufMetadata).where(
+                TufMetadata.tenant_id == tenant_id,
+                TufMetadata.role == role,
+                TufMetadata.version == int(version),
+            )
+        ).scalar_one_or_none()
+    if row is None:
+        raise NotFoundError("no such metadata")
+    return row.body
+
+
+def trusted_root(session: Session, tenant_name: str) -> bytes:
+    """The newest root (what a device is provisioned with, or bootstraps from)."""
+    row = _latest(session, _tenant_id(session, tenant_name), "root")
+    if row is None:
+        raise NotFoundError("no such repository")
+    return row.body
+
+
+def release_for_target(session: Session, tenant_name: str, path: str) -> Release:
+    """The release behind a consistent-snapshot target URL path
+    ``<product>/<version>/<sha256>.<filename>`` (any state: TUF decides
+    whether the client trusts it).
+
+    Raises:
+        NotFoundError: no release of this tenant has that content there.
+    """
+    parts = path.split("/")
+    if len(parts) != 3 or "." not in parts[2]:
+        raise NotFoundError("no such target")
+    product, version, hashed = parts
+    sha, _, filename = hashed.partition(".")
+    row = session.execute(
+        select(Release).where(
+            Release.tenant_id == _tenant_id(session, tenant_name),
+            Release.product == product,
+            Release.version == version,
+            Release.sha256 == sha,
+            Release.filename == filename,
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFoundError("no such target")
+    return row
+
+
+def refresh_online_roles(
+    session: Session, keyring: KeyRing, *, now: dt.datetime | None = None
+) -> list[str]:
+    """Re-sign snapshot and timestamp of every repository past half their
+    validity (the publisher calls this); returns the tenants refreshed."""
+    now = now or utcnow()
+    refreshed = []
+    tenants = [(int(t), str(n)) for t, n in session.execute(select(Tenant.id, Tenant.name))]
+    for tenant_id, name in tenants:
+        ts = _latest(session, tenant_id, "timestamp")
+        snap = _latest(session, tenant_id, "snapshot")
+        if ts is None or snap is None:
+            continue
+        if (
+            ts.expires - now < tuf_repo.EXPIRY["timestamp"] / 2
+            or snap.expires - now < tuf_repo.EXPIRY["snapshot"] / 2
+        ):
+            _publish_snapshot_and_timestamp(session, keyring, tenant_id, now)
+            refreshed.append(name)
+    return refreshed

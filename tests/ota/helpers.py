@@ -1,0 +1,80 @@
+"""Helpers for OTA tests: operators, releases, and a stock TUF client."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tuf.ngclient import Updater
+
+from fleetward.api.context import AppContext
+from fleetward.tenancy import service as tenancy
+
+SBOM = json.dumps(
+    {
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "components": [{"name": "openssl", "version": "3.0.19"}, {"name": "busybox"}],
+    }
+).encode()
+
+
+def measurements(image: bytes) -> dict[str, str]:
+    """Reference measurements whose application stage is ``image``'s hash."""
+    return {
+        "bootloader": hashlib.sha256(b"bootloader-v1").hexdigest(),
+        "kernel": hashlib.sha256(b"kernel-v1").hexdigest(),
+        "application": hashlib.sha256(image).hexdigest(),
+    }
+
+
+def operator(ctx: AppContext, role: str, name: str) -> str:
+    with ctx.db.session() as s:
+        tenant = tenancy.get_tenant_by_name(s, "default")
+        _, token = tenancy.create_token(s, tenant=tenant, name=name, role=role, actor="test")
+    return token
+
+
+def call(live: str, token: str, method: str, path: str, **kw: Any) -> httpx.Response:
+    return httpx.request(
+        method, live + path, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kw
+    )
+
+
+def upload(
+    live: str,
+    token: str,
+    *,
+    product: str,
+    version: str,
+    image: bytes,
+    hardware: str = "board-a",
+    sbom: bytes | None = SBOM,
+    filename: str = "fw.bin",
+    meas: dict[str, str] | None = None,
+) -> httpx.Response:
+    files: dict[str, Any] = {"artifact": (filename, image, "application/octet-stream")}
+    if sbom is not None:
+        files["sbom"] = ("sbom.json", sbom, "application/json")
+    data = {
+        "product": product,
+        "version": version,
+        "hardware": hardware,
+        "measurements": json.dumps(meas if meas is not None else measurements(image)),
+    }
+    return call(live, token, "POST", "/api/v1/releases", data=data, files=files)
+
+
+def updater(live: str, directory: Path, root: bytes) -> Updater:
+    """A stock python-tuf client with its own metadata directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return Updater(
+        metadata_dir=str(directory),
+        metadata_base_url=f"{live}/tuf/default/metadata/",
+        target_dir=str(directory),
+        target_base_url=f"{live}/tuf/default/targets/",
+        bootstrap=root,
+    )

@@ -1,0 +1,233 @@
+"""The TUF repository and releases against the stock python-tuf client.
+
+Each attack the issue names is played against ``tuf.ngclient.Updater``
+talking HTTP to a live fleetward: the client must refuse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata
+
+from fleetward.api.context import AppContext
+from fleetward.ota import service as ota
+from fleetward.ota.models import Release, TufMetadata
+from fleetward.store.db import utcnow
+from tests.ota.helpers import call, operator, updater, upload
+
+IMAGE = b"\x7fELF firmware 1.0.0" * 100
+
+
+@pytest.fixture
+def repo(live: str, ctx: AppContext, admin_token: str) -> dict[str, str]:
+    """Product ``thermo`` with a 2-of-2 release role and two release managers."""
+    resp = call(live, admin_token, "POST", "/api/v1/ota/products/thermo", json={"threshold": 2})
+    assert resp.status_code == 201, resp.text
+    return {
+        "rm1": operator(ctx, "release-manager", "rm1"),
+        "rm2": operator(ctx, "release-manager", "rm2"),
+        "auditor": operator(ctx, "auditor", "aud"),
+    }
+
+
+def root_of(ctx: AppContext) -> bytes:
+    with ctx.db.read() as s:
+        return ota.trusted_root(s, "default")
+
+
+def release(live: str, ops: dict[str, str], version: str, image: bytes = IMAGE) -> int:
+    resp = upload(live, ops["rm1"], product="thermo", version=version, image=image)
+    assert resp.status_code == 201, resp.text
+    rid = int(resp.json()["id"])
+    for who in ("rm1", "rm2"):
+        resp = call(live, ops[who], "POST", f"/api/v1/releases/{rid}/approve")
+        assert resp.status_code == 200, resp.text
+    assert resp.json()["state"] == "deployable"
+    return rid
+
+
+def test_root_threshold_and_delegation(live: str, ctx: AppContext, repo: dict[str, str]) -> None:
+    root = Metadata.from_bytes(root_of(ctx))
+    assert root.signed.roles["root"].threshold == 2
+    assert len(root.signed.roles["root"].keyids) == 3
+    assert root.signed.consistent_snapshot is True
+    resp = call(live, repo["rm1"], "GET", "/api/v1/releases")
+    assert resp.status_code == 200
+
+
+def test_release_gate_then_stock_client_verifies_and_downloads(
+    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+) -> None:
+    resp = upload(live, repo["rm1"], product="thermo", version="1.0.0", image=IMAGE)
+    assert resp.status_code == 201, resp.text
+    out = resp.json()
+    assert out["state"] == "pending"
+    assert out["gate"] == ["signed by 0 of the 2 release signers needed"]
+    rid = out["id"]
+    client = updater(live, tmp_path / "c1", root_of(ctx))
+    client.refresh()
+    assert client.get_targetinfo("thermo/1.0.0/fw.bin") is None  # not signed yet
+    assert call(live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/approve").json()["state"] == (
+        "pending"
+    )
+    again = call(live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/approve")
+    assert again.status_code == 409  # one signer, one approval
+    assert call(live, repo["auditor"], "POST", f"/api/v1/releases/{rid}/approve").status_code == 403
+    done = call(live, repo["rm2"], "POST", f"/api/v1/releases/{rid}/approve").json()
+    assert done["state"] == "deployable" and done["gate"] == []
+    client = updater(live, tmp_path / "c2", root_of(ctx))
+    client.refresh()
+    info = client.get_targetinfo("thermo/1.0.0/fw.bin")
+    assert info is not None
+    assert info.custom["version"] == "1.0.0" and info.custom["hardware"] == ["board-a"]
+    assert Path(client.download_target(info)).read_bytes() == IMAGE
+
+
+def test_versions_strictly_increase(live: str, repo: dict[str, str]) -> None:
+    assert (
+        upload(live, repo["rm1"], product="thermo", version="1.2.0", image=b"a").status_code == 201
+    )
+    for v in ("1.2.0", "1.1.9", "0.9.0"):
+        resp = upload(live, repo["rm1"], product="thermo", version=v, image=b"b")
+        assert resp.status_code == 409, resp.text
+        assert "strictly increase" in resp.text
+    assert upload(live, repo["rm1"], product="thermo", version="1.2", image=b"c").status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("sbom", "meas", "finding"),
+    [
+        (None, None, "no SBOM"),
+        (b"{not json", None, "SBOM: SBOM is not JSON"),
+        (b'{"bomFormat": "SPDX"}', None, "SBOM: SBOM must be CycloneDX"),
+        (b"", {"bootloader": "00" * 32}, "measurements: unknown"),
+    ],
+)
+def test_release_without_sbom_or_measurements_never_deploys(
+    live: str,
+    repo: dict[str, str],
+    sbom: bytes | None,
+    meas: dict[str, str] | None,
+    finding: str,
+) -> None:
+    if meas is not None:
+        meas = {"bootloader": "00" * 32, "bogus": "11" * 32}
+        sbom = None
+    resp = upload(
+        live, repo["rm1"], product="thermo", version="2.0.0", image=b"x", sbom=sbom, meas=meas
+    )
+    assert resp.status_code == 201, resp.text
+    rid = resp.json()["id"]
+    call(live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/approve")
+    out = call(live, repo["rm2"], "POST", f"/api/v1/releases/{rid}/approve").json()
+    assert out["state"] == "pending"
+    assert any(f.startswith(finding) for f in out["gate"]), out["gate"]
+
+
+def test_tampered_artifact_is_refused(
+    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+) -> None:
+    release(live, repo, "1.0.0")
+    with ctx.db.read() as s:
+        sha = s.execute(select(Release.sha256)).scalar_one()
+    blob = ota.BlobStore(ctx.settings.home / "blobs").path(sha)
+    blob.write_bytes(IMAGE.replace(b"1.0.0", b"6.6.6"))  # same length, other bytes
+    client = updater(live, tmp_path / "c", root_of(ctx))
+    client.refresh()
+    info = client.get_targetinfo("thermo/1.0.0/fw.bin")
+    assert info is not None
+    with pytest.raises(tuf_errors.LengthOrHashMismatchError):
+        client.download_target(info)
+    assert not any(p.name.endswith("fw.bin") for p in (tmp_path / "c").iterdir())
+
+
+def test_artifact_not_in_targets_is_not_offered(
+    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+) -> None:
+    release(live, repo, "1.0.0")
+    client = updater(live, tmp_path / "c", root_of(ctx))
+    client.refresh()
+    assert client.get_targetinfo("thermo/1.0.1/fw.bin") is None
+    assert client.get_targetinfo("other/1.0.0/fw.bin") is None
+
+
+def _rewrite_latest(ctx: AppContext, role: str, edit: object) -> None:
+    with ctx.db.session() as s:
+        row = s.execute(
+            select(TufMetadata)
+            .where(TufMetadata.role == role)
+            .order_by(TufMetadata.version.desc())
+            .limit(1)
+        ).scalar_one()
+        data = json.loads(row.body)
+        edit(data)  # type: ignore[operator]
+        row.body = json.dumps(data).encode()
+
+
+def test_metadata_signed_below_threshold_is_refused(
+    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+) -> None:
+    release(live, repo, "1.0.0")
+    _rewrite_latest(ctx, "product-thermo", lambda d: d["signatures"].pop())  # 1 of 2 left
+    client = updater(live, tmp_path / "c", root_of(ctx))
+    client.refresh()
+    with pytest.raises(tuf_errors.UnsignedMetadataError):
+        client.get_targetinfo("thermo/1.0.0/fw.bin")
+
+
+def test_expired_timestamp_is_refused(
+    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+) -> None:
+    """Freeze attack: a repository (or a mirror) that stops updating."""
+    release(live, repo, "1.0.0")
+    with ctx.db.session() as s:
+        ota._publish_snapshot_and_timestamp(s, ctx.pki.keyring, 1, utcnow() - dt.timedelta(days=3))
+    client = updater(live, tmp_path / "c", root_of(ctx))
+    with pytest.raises(tuf_errors.ExpiredMetadataError):
+        client.refresh()
+
+
+def test_older_metadata_is_refused(
+    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+) -> None:
+    """Rollback attack: after seeing timestamp N, the client is served N-1."""
+    release(live, repo, "1.0.0")
+    client = updater(live, tmp_path / "c", root_of(ctx))
+    client.refresh()
+    with ctx.db.session() as s:
+        newest = s.execute(
+            select(TufMetadata)
+            .where(TufMetadata.role == "timestamp")
+            .order_by(TufMetadata.version.desc())
+            .limit(1)
+        ).scalar_one()
+        s.delete(newest)
+    client = updater(live, tmp_path / "c", root_of(ctx))  # same directory: it remembers
+    with pytest.raises(tuf_errors.BadVersionNumberError):
+        client.refresh()
+
+
+def test_withdrawn_release_leaves_targets(
+    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+) -> None:
+    rid = release(live, repo, "1.0.0")
+    resp = call(
+        live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/withdraw", json={"reason": "bad"}
+    )
+    assert resp.json()["state"] == "withdrawn"
+    client = updater(live, tmp_path / "c", root_of(ctx))
+    client.refresh()
+    assert client.get_targetinfo("thermo/1.0.0/fw.bin") is None
+
+
+def test_online_roles_are_refreshed_before_expiry(ctx: AppContext, repo: dict[str, str]) -> None:
+    with ctx.db.session() as s:
+        assert ota.refresh_online_roles(s, ctx.pki.keyring) == []
+        later = utcnow() + dt.timedelta(hours=13)  # past half of the timestamp's day
+        assert ota.refresh_online_roles(s, ctx.pki.keyring, now=later) == ["default"]
