@@ -1,0 +1,123 @@
+"""The device side of OTA: TUF-verified install into the inactive slot, boot
+counter, health check, commit or fall back, and anti-rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tuf.api import exceptions as tuf_errors
+
+from fleetward.agent.ota import Slots, UpdateRefusedError, install
+from fleetward.api.context import AppContext
+from fleetward.ota import service as ota
+from tests.ota.helpers import call, operator, updater, upload
+from tests.ota.test_repository import IMAGE, release, root_of
+
+
+@pytest.fixture
+def repo(live: str, ctx: AppContext, admin_token: str) -> dict[str, str]:
+    call(live, admin_token, "POST", "/api/v1/ota/products/thermo", json={"threshold": 2})
+    return {
+        "rm1": operator(ctx, "release-manager", "a"),
+        "rm2": operator(ctx, "release-manager", "b"),
+    }
+
+
+def healthy(image: Path) -> bool:
+    return b"BROKEN" not in image.read_bytes()
+
+
+def test_install_commits_after_a_healthy_boot(
+    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+) -> None:
+    release(live, repo, "1.1.0")
+    slots = Slots(tmp_path / "dev", initial_version="1.0.0")
+    client = updater(live, tmp_path / "tuf", root_of(ctx))
+    assert install(client, slots, target_path="thermo/1.1.0/fw.bin", hardware="board-a") == "1.1.0"
+    assert slots.installed_version == "1.0.0"  # still running the old slot
+    assert slots.pending == {"slot": "b", "version": "1.1.0", "boots_left": 3}
+    outcome = slots.boot(healthy)
+    assert (outcome.outcome, outcome.slot, outcome.version) == ("committed", "b", "1.1.0")
+    assert slots.installed_version == "1.1.0" and slots.active == "b"
+    assert slots.image("b").read_bytes() == IMAGE
+
+
+def test_unhealthy_image_falls_back_after_n_boots(
+    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+) -> None:
+    release(live, repo, "1.1.0", image=b"BROKEN firmware")
+    slots = Slots(tmp_path / "dev", initial_version="1.0.0")
+    install(
+        updater(live, tmp_path / "tuf", root_of(ctx)),
+        slots,
+        target_path="thermo/1.1.0/fw.bin",
+        hardware="board-a",
+    )
+    outcomes = [slots.boot(healthy).outcome for _ in range(3)]
+    assert outcomes == ["retry", "retry", "fell-back"]
+    assert slots.installed_version == "1.0.0" and slots.active == "a"
+    assert slots.boot(healthy).outcome == "normal"
+    # A crashing health check counts as a failed boot, never as success.
+    release(live, repo, "1.2.0", image=b"fine")
+    install(
+        updater(live, tmp_path / "tuf2", root_of(ctx)),
+        slots,
+        target_path="thermo/1.2.0/fw.bin",
+        hardware="board-a",
+        attempts=1,
+    )
+
+    def crash(_: Path) -> bool:
+        raise RuntimeError("watchdog")
+
+    assert slots.boot(crash).outcome == "fell-back"
+
+
+def test_device_refuses_other_hardware_older_versions_and_unsigned_targets(
+    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+) -> None:
+    release(live, repo, "1.1.0")
+    slots = Slots(tmp_path / "dev", initial_version="1.1.0")
+
+    def client() -> object:  # a device makes a fresh TUF client per update check
+        return updater(live, tmp_path / "tuf", root_of(ctx))
+
+    with pytest.raises(UpdateRefusedError, match="anti-rollback"):
+        install(client(), slots, target_path="thermo/1.1.0/fw.bin", hardware="board-a")
+    other = Slots(tmp_path / "dev2", initial_version="1.0.0")
+    with pytest.raises(UpdateRefusedError, match="hardware"):
+        install(client(), other, target_path="thermo/1.1.0/fw.bin", hardware="board-z")
+    with pytest.raises(UpdateRefusedError, match="not in the signed targets"):
+        install(client(), other, target_path="thermo/9.0.0/fw.bin", hardware="board-a")
+    # A pending (unsigned) release is not installable either.
+    resp = upload(live, repo["rm1"], product="thermo", version="1.2.0", image=b"new")
+    assert resp.json()["state"] == "pending"
+    with pytest.raises(UpdateRefusedError, match="not in the signed targets"):
+        install(client(), other, target_path="thermo/1.2.0/fw.bin", hardware="board-a")
+    assert other.pending is None and slots.pending is None  # nothing was staged
+
+
+def test_tampered_artifact_never_reaches_a_slot(
+    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+) -> None:
+    release(live, repo, "1.1.0")
+    with ctx.db.read() as s:
+        [r] = ota.list_releases(s, admin_principal(ctx))
+    ota.BlobStore(ctx.settings.home / "blobs").path(r.sha256).write_bytes(b"X" * len(IMAGE))
+    slots = Slots(tmp_path / "dev", initial_version="1.0.0")
+    with pytest.raises(tuf_errors.LengthOrHashMismatchError):
+        install(
+            updater(live, tmp_path / "tuf", root_of(ctx)),
+            slots,
+            target_path="thermo/1.1.0/fw.bin",
+            hardware="board-a",
+        )
+    assert slots.pending is None
+    assert not slots.image("b").exists()
+
+
+def admin_principal(ctx: AppContext):  # type: ignore[no-untyped-def]
+    from tests.broker import admin_of
+
+    return admin_of(ctx)
