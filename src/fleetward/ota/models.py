@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetward.store.db import Base
 from fleetward.store.types import UTCDateTime
 
-__all__ = ["Release", "TufKey", "TufMetadata", "TufRole"]
+__all__ = ["Campaign", "CampaignDevice", "Release", "TufKey", "TufMetadata", "TufRole"]
 
 
 class TufRole(Base):
@@ -77,3 +87,48 @@ class Release(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class Campaign(Base):
+    """Rolling one release out to a cohort, wave by wave, behind health gates."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
+    labels: Mapped[str] = mapped_column(Text, default="{}")  # cohort selector (JSON)
+    waves: Mapped[str] = mapped_column(Text)  # JSON cumulative percentages
+    gate: Mapped[str] = mapped_column(Text)  # JSON GatePolicy
+    seed: Mapped[str] = mapped_column(String(64))
+    # awaiting-approval | running | halted | completed | aborted
+    state: Mapped[str] = mapped_column(String(24))
+    current_wave: Mapped[int] = mapped_column(Integer, default=-1)
+    wave_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    accepted_wave: Mapped[int] = mapped_column(Integer, default=-1)  # operator resumed past it
+    emergency: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    approvals: Mapped[str] = mapped_column(Text, default="[]")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    devices: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class CampaignDevice(Base):
+    """One device of a campaign: its wave and how its update went."""
+
+    __tablename__ = "campaign_devices"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "device_pk"),
+        Index("ix_campaign_devices_wave", "campaign_id", "wave", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    wave: Mapped[int] = mapped_column(Integer)
+    # planned | offered | succeeded | failed | aborted
+    status: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,0 +1,436 @@
+"""Campaigns: one signed release to a cohort, in waves, behind health gates.
+
+State lives in the database, and :func:`step` is idempotent: it looks at the
+campaign and its devices and does the next thing (start a wave and return
+the offers to send, pass a gate, halt), so a restarted server resumes where
+it stopped. Devices report through :func:`report` (the MQTT ingest calls it
+for ``fw/<tenant>/<device>/state/ota``). A device installs only what it was
+offered, so a release that fails its first wave never reaches the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from fleetward.audit import service as audit
+from fleetward.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
+from fleetward.identity.models import Device
+from fleetward.keys.ring import KeyRing
+from fleetward.ota import rollout
+from fleetward.ota import service as releases
+from fleetward.ota.models import Campaign, CampaignDevice, Release
+from fleetward.store.db import utcnow
+from fleetward.tenancy.models import Tenant
+from fleetward.tenancy.roles import Permission, Principal, require
+
+__all__ = [
+    "Offer",
+    "abort",
+    "approve",
+    "create_campaign",
+    "get_campaign",
+    "pending_offers",
+    "report",
+    "resume",
+    "step",
+    "wave_counts",
+]
+
+EMERGENCY_APPROVALS = 2  # distinct security operators
+_INSERT_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A message for one device: install (or, on abort, fall back)."""
+
+    tenant: str
+    device_id: str
+    kind: str  # offer | fallback
+    payload: dict[str, Any]
+
+    @property
+    def topic(self) -> str:
+        """Where the device listens."""
+        return f"fw/{self.tenant}/{self.device_id}/ota/{self.kind}"
+
+
+def _labels_match(device_labels: str, wanted: dict[str, str]) -> bool:
+    if not wanted:
+        return True
+    labels = json.loads(device_labels or "{}")
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def create_campaign(
+    session: Session,
+    principal: Principal,
+    *,
+    release_id: int,
+    labels: dict[str, str] | None = None,
+    waves: list[float] | None = None,
+    exponential: int | None = None,
+    gate: rollout.GatePolicy | None = None,
+    emergency: bool = False,
+    now: dt.datetime | None = None,
+) -> Campaign:
+    """Plan a campaign over the release's product (plus label filters).
+
+    Devices that are not active, or whose ``hardware`` label is not one the
+    release supports, are left out. An emergency campaign is one wave of 100%
+    and waits for :data:`EMERGENCY_APPROVALS` security approvals.
+
+    Raises:
+        ConflictError: the release is not deployable.
+        InvalidInputError: bad waves or gate, or the cohort is empty.
+    """
+    require(principal, Permission.RELEASE_MANAGE)
+    now = now or utcnow()
+    r = releases.get_release(session, principal, release_id)
+    if r.state != "deployable":
+        raise ConflictError(f"release {release_id} is {r.state}: only a signed release is deployed")
+    wanted = dict(labels or {})
+    plan = (100.0,) if emergency else rollout.waves_from(waves, exponential=exponential)
+    policy = gate or rollout.GatePolicy()
+    hardware = set(json.loads(r.hardware))
+    rows = session.execute(
+        select(Device.id, Device.device_id, Device.labels).where(
+            Device.tenant_id == principal.tenant_id,
+            Device.product == r.product,
+            Device.state == "active",
+        )
+    ).all()
+    cohort = []
+    for pk, device_id, device_labels in rows:
+        if not _labels_match(device_labels, wanted):
+            continue
+        hw = json.loads(device_labels or "{}").get("hardware")
+        if hw is not None and hw not in hardware:
+            continue
+        cohort.append((pk, device_id))
+    if not cohort:
+        raise InvalidInputError("the cohort is empty: no active device matches")
+    seed = secrets.token_hex(16)
+    assigned = rollout.plan_waves(seed, [d for _, d in cohort], plan)
+    campaign = Campaign(
+        tenant_id=principal.tenant_id,
+        release_id=r.id,
+        labels=json.dumps(wanted, sort_keys=True),
+        waves=json.dumps(list(plan)),
+        gate=json.dumps(dataclasses.asdict(policy)),
+        seed=seed,
+        state="awaiting-approval" if emergency else "running",
+        current_wave=-1,
+        accepted_wave=-1,
+        emergency=emergency,
+        approvals="[]",
+        reason="",
+        devices=len(cohort),
+        created_by=principal.actor,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(campaign)
+    session.flush()
+    for start in range(0, len(cohort), _INSERT_CHUNK):
+        session.execute(
+            insert(CampaignDevice),
+            [
+                {"campaign_id": campaign.id, "device_pk": pk, "wave": wave, "status": "planned"}
+                for (pk, _), wave in zip(
+                    cohort[start : start + _INSERT_CHUNK],
+                    assigned[start : start + _INSERT_CHUNK],
+                    strict=True,
+                )
+            ],
+        )
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="ota.campaign.create",
+        subject=f"campaign:{campaign.id}",
+        tenant_id=principal.tenant_id,
+        details={
+            "release": r.id,
+            "version": r.version,
+            "devices": len(cohort),
+            "waves": list(plan),
+            "emergency": emergency,
+        },
+        now=now,
+    )
+    return campaign
+
+
+def get_campaign(session: Session, principal: Principal, campaign_id: int) -> Campaign:
+    """One campaign of the tenant."""
+    c = session.get(Campaign, campaign_id)
+    if c is None or c.tenant_id != principal.tenant_id:
+        raise NotFoundError(f"campaign {campaign_id} not found")
+    return c
+
+
+def approve(
+    session: Session, principal: Principal, campaign_id: int, *, now: dt.datetime | None = None
+) -> Campaign:
+    """A security operator's approval of an emergency campaign."""
+    if principal.role != "security":
+        raise PermissionDeniedError("emergency campaigns are approved by security operators")
+    now = now or utcnow()
+    c = get_campaign(session, principal, campaign_id)
+    if c.state != "awaiting-approval":
+        raise ConflictError(f"campaign {campaign_id} is {c.state}")
+    approvals: list[str] = json.loads(c.approvals)
+    if principal.actor in approvals:
+        raise ConflictError(f"{principal.actor} already approved campaign {campaign_id}")
+    approvals.append(principal.actor)
+    c.approvals = json.dumps(approvals)
+    if len(approvals) >= EMERGENCY_APPROVALS:
+        c.state = "running"
+    c.updated_at = now
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="ota.campaign.approve",
+        subject=f"campaign:{c.id}",
+        tenant_id=c.tenant_id,
+        details={"approvals": len(approvals), "state": c.state},
+        now=now,
+    )
+    return c
+
+
+def wave_counts(session: Session, campaign_id: int, wave: int) -> rollout.WaveCounts:
+    """Reports of one wave."""
+    rows = dict(
+        session.execute(
+            select(CampaignDevice.status, func.count())
+            .where(CampaignDevice.campaign_id == campaign_id, CampaignDevice.wave == wave)
+            .group_by(CampaignDevice.status)
+        ).all()
+    )
+    return rollout.WaveCounts(
+        size=sum(int(v) for v in rows.values()),
+        succeeded=int(rows.get("succeeded", 0)),
+        failed=int(rows.get("failed", 0)),
+    )
+
+
+def _start_wave(session: Session, c: Campaign, wave: int, now: dt.datetime) -> list[Offer]:
+    c.current_wave = wave
+    c.wave_started_at = now
+    c.updated_at = now
+    session.execute(
+        update(CampaignDevice)
+        .where(
+            CampaignDevice.campaign_id == c.id,
+            CampaignDevice.wave == wave,
+            CampaignDevice.status == "planned",
+        )
+        .values(status="offered", updated_at=now)
+    )
+    return pending_offers(session, c)
+
+
+def pending_offers(session: Session, c: Campaign) -> list[Offer]:
+    """The current wave's offers to devices that have not reported yet (the
+    driver sends them when a wave starts, and again after a restart)."""
+    if c.current_wave < 0 or c.state != "running":
+        return []
+    r = session.get(Release, c.release_id)
+    tenant = session.get(Tenant, c.tenant_id)
+    assert r is not None and tenant is not None
+    ids = session.execute(
+        select(Device.device_id)
+        .join(CampaignDevice, CampaignDevice.device_pk == Device.id)
+        .where(
+            CampaignDevice.campaign_id == c.id,
+            CampaignDevice.wave == c.current_wave,
+            CampaignDevice.status == "offered",
+        )
+    ).scalars()
+    payload = {
+        "campaign": c.id,
+        "release": r.id,
+        "version": r.version,
+        "target": f"{r.product}/{r.version}/{r.filename}",
+    }
+    return [Offer(tenant.name, d, "offer", payload) for d in ids]
+
+
+def step(session: Session, campaign_id: int, *, now: dt.datetime | None = None) -> list[Offer]:
+    """Advance a running campaign as far as its gates allow; returns the
+    offers to send (a new wave's devices)."""
+    now = now or utcnow()
+    c = session.get(Campaign, campaign_id)
+    if c is None:
+        raise NotFoundError(f"campaign {campaign_id} not found")
+    if c.state != "running":
+        return []
+    waves: list[float] = json.loads(c.waves)
+    if c.current_wave < 0:
+        return _start_wave(session, c, 0, now)
+    policy = rollout.GatePolicy(**json.loads(c.gate))
+    counts = wave_counts(session, c.id, c.current_wave)
+    started = c.wave_started_at or now
+    verdict, why = rollout.evaluate_wave(
+        counts, elapsed_seconds=(now - started).total_seconds(), policy=policy
+    )
+    if c.accepted_wave >= c.current_wave:
+        verdict, why = "pass", "accepted by an operator"
+    if verdict == "wait":
+        return []
+    if verdict == "fail":
+        c.state = "halted"
+        c.reason = f"wave {c.current_wave + 1} gate failed: {why}"
+        c.updated_at = now
+        audit.append(
+            session,
+            actor="system",
+            action="ota.campaign.halt",
+            subject=f"campaign:{c.id}",
+            tenant_id=c.tenant_id,
+            details={"wave": c.current_wave, "reason": why},
+            now=now,
+        )
+        return []
+    if c.current_wave + 1 >= len(waves):
+        c.state = "completed"
+        c.reason = why
+        c.updated_at = now
+        audit.append(
+            session,
+            actor="system",
+            action="ota.campaign.complete",
+            subject=f"campaign:{c.id}",
+            tenant_id=c.tenant_id,
+            details={"reason": why},
+            now=now,
+        )
+        return []
+    return _start_wave(session, c, c.current_wave + 1, now)
+
+
+def report(
+    session: Session,
+    *,
+    tenant_id: int,
+    device_id: str,
+    campaign_id: int,
+    status: str,
+    version: str | None,
+    now: dt.datetime | None = None,
+) -> bool:
+    """A device's result for a campaign it was offered; returns whether it counted.
+
+    ``succeeded`` counts only when the device runs the release's version
+    (a device that fell back reports its old version and counts as failed).
+    """
+    now = now or utcnow()
+    if status not in ("succeeded", "failed"):
+        raise InvalidInputError("status is succeeded or failed")
+    c = session.get(Campaign, campaign_id)
+    if c is None or c.tenant_id != tenant_id:
+        return False
+    r = session.get(Release, c.release_id)
+    assert r is not None
+    pk = session.execute(
+        select(Device.id).where(Device.tenant_id == tenant_id, Device.device_id == device_id)
+    ).scalar_one_or_none()
+    if pk is None:
+        return False
+    final = "succeeded" if status == "succeeded" and version == r.version else "failed"
+    result = session.execute(
+        update(CampaignDevice)
+        .where(
+            CampaignDevice.campaign_id == campaign_id,
+            CampaignDevice.device_pk == pk,
+            CampaignDevice.status == "offered",
+        )
+        .values(status=final, version=version, updated_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def resume(
+    session: Session, principal: Principal, campaign_id: int, *, now: dt.datetime | None = None
+) -> Campaign:
+    """An operator accepts the halted wave and lets the campaign go on."""
+    require(principal, Permission.RELEASE_MANAGE)
+    now = now or utcnow()
+    c = get_campaign(session, principal, campaign_id)
+    if c.state != "halted":
+        raise ConflictError(f"campaign {campaign_id} is {c.state}, not halted")
+    c.state = "running"
+    c.accepted_wave = c.current_wave
+    c.updated_at = now
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="ota.campaign.resume",
+        subject=f"campaign:{c.id}",
+        tenant_id=c.tenant_id,
+        details={"accepted_wave": c.current_wave, "halt_reason": c.reason},
+        now=now,
+    )
+    return c
+
+
+def abort(
+    session: Session,
+    keyring: KeyRing,
+    principal: Principal,
+    campaign_id: int,
+    *,
+    now: dt.datetime | None = None,
+) -> list[Offer]:
+    """Stop the campaign, withdraw its release, and return the fallback
+    messages for devices that were offered it and have not finished."""
+    require(principal, Permission.RELEASE_MANAGE)
+    now = now or utcnow()
+    c = get_campaign(session, principal, campaign_id)
+    if c.state in ("aborted", "completed"):
+        raise ConflictError(f"campaign {campaign_id} is {c.state}")
+    releases.withdraw_release(
+        session, keyring, principal, c.release_id, reason=f"campaign {c.id} aborted", now=now
+    )
+    tenant = session.get(Tenant, c.tenant_id)
+    assert tenant is not None
+    in_flight = session.execute(
+        select(Device.device_id)
+        .join(CampaignDevice, CampaignDevice.device_pk == Device.id)
+        .where(
+            CampaignDevice.campaign_id == c.id, CampaignDevice.status.in_(("offered", "succeeded"))
+        )
+    ).scalars()
+    offers = [
+        Offer(tenant.name, d, "fallback", {"campaign": c.id, "release": c.release_id})
+        for d in in_flight
+    ]
+    session.execute(
+        update(CampaignDevice)
+        .where(
+            CampaignDevice.campaign_id == c.id, CampaignDevice.status.in_(("planned", "offered"))
+        )
+        .values(status="aborted", updated_at=now)
+    )
+    c.state = "aborted"
+    c.updated_at = now
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="ota.campaign.abort",
+        subject=f"campaign:{c.id}",
+        tenant_id=c.tenant_id,
+        details={"fallbacks": len(offers)},
+        now=now,
+    )
+    return offers

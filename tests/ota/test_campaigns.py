@@ -1,0 +1,228 @@
+"""Campaigns with simulated devices that run the real device-side update code
+(stock TUF client, A/B slots, boot counter) against a live server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select
+
+from fleetward.agent.ota import Slots, install
+from fleetward.api.context import AppContext
+from fleetward.config import Settings
+from fleetward.errors import ConflictError, PermissionDeniedError
+from fleetward.identity.models import Device
+from fleetward.ota import campaigns
+from fleetward.ota.models import CampaignDevice, Release
+from fleetward.ota.rollout import GatePolicy
+from fleetward.store.db import utcnow
+from fleetward.tenancy.roles import Principal
+from tests.ota.helpers import call, operator, updater, upload
+from tests.ota.test_repository import root_of
+
+N = 60
+
+
+def add_devices(ctx: AppContext, n: int, *, product: str = "thermo") -> list[str]:
+    now = utcnow()
+    ids = [f"sim-{i:04d}" for i in range(n)]
+    with ctx.db.session() as s:
+        s.execute(
+            insert(Device),
+            [
+                {
+                    "tenant_id": 1,
+                    "device_id": d,
+                    "product": product,
+                    "labels": json.dumps({"hardware": "board-a"}),
+                    "state": "active",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for d in ids
+            ],
+        )
+    return ids
+
+
+class Fleet:
+    """Simulated devices: each offer is installed with the real agent code."""
+
+    def __init__(self, live: str, ctx: AppContext, tmp: Path, ids: list[str]) -> None:
+        self.live, self.ctx, self.tmp = live, ctx, tmp
+        self.slots = {d: Slots(tmp / d, initial_version="1.0.0") for d in ids}
+        self.root = root_of(ctx)
+
+    def handle(self, offer: campaigns.Offer) -> tuple[str, str]:
+        slots = self.slots[offer.device_id]
+        tuf = updater(self.live, self.tmp / offer.device_id / "tuf", self.root)
+        install(tuf, slots, target_path=offer.payload["target"], hardware="board-a")
+        while slots.pending is not None:
+            slots.boot(lambda image: b"BROKEN" not in image.read_bytes())
+        ok = slots.installed_version == offer.payload["version"]
+        return ("succeeded" if ok else "failed"), slots.installed_version
+
+    def run(self, offers: list[campaigns.Offer], campaign_id: int) -> None:
+        for offer in offers:
+            status, version = self.handle(offer)
+            with self.ctx.db.session() as s:
+                assert campaigns.report(
+                    s, tenant_id=1, device_id=offer.device_id, campaign_id=campaign_id,
+                    status=status, version=version,
+                )  # fmt: skip
+
+    def installed(self, version: str) -> set[str]:
+        return {d for d, s in self.slots.items() if s.installed_version == version}
+
+    def ever_staged(self) -> set[str]:
+        return {d for d, s in self.slots.items() if s.image("b").exists()}
+
+
+@pytest.fixture
+def ops(live: str, ctx: AppContext, admin_token: str) -> dict[str, str]:
+    call(live, admin_token, "POST", "/api/v1/ota/products/thermo", json={"threshold": 1})
+    return {"rm": operator(ctx, "release-manager", "rm")}
+
+
+def deploy(live: str, ops: dict[str, str], version: str, image: bytes) -> int:
+    resp = upload(live, ops["rm"], product="thermo", version=version, image=image)
+    rid = int(resp.json()["id"])
+    assert (
+        call(live, ops["rm"], "POST", f"/api/v1/releases/{rid}/approve").json()["state"]
+        == "deployable"
+    )
+    return rid
+
+
+def rm(ctx: AppContext) -> Principal:
+    """A release manager (computed before any write session: sessions do not nest)."""
+    return Principal(1, "default", "release-manager", "rm")
+
+
+def test_bad_release_halts_in_the_first_wave_and_goes_no_further(
+    live: str, ctx: AppContext, ops: dict[str, str], tmp_path: Path
+) -> None:
+    ids = add_devices(ctx, N)
+    fleet = Fleet(live, ctx, tmp_path, ids)
+    rid = deploy(live, ops, "1.1.0", b"BROKEN build")
+    with ctx.db.session() as s:
+        c = campaigns.create_campaign(
+            s, rm(ctx), release_id=rid, waves=[10, 50, 100], gate=GatePolicy(min_sample=2)
+        )
+        cid = c.id
+    with ctx.db.session() as s:
+        offers = campaigns.step(s, cid)
+    assert len(offers) == 6  # 10% of 60
+    fleet.run(offers[:3], cid)  # three devices try it, fall back and report
+    with ctx.db.session() as s:
+        assert campaigns.step(s, cid) == []
+        c = campaigns.get_campaign(s, rm(ctx), cid)
+        assert c.state == "halted" and "3 of 3 devices failed" in c.reason
+    # The gate halted the campaign early; only devices that were offered it
+    # ever staged the image, and they all run the old version again.
+    tried = {o.device_id for o in offers[:3]}
+    assert fleet.ever_staged() == tried
+    assert fleet.installed("1.0.0") == set(ids)
+    with ctx.db.read() as s:
+        later = s.execute(select(CampaignDevice.status).where(CampaignDevice.wave > 0)).scalars()
+        assert set(later) == {"planned"}
+    # Abort: the release is withdrawn and the devices still in flight (offered,
+    # not yet reported) are told to fall back.
+    with ctx.db.session() as s:
+        fallbacks = campaigns.abort(s, ctx.pki.keyring, rm(ctx), cid)
+        assert s.get(Release, rid).state == "withdrawn"  # type: ignore[union-attr]
+    assert {f.device_id for f in fallbacks} == {o.device_id for o in offers[3:]}
+    assert all(f.topic.endswith("/ota/fallback") for f in fallbacks)
+    client = updater(live, tmp_path / "late", root_of(ctx))
+    client.refresh()
+    assert client.get_targetinfo("thermo/1.1.0/fw.bin") is None  # gone from targets
+
+
+def test_good_release_completes_and_survives_a_restart(
+    live: str, ctx: AppContext, ops: dict[str, str], tmp_path: Path
+) -> None:
+    ids = add_devices(ctx, N)
+    fleet = Fleet(live, ctx, tmp_path, ids)
+    rid = deploy(live, ops, "1.1.0", b"good build")
+    with ctx.db.session() as s:
+        cid = campaigns.create_campaign(s, rm(ctx), release_id=rid, waves=[10, 50, 100]).id
+        offers = campaigns.step(s, cid)
+    fleet.run(offers[:3], cid)  # half the first wave reports, then the server restarts
+    restarted = AppContext.from_settings(
+        Settings(ctx.settings.home, ctx.settings.database_url, ctx.settings.public_url)
+    )
+    try:
+        with restarted.db.session() as s:
+            assert campaigns.step(s, cid) == []  # still waiting for the rest of wave 1
+            again = campaigns.pending_offers(s, campaigns.get_campaign(s, rm(ctx), cid))
+        assert {o.device_id for o in again} == {o.device_id for o in offers[3:]}
+        fleet.run(again, cid)
+        for expected in (24, 30):  # waves 2 and 3
+            with restarted.db.session() as s:
+                offers = campaigns.step(s, cid)
+            assert len(offers) == expected
+            fleet.run(offers, cid)
+        with restarted.db.session() as s:
+            assert campaigns.step(s, cid) == []
+            assert campaigns.get_campaign(s, rm(ctx), cid).state == "completed"
+    finally:
+        restarted.db.dispose()
+    assert fleet.installed("1.1.0") == set(ids)
+
+
+def test_halted_campaign_resumes_only_by_an_operator(
+    live: str, ctx: AppContext, ops: dict[str, str], tmp_path: Path
+) -> None:
+    add_devices(ctx, 20)
+    rid = deploy(live, ops, "1.1.0", b"good")
+    with ctx.db.session() as s:
+        cid = campaigns.create_campaign(
+            s, rm(ctx), release_id=rid, waves=[50, 100],
+            gate=GatePolicy(time_limit_seconds=1),
+        ).id  # fmt: skip
+        campaigns.step(s, cid)
+    later = utcnow() + dt.timedelta(seconds=5)
+    with ctx.db.session() as s:
+        campaigns.step(s, cid, now=later)
+        assert campaigns.get_campaign(s, rm(ctx), cid).reason.endswith("within 1 s")
+        assert campaigns.resume(s, rm(ctx), cid).state == "running"
+        with pytest.raises(ConflictError):
+            campaigns.resume(s, rm(ctx), cid)  # only a halted campaign resumes
+    with ctx.db.session() as s:
+        offers = campaigns.step(s, cid, now=later)
+    assert len(offers) == 10  # the second wave started after the operator accepted the first
+
+
+def test_emergency_campaign_needs_two_security_approvals(
+    live: str, ctx: AppContext, ops: dict[str, str]
+) -> None:
+    add_devices(ctx, 10)
+    rid = deploy(live, ops, "1.1.0", b"fix")
+    sec1 = Principal(1, "default", "security", "sec1")
+    sec2 = Principal(1, "default", "security", "sec2")
+    with ctx.db.session() as s:
+        c = campaigns.create_campaign(s, rm(ctx), release_id=rid, emergency=True)
+        cid = c.id
+        assert c.state == "awaiting-approval" and json.loads(c.waves) == [100.0]
+        assert campaigns.step(s, cid) == []
+    with ctx.db.session() as s, pytest.raises(PermissionDeniedError):
+        campaigns.approve(s, rm(ctx), cid)
+    with ctx.db.session() as s:
+        campaigns.approve(s, sec1, cid)
+    with ctx.db.session() as s, pytest.raises(ConflictError):
+        campaigns.approve(s, sec1, cid)
+    with ctx.db.session() as s:
+        assert campaigns.approve(s, sec2, cid).state == "running"
+        assert len(campaigns.step(s, cid)) == 10  # one wave: everybody
+
+
+def test_only_signed_releases_are_deployed(live: str, ctx: AppContext, ops: dict[str, str]) -> None:
+    add_devices(ctx, 5)
+    resp = upload(live, ops["rm"], product="thermo", version="1.1.0", image=b"x", sbom=None)
+    rid = int(resp.json()["id"])
+    call(live, ops["rm"], "POST", f"/api/v1/releases/{rid}/approve")  # gate: no SBOM
+    with ctx.db.session() as s, pytest.raises(ConflictError, match="pending"):
+        campaigns.create_campaign(s, rm(ctx), release_id=rid)
