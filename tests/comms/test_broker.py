@@ -387,3 +387,25 @@ def test_wildcards_in_a_publish_topic_are_refused(
     time.sleep(0.3)
     assert not any(p == b"wild" for _, p in svc.messages)
     svc.close()
+
+
+def test_cohort_revocation_cuts_every_live_connection(
+    ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    ids = [f"c{i:03d}" for i in range(40)]
+    creds = [make_device(ctx, tmp_path, d) for d in ids]
+    keep = make_device(ctx, tmp_path, "keeper")
+    synced(broker)
+    clients = [dev(broker, c) for c in creds]
+    kept = dev(broker, keep)
+    admin = admin_of(ctx)
+    started = time.monotonic()
+    with ctx.db.session() as s:
+        assert len(identity.revoke_devices(s, admin, ids, reason="keyCompromise")) == len(ids)
+    wait_for(lambda: all(c.disconnected.is_set() for c in clients), timeout=3, what="all cut off")
+    assert time.monotonic() - started < 2.0
+    assert not kept.disconnected.is_set()
+    assert kept.publish("fw/default/keeper/telemetry/x") == 0
+    for c in clients:
+        c.client.loop_stop()
+    kept.close()

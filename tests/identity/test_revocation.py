@@ -221,3 +221,37 @@ def test_crl_rebuilds_append_only_new_revocations(
         first.serial_number,
         second.serial_number,
     }
+
+
+def test_cohort_revocation_is_one_transaction_and_audited(ctx: AppContext) -> None:
+    import pytest
+
+    from fleetward.audit import service as audit_service
+    from fleetward.errors import NotFoundError
+    from fleetward.identity import issuance
+    from fleetward.identity import service as identity
+    from fleetward.identity.models import CertificateRecord, Device
+    from tests.broker import admin_of
+
+    admin_p = admin_of(ctx)
+    ids = [f"bulk-{i}" for i in range(30)]
+    with ctx.db.session() as s:
+        for d in ids:
+            issuance.enroll(
+                s, ctx.pki, admin_p, device_id=d, csr=csr_pem(new_key(), d), environment="test"
+            )
+    with ctx.db.session() as s, pytest.raises(NotFoundError):
+        identity.revoke_devices(s, admin_p, [*ids[:3], "ghost"])
+    with ctx.db.read() as s:
+        assert s.query(Device).filter(Device.state == "revoked").count() == 0  # nothing changed
+    with ctx.db.session() as s:
+        identity.revoke_device(s, admin_p, ids[0], reason="keyCompromise")
+    with ctx.db.session() as s:
+        revoked = identity.revoke_devices(s, admin_p, ids, reason="keyCompromise")
+    assert revoked == ids[1:]  # the one already revoked is skipped
+    with ctx.db.read() as s:
+        certs = s.query(CertificateRecord).all()
+        assert {c.status for c in certs} == {"revoked"}
+        seqs = sorted(c.revocation_seq for c in certs if c.revocation_seq is not None)
+        assert seqs == list(range(1, len(ids) + 1))  # one block, no gaps, no repeats
+        assert audit_service.verify(s, public_key=ctx.checkpoint_public_key()).entries > 0

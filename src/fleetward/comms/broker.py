@@ -79,7 +79,13 @@ SERVICE_CN = "fleetward-broker-service"
 CRL_CHECK_SECONDS = 30.0
 # use_subject_as_username renders the subject per RFC 2253.
 SERVICE_USERNAME = f"CN={SERVICE_CN}"
-_HANDSHAKE = re.compile(r"OpenSSL Error\[\d+\]: (?P<reason>.*)$")
+# Only a refused peer certificate counts: a device that vanishes without a
+# TLS close also logs an OpenSSL error ("unexpected eof"), and is not refused.
+_HANDSHAKE = re.compile(
+    r"OpenSSL Error\[\d+\]: (?P<reason>.*(?:certificate verify failed|certificate revoked|"
+    r"peer did not return a certificate|no certificate|unsupported certificate|"
+    r"certificate expired|bad certificate).*)$"
+)
 _NEW_CONN = re.compile(r"New connection from (?P<peer>\S+) on port (?P<port>\d+)")
 
 
@@ -379,9 +385,11 @@ class BrokerSync:
             if self.publish_crls and publication.crls_due(self.ctx.db, self.ctx.pki):
                 # Then the TLS layer: a fresh CRL makes reconnects fail at the
                 # handshake instead of waiting for the publication interval.
+                # The next round sees the new CRL state and reloads Mosquitto.
+                # (The head read above stays the one the table was built at:
+                # re-reading it here would mark changes committed meanwhile as
+                # seen without rebuilding the table.)
                 publication.publish_crls(self.ctx.db, self.ctx.pki)
-                head, crl_state = self._state()
-                self._head = head
         if crl_state != self._crl_state:
             self.write_trust()
             self._crl_state = crl_state

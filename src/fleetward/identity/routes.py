@@ -17,6 +17,7 @@ from fleetward.identity.schemas import (
     BatchItemOut,
     CaOut,
     CertificateOut,
+    CohortRevokeIn,
     DeviceIn,
     DeviceOut,
     EnrollIn,
@@ -135,6 +136,17 @@ def set_state(device_id: str, body: StateIn, ctx: Ctx, who: Operator) -> DeviceO
         return DeviceOut.of(
             service.set_device_state(s, who, device_id, state=body.state, reason=body.reason)
         )
+
+
+@router.post("/revocations/devices")
+def revoke_devices(body: CohortRevokeIn, ctx: Ctx, who: Operator) -> dict[str, object]:
+    """Revoke a cohort of devices (and their certificates) in one transaction;
+    live broker connections are cut off within seconds."""
+    with ctx.operator_work(
+        who, action="device.revoke", subject=f"cohort:{len(body.device_ids)}"
+    ) as s:
+        revoked = service.revoke_devices(s, who, body.device_ids, reason=body.reason)
+    return {"revoked": len(revoked), "skipped": len(set(body.device_ids)) - len(revoked)}
 
 
 @router.post("/devices/{device_id}/revoke", response_model=DeviceOut)

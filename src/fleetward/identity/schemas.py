@@ -169,6 +169,13 @@ class RevokeIn(BaseModel):
     reason: str = "unspecified"
 
 
+class CohortRevokeIn(BaseModel):
+    """Revoke a cohort of devices at once."""
+
+    device_ids: list[str] = Field(min_length=1, max_length=100_000)
+    reason: str = "unspecified"
+
+
 class StateIn(BaseModel):
     """A lifecycle change."""
 

@@ -35,7 +35,6 @@
 #define STAT_EVERY_NS 50000000L
 #define FLUSH_EVERY_NS 1000000000L
 #define MAX_AGG 4096
-#define MAX_KICKS 4096
 
 typedef struct {
 	char *username, *kind, *action, *topic;
@@ -50,8 +49,10 @@ static long last_stat_ns, last_flush_ns;
 static agg_entry agg[MAX_AGG];
 static size_t nagg;
 static unsigned long agg_overflow;
-static char *kicks[MAX_KICKS];
-static size_t nkicks;
+/* Identities to disconnect on the next tick. Unbounded: a cohort revocation
+ * of any size is cut off in one pass. */
+static char **kicks;
+static size_t nkicks, capkicks;
 
 static long now_ns(void)
 {
@@ -115,18 +116,29 @@ static void flush_events(void)
 
 static void queue_kick(const char *username)
 {
-	for (size_t i = 0; i < nkicks; i++)
-		if (!strcmp(kicks[i], username)) return;
-	if (nkicks < MAX_KICKS) {
-		char *copy = strdup(username);
-		if (copy) kicks[nkicks++] = copy;
+	/* A flooding client repeats itself: skip the same name twice in a row. */
+	if (nkicks && !strcmp(kicks[nkicks - 1], username)) return;
+	if (nkicks == capkicks) {
+		size_t cap = capkicks ? capkicks * 2 : 256;
+		char **grown = realloc(kicks, cap * sizeof(char *));
+		if (!grown) {
+			mosquitto_log_printf(MOSQ_LOG_ERR, "fleetward: out of memory queueing a kick");
+			return;
+		}
+		kicks = grown;
+		capkicks = cap;
 	}
+	char *copy = strdup(username);
+	if (copy) kicks[nkicks++] = copy;
 }
 
 static void run_kicks(void)
 {
+	/* The broker forces each client id to its username
+	 * (use_username_as_clientid), so a kick is one hash lookup by client id;
+	 * kicking by username would walk every client for every kick. */
 	for (size_t i = 0; i < nkicks; i++) {
-		mosquitto_kick_client_by_username(kicks[i], false);
+		mosquitto_kick_client_by_clientid(kicks[i], false);
 		free(kicks[i]);
 	}
 	nkicks = 0;
@@ -279,6 +291,10 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL);
 	fw_table_free(table);
 	table = NULL;
+	for (size_t i = 0; i < nkicks; i++) free(kicks[i]);
+	free(kicks);
+	kicks = NULL;
+	nkicks = capkicks = 0;
 	free(table_path);
 	free(events_path);
 	return MOSQ_ERR_SUCCESS;
