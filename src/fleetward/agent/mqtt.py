@@ -39,6 +39,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from fleetward.agent.client import Server, load_identity, renew
 from fleetward.agent.keystore import Keystore
+from fleetward.agent.ota import OtaClient
 from fleetward.agent.tls import tls_context
 
 __all__ = ["AgentConfig", "DeviceAgent", "backoff"]
@@ -100,6 +101,7 @@ class DeviceAgent:
         *,
         reading: Callable[[], dict[str, Any]] | None = None,
         clock: Callable[[], dt.datetime] | None = None,
+        ota: OtaClient | None = None,
     ) -> None:
         self.config = config
         identity = load_identity(config.directory)
@@ -120,6 +122,7 @@ class DeviceAgent:
         self._last_renewal = 0.0
         self._next_reading = time.monotonic()
         self.connected_serial: str | None = None
+        self.ota = ota
 
     @staticmethod
     def _tenant_of(cert_path: Path) -> str:
@@ -209,7 +212,15 @@ class DeviceAgent:
             self.stats.commands.append(name)
             self._command(name, bytes(msg.payload))
         elif suffix.startswith("ota/"):
-            self.stats.updates.append(suffix[4:])
+            kind = suffix[4:]
+            self.stats.updates.append(kind)
+            if self.ota is not None and kind in ("offer", "fallback"):
+                try:
+                    payload = json.loads(msg.payload)
+                except ValueError:
+                    return
+                if isinstance(payload, dict):
+                    self.ota.submit(kind, payload)
 
     def _command(self, name: str, payload: bytes) -> None:
         if name == "ping":
@@ -255,6 +266,15 @@ class DeviceAgent:
 
     def run(self, stop: threading.Event) -> None:
         """Connect, publish, renew and reconnect until ``stop`` is set."""
+        if self.ota is not None:
+            self.ota.start(lambda step: self.enqueue("state/ota", step))
+        try:
+            self._run(stop)
+        finally:
+            if self.ota is not None:
+                self.ota.stop()
+
+    def _run(self, stop: threading.Event) -> None:
         attempt = 0
         while not stop.is_set():
             if self._renewal_due():

@@ -21,9 +21,12 @@ threshold, expired metadata (freeze) and older metadata (rollback).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,7 @@ from typing import Any
 from fleetward.errors import ConflictError, FleetwardError, NotFoundError, VerificationError
 from fleetward.ota.release import parse_version
 
-__all__ = ["BootOutcome", "Slots", "UpdateRefusedError", "install"]
+__all__ = ["BootOutcome", "OtaClient", "Slots", "UpdateRefusedError", "install"]
 
 DEFAULT_BOOT_ATTEMPTS = 3
 
@@ -122,6 +125,21 @@ class Slots:
         self._save(state)
         return inactive
 
+    def fall_back(self) -> bool:
+        """Abandon a pending update, or return to the previous slot's version;
+        returns whether anything changed (the server's abort asks for this)."""
+        state = self._load()
+        if state["pending"] is not None:
+            state["pending"] = None
+            self._save(state)
+            return True
+        other = "b" if state["active"] == "a" else "a"
+        if state["versions"].get(other) is None:
+            return False
+        state["active"] = other
+        self._save(state)
+        return True
+
     def boot(self, health_check: Callable[[Path], bool]) -> BootOutcome:
         """One boot: try a pending slot (counting the attempt first, so a crash
         during the health check still counts), commit it or fall back."""
@@ -196,3 +214,127 @@ def install(
         raise NotFoundError("the TUF client did not store the target")
     slots.stage(Path(path), version=version, attempts=attempts)
     return version
+
+
+class OtaClient:
+    """The device's update worker: offers in, steps reported out.
+
+    Offers arrive on ``fw/<tenant>/<device>/ota/offer`` and are handled one at
+    a time in a worker thread (never on the MQTT thread). Each step is
+    reported through ``report`` (the agent publishes it on ``state/ota``):
+    ``downloading``, ``staged``, ``boot`` (per boot), then ``committed``,
+    ``fell-back``, ``refused`` or ``error`` with the version the device runs.
+
+    The TUF trust root is ``<directory>/tuf-root.json``. A device is normally
+    provisioned with it; if it is missing, the first check fetches version 1
+    of the tenant's root from the server (trust on first use).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        server_url: str,
+        tenant: str,
+        hardware: str,
+        initial_version: str = "0.0.0",
+        health_check: Callable[[Path], bool] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.base = f"{server_url.rstrip('/')}/tuf/{tenant}"
+        self.hardware = hardware
+        self.slots = Slots(directory, initial_version=initial_version)
+        self.health_check = health_check or (lambda image: image.stat().st_size > 0)
+        self._jobs: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize=16)
+        self._report: Callable[[dict[str, Any]], object] = lambda _: None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def updater(self) -> Any:
+        """A fresh stock TUF client for one update check."""
+        from tuf.ngclient import Updater
+
+        metadata = self.directory / "tuf"
+        metadata.mkdir(parents=True, exist_ok=True)
+        downloads = self.directory / "downloads"
+        downloads.mkdir(exist_ok=True)
+        bootstrap = None
+        if not (metadata / "root.json").exists():
+            root = self.directory / "tuf-root.json"
+            if not root.exists():
+                import httpx
+
+                resp = httpx.get(f"{self.base}/metadata/1.root.json", timeout=30)
+                resp.raise_for_status()
+                _write_durably(root, resp.content)
+            bootstrap = root.read_bytes()
+        return Updater(
+            metadata_dir=str(metadata),
+            metadata_base_url=f"{self.base}/metadata/",
+            target_dir=str(downloads),
+            target_base_url=f"{self.base}/targets/",
+            bootstrap=bootstrap,
+        )
+
+    def submit(self, kind: str, payload: dict[str, Any]) -> None:
+        """Queue an ``offer`` or ``fallback`` (dropped when 16 are waiting)."""
+        with contextlib.suppress(queue.Full):
+            self._jobs.put_nowait((kind, payload))
+
+    def _update(self, payload: dict[str, Any]) -> None:
+        campaign = payload.get("campaign")
+
+        def step(name: str, **fields: Any) -> None:
+            self._report({"campaign": campaign, "step": name, **fields})
+
+        target = str(payload.get("target", ""))
+        step("downloading", target=target)
+        try:
+            version = install(
+                self.updater(), self.slots, target_path=target, hardware=self.hardware
+            )
+        except UpdateRefusedError as exc:
+            step("refused", reason=exc.detail, version=self.slots.installed_version)
+            return
+        except Exception as exc:  # TUF refusals, network: the device keeps running
+            step(
+                "error",
+                reason=f"{type(exc).__name__}: {exc}"[:300],
+                version=self.slots.installed_version,
+            )
+            return
+        step("staged", version=version)
+        while self.slots.pending is not None:
+            outcome = self.slots.boot(self.health_check)
+            step("boot", outcome=outcome.outcome, slot=outcome.slot)
+        final = "committed" if self.slots.installed_version == version else "fell-back"
+        step(final, version=self.slots.installed_version)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                kind, payload = self._jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if kind == "offer":
+                self._update(payload)
+            elif kind == "fallback" and self.slots.fall_back():
+                self._report(
+                    {
+                        "campaign": payload.get("campaign"),
+                        "step": "fell-back",
+                        "version": self.slots.installed_version,
+                    }
+                )
+
+    def start(self, report: Callable[[dict[str, Any]], object]) -> None:
+        """Start the worker; ``report`` publishes a step."""
+        self._report = report
+        self._thread = threading.Thread(target=self._run, daemon=True, name="ota")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker (an update in progress finishes first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

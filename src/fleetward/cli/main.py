@@ -115,8 +115,10 @@ def up(
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
 ) -> None:
     """Run fleetward with a Mosquitto it configures and keeps in step (all on
-    127.0.0.1): the API, the broker with the fleetward plugin, and the sync loop."""
+    127.0.0.1): the API, the broker with the fleetward plugin, the sync loop
+    and the OTA campaign driver."""
     from fleetward.comms.broker import BrokerRuntime
+    from fleetward.ota.driver import CampaignDriver
 
     context = load_ctx(ctx)
     context.db.migrate()
@@ -124,6 +126,8 @@ def up(
         context, context.settings.home / "broker", port=mqtt_port, service_port=service_port
     )
     runtime.start()
+    driver = CampaignDriver(context)
+    driver.start()
     console.print(
         f"mosquitto on mqtts://127.0.0.1:{mqtt_port} (devices), "
         f"127.0.0.1:{service_port} (fleetward); config {runtime.files.config}"
@@ -138,6 +142,7 @@ def up(
             checkpoint_interval=600.0,
         )
     finally:
+        driver.stop()
         runtime.stop()
 
 

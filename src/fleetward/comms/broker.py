@@ -260,14 +260,15 @@ use_subject_as_username true
 use_username_as_clientid true
 tls_version tlsv1.2
 
-# fleetward itself (commands out, events in): only the local broker CA.
+# fleetward itself (commands out, reports in): only the local broker CA. Its
+# several connections (API workers, campaign driver) share one identity, so
+# they keep their own client ids here.
 listener {service_port} {host}
 certfile {files.server_cert}
 keyfile {files.server_key}
 cafile {files.broker_ca}
 require_certificate true
 use_subject_as_username true
-use_username_as_clientid true
 tls_version tlsv1.2
 """
 

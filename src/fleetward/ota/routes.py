@@ -6,15 +6,17 @@ import datetime as dt
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from fleetward.api.deps import Ctx, Operator
+from fleetward.comms.commands import BrokerUnavailableError, CommandSender
 from fleetward.errors import InvalidInputError
+from fleetward.ota import campaigns, service
 from fleetward.ota import release as checks
-from fleetward.ota import service
 from fleetward.ota.models import Release
+from fleetward.ota.rollout import GatePolicy
 
 router = APIRouter(prefix="/api/v1", tags=["ota"])
 public = APIRouter(tags=["tuf"])
@@ -166,3 +168,144 @@ def target(tenant: str, path: str, ctx: Ctx) -> FileResponse:
     with ctx.db.read() as s:
         r = service.release_for_target(s, tenant, path)
     return FileResponse(blobs(ctx).path(r.sha256), media_type="application/octet-stream")
+
+
+class GateIn(BaseModel):
+    """A wave's health gate."""
+
+    min_success_ratio: float = Field(default=0.95, ge=0, le=1)
+    max_failure_ratio: float = Field(default=0.05, ge=0, le=1)
+    min_sample: int = Field(default=1, ge=1)
+    time_limit_seconds: float = Field(default=3600.0, gt=0)
+
+
+class CampaignIn(BaseModel):
+    """A campaign: a deployable release to a cohort, in waves."""
+
+    release_id: int
+    labels: dict[str, str] = Field(default_factory=dict)
+    waves: list[float] | None = Field(default=None, max_length=20)
+    exponential: int | None = Field(default=None, ge=1, le=20)
+    gate: GateIn = Field(default_factory=GateIn)
+    emergency: bool = False
+
+
+class WaveOut(BaseModel):
+    """One wave's progress."""
+
+    wave: int
+    percent: float
+    size: int
+    succeeded: int
+    failed: int
+
+
+class CampaignOut(BaseModel):
+    """A campaign and its waves."""
+
+    id: int
+    release_id: int
+    state: str
+    current_wave: int
+    emergency: bool
+    approvals: list[str]
+    reason: str
+    devices: int
+    waves: list[WaveOut]
+
+
+def campaign_out(s: Any, c: Any) -> CampaignOut:
+    """Shape a campaign with per-wave counts."""
+    percents = json.loads(c.waves)
+    waves = []
+    for i, pct in enumerate(percents):
+        counts = campaigns.wave_counts(s, c.id, i)
+        waves.append(
+            WaveOut(
+                wave=i,
+                percent=pct,
+                size=counts.size,
+                succeeded=counts.succeeded,
+                failed=counts.failed,
+            )
+        )
+    return CampaignOut(
+        id=c.id,
+        release_id=c.release_id,
+        state=c.state,
+        current_wave=c.current_wave,
+        emergency=c.emergency,
+        approvals=json.loads(c.approvals),
+        reason=c.reason,
+        devices=c.devices,
+        waves=waves,
+    )
+
+
+@router.post("/campaigns", response_model=CampaignOut, status_code=201)
+def create_campaign(body: CampaignIn, ctx: Ctx, who: Operator) -> CampaignOut:
+    """Plan a campaign; it starts at once (emergency: after two security approvals)."""
+    with ctx.operator_work(who, action="ota.campaign.create", subject="campaign") as s:
+        c = campaigns.create_campaign(
+            s,
+            who,
+            release_id=body.release_id,
+            labels=body.labels,
+            waves=body.waves,
+            exponential=body.exponential,
+            gate=GatePolicy(**body.gate.model_dump()),
+            emergency=body.emergency,
+        )
+        return campaign_out(s, c)
+
+
+@router.get("/campaigns/{campaign_id}", response_model=CampaignOut)
+def get_campaign(campaign_id: int, ctx: Ctx, who: Operator) -> CampaignOut:
+    """A campaign with its waves."""
+    with ctx.db.read() as s:
+        return campaign_out(s, campaigns.get_campaign(s, who, campaign_id))
+
+
+@router.post("/campaigns/{campaign_id}/approve", response_model=CampaignOut)
+def approve_campaign(campaign_id: int, ctx: Ctx, who: Operator) -> CampaignOut:
+    """A security operator's approval of an emergency campaign."""
+    with ctx.operator_work(
+        who, action="ota.campaign.approve", subject=f"campaign:{campaign_id}"
+    ) as s:
+        return campaign_out(s, campaigns.approve(s, who, campaign_id))
+
+
+@router.post("/campaigns/{campaign_id}/resume", response_model=CampaignOut)
+def resume_campaign(campaign_id: int, ctx: Ctx, who: Operator) -> CampaignOut:
+    """Accept the halted wave and go on."""
+    with ctx.operator_work(
+        who, action="ota.campaign.resume", subject=f"campaign:{campaign_id}"
+    ) as s:
+        return campaign_out(s, campaigns.resume(s, who, campaign_id))
+
+
+@router.post("/campaigns/{campaign_id}/abort", response_model=CampaignOut)
+def abort_campaign(campaign_id: int, request: Request, ctx: Ctx, who: Operator) -> CampaignOut:
+    """Stop, withdraw the release, tell devices in flight to fall back."""
+    with ctx.operator_work(
+        who, action="ota.campaign.abort", subject=f"campaign:{campaign_id}"
+    ) as s:
+        fallbacks = campaigns.abort(s, ctx.pki.keyring, who, campaign_id)
+        out = campaign_out(s, campaigns.get_campaign(s, who, campaign_id))
+    send_offers(request, ctx, fallbacks)
+    return out
+
+
+def send_offers(request: Request, ctx: Any, offers: list[campaigns.Offer]) -> int:
+    """Publish offers (or fallbacks) through the broker; 0 when none is configured."""
+    if not offers:
+        return 0
+    try:
+        sender = getattr(request.app.state, "command_sender", None)
+        if sender is None:
+            sender = request.app.state.command_sender = CommandSender(ctx.settings.home)
+        for offer in offers:
+            sender.send(offer.topic, json.dumps(offer.payload).encode())
+    except BrokerUnavailableError:
+        return 0  # the driver re-sends pending offers; fallbacks are also in the audit log
+    return len(offers)

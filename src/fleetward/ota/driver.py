@@ -1,0 +1,169 @@
+"""The campaign driver: steps running campaigns, sends offers, ingests reports.
+
+Runs beside the broker (``fleetward up``). Each round it:
+
+1. stores the devices' reports received on ``fw/<tenant>/<device>/state/ota``
+   (the broker only lets a device publish under its own id, so the topic
+   names the reporter);
+2. steps every running campaign (:func:`campaigns.step`) and publishes the
+   new wave's offers on ``fw/<tenant>/<device>/ota/offer``;
+3. every ``resend`` seconds, re-publishes offers nobody answered yet (a
+   device that was offline, or a driver that restarted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import ssl
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import select
+
+from fleetward.api.context import AppContext
+from fleetward.comms.commands import CommandSender, broker_info
+from fleetward.ota import campaigns
+from fleetward.ota.models import Campaign
+from fleetward.tenancy.models import Tenant
+
+__all__ = ["FINAL_STEPS", "CampaignDriver"]
+
+log = logging.getLogger("fleetward.ota.driver")
+
+# What a device reports at the end of an update attempt, and how it counts.
+FINAL_STEPS = {
+    "committed": "succeeded",
+    "fell-back": "failed",
+    "refused": "failed",
+    "error": "failed",
+}
+MAX_REPORT_BYTES = 4096
+
+
+class CampaignDriver:
+    """One per installation (it runs where the broker runs)."""
+
+    def __init__(self, ctx: AppContext, *, interval: float = 1.0, resend: float = 30.0) -> None:
+        self.ctx = ctx
+        self.interval = interval
+        self.resend = resend
+        self.sender = CommandSender(ctx.settings.home)
+        self.reports: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue(maxsize=100_000)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._subscriber: mqtt.Client | None = None
+        self._last_resend = time.monotonic()
+        self.dropped_reports = 0
+
+    # -- reports in ---------------------------------------------------------
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) != 5 or len(msg.payload) > MAX_REPORT_BYTES:
+            return
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            return
+        if not isinstance(body, dict):
+            return
+        try:
+            self.reports.put_nowait((parts[1], parts[2], body))
+        except queue.Full:
+            self.dropped_reports += 1  # bounded: a flood is counted, not kept
+
+    def _subscribe(self) -> mqtt.Client:
+        info = broker_info(self.ctx.settings.home)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="fleetward-ota", protocol=mqtt.MQTTv5
+        )
+        context = ssl.create_default_context(cafile=info["ca"])
+        context.load_cert_chain(info["service_cert"], info["service_key"])
+        client.tls_set_context(context)
+        client.on_message = self._on_message
+        client.on_connect = lambda c, *_: c.subscribe("fw/+/+/state/ota", qos=1)
+        client.connect(info["host"], int(info["service_port"]), keepalive=30)
+        client.loop_start()
+        return client
+
+    def _store_reports(self) -> int:
+        stored = 0
+        batch: list[tuple[str, str, dict[str, Any]]] = []
+        while len(batch) < 10_000:
+            try:
+                batch.append(self.reports.get_nowait())
+            except queue.Empty:
+                break
+        if not batch:
+            return 0
+        with self.ctx.db.session() as s:
+            tenants = {str(n): int(i) for n, i in s.execute(select(Tenant.name, Tenant.id))}
+            for tenant, device_id, body in batch:
+                status = FINAL_STEPS.get(str(body.get("step")))
+                campaign_id = body.get("campaign")
+                if status is None or not isinstance(campaign_id, int) or tenant not in tenants:
+                    continue  # intermediate steps are telemetry, not gate input
+                version = body.get("version")
+                stored += campaigns.report(
+                    s,
+                    tenant_id=tenants[tenant],
+                    device_id=device_id,
+                    campaign_id=campaign_id,
+                    status=status,
+                    version=str(version) if version is not None else None,
+                )
+        return stored
+
+    # -- offers out ---------------------------------------------------------
+
+    def _send(self, offers: list[campaigns.Offer]) -> None:
+        for offer in offers:
+            self.sender.send(offer.topic, json.dumps(offer.payload).encode())
+
+    def run_once(self) -> None:
+        """One round: reports in, campaigns stepped, offers out."""
+        self._store_reports()
+        resend = time.monotonic() - self._last_resend >= self.resend
+        if resend:
+            self._last_resend = time.monotonic()
+        with self.ctx.db.read() as s:
+            running = list(
+                s.execute(select(Campaign.id).where(Campaign.state == "running")).scalars()
+            )
+        for campaign_id in running:
+            with self.ctx.db.session() as s:
+                offers = campaigns.step(s, campaign_id)
+                if resend and not offers:
+                    c = s.get(Campaign, campaign_id)
+                    assert c is not None
+                    offers = campaigns.pending_offers(s, c)
+            self._send(offers)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if self._subscriber is None:
+                    self._subscriber = self._subscribe()
+                self.run_once()
+            except Exception:  # keep driving; the next round retries
+                log.exception("campaign driver round failed")
+
+    def start(self) -> None:
+        """Run in a daemon thread."""
+        self._thread = threading.Thread(target=self._run, daemon=True, name="campaign-driver")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and disconnect."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._subscriber is not None:
+            self._subscriber.disconnect()
+            self._subscriber.loop_stop()
+        self.sender.close()
