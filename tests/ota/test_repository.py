@@ -231,3 +231,31 @@ def test_online_roles_are_refreshed_before_expiry(ctx: AppContext, repo: dict[st
         assert ota.refresh_online_roles(s, ctx.pki.keyring) == []
         later = utcnow() + dt.timedelta(hours=13)  # past half of the timestamp's day
         assert ota.refresh_online_roles(s, ctx.pki.keyring, now=later) == ["default"]
+
+
+def test_root_rotation_is_followed_by_old_clients_and_forgery_is_refused(
+    live: str, ctx: AppContext, admin_token: str, repo: dict[str, str], tmp_path: Path
+) -> None:
+    release(live, repo, "1.0.0")
+    v1 = root_of(ctx)
+    seasoned = updater(live, tmp_path / "old", v1)
+    seasoned.refresh()
+    assert call(live, repo["rm1"], "POST", "/api/v1/ota/root/rotate", json={}).status_code == 403
+    resp = call(live, admin_token, "POST", "/api/v1/ota/root/rotate", json={"threshold": 2})
+    assert resp.json() == {"root_version": 2}
+    # A device that trusted root 1 walks to root 2 and keeps updating.
+    client = updater(live, tmp_path / "old", v1)
+    client.refresh()
+    assert client.get_targetinfo("thermo/1.0.0/fw.bin") is not None
+    trusted = Metadata.from_bytes((tmp_path / "old" / "root.json").read_bytes())
+    assert trusted.signed.version == 2
+    # A root 2 signed only by the new keys is not a rotation a client accepts.
+    old_keyids = set(Metadata.from_bytes(v1).signed.roles["root"].keyids)
+    _rewrite_latest(
+        ctx,
+        "root",
+        lambda d: d.update(signatures=[s for s in d["signatures"] if s["keyid"] not in old_keyids]),
+    )
+    fresh = updater(live, tmp_path / "fresh", v1)
+    with pytest.raises(tuf_errors.UnsignedMetadataError):
+        fresh.refresh()

@@ -86,6 +86,23 @@ def create_product(product: str, body: ProductIn, ctx: Ctx, who: Operator) -> di
     return {"product": product, "threshold": body.threshold, "created": created}
 
 
+class RotateIn(BaseModel):
+    """A root rotation."""
+
+    keys: int = Field(default=3, ge=1, le=9)
+    threshold: int = Field(default=2, ge=1, le=9)
+
+
+@router.post("/ota/root/rotate")
+def rotate_root(body: RotateIn, ctx: Ctx, who: Operator) -> dict[str, int]:
+    """New root keys (and online keys), signed by the old and the new root keys."""
+    with ctx.operator_work(who, action="ota.root.rotate", subject="root") as s:
+        version = service.rotate_root(
+            s, ctx.pki.keyring, who, keys=body.keys, threshold=body.threshold
+        )
+    return {"root_version": version}
+
+
 @router.post("/releases", response_model=ReleaseOut, status_code=201)
 def create_release(
     ctx: Ctx,

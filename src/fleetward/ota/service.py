@@ -17,11 +17,17 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from fleetward.audit import service as audit
-from fleetward.errors import ConflictError, InvalidInputError, NotFoundError, PayloadTooLargeError
+from fleetward.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+)
 from fleetward.keys import Signer
 from fleetward.keys.ring import KeyRing
 from fleetward.ota import release as checks
@@ -42,6 +48,7 @@ __all__ = [
     "metadata_bytes",
     "refresh_online_roles",
     "release_for_target",
+    "rotate_root",
     "trusted_root",
     "withdraw_release",
 ]
@@ -632,3 +639,72 @@ def refresh_online_roles(
             _publish_snapshot_and_timestamp(session, keyring, tenant_id, now)
             refreshed.append(name)
     return refreshed
+
+
+def rotate_root(
+    session: Session,
+    keyring: KeyRing,
+    principal: Principal,
+    *,
+    keys: int = 3,
+    threshold: int = 2,
+    rotate_online: bool = True,
+    now: dt.datetime | None = None,
+) -> int:
+    """Replace the root keys (and by default the snapshot and timestamp keys).
+
+    The new root (version N+1) is signed by the old root keys (the threshold
+    a client trusts today) and by the new ones (the threshold it will trust
+    next), so a device holding any earlier root walks forward to it. Returns
+    the new root version.
+    """
+    require(principal, Permission.RELEASE_MANAGE)
+    if principal.role not in ("admin", "security"):
+        raise PermissionDeniedError("rotating the root takes an admin or security operator")
+    if not 1 <= threshold <= keys <= 9:
+        raise InvalidInputError("root threshold must be between 1 and the number of keys (<= 9)")
+    now = now or utcnow()
+    tenant = _tenant(session, principal)
+    latest = _latest(session, tenant.id, "root")
+    if latest is None:
+        raise NotFoundError("no repository yet")
+    old_root = _signers(session, keyring, tenant.id, "root")
+    old_rows = _keys(session, tenant.id, "root")
+    new_root = _new_keys(session, keyring, tenant, "root", keys, now)
+    for row in old_rows:
+        row.role = "retired-root"
+    if rotate_online:
+        for role in ("snapshot", "timestamp"):
+            for row in _keys(session, tenant.id, role):
+                row.role = f"retired-{role}"
+            _new_keys(session, keyring, tenant, role, 1, now)
+    session.execute(
+        update(TufRole)
+        .where(TufRole.tenant_id == tenant.id, TufRole.name == "root")
+        .values(threshold=threshold)
+    )
+    session.flush()
+    [snapshot] = _signers(session, keyring, tenant.id, "snapshot")
+    [timestamp] = _signers(session, keyring, tenant.id, "timestamp")
+    md = tuf_repo.build_root(
+        version=latest.version + 1,
+        root=tuf_repo.RoleKeys(new_root, threshold),
+        targets=tuf_repo.RoleKeys(_signers(session, keyring, tenant.id, "targets"), 1),
+        snapshot=snapshot,
+        timestamp=timestamp,
+        now=now,
+        sign_with=[*old_root, *new_root],
+    )
+    version = _store(session, tenant.id, "root", md, now)
+    if rotate_online:
+        _publish_snapshot_and_timestamp(session, keyring, tenant.id, now)
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="ota.root.rotate",
+        subject=f"tenant:{tenant.name}",
+        tenant_id=tenant.id,
+        details={"version": version, "keys": keys, "threshold": threshold},
+        now=now,
+    )
+    return version
