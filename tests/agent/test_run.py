@@ -199,3 +199,45 @@ def test_agent_connects_with_a_key_that_stays_on_the_token(
     assert agent.stats.connects == 1 and agent.stats.connect_failures == 0
     wait_for(lambda: len(svc.messages) >= 3, what="delivery")
     svc.close()
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_agent_run_command(
+    live: str, admin_token: str, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    """The real ``fleetward-agent run`` process: finds the broker through the
+    server, connects, publishes, and stops cleanly on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    token, batch = factory_line(live, admin_token, "test", ["cli-1"])
+    store = Keystore("software", directory=tmp_path / "agent")
+    with Server(live, token=token) as srv:
+        [result] = enroll_devices(
+            srv, store, batch_id=batch, device_ids=["cli-1"], out_dir=tmp_path / "agent"
+        )
+    assert result.error is None
+    synced(broker)
+    f = broker.files
+    svc = connect(broker.service_port, f.broker_ca, f.service_cert, f.service_key)
+    svc.subscribe("fw/default/cli-1/#")
+    agent_bin = Path(sys.executable).with_name("fleetward-agent")
+    proc = subprocess.Popen(
+        [
+            str(agent_bin), "run", "--device-id", "cli-1", "--server", live,
+            "--dir", str(tmp_path / "agent"), "--interval", "0.2",
+            "--hardware", "board-a", "--firmware-version", "1.0.0",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(svc.messages) >= 3, timeout=20, what="telemetry from the process")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert "messages acknowledged" in out
+    assert (tmp_path / "agent" / "cli-1" / "slots" / "state.json").exists()
+    svc.close()

@@ -91,6 +91,10 @@ def run_cmd(
     ),
     interval: float = typer.Option(10.0, help="seconds between telemetry readings"),
     renew_within_days: float = typer.Option(30.0, help="renew when expiry is this close"),
+    hardware: str | None = typer.Option(
+        None, help="this device's hardware id: take OTA offers for it (A/B slots in --dir)"
+    ),
+    firmware_version: str = typer.Option("0.0.0", help="the version the device ships with"),
 ) -> None:
     """Connect to the broker with this device's certificate, publish telemetry,
     answer allowed commands, reconnect with backoff, renew before expiry."""
@@ -122,7 +126,19 @@ def run_cmd(
         telemetry_interval=interval,
         renew_within=dt.timedelta(days=renew_within_days),
     )
-    agent = DeviceAgent(config, reading=lambda: {"uptime": round(time.monotonic(), 1)})
+    ota = None
+    if hardware is not None:
+        from fleetward.agent.mqtt import tenant_of
+        from fleetward.agent.ota import OtaClient
+
+        ota = OtaClient(
+            device_dir,
+            server_url=server,
+            tenant=tenant_of(device_dir / "cert.pem"),
+            hardware=hardware,
+            initial_version=firmware_version,
+        )
+    agent = DeviceAgent(config, reading=lambda: {"uptime": round(time.monotonic(), 1)}, ota=ota)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console.print(f"{device_id}: connecting to {host}:{port} (Ctrl-C stops)")

@@ -42,7 +42,7 @@ from fleetward.agent.keystore import Keystore
 from fleetward.agent.ota import OtaClient
 from fleetward.agent.tls import tls_context
 
-__all__ = ["AgentConfig", "DeviceAgent", "backoff"]
+__all__ = ["AgentConfig", "DeviceAgent", "backoff", "tenant_of"]
 
 log = logging.getLogger("fleetward.agent")
 
@@ -106,7 +106,7 @@ class DeviceAgent:
         self.config = config
         identity = load_identity(config.directory)
         self.device_id: str = identity["device_id"]
-        self.tenant = self._tenant_of(config.directory / "cert.pem")
+        self.tenant = tenant_of(config.directory / "cert.pem")
         self.prefix = f"fw/{self.tenant}/{self.device_id}"
         self.reading = reading or (lambda: {})
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
@@ -123,12 +123,6 @@ class DeviceAgent:
         self._next_reading = time.monotonic()
         self.connected_serial: str | None = None
         self.ota = ota
-
-    @staticmethod
-    def _tenant_of(cert_path: Path) -> str:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        [org] = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-        return str(org.value)
 
     # -- outbox ---------------------------------------------------------------
 
@@ -346,6 +340,13 @@ class DeviceAgent:
                     self._last_renewal = time.monotonic()
             self._session_over.wait(min(0.1, max(0.0, self._next_reading - time.monotonic())))
         return False
+
+
+def tenant_of(cert_path: Path) -> str:
+    """The tenant a device certificate names (its subject's O)."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    [org] = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(org.value)
 
 
 def _connect_properties() -> Properties:
