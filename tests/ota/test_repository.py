@@ -259,3 +259,52 @@ def test_root_rotation_is_followed_by_old_clients_and_forgery_is_refused(
     fresh = updater(live, tmp_path / "fresh", v1)
     with pytest.raises(tuf_errors.UnsignedMetadataError):
         fresh.refresh()
+
+
+def test_other_tenants_cannot_see_releases_or_fetch_targets(
+    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+) -> None:
+    import httpx
+
+    from fleetward.identity import ca_service
+    from fleetward.tenancy import service as tenancy
+
+    rid = release(live, repo, "1.0.0")
+    with ctx.db.session() as s:
+        other = tenancy.create_tenant(s, name="globex", actor="test")
+        ca_service.create_tenant_pki(s, ctx.pki, tenant=other, actor="test")
+        _, token = tenancy.create_token(s, tenant=other, name="g", role="admin", actor="test")
+    assert call(live, token, "GET", f"/api/v1/releases/{rid}").status_code == 404
+    assert call(live, token, "POST", f"/api/v1/releases/{rid}/approve").status_code == 404
+    assert call(live, token, "POST", f"/api/v1/releases/{rid}/withdraw", json={}).status_code == 404
+    assert call(live, token, "GET", "/api/v1/releases").json() == []
+    with ctx.db.read() as s:
+        sha = s.execute(select(Release.sha256)).scalar_one()
+    path = f"thermo/1.0.0/{sha}.fw.bin"
+    assert httpx.get(f"{live}/tuf/default/targets/{path}").content == IMAGE
+    assert httpx.get(f"{live}/tuf/globex/targets/{path}").status_code == 404
+    assert httpx.get(f"{live}/tuf/globex/metadata/timestamp.json").status_code == 404
+
+
+def test_artifact_size_limit_keeps_nothing(tmp_path: Path) -> None:
+    import io
+
+    from fleetward.errors import PayloadTooLargeError
+
+    blobs = ota.BlobStore(tmp_path / "blobs")
+    with pytest.raises(PayloadTooLargeError):
+        blobs.put(io.BytesIO(b"x" * 2049), limit=2048)
+    assert list((tmp_path / "blobs" / "sha256").iterdir()) == []  # no partial upload left
+    sha, length = blobs.put(io.BytesIO(b"x" * 2048), limit=2048)
+    assert length == 2048 and blobs.path(sha).read_bytes() == b"x" * 2048
+
+
+def test_malformed_uploads_are_refused(live: str, repo: dict[str, str]) -> None:
+    bad_hw = upload(
+        live, repo["rm1"], product="thermo", version="1.0.0", image=b"a", hardware="a/b"
+    )
+    assert bad_hw.status_code == 400 and "hardware" in bad_hw.text
+    unknown = upload(live, repo["rm1"], product="nope", version="1.0.0", image=b"a")
+    assert unknown.status_code == 404
+    name = upload(live, repo["rm1"], product="thermo", version="1.0.0", image=b"a", filename="../x")
+    assert name.status_code == 400
