@@ -26,6 +26,7 @@ from sqlalchemy import select
 from fleetward import __version__
 from fleetward.api import problems
 from fleetward.api.context import AppContext
+from fleetward.attestation import routes as attestation_routes
 from fleetward.audit import routes as audit_routes
 from fleetward.audit import service as audit
 from fleetward.audit.models import AuditCheckpoint, AuditHead
@@ -201,6 +202,7 @@ def create_app(
     app.include_router(comms_routes.router)
     app.include_router(comms_routes.public)
     app.include_router(ota_routes.router)
+    app.include_router(attestation_routes.router)
     app.include_router(ota_routes.public)
 
     @app.get("/healthz", tags=["meta"])

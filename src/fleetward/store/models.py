@@ -1,7 +1,9 @@
 """Every table, gathered so Alembic sees one metadata."""
 
+from fleetward.attestation import models as _attestation  # noqa: F401
 from fleetward.audit import models as _audit  # noqa: F401
 from fleetward.comms import models as _comms  # noqa: F401
+from fleetward.detection import models as _detection  # noqa: F401
 from fleetward.identity import models as _identity  # noqa: F401
 from fleetward.ota import models as _ota  # noqa: F401
 from fleetward.provisioning import models as _provisioning  # noqa: F401

@@ -1,0 +1,187 @@
+"""The verifier: nonces, evidence checks, appraisal, verdicts as telemetry events.
+
+A device asks for a nonce, boots, measures its stages, and returns signed
+evidence over the nonce. The verifier refuses (raises, and the refusal is
+recorded as an ``attestation.refused`` event by the caller):
+
+- a nonce that was not issued to this device, was used, or expired (replay);
+- a bad signature (wrong key) or stale evidence;
+- a device that is not active or quarantined (revoked devices are refused);
+- claims that do not parse.
+
+Otherwise the verdict (``pass``, ``fail`` naming each failed claim, or
+``unknown-firmware``) is stored as an ``attestation.verdict`` event, which
+the detectors read.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import secrets
+
+from cryptography import x509
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from fleetward.attestation import evidence as ev
+from fleetward.attestation.models import AttestationNonce
+from fleetward.errors import AttestationError, ConflictError, NotFoundError
+from fleetward.identity.models import CertificateRecord, Device
+from fleetward.ota.models import Release
+from fleetward.store.db import utcnow
+from fleetward.telemetry.models import Event
+from fleetward.tenancy.models import Tenant
+
+__all__ = ["NONCE_TTL", "issue_nonce", "record_refusal", "submit"]
+
+NONCE_TTL = dt.timedelta(seconds=120)
+MAX_OUTSTANDING = 8  # unexpired, unused nonces per device
+
+
+def _device(session: Session, tenant: str, device_id: str) -> tuple[int, Device]:
+    tenant_id = session.execute(select(Tenant.id).where(Tenant.name == tenant)).scalar_one_or_none()
+    device = (
+        session.execute(
+            select(Device).where(Device.tenant_id == tenant_id, Device.device_id == device_id)
+        ).scalar_one_or_none()
+        if tenant_id is not None
+        else None
+    )
+    if tenant_id is None or device is None:
+        raise NotFoundError("no such device")
+    return int(tenant_id), device
+
+
+def issue_nonce(
+    session: Session, tenant: str, device_id: str, *, now: dt.datetime | None = None
+) -> bytes:
+    """A fresh single-use nonce for one device.
+
+    Raises:
+        NotFoundError: no such device.
+        ConflictError: the device holds too many unused nonces already.
+    """
+    now = now or utcnow()
+    _, device = _device(session, tenant, device_id)
+    outstanding = session.execute(
+        select(func.count())
+        .select_from(AttestationNonce)
+        .where(
+            AttestationNonce.device_pk == device.id,
+            AttestationNonce.used_at.is_(None),
+            AttestationNonce.expires_at > now,
+        )
+    ).scalar_one()
+    if outstanding >= MAX_OUTSTANDING:
+        raise ConflictError("too many unused attestation nonces for this device; use one first")
+    nonce = secrets.token_bytes(32)
+    session.add(
+        AttestationNonce(
+            device_pk=device.id,
+            digest=hashlib.sha256(nonce).hexdigest(),
+            expires_at=now + NONCE_TTL,
+        )
+    )
+    return nonce
+
+
+def _consume(session: Session, device_pk: int, nonce_b64: str, now: dt.datetime) -> None:
+    try:
+        nonce = base64.urlsafe_b64decode(nonce_b64 + "=" * (-len(nonce_b64) % 4))
+    except ValueError as exc:
+        raise AttestationError("claim eat_nonce is not base64url") from exc
+    used = session.execute(
+        update(AttestationNonce)
+        .where(
+            AttestationNonce.digest == hashlib.sha256(nonce).hexdigest(),
+            AttestationNonce.device_pk == device_pk,
+            AttestationNonce.used_at.is_(None),
+            AttestationNonce.expires_at > now,
+        )
+        .values(used_at=now)
+    )
+    if not used.rowcount:  # type: ignore[attr-defined]
+        raise AttestationError("nonce unknown, expired, already used, or not this device's")
+
+
+def _reference(session: Session, device: Device, version: str) -> dict[str, str] | None:
+    row = session.execute(
+        select(Release.measurements).where(
+            Release.tenant_id == device.tenant_id,
+            Release.product == device.product,
+            Release.version == version,
+        )
+    ).scalar_one_or_none()
+    return json.loads(row) if row is not None else None
+
+
+def submit(
+    session: Session, tenant: str, device_id: str, token: str, *, now: dt.datetime | None = None
+) -> ev.Verdict:
+    """Verify and appraise evidence; store and return the verdict.
+
+    Raises:
+        NotFoundError: no such device.
+        AttestationError: refused (see the module docstring).
+        PayloadTooLargeError: evidence over the limit.
+    """
+    now = now or utcnow()
+    tenant_id, device = _device(session, tenant, device_id)
+    if device.state not in ("active", "quarantined"):
+        raise AttestationError(f"device is {device.state}: its evidence is refused")
+    ders = session.execute(
+        select(CertificateRecord.der).where(
+            CertificateRecord.device_pk == device.id,
+            CertificateRecord.status == "good",
+            CertificateRecord.not_after > now,
+        )
+    ).scalars()
+    data = None
+    error: AttestationError | None = None
+    for der in ders:  # a device renewing holds two good certificates for a while
+        try:
+            key = x509.load_der_x509_certificate(der).public_key()
+            data = ev.verify_evidence(token, key, now=now)
+            break
+        except AttestationError as exc:
+            error = exc
+    if data is None:
+        raise error or AttestationError("the device holds no valid certificate")
+    if data["ueid"] != device_id:
+        raise AttestationError("claim ueid names another device")
+    _consume(session, device.id, data["eat_nonce"], now)
+    verdict = ev.appraise(data, reference=_reference(session, device, data["swversion"]))
+    session.add(
+        Event(
+            tenant_id=tenant_id,
+            device_pk=device.id,
+            type="attestation.verdict",
+            at=now,
+            count=1,
+            fields=json.dumps({**verdict.as_dict(), "bootcount": data["bootcount"]}),
+        )
+    )
+    return verdict
+
+
+def record_refusal(
+    session: Session, tenant: str, device_id: str, reason: str, *, now: dt.datetime | None = None
+) -> None:
+    """Record a refused attestation (in its own transaction: the refused one rolled back)."""
+    try:
+        tenant_id, device = _device(session, tenant, device_id)
+    except NotFoundError:
+        return
+    session.add(
+        Event(
+            tenant_id=tenant_id,
+            device_pk=device.id,
+            type="attestation.refused",
+            at=now or utcnow(),
+            count=1,
+            fields=json.dumps({"reason": reason[:300]}),
+        )
+    )

@@ -1,0 +1,4 @@
+"""Detection: pure detectors over telemetry events, alerts and automatic responses.
+
+See ``docs/detection.md``.
+"""
