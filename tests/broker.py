@@ -151,11 +151,12 @@ def connect(
     *,
     client_id: str = "",
     expect_ok: bool = True,
+    password: bytes | None = None,
 ) -> Client:
     """Connect a paho client over TLS with a client certificate."""
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     ctx = ssl.create_default_context(cafile=str(ca))
-    ctx.load_cert_chain(str(cert), str(key))
+    ctx.load_cert_chain(str(cert), str(key), password=password)
     c.tls_set_context(ctx)
     state = Client(c)
 

@@ -32,6 +32,7 @@ from fleetward.audit import service as audit
 from fleetward.audit.models import AuditCheckpoint, AuditHead
 from fleetward.comms import routes as comms_routes
 from fleetward.config import Settings
+from fleetward.detection import routes as detection_routes
 from fleetward.identity import est, publication
 from fleetward.identity import routes as identity_routes
 from fleetward.ota import routes as ota_routes
@@ -203,6 +204,7 @@ def create_app(
     app.include_router(comms_routes.public)
     app.include_router(ota_routes.router)
     app.include_router(attestation_routes.router)
+    app.include_router(detection_routes.router)
     app.include_router(ota_routes.public)
 
     @app.get("/healthz", tags=["meta"])

@@ -115,9 +115,10 @@ def up(
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
 ) -> None:
     """Run fleetward with a Mosquitto it configures and keeps in step (all on
-    127.0.0.1): the API, the broker with the fleetward plugin, the sync loop
-    and the OTA campaign driver."""
+    127.0.0.1): the API, the broker with the fleetward plugin, the sync loop,
+    the OTA campaign driver and the detection loop."""
     from fleetward.comms.broker import BrokerRuntime
+    from fleetward.detection.runner import DetectionRunner
     from fleetward.ota.driver import CampaignDriver
 
     context = load_ctx(ctx)
@@ -128,6 +129,8 @@ def up(
     runtime.start()
     driver = CampaignDriver(context)
     driver.start()
+    detection = DetectionRunner(context)
+    detection.start()
     console.print(
         f"mosquitto on mqtts://127.0.0.1:{mqtt_port} (devices), "
         f"127.0.0.1:{service_port} (fleetward); config {runtime.files.config}"
@@ -142,6 +145,7 @@ def up(
             checkpoint_interval=600.0,
         )
     finally:
+        detection.stop()
         driver.stop()
         runtime.stop()
 

@@ -1,0 +1,44 @@
+"""The detection loop that ``fleetward up`` runs beside the API."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from fleetward.api.context import AppContext
+from fleetward.detection import service
+
+__all__ = ["DetectionRunner"]
+
+log = logging.getLogger("fleetward.detection")
+
+
+class DetectionRunner:
+    """Runs :func:`service.run` every ``interval`` seconds in a daemon thread."""
+
+    def __init__(self, ctx: AppContext, *, interval: float = 0.5) -> None:
+        self.ctx = ctx
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.rounds = 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with self.ctx.db.session() as s:
+                    service.run(s)
+                self.rounds += 1
+            except Exception:  # keep detecting; the next round retries
+                log.exception("detection round failed")
+
+    def start(self) -> None:
+        """Start the loop."""
+        self._thread = threading.Thread(target=self._run, daemon=True, name="detection")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

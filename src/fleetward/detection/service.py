@@ -1,0 +1,256 @@
+"""The detection service: run detectors over new events, keep alerts, respond.
+
+:func:`run` reads the events added since its cursor (plus the window the
+cohort and rate detectors need), runs every detector, and upserts alerts:
+an open or acknowledged alert with the same (tenant, kind, key) absorbs a
+new finding (count, last seen, evidence) instead of raising another. A new
+alert triggers the tenant's configured automatic response for its kind
+(quarantine the device, or the cohort), through the identity service, so
+the broker narrows the devices' rights within a second; the response is
+audited and written on the alert.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleetward.audit import service as audit
+from fleetward.detection import detectors as det
+from fleetward.detection.models import Alert, AlertResponse, DetectorCursor
+from fleetward.errors import ConflictError, InvalidInputError, NotFoundError
+from fleetward.identity import service as identity
+from fleetward.identity.models import Device
+from fleetward.store.db import utcnow
+from fleetward.telemetry.models import Event
+from fleetward.tenancy.models import Tenant
+from fleetward.tenancy.roles import Permission, Principal, require
+
+__all__ = [
+    "ACTIONS",
+    "KINDS",
+    "list_alerts",
+    "run",
+    "set_alert_state",
+    "set_response",
+]
+
+KINDS = ("boot-integrity", "boot-integrity-cohort", "firmware-drift", "authz-failures")
+ACTIONS = ("none", "quarantine-device", "quarantine-cohort")
+WINDOW = dt.timedelta(hours=1)  # verdicts and denials the pattern detectors look at
+MAX_BATCH = 50_000
+
+
+def _views(rows: Iterable[Event]) -> list[det.EventView]:
+    return [
+        det.EventView(
+            id=e.id,
+            tenant_id=e.tenant_id or 0,
+            device_pk=e.device_pk,
+            type=e.type,
+            count=e.count,
+            fields=json.loads(e.fields or "{}"),
+        )
+        for e in rows
+    ]
+
+
+def _devices(session: Session, pks: set[int]) -> dict[int, det.DeviceInfo]:
+    out: dict[int, det.DeviceInfo] = {}
+    keys = sorted(pks)
+    for start in range(0, len(keys), 1000):
+        for d in session.execute(
+            select(Device).where(Device.id.in_(keys[start : start + 1000]))
+        ).scalars():
+            out[d.id] = det.DeviceInfo(
+                pk=d.id,
+                device_id=d.device_id,
+                product=d.product,
+                factory=d.factory_id,
+                batch=d.batch_id,
+                labels={str(k): str(v) for k, v in json.loads(d.labels or "{}").items()},
+            )
+    return out
+
+
+def _upsert(session: Session, f: det.Finding, now: dt.datetime) -> Alert | None:
+    """Record a finding; returns the alert when it is new."""
+    existing = session.execute(
+        select(Alert).where(
+            Alert.tenant_id == f.tenant_id,
+            Alert.kind == f.kind,
+            Alert.key == f.key,
+            Alert.state.in_(("open", "acknowledged")),
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        existing.count += 1
+        existing.last_seen = now
+        existing.summary = f.summary
+        existing.evidence = json.dumps(dict(f.evidence))
+        return None
+    alert = Alert(
+        tenant_id=f.tenant_id,
+        kind=f.kind,
+        key=f.key,
+        severity=f.severity,
+        state="open",
+        subject=f.subject,
+        summary=f.summary,
+        evidence=json.dumps(dict(f.evidence)),
+        count=1,
+        response="",
+        first_seen=now,
+        last_seen=now,
+    )
+    session.add(alert)
+    session.flush()
+    return alert
+
+
+def _respond(session: Session, alert: Alert, f: det.Finding, now: dt.datetime) -> None:
+    action = session.execute(
+        select(AlertResponse.action).where(
+            AlertResponse.tenant_id == alert.tenant_id, AlertResponse.kind == alert.kind
+        )
+    ).scalar_one_or_none()
+    if action is None or action == "none":
+        return
+    tenant = session.get(Tenant, alert.tenant_id)
+    assert tenant is not None
+    who = Principal(alert.tenant_id, tenant.name, "security", f"detector:{alert.kind}")
+    targets = f.devices if action == "quarantine-cohort" else f.devices[:1]
+    done = []
+    for pk in targets:
+        device = session.get(Device, pk)
+        if device is None or device.state != "active":
+            continue
+        identity.set_device_state(
+            session, who, device.device_id, state="quarantined",
+            reason=f"alert {alert.id}: {alert.kind}", now=now,
+        )  # fmt: skip
+        done.append(device.device_id)
+    alert.response = f"{action}: {len(done)} device(s) quarantined"
+    audit.append(
+        session,
+        actor=who.actor,
+        action="detection.response",
+        subject=f"alert:{alert.id}",
+        tenant_id=alert.tenant_id,
+        details={"action": action, "devices": done[:100], "count": len(done)},
+        now=now,
+    )
+
+
+def run(session: Session, *, now: dt.datetime | None = None) -> list[Alert]:
+    """One detection round over the events added since the last; returns new alerts."""
+    now = now or utcnow()
+    cursor = session.get(DetectorCursor, "main")
+    if cursor is None:
+        cursor = DetectorCursor(name="main", last_event_id=0)
+        session.add(cursor)
+    fresh = list(
+        session.execute(
+            select(Event).where(Event.id > cursor.last_event_id).order_by(Event.id).limit(MAX_BATCH)
+        ).scalars()
+    )
+    if not fresh:
+        return []
+    cursor.last_event_id = fresh[-1].id
+    new_views = _views(fresh)
+    tenants_with_verdicts = {v.tenant_id for v in new_views if v.type == "attestation.verdict"}
+    # The latest verdict of every device of those tenants within the window.
+    latest: dict[int, det.EventView] = {}
+    if tenants_with_verdicts:
+        window = session.execute(
+            select(Event)
+            .where(
+                Event.type == "attestation.verdict",
+                Event.tenant_id.in_(tenants_with_verdicts),
+                Event.at >= now - WINDOW,
+            )
+            .order_by(Event.id)
+        ).scalars()
+        for v in _views(window):
+            if v.device_pk is not None:
+                latest[v.device_pk] = v
+    pks = {v.device_pk for v in new_views if v.device_pk is not None} | set(latest)
+    devices = _devices(session, pks)
+    findings: list[det.Finding] = []
+    cohort = det.cohort_boot_failures(latest, devices)
+    covered = {pk for f in cohort for pk in f.devices if latest.get(pk) is not None}
+    covered = {pk for pk in covered if latest[pk].fields.get("verdict") == "fail"}
+    findings += cohort
+    findings += det.boot_integrity(new_views, devices, covered=covered)
+    findings += det.firmware_drift(new_views, devices)
+    findings += det.authz_failures(new_views, {}, devices)
+    created = []
+    for f in findings:
+        alert = _upsert(session, f, now)
+        if alert is not None:
+            _respond(session, alert, f, now)
+            created.append(alert)
+    return created
+
+
+def set_response(session: Session, principal: Principal, kind: str, action: str) -> None:
+    """Configure the automatic response to one kind of alert (audited)."""
+    require(principal, Permission.DEVICE_MANAGE)
+    if kind not in KINDS:
+        raise InvalidInputError(f"unknown alert kind {kind!r}; one of {', '.join(KINDS)}")
+    if action not in ACTIONS:
+        raise InvalidInputError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    row = session.execute(
+        select(AlertResponse).where(
+            AlertResponse.tenant_id == principal.tenant_id, AlertResponse.kind == kind
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        session.add(AlertResponse(tenant_id=principal.tenant_id, kind=kind, action=action))
+    else:
+        row.action = action
+    audit.append(
+        session,
+        actor=principal.actor,
+        action="detection.response.set",
+        subject=f"alert-kind:{kind}",
+        tenant_id=principal.tenant_id,
+        details={"action": action},
+    )
+
+
+def list_alerts(
+    session: Session, principal: Principal, *, state: str | None = None, limit: int = 100
+) -> list[Alert]:
+    """The tenant's alerts, newest first."""
+    require(principal, Permission.DEVICE_READ)
+    query = select(Alert).where(Alert.tenant_id == principal.tenant_id)
+    if state is not None:
+        query = query.where(Alert.state == state)
+    return list(session.execute(query.order_by(Alert.id.desc()).limit(limit)).scalars())
+
+
+def set_alert_state(session: Session, principal: Principal, alert_id: int, state: str) -> Alert:
+    """Acknowledge or resolve an alert (audited)."""
+    require(principal, Permission.DEVICE_MANAGE)
+    if state not in ("acknowledged", "resolved"):
+        raise InvalidInputError("an alert is acknowledged or resolved")
+    alert = session.get(Alert, alert_id)
+    if alert is None or alert.tenant_id != principal.tenant_id:
+        raise NotFoundError(f"alert {alert_id} not found")
+    if alert.state == "resolved":
+        raise ConflictError(f"alert {alert_id} is resolved")
+    alert.state = state
+    audit.append(
+        session,
+        actor=principal.actor,
+        action=f"alert.{state}",
+        subject=f"alert:{alert.id}",
+        tenant_id=principal.tenant_id,
+        details={"kind": alert.kind, "key": alert.key},
+    )
+    return alert
