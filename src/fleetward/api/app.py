@@ -39,6 +39,7 @@ from fleetward.ota import routes as ota_routes
 from fleetward.ota import service as ota
 from fleetward.provisioning import routes as provisioning_routes
 from fleetward.store import lease, utcnow
+from fleetward.telemetry import routes as telemetry_routes
 from fleetward.tenancy import routes as tenancy_routes
 
 __all__ = ["Publisher", "create_app"]
@@ -205,6 +206,7 @@ def create_app(
     app.include_router(ota_routes.router)
     app.include_router(attestation_routes.router)
     app.include_router(detection_routes.router)
+    app.include_router(telemetry_routes.router)
     app.include_router(ota_routes.public)
 
     @app.get("/healthz", tags=["meta"])

@@ -116,10 +116,11 @@ def up(
 ) -> None:
     """Run fleetward with a Mosquitto it configures and keeps in step (all on
     127.0.0.1): the API, the broker with the fleetward plugin, the sync loop,
-    the OTA campaign driver and the detection loop."""
+    the OTA campaign driver, telemetry ingest and the detection loop."""
     from fleetward.comms.broker import BrokerRuntime
     from fleetward.detection.runner import DetectionRunner
     from fleetward.ota.driver import CampaignDriver
+    from fleetward.telemetry.ingest import MqttIngest
 
     context = load_ctx(ctx)
     context.db.migrate()
@@ -131,6 +132,8 @@ def up(
     driver.start()
     detection = DetectionRunner(context)
     detection.start()
+    ingest = MqttIngest(context.db, context.settings.home)
+    ingest.start()
     console.print(
         f"mosquitto on mqtts://127.0.0.1:{mqtt_port} (devices), "
         f"127.0.0.1:{service_port} (fleetward); config {runtime.files.config}"
@@ -145,6 +148,7 @@ def up(
             checkpoint_interval=600.0,
         )
     finally:
+        ingest.stop()
         detection.stop()
         driver.stop()
         runtime.stop()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from fleetward.api.context import AppContext
 from fleetward.detection import service
+from fleetward.telemetry import service as telemetry
 
 __all__ = ["DetectionRunner"]
 
@@ -14,7 +16,8 @@ log = logging.getLogger("fleetward.detection")
 
 
 class DetectionRunner:
-    """Runs :func:`service.run` every ``interval`` seconds in a daemon thread."""
+    """Runs :func:`service.run` every ``interval`` seconds in a daemon thread,
+    and prunes events past retention once an hour."""
 
     def __init__(self, ctx: AppContext, *, interval: float = 0.5) -> None:
         self.ctx = ctx
@@ -24,11 +27,16 @@ class DetectionRunner:
         self.rounds = 0
 
     def _run(self) -> None:
+        last_prune = 0.0
         while not self._stop.wait(self.interval):
             try:
                 with self.ctx.db.session() as s:
                     service.run(s)
                 self.rounds += 1
+                if time.monotonic() - last_prune > 3600:
+                    last_prune = time.monotonic()
+                    with self.ctx.db.session() as s:
+                        telemetry.prune(s)
             except Exception:  # keep detecting; the next round retries
                 log.exception("detection round failed")
 

@@ -1,0 +1,135 @@
+"""Telemetry service: events from the API, queries, retention.
+
+Every event has one schema: tenant, device, type, time, count, fields.
+Operators (or gateways holding a token) may post events for **their**
+tenant's devices; a device id of another tenant is simply not found.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
+from fleetward.identity.models import Device
+from fleetward.store.db import utcnow
+from fleetward.telemetry.ingest import MAX_FIELDS_BYTES
+from fleetward.telemetry.models import Event
+from fleetward.tenancy.roles import Permission, Principal, require
+
+__all__ = ["MAX_EVENTS_PER_REQUEST", "RETENTION", "post_events", "prune", "query"]
+
+MAX_EVENTS_PER_REQUEST = 1000
+RETENTION = dt.timedelta(days=30)
+_TYPE = re.compile(r"^[a-z][a-z0-9._-]{0,47}$")
+# Types the system itself writes; posting them through the API would let a
+# caller forge a verdict or a denial.
+_RESERVED = ("attestation.", "authz.", "telemetry.")
+
+
+def post_events(
+    session: Session,
+    principal: Principal,
+    events: Sequence[dict[str, Any]],
+    *,
+    now: dt.datetime | None = None,
+) -> int:
+    """Store events for the tenant's devices (all or nothing).
+
+    Raises:
+        InvalidInputError: malformed, reserved type, or too many.
+        PayloadTooLargeError: fields over the limit.
+        NotFoundError: a device that is not this tenant's.
+    """
+    require(principal, Permission.DEVICE_MANAGE)
+    now = now or utcnow()
+    if len(events) > MAX_EVENTS_PER_REQUEST:
+        raise InvalidInputError(f"at most {MAX_EVENTS_PER_REQUEST} events per request")
+    ids = {str(e.get("device")) for e in events}
+    found = {
+        str(d): int(pk)
+        for d, pk in session.execute(
+            select(Device.device_id, Device.id).where(
+                Device.tenant_id == principal.tenant_id, Device.device_id.in_(ids)
+            )
+        )
+    }
+    rows = []
+    for i, e in enumerate(events):
+        kind = e.get("type")
+        if not isinstance(kind, str) or not _TYPE.match(kind):
+            raise InvalidInputError(f"event {i}: type must be 1-48 characters of [a-z0-9._-]")
+        if kind.startswith(_RESERVED):
+            raise InvalidInputError(f"event {i}: type {kind!r} is written by fleetward itself")
+        device = str(e.get("device"))
+        if device not in found:
+            raise NotFoundError(f"event {i}: device {device!r} not found")
+        fields = e.get("fields", {})
+        if not isinstance(fields, dict):
+            raise InvalidInputError(f"event {i}: fields must be an object")
+        text = json.dumps(fields, separators=(",", ":"))
+        if len(text) > MAX_FIELDS_BYTES:
+            raise PayloadTooLargeError(f"event {i}: fields over {MAX_FIELDS_BYTES} bytes")
+        at = e.get("at") or now
+        if not isinstance(at, dt.datetime):
+            raise InvalidInputError(f"event {i}: at must be a time")
+        rows.append(
+            {
+                "tenant_id": principal.tenant_id,
+                "device_pk": found[device],
+                "type": kind,
+                "at": at,
+                "count": 1,
+                "fields": text,
+            }
+        )
+    if rows:
+        session.execute(insert(Event), rows)
+    return len(rows)
+
+
+def query(
+    session: Session,
+    principal: Principal,
+    *,
+    device_id: str | None = None,
+    type_prefix: str | None = None,
+    since: dt.datetime | None = None,
+    limit: int = 100,
+) -> list[tuple[Event, str | None]]:
+    """The tenant's events, newest first, with the device id each names."""
+    require(principal, Permission.DEVICE_READ)
+    q = (
+        select(Event, Device.device_id)
+        .outerjoin(Device, Device.id == Event.device_pk)
+        .where(Event.tenant_id == principal.tenant_id)
+    )
+    if device_id is not None:
+        pk = session.execute(
+            select(Device.id).where(
+                Device.tenant_id == principal.tenant_id, Device.device_id == device_id
+            )
+        ).scalar_one_or_none()
+        if pk is None:
+            raise NotFoundError(f"device {device_id!r} not found")
+        q = q.where(Event.device_pk == pk)
+    if type_prefix:
+        q = q.where(Event.type.startswith(type_prefix))
+    if since is not None:
+        q = q.where(Event.at >= since)
+    return [(e, d) for e, d in session.execute(q.order_by(Event.id.desc()).limit(limit))]
+
+
+def prune(
+    session: Session, *, older_than: dt.timedelta = RETENTION, now: dt.datetime | None = None
+) -> int:
+    """Delete events past retention; returns how many."""
+    now = now or utcnow()
+    result = session.execute(delete(Event).where(Event.at < now - older_than))
+    return int(result.rowcount)  # type: ignore[attr-defined]
