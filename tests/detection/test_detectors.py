@@ -96,3 +96,40 @@ def test_firmware_drift_and_authz_failures() -> None:
     [f] = authz_failures(window, {1: 1.0}, devices)  # 30 denials > max(20, 5 x 1)
     assert f.key == "device:d0001" and f.evidence["denials"] == 30
     assert authz_failures(window, {1: 10.0}, devices) == []  # its own baseline is noisy
+
+
+def test_enrollment_silence_and_expiry_sweeps() -> None:
+    import datetime as dt
+
+    from fleetward.detection.detectors import (
+        enrollment_anomalies,
+        expiring_certificates,
+        silent_devices,
+    )
+
+    rows = [
+        {"factory_id": 1, "batch_id": 7, "accepted": 10, "refused": 40, "burst": False,
+         "refused_by_category": {"outside-batch": 40}, "last_window": 5, "average_per_window": 5},
+        {"factory_id": 1, "batch_id": 8, "accepted": 100, "refused": 2, "burst": True,
+         "refused_by_category": {}, "last_window": 90, "average_per_window": 10.0},
+        {"factory_id": 2, "batch_id": 9, "accepted": 100, "refused": 3, "burst": False,
+         "refused_by_category": {}, "last_window": 1, "average_per_window": 2},
+    ]  # fmt: skip
+    found = enrollment_anomalies(1, rows)
+    assert [f.key for f in found] == ["factory:1:batch:7", "factory:1:batch:8"]
+    assert "40 refused" in found[0].summary and "burst" in found[1].summary
+    now = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+    devices = fleet(3)
+    silent = silent_devices(
+        1,
+        {0: now - dt.timedelta(days=2), 1: now},
+        devices,
+        now=now,
+        max_silence=dt.timedelta(days=1),
+    )
+    assert [f.key for f in silent] == ["device:d0000"]
+    expiring = expiring_certificates(
+        1, {0: now + dt.timedelta(days=3), 1: now + dt.timedelta(days=80)}, devices,
+        now=now, within=dt.timedelta(days=14),
+    )  # fmt: skip
+    assert [f.key for f in expiring] == ["device:d0000"]

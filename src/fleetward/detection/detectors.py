@@ -10,11 +10,14 @@ into deduplicated alerts. No I/O, no clock: tested alone.
   fleet is **one** finding naming the most specific such cohort, and its
   devices are not reported one by one;
 - :func:`firmware_drift`: a device running firmware no release has;
-- :func:`authz_failures`: broker denials above a device's own baseline.
+- :func:`authz_failures`: broker denials above a device's own baseline;
+- :func:`enrollment_anomalies`: refusals or bursts per factory batch;
+- :func:`silent_devices`, :func:`expiring_certificates`: periodic sweeps.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +30,10 @@ __all__ = [
     "authz_failures",
     "boot_integrity",
     "cohort_boot_failures",
+    "enrollment_anomalies",
+    "expiring_certificates",
     "firmware_drift",
+    "silent_devices",
 ]
 
 
@@ -240,3 +246,97 @@ def authz_failures(
                 )
             )
     return findings
+
+
+def enrollment_anomalies(
+    tenant_id: int,
+    signals: Iterable[Mapping[str, Any]],
+    *,
+    max_refusals: int = 10,
+    max_refusal_ratio: float = 0.2,
+) -> list[Finding]:
+    """Factory batches with many refused enrollment attempts (unknown ids,
+    duplicates, replayed nonces, bad attestations) or a burst against the
+    batch's own normal rate. ``signals`` are
+    :func:`fleetward.provisioning.service.counters` rows."""
+    findings = []
+    for row in signals:
+        refused, accepted = int(row["refused"]), int(row["accepted"])
+        ratio = refused / max(1, refused + accepted)
+        reasons = []
+        if refused >= max_refusals and ratio >= max_refusal_ratio:
+            reasons.append(f"{refused} refused attempts ({ratio:.0%})")
+        if row.get("burst"):
+            reasons.append(
+                f"burst: {row['last_window']} attempts in the last window against "
+                f"{row['average_per_window']} on average"
+            )
+        if not reasons:
+            continue
+        key = f"factory:{row['factory_id']}:batch:{row['batch_id']}"
+        findings.append(
+            Finding(
+                tenant_id=tenant_id,
+                kind="enrollment-anomaly",
+                key=key,
+                severity="high",
+                subject=key,
+                summary="; ".join(reasons),
+                evidence={
+                    "refused_by_category": dict(row.get("refused_by_category", {})),
+                    "accepted": accepted,
+                    "refused": refused,
+                },
+            )
+        )
+    return findings
+
+
+def silent_devices(
+    tenant_id: int,
+    last_seen: Mapping[int, dt.datetime],
+    devices: Mapping[int, DeviceInfo],
+    *,
+    now: dt.datetime,
+    max_silence: dt.timedelta,
+) -> list[Finding]:
+    """Devices with no event for longer than ``max_silence``."""
+    return [
+        Finding(
+            tenant_id=tenant_id,
+            kind="device-silent",
+            key=f"device:{devices[pk].device_id}",
+            severity="low",
+            subject=f"device:{devices[pk].device_id}",
+            summary=f"{devices[pk].device_id} silent since {seen.isoformat()}",
+            evidence={"last_seen": seen.isoformat()},
+            devices=(pk,),
+        )
+        for pk, seen in last_seen.items()
+        if pk in devices and now - seen > max_silence
+    ]
+
+
+def expiring_certificates(
+    tenant_id: int,
+    not_after: Mapping[int, dt.datetime],
+    devices: Mapping[int, DeviceInfo],
+    *,
+    now: dt.datetime,
+    within: dt.timedelta,
+) -> list[Finding]:
+    """Devices whose newest good certificate expires within ``within``."""
+    return [
+        Finding(
+            tenant_id=tenant_id,
+            kind="certificate-expiry",
+            key=f"device:{devices[pk].device_id}",
+            severity="medium" if expiry > now else "high",
+            subject=f"device:{devices[pk].device_id}",
+            summary=f"certificate of {devices[pk].device_id} expires {expiry.isoformat()}",
+            evidence={"not_after": expiry.isoformat()},
+            devices=(pk,),
+        )
+        for pk, expiry in not_after.items()
+        if pk in devices and expiry - now <= within
+    ]

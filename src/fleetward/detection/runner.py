@@ -13,6 +13,7 @@ from fleetward.telemetry import service as telemetry
 __all__ = ["DetectionRunner"]
 
 log = logging.getLogger("fleetward.detection")
+SWEEP_SECONDS = 60.0  # enrollment signals, silent devices, expiring certificates
 
 
 class DetectionRunner:
@@ -27,12 +28,16 @@ class DetectionRunner:
         self.rounds = 0
 
     def _run(self) -> None:
-        last_prune = 0.0
+        last_prune = last_sweep = 0.0
         while not self._stop.wait(self.interval):
             try:
                 with self.ctx.db.session() as s:
                     service.run(s)
                 self.rounds += 1
+                if time.monotonic() - last_sweep > SWEEP_SECONDS:
+                    last_sweep = time.monotonic()
+                    with self.ctx.db.session() as s:
+                        service.sweep(s)
                 if time.monotonic() - last_prune > 3600:
                     last_prune = time.monotonic()
                     with self.ctx.db.session() as s:

@@ -37,9 +37,18 @@ __all__ = [
     "run",
     "set_alert_state",
     "set_response",
+    "sweep",
 ]
 
-KINDS = ("boot-integrity", "boot-integrity-cohort", "firmware-drift", "authz-failures")
+KINDS = (
+    "boot-integrity",
+    "boot-integrity-cohort",
+    "firmware-drift",
+    "authz-failures",
+    "enrollment-anomaly",
+    "device-silent",
+    "certificate-expiry",
+)
 ACTIONS = ("none", "quarantine-device", "quarantine-cohort")
 WINDOW = dt.timedelta(hours=1)  # verdicts and denials the pattern detectors look at
 MAX_BATCH = 50_000
@@ -254,3 +263,58 @@ def set_alert_state(session: Session, principal: Principal, alert_id: int, state
         details={"kind": alert.kind, "key": alert.key},
     )
     return alert
+
+
+SILENCE = dt.timedelta(hours=24)
+EXPIRY_WARNING = dt.timedelta(days=14)
+
+
+def sweep(session: Session, *, now: dt.datetime | None = None) -> list[Alert]:
+    """The time-based detectors (enrollment signals, silence, expiry), per tenant."""
+    from sqlalchemy import func
+
+    from fleetward.identity.models import CertificateRecord
+    from fleetward.provisioning import service as provisioning
+
+    now = now or utcnow()
+    created = []
+    for tenant in list(session.execute(select(Tenant)).scalars()):
+        who = Principal(tenant.id, tenant.name, "security", "detector:sweep")
+        findings = det.enrollment_anomalies(tenant.id, provisioning.counters(session, who, now=now))
+        active = {
+            int(pk)
+            for pk in session.execute(
+                select(Device.id).where(Device.tenant_id == tenant.id, Device.state == "active")
+            ).scalars()
+        }
+        devices = _devices(session, active)
+        seen = {
+            int(pk or 0): at
+            for pk, at in session.execute(
+                select(Event.device_pk, func.max(Event.at))
+                .where(Event.tenant_id == tenant.id, Event.device_pk.is_not(None))
+                .group_by(Event.device_pk)
+            )
+        }
+        findings += det.silent_devices(
+            tenant.id, {pk: seen[pk] for pk in active if pk in seen}, devices,
+            now=now, max_silence=SILENCE,
+        )  # fmt: skip
+        expiry = {
+            int(pk): at
+            for pk, at in session.execute(
+                select(CertificateRecord.device_pk, func.max(CertificateRecord.not_after))
+                .where(CertificateRecord.tenant_id == tenant.id, CertificateRecord.status == "good")
+                .group_by(CertificateRecord.device_pk)
+            )
+        }
+        findings += det.expiring_certificates(
+            tenant.id, {pk: expiry[pk] for pk in active if pk in expiry}, devices,
+            now=now, within=EXPIRY_WARNING,
+        )  # fmt: skip
+        for f in findings:
+            alert = _upsert(session, f, now)
+            if alert is not None:
+                _respond(session, alert, f, now)
+                created.append(alert)
+    return created
