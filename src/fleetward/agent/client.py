@@ -35,6 +35,7 @@ __all__ = [
     "enroll_devices",
     "load_identity",
     "renew",
+    "write_durably",
 ]
 
 IDENTITY_FILE = "identity.json"
@@ -144,13 +145,21 @@ class Enrolled:
     error: str | None
 
 
-def _write_durably(path: Path, text: str) -> None:
+def write_durably(path: Path, data: str | bytes, *, sync_dir: bool = False) -> None:
+    """Replace ``path`` atomically with ``data``, synced to disk (and its
+    directory entry too, with ``sync_dir``)."""
     tmp = path.with_name(f".{path.name}.new")
-    with tmp.open("w") as fh:
-        fh.write(text)
+    with tmp.open("wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    if sync_dir:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _save(directory: Path, identity: dict[str, Any], cert_pem: str, ca_pem: str) -> None:
@@ -159,9 +168,9 @@ def _save(directory: Path, identity: dict[str, Any], cert_pem: str, ca_pem: str)
     # directory synced last: once the server has issued a certificate, a
     # crash leaves either the old identity or the new one, never a device
     # without the certificate it was given.
-    _write_durably(directory / "cert.pem", cert_pem)
-    _write_durably(directory / "ca.pem", ca_pem)
-    _write_durably(directory / IDENTITY_FILE, json.dumps(identity, indent=2))
+    write_durably(directory / "cert.pem", cert_pem)
+    write_durably(directory / "ca.pem", ca_pem)
+    write_durably(directory / IDENTITY_FILE, json.dumps(identity, indent=2))
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

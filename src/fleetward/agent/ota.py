@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleetward.agent.client import write_durably
 from fleetward.errors import ConflictError, FleetwardError, NotFoundError, VerificationError
 from fleetward.ota.release import parse_version
 
@@ -42,20 +43,6 @@ DEFAULT_BOOT_ATTEMPTS = 3
 
 class UpdateRefusedError(VerificationError):
     """The device refused an update (wrong hardware, not newer, not signed)."""
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.new")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -87,7 +74,7 @@ class Slots:
         return data
 
     def _save(self, state: dict[str, Any]) -> None:
-        _write_durably(self.state_path, json.dumps(state, indent=2).encode())
+        write_durably(self.state_path, json.dumps(state, indent=2), sync_dir=True)
 
     @property
     def active(self) -> str:
@@ -266,7 +253,7 @@ class OtaClient:
 
                 resp = httpx.get(f"{self.base}/metadata/1.root.json", timeout=30)
                 resp.raise_for_status()
-                _write_durably(root, resp.content)
+                write_durably(root, resp.content, sync_dir=True)
             bootstrap = root.read_bytes()
         return Updater(
             metadata_dir=str(metadata),
