@@ -133,3 +133,15 @@ def test_enrollment_silence_and_expiry_sweeps() -> None:
         now=now, within=dt.timedelta(days=14),
     )  # fmt: skip
     assert [f.key for f in expiring] == ["device:d0000"]
+
+
+def test_message_floods() -> None:
+    from fleetward.detection.detectors import message_floods
+
+    devices = fleet(2)
+    events = [
+        EventView(1, 1, 0, "telemetry.dropped", 980, {}),
+        EventView(2, 1, 1, "telemetry.dropped", 5, {}),
+    ]
+    [f] = message_floods(events, devices)
+    assert f.key == "device:d0000" and f.evidence == {"dropped": 980}

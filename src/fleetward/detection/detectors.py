@@ -11,6 +11,7 @@ into deduplicated alerts. No I/O, no clock: tested alone.
   devices are not reported one by one;
 - :func:`firmware_drift`: a device running firmware no release has;
 - :func:`authz_failures`: broker denials above a device's own baseline;
+- :func:`message_floods`: telemetry over a device's rate limit;
 - :func:`enrollment_anomalies`: refusals or bursts per factory batch;
 - :func:`silent_devices`, :func:`expiring_certificates`: periodic sweeps.
 """
@@ -33,6 +34,7 @@ __all__ = [
     "enrollment_anomalies",
     "expiring_certificates",
     "firmware_drift",
+    "message_floods",
     "silent_devices",
 ]
 
@@ -339,4 +341,31 @@ def expiring_certificates(
         )
         for pk, expiry in not_after.items()
         if pk in devices and expiry - now <= within
+    ]
+
+
+def message_floods(
+    events: Iterable[EventView], devices: Mapping[int, DeviceInfo], *, min_dropped: int = 100
+) -> list[Finding]:
+    """Devices whose telemetry ran over their rate limit by ``min_dropped``
+    messages or more (the ingest counted what it dropped)."""
+    dropped: dict[int, int] = defaultdict(int)
+    tenants: dict[int, int] = {}
+    for e in events:
+        if e.type == "telemetry.dropped" and e.device_pk is not None:
+            dropped[e.device_pk] += e.count
+            tenants[e.device_pk] = e.tenant_id
+    return [
+        Finding(
+            tenant_id=tenants[pk],
+            kind="message-flood",
+            key=f"device:{devices[pk].device_id}",
+            severity="medium",
+            subject=f"device:{devices[pk].device_id}",
+            summary=f"{devices[pk].device_id} sent {n} messages over its rate limit",
+            evidence={"dropped": n},
+            devices=(pk,),
+        )
+        for pk, n in dropped.items()
+        if n >= min_dropped and pk in devices
     ]

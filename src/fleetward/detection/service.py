@@ -45,6 +45,7 @@ KINDS = (
     "boot-integrity-cohort",
     "firmware-drift",
     "authz-failures",
+    "message-flood",
     "enrollment-anomaly",
     "device-silent",
     "certificate-expiry",
@@ -197,6 +198,7 @@ def run(session: Session, *, now: dt.datetime | None = None) -> list[Alert]:
     findings += det.boot_integrity(new_views, devices, covered=covered)
     findings += det.firmware_drift(new_views, devices)
     findings += det.authz_failures(new_views, {}, devices)
+    findings += det.message_floods(new_views, devices)
     created = []
     for f in findings:
         alert = _upsert(session, f, now)
