@@ -145,3 +145,20 @@ def test_evidence_signed_on_the_token(
     )
     dev = enrolled(live, admin_token, tmp_path, "att-hw", store)
     assert dev.attest()["verdict"] == "pass"
+
+
+def test_withdrawn_release_fails_and_pending_vouches_for_nothing(
+    live: str, ctx: AppContext, admin_token: str, released: None, tmp_path: Path
+) -> None:
+    dev = enrolled(
+        live, admin_token, tmp_path, "att-w", Keystore("software", directory=tmp_path / "k")
+    )
+    rm = operator(ctx, "release-manager", "rm2")
+    [rel] = call(live, rm, "GET", "/api/v1/releases").json()
+    call(live, rm, "POST", f"/api/v1/releases/{rel['id']}/withdraw", json={"reason": "CVE"})
+    out = dev.attest()
+    assert out["verdict"] == "fail" and out["failed"] == ["swversion"]
+    upload(live, rm, product="p", version="1.1.0", image=b"new")  # pending, not signed
+    dev.slots = Slots(tmp_path / "other", initial_version="1.1.0")
+    dev.slots.image("a").write_bytes(b"new")
+    assert dev.attest()["verdict"] == "unknown-firmware"

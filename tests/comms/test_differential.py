@@ -177,7 +177,7 @@ def test_c_evaluator_agrees_with_python(
     username = mqtt_username(tenant=subject.tenant, environment="test", device_id=subject.device_id)
     text = compile_table(
         policies={"acme": policy},
-        devices=[BrokerDevice(subject=subject, username=username, serials=("0a1b",))],
+        devices=[BrokerDevice(subject=subject, username=username, serials=("0a" * 32,))],
         generation=1,
         max_payload=1024,
         service_username="svc",
@@ -202,12 +202,12 @@ def test_two_tenants_in_one_table_stay_apart(evaluator: Evaluator) -> None:
         BrokerDevice(
             Subject("acme", "d1", "p", {}),
             mqtt_username(tenant="acme", environment="test", device_id="d1"),
-            ("01",),
+            ("01" * 32,),
         ),
         BrokerDevice(
             Subject("globex", "d1", "p", {}),
             mqtt_username(tenant="globex", environment="test", device_id="d1"),
-            ("02",),
+            ("02" * 32,),
         ),
     ]
     text = compile_table(
@@ -228,20 +228,75 @@ def test_two_tenants_in_one_table_stay_apart(evaluator: Evaluator) -> None:
         evaluator.free(table)
 
 
+HEADER = "fwacl\t2\t1\t1\tsvc\t\n"
+
+
 @pytest.mark.parametrize(
     "text",
     [
         "",
         "nonsense\n",
-        "fwacl\t2\t1\t1\tsvc\n",
-        "fwacl\t1\t1\t1\tsvc\nr\tp\tfw/x\n",
-        "fwacl\t1\t1\t1\tsvc\nD\tu\tt\td\tp\tzz\t\t\n",
-        "fwacl\t1\t1\t1\tsvc\nD\tu\tt\td\tp\t01\t7\t\n",
+        "fwacl\t1\t1\t1\tsvc\n",  # an old format
+        HEADER,  # no end line: truncated
+        HEADER + "r\tp\tfw/x\nend\n",  # a rule before any role
+        HEADER + "D\tu\tt\td\tp\tzz\t\t\nend\n",  # not hex
+        HEADER + "D\tu\tt\td\tp\t" + "01" * 32 + "\t7\t\nend\n",  # no role 7
+        HEADER + "R\tr\n\nD\tu\tt\td\tp\t" + "01" * 32 + "\t\t\nend\n",  # blank line
+        HEADER + "end\nD\tu\tt\td\tp\t" + "01" * 32 + "\t\t\n",  # after the end
     ],
 )
 def test_malformed_tables_are_rejected(evaluator: Evaluator, text: str) -> None:
     with pytest.raises(ValueError, match="table"):
         evaluator.load(text)
+
+
+def test_values_with_control_characters_never_reach_the_table() -> None:
+    from fleetward.errors import InvalidInputError
+    from fleetward.identity.profile import check_device_id
+
+    for doc in (
+        {"roles": {"r": {"commands": ["reboot\n"]}}},
+        {"roles": {"r\n": {}}},
+        {"roles": {"r": {"publish": ["fw/{tenant}/x\n"]}}},
+        {"roles": {"r": {"devices": {"labels": {"a": "b\n"}}}}},
+    ):
+        with pytest.raises(InvalidInputError):
+            parse_policy(doc)
+    with pytest.raises(InvalidInputError):
+        check_device_id("d1\n")
+    text = compile_table(
+        policies={},
+        devices=[
+            BrokerDevice(
+                Subject("acme", "d1", "p\nq", {"k": "v\n"}),
+                mqtt_username(tenant="acme", environment="test", device_id="d1"),
+                ("01" * 32,),
+            )
+        ],
+        generation=1,
+        max_payload=10,
+        service_username="svc",
+    )
+    assert "\n\n" not in text and text.endswith("end\n")
+    assert "\tp\nq" not in text and "v\n" not in text
+
+
+def test_many_certificates_per_identity_load(evaluator: Evaluator) -> None:
+    certs = tuple(f"{i:064x}" for i in range(600))
+    policy = parse_policy({"roles": {"all": {"publish": ["fw/{tenant}/{device}/#"]}}})
+    username = mqtt_username(tenant="acme", environment="test", device_id="d1")
+    text = compile_table(
+        policies={"acme": policy},
+        devices=[BrokerDevice(Subject("acme", "d1", "p", {}), username, certs)],
+        generation=1,
+        max_payload=10,
+        service_username="svc",
+    )
+    table = evaluator.load(text)
+    try:
+        assert evaluator.check(table, username, "publish", "fw/acme/d1/x")
+    finally:
+        evaluator.free(table)
 
 
 def test_unsafe_product_binds_to_nothing(evaluator: Evaluator) -> None:
@@ -250,7 +305,7 @@ def test_unsafe_product_binds_to_nothing(evaluator: Evaluator) -> None:
     username = mqtt_username(tenant="acme", environment="test", device_id="d1")
     text = compile_table(
         policies={"acme": policy},
-        devices=[BrokerDevice(subject, username, ("01",))],
+        devices=[BrokerDevice(subject, username, ("01" * 32,))],
         generation=1,
         max_payload=10,
         service_username="svc",

@@ -121,3 +121,17 @@ def admin_principal(ctx: AppContext):  # type: ignore[no-untyped-def]
     from tests.broker import admin_of
 
     return admin_of(ctx)
+
+
+def test_fallback_is_tied_to_the_aborted_version(tmp_path: Path) -> None:
+    slots = Slots(tmp_path / "dev", initial_version="1.0.0")
+    image = tmp_path / "img"
+    image.write_bytes(b"v2")
+    slots.stage(image, version="2.0.0")
+    assert not slots.fall_back("9.9.9")  # another release: nothing to do
+    assert slots.fall_back("2.0.0") and slots.pending is None
+    slots.stage(image, version="2.0.0")
+    assert slots.boot(healthy).outcome == "committed"
+    assert slots.fall_back("2.0.0") and slots.installed_version == "1.0.0"
+    assert not slots.fall_back("2.0.0")  # a redelivered fallback does not swap back
+    assert slots.installed_version == "1.0.0"

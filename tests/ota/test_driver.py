@@ -75,7 +75,7 @@ def test_campaign_over_mqtt_commits_a_good_release_and_halts_on_a_bad_one(
             rid = upload(live, rm, product="p", version=version, image=image).json()["id"]
             call(live, rm, "POST", f"/api/v1/releases/{rid}/approve")
             resp = call(
-                live, rm, "POST", "/api/v1/campaigns", json={"release_id": rid, "waves": [100]}
+                live, rm, "POST", "/api/v1/campaigns", json={"release_id": rid, "waves": [50, 100]}
             )
             assert resp.status_code == 201, resp.text
             return int(resp.json()["id"])

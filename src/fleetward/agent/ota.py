@@ -112,16 +112,24 @@ class Slots:
         self._save(state)
         return inactive
 
-    def fall_back(self) -> bool:
-        """Abandon a pending update, or return to the previous slot's version;
-        returns whether anything changed (the server's abort asks for this)."""
+    def fall_back(self, version: str) -> bool:
+        """Leave ``version`` (an aborted release): drop it if it is pending, or
+        return to the other slot if the device runs it and the other slot
+        holds an older committed version. Anything else is left alone, so a
+        repeated or late fallback never swaps slots back and forth. Returns
+        whether anything changed."""
         state = self._load()
-        if state["pending"] is not None:
+        pending = state["pending"]
+        if pending is not None and pending["version"] == version:
             state["pending"] = None
             self._save(state)
             return True
-        other = "b" if state["active"] == "a" else "a"
-        if state["versions"].get(other) is None:
+        active = state["active"]
+        other = "b" if active == "a" else "a"
+        previous = state["versions"].get(other)
+        if state["versions"].get(active) != version or previous is None:
+            return False
+        if parse_version(previous) >= parse_version(version):
             return False
         state["active"] = other
         self._save(state)
@@ -305,7 +313,7 @@ class OtaClient:
                 continue
             if kind == "offer":
                 self._update(payload)
-            elif kind == "fallback" and self.slots.fall_back():
+            elif kind == "fallback" and self.slots.fall_back(str(payload.get("version", ""))):
                 self._report(
                     {
                         "campaign": payload.get("campaign"),

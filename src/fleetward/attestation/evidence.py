@@ -151,20 +151,24 @@ class Verdict:
         return {"verdict": self.result, "failed": list(self.failed), **self.details}
 
 
-def appraise(data: Mapping[str, Any], *, reference: Mapping[str, str] | None) -> Verdict:
+def appraise(
+    data: Mapping[str, Any], *, reference: Mapping[str, str] | None, withdrawn: bool = False
+) -> Verdict:
     """Compare claims with the reference measurements of the claimed version.
 
-    ``reference`` is ``None`` when no release of the device's product has
-    the claimed version: the verdict is then ``unknown-firmware``.
+    ``reference`` is ``None`` when no signed release of the device's product
+    has the claimed version: the verdict is then ``unknown-firmware``. A
+    version whose release was withdrawn fails (claim ``swversion``) even
+    when it measures as built.
     """
     version = str(data["swversion"])
     if reference is None:
         return Verdict("unknown-firmware", (), {"swversion": version})
-    failed = []
+    failed = ["swversion"] if withdrawn else []
     measured = data["measurements"]
     for stage in STAGES:
         got = measured.get(stage)
-        if not isinstance(got, str) or not _HEX64.match(got) or got != reference.get(stage):
+        if not isinstance(got, str) or not _HEX64.fullmatch(got) or got != reference.get(stage):
             failed.append(f"measurements.{stage}")
     if data["secboot"] is not True:
         failed.append("secboot")

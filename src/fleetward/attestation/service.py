@@ -107,15 +107,20 @@ def _consume(session: Session, device_pk: int, nonce_b64: str, now: dt.datetime)
         raise AttestationError("nonce unknown, expired, already used, or not this device's")
 
 
-def _reference(session: Session, device: Device, version: str) -> dict[str, str] | None:
+def _reference(
+    session: Session, device: Device, version: str
+) -> tuple[dict[str, str] | None, str | None]:
+    """Reference measurements of a release that was signed (deployable or
+    withdrawn since), and its state; a pending release vouches for nothing."""
     row = session.execute(
-        select(Release.measurements).where(
+        select(Release.measurements, Release.state).where(
             Release.tenant_id == device.tenant_id,
             Release.product == device.product,
             Release.version == version,
+            Release.state.in_(("deployable", "withdrawn")),
         )
-    ).scalar_one_or_none()
-    return json.loads(row) if row is not None else None
+    ).first()
+    return (json.loads(row[0]), str(row[1])) if row is not None else (None, None)
 
 
 def submit(
@@ -153,7 +158,8 @@ def submit(
     if data["ueid"] != device_id:
         raise AttestationError("claim ueid names another device")
     _consume(session, device.id, data["eat_nonce"], now)
-    verdict = ev.appraise(data, reference=_reference(session, device, data["swversion"]))
+    reference, state = _reference(session, device, data["swversion"])
+    verdict = ev.appraise(data, reference=reference, withdrawn=state == "withdrawn")
     session.add(
         Event(
             tenant_id=tenant_id,

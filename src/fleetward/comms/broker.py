@@ -237,6 +237,9 @@ allow_anonymous false
 persistence false
 max_packet_size {MAX_PACKET}
 max_queued_messages 1000
+# Retained messages would let one device fill the broker's memory with
+# distinct topics; nothing in fleetward needs them.
+retain_available false
 log_dest stdout
 log_type error
 log_type warning
@@ -348,6 +351,12 @@ class BrokerSync:
             )
         return int(head), crl_state
 
+    def _service_fingerprint(self) -> str:
+        if not self.files.service_cert.exists():
+            return ""
+        cert = x509.load_pem_x509_certificate(self.files.service_cert.read_bytes())
+        return cert.fingerprint(hashes.SHA256()).hex()
+
     def write_table(self) -> int:
         """Rebuild ``acl.table`` now; returns how many identities it lists."""
         start = time.perf_counter()
@@ -360,6 +369,7 @@ class BrokerSync:
             generation=self.generation,
             max_payload=self.max_payload,
             service_username=SERVICE_USERNAME,
+            service_certificate=self._service_fingerprint(),
         )
         _write(self.files.table, text.encode())
         self.last_build_seconds = time.perf_counter() - start
@@ -380,8 +390,14 @@ class BrokerSync:
         head, crl_state = self._state()
         changed = False
         if head != self._head:
-            self.write_table()  # first: the plugin cuts revoked devices off
-            self._head = head
+            try:
+                self.write_table()  # first: the plugin cuts revoked devices off
+            except ValueError:
+                # A value the table cannot carry: keep enforcing the previous
+                # table, keep the CRL fresh below, and say so loudly.
+                log.exception("broker table not rebuilt")
+            else:
+                self._head = head
             changed = True
             if self.publish_crls and publication.crls_due(self.ctx.db, self.ctx.pki):
                 # Then the TLS layer: a fresh CRL makes reconnects fail at the

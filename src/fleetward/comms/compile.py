@@ -19,9 +19,9 @@ from fleetward.comms.policy import QUARANTINE, Policy, Role, Subject
 
 __all__ = ["TABLE_FORMAT", "BrokerDevice", "compile_table", "mqtt_username"]
 
-TABLE_FORMAT = "1"
+TABLE_FORMAT = "2"
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_HEX = re.compile(r"^[0-9a-f]{1,64}$")
+_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def mqtt_username(*, tenant: str, environment: str, device_id: str) -> str:
@@ -40,7 +40,9 @@ class BrokerDevice:
 
     subject: Subject
     username: str
-    serials: tuple[str, ...]  # lowercase hex of each current certificate
+    # SHA-256 (lowercase hex) of each current certificate: the plugin accepts
+    # exactly these certificates, whoever else could mint the same subject.
+    serials: tuple[str, ...]
 
 
 def _role_lines(role: Role) -> list[str]:
@@ -58,7 +60,7 @@ def _role_lines(role: Role) -> list[str]:
 
 
 def _safe(value: str) -> str:
-    return value if _SAFE.match(value) else ""
+    return value if _SAFE.fullmatch(value) else ""
 
 
 def compile_table(
@@ -68,6 +70,7 @@ def compile_table(
     generation: int,
     max_payload: int,
     service_username: str,
+    service_certificate: str = "",
 ) -> str:
     """Render the ACL table.
 
@@ -78,11 +81,18 @@ def compile_table(
         generation: a number that grows with every table (for logs).
         max_payload: the largest PUBLISH payload the broker lets through.
         service_username: fleetward's own broker identity (allowed all).
+        service_certificate: SHA-256 (hex) of fleetward's service certificate;
+            the service identity is refused with any other certificate.
 
     Raises:
         ValueError: a device's values could break the table format.
     """
-    lines = [f"fwacl\t{TABLE_FORMAT}\t{generation}\t{max_payload}\t{service_username}"]
+    if service_certificate and not _HEX.fullmatch(service_certificate):
+        raise ValueError("the service certificate digest must be 64 lowercase hex digits")
+    lines = [
+        f"fwacl\t{TABLE_FORMAT}\t{generation}\t{max_payload}\t{service_username}\t"
+        f"{service_certificate}"
+    ]
     lines.extend(_role_lines(QUARANTINE))
     offsets: dict[str, int] = {}
     count = 1
@@ -94,10 +104,10 @@ def compile_table(
     for device in devices:
         subject = device.subject
         for value in (device.username, subject.tenant, subject.device_id):
-            if any(c in value for c in "\t\n\r") or not value:
+            if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
                 raise ValueError(f"unsafe value {value!r} for the broker table")
-        if not all(_HEX.match(s) for s in device.serials):
-            raise ValueError(f"serials of {subject.device_id!r} must be lowercase hex")
+        if not all(_HEX.fullmatch(s) for s in device.serials):
+            raise ValueError(f"certificates of {subject.device_id!r} must be SHA-256 hex digests")
         own = policies.get(subject.tenant)
         if subject.quarantined:
             roles = [0]
@@ -109,7 +119,7 @@ def compile_table(
         labels = ";".join(
             f"{k}={v}"
             for k, v in sorted(subject.labels.items())
-            if _SAFE.match(k) and _SAFE.match(v)
+            if _SAFE.fullmatch(k) and _SAFE.fullmatch(v)
         )
         lines.append(
             "\t".join(
@@ -125,4 +135,5 @@ def compile_table(
                 )
             )
         )
+    lines.append("end")  # a table cut short is refused, not half-loaded
     return "\n".join(lines) + "\n"

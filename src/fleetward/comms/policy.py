@@ -107,7 +107,7 @@ class Template:
             if level == "#":
                 if i != len(levels) - 1:
                     raise InvalidInputError(f"template {text!r}: '#' must be the last level")
-            elif level != "+" and not _VARIABLE.match(level) and not _LITERAL.match(level):
+            elif level != "+" and not _VARIABLE.fullmatch(level) and not _LITERAL.fullmatch(level):
                 raise InvalidInputError(
                     f"template {text!r}: level {level!r} is not a literal of "
                     "[A-Za-z0-9._-], '+', '#' or a whole-level variable such as {device}"
@@ -235,7 +235,7 @@ def _templates(value: object, where: str) -> tuple[Template, ...]:
 def _commands(value: object, where: str) -> tuple[str, ...]:
     names = _str_list(value, where, MAX_COMMANDS_PER_ROLE)
     for name in names:
-        if name in ("*", "+", "#") or not _COMMAND.match(name):
+        if name in ("*", "+", "#") or not _COMMAND.fullmatch(name):
             raise InvalidInputError(
                 f"{where}: {name!r} is not a command name (explicit names of "
                 "[a-z0-9._-] only; wildcards are never allowed)"
@@ -251,7 +251,7 @@ def _check_keys(body: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 def _role(name: str, body: object) -> Role:
     where = f"role {name!r}"
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidInputError(f"{where}: role names are 1-32 characters of [a-z0-9-]")
     if name == QUARANTINE.name:
         raise InvalidInputError("role 'quarantine' is built in and cannot be redefined")
@@ -263,11 +263,11 @@ def _role(name: str, body: object) -> Role:
         raise InvalidInputError(f"{where}: 'devices' must be a mapping")
     _check_keys(devices, {"product", "labels"}, f"{where} devices")
     product = devices.get("product")
-    if product is not None and (not isinstance(product, str) or not _VALUE.match(product)):
+    if product is not None and (not isinstance(product, str) or not _VALUE.fullmatch(product)):
         raise InvalidInputError(f"{where}: product must be 1-64 characters of [A-Za-z0-9._-]")
     labels = devices.get("labels") or {}
     if not isinstance(labels, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) and _VALUE.match(k) and _VALUE.match(v)
+        isinstance(k, str) and isinstance(v, str) and _VALUE.fullmatch(k) and _VALUE.fullmatch(v)
         for k, v in labels.items()
     ):
         raise InvalidInputError(f"{where}: labels must map [A-Za-z0-9._-] keys to such values")
@@ -385,9 +385,9 @@ def _bind(level: str, subject: Subject) -> str | None:
     if name == "tenant":
         return subject.tenant
     if name == "product":
-        return subject.product if _VALUE.match(subject.product) else None
+        return subject.product if _VALUE.fullmatch(subject.product) else None
     value = subject.labels.get(name[len("label.") :])
-    return value if value is not None and _VALUE.match(value) else None
+    return value if value is not None and _VALUE.fullmatch(value) else None
 
 
 def _matches(template: Template, subject: Subject, topic: Sequence[str]) -> bool:

@@ -210,7 +210,7 @@ def broker_snapshot(
             Device.labels,
             Device.state,
             CertificateRecord.environment,
-            CertificateRecord.serial,
+            CertificateRecord.fingerprint,
         )
         .join(CertificateRecord, CertificateRecord.device_pk == Device.id)
         .where(
@@ -221,7 +221,7 @@ def broker_snapshot(
         .order_by(Device.id, CertificateRecord.environment)
     )
     grouped: dict[tuple[str, str], tuple[Subject, list[str]]] = {}
-    for tenant_id, device_id, product, labels, state, env, serial in rows:
+    for tenant_id, device_id, product, labels, state, env, fingerprint in rows:
         tenant = tenants[tenant_id]
         key = (mqtt_username(tenant=tenant, environment=env, device_id=device_id), tenant)
         if key not in grouped:
@@ -234,7 +234,7 @@ def broker_snapshot(
                 quarantined=state == "quarantined",
             )
             grouped[key] = (subject, [])
-        grouped[key][1].append(serial)
+        grouped[key][1].append(fingerprint)
     devices = [
         BrokerDevice(subject=subject, username=username, serials=tuple(serials))
         for (username, _), (subject, serials) in grouped.items()
@@ -264,7 +264,7 @@ def record_acl_events(
         except ValueError:
             continue
         tenant_id = device_pk = None
-        match = _USERNAME.match(username)
+        match = _USERNAME.fullmatch(username)
         if match and match.group(1) in tenants:
             tenant_id = tenants[match.group(1)]
             device_pk = session.execute(
@@ -363,7 +363,7 @@ def authorize_command(
         InvalidInputError: malformed command name.
     """
     require(principal, Permission.DEVICE_MANAGE)
-    if not _COMMAND_NAME.match(name):
+    if not _COMMAND_NAME.fullmatch(name):
         raise InvalidInputError("command names are 1-48 characters of [a-z0-9._-]")
     topic = f"fw/{principal.tenant_name}/{device_id}/cmd/{name}"
     decision, version, _ = explain(session, principal, device_id, action="receive", topic=topic)

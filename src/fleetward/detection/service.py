@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterable
 
 from sqlalchemy import select
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 from fleetward.audit import service as audit
 from fleetward.detection import detectors as det
 from fleetward.detection.models import Alert, AlertResponse, DetectorCursor
-from fleetward.errors import ConflictError, InvalidInputError, NotFoundError
+from fleetward.errors import ConflictError, FleetwardError, InvalidInputError, NotFoundError
 from fleetward.identity import service as identity
 from fleetward.identity.models import Device
 from fleetward.store.db import utcnow
@@ -39,6 +40,8 @@ __all__ = [
     "set_response",
     "sweep",
 ]
+
+log = logging.getLogger("fleetward.detection")
 
 KINDS = (
     "boot-integrity",
@@ -135,16 +138,25 @@ def _respond(session: Session, alert: Alert, f: det.Finding, now: dt.datetime) -
     who = Principal(alert.tenant_id, tenant.name, "security", f"detector:{alert.kind}")
     targets = f.devices if action == "quarantine-cohort" else f.devices[:1]
     done = []
+    failed = 0
     for pk in targets:
         device = session.get(Device, pk)
-        if device is None or device.state != "active":
+        if device is None or device.tenant_id != alert.tenant_id or device.state != "active":
             continue
-        identity.set_device_state(
-            session, who, device.device_id, state="quarantined",
-            reason=f"alert {alert.id}: {alert.kind}", now=now,
-        )  # fmt: skip
+        try:
+            with session.begin_nested():  # one device's refusal does not undo the round
+                identity.set_device_state(
+                    session, who, device.device_id, state="quarantined",
+                    reason=f"alert {alert.id}: {alert.kind}", now=now,
+                )  # fmt: skip
+        except FleetwardError:
+            log.exception("quarantine of %s for alert %s failed", device.device_id, alert.id)
+            failed += 1
+            continue
         done.append(device.device_id)
-    alert.response = f"{action}: {len(done)} device(s) quarantined"
+    alert.response = f"{action}: {len(done)} device(s) quarantined" + (
+        f", {failed} failed" if failed else ""
+    )
     audit.append(
         session,
         actor=who.actor,
@@ -191,7 +203,12 @@ def run(session: Session, *, now: dt.datetime | None = None) -> list[Alert]:
     pks = {v.device_pk for v in new_views if v.device_pk is not None} | set(latest)
     devices = _devices(session, pks)
     findings: list[det.Finding] = []
-    cohort = det.cohort_boot_failures(latest, devices)
+    # Cohorts are per tenant: one tenant's fleet is never the baseline (or
+    # the blast radius) of another's.
+    by_tenant: dict[int, dict[int, det.EventView]] = {}
+    for pk, view in latest.items():
+        by_tenant.setdefault(view.tenant_id, {})[pk] = view
+    cohort = [f for part in by_tenant.values() for f in det.cohort_boot_failures(part, devices)]
     covered = {pk for f in cohort for pk in f.devices if latest.get(pk) is not None}
     covered = {pk for pk in covered if latest[pk].fields.get("verdict") == "fail"}
     findings += cohort

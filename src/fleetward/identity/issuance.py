@@ -138,13 +138,15 @@ def labels_json(labels: dict[str, str] | None) -> str:
     for k, v in labels.items():
         if not isinstance(k, str) or not isinstance(v, str) or len(k) > 64 or len(v) > 128:
             raise InvalidInputError("labels are string keys (<= 64) to string values (<= 128)")
+        if any(ord(c) < 32 or ord(c) == 127 for c in k + v):
+            raise InvalidInputError("labels may not contain control characters")
     return json.dumps(labels, sort_keys=True)
 
 
 def product_name(product: str | None) -> str:
     """Validated product name (defaults to ``default``)."""
     product = product or DEFAULT_PRODUCT
-    if not profile.DEVICE_ID.match(product):
+    if not profile.DEVICE_ID.fullmatch(product):
         raise InvalidInputError("product must be 1-64 characters of letters, digits, '.', '_', '-'")
     return product
 

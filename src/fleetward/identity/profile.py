@@ -59,7 +59,7 @@ def check_device_id(device_id: str) -> str:
     Raises:
         InvalidInputError: it is not 1-64 characters of ``[A-Za-z0-9._-]``.
     """
-    if not DEVICE_ID.match(device_id):
+    if not DEVICE_ID.fullmatch(device_id):
         raise InvalidInputError(
             "device id must be 1-64 characters of letters, digits, '.', '_' or '-' "
             "and start with a letter or digit"

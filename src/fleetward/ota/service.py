@@ -53,7 +53,7 @@ __all__ = [
     "withdraw_release",
 ]
 
-_META_NAME = re.compile(r"^(?:(\d{1,9})\.)?([a-z0-9-]{1,80})\.json$")
+_META_NAME = re.compile(r"^(?:(\d{1,9})\.)?([A-Za-z0-9][A-Za-z0-9._-]{0,79})\.json$")
 _PRODUCT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -300,7 +300,7 @@ def ensure_product(
 ) -> bool:
     """Delegate ``product`` to its own role with ``threshold`` release signers."""
     require(principal, Permission.RELEASE_MANAGE)
-    if not _PRODUCT.match(product or ""):
+    if not _PRODUCT.fullmatch(product or ""):
         raise InvalidInputError("product names are 1-64 characters of [A-Za-z0-9._-]")
     if not 1 <= threshold <= 5:
         raise InvalidInputError("a product's release threshold is between 1 and 5")
@@ -562,7 +562,7 @@ def metadata_bytes(session: Session, tenant_name: str, filename: str) -> bytes:
     Raises:
         NotFoundError: no such file.
     """
-    m = _META_NAME.match(filename)
+    m = _META_NAME.fullmatch(filename)
     if not m:
         raise NotFoundError("no such metadata")
     tenant_id = _tenant_id(session, tenant_name)
@@ -658,7 +658,6 @@ def rotate_root(
     next), so a device holding any earlier root walks forward to it. Returns
     the new root version.
     """
-    require(principal, Permission.RELEASE_MANAGE)
     if principal.role not in ("admin", "security"):
         raise PermissionDeniedError("rotating the root takes an admin or security operator")
     if not 1 <= threshold <= keys <= 9:

@@ -84,7 +84,7 @@ def validate_range(*, prefix: str, start: int, end: int, width: int) -> int:
     Raises:
         InvalidInputError: bad prefix, width, or bounds.
     """
-    if not _PREFIX.match(prefix):
+    if not _PREFIX.fullmatch(prefix):
         raise InvalidInputError("range prefix must be 1-48 of [A-Za-z0-9._-]")
     if not 1 <= width <= 16 or len(prefix) + width > 64:
         raise InvalidInputError("range width must be 1-16 digits, and prefix + width <= 64")

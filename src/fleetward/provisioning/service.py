@@ -97,7 +97,7 @@ def create_factory(session: Session, who: Principal, *, name: str, environment: 
     require(who, Permission.TENANT_MANAGE)
     if environment not in ENVIRONMENTS:
         raise InvalidInputError(f"unknown environment {environment!r}; one of {ENVIRONMENTS}")
-    if not profile.DEVICE_ID.match(name):
+    if not profile.DEVICE_ID.fullmatch(name):
         raise InvalidInputError("factory name must be 1-64 of [A-Za-z0-9._-]")
     taken = session.execute(
         select(Factory.id).where(Factory.tenant_id == who.tenant_id, Factory.name == name)

@@ -63,7 +63,7 @@ def post_events(
     rows = []
     for i, e in enumerate(events):
         kind = e.get("type")
-        if not isinstance(kind, str) or not _TYPE.match(kind):
+        if not isinstance(kind, str) or not _TYPE.fullmatch(kind):
             raise InvalidInputError(f"event {i}: type must be 1-48 characters of [a-z0-9._-]")
         if kind.startswith(_RESERVED):
             raise InvalidInputError(f"event {i}: type {kind!r} is written by fleetward itself")

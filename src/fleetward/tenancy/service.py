@@ -40,7 +40,7 @@ def create_tenant(
         InvalidInputError: the name is not a DNS-label-like identifier.
         ConflictError: the name is taken.
     """
-    if not TENANT_NAME.match(name):
+    if not TENANT_NAME.fullmatch(name):
         raise InvalidInputError(
             "tenant name must be 1-63 lowercase letters, digits or '-', "
             "not starting or ending with '-'"

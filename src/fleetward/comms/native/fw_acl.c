@@ -1,17 +1,21 @@
 /* fleetward ACL table evaluator. See fw_acl.h and fleetward/comms/policy.py.
  *
  * Table text, one record per line, fields separated by tabs:
- *   fwacl <format> <generation> <max_payload> <service username>
+ *   fwacl <format> <generation> <max_payload> <service username> <service cert sha256>
  *   R <role name>                      roles are numbered in order from 0
  *   r <code> <template or command>     a rule of the last role; codes:
  *                                      p s c allow publish/subscribe/command,
  *                                      P S C deny publish/subscribe/command
- *   D <username> <tenant> <device> <product> <serials> <roles> <labels>
- *                                      serials: hex, comma separated;
+ *   D <username> <tenant> <device> <product> <certs> <roles> <labels>
+ *                                      certs: SHA-256 of each current
+ *                                      certificate (hex), comma separated;
  *                                      roles: indexes, comma separated;
  *                                      labels: key=value;key=value
+ *   end                                the last line: a table without it
+ *                                      is truncated and refused
  * Values never contain tabs, newlines, '/', '+' or '#' (the compiler only
- * writes values from the topic-safe alphabet and leaves others empty).
+ * writes values from the topic-safe alphabet and leaves others empty). An
+ * empty line anywhere is refused.
  */
 #include "fw_acl.h"
 
@@ -62,6 +66,8 @@ struct fw_table {
 	char *text;
 	long generation, max_payload;
 	const char *service;
+	unsigned char *service_cert;
+	size_t service_cert_len;
 	fw_role *roles;
 	int nroles, caproles;
 	fw_device **devices;
@@ -98,6 +104,14 @@ void fw_table_free(fw_table *t)
 	free(t->buckets);
 	free(t->text);
 	free(t);
+}
+
+static int count_fields(const char *s, char sep)
+{
+	if (!*s) return 0;
+	int n = 1;
+	for (; *s; s++) if (*s == sep) n++;
+	return n;
 }
 
 static int split(char *s, char sep, char **out, int max)
@@ -182,10 +196,11 @@ static int hexval(char c)
 	return -1;
 }
 
+/* Hex to bytes (certificate digests: fixed length, every byte significant). */
 static int parse_serial(fw_table *t, const char *hex, unsigned char **out, size_t *len)
 {
-	while (*hex == '0' && hex[1]) hex++;
 	size_t n = strlen(hex);
+	if (n == 0 || n % 2) return -1;
 	size_t bytes = (n + 1) / 2;
 	unsigned char *b = tmalloc(t, bytes);
 	if (!b) return -1;
@@ -201,11 +216,8 @@ static int parse_serial(fw_table *t, const char *hex, unsigned char **out, size_
 		if (hi < 0 || lo < 0) return -1;
 		b[j++] = (unsigned char)(hi * 16 + lo);
 	}
-	/* ASN1_INTEGER magnitudes carry no leading zero bytes. */
-	size_t skip = 0;
-	while (skip + 1 < j && b[skip] == 0) skip++;
-	*out = b + skip;
-	*len = j - skip;
+	*out = b;
+	*len = j;
 	return 0;
 }
 
@@ -225,28 +237,34 @@ static int parse_device(fw_table *t, char **f, int nf)
 	d->tenant = f[2];
 	d->device = f[3];
 	d->product = f[4];
-	char *items[256];
-	int n = split(f[5], ',', items, 256);
+	/* Field lists are as long as they are: no fixed caps to overflow. */
+	int n = count_fields(f[5], ',');
+	char **items = tmalloc(t, sizeof(char *) * (size_t)(n ? n : 1));
 	d->serials = tmalloc(t, sizeof(unsigned char *) * (size_t)(n ? n : 1));
 	d->serial_lens = tmalloc(t, sizeof(size_t) * (size_t)(n ? n : 1));
-	if (!d->serials || !d->serial_lens) return -1;
+	if (!items || !d->serials || !d->serial_lens) return -1;
+	n = split(f[5], ',', items, n);
 	for (int i = 0; i < n; i++)
 		if (parse_serial(t, items[i], &d->serials[i], &d->serial_lens[i])) return -1;
 	d->nserials = n;
-	n = split(f[6], ',', items, 256);
+	n = count_fields(f[6], ',');
+	items = tmalloc(t, sizeof(char *) * (size_t)(n ? n : 1));
 	d->roles = tmalloc(t, sizeof(int) * (size_t)(n ? n : 1));
-	if (!d->roles) return -1;
+	if (!items || !d->roles) return -1;
+	n = split(f[6], ',', items, n);
 	for (int i = 0; i < n; i++) {
 		char *end;
 		long r = strtol(items[i], &end, 10);
-		if (*end || r < 0 || r >= t->nroles) return -1;
+		if (!*items[i] || *end || r < 0 || r >= t->nroles) return -1;
 		d->roles[i] = (int)r;
 	}
 	d->nroles = n;
-	n = split(f[7], ';', items, 256);
+	n = count_fields(f[7], ';');
+	items = tmalloc(t, sizeof(char *) * (size_t)(n ? n : 1));
 	d->label_keys = tmalloc(t, sizeof(char *) * (size_t)(n ? n : 1));
 	d->label_values = tmalloc(t, sizeof(char *) * (size_t)(n ? n : 1));
-	if (!d->label_keys || !d->label_values) return -1;
+	if (!items || !d->label_keys || !d->label_values) return -1;
+	n = split(f[7], ';', items, n);
 	for (int i = 0; i < n; i++) {
 		char *eq = strchr(items[i], '=');
 		if (!eq) return -1;
@@ -275,22 +293,25 @@ fw_table *fw_table_load(const char *text, size_t len, char *err, size_t errlen)
 	memcpy(t->text, text, len);
 	t->text[len] = '\0';
 	char *line = t->text;
-	int lineno = 0, header = 0;
+	int lineno = 0, header = 0, ended = 0;
 	while (line && *line) {
 		char *next = strchr(line, '\n');
 		if (next) *next++ = '\0';
 		lineno++;
 		char *f[9];
 		int nf = split(line, '\t', f, 9);
-		int bad = nf == 0;
+		int bad = nf == 0 || ended;
 		if (!bad && !header) {
-			bad = strcmp(f[0], "fwacl") || nf != 5 || strcmp(f[1], "1");
+			bad = strcmp(f[0], "fwacl") || nf != 6 || strcmp(f[1], "2");
 			if (!bad) {
 				t->generation = strtol(f[2], NULL, 10);
 				t->max_payload = strtol(f[3], NULL, 10);
 				t->service = f[4];
+				bad = *f[5] && parse_serial(t, f[5], &t->service_cert, &t->service_cert_len);
 				header = 1;
 			}
+		} else if (!bad && !strcmp(f[0], "end") && nf == 1) {
+			ended = 1;
 		} else if (!bad && !strcmp(f[0], "R") && nf == 2) {
 			if (t->nroles == t->caproles) {
 				int cap = t->caproles ? t->caproles * 2 : 16;
@@ -322,8 +343,8 @@ fw_table *fw_table_load(const char *text, size_t len, char *err, size_t errlen)
 		}
 		line = next;
 	}
-	if (!header) {
-		snprintf(err, errlen, "table has no header");
+	if (!header || !ended) {
+		snprintf(err, errlen, "table has no %s (truncated?)", header ? "end line" : "header");
 		fw_table_free(t);
 		return NULL;
 	}
@@ -350,6 +371,12 @@ const fw_device *fw_table_find(const fw_table *t, const char *username)
 }
 
 const char *fw_table_service(const fw_table *t) { return t->service; }
+
+int fw_service_cert_ok(const fw_table *t, const unsigned char *digest, size_t len)
+{
+	return t->service_cert_len && t->service_cert_len == len &&
+	       !memcmp(t->service_cert, digest, len);
+}
 long fw_table_max_payload(const fw_table *t) { return t->max_payload; }
 long fw_table_generation(const fw_table *t) { return t->generation; }
 size_t fw_table_count(const fw_table *t) { return t->ndevices; }
@@ -358,7 +385,6 @@ const char *fw_device_username(const fw_device *d) { return d->username; }
 
 int fw_serial_ok(const fw_device *d, const unsigned char *serial, size_t len)
 {
-	while (len > 1 && *serial == 0) { serial++; len--; }
 	for (int i = 0; i < d->nserials; i++)
 		if (d->serial_lens[i] == len && !memcmp(d->serials[i], serial, len)) return 1;
 	return 0;

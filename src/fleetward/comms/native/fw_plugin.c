@@ -3,9 +3,10 @@
  * Thin by design: fleetward compiles policy and registry into a table file
  * (fw_acl.c documents the format); this plugin
  *  - answers every ACL check (publish, subscribe, delivery) from the table,
- *    after checking that the client's certificate serial is one the table
- *    still lists for that identity (so a revoked certificate is mute even
- *    before the CRL reaches the TLS layer);
+ *    after checking that the client's certificate (its SHA-256) is one the
+ *    table still lists for that identity: a revoked certificate is mute even
+ *    before the CRL reaches the TLS layer, and a certificate minted by a
+ *    rogue CA with someone else's subject and serial is not theirs;
  *  - re-reads the table when its file changes (checked on every tick, at
  *    most every 50 ms) and kicks every identity that disappeared or lost a
  *    certificate: a revoked device is cut off, not merely muted;
@@ -28,6 +29,7 @@
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
+#include <openssl/evp.h>
 #include <openssl/x509.h>
 
 #include "fw_acl.h"
@@ -66,8 +68,9 @@ static void record(const char *username, const char *kind, const char *action, c
 	if (!events_path) return;
 	for (size_t i = 0; i < nagg; i++) {
 		agg_entry *e = &agg[i];
+		/* Topics are stored cut at 256 bytes: compare what is stored. */
 		if (!strcmp(e->username, username) && !strcmp(e->kind, kind) &&
-		    !strcmp(e->action, action) && !strcmp(e->topic, topic)) {
+		    !strcmp(e->action, action) && !strncmp(e->topic, topic, 256)) {
 			e->count++;
 			return;
 		}
@@ -157,6 +160,9 @@ static void load_table(bool initial)
 		return;
 	FILE *f = fopen(table_path, "rb");
 	if (!f) return;
+	/* The file may have been replaced between stat() and fopen(): size and
+	 * identity come from what was opened. */
+	if (fstat(fileno(f), &st) != 0) { fclose(f); return; }
 	char *buf = malloc((size_t)st.st_size + 1);
 	size_t got = buf ? fread(buf, 1, (size_t)st.st_size, f) : 0;
 	fclose(f);
@@ -201,21 +207,27 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	default: return MOSQ_ERR_ACL_DENIED;
 	}
 	if (!username || !table) return MOSQ_ERR_ACL_DENIED;
+	unsigned char digest[EVP_MAX_MD_SIZE];
+	unsigned int digest_len = 0;
+	X509 *cert = mosquitto_client_certificate(ed->client);
+	if (cert) {
+		if (!X509_digest(cert, EVP_sha256(), digest, &digest_len)) digest_len = 0;
+		X509_free(cert);
+	}
 	const char *service = fw_table_service(table);
-	if (*service && !strcmp(username, service)) return MOSQ_ERR_SUCCESS;
+	if (*service && !strcmp(username, service)) {
+		/* Only fleetward's own certificate is the service identity. */
+		if (fw_service_cert_ok(table, digest, digest_len)) return MOSQ_ERR_SUCCESS;
+		record(username, "stale-certificate", action, ed->topic);
+		return MOSQ_ERR_ACL_DENIED;
+	}
 	const fw_device *device = fw_table_find(table, username);
 	if (!device) {
 		record(username, "unknown-identity", action, ed->topic);
 		queue_kick(username);
 		return MOSQ_ERR_ACL_DENIED;
 	}
-	X509 *cert = mosquitto_client_certificate(ed->client);
-	int serial_ok = 0;
-	if (cert) {
-		const ASN1_INTEGER *serial = X509_get0_serialNumber(cert);
-		serial_ok = fw_serial_ok(device, ASN1_STRING_get0_data(serial), (size_t)ASN1_STRING_length(serial));
-		X509_free(cert);
-	}
+	int serial_ok = digest_len && fw_serial_ok(device, digest, digest_len);
 	if (!serial_ok) {
 		record(username, "stale-certificate", action, ed->topic);
 		queue_kick(username);
