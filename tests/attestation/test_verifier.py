@@ -162,3 +162,18 @@ def test_withdrawn_release_fails_and_pending_vouches_for_nothing(
     dev.slots = Slots(tmp_path / "other", initial_version="1.1.0")
     dev.slots.image("a").write_bytes(b"new")
     assert dev.attest()["verdict"] == "unknown-firmware"
+
+
+def test_spent_nonces_are_pruned(ctx: AppContext, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from fleetward.attestation import service as verifier
+    from tests.broker import make_device
+
+    make_device(ctx, tmp_path, "n1")
+    with ctx.db.session() as s:
+        verifier.issue_nonce(s, "default", "n1")
+    with ctx.db.session() as s:
+        assert verifier.prune_nonces(s) == 0  # still usable
+        later = utcnow() + dt.timedelta(minutes=5)
+        assert verifier.prune_nonces(s, now=later) == 1

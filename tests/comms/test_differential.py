@@ -254,12 +254,13 @@ def test_values_with_control_characters_never_reach_the_table() -> None:
     from fleetward.errors import InvalidInputError
     from fleetward.identity.profile import check_device_id
 
-    for doc in (
+    docs: list[dict[str, object]] = [
         {"roles": {"r": {"commands": ["reboot\n"]}}},
         {"roles": {"r\n": {}}},
         {"roles": {"r": {"publish": ["fw/{tenant}/x\n"]}}},
         {"roles": {"r": {"devices": {"labels": {"a": "b\n"}}}}},
-    ):
+    ]
+    for doc in docs:
         with pytest.raises(InvalidInputError):
             parse_policy(doc)
     with pytest.raises(InvalidInputError):

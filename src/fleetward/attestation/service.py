@@ -35,7 +35,7 @@ from fleetward.store.db import utcnow
 from fleetward.telemetry.models import Event
 from fleetward.tenancy.models import Tenant
 
-__all__ = ["NONCE_TTL", "issue_nonce", "record_refusal", "submit"]
+__all__ = ["NONCE_TTL", "issue_nonce", "prune_nonces", "record_refusal", "submit"]
 
 NONCE_TTL = dt.timedelta(seconds=120)
 MAX_OUTSTANDING = 8  # unexpired, unused nonces per device
@@ -191,3 +191,16 @@ def record_refusal(
             fields=json.dumps({"reason": reason[:300]}),
         )
     )
+
+
+def prune_nonces(session: Session, *, now: dt.datetime | None = None) -> int:
+    """Delete nonces that were used or expired (they can never be used again)."""
+    from sqlalchemy import delete, or_
+
+    now = now or utcnow()
+    result = session.execute(
+        delete(AttestationNonce).where(
+            or_(AttestationNonce.used_at.is_not(None), AttestationNonce.expires_at <= now)
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ import threading
 import time
 
 from fleetward.api.context import AppContext
+from fleetward.attestation import service as attestation
 from fleetward.detection import service
 from fleetward.telemetry import service as telemetry
 
@@ -18,7 +19,7 @@ SWEEP_SECONDS = 60.0  # enrollment signals, silent devices, expiring certificate
 
 class DetectionRunner:
     """Runs :func:`service.run` every ``interval`` seconds in a daemon thread,
-    and prunes events past retention once an hour."""
+    and prunes events past retention and spent nonces once an hour."""
 
     def __init__(self, ctx: AppContext, *, interval: float = 0.5) -> None:
         self.ctx = ctx
@@ -42,6 +43,7 @@ class DetectionRunner:
                     last_prune = time.monotonic()
                     with self.ctx.db.session() as s:
                         telemetry.prune(s)
+                        attestation.prune_nonces(s)
             except Exception:  # keep detecting; the next round retries
                 log.exception("detection round failed")
 
