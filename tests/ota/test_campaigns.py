@@ -226,3 +226,39 @@ def test_only_signed_releases_are_deployed(live: str, ctx: AppContext, ops: dict
     call(live, ops["rm"], "POST", f"/api/v1/releases/{rid}/approve")  # gate: no SBOM
     with ctx.db.session() as s, pytest.raises(ConflictError, match="pending"):
         campaigns.create_campaign(s, rm(ctx), release_id=rid)
+
+
+def test_boot_attestation_is_part_of_the_gate(
+    live: str, ctx: AppContext, ops: dict[str, str]
+) -> None:
+    ids = add_devices(ctx, 10)
+    rid = deploy(live, ops, "1.1.0", b"fw")
+    with ctx.db.session() as s:
+        cid = campaigns.create_campaign(
+            s, rm(ctx), release_id=rid, waves=[50, 100],
+            gate=GatePolicy(require_attestation=True),
+        ).id  # fmt: skip
+        offers = campaigns.step(s, cid)
+    assert len(offers) == 5
+    with ctx.db.session() as s:
+        for o in offers:
+            campaigns.report(
+                s, tenant_id=1, device_id=o.device_id, campaign_id=cid,
+                status="succeeded", version="1.1.0",
+            )  # fmt: skip
+        # Installed, but nobody attested yet: the gate waits.
+        assert campaigns.step(s, cid) == []
+        counts = campaigns.wave_counts(s, cid, 0)
+        assert (counts.succeeded, counts.failed) == (0, 0)
+    with ctx.db.read() as s:
+        pks = {d: pk for pk, d in s.execute(select(Device.id, Device.device_id))}
+    assert set(ids) <= set(pks)
+    with ctx.db.session() as s:
+        for o in offers[:4]:
+            assert campaigns.on_verdict(
+                s, device_pk=pks[o.device_id], version="1.1.0", result="pass"
+            )
+        campaigns.on_verdict(s, device_pk=pks[offers[4].device_id], version="1.1.0", result="fail")
+        assert campaigns.step(s, cid) == []
+        c = campaigns.get_campaign(s, rm(ctx), cid)
+        assert c.state == "halted" and "1 of 5 devices failed" in c.reason

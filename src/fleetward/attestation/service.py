@@ -30,6 +30,7 @@ from fleetward.attestation import evidence as ev
 from fleetward.attestation.models import AttestationNonce
 from fleetward.errors import AttestationError, ConflictError, NotFoundError
 from fleetward.identity.models import CertificateRecord, Device
+from fleetward.ota import campaigns
 from fleetward.ota.models import Release
 from fleetward.store.db import utcnow
 from fleetward.telemetry.models import Event
@@ -160,6 +161,9 @@ def submit(
     _consume(session, device.id, data["eat_nonce"], now)
     reference, state = _reference(session, device, data["swversion"])
     verdict = ev.appraise(data, reference=reference, withdrawn=state == "withdrawn")
+    campaigns.on_verdict(
+        session, device_pk=device.id, version=str(data["swversion"]), result=verdict.result, now=now
+    )
     session.add(
         Event(
             tenant_id=tenant_id,

@@ -37,6 +37,7 @@ __all__ = [
     "approve",
     "create_campaign",
     "get_campaign",
+    "on_verdict",
     "pending_offers",
     "report",
     "resume",
@@ -356,6 +357,8 @@ def report(
     if pk is None:
         return False
     final = "succeeded" if status == "succeeded" and version == r.version else "failed"
+    if final == "succeeded" and json.loads(c.gate).get("require_attestation"):
+        final = "installed"  # succeeded once its boot attestation passes
     result = session.execute(
         update(CampaignDevice)
         .where(
@@ -449,3 +452,36 @@ def abort(
         now=now,
     )
     return offers
+
+
+def on_verdict(
+    session: Session,
+    *,
+    device_pk: int,
+    version: str,
+    result: str,
+    now: dt.datetime | None = None,
+) -> int:
+    """Settle the campaigns waiting for this device's boot attestation on
+    ``version``: ``pass`` succeeds, anything else fails. Returns rows settled."""
+    now = now or utcnow()
+    waiting = session.execute(
+        select(CampaignDevice.id)
+        .join(Campaign, Campaign.id == CampaignDevice.campaign_id)
+        .join(Release, Release.id == Campaign.release_id)
+        .where(
+            CampaignDevice.device_pk == device_pk,
+            CampaignDevice.status == "installed",
+            Campaign.state == "running",
+            Release.version == version,
+        )
+    ).scalars()
+    ids = list(waiting)
+    if not ids:
+        return 0
+    session.execute(
+        update(CampaignDevice)
+        .where(CampaignDevice.id.in_(ids))
+        .values(status="succeeded" if result == "pass" else "failed", updated_at=now)
+    )
+    return len(ids)

@@ -128,7 +128,7 @@ class CampaignDevice(Base):
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
     device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"))
     wave: Mapped[int] = mapped_column(Integer)
-    # planned | offered | succeeded | failed | aborted
+    # planned | offered | installed (awaiting attestation) | succeeded | failed | aborted
     status: Mapped[str] = mapped_column(String(16))
     version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -85,6 +85,9 @@ class GatePolicy:
     max_failure_ratio: float = 0.05
     min_sample: int = 1  # reports needed before the failure ratio can halt
     time_limit_seconds: float = 3600.0
+    # A device counts as a success only once its boot attestation passes on
+    # the new version (a fail verdict counts as a failure).
+    require_attestation: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_success_ratio <= 1 or not 0 <= self.max_failure_ratio <= 1:

@@ -194,6 +194,7 @@ class GateIn(BaseModel):
     max_failure_ratio: float = Field(default=0.05, ge=0, le=1)
     min_sample: int = Field(default=1, ge=1)
     time_limit_seconds: float = Field(default=3600.0, gt=0)
+    require_attestation: bool = False
 
 
 class CampaignIn(BaseModel):
