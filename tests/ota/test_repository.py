@@ -308,3 +308,49 @@ def test_malformed_uploads_are_refused(live: str, repo: dict[str, str]) -> None:
     assert unknown.status_code == 404
     name = upload(live, repo["rm1"], product="thermo", version="1.0.0", image=b"a", filename="../x")
     assert name.status_code == 400
+
+
+def test_offline_root_keys(live: str, ctx: AppContext, admin_token: str, tmp_path: Path) -> None:
+    """Root keys written to a directory that then leaves the server: releases
+    keep flowing without them; a rotation brings them back for one signing."""
+    import os
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from fleetward.cli.main import app as cli
+
+    runner = CliRunner()
+    home = ["--home", str(ctx.settings.home)]
+    env = {"FLEETWARD_ROOT_PASSPHRASE": "correct horse"}
+    offline = tmp_path / "offline-root"
+    out = runner.invoke(cli, [*home, "ota", "init", "--offline-root", str(offline)], env=env)
+    assert out.exit_code == 0, out.output
+    assert len(list(offline.glob("*.pem"))) == 3
+    vault = tmp_path / "vault"
+    shutil.move(offline, vault)  # gone from the server
+    repo = {
+        "rm1": operator(ctx, "release-manager", "rm1"),
+        "rm2": operator(ctx, "release-manager", "rm2"),
+    }
+    call(live, admin_token, "POST", "/api/v1/ota/products/thermo", json={"threshold": 2})
+    release(live, repo, "1.0.0")
+    v1 = root_of(ctx)
+    client = updater(live, tmp_path / "c", v1)
+    client.refresh()
+    assert client.get_targetinfo("thermo/1.0.0/fw.bin") is not None
+    # Without the offline keys a rotation is refused; with them it works.
+    refused = runner.invoke(cli, [*home, "ota", "rotate-root"], env=env)
+    assert refused.exit_code != 0
+    new_dir = tmp_path / "offline-root-2"
+    rotated = runner.invoke(
+        cli,
+        [*home, "ota", "rotate-root", "--old-root", str(vault), "--new-root", str(new_dir)],
+        env=env,
+    )
+    assert rotated.exit_code == 0, rotated.output
+    assert len(list(new_dir.glob("*.pem"))) == 3
+    follower = updater(live, tmp_path / "c", v1)
+    follower.refresh()
+    assert Metadata.from_bytes((tmp_path / "c" / "root.json").read_bytes()).signed.version == 2
+    assert os.environ.get("FLEETWARD_ROOT_PASSPHRASE") is None

@@ -16,6 +16,7 @@ from fleetward.config import DEFAULT_PORT, Settings, default_home
 from fleetward.errors import FleetwardError
 from fleetward.identity.cli import ca_app, cert_app, crl_app, device_app
 from fleetward.installation import initialise
+from fleetward.ota.cli import ota_app
 from fleetward.provisioning.cli import factory_app
 from fleetward.tenancy.cli import tenant_app, token_app
 
@@ -34,6 +35,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(factory_app, name="factory")
 app.add_typer(policy_app, name="policy")
 app.add_typer(broker_app, name="broker")
+app.add_typer(ota_app, name="ota")
 
 
 @app.callback()

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,7 +29,7 @@ from fleetward.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
 )
-from fleetward.keys import Signer
+from fleetward.keys import Signer, generate_file_signer, open_signer
 from fleetward.keys.ring import KeyRing
 from fleetward.ota import release as checks
 from fleetward.ota import tuf_repo
@@ -39,6 +40,7 @@ from fleetward.tenancy.roles import Permission, Principal, require
 
 __all__ = [
     "BlobStore",
+    "OfflineKeys",
     "approve_release",
     "create_release",
     "ensure_product",
@@ -125,13 +127,43 @@ def _threshold(session: Session, tenant_id: int, role: str) -> int:
     return int(row)
 
 
+@dataclass(frozen=True)
+class OfflineKeys:
+    """Where root keys go (and come from) when they are kept offline: an
+    encrypted key file per key in ``directory``, under its own passphrase.
+    fleetward records the public keys; the directory then leaves the server."""
+
+    directory: Path
+    passphrase: bytes
+
+    def generate(self, name: str) -> Signer:
+        """A new root key file."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return generate_file_signer(self.directory / f"{name}.pem", passphrase=self.passphrase)
+
+    def open_all(self) -> list[Signer]:
+        """Every key file in the directory."""
+        return [
+            open_signer(f"file:{p}", passphrase=self.passphrase)
+            for p in sorted(self.directory.glob("*.pem"))
+        ]
+
+
 def _new_keys(
-    session: Session, keyring: KeyRing, tenant: Tenant, role: str, count: int, now: dt.datetime
+    session: Session,
+    keyring: KeyRing,
+    tenant: Tenant,
+    role: str,
+    count: int,
+    now: dt.datetime,
+    *,
+    offline: OfflineKeys | None = None,
 ) -> list[Signer]:
     signers = []
     stamp = now.strftime("%Y%m%dT%H%M%S%f")
     for i in range(count):
-        signer = keyring.generate(f"tuf-{tenant.name}-{role}-{stamp}-{i}")
+        name = f"tuf-{tenant.name}-{role}-{stamp}-{i}"
+        signer = offline.generate(name) if offline is not None else keyring.generate(name)
         session.add(
             TufKey(
                 tenant_id=tenant.id,
@@ -240,16 +272,18 @@ def ensure_repository(
     *,
     root_threshold: int = 2,
     root_keys: int = 3,
+    offline_root: OfflineKeys | None = None,
     now: dt.datetime | None = None,
 ) -> bool:
     """Create the tenant's repository (keys, root, targets, snapshot,
-    timestamp) unless it exists; returns whether it was created."""
+    timestamp) unless it exists; returns whether it was created. With
+    ``offline_root`` the root keys are written there, not to the key ring."""
     if _latest(session, tenant.id, "root") is not None:
         return False
     if not 1 <= root_threshold <= root_keys:
         raise InvalidInputError("root threshold must be between 1 and the number of root keys")
     now = now or utcnow()
-    root = _new_keys(session, keyring, tenant, "root", root_keys, now)
+    root = _new_keys(session, keyring, tenant, "root", root_keys, now, offline=offline_root)
     targets = _new_keys(session, keyring, tenant, "targets", 1, now)
     [snapshot] = _new_keys(session, keyring, tenant, "snapshot", 1, now)
     [timestamp] = _new_keys(session, keyring, tenant, "timestamp", 1, now)
@@ -649,6 +683,8 @@ def rotate_root(
     keys: int = 3,
     threshold: int = 2,
     rotate_online: bool = True,
+    old_root: OfflineKeys | None = None,
+    new_root_offline: OfflineKeys | None = None,
     now: dt.datetime | None = None,
 ) -> int:
     """Replace the root keys (and by default the snapshot and timestamp keys).
@@ -667,9 +703,21 @@ def rotate_root(
     latest = _latest(session, tenant.id, "root")
     if latest is None:
         raise NotFoundError("no repository yet")
-    old_root = _signers(session, keyring, tenant.id, "root")
     old_rows = _keys(session, tenant.id, "root")
-    new_root = _new_keys(session, keyring, tenant, "root", keys, now)
+    if old_root is not None:
+        # Offline root keys brought in for this signing only; they must be
+        # the keys the current root names.
+        wanted = {k.keyid for k in old_rows}
+        old_signers = [k for k in old_root.open_all() if tuf_repo.public_key(k).keyid in wanted]
+    else:
+        old_signers = _signers(session, keyring, tenant.id, "root")
+    threshold_now = _threshold(session, tenant.id, "root")
+    if len(old_signers) < threshold_now:
+        raise InvalidInputError(
+            f"the current root needs {threshold_now} of its keys to sign a rotation; "
+            f"{len(old_signers)} available"
+        )
+    new_root = _new_keys(session, keyring, tenant, "root", keys, now, offline=new_root_offline)
     for row in old_rows:
         row.role = "retired-root"
     if rotate_online:
@@ -692,7 +740,7 @@ def rotate_root(
         snapshot=snapshot,
         timestamp=timestamp,
         now=now,
-        sign_with=[*old_root, *new_root],
+        sign_with=[*old_signers, *new_root],
     )
     version = _store(session, tenant.id, "root", md, now)
     if rotate_online:
