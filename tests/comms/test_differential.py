@@ -177,7 +177,7 @@ def test_c_evaluator_agrees_with_python(
     username = mqtt_username(tenant=subject.tenant, environment="test", device_id=subject.device_id)
     text = compile_table(
         policies={"acme": policy},
-        devices=[BrokerDevice(subject=subject, username=username, serials=("0a" * 32,))],
+        devices=[BrokerDevice(subject=subject, username=username, serials=("0a" * 20,))],
         generation=1,
         max_payload=1024,
         service_username="svc",
@@ -202,12 +202,12 @@ def test_two_tenants_in_one_table_stay_apart(evaluator: Evaluator) -> None:
         BrokerDevice(
             Subject("acme", "d1", "p", {}),
             mqtt_username(tenant="acme", environment="test", device_id="d1"),
-            ("01" * 32,),
+            ("01" * 20,),
         ),
         BrokerDevice(
             Subject("globex", "d1", "p", {}),
             mqtt_username(tenant="globex", environment="test", device_id="d1"),
-            ("02" * 32,),
+            ("02" * 20,),
         ),
     ]
     text = compile_table(
@@ -240,9 +240,9 @@ HEADER = "fwacl\t2\t1\t1\tsvc\t\n"
         HEADER,  # no end line: truncated
         HEADER + "r\tp\tfw/x\nend\n",  # a rule before any role
         HEADER + "D\tu\tt\td\tp\tzz\t\t\nend\n",  # not hex
-        HEADER + "D\tu\tt\td\tp\t" + "01" * 32 + "\t7\t\nend\n",  # no role 7
-        HEADER + "R\tr\n\nD\tu\tt\td\tp\t" + "01" * 32 + "\t\t\nend\n",  # blank line
-        HEADER + "end\nD\tu\tt\td\tp\t" + "01" * 32 + "\t\t\n",  # after the end
+        HEADER + "D\tu\tt\td\tp\t" + "01" * 20 + "\t7\t\nend\n",  # no role 7
+        HEADER + "R\tr\n\nD\tu\tt\td\tp\t" + "01" * 20 + "\t\t\nend\n",  # blank line
+        HEADER + "end\nD\tu\tt\td\tp\t" + "01" * 20 + "\t\t\n",  # after the end
     ],
 )
 def test_malformed_tables_are_rejected(evaluator: Evaluator, text: str) -> None:
@@ -271,7 +271,7 @@ def test_values_with_control_characters_never_reach_the_table() -> None:
             BrokerDevice(
                 Subject("acme", "d1", "p\nq", {"k": "v\n"}),
                 mqtt_username(tenant="acme", environment="test", device_id="d1"),
-                ("01" * 32,),
+                ("01" * 20,),
             )
         ],
         generation=1,
@@ -283,7 +283,7 @@ def test_values_with_control_characters_never_reach_the_table() -> None:
 
 
 def test_many_certificates_per_identity_load(evaluator: Evaluator) -> None:
-    certs = tuple(f"{i:064x}" for i in range(600))
+    certs = tuple(f"{i:040x}" for i in range(600))
     policy = parse_policy({"roles": {"all": {"publish": ["fw/{tenant}/{device}/#"]}}})
     username = mqtt_username(tenant="acme", environment="test", device_id="d1")
     text = compile_table(
@@ -306,7 +306,7 @@ def test_unsafe_product_binds_to_nothing(evaluator: Evaluator) -> None:
     username = mqtt_username(tenant="acme", environment="test", device_id="d1")
     text = compile_table(
         policies={"acme": policy},
-        devices=[BrokerDevice(subject, username, ("01" * 32,))],
+        devices=[BrokerDevice(subject, username, ("01" * 20,))],
         generation=1,
         max_payload=10,
         service_username="svc",

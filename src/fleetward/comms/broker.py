@@ -355,7 +355,7 @@ class BrokerSync:
         if not self.files.service_cert.exists():
             return ""
         cert = x509.load_pem_x509_certificate(self.files.service_cert.read_bytes())
-        return cert.fingerprint(hashes.SHA256()).hex()
+        return cert.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - see compile.py
 
     def write_table(self) -> int:
         """Rebuild ``acl.table`` now; returns how many identities it lists."""

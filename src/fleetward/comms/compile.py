@@ -21,7 +21,7 @@ __all__ = ["TABLE_FORMAT", "BrokerDevice", "compile_table", "mqtt_username"]
 
 TABLE_FORMAT = "2"
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_HEX = re.compile(r"^[0-9a-f]{64}$")
+_HEX = re.compile(r"^[0-9a-f]{40}$")
 
 
 def mqtt_username(*, tenant: str, environment: str, device_id: str) -> str:
@@ -40,8 +40,11 @@ class BrokerDevice:
 
     subject: Subject
     username: str
-    # SHA-256 (lowercase hex) of each current certificate: the plugin accepts
-    # exactly these certificates, whoever else could mint the same subject.
+    # SHA-1 fingerprint (lowercase hex) of each current certificate: the
+    # plugin accepts exactly these certificates, whoever else could mint the
+    # same subject. SHA-1 because OpenSSL caches it per certificate, so the
+    # per-message check is free; matching an existing certificate would take
+    # a second preimage.
     serials: tuple[str, ...]
 
 
@@ -81,14 +84,14 @@ def compile_table(
         generation: a number that grows with every table (for logs).
         max_payload: the largest PUBLISH payload the broker lets through.
         service_username: fleetward's own broker identity (allowed all).
-        service_certificate: SHA-256 (hex) of fleetward's service certificate;
+        service_certificate: SHA-1 fingerprint (hex) of fleetward's service certificate;
             the service identity is refused with any other certificate.
 
     Raises:
         ValueError: a device's values could break the table format.
     """
     if service_certificate and not _HEX.fullmatch(service_certificate):
-        raise ValueError("the service certificate digest must be 64 lowercase hex digits")
+        raise ValueError("the service certificate fingerprint must be 40 lowercase hex digits")
     lines = [
         f"fwacl\t{TABLE_FORMAT}\t{generation}\t{max_payload}\t{service_username}\t"
         f"{service_certificate}"
@@ -107,7 +110,9 @@ def compile_table(
             if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
                 raise ValueError(f"unsafe value {value!r} for the broker table")
         if not all(_HEX.fullmatch(s) for s in device.serials):
-            raise ValueError(f"certificates of {subject.device_id!r} must be SHA-256 hex digests")
+            raise ValueError(
+                f"certificates of {subject.device_id!r} must be SHA-1 hex fingerprints"
+            )
         own = policies.get(subject.tenant)
         if subject.quarantined:
             roles = [0]

@@ -210,7 +210,7 @@ def broker_snapshot(
             Device.labels,
             Device.state,
             CertificateRecord.environment,
-            CertificateRecord.fingerprint,
+            CertificateRecord.der,
         )
         .join(CertificateRecord, CertificateRecord.device_pk == Device.id)
         .where(
@@ -221,7 +221,7 @@ def broker_snapshot(
         .order_by(Device.id, CertificateRecord.environment)
     )
     grouped: dict[tuple[str, str], tuple[Subject, list[str]]] = {}
-    for tenant_id, device_id, product, labels, state, env, fingerprint in rows:
+    for tenant_id, device_id, product, labels, state, env, der in rows:
         tenant = tenants[tenant_id]
         key = (mqtt_username(tenant=tenant, environment=env, device_id=device_id), tenant)
         if key not in grouped:
@@ -234,7 +234,8 @@ def broker_snapshot(
                 quarantined=state == "quarantined",
             )
             grouped[key] = (subject, [])
-        grouped[key][1].append(fingerprint)
+        # The plugin matches certificates by SHA-1 fingerprint (see compile.py).
+        grouped[key][1].append(hashlib.sha1(der, usedforsecurity=False).hexdigest())
     devices = [
         BrokerDevice(subject=subject, username=username, serials=tuple(serials))
         for (username, _), (subject, serials) in grouped.items()

@@ -1,14 +1,15 @@
 /* fleetward ACL table evaluator. See fw_acl.h and fleetward/comms/policy.py.
  *
  * Table text, one record per line, fields separated by tabs:
- *   fwacl <format> <generation> <max_payload> <service username> <service cert sha256>
+ *   fwacl <format> <generation> <max_payload> <service username> <service cert sha1>
  *   R <role name>                      roles are numbered in order from 0
  *   r <code> <template or command>     a rule of the last role; codes:
  *                                      p s c allow publish/subscribe/command,
  *                                      P S C deny publish/subscribe/command
  *   D <username> <tenant> <device> <product> <certs> <roles> <labels>
- *                                      certs: SHA-256 of each current
- *                                      certificate (hex), comma separated;
+ *                                      certs: SHA-1 fingerprint of each
+ *                                      current certificate (hex), comma
+ *                                      separated;
  *                                      roles: indexes, comma separated;
  *                                      labels: key=value;key=value
  *   end                                the last line: a table without it

@@ -20,8 +20,8 @@ void fw_table_free(fw_table *table);
 
 const fw_device *fw_table_find(const fw_table *table, const char *username);
 const char *fw_table_service(const fw_table *table);
-/* Whether a certificate digest (SHA-256, leading zero bytes stripped or not)
- * is the service identity's certificate. */
+/* Whether a certificate fingerprint (SHA-1 of the DER) is the service
+ * identity's certificate. */
 int fw_service_cert_ok(const fw_table *table, const unsigned char *digest, size_t len);
 long fw_table_max_payload(const fw_table *table);
 long fw_table_generation(const fw_table *table);
@@ -29,7 +29,7 @@ long fw_table_generation(const fw_table *table);
 /* 1 allow, 0 deny. topic must be a valid MQTT name (filter for SUBSCRIBE). */
 int fw_check(const fw_table *table, const fw_device *device, int action, const char *topic);
 
-/* Whether the device accepts a certificate with this SHA-256 digest: only
+/* Whether the device accepts a certificate with this fingerprint: only
  * the exact certificates the table lists (a rogue CA cannot mint them). */
 int fw_serial_ok(const fw_device *device, const unsigned char *serial, size_t len);
 

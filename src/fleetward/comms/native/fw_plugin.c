@@ -3,7 +3,7 @@
  * Thin by design: fleetward compiles policy and registry into a table file
  * (fw_acl.c documents the format); this plugin
  *  - answers every ACL check (publish, subscribe, delivery) from the table,
- *    after checking that the client's certificate (its SHA-256) is one the
+ *    after checking that the client's certificate (its SHA-1 fingerprint) is one the
  *    table still lists for that identity: a revoked certificate is mute even
  *    before the CRL reaches the TLS layer, and a certificate minted by a
  *    rogue CA with someone else's subject and serial is not theirs;
@@ -211,7 +211,11 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	unsigned int digest_len = 0;
 	X509 *cert = mosquitto_client_certificate(ed->client);
 	if (cert) {
-		if (!X509_digest(cert, EVP_sha256(), digest, &digest_len)) digest_len = 0;
+		/* SHA-1 of the whole certificate: OpenSSL computed it once when it
+		 * verified the handshake and X509_digest returns that cached value,
+		 * so this costs nothing per message. Matching a certificate that
+		 * already exists needs a second preimage, which SHA-1 still resists. */
+		if (!X509_digest(cert, EVP_sha1(), digest, &digest_len)) digest_len = 0;
 		X509_free(cert);
 	}
 	const char *service = fw_table_service(table);
