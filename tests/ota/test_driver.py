@@ -97,4 +97,9 @@ def test_campaign_over_mqtt_commits_a_good_release_and_halts_on_a_bad_one(
     assert steps[:3] == ["downloading", "staged", "boot"]
     assert "committed" in steps and steps[-1] == "fell-back"
     assert steps.count("boot") == 1 + 3  # one healthy boot, then three failed ones
+    # Every step is also telemetry, with the version the device runs.
+    events = call(live, rm, "GET", "/api/v1/telemetry/events?device=ota-1&type=ota.step&limit=1000")
+    recorded = [e["fields"]["step"] for e in reversed(events.json())]
+    assert "committed" in recorded and recorded[-1] == "fell-back"
+    assert events.json()[0]["fields"]["version"] == "1.1.0"
     watcher.close()

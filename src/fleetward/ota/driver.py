@@ -3,6 +3,7 @@
 Runs beside the broker (``fleetward up``). Each round it:
 
 1. stores the devices' reports received on ``fw/<tenant>/<device>/state/ota``
+   (every step as an ``ota.step`` event; final steps also in the campaign)
    (the broker only lets a device publish under its own id, so the topic
    names the reporter);
 2. steps every running campaign (:func:`campaigns.step`) and publishes the
@@ -13,6 +14,7 @@ Runs beside the broker (``fleetward up``). Each round it:
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import queue
@@ -23,12 +25,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from fleetward.api.context import AppContext
 from fleetward.comms.commands import CommandSender, broker_info
+from fleetward.identity.models import Device
 from fleetward.ota import campaigns
 from fleetward.ota.models import Campaign
+from fleetward.telemetry.models import Event
 from fleetward.tenancy.models import Tenant
 
 __all__ = ["FINAL_STEPS", "CampaignDriver"]
@@ -103,6 +107,7 @@ class CampaignDriver:
             return 0
         with self.ctx.db.session() as s:
             tenants = {str(n): int(i) for n, i in s.execute(select(Tenant.name, Tenant.id))}
+            self._record_steps(s, tenants, batch)
             for tenant, device_id, body in batch:
                 status = FINAL_STEPS.get(str(body.get("step")))
                 campaign_id = body.get("campaign")
@@ -118,6 +123,38 @@ class CampaignDriver:
                     version=str(version) if version is not None else None,
                 )
         return stored
+
+    @staticmethod
+    def _record_steps(
+        s: Any, tenants: dict[str, int], batch: list[tuple[str, str, dict[str, Any]]]
+    ) -> None:
+        """Every reported step is telemetry (``ota.step``), with the version
+        the device says it runs: what the detectors and operators read."""
+        keys = {(tenants[t], d) for t, d, _ in batch if t in tenants}
+        devices: dict[tuple[int, str], int] = {}
+        for tenant_id, device_id in keys:
+            pk = s.execute(
+                select(Device.id).where(
+                    Device.tenant_id == tenant_id, Device.device_id == device_id
+                )
+            ).scalar_one_or_none()
+            if pk is not None:
+                devices[(tenant_id, device_id)] = int(pk)
+        now = dt.datetime.now(dt.UTC)
+        rows = [
+            {
+                "tenant_id": tenants[t],
+                "device_pk": devices[(tenants[t], d)],
+                "type": "ota.step",
+                "at": now,
+                "count": 1,
+                "fields": json.dumps(body, separators=(",", ":"))[:MAX_REPORT_BYTES],
+            }
+            for t, d, body in batch
+            if t in tenants and (tenants[t], d) in devices
+        ]
+        if rows:
+            s.execute(insert(Event), rows)
 
     # -- offers out ---------------------------------------------------------
 
