@@ -154,7 +154,14 @@ def connect(
     password: bytes | None = None,
 ) -> Client:
     """Connect a paho client over TLS with a client certificate."""
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    # No automatic reconnection: a refused client must stay refused, and a
+    # retry loop would leave sockets behind when the test ends.
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        reconnect_on_failure=False,
+    )
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.load_cert_chain(str(cert), str(key), password=password)
     c.tls_set_context(ctx)

@@ -146,15 +146,19 @@ def test_revoked_device_is_cut_off_and_cannot_reconnect(
     latency = time.monotonic() - started
     assert latency < 1.0, latency
     c1.client.loop_stop()
+
     # The sync loop also published the CRL and reloaded Mosquitto: the
     # handshake itself now fails.
-    wait_for(
-        lambda: not dev(broker, d1, expect_ok=False).connected.wait(0.5),
-        timeout=5,
-        what="reconnection to be refused",
-    )
+    def refused() -> bool:
+        attempt = dev(broker, d1, expect_ok=False)
+        ok = not attempt.connected.wait(0.5)
+        attempt.close()
+        return ok
+
+    wait_for(refused, timeout=5, what="reconnection to be refused")
     again = dev(broker, d1, expect_ok=False)
     assert not again.connected.wait(1.0)
+    again.close()
     # openssl as an outside client agrees: certificate revoked.
     proc = subprocess.run(
         [
@@ -284,6 +288,7 @@ def test_untrusted_certificates_are_refused_at_the_handshake(
     f = broker.files
     c = connect(broker.port, f.broker_ca, f.service_cert, f.service_key, expect_ok=False)
     assert not c.connected.wait(1.0)
+    c.close()
     # A self-made certificate with a device's name.
     d = tmp_path / "rogue"
     d.mkdir()
@@ -297,6 +302,7 @@ def test_untrusted_certificates_are_refused_at_the_handshake(
     )  # fmt: skip
     rogue = connect(broker.port, f.broker_ca, d / "c.pem", d / "k.pem", expect_ok=False)
     assert not rogue.connected.wait(1.0)
+    rogue.close()
     wait_for(lambda: len(events(ctx, "authz.handshake-refused")) >= 2, timeout=5, what="events")
 
 

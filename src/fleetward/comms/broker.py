@@ -81,10 +81,15 @@ CRL_CHECK_SECONDS = 30.0
 SERVICE_USERNAME = f"CN={SERVICE_CN}"
 # Only a refused peer certificate counts: a device that vanishes without a
 # TLS close also logs an OpenSSL error ("unexpected eof"), and is not refused.
-_HANDSHAKE = re.compile(
-    r"OpenSSL Error\[\d+\]: (?P<reason>.*(?:certificate verify failed|certificate revoked|"
-    r"peer did not return a certificate|no certificate|unsupported certificate|"
-    r"certificate expired|bad certificate).*)$"
+_REFUSED = (
+    r"(?:certificate verify failed|certificate revoked|peer did not return a certificate|"
+    r"no certificate|unsupported certificate|certificate expired|bad certificate)"
+)
+# Mosquitto reports a refused handshake in one of two shapes, depending on
+# whether it failed while accepting or after the connection was registered.
+_HANDSHAKE = re.compile(rf"OpenSSL Error\[\d+\]: (?P<reason>.*{_REFUSED}.*)$")
+_ACCEPT_FAILED = re.compile(
+    rf"Client connection from (?P<peer>\S+) failed: (?P<reason>.*{_REFUSED}.*?)\.?$"
 )
 _NEW_CONN = re.compile(r"New connection from (?P<peer>\S+) on port (?P<port>\d+)")
 
@@ -588,6 +593,8 @@ class MosquittoProcess:
                 peer = m.group("peer")
             elif (m := _HANDSHAKE.search(line)) and self.on_handshake_refused is not None:
                 self.on_handshake_refused(peer, m.group("reason"))
+            elif (m := _ACCEPT_FAILED.search(line)) and self.on_handshake_refused is not None:
+                self.on_handshake_refused(m.group("peer"), m.group("reason"))
 
     def reload(self) -> None:
         """SIGHUP: re-read CA and CRL files."""
