@@ -262,3 +262,21 @@ def test_boot_attestation_is_part_of_the_gate(
         assert campaigns.step(s, cid) == []
         c = campaigns.get_campaign(s, rm(ctx), cid)
         assert c.state == "halted" and "1 of 5 devices failed" in c.reason
+
+
+def test_a_campaign_that_reaches_everyone_at_once_must_be_an_emergency(
+    live: str, ctx: AppContext, ops: dict[str, str]
+) -> None:
+    from fleetward.errors import InvalidInputError
+    from fleetward.ota.models import Campaign
+
+    add_devices(ctx, 5)
+    rid = deploy(live, ops, "1.1.0", b"fw")
+    with ctx.db.session() as s, pytest.raises(InvalidInputError, match="emergency"):
+        campaigns.create_campaign(s, rm(ctx), release_id=rid, waves=[100])
+    resp = call(
+        live, ops["rm"], "POST", "/api/v1/campaigns", json={"release_id": rid, "waves": [100]}
+    )
+    assert resp.status_code == 400 and "two security approvals" in resp.text
+    with ctx.db.read() as s:
+        assert s.execute(select(Campaign)).first() is None  # nothing was planned
