@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetward.errors import FleetwardError
 
-__all__ = ["BrokerUnavailableError", "CommandSender", "broker_info"]
+__all__ = ["BrokerUnavailableError", "CommandSender", "broker_info", "service_client"]
 
 # A command's payload is an operator's JSON; devices are small.
 MAX_COMMAND_BYTES = 4096
@@ -45,6 +45,39 @@ def broker_info(home: Path) -> dict[str, Any]:
     return info
 
 
+def service_client(
+    home: Path,
+    *,
+    client_id: str = "",
+    subscribe: tuple[str, int] | None = None,
+    on_message: Any = None,
+    keepalive: int = 60,
+) -> mqtt.Client:
+    """A connected, looping MQTT 5 client with fleetward's service identity.
+
+    ``subscribe`` is ``(filter, qos)``, renewed on every (re)connection.
+
+    Raises:
+        BrokerUnavailableError: no broker here, or it cannot be reached.
+    """
+    info = broker_info(home)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    context = ssl.create_default_context(cafile=info["ca"])
+    context.load_cert_chain(info["service_cert"], info["service_key"])
+    client.tls_set_context(context)
+    if on_message is not None:
+        client.on_message = on_message
+    if subscribe is not None:
+        topic, qos = subscribe
+        client.on_connect = lambda c, *_: c.subscribe(topic, qos=qos)
+    try:
+        client.connect(info["host"], int(info["service_port"]), keepalive=keepalive)
+    except OSError as exc:
+        raise BrokerUnavailableError(f"broker not reachable: {exc}") from exc
+    client.loop_start()
+    return client
+
+
 class CommandSender:
     """One MQTT connection per process for outgoing commands."""
 
@@ -52,19 +85,6 @@ class CommandSender:
         self.home = home
         self._client: mqtt.Client | None = None
         self._lock = threading.Lock()
-
-    def _connect(self) -> mqtt.Client:
-        info = broker_info(self.home)
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        context = ssl.create_default_context(cafile=info["ca"])
-        context.load_cert_chain(info["service_cert"], info["service_key"])
-        client.tls_set_context(context)
-        try:
-            client.connect(info["host"], int(info["service_port"]), keepalive=60)
-        except OSError as exc:
-            raise BrokerUnavailableError(f"broker not reachable: {exc}") from exc
-        client.loop_start()
-        return client
 
     def send(self, topic: str, payload: bytes, *, timeout: float = 5.0) -> None:
         """Publish at QoS 1 and wait for the broker's acknowledgement.
@@ -76,7 +96,7 @@ class CommandSender:
             if self._client is None or not self._client.is_connected():
                 if self._client is not None:
                     self._client.loop_stop()
-                self._client = self._connect()
+                self._client = service_client(self.home)
             client = self._client
         info = client.publish(topic, payload, qos=1)
         try:

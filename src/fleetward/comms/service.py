@@ -253,6 +253,7 @@ def record_acl_events(
     """
     now = now or utcnow()
     tenants = {name: tid for tid, name in session.execute(select(Tenant.id, Tenant.name))}
+    devices: dict[tuple[int, str], int | None] = {}
     events: list[Event] = []
     for line in lines:
         parts = line.rstrip("\n").split("\t")
@@ -268,11 +269,12 @@ def record_acl_events(
         match = _USERNAME.fullmatch(username)
         if match and match.group(1) in tenants:
             tenant_id = tenants[match.group(1)]
-            device_pk = session.execute(
-                select(Device.id).where(
-                    Device.tenant_id == tenant_id, Device.device_id == match.group(3)
-                )
-            ).scalar_one_or_none()
+            key = (tenant_id, match.group(3))
+            if key not in devices:  # one lookup per identity, not per line
+                devices[key] = session.execute(
+                    select(Device.id).where(Device.tenant_id == key[0], Device.device_id == key[1])
+                ).scalar_one_or_none()
+            device_pk = devices[key]
         events.append(
             Event(
                 tenant_id=tenant_id,

@@ -18,17 +18,15 @@ import datetime as dt
 import json
 import logging
 import queue
-import ssl
 import threading
 import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import insert, select
 
 from fleetward.api.context import AppContext
-from fleetward.comms.commands import CommandSender, broker_info
+from fleetward.comms.commands import CommandSender, service_client
 from fleetward.identity.models import Device
 from fleetward.ota import campaigns
 from fleetward.ota.models import Campaign
@@ -82,18 +80,13 @@ class CampaignDriver:
             self.dropped_reports += 1  # bounded: a flood is counted, not kept
 
     def _subscribe(self) -> mqtt.Client:
-        info = broker_info(self.ctx.settings.home)
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id="fleetward-ota", protocol=mqtt.MQTTv5
+        return service_client(
+            self.ctx.settings.home,
+            client_id="fleetward-ota",
+            subscribe=("fw/+/+/state/ota", 1),
+            on_message=self._on_message,
+            keepalive=30,
         )
-        context = ssl.create_default_context(cafile=info["ca"])
-        context.load_cert_chain(info["service_cert"], info["service_key"])
-        client.tls_set_context(context)
-        client.on_message = self._on_message
-        client.on_connect = lambda c, *_: c.subscribe("fw/+/+/state/ota", qos=1)
-        client.connect(info["host"], int(info["service_port"]), keepalive=30)
-        client.loop_start()
-        return client
 
     def _store_reports(self) -> int:
         stored = 0

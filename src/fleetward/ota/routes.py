@@ -45,10 +45,9 @@ class ReleaseOut(BaseModel):
     created_at: dt.datetime
 
 
-def release_out(ctx: Any, r: Release) -> ReleaseOut:
-    """Shape a release (the gate needs a session)."""
-    with ctx.db.read() as s:
-        findings = list(service.gate(s, r).findings) if r.state == "pending" else []
+def release_out(s: Any, r: Release) -> ReleaseOut:
+    """Shape a release, in the caller's session (the gate reads the threshold)."""
+    findings = list(service.gate(s, r).findings) if r.state == "pending" else []
     return ReleaseOut(
         id=r.id,
         product=r.product,
@@ -134,31 +133,28 @@ def create_release(
             sbom=sbom_bytes,
             measurements=parsed,
         )
-    return release_out(ctx, r)
+        return release_out(s, r)
 
 
 @router.get("/releases", response_model=list[ReleaseOut])
 def list_releases(ctx: Ctx, who: Operator, product: str | None = None) -> list[ReleaseOut]:
     """The tenant's releases, newest first."""
     with ctx.db.read() as s:
-        rows = service.list_releases(s, who, product=product)
-    return [release_out(ctx, r) for r in rows]
+        return [release_out(s, r) for r in service.list_releases(s, who, product=product)]
 
 
 @router.get("/releases/{release_id}", response_model=ReleaseOut)
 def get_release(release_id: int, ctx: Ctx, who: Operator) -> ReleaseOut:
     """One release with its review gate."""
     with ctx.db.read() as s:
-        r = service.get_release(s, who, release_id)
-    return release_out(ctx, r)
+        return release_out(s, service.get_release(s, who, release_id))
 
 
 @router.post("/releases/{release_id}/approve", response_model=ReleaseOut)
 def approve(release_id: int, ctx: Ctx, who: Operator) -> ReleaseOut:
     """One release signer's approval; at the threshold the release is signed."""
     with ctx.operator_work(who, action="ota.release.approve", subject=f"release:{release_id}") as s:
-        r = service.approve_release(s, ctx.pki.keyring, who, release_id)
-    return release_out(ctx, r)
+        return release_out(s, service.approve_release(s, ctx.pki.keyring, who, release_id))
 
 
 @router.post("/releases/{release_id}/withdraw", response_model=ReleaseOut)
@@ -168,7 +164,7 @@ def withdraw(release_id: int, body: WithdrawIn, ctx: Ctx, who: Operator) -> Rele
         who, action="ota.release.withdraw", subject=f"release:{release_id}"
     ) as s:
         r = service.withdraw_release(s, ctx.pki.keyring, who, release_id, reason=body.reason)
-    return release_out(ctx, r)
+        return release_out(s, r)
 
 
 @public.get("/tuf/{tenant}/metadata/{filename}")

@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import logging
 import queue
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
@@ -183,20 +181,15 @@ class MqttIngest:
 
     def start(self) -> None:
         """Connect, subscribe, and write batches from a worker thread."""
-        from fleetward.comms.commands import broker_info
+        from fleetward.comms.commands import service_client
 
-        info = broker_info(self.home)
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
+        self._client = service_client(
+            self.home,
+            client_id=self.client_id,
+            subscribe=(SHARED_TOPIC, 0),
+            on_message=self._on_message,
+            keepalive=30,
         )
-        context = ssl.create_default_context(cafile=info["ca"])
-        context.load_cert_chain(info["service_cert"], info["service_key"])
-        client.tls_set_context(context)
-        client.on_message = self._on_message
-        client.on_connect = lambda c, *_: c.subscribe(SHARED_TOPIC, qos=0)
-        client.connect(info["host"], int(info["service_port"]), keepalive=30)
-        client.loop_start()
-        self._client = client
         self._thread = threading.Thread(target=self._run, daemon=True, name=self.client_id)
         self._thread.start()
 
