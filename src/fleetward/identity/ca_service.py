@@ -106,7 +106,8 @@ def create_tenant_pki(
     offline_root_dir: Path | None = None,
     now: dt.datetime | None = None,
 ) -> list[CertificateAuthority]:
-    """Create the root CA and the ``test`` and ``production`` issuing CAs.
+    """Create the root CA and an issuing CA per environment (``test``,
+    ``production`` and ``drill``).
 
     Args:
         backend: ``file`` or ``pkcs11`` for the issuing CA keys (and the root,

@@ -50,6 +50,7 @@ _ARC = "2.25.222380451164620214373125373432453425869"
 ENV_POLICY_OIDS = {
     "test": x509.ObjectIdentifier(f"{_ARC}.1"),
     "production": x509.ObjectIdentifier(f"{_ARC}.2"),
+    "drill": x509.ObjectIdentifier(f"{_ARC}.3"),
 }
 
 

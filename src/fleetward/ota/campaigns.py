@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +75,14 @@ def create_campaign(
     exponential: int | None = None,
     gate: rollout.GatePolicy | None = None,
     emergency: bool = False,
+    only_devices: Collection[int] | None = None,
     now: dt.datetime | None = None,
 ) -> Campaign:
     """Plan a campaign over the release's product (plus label filters).
+
+    ``only_devices`` (device primary keys) narrows the cohort further: a
+    playbook run passes the devices it resolved, so a drill's emergency
+    release never reaches a device outside the drill environment.
 
     Devices that are not active, or whose ``hardware`` label is not one the
     release supports, are left out. An emergency campaign is one wave of 100%
@@ -108,7 +114,10 @@ def create_campaign(
         )
     ).all()
     cohort = []
+    allowed = None if only_devices is None else set(only_devices)
     for pk, device_id, raw in rows:
+        if allowed is not None and pk not in allowed:
+            continue
         text = raw or "{}"
         # Parse labels only when a filter or a hardware label needs them: at a
         # million devices, JSON per row is a second of planning.

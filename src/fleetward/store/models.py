@@ -7,6 +7,7 @@ from fleetward.detection import models as _detection  # noqa: F401
 from fleetward.identity import models as _identity  # noqa: F401
 from fleetward.ota import models as _ota  # noqa: F401
 from fleetward.provisioning import models as _provisioning  # noqa: F401
+from fleetward.response import models as _response  # noqa: F401
 from fleetward.store import lease as _lease  # noqa: F401
 from fleetward.store.db import Base
 from fleetward.telemetry import models as _telemetry  # noqa: F401

@@ -15,7 +15,9 @@ from fleetward.errors import PermissionDeniedError
 
 __all__ = ["ENVIRONMENTS", "ROLES", "Permission", "Principal", "require"]
 
-ENVIRONMENTS = ("test", "production")
+# "drill" holds simulated fleets for incident drills; playbook runs in a drill
+# never touch another environment (see fleetward.response).
+ENVIRONMENTS = ("test", "production", "drill")
 
 
 class Permission(enum.StrEnum):
@@ -33,6 +35,7 @@ class Permission(enum.StrEnum):
     POLICY_MANAGE = "policy.manage"
     RELEASE_MANAGE = "release.manage"
     RELEASE_APPROVE = "release.approve"
+    INCIDENT_MANAGE = "incident.manage"
 
 
 _READ = {Permission.CA_READ, Permission.DEVICE_READ}
@@ -47,6 +50,7 @@ ROLES: dict[str, frozenset[Permission]] = {
             Permission.AUDIT_READ,
             Permission.POLICY_MANAGE,
             Permission.RELEASE_APPROVE,
+            Permission.INCIDENT_MANAGE,
         }
     ),
     "release-manager": frozenset(_READ | {Permission.RELEASE_MANAGE, Permission.RELEASE_APPROVE}),

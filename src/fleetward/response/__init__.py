@@ -1,0 +1,1 @@
+"""Incident response: playbooks, incidents, compliance tracking and drills."""

@@ -1,0 +1,42 @@
+"""Helpers for response tests: enrolled devices and operators, in process."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fleetward.api.context import AppContext
+from fleetward.identity import issuance
+from fleetward.tenancy.roles import Principal
+from tests.helpers import csr_pem
+
+ADMIN = Principal(1, "default", "admin", "token:admin")
+SEC = Principal(1, "default", "security", "token:sec-1")
+SEC2 = Principal(1, "default", "security", "token:sec-2")
+SEC3 = Principal(1, "default", "security", "token:sec-3")
+AUDITOR = Principal(1, "default", "auditor", "token:aud")
+
+
+def enroll(
+    ctx: AppContext,
+    ids: list[str],
+    *,
+    env: str = "test",
+    product: str = "thermo",
+    labels: dict[str, str] | None = None,
+    batch: int | None = None,
+) -> ec.EllipticCurvePrivateKey:
+    """Enroll ``ids`` (in process) with one fresh software key; returns it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    items = [
+        issuance.BatchItem(
+            device_id=d, csr=csr_pem(key, d), product=product,
+            labels=labels or {"hardware": "board-a"}, batch_id=batch,
+        )
+        for d in ids
+    ]  # fmt: skip
+    for start in range(0, len(items), issuance.MAX_BATCH):
+        results = issuance.enroll_many(
+            ctx.db, ctx.pki, ADMIN, items=items[start : start + issuance.MAX_BATCH], environment=env
+        )
+        assert all(r.error is None for r in results), [r.error for r in results][:3]
+    return key

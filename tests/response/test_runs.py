@@ -1,0 +1,336 @@
+"""Playbooks, incidents and runs against the database (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from fleetward.api.context import AppContext
+from fleetward.audit import service as audit
+from fleetward.audit.models import AuditEntry
+from fleetward.detection.models import Alert
+from fleetward.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
+from fleetward.identity import ca_service, renewal
+from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
+from fleetward.response import runs
+from fleetward.response import service as response
+from fleetward.response.effects import LiveEffects
+from fleetward.store.db import utcnow
+from fleetward.telemetry.models import Event
+from fleetward.tenancy import service as tenancy
+from fleetward.tenancy.roles import Principal
+from tests.helpers import csr_pem
+from tests.response.helpers import ADMIN, AUDITOR, SEC, SEC2, enroll
+
+REVOKE = """
+name: revoke-batch
+params: {batch: null}
+cohort: {batch: "{batch}"}
+confirm_above: 50
+steps:
+  - {action: quarantine}
+  - {action: revoke, reason: keyCompromise}
+"""
+
+
+class FakeEffects:
+    """Unit-test seam: records commands and webhooks."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, str, str]] = []
+        self.hooks: list[tuple[str, dict[str, Any]]] = []
+
+    def command(self, tenant: str, device_id: str, name: str) -> None:
+        self.commands.append((tenant, device_id, name))
+
+    def webhook(self, url: str, payload: dict[str, Any]) -> int:
+        self.hooks.append((url, payload))
+        return 204
+
+
+def _incident(ctx: AppContext, *, drill: bool = False, who: Principal = SEC) -> int:
+    with ctx.db.session() as s:
+        return response.open_incident(s, who, title="suspect batch", drill=drill).id
+
+
+def _states(ctx: AppContext, ids: list[str]) -> dict[str, str]:
+    with ctx.db.read() as s:
+        return dict(
+            s.execute(select(Device.device_id, Device.state).where(Device.device_id.in_(ids))).all()
+        )
+
+
+def test_playbooks_are_versioned_per_tenant(ctx: AppContext) -> None:
+    with ctx.db.session() as s:
+        assert response.put_playbook(s, SEC, REVOKE).version == 1
+        assert response.put_playbook(s, SEC, REVOKE.replace("50", "60")).version == 2
+        added = response.install_standard(s, SEC)
+        assert len(added) == 5
+        assert response.install_standard(s, SEC) == []
+    with ctx.db.read() as s:
+        assert response.get_playbook(s, SEC, "revoke-batch").version == 2
+        assert "50" in response.get_playbook(s, SEC, "revoke-batch", 1).source
+        names = [p.name for p in response.list_playbooks(s, SEC)]
+        assert names == sorted(names) and "revoke-batch" in names
+        other = Principal(99, "other", "security", "x")
+        with pytest.raises(NotFoundError):
+            response.get_playbook(s, other, "revoke-batch")
+
+
+def test_a_playbook_naming_another_tenant_or_a_reader_is_refused(ctx: AppContext) -> None:
+    with ctx.db.session() as s, pytest.raises(PermissionDeniedError, match="tenant 'acme'"):
+        response.put_playbook(s, SEC, "tenant: acme\n" + REVOKE)
+    with ctx.db.session() as s, pytest.raises(PermissionDeniedError):
+        response.put_playbook(s, AUDITOR, REVOKE)
+
+
+def test_dry_run_shows_the_blast_radius_and_changes_nothing(ctx: AppContext) -> None:
+    ids = [f"b7-{i}" for i in range(12)]
+    enroll(ctx, ids, batch=7)
+    enroll(ctx, ["other-0", "other-1"], batch=8)
+    with ctx.db.session() as s:
+        response.put_playbook(s, SEC, REVOKE)
+        now = utcnow()
+        pk = s.execute(select(Device.id).where(Device.device_id == "b7-3")).scalar_one()
+        s.add(Event(tenant_id=1, device_pk=pk, type="metric", at=now, count=1, fields="{}"))
+    incident = _incident(ctx)
+    with ctx.db.read() as s:
+        head = s.execute(select(func.max(AuditEntry.seq))).scalar_one()
+    with ctx.db.read() as s:
+        radius = runs.dry_run(
+            s, SEC, incident_id=incident, playbook="revoke-batch", params={"batch": 7},
+            environment="test",
+        )  # fmt: skip
+    assert radius.devices == 12 and radius.online == 1 and radius.offline == 11
+    assert radius.certificates == 12 and len(radius.sample_certificates) == 12
+    assert radius.cohort == "batch 7" and radius.population == 14
+    assert [s["action"] for s in radius.steps] == ["quarantine", "revoke"]
+    assert "revoke 12 certificate(s) of 12 device(s)" in radius.steps[1]["effect"]
+    assert radius.approvals_needed == 1 and radius.refusal is None
+    assert set(_states(ctx, ids).values()) == {"active"}
+    with ctx.db.read() as s:
+        assert s.execute(select(func.max(AuditEntry.seq))).scalar_one() == head
+
+
+def test_runs_refuse_empty_oversized_and_foreign_cohorts(ctx: AppContext) -> None:
+    enroll(ctx, [f"b1-{i}" for i in range(60)], batch=1)
+    with ctx.db.session() as s:
+        response.put_playbook(s, SEC, REVOKE)
+        response.install_standard(s, SEC)
+        other = tenancy.create_tenant(s, name="acme", actor="test")
+        ca_service.create_tenant_pki(s, ctx.pki, tenant=other, actor="test")
+    acme = Principal(other.id, "acme", "admin", "token:acme")
+    enroll_as = [f"acme-{i}" for i in range(2)]
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from fleetward.identity import issuance
+    from tests.helpers import csr_pem
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuance.enroll_many(
+        ctx.db, ctx.pki, acme, environment="test",
+        items=[issuance.BatchItem(device_id=d, csr=csr_pem(key, d)) for d in enroll_as],
+    )  # fmt: skip
+    incident = _incident(ctx)
+
+    def start(**kw: Any) -> None:
+        with ctx.db.session() as s:
+            runs.start_run(s, SEC, incident_id=incident, environment="test", **kw)
+
+    with pytest.raises(InvalidInputError, match="matches no device"):
+        start(playbook="revoke-batch", params={"batch": 99})
+    with pytest.raises(InvalidInputError, match="repeat with confirm=60"):
+        start(playbook="revoke-batch", params={"batch": 1})
+    with pytest.raises(InvalidInputError, match="has 60 devices"):
+        start(playbook="revoke-batch", params={"batch": 1}, confirm=59)
+    with pytest.raises(InvalidInputError, match="not devices of tenant default"):
+        start(playbook="mass-credential-revocation", params={"devices": ["acme-0", "b1-0"]})
+    with pytest.raises(InvalidInputError, match="unknown parameter"):
+        start(playbook="revoke-batch", params={"batch": 1, "tenant": "acme"})
+
+
+def test_a_drill_never_acts_outside_the_drill_environment(ctx: AppContext) -> None:
+    enroll(ctx, [f"p-{i}" for i in range(3)], env="production", batch=3)
+    enroll(ctx, [f"d-{i}" for i in range(3)], env="drill", batch=3)
+    with ctx.db.session() as s:
+        response.put_playbook(s, SEC, REVOKE)
+    drill = _incident(ctx, drill=True)
+    real = _incident(ctx)
+    with (
+        ctx.db.session() as s,
+        pytest.raises(PermissionDeniedError, match="drill environment only"),
+    ):
+        runs.start_run(s, SEC, incident_id=drill, playbook="revoke-batch", params={"batch": 3},
+                       environment="production")  # fmt: skip
+    with ctx.db.session() as s, pytest.raises(InvalidInputError, match="as a drill"):
+        runs.start_run(s, SEC, incident_id=real, playbook="revoke-batch", params={"batch": 3},
+                       environment="drill")  # fmt: skip
+    with ctx.db.read() as s:
+        radius = runs.dry_run(s, SEC, incident_id=drill, playbook="revoke-batch",
+                              params={"batch": 3}, environment="drill")  # fmt: skip
+    assert radius.sample_devices == ["d-0", "d-1", "d-2"]
+
+
+def test_destructive_steps_wait_for_approval_by_another_security_operator(
+    ctx: AppContext,
+) -> None:
+    ids = [f"v-{i}" for i in range(5)]
+    enroll(ctx, ids, batch=5)
+    enroll(ctx, ["bystander"], batch=6)
+    with ctx.db.session() as s:
+        response.put_playbook(s, SEC, REVOKE)
+    incident = _incident(ctx)
+    with ctx.db.session() as s:
+        run = runs.start_run(s, SEC, incident_id=incident, playbook="revoke-batch",
+                             params={"batch": 5}, environment="test")  # fmt: skip
+        run_id = run.id
+        assert run.state == "awaiting-approval"
+    with pytest.raises(ConflictError, match="0 of 1 approvals"):
+        runs.execute_run(ctx, SEC, run_id, effects=FakeEffects())
+    assert set(_states(ctx, ids).values()) == {"active"}
+    with ctx.db.session() as s, pytest.raises(PermissionDeniedError, match="cannot approve"):
+        runs.approve_run(s, SEC, run_id)
+    with ctx.db.session() as s, pytest.raises(PermissionDeniedError, match="security operators"):
+        runs.approve_run(s, ADMIN, run_id)
+    with ctx.db.session() as s:
+        assert runs.approve_run(s, SEC2, run_id).state == "ready"
+    done = runs.execute_run(ctx, SEC, run_id, effects=FakeEffects())
+    assert done.state == "done", done.outcome
+    assert _states(ctx, ids) == dict.fromkeys(ids, "revoked")
+    assert _states(ctx, ["bystander"]) == {"bystander": "active"}
+    with ctx.db.read() as s:
+        goods = s.execute(
+            select(CertificateRecord.serial)
+            .join(Device, Device.id == CertificateRecord.device_pk)
+            .where(Device.device_id.in_(ids), CertificateRecord.status == "good")
+        ).all()
+        assert goods == []
+        incident_row = response.get_incident(s, SEC, incident)
+        assert incident_row.state == "contained"
+        events = response.timeline(s, SEC, incident)
+        kinds = [e.kind for e in events]
+        assert kinds == ["opened", "run.planned", "run.approved", "step.quarantine",
+                         "step.revoke", "run.done", "contained"]  # fmt: skip
+        # Every line links to the audit entry that records it, and the chain verifies.
+        for e in events:
+            entry = s.get(AuditEntry, e.audit_seq)
+            assert entry is not None and entry.subject == f"incident:{incident}"
+        audit.verify(s, public_key=None)  # raises if the chain is broken
+
+
+def test_rotate_ca_and_renew_track_devices_until_they_renew(ctx: AppContext) -> None:
+    ids = [f"r-{i}" for i in range(4)]
+    key = enroll(ctx, ids, batch=9)
+    with ctx.db.session() as s:
+        response.install_standard(s, SEC)
+        pk = s.execute(select(Device.id).where(Device.device_id == "r-0")).scalar_one()
+        s.add(Event(tenant_id=1, device_pk=pk, type="metric", at=utcnow(), count=1, fields="{}"))
+    incident = _incident(ctx, who=ADMIN)  # rotating a CA is an admin's step
+    with ctx.db.read() as s:
+        old = ca_service.active_issuing_ca(s, tenant_id=1, environment="test").id
+    with ctx.db.session() as s:
+        run_id = runs.start_run(s, ADMIN, incident_id=incident, playbook="compromised-issuing-ca",
+                                environment="test", confirm=4).id  # fmt: skip
+    with ctx.db.session() as s:
+        runs.approve_run(s, SEC, run_id)
+    effects = FakeEffects()
+    assert runs.execute_run(ctx, ADMIN, run_id, effects=effects).state == "done"
+    with ctx.db.read() as s:
+        new = ca_service.active_issuing_ca(s, tenant_id=1, environment="test").id
+        assert new != old
+        assert s.get_one(CertificateAuthority, old).status == "retired"
+        assert response.get_incident(s, ADMIN, incident).state == "open"
+        left = runs.stragglers(s, ADMIN, incident)
+    assert effects.commands == [("default", "r-0", "renew")]  # the one online device
+    assert [(x["device_id"], x["online_when_run"]) for x in left] == [
+        ("r-0", True), ("r-1", False), ("r-2", False), ("r-3", False),
+    ]  # fmt: skip
+    # Three devices renew with their own key (what the agent does on the
+    # renew command): they comply; the fourth stays a straggler.
+    for d in ids[:3]:
+        with ctx.db.session() as s:
+            current = s.execute(
+                select(CertificateRecord.der)
+                .join(Device, Device.id == CertificateRecord.device_pk)
+                .where(Device.device_id == d, CertificateRecord.status == "good")
+            ).scalar_one()
+            issued = renewal.renew(s, ctx.pki, current=current, csr=csr_pem(key, d))
+            assert issued.ca_id == new
+    with ctx.db.session() as s:
+        assert runs.track(s, incident_id=incident) == 3
+    with ctx.db.read() as s:
+        assert [x["device_id"] for x in runs.stragglers(s, ADMIN, incident)] == ["r-3"]
+        assert response.get_incident(s, ADMIN, incident).state == "open"
+        with pytest.raises(ConflictError, match="1 device"):
+            response.close_incident(s, ADMIN, incident)
+
+
+def test_webhook_step_posts_the_incident(ctx: AppContext) -> None:
+    got: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    enroll(ctx, ["w-0"], batch=4)
+    with ctx.db.session() as s:
+        source = (
+            f"name: notify\ncohort: {{batch: 4}}\nsteps: [{{action: webhook, url: '{url}'}},"
+            " {action: webhook, url: 'http://127.0.0.1:9/closed'}]"
+        )
+        response.put_playbook(s, SEC, source)
+    incident = _incident(ctx)
+    with ctx.db.session() as s:
+        run_id = runs.start_run(s, SEC, incident_id=incident, playbook="notify",
+                                environment="test").id  # fmt: skip
+    effects = LiveEffects(ctx.settings.home)
+    try:
+        assert runs.execute_run(ctx, SEC, run_id, effects=effects).state == "done"
+    finally:
+        server.shutdown()
+        server.server_close()
+        effects.close()
+    assert got == [{"incident": incident, "title": "suspect batch", "severity": "high",
+                    "state": "open", "drill": False, "run": run_id}]  # fmt: skip
+    with ctx.db.read() as s:
+        lines = [e.summary for e in response.timeline(s, SEC, incident) if e.kind == "step.webhook"]
+    assert lines[0].endswith("HTTP 204") and lines[1].startswith("could not notify")
+
+
+def test_incident_from_alert_and_closing(ctx: AppContext) -> None:
+    now = utcnow()
+    with ctx.db.session() as s:
+        alert = Alert(tenant_id=1, kind="boot-integrity-cohort", key="batch:4", severity="critical",
+                      state="open", subject="batch 4", summary="5 of 100", evidence="{}",
+                      count=1, response="", first_seen=now, last_seen=now)  # fmt: skip
+        s.add(alert)
+        s.flush()
+        alert_id = alert.id
+    with ctx.db.session() as s:
+        incident = response.open_incident(s, SEC, alert_id=alert_id)
+        assert incident.severity == "critical" and incident.detected_at == now
+        assert incident.title == "boot-integrity-cohort: batch 4"
+        incident_id = incident.id
+    with ctx.db.session() as s, pytest.raises(ConflictError, match="already handled"):
+        response.open_incident(s, SEC, alert_id=alert_id)
+    with ctx.db.session() as s, pytest.raises(NotFoundError):
+        response.open_incident(s, Principal(99, "x", "security", "y"), alert_id=alert_id)
+    with ctx.db.session() as s:
+        response.note(s, SEC, incident_id, "called the factory")
+        response.close_incident(s, SEC, incident_id)
+    with ctx.db.session() as s, pytest.raises(ConflictError, match="already closed"):
+        response.close_incident(s, SEC, incident_id)
