@@ -90,6 +90,11 @@ class AgentStats:
     commands: list[str] = field(default_factory=list)
     updates: list[str] = field(default_factory=list)
     last_delays: list[float] = field(default_factory=list)
+    # Publishes the broker acknowledged with a failure reason (>= 0x80, e.g.
+    # 0x87 not authorized once the device is quarantined), and when the last
+    # one arrived (time.monotonic()): drills watch these to see a response act.
+    refused: int = 0
+    last_refused_at: float | None = None
 
 
 class DeviceAgent:
@@ -136,7 +141,8 @@ class DeviceAgent:
                 self.outbox.popitem(last=False)
             return self._seq
 
-    def _flush(self, client: mqtt.Client) -> None:
+    def flush(self, client: mqtt.Client) -> None:
+        """Publish what the outbox holds and is not in flight on ``client``."""
         with self._lock:
             pending = [
                 (seq, t, b)
@@ -152,7 +158,9 @@ class DeviceAgent:
 
     # -- one connection -------------------------------------------------------
 
-    def _client(self) -> mqtt.Client:
+    def client(self) -> mqtt.Client:
+        """A new paho client for one connection, with this agent's TLS identity
+        and callbacks (the simulator drives it from its own event loop)."""
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self.device_id, protocol=mqtt.MQTTv5
         )
@@ -162,6 +170,10 @@ class DeviceAgent:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
+
+    def connect_properties(self) -> Properties:
+        """The MQTT 5 CONNECT properties the agent sends (session expiry)."""
+        return _connect_properties()
 
     def _on_connect(
         self, client: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
@@ -174,7 +186,7 @@ class DeviceAgent:
         client.subscribe(f"{self.prefix}/cmd/+", qos=1)
         client.subscribe(f"{self.prefix}/ota/#", qos=1)
         self._connected.set()
-        self._flush(client)
+        self.flush(client)
 
     def _on_disconnect(
         self, client: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
@@ -198,6 +210,8 @@ class DeviceAgent:
                 # cannot help; drop it and say so.
                 log.warning("%s: broker refused message %d: %s", self.device_id, seq, rc)
                 self.outbox.pop(seq, None)
+                self.stats.refused += 1
+                self.stats.last_refused_at = time.monotonic()
 
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         suffix = msg.topic[len(self.prefix) + 1 :]
@@ -278,7 +292,7 @@ class DeviceAgent:
                     log.warning("%s: renewal failed: %s", self.device_id, exc)
                     self._last_renewal = time.monotonic()
             self._session_over.clear()
-            client = self._client()
+            client = self.client()
             try:
                 client.connect(
                     self.config.broker_host,
@@ -330,7 +344,7 @@ class DeviceAgent:
                 self.enqueue("telemetry", self.reading())
                 self._next_reading = now + self.config.telemetry_interval
                 if self._connected.is_set():
-                    self._flush(client)
+                    self.flush(client)
             if self._renewal_due():
                 try:
                     if self._renew():

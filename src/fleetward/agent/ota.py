@@ -21,13 +21,16 @@ threshold, expired metadata (freeze) and older metadata (rollback).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
+import logging
 import os
 import queue
 import shutil
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,8 @@ from fleetward.ota.release import parse_version
 __all__ = ["BootOutcome", "OtaClient", "Slots", "UpdateRefusedError", "install"]
 
 DEFAULT_BOOT_ATTEMPTS = 3
+
+log = logging.getLogger("fleetward.agent")
 
 
 class UpdateRefusedError(VerificationError):
@@ -220,6 +225,12 @@ class OtaClient:
     ``downloading``, ``staged``, ``boot`` (per boot), then ``committed``,
     ``fell-back``, ``refused`` or ``error`` with the version the device runs.
 
+    Without an ``executor`` each client runs its own worker thread
+    (:meth:`start`). With one (the simulator shares a small pool across
+    thousands of devices), :meth:`bind` sets the report and :meth:`submit`
+    runs :meth:`handle` on the pool, still one job at a time per device and
+    in the order they arrived.
+
     The TUF trust root is ``<directory>/tuf-root.json``. A device is normally
     provisioned with it; if it is missing, the first check fetches version 1
     of the tenant's root from the server (trust on first use).
@@ -234,6 +245,7 @@ class OtaClient:
         hardware: str,
         initial_version: str = "0.0.0",
         health_check: Callable[[Path], bool] | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.directory = directory
         self.base = f"{server_url.rstrip('/')}/tuf/{tenant}"
@@ -244,6 +256,10 @@ class OtaClient:
         self._report: Callable[[dict[str, Any]], object] = lambda _: None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._executor = executor
+        self._waiting: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self._busy = False
+        self._chain_lock = threading.Lock()
 
     def updater(self) -> Any:
         """A fresh stock TUF client for one update check."""
@@ -273,8 +289,49 @@ class OtaClient:
 
     def submit(self, kind: str, payload: dict[str, Any]) -> None:
         """Queue an ``offer`` or ``fallback`` (dropped when 16 are waiting)."""
-        with contextlib.suppress(queue.Full):
-            self._jobs.put_nowait((kind, payload))
+        if self._executor is None:
+            with contextlib.suppress(queue.Full):
+                self._jobs.put_nowait((kind, payload))
+            return
+        with self._chain_lock:
+            if len(self._waiting) >= self._jobs.maxsize:
+                return
+            self._waiting.append((kind, payload))
+            if self._busy:
+                return  # the running job submits the next one when it ends
+            self._busy = True
+        self._executor.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._chain_lock:
+                if not self._waiting or self._stop.is_set():
+                    self._busy = False
+                    return
+                kind, payload = self._waiting.popleft()
+            try:
+                self.handle(kind, payload)
+            except Exception:  # a broken job must not stop the device's later ones
+                log.exception("%s: update job failed", self.directory.name)
+
+    def bind(self, report: Callable[[dict[str, Any]], object]) -> None:
+        """Set where steps are reported (without starting a worker thread)."""
+        self._report = report
+
+    def handle(self, kind: str, payload: dict[str, Any]) -> None:
+        """Run one job now, in the caller's thread: an ``offer`` is installed
+        and booted, a ``fallback`` leaves the named version. Steps go to the
+        bound report."""
+        if kind == "offer":
+            self._update(payload)
+        elif kind == "fallback" and self.slots.fall_back(str(payload.get("version", ""))):
+            self._report(
+                {
+                    "campaign": payload.get("campaign"),
+                    "step": "fell-back",
+                    "version": self.slots.installed_version,
+                }
+            )
 
     def _update(self, payload: dict[str, Any]) -> None:
         campaign = payload.get("campaign")
@@ -311,25 +368,20 @@ class OtaClient:
                 kind, payload = self._jobs.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if kind == "offer":
-                self._update(payload)
-            elif kind == "fallback" and self.slots.fall_back(str(payload.get("version", ""))):
-                self._report(
-                    {
-                        "campaign": payload.get("campaign"),
-                        "step": "fell-back",
-                        "version": self.slots.installed_version,
-                    }
-                )
+            self.handle(kind, payload)
 
     def start(self, report: Callable[[dict[str, Any]], object]) -> None:
-        """Start the worker; ``report`` publishes a step."""
+        """Start the worker; ``report`` publishes a step. With an executor no
+        thread is started: jobs run on the executor."""
         self._report = report
+        if self._executor is not None:
+            return
         self._thread = threading.Thread(target=self._run, daemon=True, name="ota")
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the worker (an update in progress finishes first)."""
+        """Stop the worker (an update in progress finishes first; jobs still
+        waiting are dropped)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)

@@ -1,0 +1,154 @@
+"""The simulator against the live server, Mosquitto with the fleetward plugin,
+and telemetry ingest: real agents, real certificates, real revocation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from fleetward.api.context import AppContext
+from fleetward.comms.broker import BrokerRuntime
+from fleetward.identity.models import Device
+from fleetward.sim import Broker, FleetProcesses, FleetSpec, SimFleet, summary
+from fleetward.sim.spec import images, reference_measurements
+from fleetward.telemetry.ingest import MqttIngest
+from fleetward.telemetry.models import Event
+from tests.broker import synced, wait_for
+from tests.ota.helpers import call, operator, upload
+
+
+def release(live: str, ctx: AppContext, admin_token: str, spec: FleetSpec) -> None:
+    """The fleet's initial firmware as a release, so untampered devices attest ``pass``."""
+    call(live, admin_token, "POST", f"/api/v1/ota/products/{spec.product}", json={"threshold": 1})
+    rm = operator(ctx, "release-manager", "rm")
+    resp = upload(
+        live, rm, product=spec.product, version=spec.initial_version,
+        image=images(spec)["application"], hardware=spec.hardware,
+        meas=reference_measurements(spec),
+    )  # fmt: skip
+    assert resp.status_code == 201, resp.text
+    call(live, rm, "POST", f"/api/v1/releases/{resp.json()['id']}/approve")
+
+
+def metrics_per_device(ctx: AppContext) -> dict[str, int]:
+    with ctx.db.read() as s:
+        rows = s.execute(
+            select(Device.device_id, func.count(Event.id))
+            .join(Event, Event.device_pk == Device.id)
+            .where(Event.type == "metric")
+            .group_by(Device.device_id)
+        ).all()
+    return {d: n for d, n in rows}
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_small_fleet_lives_attests_and_is_cut_off_by_revocation(
+    live: str, ctx: AppContext, admin_token: str, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    spec = FleetSpec(
+        devices=20, environment="test", batches=2, offline=0.05, tampered=0.1,
+        telemetry_interval=0.3, seed=3,
+    )  # fmt: skip
+    release(live, ctx, admin_token, spec)
+    progress: list[tuple[int, int]] = []
+    fleet = SimFleet(
+        spec, server_url=live, directory=tmp_path / "fleet", token=admin_token,
+        backoff_base=0.2, backoff_cap=1.0,
+    )  # fmt: skip
+    assert len(fleet.prepare(on_progress=lambda done, total: progress.append((done, total)))) == 20
+    assert progress[0] == (0, 20) and progress[-1] == (20, 20)
+    synced(broker)
+    ingest = MqttIngest(ctx.db, ctx.settings.home)
+    ingest.start()
+    try:
+        fleet.start(timeout=30)
+        snap = {d["device_id"]: d for d in fleet.snapshot()}
+        [offline] = [d for d, s in snap.items() if not s["online"]]
+        online = sorted(d for d in snap if d != offline)
+        assert all(snap[d]["connected"] for d in online) and not snap[offline]["connected"]
+        assert {s["batch"] for s in snap.values()} == {"b0", "b1"}
+        assert {s["version"] for s in snap.values()} == {"1.0.0"}
+
+        # Telemetry reaches the server through the broker and the ingest.
+        wait_for(
+            lambda: set(online) <= set(metrics_per_device(ctx)), timeout=15,
+            what="a reading of every online device in the database",
+        )  # fmt: skip
+        assert offline not in metrics_per_device(ctx)
+
+        # Attestation: the real agent code, over HTTP.
+        verdicts = fleet.attest()
+        tampered = sorted(d for d, v in verdicts.items() if v["verdict"] != "pass")
+        assert len(tampered) == 2
+        assert all(verdicts[d]["failed"] == ["measurements.bootloader"] for d in tampered)
+        fleet.tamper([online[0]])
+        assert fleet.attest([online[0]])[online[0]]["verdict"] == "fail"
+
+        # Revoking two devices cuts exactly those two off.
+        victims = [d for d in online if d not in tampered][-2:]
+        before = time.monotonic()
+        for d in victims:
+            resp = call(
+                live, admin_token, "POST", f"/api/v1/devices/{d}/revoke",
+                json={"reason": "keyCompromise"},
+            )  # fmt: skip
+            assert resp.status_code == 200, resp.text
+        wait_for(
+            lambda: all(s["cut_off"] for s in fleet.snapshot() if s["device_id"] in victims),
+            timeout=15, what="the revoked devices to be cut off",
+        )  # fmt: skip
+        snap = {d["device_id"]: d for d in fleet.snapshot()}
+        assert sorted(d for d, s in snap.items() if s["cut_off"]) == sorted(victims)
+        for d in victims:
+            assert snap[d]["cut_off_at"] is not None and snap[d]["cut_off_at"] >= before
+            assert not snap[d]["connected"]
+        assert all(snap[d]["connected"] for d in online if d not in victims)
+
+        # The offline device connects once brought online.
+        fleet.bring_online([offline])
+        fleet.wait_connected([offline], timeout=10)
+        fleet.take_offline([online[1]])
+        assert not {d["device_id"]: d for d in fleet.snapshot()}[online[1]]["connected"]
+        counts = summary(fleet.snapshot())
+        assert counts["cut_off"] == 2 and counts["connected"] == 17
+    finally:
+        fleet.stop()
+        ingest.stop()
+    # A second start on the same directory enrolls nothing.
+    again = SimFleet(spec, server_url=live, directory=tmp_path / "fleet")
+    assert again.prepare() == []
+    with pytest.raises(Exception, match="holds another fleet"):
+        SimFleet(
+            FleetSpec(devices=21, environment="test"), server_url=live,
+            directory=tmp_path / "fleet", token=admin_token,
+        ).prepare()  # fmt: skip
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_three_hundred_devices_in_two_processes(
+    live: str, ctx: AppContext, admin_token: str, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    spec = FleetSpec(devices=300, environment="test", batches=3, telemetry_interval=5.0)
+    fleet = FleetProcesses(
+        spec, server_url=live, directory=tmp_path / "fleet", processes=2, token=admin_token,
+        broker=Broker(host="127.0.0.1", port=broker.port, ca=broker.files.broker_ca),
+    )  # fmt: skip
+    fleet.prepare()
+    synced(broker)
+    started = time.monotonic()
+    try:
+        fleet.start(timeout=120)
+        took = time.monotonic() - started
+        snap = fleet.snapshot()
+        assert len(snap) == 300 and all(d["connected"] for d in snap)
+        print(f"300 devices in 2 processes connected in {took:.1f} s")
+        one = snap[-1]["device_id"]
+        fleet.take_offline([one])
+        assert not next(d for d in fleet.snapshot() if d["device_id"] == one)["connected"]
+    finally:
+        fleet.stop()
