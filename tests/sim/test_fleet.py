@@ -152,3 +152,56 @@ def test_three_hundred_devices_in_two_processes(
         assert not next(d for d in fleet.snapshot() if d["device_id"] == one)["connected"]
     finally:
         fleet.stop()
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_campaign_commits_on_healthy_devices_and_falls_back_on_the_others(
+    live: str, ctx: AppContext, admin_token: str, broker: BrokerRuntime, tmp_path: Path
+) -> None:
+    from fleetward.ota.driver import CampaignDriver
+
+    spec = FleetSpec(
+        devices=6, environment="test", fail_health=0.34, slow_link_ms=50,
+        telemetry_interval=1.0, seed=5,
+    )  # fmt: skip
+    release(live, ctx, admin_token, spec)
+    rm = operator(ctx, "release-manager", "rm2")
+    fleet = SimFleet(spec, server_url=live, directory=tmp_path / "fleet", token=admin_token)
+    fleet.prepare()
+    synced(broker)
+    driver = CampaignDriver(ctx, interval=0.2)
+    driver.start()
+    try:
+        fleet.start(timeout=30)
+        resp = upload(
+            live, rm, product=spec.product, version="1.1.0", image=b"sim firmware 1.1.0",
+            hardware=spec.hardware,
+        )  # fmt: skip
+        rid = resp.json()["id"]
+        call(live, rm, "POST", f"/api/v1/releases/{rid}/approve")
+        started = time.monotonic()
+        resp = call(
+            live, rm, "POST", "/api/v1/campaigns",
+            json={"release_id": rid, "waves": [50, 100],
+                  "gate": {"min_success_ratio": 0.0, "max_failure_ratio": 1.0}},
+        )  # fmt: skip
+        assert resp.status_code == 201, resp.text
+
+        def settled() -> bool:
+            return all({"committed", "fell-back"} & set(d["ota_steps"]) for d in fleet.snapshot())
+
+        wait_for(settled, timeout=30, what="every device to finish the update")
+        snap = fleet.snapshot()
+        updated = sorted(d["device_id"] for d in snap if d["version"] == "1.1.0")
+        stayed = sorted(d["device_id"] for d in snap if d["version"] == "1.0.0")
+        assert len(updated) == 4 and len(stayed) == 2
+        for d in snap:
+            if d["version"] == "1.1.0":
+                assert d["updated_at"] is not None and d["updated_at"] > started
+                assert d["ota_steps"][:3] == ["downloading", "staged", "boot"]
+            else:
+                assert d["updated_at"] is None and "fell-back" in d["ota_steps"]
+    finally:
+        fleet.stop()
+        driver.stop()

@@ -18,6 +18,7 @@ from fleetward.identity.cli import ca_app, cert_app, crl_app, device_app
 from fleetward.installation import initialise
 from fleetward.ota.cli import ota_app
 from fleetward.provisioning.cli import factory_app
+from fleetward.sim.cli import sim_app
 from fleetward.tenancy.cli import tenant_app, token_app
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ app.add_typer(factory_app, name="factory")
 app.add_typer(policy_app, name="policy")
 app.add_typer(broker_app, name="broker")
 app.add_typer(ota_app, name="ota")
+app.add_typer(sim_app, name="sim")
 
 
 @app.callback()
@@ -115,10 +117,13 @@ def up(
     service_port: int = typer.Option(8884, help="fleetward's own MQTT port"),
     crl_interval: float = typer.Option(10.0, help="CRL publication interval (seconds)"),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
+    demo: bool = typer.Option(False, "--demo", help="also run a simulated fleet (test env)"),
+    demo_devices: int = typer.Option(20, min=1, max=1000, help="devices in the --demo fleet"),
 ) -> None:
     """Run fleetward with a Mosquitto it configures and keeps in step (all on
     127.0.0.1): the API, the broker with the fleetward plugin, the sync loop,
-    the OTA campaign driver, telemetry ingest and the detection loop."""
+    the OTA campaign driver, telemetry ingest and the detection loop. With
+    --demo, a simulated fleet enrolls and connects once the API is up."""
     from fleetward.comms.broker import BrokerRuntime
     from fleetward.detection.runner import DetectionRunner
     from fleetward.ota.driver import CampaignDriver
@@ -140,6 +145,20 @@ def up(
         f"mosquitto on mqtts://127.0.0.1:{mqtt_port} (devices), "
         f"127.0.0.1:{service_port} (fleetward); config {runtime.files.config}"
     )
+    fleet = None
+    if demo:
+        from fleetward.sim.demo import Demo
+        from fleetward.sim.fleet import Broker
+
+        fleet = Demo(
+            context,
+            api_url=f"http://127.0.0.1:{port}",
+            broker=Broker(host="127.0.0.1", port=mqtt_port, ca=runtime.files.broker_ca),
+            devices=demo_devices,
+            directory=context.settings.home / "sim-demo",
+        )
+        fleet.start()
+        console.print(f"demo: {demo_devices} simulated devices connect once the API is up")
     try:
         _serve(
             context,
@@ -150,6 +169,8 @@ def up(
             checkpoint_interval=600.0,
         )
     finally:
+        if fleet is not None:
+            fleet.stop()
         ingest.stop()
         detection.stop()
         driver.stop()
