@@ -171,12 +171,15 @@ class Driver:
             dev.session_over.set()
             dev.wake.set()
 
+        def handle(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+            agent_message(c, u, msg)
+            dev.wake.set()  # a command's result waits in the outbox: send it now
+
         def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
-            assert agent_message is not None
             if dev.slow:
-                loop.call_later(dev.slow, agent_message, c, u, msg)
+                loop.call_later(dev.slow, handle, c, u, msg)
             else:
-                agent_message(c, u, msg)
+                handle(c, u, msg)
 
         def readable() -> None:
             client.loop_read()
