@@ -163,3 +163,14 @@ def db(db_url: str) -> Iterator[Database]:
     d = Database(db_url)
     yield d
     d.dispose()
+
+
+CLI_PASSPHRASE = "correct horse battery staple"
+
+
+@pytest.fixture
+def home(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fleetward home for the CLI (``fleetward init`` not run yet)."""
+    monkeypatch.setenv("FLEETWARD_DATABASE_URL", db_url)
+    monkeypatch.setenv("FLEETWARD_KEY_PASSPHRASE", CLI_PASSPHRASE)
+    return tmp_path / "home"

@@ -10,16 +10,8 @@ from typer.testing import CliRunner
 
 from fleetward.cli.main import app
 from fleetward.errors import AttestationError, CertificateError, ConflictError
+from fleetward.tenancy.roles import ENVIRONMENTS
 from tests.helpers import csr_pem, new_key
-
-PASS = "correct horse battery staple"
-
-
-@pytest.fixture
-def home(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FLEETWARD_DATABASE_URL", db_url)
-    monkeypatch.setenv("FLEETWARD_KEY_PASSPHRASE", PASS)
-    return tmp_path / "home"
 
 
 def fw(home: Path, *args: str) -> str:
@@ -53,11 +45,13 @@ def test_offline_root_issuing_ca_rotation(home: Path, tmp_path: Path) -> None:
         "--root-cert", str(tmp_path / "root.pem"), "--csr", str(tmp_path / "new.csr"),
         "--env", "production", "--out", str(tmp_path / "new.pem"),
     )  # fmt: skip
+    # The pending CA is the newest: root, one issuing CA per environment, then it.
+    pending = str(1 + len(ENVIRONMENTS) + 1)
     # A certificate for some other key (the test CA's) is refused on import.
     (tmp_path / "test-ca.pem").write_text(fw(home, "ca", "export", "2"))
     with pytest.raises(CertificateError, match="not for this issuing CA's key"):
-        fw(home, "ca", "import", "4", "--cert", str(tmp_path / "test-ca.pem"))
-    fw(home, "ca", "import", "4", "--cert", str(tmp_path / "new.pem"))
+        fw(home, "ca", "import", pending, "--cert", str(tmp_path / "test-ca.pem"))
+    fw(home, "ca", "import", pending, "--cert", str(tmp_path / "new.pem"))
     listing = fw(home, "ca", "list")
     assert "retired" in listing
 

@@ -38,6 +38,7 @@ from fleetward.identity import routes as identity_routes
 from fleetward.ota import routes as ota_routes
 from fleetward.ota import service as ota
 from fleetward.provisioning import routes as provisioning_routes
+from fleetward.response import routes as response_routes
 from fleetward.store import lease, utcnow
 from fleetward.telemetry import routes as telemetry_routes
 from fleetward.tenancy import routes as tenancy_routes
@@ -207,6 +208,7 @@ def create_app(
     app.include_router(attestation_routes.router)
     app.include_router(detection_routes.router)
     app.include_router(telemetry_routes.router)
+    app.include_router(response_routes.router)
     app.include_router(ota_routes.public)
 
     @app.get("/healthz", tags=["meta"])

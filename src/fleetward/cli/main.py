@@ -18,6 +18,7 @@ from fleetward.identity.cli import ca_app, cert_app, crl_app, device_app
 from fleetward.installation import initialise
 from fleetward.ota.cli import ota_app
 from fleetward.provisioning.cli import factory_app
+from fleetward.response.cli import drill_app, incident_app, playbook_app
 from fleetward.sim.cli import sim_app
 from fleetward.tenancy.cli import tenant_app, token_app
 
@@ -38,6 +39,9 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(broker_app, name="broker")
 app.add_typer(ota_app, name="ota")
 app.add_typer(sim_app, name="sim")
+app.add_typer(playbook_app, name="playbook")
+app.add_typer(incident_app, name="incident")
+app.add_typer(drill_app, name="drill")
 
 
 @app.callback()

@@ -176,6 +176,52 @@ def create_tenant_pki(
     return created
 
 
+def ensure_issuing_cas(
+    session: Session, pki: Pki, *, tenant: Tenant, actor: str, now: dt.datetime | None = None
+) -> list[CertificateAuthority]:
+    """Create the issuing CA of any environment the tenant lacks (an
+    installation made before the ``drill`` environment existed), when the
+    root key is online; returns the CAs created.
+    """
+    now = now or utcnow()
+    root = root_ca(session, tenant_id=tenant.id)
+    if root.key_uri.startswith(OFFLINE) or root.certificate_pem is None:
+        return []
+    have = set(
+        session.execute(
+            select(CertificateAuthority.environment).where(
+                CertificateAuthority.tenant_id == tenant.id,
+                CertificateAuthority.kind == "issuing",
+                CertificateAuthority.status == "active",
+            )
+        ).scalars()
+    )
+    created = []
+    root_signer = pki.keyring.open(root.key_uri)
+    for env in ENVIRONMENTS:
+        if env in have:
+            continue
+        ca, csr = create_issuing_csr(
+            session, pki, tenant=tenant, environment=env, actor=actor, now=now
+        )
+        cert = sign_issuing_csr_offline(
+            root_cert_pem=root.certificate_pem.encode(), root_signer=root_signer,
+            csr_pem=csr, environment=env,
+        )  # fmt: skip
+        created.append(
+            import_issuing_certificate(
+                session,
+                pki,
+                tenant_id=tenant.id,
+                ca_id=ca.id,
+                certificate_pem=cert,
+                actor=actor,
+                now=now,
+            )
+        )
+    return created
+
+
 def list_cas(session: Session, *, tenant_id: int) -> list[CertificateAuthority]:
     """Every CA of a tenant."""
     stmt = select(CertificateAuthority).where(CertificateAuthority.tenant_id == tenant_id)

@@ -255,8 +255,9 @@ def _start_wave(session: Session, c: Campaign, wave: int, now: dt.datetime) -> l
 
 def pending_offers(session: Session, c: Campaign) -> list[Offer]:
     """The current wave's offers to devices that have not reported yet (the
-    driver sends them when a wave starts, and again after a restart)."""
-    if c.current_wave < 0 or c.state != "running":
+    driver sends them when a wave starts, again after a restart, and, once
+    the campaign completed, to the stragglers that were offline meanwhile)."""
+    if c.current_wave < 0 or c.state not in ("running", "completed"):
         return []
     r = session.get(Release, c.release_id)
     tenant = session.get(Tenant, c.tenant_id)

@@ -9,7 +9,8 @@ Runs beside the broker (``fleetward up``). Each round it:
 2. steps every running campaign (:func:`campaigns.step`) and publishes the
    new wave's offers on ``fw/<tenant>/<device>/ota/offer``;
 3. every ``resend`` seconds, re-publishes offers nobody answered yet (a
-   device that was offline, or a driver that restarted).
+   device that was offline, also for up to a week after its campaign
+   completed, or a driver that restarted).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from fleetward.comms.commands import CommandSender, service_client
 from fleetward.identity.models import Device
 from fleetward.ota import campaigns
 from fleetward.ota.models import Campaign
+from fleetward.store.db import utcnow
 from fleetward.telemetry.models import Event
 from fleetward.tenancy.models import Tenant
 
@@ -45,6 +47,9 @@ FINAL_STEPS = {
     "error": "failed",
 }
 MAX_REPORT_BYTES = 4096
+# How long a completed campaign keeps offering its release to devices that
+# have not answered (offline while it ran).
+STRAGGLER_WINDOW = dt.timedelta(days=7)
 
 
 class CampaignDriver:
@@ -165,6 +170,20 @@ class CampaignDriver:
             running = list(
                 s.execute(select(Campaign.id).where(Campaign.state == "running")).scalars()
             )
+            # A completed campaign keeps offering its release to devices that
+            # were offline when it ran, for a while.
+            stragglers = (
+                list(
+                    s.execute(
+                        select(Campaign.id).where(
+                            Campaign.state == "completed",
+                            Campaign.updated_at >= utcnow() - STRAGGLER_WINDOW,
+                        )
+                    ).scalars()
+                )
+                if resend
+                else []
+            )
         for campaign_id in running:
             with self.ctx.db.session() as s:
                 offers = campaigns.step(s, campaign_id)
@@ -172,6 +191,10 @@ class CampaignDriver:
                     c = s.get(Campaign, campaign_id)
                     assert c is not None
                     offers = campaigns.pending_offers(s, c)
+            self._send(offers)
+        for campaign_id in stragglers:
+            with self.ctx.db.read() as s:
+                offers = campaigns.pending_offers(s, s.get_one(Campaign, campaign_id))
             self._send(offers)
 
     def _run(self) -> None:

@@ -597,13 +597,12 @@ def _step_rotate_ca(
         s, ctx.pki, tenant=tenant, environment=env, actor=f"playbook-run:{run.id}"
     )
     root = ca_service.root_ca(s, tenant_id=run.tenant_id)
-    try:
-        root_signer = ctx.pki.keyring.open(root.key_uri)
-    except FleetwardError as exc:
+    if root.key_uri.startswith(ca_service.OFFLINE):
         raise ConflictError(
-            "the root key is not online here: rotate the issuing CA with the offline root "
-            "(fleetward ca csr / import), then run the renew step"
-        ) from exc
+            "the root key is offline: rotate the issuing CA with it (fleetward ca csr / "
+            "import), then plan a run with the renew step"
+        )
+    root_signer = ctx.pki.keyring.open(root.key_uri)
     cert = ca_service.sign_issuing_csr_offline(
         root_cert_pem=(root.certificate_pem or "").encode(), root_signer=root_signer,
         csr_pem=csr, environment=env,

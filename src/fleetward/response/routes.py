@@ -1,0 +1,333 @@
+"""REST routes of the response domain: playbooks, incidents, runs and drills."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from fleetward.api.deps import Ctx, Operator
+from fleetward.response import drills, runs, service
+from fleetward.response.effects import LiveEffects
+from fleetward.response.models import Drill, Incident, IncidentEvent, Playbook, PlaybookRun
+
+router = APIRouter(prefix="/api/v1", tags=["response"])
+
+
+class PlaybookIn(BaseModel):
+    """A playbook's text (YAML or JSON)."""
+
+    source: str = Field(max_length=64 * 1024)
+
+
+class PlaybookOut(BaseModel):
+    """One version of a playbook."""
+
+    name: str
+    version: int
+    source: str
+    created_by: str
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, p: Playbook) -> PlaybookOut:
+        """From the ORM row."""
+        return cls(
+            name=p.name, version=p.version, source=p.source,
+            created_by=p.created_by, created_at=p.created_at,
+        )  # fmt: skip
+
+
+class IncidentIn(BaseModel):
+    """Open an incident by hand, or from an alert."""
+
+    title: str | None = Field(default=None, max_length=200)
+    severity: str | None = None
+    alert_id: int | None = None
+    drill: bool = False
+
+
+class EventOut(BaseModel):
+    """One line of a timeline (``audit_seq`` is the audit entry it made)."""
+
+    at: dt.datetime
+    actor: str
+    kind: str
+    summary: str
+    details: dict[str, Any]
+    audit_seq: int | None
+
+    @classmethod
+    def of(cls, e: IncidentEvent) -> EventOut:
+        """From the ORM row."""
+        return cls(
+            at=e.at, actor=e.actor, kind=e.kind, summary=e.summary,
+            details=json.loads(e.details), audit_seq=e.audit_seq,
+        )  # fmt: skip
+
+
+class RunOut(BaseModel):
+    """A playbook run."""
+
+    id: int
+    incident_id: int
+    playbook_id: int
+    environment: str | None
+    state: str
+    requested_by: str
+    approvals_needed: int
+    approvals: list[str]
+    cohort_size: int
+    step: int
+    outcome: str
+    blast_radius: dict[str, Any]
+
+    @classmethod
+    def of(cls, r: PlaybookRun) -> RunOut:
+        """From the ORM row (device keys left out of the blast radius)."""
+        radius = json.loads(r.blast_radius)
+        radius.pop("device_pks", None)
+        radius.pop("online_pks", None)
+        return cls(
+            id=r.id, incident_id=r.incident_id, playbook_id=r.playbook_id,
+            environment=r.environment, state=r.state, requested_by=r.requested_by,
+            approvals_needed=r.approvals_needed, approvals=json.loads(r.approvals),
+            cohort_size=r.cohort_size, step=r.step, outcome=r.outcome, blast_radius=radius,
+        )  # fmt: skip
+
+
+class IncidentOut(BaseModel):
+    """An incident (with its timeline, runs and stragglers when asked for one)."""
+
+    id: int
+    title: str
+    severity: str
+    state: str
+    alert_id: int | None
+    drill: bool
+    opened_by: str
+    detected_at: dt.datetime
+    opened_at: dt.datetime
+    contained_at: dt.datetime | None
+    closed_at: dt.datetime | None
+    timeline: list[EventOut] = []
+    runs: list[RunOut] = []
+    stragglers: list[dict[str, Any]] = []
+
+    @classmethod
+    def of(cls, i: Incident) -> IncidentOut:
+        """From the ORM row."""
+        return cls(
+            id=i.id, title=i.title, severity=i.severity, state=i.state, alert_id=i.alert_id,
+            drill=i.drill, opened_by=i.opened_by, detected_at=i.detected_at,
+            opened_at=i.opened_at, contained_at=i.contained_at, closed_at=i.closed_at,
+        )  # fmt: skip
+
+
+class RunIn(BaseModel):
+    """Which playbook, with what parameters, where, and the size confirmed."""
+
+    playbook: str
+    version: int | None = None
+    params: dict[str, Any] = {}
+    environment: str = "production"
+    confirm: int | None = None
+
+
+class NoteIn(BaseModel):
+    """An operator's note."""
+
+    text: str = Field(max_length=4000)
+
+
+class DrillOut(BaseModel):
+    """A drill and its report."""
+
+    id: int
+    playbook: str
+    playbook_version: int
+    scenario: str
+    incident_id: int | None
+    state: str
+    devices: int
+    affected: int
+    detect_s: float | None
+    contain_s: float | None
+    stragglers: int
+    report: dict[str, Any]
+    started_by: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, d: Drill) -> DrillOut:
+        """From the ORM row."""
+        return cls(
+            id=d.id, playbook=d.playbook, playbook_version=d.playbook_version,
+            scenario=d.scenario, incident_id=d.incident_id, state=d.state, devices=d.devices,
+            affected=d.affected, detect_s=d.detect_s, contain_s=d.contain_s,
+            stragglers=d.stragglers, report=json.loads(d.report), started_by=d.started_by,
+            started_at=d.started_at, finished_at=d.finished_at,
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- playbooks
+
+
+@router.get("/playbooks", response_model=list[PlaybookOut])
+def list_playbooks(ctx: Ctx, who: Operator) -> list[PlaybookOut]:
+    """The newest version of each playbook."""
+    with ctx.db.read() as s:
+        return [PlaybookOut.of(p) for p in service.list_playbooks(s, who)]
+
+
+@router.get("/playbooks/{name}", response_model=PlaybookOut)
+def get_playbook(name: str, ctx: Ctx, who: Operator, version: int | None = None) -> PlaybookOut:
+    """A playbook (newest, or ``?version=``)."""
+    with ctx.db.read() as s:
+        return PlaybookOut.of(service.get_playbook(s, who, name, version))
+
+
+@router.put("/playbooks", response_model=PlaybookOut, status_code=201)
+def put_playbook(body: PlaybookIn, ctx: Ctx, who: Operator) -> PlaybookOut:
+    """Store a new version of a playbook."""
+    with ctx.operator_work(who, action="playbook.put", subject="playbook") as s:
+        return PlaybookOut.of(service.put_playbook(s, who, body.source))
+
+
+@router.post("/playbooks/standard", response_model=list[PlaybookOut], status_code=201)
+def install_standard(ctx: Ctx, who: Operator) -> list[PlaybookOut]:
+    """Install the shipped playbooks the tenant does not have."""
+    with ctx.operator_work(who, action="playbook.put", subject="playbook:standard") as s:
+        return [PlaybookOut.of(p) for p in service.install_standard(s, who)]
+
+
+# --------------------------------------------------------------------------- incidents
+
+
+@router.post("/incidents", response_model=IncidentOut, status_code=201)
+def open_incident(body: IncidentIn, ctx: Ctx, who: Operator) -> IncidentOut:
+    """Open an incident by hand or from an alert."""
+    with ctx.operator_work(who, action="incident.open", subject="incident") as s:
+        return IncidentOut.of(
+            service.open_incident(
+                s, who, title=body.title, severity=body.severity, alert_id=body.alert_id,
+                drill=body.drill,
+            )
+        )  # fmt: skip
+
+
+@router.get("/incidents", response_model=list[IncidentOut])
+def list_incidents(
+    ctx: Ctx, who: Operator, state: str | None = None, limit: int = Query(100, ge=1, le=1000)
+) -> list[IncidentOut]:
+    """The tenant's incidents, newest first."""
+    with ctx.db.read() as s:
+        return [IncidentOut.of(i) for i in service.list_incidents(s, who, state=state, limit=limit)]
+
+
+@router.get("/incidents/{incident_id}", response_model=IncidentOut)
+def get_incident(incident_id: int, ctx: Ctx, who: Operator) -> IncidentOut:
+    """An incident with its timeline, runs and stragglers."""
+    from sqlalchemy import select
+
+    with ctx.db.read() as s:
+        out = IncidentOut.of(service.get_incident(s, who, incident_id))
+        out.timeline = [EventOut.of(e) for e in service.timeline(s, who, incident_id)]
+        out.runs = [
+            RunOut.of(r)
+            for r in s.execute(
+                select(PlaybookRun).where(PlaybookRun.incident_id == incident_id)
+            ).scalars()
+        ]
+        out.stragglers = runs.stragglers(s, who, incident_id)
+        return out
+
+
+@router.post("/incidents/{incident_id}/notes", response_model=EventOut, status_code=201)
+def note(incident_id: int, body: NoteIn, ctx: Ctx, who: Operator) -> EventOut:
+    """Add a note to the timeline."""
+    with ctx.operator_work(who, action="incident.note", subject=f"incident:{incident_id}") as s:
+        return EventOut.of(service.note(s, who, incident_id, body.text))
+
+
+@router.post("/incidents/{incident_id}/close", response_model=IncidentOut)
+def close(incident_id: int, ctx: Ctx, who: Operator, force: bool = False) -> IncidentOut:
+    """Close an incident (``?force=true`` leaves pending devices behind)."""
+    with ctx.operator_work(who, action="incident.close", subject=f"incident:{incident_id}") as s:
+        return IncidentOut.of(service.close_incident(s, who, incident_id, force=force))
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@router.post("/incidents/{incident_id}/dry-run")
+def dry_run(incident_id: int, body: RunIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
+    """The blast radius of a run; nothing happens."""
+    with ctx.db.read() as s:
+        return runs.dry_run(
+            s, who, incident_id=incident_id, playbook=body.playbook, version=body.version,
+            params=body.params, environment=body.environment, confirm=body.confirm,
+        ).as_dict()  # fmt: skip
+
+
+@router.post("/incidents/{incident_id}/runs", response_model=RunOut, status_code=201)
+def start_run(incident_id: int, body: RunIn, ctx: Ctx, who: Operator) -> RunOut:
+    """Plan a run (it waits for approvals when a step is destructive)."""
+    with ctx.operator_work(who, action="playbook.run.plan", subject=f"incident:{incident_id}") as s:
+        return RunOut.of(
+            runs.start_run(
+                s, who, incident_id=incident_id, playbook=body.playbook, version=body.version,
+                params=body.params, environment=body.environment, confirm=body.confirm,
+            )
+        )  # fmt: skip
+
+
+@router.get("/runs/{run_id}", response_model=RunOut)
+def get_run(run_id: int, ctx: Ctx, who: Operator) -> RunOut:
+    """A run."""
+    with ctx.db.read() as s:
+        return RunOut.of(runs.get_run(s, who, run_id))
+
+
+@router.post("/runs/{run_id}/approve", response_model=RunOut)
+def approve(run_id: int, ctx: Ctx, who: Operator) -> RunOut:
+    """A security operator's approval."""
+    with ctx.operator_work(who, action="playbook.run.approve", subject=f"run:{run_id}") as s:
+        return RunOut.of(runs.approve_run(s, who, run_id))
+
+
+@router.post("/runs/{run_id}/execute", response_model=RunOut)
+def execute(run_id: int, ctx: Ctx, who: Operator) -> RunOut:
+    """Run a ready run's steps now."""
+    effects = LiveEffects(ctx.settings.home)
+    try:
+        with ctx.refusals_recorded(
+            actor=who.actor, action="playbook.run.execute", subject=f"run:{run_id}",
+            tenant_id=who.tenant_id,
+        ):  # fmt: skip
+            run = runs.execute_run(ctx, who, run_id, effects=effects)
+    finally:
+        effects.close()
+    with ctx.db.read() as s:
+        return RunOut.of(runs.get_run(s, who, run.id))
+
+
+# --------------------------------------------------------------------------- drills
+
+
+@router.get("/drills", response_model=list[DrillOut])
+def list_drills(ctx: Ctx, who: Operator, limit: int = Query(50, ge=1, le=500)) -> list[DrillOut]:
+    """Drill reports, newest first (the trend)."""
+    with ctx.db.read() as s:
+        return [DrillOut.of(d) for d in drills.list_drills(s, who, limit=limit)]
+
+
+@router.get("/drills/{drill_id}", response_model=DrillOut)
+def get_drill(drill_id: int, ctx: Ctx, who: Operator) -> DrillOut:
+    """One drill's report."""
+    with ctx.db.read() as s:
+        return DrillOut.of(drills.get_drill(s, who, drill_id))

@@ -1,0 +1,183 @@
+"""Drills on a simulated fleet of 1,000 devices: real agents over mTLS to
+Mosquitto with the fleetward plugin, the live server, telemetry ingest, the
+campaign driver and the detection loop."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from fleetward.api.context import AppContext
+from fleetward.comms.broker import BrokerRuntime
+from fleetward.detection.runner import DetectionRunner
+from fleetward.errors import NotFoundError, PermissionDeniedError
+from fleetward.identity.models import Device
+from fleetward.ota.driver import CampaignDriver
+from fleetward.response import drills
+from fleetward.response import service as response
+from fleetward.response.effects import LiveEffects
+from fleetward.sim import Broker, FleetProcesses, FleetSpec
+from fleetward.telemetry.ingest import MqttIngest
+from tests.broker import synced, wait_for
+from tests.ota.helpers import call, operator, upload
+from tests.response.helpers import SEC, SEC2, SEC3, enroll
+from tests.sim.test_fleet import metrics_per_device, release
+
+N = 1000
+
+
+@pytest.fixture
+def stack(ctx: AppContext, broker: BrokerRuntime) -> Iterator[None]:
+    """What ``fleetward up`` runs beside the API."""
+    synced(broker)  # the service listener is up
+    ingest = MqttIngest(ctx.db, ctx.settings.home)
+    driver = CampaignDriver(ctx, interval=0.2, resend=2.0)
+    detection = DetectionRunner(ctx, interval=0.3)
+    for part in (ingest, driver, detection):
+        part.start()
+    yield
+    for part in (detection, driver, ingest):
+        part.stop()
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_drills_on_a_thousand_devices(
+    live: str,
+    ctx: AppContext,
+    admin_token: str,
+    broker: BrokerRuntime,
+    stack: None,
+    tmp_path: Path,
+) -> None:
+    spec = FleetSpec(
+        devices=N, prefix="drill", environment="drill", batches=4, offline=0.03,
+        telemetry_interval=3.0, seed=11,
+    )  # fmt: skip
+    release(live, ctx, admin_token, spec)
+    fleet = FleetProcesses(
+        spec, server_url=live, directory=tmp_path / "fleet", processes=2, token=admin_token,
+        broker=Broker(host="127.0.0.1", port=broker.port, ca=broker.files.broker_ca),
+        backoff_base=0.2, backoff_cap=1.0,
+    )  # fmt: skip
+    fleet.prepare()
+    synced(broker)
+    effects = LiveEffects(ctx.settings.home)
+    with ctx.db.session() as s:
+        response.install_standard(s, SEC)
+    try:
+        fleet.start(timeout=240)
+        snap = fleet.snapshot()
+        offline = {d["device_id"] for d in snap if not d["online"]}
+        assert len(snap) == N and 0 < len(offline) < N // 10
+        # Every online device is seen by the server (so runs know who is online).
+        wait_for(
+            lambda: len(metrics_per_device(ctx)) >= N - len(offline), timeout=60,
+            what="a reading from every online device",
+        )  # fmt: skip
+
+        # ---- drill 1: a compromised factory batch, detected by attestation ----
+        batch_of = {d["device_id"]: d["batch"] for d in snap}
+        b1 = sorted(d for d, b in batch_of.items() if b == "b1")
+        with ctx.db.read() as s:
+            batch_id = s.execute(
+                select(Device.batch_id).where(Device.device_id == b1[0])
+            ).scalar_one()
+        inject = [d for d in b1 if d not in offline][:3]
+        progress: list[str] = []
+        report1 = drills.run_drill(
+            ctx, fleet, starter=SEC, approvers=[SEC2], playbook="compromised-factory",
+            params={"batch": batch_id}, scenario="compromised-batch", inject=inject,
+            effects=effects, timeout=120, progress=progress.append,
+        )  # fmt: skip
+        r1 = json.loads(report1.report)
+        assert report1.state == "passed", r1
+        assert report1.affected == len(b1) and r1["goal"] == "cut-off"
+        assert report1.detect_s is not None and report1.detect_s < 5
+        assert report1.contain_s is not None and report1.contain_s < 10
+        b1_offline = sorted(set(b1) & offline)
+        assert report1.stragglers == len(b1_offline) and r1["stragglers"] == b1_offline
+        assert r1["bystanders_touched"] == []
+        after = {d["device_id"]: d for d in fleet.snapshot()}
+        # Mass revocation cut every affected device off, stragglers included.
+        assert all(after[d]["cut_off"] and not after[d]["connected"] for d in b1)
+        assert all(after[d]["connected"] for d in after if d not in b1 and d not in offline)
+        assert r1["server_incident_state"] == "contained"
+
+        # ---- drill 2: emergency OTA of every remaining drill device ----
+        rm = operator(ctx, "release-manager", "rm-drill")
+        resp = upload(
+            live, rm, product=spec.product, version="1.0.1", image=b"fixed firmware 1.0.1",
+            hardware=spec.hardware,
+        )  # fmt: skip
+        assert resp.status_code == 201, resp.text
+        rid = resp.json()["id"]
+        assert call(live, rm, "POST", f"/api/v1/releases/{rid}/approve").status_code == 200
+        remaining = sorted(d for d in batch_of if d not in b1)
+        report2 = drills.run_drill(
+            ctx, fleet, starter=SEC, approvers=[SEC2, SEC3], playbook="emergency-ota",
+            params={"product": spec.product, "release": rid}, scenario="vulnerable-firmware",
+            confirm=len(remaining), effects=effects, timeout=180,
+        )  # fmt: skip
+        r2 = json.loads(report2.report)
+        assert report2.state == "passed", r2
+        assert report2.affected == len(remaining) and r2["goal"] == "updated"
+        left_offline = sorted(set(remaining) & offline)
+        # Offline devices were listed, then updated when they came back.
+        assert r2["stragglers"] == left_offline and report2.stragglers == len(left_offline)
+        assert r2["stragglers_s"] is not None
+        final = {d["device_id"]: d for d in fleet.snapshot()}
+        assert all(final[d]["version"] == "1.0.1" for d in remaining)
+        assert all(final[d]["version"] == "1.0.0" for d in b1)  # cut off: never offered
+        assert r2["server_incident_state"] == "contained" and r2["server_stragglers"] == 0
+        with ctx.db.read() as s:
+            trend = drills.list_drills(s, SEC)
+        assert [d.playbook for d in trend] == ["emergency-ota", "compromised-factory"]
+        print(
+            f"drill 1: detect {report1.detect_s} s, contain {report1.contain_s} s; "
+            f"drill 2: contain {report2.contain_s} s, stragglers {r2['stragglers_s']} s"
+        )
+    finally:
+        effects.close()
+        fleet.stop()
+
+
+def test_a_drill_pointed_at_production_devices_is_refused(ctx: AppContext) -> None:
+    """The fleet a drill runs on must be simulated devices in the drill environment."""
+
+    class Fake:
+        def __init__(self, ids: list[str]) -> None:
+            self.ids = ids
+
+        def snapshot(self) -> list[dict[str, object]]:
+            return [{"device_id": d, "connected": True} for d in self.ids]
+
+        def tamper(self, ids: object) -> None:
+            raise AssertionError("nothing may happen")
+
+        attest = bring_online = tamper
+
+    enroll(ctx, ["prod-1"], env="production")
+    enroll(ctx, ["drill-1"], env="drill")
+    with ctx.db.session() as s:
+        response.install_standard(s, SEC)
+    effects = LiveEffects(ctx.settings.home)
+    with pytest.raises(PermissionDeniedError, match="drill environment only"):
+        drills.run_drill(
+            ctx, Fake(["drill-1", "prod-1"]), starter=SEC, approvers=[SEC2],  # type: ignore[arg-type]
+            playbook="mass-credential-revocation", params={"devices": ["prod-1"]}, effects=effects,
+        )  # fmt: skip
+    with pytest.raises(NotFoundError, match="not devices of tenant"):
+        drills.run_drill(
+            ctx, Fake(["nobody"]), starter=SEC, approvers=[SEC2],  # type: ignore[arg-type]
+            playbook="mass-credential-revocation", params={"devices": ["nobody"]}, effects=effects,
+        )  # fmt: skip
+    with ctx.db.read() as s:
+        assert (
+            s.execute(select(Device.state).where(Device.device_id == "prod-1")).scalar() == "active"
+        )
+        assert drills.list_drills(s, SEC) == []
