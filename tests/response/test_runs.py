@@ -334,3 +334,49 @@ def test_incident_from_alert_and_closing(ctx: AppContext) -> None:
         response.close_incident(s, SEC, incident_id)
     with ctx.db.session() as s, pytest.raises(ConflictError, match="already closed"):
         response.close_incident(s, SEC, incident_id)
+
+
+def test_an_installation_without_a_drill_ca_gets_one(ctx: AppContext) -> None:
+    with ctx.db.session() as s:
+        drill = ca_service.active_issuing_ca(s, tenant_id=1, environment="drill")
+        drill.status = "retired"  # as if made before the drill environment existed
+    with ctx.db.session() as s:
+        tenant = tenancy.get_tenant(s, 1)
+        [created] = ca_service.ensure_issuing_cas(s, ctx.pki, tenant=tenant, actor="test")
+        assert created.environment == "drill" and created.status == "active"
+        assert ca_service.ensure_issuing_cas(s, ctx.pki, tenant=tenant, actor="test") == []
+    enroll(ctx, ["late-drill"], env="drill")
+
+
+def test_the_tracker_contains_an_incident_once_devices_comply(ctx: AppContext) -> None:
+    from fleetward.response.tracker import ComplianceTracker
+
+    ids = [f"t-{i}" for i in range(2)]
+    key = enroll(ctx, ids, batch=12)
+    enroll(ctx, ["t-other"], batch=13)
+    with ctx.db.session() as s:
+        response.install_standard(s, SEC)
+        response.put_playbook(s, ADMIN, "name: renew-batch\ncohort: {batch: 12}\n"
+                              "steps: [{action: renew}]")  # fmt: skip
+    incident = _incident(ctx, who=ADMIN)
+    with ctx.db.session() as s:
+        run_id = runs.start_run(s, ADMIN, incident_id=incident, playbook="renew-batch",
+                                environment="test").id  # fmt: skip
+    assert runs.execute_run(ctx, ADMIN, run_id, effects=FakeEffects()).state == "done"
+    tracker = ComplianceTracker(ctx, resend=3600)
+    try:
+        assert tracker.run_once() == 0
+        for d in ids:
+            with ctx.db.session() as s:
+                current = s.execute(
+                    select(CertificateRecord.der)
+                    .join(Device, Device.id == CertificateRecord.device_pk)
+                    .where(Device.device_id == d, CertificateRecord.status == "good")
+                ).scalar_one()
+                renewal.renew(s, ctx.pki, current=current, csr=csr_pem(key, d))
+        assert tracker.run_once() == 2
+    finally:
+        tracker.stop()
+    with ctx.db.read() as s:
+        incident_row = response.get_incident(s, ADMIN, incident)
+        assert incident_row.state == "contained" and incident_row.contained_at is not None

@@ -126,15 +126,18 @@ def up(
 ) -> None:
     """Run fleetward with a Mosquitto it configures and keeps in step (all on
     127.0.0.1): the API, the broker with the fleetward plugin, the sync loop,
-    the OTA campaign driver, telemetry ingest and the detection loop. With
+    the OTA campaign driver, telemetry ingest, the detection loop and the
+    incident compliance tracker. With
     --demo, a simulated fleet enrolls and connects once the API is up."""
     from fleetward.comms.broker import BrokerRuntime
     from fleetward.detection.runner import DetectionRunner
     from fleetward.ota.driver import CampaignDriver
+    from fleetward.response.tracker import ComplianceTracker
     from fleetward.telemetry.ingest import MqttIngest
 
     context = load_ctx(ctx)
     context.db.migrate()
+    _ensure_environment_cas(context)
     runtime = BrokerRuntime(
         context, context.settings.home / "broker", port=mqtt_port, service_port=service_port
     )
@@ -145,6 +148,8 @@ def up(
     detection.start()
     ingest = MqttIngest(context.db, context.settings.home)
     ingest.start()
+    tracker = ComplianceTracker(context)
+    tracker.start()
     console.print(
         f"mosquitto on mqtts://127.0.0.1:{mqtt_port} (devices), "
         f"127.0.0.1:{service_port} (fleetward); config {runtime.files.config}"
@@ -175,10 +180,27 @@ def up(
     finally:
         if fleet is not None:
             fleet.stop()
+        tracker.stop()
         ingest.stop()
         detection.stop()
         driver.stop()
         runtime.stop()
+
+
+def _ensure_environment_cas(context: AppContext) -> None:
+    """Give every tenant an issuing CA per environment (installations made
+    before the drill environment lack one; an offline root is left alone)."""
+    from sqlalchemy import select
+
+    from fleetward.identity import ca_service
+    from fleetward.tenancy.models import Tenant
+
+    with context.db.session() as s:
+        for tenant in s.execute(select(Tenant)).scalars().all():
+            for ca in ca_service.ensure_issuing_cas(
+                s, context.pki, tenant=tenant, actor=local_actor()
+            ):
+                console.print(f"tenant {tenant.name}: {ca.environment} issuing CA {ca.id} created")
 
 
 def _serve(

@@ -105,6 +105,8 @@ class IncidentDevice(Base):
     device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"))
     requirement: Mapped[str] = mapped_column(String(64))  # cut-off | quarantined | version>=X ...
     online: Mapped[bool] = mapped_column(default=True)  # seen recently when the step ran
+    # What the device held when the step ran (a renewal must replace this certificate).
+    held: Mapped[str | None] = mapped_column(String(64), nullable=True)
     state: Mapped[str] = mapped_column(String(16))  # pending | complied
     since: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     complied_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -626,7 +626,19 @@ def _step_renew(
     ca = ca_service.active_issuing_ca(s, tenant_id=run.tenant_id, environment=env)
     tenant = s.get_one(Tenant, run.tenant_id)
     ids = dict(s.execute(select(Device.id, Device.device_id).where(Device.id.in_(pks))).all())
-    _pending(s, run, index, pks, online, f"ca:{ca.id}")
+    held: dict[int, str] = {}
+    for start in range(0, len(pks), 5000):
+        for pk, serial in s.execute(
+            select(CertificateRecord.device_pk, func.max(CertificateRecord.serial))
+            .where(
+                CertificateRecord.device_pk.in_(pks[start : start + 5000]),
+                CertificateRecord.status == "good",
+                CertificateRecord.ca_id == ca.id,
+            )
+            .group_by(CertificateRecord.device_pk)
+        ).all():
+            held[int(pk)] = str(serial)
+    _pending(s, run, index, pks, online, f"ca:{ca.id}", held=held)
     sent = 0
     for pk in pks:
         if pk in online:
@@ -726,7 +738,14 @@ def _logged(
 
 
 def _pending(
-    s: Session, run: PlaybookRun, index: int, pks: list[int], online: set[int], requirement: str
+    s: Session,
+    run: PlaybookRun,
+    index: int,
+    pks: list[int],
+    online: set[int],
+    requirement: str,
+    *,
+    held: dict[int, str] | None = None,
 ) -> None:
     now = utcnow()
     rows = [
@@ -737,6 +756,7 @@ def _pending(
             "device_pk": pk,
             "requirement": requirement,
             "online": pk in online,
+            "held": (held or {}).get(pk),
             "state": "pending",
             "since": now,
         }
@@ -776,9 +796,27 @@ def track(
                 CampaignDevice.campaign_id == campaign_id, CampaignDevice.status == "succeeded"
             )
         elif kind == "ca":
-            done = select(CertificateRecord.device_pk).where(
-                CertificateRecord.ca_id == int(rest), CertificateRecord.status == "good"
+            # A good certificate of the new CA other than the one held when
+            # the step ran (a device already under that CA must still renew).
+            renewed = (
+                select(CertificateRecord.serial)
+                .where(
+                    CertificateRecord.device_pk == IncidentDevice.device_pk,
+                    CertificateRecord.ca_id == int(rest),
+                    CertificateRecord.status == "good",
+                    (IncidentDevice.held.is_(None))
+                    | (CertificateRecord.serial != IncidentDevice.held),
+                )
+                .exists()
             )
+            result = session.execute(
+                update(IncidentDevice)
+                .where(base, IncidentDevice.state == "pending", renewed)
+                .values(state="complied", complied_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            complied += int(result.rowcount or 0)  # type: ignore[attr-defined]
+            continue
         else:  # pragma: no cover - written by this module only
             continue
         result = session.execute(

@@ -150,6 +150,7 @@ def upgrade() -> None:
         sa.Column("device_pk", sa.Integer(), nullable=False),
         sa.Column("requirement", sa.String(length=64), nullable=False),
         sa.Column("online", sa.Boolean(), server_default=sa.false(), nullable=False),
+        sa.Column("held", sa.String(length=64), nullable=True),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("since", UTCDateTime(), nullable=False),
         sa.Column("complied_at", UTCDateTime(), nullable=True),
