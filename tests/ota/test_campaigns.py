@@ -280,3 +280,33 @@ def test_a_campaign_that_reaches_everyone_at_once_must_be_an_emergency(
     assert resp.status_code == 400 and "two security approvals" in resp.text
     with ctx.db.read() as s:
         assert s.execute(select(Campaign)).first() is None  # nothing was planned
+
+
+def test_a_completed_campaign_reoffers_to_stragglers_until_the_release_is_withdrawn(
+    live: str, ctx: AppContext, ops: dict[str, str], tmp_path: Path
+) -> None:
+    from fleetward.ota import service as releases
+
+    ids = add_devices(ctx, 40)
+    fleet = Fleet(live, ctx, tmp_path, ids)
+    rid = deploy(live, ops, "1.1.0", b"good build")
+    with ctx.db.session() as s:
+        cid = campaigns.create_campaign(
+            s, rm(ctx), release_id=rid, waves=[50, 100],
+            gate=GatePolicy(min_success_ratio=0.9),
+        ).id  # fmt: skip
+        first = campaigns.step(s, cid)
+    fleet.run(first[1:], cid)  # one device of wave 1 is offline
+    with ctx.db.session() as s:
+        second = campaigns.step(s, cid)
+    fleet.run(second[1:], cid)  # and one of wave 2
+    with ctx.db.session() as s:
+        assert campaigns.step(s, cid) == []
+        c = campaigns.get_campaign(s, rm(ctx), cid)
+        assert c.state == "completed"
+        again = campaigns.pending_offers(s, c)
+    assert {o.device_id for o in again} == {first[0].device_id, second[0].device_id}
+    with ctx.db.session() as s:
+        releases.withdraw_release(s, ctx.pki.keyring, rm(ctx), rid, reason="recalled")
+    with ctx.db.read() as s:
+        assert campaigns.pending_offers(s, campaigns.get_campaign(s, rm(ctx), cid)) == []

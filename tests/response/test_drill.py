@@ -24,7 +24,7 @@ from fleetward.sim import Broker, FleetProcesses, FleetSpec
 from fleetward.telemetry.ingest import MqttIngest
 from tests.broker import synced, wait_for
 from tests.ota.helpers import call, operator, upload
-from tests.response.helpers import SEC, SEC2, SEC3, enroll
+from tests.response.helpers import ADMIN, SEC, SEC2, SEC3, enroll
 from tests.sim.test_fleet import metrics_per_device, release
 
 N = 1000
@@ -119,7 +119,9 @@ def test_drills_on_a_thousand_devices(
         assert call(live, rm, "POST", f"/api/v1/releases/{rid}/approve").status_code == 200
         remaining = sorted(d for d in batch_of if d not in b1)
         report2 = drills.run_drill(
-            ctx, fleet, starter=SEC, approvers=[SEC2, SEC3], playbook="emergency-ota",
+            # Creating the campaign is a release manager's right: the incident
+            # commander is an admin here; two security operators approve.
+            ctx, fleet, starter=ADMIN, approvers=[SEC2, SEC3], playbook="emergency-ota",
             params={"product": spec.product, "release": rid}, scenario="vulnerable-firmware",
             confirm=len(remaining), effects=effects, timeout=180,
         )  # fmt: skip

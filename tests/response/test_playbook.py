@@ -53,12 +53,27 @@ def test_bind_substitutes_whole_values_and_text() -> None:
         ("name: x\ncohort: {all: true}\nsteps: [{action: webhook, url: 'file:///etc'}]", "http(s)"),
         ("name: x\ncohort: {all: true}\nsteps: [{action: emergency-release, release: v}]", "id"),
         ("name: x\ncohort: {batch: abc}\nsteps: [{action: quarantine}]", "batch must be"),
+        ("name: x\ncohort: {batch: 7.9}\nsteps: [{action: quarantine}]", "whole number"),
+        ("name: x\ncohort: {batch: true}\nsteps: [{action: quarantine}]", "whole number"),
+        ("name: x\ncohort: {batch: 2024-01-01}\nsteps: [{action: quarantine}]", "is a date"),
+        ("name: x\ncohort: {all: true}\nsteps: [{action: quarantine, reason: !!binary aGk=}]",
+         "is a bytes"),
+        ("name: x\ncohort: &a {all: true}\nsteps: [{action: quarantine}]", "aliases"),
         ("name: [x", "not valid YAML"),
     ],
 )  # fmt: skip
 def test_malformed_playbooks_are_refused_with_the_reason(source: str, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         pb.parse(source)
+
+
+def test_an_alias_bomb_is_refused_before_it_expands() -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    with pytest.raises(InvalidInputError, match="aliases"):
+        pb.parse(bomb + "name: x\ncohort: {all: true}\nsteps: [{action: quarantine}]")
 
 
 def test_oversized_playbook_is_refused() -> None:

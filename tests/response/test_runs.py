@@ -380,3 +380,162 @@ def test_the_tracker_contains_an_incident_once_devices_comply(ctx: AppContext) -
     with ctx.db.read() as s:
         incident_row = response.get_incident(s, ADMIN, incident)
         assert incident_row.state == "contained" and incident_row.contained_at is not None
+
+
+QUARANTINE = (
+    "name: q\nparams: {batch: null}\ncohort: {batch: '{batch}'}\nsteps: [{action: quarantine}]"
+)
+
+
+def _plan(ctx: AppContext, who: Principal, incident: int, **kw: Any) -> int:
+    with ctx.db.session() as s:
+        return runs.start_run(s, who, incident_id=incident, **kw).id
+
+
+def test_a_device_with_certificates_in_two_environments_is_not_a_drill_target(
+    ctx: AppContext,
+) -> None:
+    enroll(ctx, ["twice"], env="production", batch=40)
+    enroll(ctx, ["drill-only"], env="drill", batch=40)
+    # The device also holds a good drill certificate (as after a reprovisioning).
+    with ctx.db.session() as s:
+        twice = s.execute(select(Device.id).where(Device.device_id == "twice")).scalar_one()
+        drill_cert = s.execute(
+            select(CertificateRecord)
+            .join(Device, Device.id == CertificateRecord.device_pk)
+            .where(Device.device_id == "drill-only")
+        ).scalar_one()
+        s.add(
+            CertificateRecord(
+                serial="7" * 40, tenant_id=1, device_pk=twice, ca_id=drill_cert.ca_id,
+                environment="drill", key_origin="software", fingerprint="f" * 64,
+                not_before=drill_cert.not_before, not_after=drill_cert.not_after,
+                status="good", der=drill_cert.der,
+            )
+        )  # fmt: skip
+    with ctx.db.session() as s:
+        response.put_playbook(s, SEC, REVOKE)
+    drill = _incident(ctx, drill=True)
+    with pytest.raises(PermissionDeniedError, match="also hold certificates outside drill"):
+        _plan(ctx, SEC, drill, playbook="revoke-batch", params={"batch": 40},
+              environment="drill")  # fmt: skip
+    assert _states(ctx, ["twice"]) == {"twice": "active"}
+
+
+def test_scoped_tokens_readers_and_security_stay_in_their_lane(ctx: AppContext) -> None:
+    enroll(ctx, ["lane-0", "lane-1"], batch=41)
+    enroll(ctx, ["lane-x"], batch=42)
+    with ctx.db.session() as s:
+        response.put_playbook(s, SEC, QUARANTINE)
+        response.install_standard(s, SEC)
+    incident = _incident(ctx)
+    drill_scoped = Principal(1, "default", "security", "token:scoped", environment="drill")
+    with pytest.raises(PermissionDeniedError, match="scoped to the drill environment"):
+        _plan(ctx, drill_scoped, incident, playbook="q", params={"batch": 41}, environment="test")
+    # Creating an emergency campaign is a release manager's right, not security's.
+    with pytest.raises(PermissionDeniedError, match="release manage"):
+        _plan(ctx, SEC, incident, playbook="emergency-ota",
+              params={"product": "thermo", "release": 1}, environment="test")  # fmt: skip
+    run_id = _plan(ctx, SEC, incident, playbook="q", params={"batch": 41}, environment="test")
+    for outsider in (AUDITOR, drill_scoped):
+        with pytest.raises(PermissionDeniedError):
+            runs.execute_run(ctx, outsider, run_id, effects=FakeEffects())
+    assert _states(ctx, ["lane-0"]) == {"lane-0": "active"}
+    done = runs.execute_run(ctx, SEC2, run_id, effects=FakeEffects())
+    assert done.state == "done" and done.executed_by == SEC2.actor
+    assert _states(ctx, ["lane-0", "lane-1"]) == {"lane-0": "quarantined", "lane-1": "quarantined"}
+    with pytest.raises(ConflictError, match="is done"):
+        runs.execute_run(ctx, SEC, run_id, effects=FakeEffects())
+    with ctx.db.read() as s:
+        step = next(e for e in response.timeline(s, SEC, incident) if e.kind == "step.quarantine")
+        assert json.loads(step.details)["executed_by"] == SEC2.actor
+
+
+def test_a_crashing_step_fails_the_run_and_says_so(ctx: AppContext) -> None:
+    enroll(ctx, ["crash-0"], batch=43)
+    enroll(ctx, ["crash-x"], batch=44)
+    with ctx.db.session() as s:
+        pk = s.execute(select(Device.id).where(Device.device_id == "crash-0")).scalar_one()
+        s.add(Event(tenant_id=1, device_pk=pk, type="metric", at=utcnow(), count=1, fields="{}"))
+        response.put_playbook(s, ADMIN, "name: r\ncohort: {batch: 43}\nsteps: [{action: renew}]")
+    incident = _incident(ctx, who=ADMIN)
+    run_id = _plan(ctx, ADMIN, incident, playbook="r", environment="test")
+
+    class Broken(FakeEffects):
+        def command(self, tenant: str, device_id: str, name: str) -> None:
+            raise RuntimeError("socket gone")
+
+    with pytest.raises(RuntimeError):
+        runs.execute_run(ctx, ADMIN, run_id, effects=Broken())
+    with ctx.db.read() as s:
+        run = runs.get_run(s, ADMIN, run_id)
+        assert run.state == "failed" and run.outcome == "step 1 (renew): RuntimeError"
+        kinds = [e.kind for e in response.timeline(s, ADMIN, incident)]
+        assert kinds[-1] == "run.failed"
+        assert response.get_incident(s, ADMIN, incident).state == "open"
+
+
+def test_new_work_reopens_a_contained_incident_and_closing_is_guarded(ctx: AppContext) -> None:
+    enroll(ctx, ["c-0"], batch=45)
+    enroll(ctx, ["c-1"], batch=46)
+    with ctx.db.session() as s:
+        response.put_playbook(s, SEC, QUARANTINE)
+        response.put_playbook(s, SEC, REVOKE)
+    incident = _incident(ctx)
+    first = _plan(ctx, SEC, incident, playbook="q", params={"batch": 45}, environment="test")
+    runs.execute_run(ctx, SEC, first, effects=FakeEffects())
+    with ctx.db.read() as s:
+        assert response.get_incident(s, SEC, incident).state == "contained"
+    second = _plan(ctx, SEC, incident, playbook="revoke-batch", params={"batch": 45},
+                   environment="test")  # fmt: skip
+    with ctx.db.read() as s:
+        assert response.get_incident(s, SEC, incident).state == "open"  # waits for approval
+    with ctx.db.session() as s, pytest.raises(ConflictError, match="not finished"):
+        response.close_incident(s, SEC, incident)
+    with ctx.db.session() as s:
+        response.close_incident(s, SEC, incident, force=True)
+    with ctx.db.session() as s, pytest.raises(ConflictError, match="is closed"):
+        runs.approve_run(s, SEC2, second)
+    assert _states(ctx, ["c-0"]) == {"c-0": "quarantined"}
+
+
+def test_a_drill_cannot_take_an_alert_about_production_devices(ctx: AppContext) -> None:
+    enroll(ctx, ["real-1"], env="production")
+    now = utcnow()
+    with ctx.db.session() as s:
+        alert = Alert(tenant_id=1, kind="boot-integrity", key="device:real-1", severity="high",
+                      state="open", subject="device real-1", summary="tampered", evidence="{}",
+                      count=1, response="", first_seen=now, last_seen=now)  # fmt: skip
+        s.add(alert)
+        s.flush()
+        alert_id = alert.id
+    with ctx.db.session() as s, pytest.raises(PermissionDeniedError, match="outside the drill"):
+        response.open_incident(s, SEC, alert_id=alert_id, drill=True)
+    with ctx.db.session() as s:
+        assert response.open_incident(s, SEC, alert_id=alert_id).alert_id == alert_id
+
+
+def test_webhook_lines_do_not_leak_credentials_or_errors(ctx: AppContext) -> None:
+    enroll(ctx, ["h-0"], batch=47)
+    with ctx.db.session() as s:
+        response.put_playbook(
+            s, SEC, "name: h\ncohort: {batch: 47}\n"
+            "steps: [{action: webhook, url: 'https://user:pw@hooks.example:8443/x?token=s3cret'}]",
+        )  # fmt: skip
+    incident = _incident(ctx)
+    run_id = _plan(ctx, SEC, incident, playbook="h", environment="test")
+
+    class Down(FakeEffects):
+        def webhook(self, url: str, payload: dict[str, Any]) -> int:
+            raise ConnectionRefusedError("port 8443 closed on 10.0.0.7")
+
+    assert runs.execute_run(ctx, SEC, run_id, effects=Down()).state == "done"
+    with ctx.db.read() as s:
+        [line] = [e for e in response.timeline(s, SEC, incident) if e.kind == "step.webhook"]
+        entry = s.get_one(AuditEntry, line.audit_seq)
+    assert line.summary == "could not notify https://hooks.example:8443/x"
+    assert (
+        "s3cret" not in entry.details
+        and "pw" not in entry.details
+        and "10.0.0.7" not in entry.details
+    )

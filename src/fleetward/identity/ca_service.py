@@ -179,9 +179,10 @@ def create_tenant_pki(
 def ensure_issuing_cas(
     session: Session, pki: Pki, *, tenant: Tenant, actor: str, now: dt.datetime | None = None
 ) -> list[CertificateAuthority]:
-    """Create the issuing CA of any environment the tenant lacks (an
-    installation made before the ``drill`` environment existed), when the
-    root key is online; returns the CAs created.
+    """Create the ``drill`` issuing CA if the tenant lacks one (an
+    installation made before the drill environment existed), when the root
+    key is online; returns the CAs created. Other environments are left as
+    the operator keeps them (one may be empty on purpose).
     """
     now = now or utcnow()
     root = root_ca(session, tenant_id=tenant.id)
@@ -198,12 +199,13 @@ def ensure_issuing_cas(
     )
     created = []
     root_signer = pki.keyring.open(root.key_uri)
-    for env in ENVIRONMENTS:
+    for env in ("drill",):
         if env in have:
             continue
         ca, csr = create_issuing_csr(
-            session, pki, tenant=tenant, environment=env, actor=actor, now=now
-        )
+            session, pki, tenant=tenant, environment=env, actor=actor, now=now,
+            backend="pkcs11" if root.key_uri.startswith("pkcs11:") else "file",
+        )  # fmt: skip
         cert = sign_issuing_csr_offline(
             root_cert_pem=root.certificate_pem.encode(), root_signer=root_signer,
             csr_pem=csr, environment=env,

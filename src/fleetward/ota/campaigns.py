@@ -262,12 +262,19 @@ def pending_offers(session: Session, c: Campaign) -> list[Offer]:
     r = session.get(Release, c.release_id)
     tenant = session.get(Tenant, c.tenant_id)
     assert r is not None and tenant is not None
+    if r.state != "deployable":  # withdrawn since: nobody gets it any more
+        return []
+    waves = (
+        CampaignDevice.wave == c.current_wave
+        if c.state == "running"
+        else CampaignDevice.wave <= c.current_wave  # completed: every wave's stragglers
+    )
     ids = session.execute(
         select(Device.device_id)
         .join(CampaignDevice, CampaignDevice.device_pk == Device.id)
         .where(
             CampaignDevice.campaign_id == c.id,
-            CampaignDevice.wave == c.current_wave,
+            waves,
             CampaignDevice.status == "offered",
         )
     ).scalars()

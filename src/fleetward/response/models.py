@@ -75,9 +75,10 @@ class PlaybookRun(Base):
     params: Mapped[str] = mapped_column(Text, default="{}")  # JSON
     environment: Mapped[str | None] = mapped_column(String(16), nullable=True)
     state: Mapped[str] = mapped_column(String(24))
-    # awaiting-approval | running | done | failed | refused
+    # awaiting-approval | ready | running | done | failed
     requested_by: Mapped[str] = mapped_column(String(200))
     requester_role: Mapped[str] = mapped_column(String(32))
+    executed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     approvals_needed: Mapped[int] = mapped_column(Integer, default=0)
     approvals: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of actors
     cohort_size: Mapped[int] = mapped_column(Integer, default=0)
@@ -96,6 +97,7 @@ class IncidentDevice(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "step", "device_pk"),
         Index("ix_incident_devices_pending", "incident_id", "state"),
+        Index("ix_incident_devices_state", "state", "requirement"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

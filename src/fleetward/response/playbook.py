@@ -54,15 +54,17 @@ MAX_DEVICES_PARAM = 100_000  # ids one run may name (identity.MAX_COHORT)
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]{0,31})\}")
 
-# What each step does and which permission the operator starting the run
-# must hold for it (the run then acts with those rights, plus approvals).
-ACTIONS: dict[str, Permission] = {
-    "quarantine": Permission.DEVICE_MANAGE,
-    "revoke": Permission.CERT_REVOKE,
-    "rotate-ca": Permission.CA_MANAGE,
-    "renew": Permission.DEVICE_MANAGE,
-    "emergency-release": Permission.RELEASE_APPROVE,
-    "webhook": Permission.INCIDENT_MANAGE,
+# What each step does and which permissions the operators who plan and
+# execute the run must hold for it (the run then acts with those rights,
+# plus approvals).
+ACTIONS: dict[str, tuple[Permission, ...]] = {
+    "quarantine": (Permission.DEVICE_MANAGE,),
+    "revoke": (Permission.CERT_REVOKE, Permission.DEVICE_MANAGE),
+    "rotate-ca": (Permission.CA_MANAGE,),
+    "renew": (Permission.DEVICE_MANAGE,),
+    # Creating a campaign is a release manager's right (security approves).
+    "emergency-release": (Permission.RELEASE_MANAGE,),
+    "webhook": (Permission.INCIDENT_MANAGE,),
 }
 # Steps that cannot be taken back by the operator who ran them: each needs
 # approvals from other security operators before the run starts.
@@ -144,6 +146,44 @@ def _fail(detail: str) -> InvalidInputError:
     return InvalidInputError(f"playbook: {detail}")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a playbook is a page of data, and
+    aliases let 400 bytes expand into millions of nodes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("anchors and aliases are not allowed in a playbook")
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if getattr(event, "anchor", None) is not None:
+            raise yaml.YAMLError("anchors and aliases are not allowed in a playbook")
+        return super().compose_node(parent, index)
+
+
+def _check_plain(value: Any, depth: int = 0) -> None:
+    """Only JSON's types (YAML also makes dates, bytes and sets)."""
+    if depth > 16:
+        raise _fail("nested deeper than 16 levels")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise _fail(f"keys must be text, not {k!r}")
+            _check_plain(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_plain(v, depth + 1)
+    elif value is not None and not isinstance(value, str | int | float | bool):
+        raise _fail(f"{value!r} is a {type(value).__name__}; use text, numbers, lists or mappings")
+
+
+def _whole(value: Any, what: str) -> int:
+    """An id: a whole number (or its digits as text), never a bool or a fraction."""
+    if isinstance(value, bool) or not (
+        isinstance(value, int) or (isinstance(value, str) and value.isdigit())
+    ):
+        raise _fail(f"{what} must be a whole number id, not {value!r}")
+    return int(value)
+
+
 def parse(source: str) -> PlaybookSpec:
     """Parse and validate a playbook's text.
 
@@ -155,9 +195,10 @@ def parse(source: str) -> PlaybookSpec:
     if len(source.encode()) > MAX_SOURCE_BYTES:
         raise PayloadTooLargeError(f"playbook is over {MAX_SOURCE_BYTES} bytes")
     try:
-        doc = yaml.safe_load(source)
+        doc = yaml.load(source, Loader=_Loader)  # noqa: S506 - a SafeLoader without aliases
     except yaml.YAMLError as exc:
         raise _fail(f"not valid YAML: {exc}") from exc
+    _check_plain(doc)
     if not isinstance(doc, dict):
         raise _fail("must be a mapping with name, cohort and steps")
     unknown = set(doc) - {
@@ -250,10 +291,7 @@ def _cohort(raw: Mapping[str, Any]) -> Cohort:
             raise fail(f"{flag} must be true or false")
     batch = raw.get("batch")
     if batch is not None:
-        try:
-            batch = int(batch)
-        except (TypeError, ValueError) as exc:
-            raise fail(f"batch must be a batch id, not {batch!r}") from exc
+        batch = _whole(batch, "cohort: batch")
     devices = raw.get("devices")
     if devices is not None:
         if isinstance(devices, str):
@@ -290,10 +328,7 @@ def _step(raw: Mapping[str, Any], index: int) -> Step:
     args = {k: v for k, v in raw.items() if k != "action"}
     where = f"step {index} ({action})"
     if action == "emergency-release":
-        try:
-            args["release"] = int(args["release"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _fail(f"{where}: release must be a release id") from exc
+        args["release"] = _whole(args.get("release"), f"{where}: release")
     if action == "webhook":
         url = args.get("url")
         if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s]{1,2000}", url):

@@ -31,6 +31,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
@@ -50,7 +51,7 @@ from fleetward.response.service import get_incident, get_playbook, log_event
 from fleetward.store.db import utcnow
 from fleetward.telemetry.models import Event
 from fleetward.tenancy.models import Tenant
-from fleetward.tenancy.roles import ENVIRONMENTS, Principal, require
+from fleetward.tenancy.roles import ENVIRONMENTS, Permission, Principal, require
 
 __all__ = [
     "ONLINE_WINDOW",
@@ -60,6 +61,7 @@ __all__ = [
     "dry_run",
     "execute_run",
     "get_run",
+    "needs_tracking",
     "start_run",
     "stragglers",
     "track",
@@ -67,6 +69,7 @@ __all__ = [
 
 log = logging.getLogger("fleetward.response")
 
+_IN_FLIGHT = ("awaiting-approval", "ready", "running")
 # A device counts as online when it sent anything in this window (telemetry
 # every 10 s by default; three missed readings is offline).
 ONLINE_WINDOW = dt.timedelta(seconds=30)
@@ -173,7 +176,35 @@ def _cohort_devices(
         rows = [
             r for r in rows if all(json.loads(r[3] or "{}").get(k) == v for k, v in wanted.items())
         ]
-    return [(int(pk), str(d), str(state)) for pk, d, state, _ in rows]
+    out = [(int(pk), str(d), str(state)) for pk, d, state, _ in rows]
+    _refuse_mixed(session, out, environment)
+    return out
+
+
+def _refuse_mixed(session: Session, devices: list[tuple[int, str, str]], environment: str) -> None:
+    """A device that also holds a good certificate of another environment
+    (a reprovisioned device, say) is not the run's to act on: revoking or
+    quarantining it would reach that environment too."""
+    pks = [pk for pk, _, _ in devices]
+    mixed: list[str] = []
+    for start in range(0, len(pks), 5000):
+        mixed.extend(
+            session.execute(
+                select(Device.device_id)
+                .join(CertificateRecord, CertificateRecord.device_pk == Device.id)
+                .where(
+                    Device.id.in_(pks[start : start + 5000]),
+                    CertificateRecord.status == "good",
+                    CertificateRecord.environment != environment,
+                )
+                .distinct()
+            ).scalars()
+        )
+    if mixed:
+        raise PermissionDeniedError(
+            f"{len(mixed)} device(s) of the cohort also hold certificates outside {environment}, "
+            f"e.g. {sorted(mixed)[0]!r}: a run acts on one environment; nothing was done"
+        )
 
 
 def _alert_filter(session: Session, stmt: Any, incident: Incident | None) -> Any:
@@ -221,6 +252,26 @@ def _population(session: Session, tenant_id: int, environment: str) -> int:
     )
 
 
+def _may_run(principal: Principal, spec: pb.PlaybookSpec, environment: str | None) -> None:
+    """The operator may take every step, in this environment.
+
+    Raises:
+        PermissionDeniedError: a step the role does not allow, or a token
+            scoped to another environment.
+        InvalidInputError: an unknown environment.
+    """
+    require(principal, Permission.INCIDENT_MANAGE)
+    for step in spec.steps:
+        for permission in pb.ACTIONS[step["action"]]:
+            require(principal, permission)
+    if environment not in ENVIRONMENTS:
+        raise InvalidInputError(f"unknown environment {environment!r}; one of {ENVIRONMENTS}")
+    if principal.environment is not None and principal.environment != environment:
+        raise PermissionDeniedError(
+            f"this token is scoped to the {principal.environment} environment, not {environment}"
+        )
+
+
 def _effect(step: pb.Step, radius_devices: int, certs: int, environment: str) -> str:
     if step.action == "quarantine":
         return f"quarantine {radius_devices} device(s): they keep only boot evidence and updates"
@@ -252,10 +303,9 @@ def _plan(
 ) -> tuple[Any, tuple[pb.Step, ...], BlastRadius]:
     row = get_playbook(session, principal, playbook, version)
     spec = pb.parse(row.source)
-    for s in spec.steps:
-        require(principal, pb.ACTIONS[s["action"]])
-    if environment not in ENVIRONMENTS:
-        raise InvalidInputError(f"unknown environment {environment!r}; one of {ENVIRONMENTS}")
+    _may_run(principal, spec, environment)
+    if incident.state == "closed":
+        raise ConflictError(f"incident {incident.id} is closed")
     if incident.drill and environment != "drill":
         raise PermissionDeniedError(
             f"incident {incident.id} is a drill: it may act on the drill environment only, "
@@ -371,8 +421,6 @@ def start_run(
     """
     now = now or utcnow()
     incident = get_incident(session, principal, incident_id)
-    if incident.state == "closed":
-        raise ConflictError(f"incident {incident_id} is closed")
     row, _, radius = _plan(
         session, principal, incident=incident, playbook=playbook, version=version,
         params=params or {}, environment=environment, confirm=confirm, now=now,
@@ -398,6 +446,9 @@ def start_run(
     )
     session.add(run)
     session.flush()
+    if incident.state == "contained":
+        # New work: the incident is not contained until it is done too.
+        incident.state, incident.contained_at = "open", None
     log_event(
         session, incident, actor=principal.actor, kind="run.planned",
         summary=(
@@ -412,15 +463,17 @@ def start_run(
     return run
 
 
-def get_run(session: Session, principal: Principal, run_id: int) -> PlaybookRun:
-    """A run of the caller's tenant.
+def get_run(
+    session: Session, principal: Principal, run_id: int, *, for_update: bool = False
+) -> PlaybookRun:
+    """A run of the caller's tenant (``for_update``: locked until commit).
 
     Raises:
         NotFoundError: no such run here.
     """
     from fleetward.errors import NotFoundError
 
-    run = session.get(PlaybookRun, run_id)
+    run = session.get(PlaybookRun, run_id, with_for_update=for_update)
     if run is None or run.tenant_id != principal.tenant_id:
         raise NotFoundError(f"playbook run {run_id} not found")
     return run
@@ -438,9 +491,16 @@ def approve_run(
     if principal.role != "security":
         raise PermissionDeniedError("destructive playbook steps are approved by security operators")
     now = now or utcnow()
-    run = get_run(session, principal, run_id)
+    run = get_run(session, principal, run_id, for_update=True)
     if run.state != "awaiting-approval":
         raise ConflictError(f"run {run_id} is {run.state}")
+    if principal.environment is not None and principal.environment != run.environment:
+        raise PermissionDeniedError(
+            f"this token is scoped to the {principal.environment} environment, "
+            f"not {run.environment}"
+        )
+    if session.get_one(Incident, run.incident_id).state == "closed":
+        raise ConflictError(f"incident {run.incident_id} is closed")
     if principal.actor == run.requested_by:
         raise PermissionDeniedError("the operator who planned a run cannot approve it")
     approvals: list[str] = json.loads(run.approvals)
@@ -467,10 +527,17 @@ def approve_run(
 def _executor(session: Session, run: PlaybookRun) -> Principal:
     tenant = session.get(Tenant, run.tenant_id)
     assert tenant is not None
-    # The run acts with the rights checked at planning (the requester's, per
-    # step) plus its approvals; the audit names the run, its requester and
-    # approvers.
+    # The run acts with the rights checked when it was planned and again
+    # when it is executed (the planner's and the executor's, per step) plus
+    # its approvals; the audit names the run, its requester, approvers and
+    # executor.
     return Principal(run.tenant_id, tenant.name, "admin", f"playbook-run:{run.id}")
+
+
+# A step does its database work in the caller's transaction and may return
+# what to do once that transaction committed (messages to devices): no
+# broker round trip ever holds the writer.
+_After = Callable[[], None] | None
 
 
 def execute_run(
@@ -483,15 +550,23 @@ def execute_run(
 ) -> PlaybookRun:
     """Run a ``ready`` run's steps in order, each in its own transaction.
 
-    A step that fails stops the run (``failed``, the reason in ``outcome``);
-    what earlier steps did stays done and on the timeline. Webhooks are sent
-    outside any transaction and never fail a run.
+    The executor needs the permissions of every step too (and its token's
+    environment must be the run's). Only one caller moves a run from
+    ``ready`` to ``running``. A step that fails stops the run (``failed``,
+    the reason in ``outcome``); what earlier steps did stays done and on the
+    timeline. Webhooks are sent outside any transaction and never fail a run.
 
     Raises:
-        ConflictError: the run is not ready (awaiting approval, done, running).
+        ConflictError: the run is not ready (awaiting approval, done,
+            running), or its incident is closed.
+        PermissionDeniedError: the executor may not take a step.
     """
     with ctx.db.session() as s:
         run = get_run(s, principal, run_id)
+        spec = pb.parse(s.get_one(Playbook, run.playbook_id).source)
+        _may_run(principal, spec, run.environment)
+        if s.get_one(Incident, run.incident_id).state == "closed":
+            raise ConflictError(f"incident {run.incident_id} is closed")
         if run.state != "ready":
             raise ConflictError(
                 f"run {run_id} is {run.state}"
@@ -501,29 +576,40 @@ def execute_run(
                     else ""
                 )
             )
-        run.state = "running"
-        run.started_at = utcnow()
-        spec = pb.parse(s.get_one(Playbook, run.playbook_id).source)
+        # Compare-and-set: of two concurrent executors, one wins.
+        moved = s.execute(
+            update(PlaybookRun)
+            .where(PlaybookRun.id == run_id, PlaybookRun.state == "ready")
+            .values(state="running", started_at=utcnow(), executed_by=principal.actor)
+            .execution_options(synchronize_session=False)
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            raise ConflictError(f"run {run_id} is being executed already")
         _, steps = pb.bind(spec, json.loads(run.params))
         radius = json.loads(run.blast_radius)
         incident_id = run.incident_id
     pks: list[int] = radius["device_pks"]
-    online = set(radius["online_pks"])
-    for index in range(len(steps)):
-        step = steps[index]
+    for index, step in enumerate(steps):
         try:
             if step.action == "webhook":
                 _webhook(ctx, run_id, incident_id, step, effects)
             else:
                 with ctx.db.session() as s:
                     run = s.get_one(PlaybookRun, run_id)
-                    _STEPS[step.action](s, run, index, step, pks, online, effects, ctx)
+                    after = _STEPS[step.action](s, run, index, step, pks, effects, ctx)
                     run.step = index + 1
+                if after is not None:
+                    after()
+            if on_step is not None:
+                on_step(index, step.action)
         except FleetwardError as exc:
             _finish(ctx, run_id, "failed", f"step {index + 1} ({step.action}): {exc.detail}")
             raise
-        if on_step is not None:
-            on_step(index, step.action)
+        except Exception as exc:  # never leave a run "running" behind
+            _finish(
+                ctx, run_id, "failed", f"step {index + 1} ({step.action}): {type(exc).__name__}"
+            )
+            raise
     _finish(ctx, run_id, "done", f"{len(steps)} step(s) done")
     with ctx.db.session() as s:
         track(s, incident_id=incident_id)
@@ -537,7 +623,8 @@ def _finish(ctx: AppContext, run_id: int, state: str, outcome: str) -> None:
         incident = s.get_one(Incident, run.incident_id)
         log_event(
             s, incident, actor=f"playbook-run:{run_id}", kind=f"run.{state}",
-            summary=f"run {run_id} {state}: {outcome}", details={"run": run_id},
+            summary=f"run {run_id} {state}: {outcome}",
+            details={"run": run_id, "executed_by": run.executed_by},
             audit_action=f"playbook.run.{state}",
         )  # fmt: skip
 
@@ -555,27 +642,29 @@ def _ids(session: Session, pks: list[int]) -> list[str]:
 
 def _step_quarantine(
     s: Session, run: PlaybookRun, index: int, step: pb.Step, pks: list[int],
-    online: set[int], effects: Effects, ctx: AppContext,
-) -> None:  # fmt: skip
+    effects: Effects, ctx: AppContext,
+) -> _After:  # fmt: skip
     who = _executor(s, run)
     now = utcnow()
     done = 0
-    for device_id, state in s.execute(
-        select(Device.device_id, Device.state).where(Device.id.in_(pks))
-    ).all():
-        if state == "active":
-            identity.set_device_state(
-                s, who, device_id, state="quarantined",
-                reason=str(step.args.get("reason", f"playbook run {run.id}")), now=now,
-            )  # fmt: skip
-            done += 1
+    for start in range(0, len(pks), 5000):
+        for device_id, state in s.execute(
+            select(Device.device_id, Device.state).where(Device.id.in_(pks[start : start + 5000]))
+        ).all():
+            if state == "active":
+                identity.set_device_state(
+                    s, who, device_id, state="quarantined",
+                    reason=str(step.args.get("reason", f"playbook run {run.id}")), now=now,
+                )  # fmt: skip
+                done += 1
     _logged(s, run, index, step, f"quarantined {done} device(s)", {"devices": done})
+    return None
 
 
 def _step_revoke(
     s: Session, run: PlaybookRun, index: int, step: pb.Step, pks: list[int],
-    online: set[int], effects: Effects, ctx: AppContext,
-) -> None:  # fmt: skip
+    effects: Effects, ctx: AppContext,
+) -> _After:  # fmt: skip
     who = _executor(s, run)
     revoked = identity.revoke_devices(
         s, who, _ids(s, pks), reason=str(step.args.get("reason", "unspecified"))
@@ -584,28 +673,31 @@ def _step_revoke(
         s, run, index, step, f"revoked {len(revoked)} device(s) and their certificates",
         {"devices": len(revoked), "sample": revoked[:SAMPLE]},
     )  # fmt: skip
+    return None
 
 
 def _step_rotate_ca(
     s: Session, run: PlaybookRun, index: int, step: pb.Step, pks: list[int],
-    online: set[int], effects: Effects, ctx: AppContext,
-) -> None:  # fmt: skip
+    effects: Effects, ctx: AppContext,
+) -> _After:  # fmt: skip
     env = run.environment or "production"
     tenant = s.get_one(Tenant, run.tenant_id)
     old = ca_service.active_issuing_ca(s, tenant_id=run.tenant_id, environment=env)
-    ca, csr = ca_service.create_issuing_csr(
-        s, ctx.pki, tenant=tenant, environment=env, actor=f"playbook-run:{run.id}"
-    )
     root = ca_service.root_ca(s, tenant_id=run.tenant_id)
     if root.key_uri.startswith(ca_service.OFFLINE):
         raise ConflictError(
             "the root key is offline: rotate the issuing CA with it (fleetward ca csr / "
             "import), then plan a run with the renew step"
         )
-    root_signer = ctx.pki.keyring.open(root.key_uri)
+    # The new key lives where the old one did (an HSM-held CA stays in the HSM).
+    backend = "pkcs11" if old.key_uri.startswith("pkcs11:") else "file"
+    ca, csr = ca_service.create_issuing_csr(
+        s, ctx.pki, tenant=tenant, environment=env, actor=f"playbook-run:{run.id}",
+        backend=backend,
+    )  # fmt: skip
     cert = ca_service.sign_issuing_csr_offline(
-        root_cert_pem=(root.certificate_pem or "").encode(), root_signer=root_signer,
-        csr_pem=csr, environment=env,
+        root_cert_pem=(root.certificate_pem or "").encode(),
+        root_signer=ctx.pki.keyring.open(root.key_uri), csr_pem=csr, environment=env,
     )  # fmt: skip
     ca_service.import_issuing_certificate(
         s, ctx.pki, tenant_id=run.tenant_id, ca_id=ca.id, certificate_pem=cert,
@@ -614,18 +706,19 @@ def _step_rotate_ca(
     ctx.pki.issuers.clear()  # the issuing cache must not sign with the retired CA
     _logged(
         s, run, index, step, f"{env} issuing CA {old.id} retired; CA {ca.id} issues now",
-        {"old_ca": old.id, "new_ca": ca.id},
+        {"old_ca": old.id, "new_ca": ca.id, "backend": backend},
     )  # fmt: skip
+    return None
 
 
 def _step_renew(
     s: Session, run: PlaybookRun, index: int, step: pb.Step, pks: list[int],
-    online: set[int], effects: Effects, ctx: AppContext,
-) -> None:  # fmt: skip
+    effects: Effects, ctx: AppContext,
+) -> _After:  # fmt: skip
     env = run.environment or "production"
     ca = ca_service.active_issuing_ca(s, tenant_id=run.tenant_id, environment=env)
     tenant = s.get_one(Tenant, run.tenant_id)
-    ids = dict(s.execute(select(Device.id, Device.device_id).where(Device.id.in_(pks))).all())
+    online = _online(s, pks, utcnow())  # as the step runs, not as it was planned
     held: dict[int, str] = {}
     for start in range(0, len(pks), 5000):
         for pk, serial in s.execute(
@@ -639,26 +732,40 @@ def _step_renew(
         ).all():
             held[int(pk)] = str(serial)
     _pending(s, run, index, pks, online, f"ca:{ca.id}", held=held)
-    sent = 0
-    for pk in pks:
-        if pk in online:
-            try:
-                effects.command(tenant.name, ids[pk], "renew")
-                sent += 1
-            except FleetwardError as exc:
-                log.warning("renew command to %s failed: %s", ids[pk], exc)
+    targets = [d for pk, d in zip(pks, _ids_in_order(s, pks), strict=True) if pk in online]
     _logged(
         s, run, index, step,
-        f"asked {sent} online device(s) to renew under CA {ca.id}; "
-        f"{len(pks) - len(online & set(pks))} offline tracked until they do",
-        {"ca": ca.id, "sent": sent},
+        f"asking {len(targets)} online device(s) to renew under CA {ca.id}; "
+        f"{len(pks) - len(targets)} offline tracked until they do",
+        {"ca": ca.id, "online": len(targets)},
     )  # fmt: skip
+    run_id = run.id
+
+    def send() -> None:
+        for device_id in targets:
+            try:
+                effects.command(tenant.name, device_id, "renew")
+            except FleetwardError as exc:  # the tracker re-sends to whoever has not renewed
+                log.warning("run %s: renew commands stopped at %s: %s", run_id, device_id, exc)
+                return
+
+    return send
+
+
+def _ids_in_order(session: Session, pks: list[int]) -> list[str]:
+    by_pk: dict[int, str] = {}
+    for start in range(0, len(pks), 5000):
+        rows = session.execute(
+            select(Device.id, Device.device_id).where(Device.id.in_(pks[start : start + 5000]))
+        ).all()
+        by_pk.update((int(pk), str(d)) for pk, d in rows)
+    return [by_pk[pk] for pk in pks]
 
 
 def _step_release(
     s: Session, run: PlaybookRun, index: int, step: pb.Step, pks: list[int],
-    online: set[int], effects: Effects, ctx: AppContext,
-) -> None:  # fmt: skip
+    effects: Effects, ctx: AppContext,
+) -> _After:  # fmt: skip
     who = _executor(s, run)
     campaign = campaigns.create_campaign(
         s, who, release_id=int(step.args["release"]), emergency=True, only_devices=pks
@@ -677,6 +784,7 @@ def _step_release(
             select(CampaignDevice.device_pk).where(CampaignDevice.campaign_id == campaign.id)
         ).scalars()
     )
+    online = _online(s, in_campaign, utcnow())
     version = releases.get_release(s, who, campaign.release_id).version
     _pending(s, run, index, in_campaign, online, f"campaign:{campaign.id}:{version}")
     left_out = len(pks) - len(in_campaign)
@@ -686,6 +794,15 @@ def _step_release(
         + (f" ({left_out} left out: other hardware or not active)" if left_out else ""),
         {"campaign": campaign.id, "version": version, "devices": len(in_campaign)},
     )  # fmt: skip
+    return None
+
+
+def _redacted(url: str) -> str:
+    """The URL without credentials, query or fragment (they may hold secrets)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
 def _webhook(
@@ -702,11 +819,15 @@ def _webhook(
             "run": run_id,
         }
     url = str(step.args["url"])
+    shown = _redacted(url)
     try:
         status = effects.webhook(url, payload)
-        summary, ok = f"notified {url}: HTTP {status}", 200 <= status < 300
-    except Exception as exc:  # a notification never stops a containment
-        summary, ok = f"could not notify {url}: {type(exc).__name__}: {exc}"[:300], False
+        ok = 200 <= status < 300
+        summary = f"notified {shown}: HTTP {status}"
+    except Exception:  # a notification never stops a containment
+        # Only "failed": the kind of network error would tell a reader which
+        # internal ports answer.
+        ok, summary = False, f"could not notify {shown}"
     with ctx.db.session() as s:
         incident = s.get_one(Incident, incident_id)
         log_event(
@@ -715,7 +836,7 @@ def _webhook(
         )  # fmt: skip
 
 
-_STEPS: dict[str, Callable[..., None]] = {
+_STEPS: dict[str, Callable[..., _After]] = {
     "quarantine": _step_quarantine,
     "revoke": _step_revoke,
     "rotate-ca": _step_rotate_ca,
@@ -732,7 +853,8 @@ def _logged(
         s, incident, actor=f"playbook-run:{run.id}", kind=f"step.{step.action}",
         summary=f"run {run.id} step {index + 1}: {summary}",
         details={"run": run.id, "step": index + 1, "requested_by": run.requested_by,
-                 "approvals": json.loads(run.approvals), **details},
+                 "approvals": json.loads(run.approvals), "executed_by": run.executed_by,
+                 **details},
         audit_action=f"playbook.step.{step.action}",
     )  # fmt: skip
 
@@ -830,17 +952,40 @@ def track(
     return complied
 
 
+def needs_tracking(session: Session) -> bool:
+    """Whether :func:`track` has anything to do (read-only, so a tracker
+    takes the writer only when it will write)."""
+    pending = session.execute(
+        select(IncidentDevice.id).where(IncidentDevice.state == "pending").limit(1)
+    ).first()
+    if pending is not None:
+        return True
+    open_with_done_run = session.execute(
+        select(Incident.id)
+        .join(PlaybookRun, PlaybookRun.incident_id == Incident.id)
+        .where(Incident.state == "open", PlaybookRun.state == "done")
+        .limit(1)
+    ).first()
+    return open_with_done_run is not None
+
+
 def _contain(session: Session, incident_id: int | None, now: dt.datetime) -> None:
     stmt = select(Incident).where(Incident.state == "open")
     if incident_id is not None:
         stmt = stmt.where(Incident.id == incident_id)
     for incident in session.execute(stmt).scalars():
-        runs = (
-            session.execute(select(PlaybookRun.state).where(PlaybookRun.incident_id == incident.id))
+        states = (
+            session.execute(
+                select(PlaybookRun.state)
+                .where(PlaybookRun.incident_id == incident.id)
+                .order_by(PlaybookRun.id)
+            )
             .scalars()
             .all()
         )
-        if "done" not in runs or any(r in ("ready", "running", "awaiting-approval") for r in runs):
+        # Contained: the newest run is done and nothing else is under way (a
+        # failed run counts once a later run did the job).
+        if not states or states[-1] != "done" or any(r in _IN_FLIGHT for r in states):
             continue
         pending = session.execute(
             select(func.count()).where(

@@ -18,9 +18,21 @@ from sqlalchemy.orm import Session
 
 from fleetward.audit import service as audit
 from fleetward.detection.models import Alert
-from fleetward.errors import ConflictError, InvalidInputError, NotFoundError
+from fleetward.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from fleetward.identity.models import CertificateRecord, Device
 from fleetward.response import playbook as pb
-from fleetward.response.models import Incident, IncidentDevice, IncidentEvent, Playbook
+from fleetward.response.models import (
+    Incident,
+    IncidentDevice,
+    IncidentEvent,
+    Playbook,
+    PlaybookRun,
+)
 from fleetward.response.standard import STANDARD
 from fleetward.store.db import utcnow
 from fleetward.tenancy.roles import Permission, Principal, require
@@ -62,8 +74,6 @@ def put_playbook(
     spec = pb.parse(source)
     tenant = _tenant_field(source)
     if tenant is not None and tenant != principal.tenant_name:
-        from fleetward.errors import PermissionDeniedError
-
         raise PermissionDeniedError(
             f"playbook names tenant {tenant!r}; it can only be stored by, and act on, "
             f"tenant {principal.tenant_name!r}"
@@ -225,6 +235,8 @@ def open_incident(
         ).scalar()
         if existing is not None:
             raise ConflictError(f"alert {alert_id} is already handled by incident {existing}")
+        if drill:
+            _alert_is_about_drill_devices(session, alert)
         detected = alert.first_seen
         title = title or f"{alert.kind}: {alert.subject}"
         severity = severity or alert.severity
@@ -259,6 +271,33 @@ def open_incident(
     if alert is not None and alert.state == "open":
         alert.state = "acknowledged"
     return incident
+
+
+def _alert_is_about_drill_devices(session: Session, alert: Alert) -> None:
+    """A drill may take only an alert about drill devices (a real alert
+    must stay free for a real incident)."""
+    kind, _, value = alert.key.partition(":")
+    devices = select(Device.id).where(Device.tenant_id == alert.tenant_id)
+    if kind == "device":
+        devices = devices.where(Device.device_id == value)
+    elif kind == "batch" and value.isdigit():
+        devices = devices.where(Device.batch_id == int(value))
+    else:
+        raise PermissionDeniedError(f"alert {alert.id} ({alert.key}) is not about drill devices")
+    outside = session.execute(
+        select(func.count())
+        .select_from(CertificateRecord)
+        .where(
+            CertificateRecord.device_pk.in_(devices),
+            CertificateRecord.status == "good",
+            CertificateRecord.environment != "drill",
+        )
+    ).scalar_one()
+    if outside:
+        raise PermissionDeniedError(
+            f"alert {alert.id} ({alert.key}) is about devices outside the drill environment: "
+            "a drill cannot take it"
+        )
 
 
 def get_incident(session: Session, principal: Principal, incident_id: int) -> Incident:
@@ -332,6 +371,17 @@ def close_incident(
     incident = get_incident(session, principal, incident_id)
     if incident.state == "closed":
         raise ConflictError(f"incident {incident_id} is already closed")
+    under_way = session.execute(
+        select(func.count()).where(
+            PlaybookRun.incident_id == incident_id,
+            PlaybookRun.state.in_(("awaiting-approval", "ready", "running")),
+        )
+    ).scalar_one()
+    if under_way and not force:
+        raise ConflictError(
+            f"{under_way} run(s) of incident {incident_id} are not finished; "
+            "close with force to abandon them (they can no longer be executed)"
+        )
     pending = session.execute(
         select(func.count()).where(
             IncidentDevice.incident_id == incident_id, IncidentDevice.state == "pending"

@@ -45,8 +45,12 @@ class ComplianceTracker:
 
     def run_once(self) -> int:
         """One round; returns how many devices complied."""
-        with self.ctx.db.session() as s:
-            complied = runs.track(s)
+        complied = 0
+        with self.ctx.db.read() as s:
+            busy = runs.needs_tracking(s)
+        if busy:
+            with self.ctx.db.session() as s:
+                complied = runs.track(s)
         if time.monotonic() - self._last_resend >= self.resend:
             self._last_resend = time.monotonic()
             self._renew_again()
