@@ -49,8 +49,9 @@ steps:
     "compromised-factory": """\
 name: compromised-factory
 description: >
-  A factory batch is suspect: quarantine it at once, then revoke its
-  credentials once approved. The devices must be re-provisioned.
+  A factory batch is suspect: once approved, quarantine it and revoke its
+  credentials. The devices must be re-provisioned. (For an immediate
+  quarantine while approvals are sought, run cohort-quarantine first.)
 params: {batch: null}
 cohort: {batch: "{batch}"}
 confirm_above: 1000
