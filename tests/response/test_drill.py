@@ -183,3 +183,38 @@ def test_a_drill_pointed_at_production_devices_is_refused(ctx: AppContext) -> No
             s.execute(select(Device.state).where(Device.device_id == "prod-1")).scalar() == "active"
         )
         assert drills.list_drills(s, SEC) == []
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_fleetward_drill_run_from_the_cli(
+    live: str,
+    ctx: AppContext,
+    admin_token: str,
+    broker: BrokerRuntime,
+    stack: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``fleetward drill run`` against a running fleetward, then ``drill list``."""
+    from typer.testing import CliRunner
+
+    from fleetward.cli.main import app
+
+    monkeypatch.setenv("FLEETWARD_DATABASE_URL", ctx.settings.database_url)
+    sec2 = operator(ctx, "security", "drill-approver")
+    with ctx.db.session() as s:
+        response.install_standard(s, SEC)
+    home = ["--home", str(ctx.settings.home)]
+    out = CliRunner().invoke(
+        app,
+        [*home, "drill", "run", "compromised-factory", "--server", live, "--token", admin_token,
+         "--approver", sec2, "--devices", "24", "--batches", "2", "--offline", "0.1",
+         "--inject", "1", "--param", "batch=@b1", "--dir", str(tmp_path / "fleet")],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "passed" in out.output, out.output
+    shown = CliRunner().invoke(app, [*home, "drill", "show", "1"])
+    report = json.loads(shown.output)
+    assert report["state"] == "passed" and report["goal"] == "cut-off"
+    assert report["detect_s"] is not None and report["affected"] == 12

@@ -14,6 +14,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from fleetward.api.context import AppContext
 from fleetward.cli.common import admin_session, console, load_ctx, local_principal, print_json
 from fleetward.errors import InvalidInputError
 from fleetward.response import drills, runs, service
@@ -253,6 +254,31 @@ def drill_show(ctx: typer.Context, drill_id: int, tenant: str = TENANT) -> None:
         print_json({"id": d.id, "playbook": d.playbook, "state": d.state, **json.loads(d.report)})
 
 
+def _batch_refs(
+    app: AppContext, who: Principal, params: dict[str, Any], snapshot: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``@b1`` stands for the factory batch id of the simulated batch ``b1``
+    (the fleet is enrolled by the drill, so its batch ids are not known before)."""
+    from sqlalchemy import select
+
+    from fleetward.identity.models import Device
+
+    out = dict(params)
+    for name, value in params.items():
+        if not (isinstance(value, str) and value.startswith("@")):
+            continue
+        members = [d["device_id"] for d in snapshot if d["batch"] == value[1:]]
+        if not members:
+            raise InvalidInputError(f"--param {name}={value}: the fleet has no batch {value[1:]}")
+        with app.db.read() as s:
+            out[name] = s.execute(
+                select(Device.batch_id).where(
+                    Device.tenant_id == who.tenant_id, Device.device_id == members[0]
+                )
+            ).scalar_one()
+    return out
+
+
 @drill_app.command("run")
 def drill_run(
     ctx: typer.Context,
@@ -262,7 +288,9 @@ def drill_run(
         ..., envvar="FLEETWARD_TOKEN", help="admin token (enrolls the fleet)"
     ),
     approver: list[str] = typer.Option([], help="security operators' tokens, one per approval"),
-    param: list[str] = typer.Option([], help="name=value (JSON values allowed)"),
+    param: list[str] = typer.Option(
+        [], help="name=value (JSON values allowed; @b1 is simulated batch b1's id)"
+    ),
     devices: int = typer.Option(100),
     processes: int = typer.Option(1),
     batches: int = typer.Option(4),
@@ -291,9 +319,10 @@ def drill_run(
         fleet.start()
         snap = fleet.snapshot()
         chosen = [d["device_id"] for d in snap if d["batch"] == "b1" and d["connected"]][:inject]
+        params = _batch_refs(app, starter, _params(param), snap)
         drill = drills.run_drill(
             app, fleet, starter=starter, approvers=approvers, playbook=playbook,
-            params=_params(param), inject=chosen, confirm=confirm, effects=effects,
+            params=params, inject=chosen, confirm=confirm, effects=effects,
             scenario="cli", progress=console.print,
         )  # fmt: skip
     finally:
