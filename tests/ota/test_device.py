@@ -3,12 +3,16 @@ counter, health check, commit or fall back, and anti-rollback."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tuf.api import exceptions as tuf_errors
 
-from fleetward.agent.ota import Slots, UpdateRefusedError, install
+from fleetward.agent.ota import OtaClient, Slots, UpdateRefusedError, install
 from fleetward.api.context import AppContext
 from fleetward.ota import service as ota
 from tests.ota.helpers import call, operator, updater, upload
@@ -135,3 +139,53 @@ def test_fallback_is_tied_to_the_aborted_version(tmp_path: Path) -> None:
     assert slots.fall_back("2.0.0") and slots.installed_version == "1.0.0"
     assert not slots.fall_back("2.0.0")  # a redelivered fallback does not swap back
     assert slots.installed_version == "1.0.0"
+
+
+class _HeldExecutor(Executor):
+    """Runs nothing until the test calls what was submitted."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Callable[[], object]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.jobs.append(lambda: fn(*args, **kwargs))
+        return Future()
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_a_resent_offer_waiting_or_in_progress_is_not_queued_again(
+    tmp_path: Path, threaded: bool
+) -> None:
+    executor = None if threaded else _HeldExecutor()
+    client = OtaClient(
+        tmp_path / "dev", server_url="http://127.0.0.1:9", tenant="default",
+        hardware="board-a", executor=executor,
+    )  # fmt: skip
+    offer = {"campaign": 1, "release": 2, "target": "thermo/1.1.0/fw.bin"}
+    handled: list[tuple[str, dict[str, Any]]] = []
+
+    def handle(kind: str, payload: dict[str, Any]) -> None:
+        if not handled:
+            client.submit(kind, dict(payload))  # re-sent while in progress: dropped
+        handled.append((kind, payload))
+
+    client.handle = handle  # type: ignore[method-assign]
+    client.submit("offer", offer)
+    client.submit("offer", dict(offer))  # re-sent while waiting: dropped
+    client.submit("offer", {**offer, "campaign": 3})  # another campaign: a job of its own
+    if executor is None:
+        client.start(lambda _step: None)
+        deadline = time.monotonic() + 5
+        while len(handled) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.stop()
+    else:
+        assert len(executor.jobs) == 1  # one chain per device
+        executor.jobs.pop()()
+    assert handled == [("offer", offer), ("offer", {**offer, "campaign": 3})]
+    # Once finished, a re-sent offer is a new attempt (e.g. the first one failed).
+    client._stop.clear()
+    client.submit("offer", offer)
+    if executor is not None:
+        executor.jobs.pop()()
+        assert handled[-1] == ("offer", offer)

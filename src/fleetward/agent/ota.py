@@ -22,7 +22,6 @@ threshold, expired metadata (freeze) and older metadata (rollback).
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
 import os
@@ -225,6 +224,11 @@ class OtaClient:
     ``downloading``, ``staged``, ``boot`` (per boot), then ``committed``,
     ``fell-back``, ``refused`` or ``error`` with the version the device runs.
 
+    A job identical to one waiting or in progress is dropped: the server
+    re-sends an offer until the device reports a result, and a slow update
+    (a long download, a busy device) must not pile up copies that would each
+    refresh the TUF metadata again once the first one finished.
+
     Without an ``executor`` each client runs its own worker thread
     (:meth:`start`). With one (the simulator shares a small pool across
     thousands of devices), :meth:`bind` sets the report and :meth:`submit`
@@ -260,6 +264,7 @@ class OtaClient:
         self._waiting: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self._busy = False
         self._chain_lock = threading.Lock()
+        self._queued: set[str] = set()  # jobs waiting or in progress (see _key)
 
     def updater(self) -> Any:
         """A fresh stock TUF client for one update check."""
@@ -288,13 +293,22 @@ class OtaClient:
         )
 
     def submit(self, kind: str, payload: dict[str, Any]) -> None:
-        """Queue an ``offer`` or ``fallback`` (dropped when 16 are waiting)."""
+        """Queue an ``offer`` or ``fallback`` (dropped when 16 are waiting, or
+        when the same job is waiting or in progress already)."""
+        key = self._key(kind, payload)
+        with self._chain_lock:
+            if key in self._queued:
+                return
+            self._queued.add(key)
         if self._executor is None:
-            with contextlib.suppress(queue.Full):
+            try:
                 self._jobs.put_nowait((kind, payload))
+            except queue.Full:
+                self._done(key)
             return
         with self._chain_lock:
             if len(self._waiting) >= self._jobs.maxsize:
+                self._queued.discard(key)
                 return
             self._waiting.append((kind, payload))
             if self._busy:
@@ -313,6 +327,16 @@ class OtaClient:
                 self.handle(kind, payload)
             except Exception:  # a broken job must not stop the device's later ones
                 log.exception("%s: update job failed", self.directory.name)
+            finally:
+                self._done(self._key(kind, payload))
+
+    @staticmethod
+    def _key(kind: str, payload: dict[str, Any]) -> str:
+        return kind + json.dumps(payload, sort_keys=True, default=str)
+
+    def _done(self, key: str) -> None:
+        with self._chain_lock:
+            self._queued.discard(key)
 
     def bind(self, report: Callable[[dict[str, Any]], object]) -> None:
         """Set where steps are reported (without starting a worker thread)."""
@@ -368,7 +392,10 @@ class OtaClient:
                 kind, payload = self._jobs.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self.handle(kind, payload)
+            try:
+                self.handle(kind, payload)
+            finally:
+                self._done(self._key(kind, payload))
 
     def start(self, report: Callable[[dict[str, Any]], object]) -> None:
         """Start the worker; ``report`` publishes a step. With an executor no

@@ -74,6 +74,8 @@ class SimDevice:
         self.cut_off_at: float | None = None
         self.updated_at: float | None = None
         self.ota_steps: list[str] = []
+        self.ota_step_at: list[float] = []  # when each step was reported (monotonic)
+        self.offered_at: list[float] = []  # when each OTA offer arrived (monotonic)
         self.task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
         self.session_over = asyncio.Event()
@@ -98,12 +100,15 @@ class SimDevice:
             "version": self.version,
             "updated_at": self.updated_at,
             "ota_steps": list(self.ota_steps),
+            "ota_step_at": list(self.ota_step_at),
+            "offered_at": list(self.offered_at),
         }
 
     def record_step(self, step: dict[str, Any]) -> None:
         """An OTA step the device reported (on the loop thread)."""
         name = str(step.get("step", ""))
         self.ota_steps.append(name)
+        self.ota_step_at.append(time.monotonic())
         if name in FINAL_STEPS and step.get("version"):
             self.version = str(step["version"])
         if name == "committed":
@@ -176,6 +181,8 @@ class Driver:
             dev.wake.set()  # a command's result waits in the outbox: send it now
 
         def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+            if msg.topic.endswith("/ota/offer"):
+                dev.offered_at.append(time.monotonic())
             if dev.slow:
                 loop.call_later(dev.slow, handle, c, u, msg)
             else:

@@ -40,7 +40,8 @@ __all__ = ["Broker", "SimFleet", "raise_nofile", "summary"]
 
 T = TypeVar("T")
 
-EXECUTOR_WORKERS = 4  # shared by all devices of the process (updates, attestation)
+EXECUTOR_WORKERS = 4  # default pool shared by all devices of the process (updates, attestation)
+MAX_EXECUTOR_WORKERS = 256
 FDS_PER_DEVICE = 2  # its socket, and headroom for files opened during updates
 
 
@@ -66,6 +67,13 @@ class Broker:
         return cls(host=str(info["host"]), port=int(info["port"]), ca=ca)
 
 
+def _check_workers(workers: int) -> None:
+    if not isinstance(workers, int) or isinstance(workers, bool):
+        raise TypeError("executor_workers must be an int")
+    if not 1 <= workers <= MAX_EXECUTOR_WORKERS:
+        raise InvalidInputError(f"executor_workers must be between 1 and {MAX_EXECUTOR_WORKERS}")
+
+
 def raise_nofile(needed: int) -> int:
     """Raise this process's open-file limit towards ``needed`` (up to the
     hard limit); returns the soft limit now in force."""
@@ -89,6 +97,8 @@ class SimFleet:
             must be prepared already (by whoever runs the whole fleet).
         backoff_base: first reconnection window (seconds, full jitter).
         backoff_cap: largest reconnection window.
+        executor_workers: threads shared by the process's devices for
+            updates and attestation (each device still runs one job at a time).
     """
 
     def __init__(
@@ -102,9 +112,12 @@ class SimFleet:
         only: Sequence[str] | None = None,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        executor_workers: int = EXECUTOR_WORKERS,
     ) -> None:
         if not isinstance(spec, FleetSpec):
             raise TypeError("spec must be a FleetSpec")
+        _check_workers(executor_workers)
+        self._workers = executor_workers
         self.spec = spec
         self.server_url = server_url.rstrip("/")
         self.directory = directory
@@ -232,7 +245,7 @@ class SimFleet:
         broker = self._broker or Broker.announced(self.server_url, directory=self.directory)
         raise_nofile(len(self.ids) * FDS_PER_DEVICE + 256)
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=EXECUTOR_WORKERS, thread_name_prefix="sim-work"
+            max_workers=self._workers, thread_name_prefix="sim-work"
         )
         self._http = httpx.Client(timeout=30)
         loop = asyncio.new_event_loop()

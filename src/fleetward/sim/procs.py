@@ -22,7 +22,7 @@ from typing import Any
 
 from fleetward.errors import FleetwardError, InvalidInputError
 from fleetward.sim.enroll import SimulationError, enroll_fleet
-from fleetward.sim.fleet import Broker, SimFleet
+from fleetward.sim.fleet import EXECUTOR_WORKERS, Broker, SimFleet, _check_workers
 from fleetward.sim.spec import FleetSpec, device_ids
 
 __all__ = ["MAX_PROCESSES", "FleetProcesses"]
@@ -66,6 +66,7 @@ class FleetProcesses:
         token: an admin token, to enroll devices the directory lacks.
         broker: where to connect (default: what the server announces).
         backoff_base, backoff_cap: reconnection windows (see SimFleet).
+        executor_workers: update/attestation threads per process (see SimFleet).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class FleetProcesses:
         broker: Broker | None = None,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        executor_workers: int = EXECUTOR_WORKERS,
     ) -> None:
         if not isinstance(processes, int) or isinstance(processes, bool):
             raise TypeError("processes must be an int")
@@ -93,6 +95,8 @@ class FleetProcesses:
         self._token = token
         self._broker = broker
         self._backoff = (backoff_base, backoff_cap)
+        _check_workers(executor_workers)
+        self._workers = executor_workers
         ids = device_ids(spec)
         size = -(-len(ids) // processes)
         self._slices = [ids[i : i + size] for i in range(0, len(ids), size)]
@@ -135,6 +139,7 @@ class FleetProcesses:
             "broker": broker,
             "backoff_base": self._backoff[0],
             "backoff_cap": self._backoff[1],
+            "executor_workers": self._workers,
         }
         spawn = mp.get_context("spawn")
         for n, part in enumerate(self._slices):
