@@ -310,3 +310,34 @@ def test_a_completed_campaign_reoffers_to_stragglers_until_the_release_is_withdr
         releases.withdraw_release(s, ctx.pki.keyring, rm(ctx), rid, reason="recalled")
     with ctx.db.read() as s:
         assert campaigns.pending_offers(s, campaigns.get_campaign(s, rm(ctx), cid)) == []
+
+
+def test_offers_are_repeated_per_device_and_not_to_devices_at_work(
+    live: str, ctx: AppContext, ops: dict[str, str]
+) -> None:
+    ids = add_devices(ctx, 10)
+    rid = deploy(live, ops, "1.1.0", b"good build")
+    quiet = dt.timedelta(seconds=30)
+    t0 = utcnow()
+    with ctx.db.session() as s:
+        cid = campaigns.create_campaign(s, rm(ctx), release_id=rid, waves=[50, 100]).id
+        first = campaigns.step(s, cid, now=t0)
+        c = campaigns.get_campaign(s, rm(ctx), cid)
+        # Just offered: nobody is offered again yet.
+        assert campaigns.pending_offers(s, c, quiet_for=quiet, now=t0) == []
+        # One device reports a step (it is downloading): it is left alone.
+        busy = s.execute(
+            select(Device.id).where(Device.device_id == first[0].device_id)
+        ).scalar_one()
+        later = t0 + dt.timedelta(seconds=20)
+        campaigns.heard_from(s, cid, [busy], now=later)
+        again = campaigns.pending_offers(s, c, quiet_for=quiet, now=t0 + dt.timedelta(seconds=31))
+        assert {o.device_id for o in again} == {o.device_id for o in first[1:]}
+        # Each device at most once per period.
+        assert (
+            campaigns.pending_offers(s, c, quiet_for=quiet, now=t0 + dt.timedelta(seconds=32)) == []
+        )
+        assert [o.device_id for o in campaigns.pending_offers(
+            s, c, quiet_for=quiet, now=later + dt.timedelta(seconds=31)
+        )] == [first[0].device_id]  # fmt: skip
+    assert len(ids) == 10

@@ -253,10 +253,21 @@ def _start_wave(session: Session, c: Campaign, wave: int, now: dt.datetime) -> l
     return pending_offers(session, c)
 
 
-def pending_offers(session: Session, c: Campaign) -> list[Offer]:
+def pending_offers(
+    session: Session,
+    c: Campaign,
+    *,
+    quiet_for: dt.timedelta | None = None,
+    now: dt.datetime | None = None,
+) -> list[Offer]:
     """The current wave's offers to devices that have not reported yet (the
     driver sends them when a wave starts, again after a restart, and, once
-    the campaign completed, to the stragglers that were offline meanwhile)."""
+    the campaign completed, to the stragglers that were offline meanwhile).
+
+    With ``quiet_for``, only devices offered, or heard from (any step), longer
+    ago than that; they are marked as offered now, so each device is offered
+    again at most once per ``quiet_for`` and a device at work is left alone.
+    """
     if c.current_wave < 0 or c.state not in ("running", "completed"):
         return []
     r = session.get(Release, c.release_id)
@@ -269,15 +280,27 @@ def pending_offers(session: Session, c: Campaign) -> list[Offer]:
         if c.state == "running"
         else CampaignDevice.wave <= c.current_wave  # completed: every wave's stragglers
     )
-    ids = session.execute(
-        select(Device.device_id)
-        .join(CampaignDevice, CampaignDevice.device_pk == Device.id)
-        .where(
-            CampaignDevice.campaign_id == c.id,
-            waves,
-            CampaignDevice.status == "offered",
+    stmt = (
+        select(CampaignDevice.id, Device.device_id)
+        .join(Device, CampaignDevice.device_pk == Device.id)
+        .where(CampaignDevice.campaign_id == c.id, waves, CampaignDevice.status == "offered")
+    )
+    if quiet_for is not None:
+        now = now or utcnow()
+        stmt = stmt.where(
+            (CampaignDevice.updated_at.is_(None)) | (CampaignDevice.updated_at <= now - quiet_for)
         )
-    ).scalars()
+    rows = session.execute(stmt).all()
+    if quiet_for is not None and rows:
+        keys = [int(k) for k, _ in rows]
+        for start in range(0, len(keys), 5000):
+            session.execute(
+                update(CampaignDevice)
+                .where(CampaignDevice.id.in_(keys[start : start + 5000]))
+                .values(updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    ids = [d for _, d in rows]
     payload = {
         "campaign": c.id,
         "release": r.id,
@@ -338,6 +361,25 @@ def step(session: Session, campaign_id: int, *, now: dt.datetime | None = None) 
         )
         return []
     return _start_wave(session, c, c.current_wave + 1, now)
+
+
+def heard_from(
+    session: Session, campaign_id: int, device_pks: Collection[int], *, now: dt.datetime
+) -> None:
+    """Devices reported a step of an offer they are working on: not to be
+    offered again before :func:`pending_offers`' ``quiet_for`` passes."""
+    pks = list(device_pks)
+    for start in range(0, len(pks), 5000):
+        session.execute(
+            update(CampaignDevice)
+            .where(
+                CampaignDevice.campaign_id == campaign_id,
+                CampaignDevice.device_pk.in_(pks[start : start + 5000]),
+                CampaignDevice.status == "offered",
+            )
+            .values(updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def report(

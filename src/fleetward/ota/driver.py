@@ -8,9 +8,10 @@ Runs beside the broker (``fleetward up``). Each round it:
    names the reporter);
 2. steps every running campaign (:func:`campaigns.step`) and publishes the
    new wave's offers on ``fw/<tenant>/<device>/ota/offer``;
-3. every ``resend`` seconds, re-publishes offers nobody answered yet (a
-   device that was offline, also for up to a week after its campaign
-   completed, or a driver that restarted).
+3. re-publishes an offer to each device that has said nothing about it
+   for ``resend`` seconds (a device that was offline, also for up to a
+   week after its campaign completed, or a driver that restarted); a device
+   that reports steps is at work and is left alone.
 """
 
 from __future__ import annotations
@@ -127,7 +128,14 @@ class CampaignDriver:
         s: Any, tenants: dict[str, int], batch: list[tuple[str, str, dict[str, Any]]]
     ) -> None:
         """Every reported step is telemetry (``ota.step``), with the version
-        the device says it runs: what the detectors and operators read."""
+        the device says it runs: what the detectors and operators read. A
+        step of a campaign also tells the driver the device is at work."""
+        CampaignDriver._steps_as_events(s, tenants, batch)
+
+    @staticmethod
+    def _steps_as_events(
+        s: Any, tenants: dict[str, int], batch: list[tuple[str, str, dict[str, Any]]]
+    ) -> None:
         keys = {(tenants[t], d) for t, d, _ in batch if t in tenants}
         devices: dict[tuple[int, str], int] = {}
         for tenant_id, device_id in keys:
@@ -153,6 +161,13 @@ class CampaignDriver:
         ]
         if rows:
             s.execute(insert(Event), rows)
+        working: dict[int, set[int]] = {}
+        for t, d, body in batch:
+            campaign = body.get("campaign")
+            if t in tenants and (tenants[t], d) in devices and isinstance(campaign, int):
+                working.setdefault(campaign, set()).add(devices[(tenants[t], d)])
+        for campaign_id, pks in working.items():
+            campaigns.heard_from(s, campaign_id, pks, now=now)
 
     # -- offers out ---------------------------------------------------------
 
@@ -161,8 +176,11 @@ class CampaignDriver:
             self.sender.send(offer.topic, json.dumps(offer.payload).encode())
 
     def run_once(self) -> None:
-        """One round: reports in, campaigns stepped, offers out."""
+        """One round: reports in, campaigns stepped, offers out (again to each
+        device that has said nothing for ``resend`` seconds)."""
         self._store_reports()
+        quiet = dt.timedelta(seconds=self.resend)
+        # Completed campaigns are looked at once per resend period.
         resend = time.monotonic() - self._last_resend >= self.resend
         if resend:
             self._last_resend = time.monotonic()
@@ -187,14 +205,14 @@ class CampaignDriver:
         for campaign_id in running:
             with self.ctx.db.session() as s:
                 offers = campaigns.step(s, campaign_id)
-                if resend and not offers:
-                    c = s.get(Campaign, campaign_id)
-                    assert c is not None
-                    offers = campaigns.pending_offers(s, c)
+                if not offers:
+                    c = s.get_one(Campaign, campaign_id)
+                    offers = campaigns.pending_offers(s, c, quiet_for=quiet)
             self._send(offers)
         for campaign_id in stragglers:
-            with self.ctx.db.read() as s:
-                offers = campaigns.pending_offers(s, s.get_one(Campaign, campaign_id))
+            with self.ctx.db.session() as s:
+                c = s.get_one(Campaign, campaign_id)
+                offers = campaigns.pending_offers(s, c, quiet_for=quiet)
             self._send(offers)
 
     def _run(self) -> None:

@@ -48,6 +48,10 @@ from fleetward.tenancy.roles import Permission, Principal, require
 __all__ = ["SimulatedFleet", "get_drill", "list_drills", "run_drill"]
 
 POLL_S = 0.1
+# A snapshot of the whole fleet runs on the simulated devices' loops: a large
+# fleet is asked less often. The devices time themselves, so the figures
+# do not depend on it; only the end of a wait is seen later.
+SNAPSHOTS_PER_S_PER_10K = 2.0
 SERVER_AGREES_S = 30.0  # how long the server may lag behind the devices
 
 
@@ -287,7 +291,8 @@ def _drill(
             done[d] = at
         return done
 
-    times = _wait(contained, timeout, f"{len(online)} online device(s) to be {goal}")
+    poll = max(POLL_S, len(before) / 10_000 / SNAPSHOTS_PER_S_PER_10K)
+    times = _wait(contained, timeout, f"{len(online)} online device(s) to be {goal}", poll=poll)
     latencies = sorted(t - started for t in times.values())
     contain_s = latencies[-1] if latencies else 0.0
     report.update(
@@ -308,7 +313,7 @@ def _drill(
             ok = all(_straggler_ok(view.get(d, {}), goal, back, version) for d in offline)
             return True if ok else None
 
-        _wait(stragglers_done, timeout, f"{len(offline)} straggler(s) to comply")
+        _wait(stragglers_done, timeout, f"{len(offline)} straggler(s) to comply", poll=poll)
         report["stragglers_s"] = round(time.monotonic() - back, 3)
         say(f"{len(offline)} straggler(s) complied in {report['stragglers_s']} s")
     # What the server believes, beside what the devices saw.
@@ -366,7 +371,7 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
+def _wait(check: Callable[[], Any], timeout: float, what: str, *, poll: float = POLL_S) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -374,7 +379,7 @@ def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
             return result
         if time.monotonic() > deadline:
             raise TimeoutError(f"drill: gave up waiting for {what} after {timeout:.0f} s")
-        time.sleep(POLL_S)
+        time.sleep(poll)
 
 
 def _new_alert(ctx: AppContext, tenant_id: int, after: int, keys: set[str]) -> int | None:
