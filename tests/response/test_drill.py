@@ -15,12 +15,12 @@ from fleetward.api.context import AppContext
 from fleetward.comms.broker import BrokerRuntime
 from fleetward.detection.runner import DetectionRunner
 from fleetward.errors import NotFoundError, PermissionDeniedError
-from fleetward.identity.models import Device
+from fleetward.identity.models import CertificateRecord, Device
 from fleetward.ota.driver import CampaignDriver
 from fleetward.response import drills
 from fleetward.response import service as response
 from fleetward.response.effects import LiveEffects
-from fleetward.sim import Broker, FleetProcesses, FleetSpec
+from fleetward.sim import Broker, FleetProcesses, FleetSpec, SimFleet
 from fleetward.telemetry.ingest import MqttIngest
 from tests.broker import synced, wait_for
 from tests.ota.helpers import call, operator, upload
@@ -144,6 +144,73 @@ def test_drills_on_a_thousand_devices(
             f"drill 2: contain {report2.contain_s} s, stragglers {r2['stragglers_s']} s"
         )
     finally:
+        effects.close()
+        fleet.stop()
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_compromised_issuing_ca_drill_rotates_and_every_device_renews(
+    live: str,
+    ctx: AppContext,
+    admin_token: str,
+    broker: BrokerRuntime,
+    stack: None,
+    tmp_path: Path,
+) -> None:
+    """Rotate the drill CA, the devices renew on command under the new one
+    (same keys) and reconnect; offline ones renew when they come back."""
+    from fleetward.identity import ca_service
+    from fleetward.response.tracker import ComplianceTracker
+
+    spec = FleetSpec(devices=30, prefix="ca", environment="drill", offline=0.1,
+                     telemetry_interval=1.0, seed=5)  # fmt: skip
+    fleet = SimFleet(
+        spec, server_url=live, directory=tmp_path / "fleet", token=admin_token,
+        broker=Broker(host="127.0.0.1", port=broker.port, ca=broker.files.broker_ca),
+        backoff_base=0.2, backoff_cap=1.0,
+    )  # fmt: skip
+    fleet.prepare()
+    synced(broker)
+    with ctx.db.session() as s:
+        response.install_standard(s, SEC)
+        old = ca_service.active_issuing_ca(s, tenant_id=1, environment="drill").id
+    tracker = ComplianceTracker(ctx, interval=0.5, resend=2.0)
+    tracker.start()
+    effects = LiveEffects(ctx.settings.home)
+    try:
+        fleet.start(timeout=60)
+        offline = {d["device_id"] for d in fleet.snapshot() if not d["online"]}
+        wait_for(
+            lambda: len(metrics_per_device(ctx)) >= spec.devices - len(offline), timeout=30,
+            what="a reading from every online device",
+        )  # fmt: skip
+        report = drills.run_drill(
+            ctx, fleet, starter=ADMIN, approvers=[SEC2], playbook="compromised-issuing-ca",
+            scenario="ca-compromise", confirm=spec.devices, effects=effects, timeout=60,
+        )  # fmt: skip
+        r = json.loads(report.report)
+        assert report.state == "passed", r
+        assert r["goal"] == "renewed" and report.affected == spec.devices
+        assert r["stragglers"] == sorted(offline) and r["server_incident_state"] == "contained"
+        with ctx.db.read() as s:
+            new = ca_service.active_issuing_ca(s, tenant_id=1, environment="drill").id
+            holders = set(
+                s.execute(
+                    select(Device.device_id)
+                    .join(CertificateRecord, CertificateRecord.device_pk == Device.id)
+                    .where(CertificateRecord.ca_id == new, CertificateRecord.status == "good")
+                ).scalars()
+            )
+        assert new != old and holders == {d["device_id"] for d in fleet.snapshot()}
+        # Every device renewed (a re-sent command may make it twice) under the
+        # new CA, and is connected with that certificate.
+        wait_for(
+            lambda: all(d["renewals"] >= 1 and d["connected"] for d in fleet.snapshot()),
+            timeout=10, what="every device connected with its new certificate",
+        )  # fmt: skip
+    finally:
+        tracker.stop()
         effects.close()
         fleet.stop()
 

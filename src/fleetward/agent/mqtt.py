@@ -270,6 +270,20 @@ class DeviceAgent:
             self.stats.renewals += 1
         return done
 
+    @property
+    def renewal_requested(self) -> bool:
+        """The server asked for a renewal (the ``renew`` command)."""
+        return self._renew_requested.is_set()
+
+    def renew_now(self) -> bool:
+        """Renew over HTTP at once (blocking; for callers that run their own
+        loop, like the simulator); whether a new certificate was saved.
+
+        Raises:
+            (what :func:`fleetward.agent.client.renew` raises)
+        """
+        return self._renew()
+
     # -- the loop -------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:

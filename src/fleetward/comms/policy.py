@@ -346,7 +346,7 @@ DEFAULT_POLICY = parse_policy(
                     "fw/{tenant}/{device}/cmd-result/+",
                 ],
                 "subscribe": ["fw/{tenant}/{device}/ota/#"],
-                "commands": ["ping"],
+                "commands": ["ping", "renew"],
             }
         }
     }

@@ -11,7 +11,9 @@ online is contained (**time to contain**):
   broker, and its reconnections refused);
 - one that pushes an emergency release: the device runs the new version;
 - one that only quarantines: the broker refused one of its publishes after
-  the run started.
+  the run started;
+- one that renews (after a CA rotation): the device renewed its certificate
+  on the server's command and reconnected with it.
 
 Affected devices that were offline are the **stragglers**: the drill brings
 them back and times how long they take to comply. The report (kept in
@@ -97,8 +99,10 @@ def _goal(steps: Sequence[str]) -> str:
         return "updated"
     if "quarantine" in steps:
         return "quarantined"
+    if "renew" in steps:
+        return "renewed"
     raise InvalidInputError(
-        "a drill times containment: the playbook must revoke, quarantine or push a release"
+        "a drill times containment: the playbook must revoke, quarantine, renew or push a release"
     )
 
 
@@ -112,6 +116,9 @@ def _contained_at(
         if device.get("version") == version and device.get("updated_at") is not None:
             return max(float(device["updated_at"]), since)
         return None
+    if goal == "renewed":
+        at = device.get("renewed_at")
+        return float(at) if at is not None and at >= since else None
     at = device.get("last_refused_at")
     return float(at) if at is not None and at >= since else None
 
@@ -353,7 +360,8 @@ def _straggler_ok(device: dict[str, Any], goal: str, since: float, version: str 
         )
     if goal == "updated":
         return device.get("version") == version
-    at = device.get("last_refused_at")
+    key = "renewed_at" if goal == "renewed" else "last_refused_at"
+    at = device.get(key)
     return at is not None and at >= since
 
 
@@ -361,6 +369,8 @@ def _touched(before: dict[str, Any], after: dict[str, Any]) -> bool:
     if before.get("connected") and (after.get("cut_off") or not after.get("connected")):
         return True
     if before.get("version") != after.get("version"):
+        return True
+    if before.get("renewals") != after.get("renewals"):
         return True
     return (after.get("last_refused_at") or 0) > (before.get("last_refused_at") or 0)
 

@@ -60,6 +60,7 @@ class ComplianceTracker:
         with self.ctx.db.read() as s:
             rows = s.execute(
                 select(Tenant.name, Device.device_id)
+                .select_from(IncidentDevice)
                 .join(Device, Device.id == IncidentDevice.device_pk)
                 .join(Tenant, Tenant.id == Device.tenant_id)
                 .where(IncidentDevice.state == "pending", IncidentDevice.requirement.like("ca:%"))

@@ -12,6 +12,7 @@ executor and come back through ``call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
@@ -73,6 +74,7 @@ class SimDevice:
         self.cut_off = False
         self.cut_off_at: float | None = None
         self.updated_at: float | None = None
+        self.renewed_at: float | None = None  # the last renewal on command (monotonic)
         self.ota_steps: list[str] = []
         self.ota_step_at: list[float] = []  # when each step was reported (monotonic)
         self.offered_at: list[float] = []  # when each OTA offer arrived (monotonic)
@@ -99,6 +101,8 @@ class SimDevice:
             "last_refused_at": stats.last_refused_at,
             "version": self.version,
             "updated_at": self.updated_at,
+            "renewals": stats.renewals,
+            "renewed_at": self.renewed_at,
             "ota_steps": list(self.ota_steps),
             "ota_step_at": list(self.ota_step_at),
             "offered_at": list(self.offered_at),
@@ -128,8 +132,10 @@ class Driver:
         interval: float,
         backoff_base: float,
         backoff_cap: float,
+        executor: concurrent.futures.Executor | None = None,
     ) -> None:
         self.loop = loop
+        self.executor = executor  # blocking work (renewal over HTTP)
         self.endpoint = endpoint
         self.reading = reading
         self.interval = interval
@@ -245,9 +251,13 @@ class Driver:
             if not await self._connect(dev):
                 attempt += 1
             else:
-                await self._session(dev)
+                renewed = await self._session(dev)
                 if not dev.online or self.stopping:
                     break
+                if renewed:  # reconnect at once, with the new certificate
+                    await self._hang_up(dev)
+                    attempt = 0
+                    continue
                 lasted = dev.acknowledged and time.monotonic() - started > SESSION_LASTED
                 attempt = 1 if lasted else attempt + 1
             delay = backoff(attempt, base=self.backoff_base, cap=self.backoff_cap, rng=dev.rng)
@@ -282,7 +292,8 @@ class Driver:
             await asyncio.sleep(0)  # let the others read between handshakes
             return True
 
-    async def _session(self, dev: SimDevice) -> None:
+    async def _session(self, dev: SimDevice) -> bool:
+        """Publish until the connection ends; whether it ended for a renewal."""
         client = dev.client
         assert client is not None
         next_reading = time.monotonic() + dev.rng.uniform(0, self.interval)
@@ -296,7 +307,24 @@ class Driver:
                     await asyncio.sleep(dev.slow)
                 if dev.connected:
                     dev.agent.flush(client)
+            if dev.agent.renewal_requested and await self._renew(dev):
+                return True
             await self._pause(dev, max(0.0, next_reading - time.monotonic()))
+        return False
+
+    async def _renew(self, dev: SimDevice) -> bool:
+        """The agent's renewal over HTTP, in the shared executor (the ``renew``
+        command: same key, a certificate from the CA that issues now)."""
+        if self.executor is None or dev.agent.config.server_url is None:
+            return False
+        try:
+            done = await self.loop.run_in_executor(self.executor, dev.agent.renew_now)
+        except Exception as exc:  # the device keeps its certificate and carries on
+            log.info("%s: renewal failed: %s", dev.device_id, exc)
+            return False
+        if done:
+            dev.renewed_at = time.monotonic()
+        return done
 
     async def _hang_up(self, dev: SimDevice) -> None:
         client, dev.client = dev.client, None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime as dt
 import random
 import resource
 import threading
@@ -185,7 +186,10 @@ class SimFleet:
                 broker_host=broker.host,
                 broker_port=broker.port,
                 broker_ca=broker.ca,
-                server_url=None,  # certificates outlive any drill: no renewal traffic
+                # Renewal only on the server's command (certificates outlive any
+                # drill, so no renewal traffic otherwise: renew_within is 0).
+                server_url=self.server_url,
+                renew_within=dt.timedelta(0),
                 telemetry_interval=self.spec.telemetry_interval,
                 backoff_base=self._backoff[0],
                 backoff_cap=self._backoff[1],
@@ -257,6 +261,7 @@ class SimFleet:
             interval=self.spec.telemetry_interval,
             backoff_base=self._backoff[0],
             backoff_cap=self._backoff[1],
+            executor=self._executor,
         )
         self._driver.devices = list(self._devices.values())
         self._loop = loop
