@@ -105,6 +105,9 @@ TARGET_CONTAIN_REVOCATION_S = 10.0  # the revocation benchmark's cohort target
 SEC = Principal(1, "default", "security", "token:bench-sec-1")
 SEC2 = Principal(1, "default", "security", "token:bench-sec-2")
 SEC3 = Principal(1, "default", "security", "token:bench-sec-3")
+# Creating an emergency campaign is a release manager's right: drill B's
+# incident commander is an admin (two security operators approve).
+ADMIN = Principal(1, "default", "admin", "token:bench-admin")
 FIXED_VERSION = "1.0.1"
 
 
@@ -375,10 +378,14 @@ class Stack:
             part.stop()
 
 
-def drill(ctx: AppContext, fleet: FleetProcesses, **kw: Any) -> dict[str, Any]:
+def drill(
+    ctx: AppContext, fleet: FleetProcesses, *, starter: Principal = SEC, **kw: Any
+) -> dict[str, Any]:
     """One drill's report; a drill that failed (e.g. timed out) is a result too."""
     try:
-        d = drills.run_drill(ctx, fleet, starter=SEC, progress=lambda m: log.print(f"  {m}"), **kw)
+        d = drills.run_drill(
+            ctx, fleet, starter=starter, progress=lambda m: log.print(f"  {m}"), **kw
+        )
     except Exception as exc:  # reported in the table, not a crash of the benchmark
         log.print(f"[red]  drill failed: {type(exc).__name__}: {exc}[/red]")
         return {"state": "error", "error": f"{type(exc).__name__}: {exc}"[:500]}
@@ -484,7 +491,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         log.print(f"drill B: emergency-ota of {len(remaining):,} devices to {FIXED_VERSION}")
         cpu0 = cpu_by_process()
         result["B"] = drill(
-            ctx, fleet, approvers=[SEC2, SEC3], playbook="emergency-ota",
+            ctx, fleet, starter=ADMIN, approvers=[SEC2, SEC3], playbook="emergency-ota",
             params={"product": spec.product, "release": rid}, scenario="vulnerable-firmware",
             confirm=len(remaining), effects=effects, timeout=args.timeout,
         )  # fmt: skip
