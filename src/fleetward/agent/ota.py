@@ -221,7 +221,9 @@ class OtaClient:
     Offers arrive on ``fw/<tenant>/<device>/ota/offer`` and are handled one at
     a time in a worker thread (never on the MQTT thread). Each step is
     reported through ``report`` (the agent publishes it on ``state/ota``):
-    ``downloading``, ``staged``, ``boot`` (per boot), then ``committed``,
+    ``received`` (as soon as an offer is taken, also when it is one the
+    device works on already), ``downloading``, ``staged``, ``boot`` (per
+    boot), then ``committed``,
     ``fell-back``, ``refused`` or ``error`` with the version the device runs.
 
     A job identical to one waiting or in progress is dropped: the server
@@ -298,6 +300,7 @@ class OtaClient:
         key = self._key(kind, payload)
         with self._chain_lock:
             if key in self._queued:
+                self._received(kind, payload)  # still on it: no need to offer again
                 return
             self._queued.add(key)
         if self._executor is None:
@@ -305,16 +308,27 @@ class OtaClient:
                 self._jobs.put_nowait((kind, payload))
             except queue.Full:
                 self._done(key)
+                return
+            self._received(kind, payload)
             return
         with self._chain_lock:
             if len(self._waiting) >= self._jobs.maxsize:
                 self._queued.discard(key)
                 return
             self._waiting.append((kind, payload))
-            if self._busy:
-                return  # the running job submits the next one when it ends
-            self._busy = True
-        self._executor.submit(self._drain)
+            busy, self._busy = self._busy, True
+        self._received(kind, payload)
+        if not busy:  # otherwise the running job submits the next one when it ends
+            self._executor.submit(self._drain)
+
+    def _received(self, kind: str, payload: dict[str, Any]) -> None:
+        """Tell the server an offer is taken (a ``received`` step), so it is
+        not offered again while it waits for its turn."""
+        if kind == "offer":
+            self._report(
+                {"campaign": payload.get("campaign"), "step": "received",
+                 "target": str(payload.get("target", ""))[:300]}
+            )  # fmt: skip
 
     def _drain(self) -> None:
         while True:
