@@ -539,3 +539,28 @@ def test_webhook_lines_do_not_leak_credentials_or_errors(ctx: AppContext) -> Non
         and "pw" not in entry.details
         and "10.0.0.7" not in entry.details
     )
+
+
+def test_bulk_quarantine_touches_only_the_tenants_active_devices(ctx: AppContext) -> None:
+    from fleetward.identity import service as identity
+
+    enroll(ctx, ["bq-0", "bq-1", "bq-2"], batch=50)
+    with ctx.db.session() as s:
+        identity.revoke_device(s, ADMIN, "bq-2", reason="keyCompromise")
+        pks = list(s.execute(select(Device.id).where(Device.device_id.like("bq-%"))).scalars())
+        head = s.execute(select(func.max(AuditEntry.seq))).scalar_one()
+    other = Principal(99, "other", "admin", "token:other")
+    with ctx.db.session() as s:
+        assert identity.quarantine_devices(s, other, pks, reason="x") == []
+        done = identity.quarantine_devices(s, SEC, pks, reason="suspect batch")
+    assert sorted(done) == ["bq-0", "bq-1"]
+    assert _states(ctx, ["bq-0", "bq-1", "bq-2"]) == {
+        "bq-0": "quarantined", "bq-1": "quarantined", "bq-2": "revoked",
+    }  # fmt: skip
+    with ctx.db.read() as s:
+        entries = s.execute(select(AuditEntry).where(AuditEntry.seq > head)).scalars().all()
+        assert sorted(e.subject for e in entries) == ["device:bq-0", "device:bq-1"]
+        assert all(json.loads(e.details)["to"] == "quarantined" for e in entries)
+        audit.verify(s, public_key=None)
+    with ctx.db.session() as s, pytest.raises(PermissionDeniedError):
+        identity.quarantine_devices(s, AUDITOR, pks, reason="x")

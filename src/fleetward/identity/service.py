@@ -34,6 +34,7 @@ __all__ = [
     "get_device",
     "list_certificates",
     "list_devices",
+    "quarantine_devices",
     "register_device",
     "revoke_certificate",
     "revoke_device",
@@ -410,3 +411,59 @@ def revoke_devices(
     if events:
         audit.append_many(session, events, now=now)
     return [d for _, d, _ in todo]
+
+
+def quarantine_devices(
+    session: Session,
+    principal: Principal,
+    device_pks: list[int],
+    *,
+    reason: str,
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """Quarantine the active devices among ``device_pks`` (the tenant's own)
+    in one transaction: one update and one audit append of all the entries,
+    the same entries :func:`set_device_state` writes per device. Devices in
+    another state are left as they are; the ids quarantined are returned.
+
+    Raises:
+        PermissionDeniedError: the role may not manage devices.
+        InvalidInputError: too many devices.
+    """
+    require(principal, Permission.DEVICE_MANAGE)
+    if len(device_pks) > MAX_COHORT:
+        raise InvalidInputError(f"at most {MAX_COHORT} devices per bulk quarantine")
+    now = now or utcnow()
+    todo: list[tuple[int, str]] = []
+    for start in range(0, len(device_pks), 1000):
+        todo.extend(
+            (int(pk), str(d))
+            for pk, d in session.execute(
+                select(Device.id, Device.device_id).where(
+                    Device.tenant_id == principal.tenant_id,
+                    Device.id.in_(device_pks[start : start + 1000]),
+                    Device.state == "active",
+                )
+            )
+        )
+    keys = [pk for pk, _ in todo]
+    for start in range(0, len(keys), 1000):
+        session.execute(
+            update(Device)
+            .where(Device.id.in_(keys[start : start + 1000]), Device.state == "active")
+            .values(state="quarantined", updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    events = [
+        audit.Event(
+            actor=principal.actor,
+            action="device.state",
+            subject=f"device:{d}",
+            tenant_id=principal.tenant_id,
+            details={"from": "active", "to": "quarantined", "reason": reason, "bulk": True},
+        )
+        for _, d in todo
+    ]
+    if events:
+        audit.append_many(session, events, now=now)
+    return [d for _, d in todo]

@@ -644,20 +644,13 @@ def _step_quarantine(
     s: Session, run: PlaybookRun, index: int, step: pb.Step, pks: list[int],
     effects: Effects, ctx: AppContext,
 ) -> _After:  # fmt: skip
-    who = _executor(s, run)
-    now = utcnow()
-    done = 0
-    for start in range(0, len(pks), 5000):
-        for device_id, state in s.execute(
-            select(Device.device_id, Device.state).where(Device.id.in_(pks[start : start + 5000]))
-        ).all():
-            if state == "active":
-                identity.set_device_state(
-                    s, who, device_id, state="quarantined",
-                    reason=str(step.args.get("reason", f"playbook run {run.id}")), now=now,
-                )  # fmt: skip
-                done += 1
-    _logged(s, run, index, step, f"quarantined {done} device(s)", {"devices": done})
+    done = identity.quarantine_devices(
+        s, _executor(s, run), pks, reason=str(step.args.get("reason", f"playbook run {run.id}"))
+    )
+    _logged(
+        s, run, index, step, f"quarantined {len(done)} device(s)",
+        {"devices": len(done), "sample": done[:SAMPLE]},
+    )  # fmt: skip
     return None
 
 
