@@ -341,3 +341,52 @@ def test_offers_are_repeated_per_device_and_not_to_devices_at_work(
             s, c, quiet_for=quiet, now=later + dt.timedelta(seconds=31)
         )] == [first[0].device_id]  # fmt: skip
     assert len(ids) == 10
+
+
+def test_what_counts_is_the_version_a_device_runs(
+    live: str, ctx: AppContext, ops: dict[str, str]
+) -> None:
+    ids = add_devices(ctx, 4)
+    rid = deploy(live, ops, "1.1.0", b"good build")
+    with ctx.db.session() as s:
+        cid = campaigns.create_campaign(s, rm(ctx), release_id=rid, waves=[50, 100]).id
+        first = [o.device_id for o in campaigns.step(s, cid)]
+        # Its "committed" was lost; a repeated offer is refused as not newer,
+        # with the release's version: the device has the release.
+        assert campaigns.report(s, tenant_id=1, device_id=first[0], campaign_id=cid,
+                                status="failed", version="1.1.0")  # fmt: skip
+        assert campaigns.report(s, tenant_id=1, device_id=first[1], campaign_id=cid,
+                                status="succeeded", version="1.0.0")  # fmt: skip
+        statuses = dict(
+            s.execute(
+                select(Device.device_id, CampaignDevice.status)
+                .join(CampaignDevice, CampaignDevice.device_pk == Device.id)
+                .where(CampaignDevice.campaign_id == cid, Device.device_id.in_(first))
+            ).all()
+        )
+    assert statuses == {first[0]: "succeeded", first[1]: "failed"}
+    assert len(ids) == 4
+
+
+def test_the_driver_keeps_room_for_results_under_a_backlog(ctx: AppContext) -> None:
+    import queue
+
+    import paho.mqtt.client as mqtt
+
+    from fleetward.ota.driver import CampaignDriver
+
+    driver = CampaignDriver(ctx)
+    driver.reports = queue.Queue(maxsize=4)
+
+    def message(step: str) -> mqtt.MQTTMessage:
+        msg = mqtt.MQTTMessage(topic=b"fw/default/d1/state/ota")
+        msg.payload = json.dumps({"campaign": 1, "step": step}).encode()
+        return msg
+
+    for step in ("received", "downloading", "staged"):
+        driver._on_message(None, None, message(step))  # type: ignore[arg-type]
+    assert driver.reports.qsize() == 2 and driver.dropped_reports == 1
+    driver._on_message(None, None, message("committed"))  # type: ignore[arg-type]
+    driver._on_message(None, None, message("fell-back"))  # type: ignore[arg-type]
+    assert [b["step"] for _, _, b in list(driver.reports.queue)][-2:] == ["committed", "fell-back"]
+    driver.sender.close()

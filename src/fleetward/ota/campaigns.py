@@ -394,8 +394,11 @@ def report(
 ) -> bool:
     """A device's result for a campaign it was offered; returns whether it counted.
 
-    ``succeeded`` counts only when the device runs the release's version
-    (a device that fell back reports its old version and counts as failed).
+    What counts is the version the device says it runs: the release's
+    version is a success, whatever the step (a device that refuses an offer
+    because it runs that version already, after its "committed" report was
+    lost, has the release); anything else is a failure (a device that fell
+    back reports its old version).
     """
     now = now or utcnow()
     if status not in ("succeeded", "failed"):
@@ -410,7 +413,7 @@ def report(
     ).scalar_one_or_none()
     if pk is None:
         return False
-    final = "succeeded" if status == "succeeded" and version == r.version else "failed"
+    final = "succeeded" if version == r.version else "failed"
     if final == "succeeded" and json.loads(c.gate).get("require_attestation"):
         final = "installed"  # succeeded once its boot attestation passes
     result = session.execute(
