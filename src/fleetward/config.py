@@ -55,6 +55,14 @@ class Settings:
         return cls(home=home, database_url=db, public_url=public.rstrip("/"))
 
     @property
+    def webhook_hosts(self) -> frozenset[str]:
+        """Hosts playbook webhooks may reach (``FLEETWARD_WEBHOOK_HOSTS``:
+        comma-separated ``host`` or ``host:port``; none by default, so a
+        playbook author cannot make fleetward probe internal addresses)."""
+        raw = os.environ.get("FLEETWARD_WEBHOOK_HOSTS", "")
+        return frozenset(h.strip().lower() for h in raw.split(",") if h.strip())
+
+    @property
     def keys_dir(self) -> Path:
         """Directory of encrypted key files."""
         return self.home / "keys"

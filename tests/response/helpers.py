@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import select
 
 from fleetward.api.context import AppContext
-from fleetward.identity import issuance
+from fleetward.identity import issuance, renewal
+from fleetward.identity.models import CertificateRecord, Device
 from fleetward.tenancy.roles import Principal
 from tests.helpers import csr_pem
 
@@ -40,3 +42,15 @@ def enroll(
         )
         assert all(r.error is None for r in results), [r.error for r in results][:3]
     return key
+
+
+def renew(ctx: AppContext, key: ec.EllipticCurvePrivateKey, device_id: str) -> issuance.Issued:
+    """What the agent does on the ``renew`` command: present its good
+    certificate and a CSR from the same key."""
+    with ctx.db.session() as s:
+        current = s.execute(
+            select(CertificateRecord.der)
+            .join(Device, Device.id == CertificateRecord.device_pk)
+            .where(Device.device_id == device_id, CertificateRecord.status == "good")
+        ).scalar_one()
+        return renewal.renew(s, ctx.pki, current=current, csr=csr_pem(key, device_id))

@@ -15,7 +15,7 @@ from fleetward.audit import service as audit
 from fleetward.audit.models import AuditEntry
 from fleetward.detection.models import Alert
 from fleetward.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
-from fleetward.identity import ca_service, renewal
+from fleetward.identity import ca_service
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
 from fleetward.response import runs
 from fleetward.response import service as response
@@ -25,7 +25,7 @@ from fleetward.telemetry.models import Event
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
 from tests.helpers import csr_pem
-from tests.response.helpers import ADMIN, AUDITOR, SEC, SEC2, enroll
+from tests.response.helpers import ADMIN, AUDITOR, SEC, SEC2, enroll, renew
 
 REVOKE = """
 name: revoke-batch
@@ -129,7 +129,6 @@ def test_runs_refuse_empty_oversized_and_foreign_cohorts(ctx: AppContext) -> Non
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from fleetward.identity import issuance
-    from tests.helpers import csr_pem
 
     key = ec.generate_private_key(ec.SECP256R1())
     issuance.enroll_many(
@@ -253,14 +252,7 @@ def test_rotate_ca_and_renew_track_devices_until_they_renew(ctx: AppContext) -> 
     # Three devices renew with their own key (what the agent does on the
     # renew command): they comply; the fourth stays a straggler.
     for d in ids[:3]:
-        with ctx.db.session() as s:
-            current = s.execute(
-                select(CertificateRecord.der)
-                .join(Device, Device.id == CertificateRecord.device_pk)
-                .where(Device.device_id == d, CertificateRecord.status == "good")
-            ).scalar_one()
-            issued = renewal.renew(s, ctx.pki, current=current, csr=csr_pem(key, d))
-            assert issued.ca_id == new
+        assert renew(ctx, key, d).ca_id == new
     with ctx.db.session() as s:
         assert runs.track(s, incident_id=incident) == 3
     with ctx.db.read() as s:
@@ -270,7 +262,8 @@ def test_rotate_ca_and_renew_track_devices_until_they_renew(ctx: AppContext) -> 
             response.close_incident(s, ADMIN, incident)
 
 
-def test_webhook_step_posts_the_incident(ctx: AppContext) -> None:
+def test_webhook_step_posts_the_incident(ctx: AppContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWARD_WEBHOOK_HOSTS", "127.0.0.1")
     got: list[dict[str, Any]] = []
 
     class Hook(BaseHTTPRequestHandler):
@@ -367,13 +360,7 @@ def test_the_tracker_contains_an_incident_once_devices_comply(ctx: AppContext) -
     try:
         assert tracker.run_once() == 0
         for d in ids:
-            with ctx.db.session() as s:
-                current = s.execute(
-                    select(CertificateRecord.der)
-                    .join(Device, Device.id == CertificateRecord.device_pk)
-                    .where(Device.device_id == d, CertificateRecord.status == "good")
-                ).scalar_one()
-                renewal.renew(s, ctx.pki, current=current, csr=csr_pem(key, d))
+            renew(ctx, key, d)
         assert tracker.run_once() == 2
     finally:
         tracker.stop()
@@ -515,7 +502,34 @@ def test_a_drill_cannot_take_an_alert_about_production_devices(ctx: AppContext) 
         assert response.open_incident(s, SEC, alert_id=alert_id).alert_id == alert_id
 
 
-def test_webhook_lines_do_not_leak_credentials_or_errors(ctx: AppContext) -> None:
+def test_webhooks_reach_only_the_hosts_the_installation_allows(
+    ctx: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert runs.webhook_allowed("https://hooks.example/x", {"hooks.example"})
+    assert runs.webhook_allowed("https://hooks.example:8443/x", {"hooks.example:8443"})
+    assert not runs.webhook_allowed("https://hooks.example:8443/x", {"hooks.example:443"})
+    assert not runs.webhook_allowed("http://169.254.169.254/latest", {"hooks.example"})
+    monkeypatch.setenv("FLEETWARD_WEBHOOK_HOSTS", "hooks.example")
+    enroll(ctx, ["wh-0"], batch=48)
+    with ctx.db.session() as s:
+        response.put_playbook(
+            s, SEC, "name: meta\ncohort: {batch: 48}\n"
+            "steps: [{action: webhook, url: 'http://169.254.169.254/latest/meta-data'}]",
+        )  # fmt: skip
+    incident = _incident(ctx)
+    run_id = _plan(ctx, SEC, incident, playbook="meta", environment="test")
+    effects = FakeEffects()
+    assert runs.execute_run(ctx, SEC, run_id, effects=effects).state == "done"
+    assert effects.hooks == []  # nothing was sent
+    with ctx.db.read() as s:
+        [line] = [e for e in response.timeline(s, SEC, incident) if e.kind == "step.webhook"]
+    assert line.summary.endswith("its host is not in FLEETWARD_WEBHOOK_HOSTS")
+
+
+def test_webhook_lines_do_not_leak_credentials_or_errors(
+    ctx: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETWARD_WEBHOOK_HOSTS", "hooks.example:8443")
     enroll(ctx, ["h-0"], batch=47)
     with ctx.db.session() as s:
         response.put_playbook(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -65,6 +65,7 @@ __all__ = [
     "start_run",
     "stragglers",
     "track",
+    "webhook_allowed",
 ]
 
 log = logging.getLogger("fleetward.response")
@@ -790,6 +791,18 @@ def _step_release(
     return None
 
 
+def webhook_allowed(url: str, hosts: Collection[str]) -> bool:
+    """Whether the installation lets webhooks reach ``url``'s host (an entry
+    ``host`` allows any port, ``host:port`` that port only)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    return bool(host) and (host in hosts or f"{host}:{port}" in hosts)
+
+
 def _redacted(url: str) -> str:
     """The URL without credentials, query or fragment (they may hold secrets)."""
     parts = urlsplit(url)
@@ -813,14 +826,17 @@ def _webhook(
         }
     url = str(step.args["url"])
     shown = _redacted(url)
-    try:
-        status = effects.webhook(url, payload)
-        ok = 200 <= status < 300
-        summary = f"notified {shown}: HTTP {status}"
-    except Exception:  # a notification never stops a containment
-        # Only "failed": the kind of network error would tell a reader which
-        # internal ports answer.
-        ok, summary = False, f"could not notify {shown}"
+    if not webhook_allowed(url, ctx.settings.webhook_hosts):
+        ok, summary = False, (f"did not notify {shown}: its host is not in FLEETWARD_WEBHOOK_HOSTS")
+    else:
+        try:
+            status = effects.webhook(url, payload)
+            ok = 200 <= status < 300
+            summary = f"notified {shown}: HTTP {status}"
+        except Exception:  # a notification never stops a containment
+            # Only "failed": the kind of network error would tell a reader
+            # which internal ports answer.
+            ok, summary = False, f"could not notify {shown}"
     with ctx.db.session() as s:
         incident = s.get_one(Incident, incident_id)
         log_event(
