@@ -11,6 +11,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -415,3 +416,32 @@ def test_cohort_revocation_cuts_every_live_connection(
     for c in clients:
         c.client.loop_stop()
     kept.close()
+
+
+@pytest.mark.broker
+def test_a_mosquitto_that_dies_is_restarted(broker: BrokerRuntime) -> None:
+    import socket
+
+    proc = broker.mosquitto.proc
+    assert proc is not None
+    proc.kill()
+    wait_for(
+        lambda: (
+            broker.restarts == 1
+            and broker.mosquitto.proc is not proc
+            and broker.mosquitto.proc is not None
+            and broker.mosquitto.proc.poll() is None
+        ),
+        timeout=10,
+        what="the supervisor to restart mosquitto",
+    )
+    wait_for(lambda: _listening(socket, broker.port), timeout=10, what="the device port")
+    wait_for(lambda: _listening(socket, broker.service_port), timeout=10, what="the service port")
+
+
+def _listening(socket: Any, port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True

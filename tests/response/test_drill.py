@@ -190,7 +190,7 @@ def test_a_compromised_issuing_ca_drill_rotates_and_every_device_renews(
             scenario="ca-compromise", confirm=spec.devices, effects=effects, timeout=60,
         )  # fmt: skip
         r = json.loads(report.report)
-        assert report.state == "passed", r
+        assert report.state == "passed", (r, broker.restarts, broker.mosquitto.log_lines[-5:])
         assert r["goal"] == "renewed" and report.affected == spec.devices
         assert r["stragglers"] == sorted(offline) and r["server_incident_state"] == "contained"
         with ctx.db.read() as s:

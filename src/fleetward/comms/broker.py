@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("fleetward.broker")
+SUPERVISE_EVERY_S = 0.5  # how soon an exited Mosquitto is restarted
 
 DEFAULT_MQTT_PORT = 8883
 DEFAULT_SERVICE_PORT = 8884
@@ -637,6 +638,8 @@ class BrokerRuntime:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watch: threading.Thread | None = None
+        self.restarts = 0  # times the supervisor brought Mosquitto back
         self.files = BrokerFiles(root)
         self.sync = BrokerSync(ctx, self.files)
         self.mosquitto = MosquittoProcess(self.files, on_handshake_refused=self.sync.note_refused)
@@ -659,10 +662,33 @@ class BrokerRuntime:
             daemon=True,
         )
         self._thread.start()
+        self._watch = threading.Thread(target=self._supervise, daemon=True, name="mosquitto")
+        self._watch.start()
+
+    def _supervise(self) -> None:
+        """Restart Mosquitto if it exits (devices reconnect with backoff; the
+        table and trust files are on disk), and say why it exited."""
+        while not self._stop.wait(SUPERVISE_EVERY_S):
+            proc = self.mosquitto.proc
+            if proc is None or proc.poll() is None:
+                continue
+            log.error(
+                "mosquitto exited (%s); restarting. Last lines: %s",
+                proc.returncode,
+                " | ".join(self.mosquitto.log_lines[-5:]),
+            )
+            self.restarts += 1
+            try:
+                self.mosquitto.stop()
+                self.mosquitto.start(port=self.port)
+            except BrokerError:
+                log.exception("mosquitto did not come back; trying again")
 
     def stop(self) -> None:
-        """Stop the loop and the broker."""
+        """Stop the loop, the supervisor and the broker."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._watch is not None:
+            self._watch.join(timeout=5)
         self.mosquitto.stop()
