@@ -578,3 +578,25 @@ def test_bulk_quarantine_touches_only_the_tenants_active_devices(ctx: AppContext
         audit.verify(s, public_key=None)
     with ctx.db.session() as s, pytest.raises(PermissionDeniedError):
         identity.quarantine_devices(s, AUDITOR, pks, reason="x")
+
+
+def test_cohort_quarantine_acts_on_the_devices_its_alert_names(ctx: AppContext) -> None:
+    enroll(ctx, ["al-0", "al-1"], batch=60)
+    enroll(ctx, ["al-x"], batch=61)
+    now = utcnow()
+    with ctx.db.session() as s:
+        response.install_standard(s, SEC)
+        alert = Alert(tenant_id=1, kind="boot-integrity-cohort", key="batch:60", severity="high",
+                      state="open", subject="batch 60", summary="2 of 2", evidence="{}",
+                      count=1, response="", first_seen=now, last_seen=now)  # fmt: skip
+        s.add(alert)
+        s.flush()
+        incident = response.open_incident(s, SEC, alert_id=alert.id).id
+        by_hand = response.open_incident(s, SEC, title="no alert").id
+    run_id = _plan(ctx, SEC, incident, playbook="cohort-quarantine", environment="test")
+    assert runs.execute_run(ctx, SEC, run_id, effects=FakeEffects()).state == "done"
+    assert _states(ctx, ["al-0", "al-1", "al-x"]) == {
+        "al-0": "quarantined", "al-1": "quarantined", "al-x": "active",
+    }  # fmt: skip
+    with pytest.raises(InvalidInputError, match="needs an incident opened from an alert"):
+        _plan(ctx, SEC, by_hand, playbook="cohort-quarantine", environment="test")

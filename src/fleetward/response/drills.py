@@ -275,8 +275,7 @@ def _drill(
         with ctx.db.session() as s:
             runs.approve_run(s, approver, run_id)
     with ctx.db.read() as s:
-        pk_to_id = _device_ids(s, radius["device_pks"])
-    affected = set(pk_to_id.values())
+        affected = set(runs.device_ids(s, radius["device_pks"]))
     before = {d["device_id"]: d for d in fleet.snapshot()}
     online = {d for d in affected if before.get(d, {}).get("connected")}
     offline = sorted(affected - online)
@@ -402,16 +401,6 @@ def _new_alert(ctx: AppContext, tenant_id: int, after: int, keys: set[str]) -> i
             )
         ).scalar()
     return int(found) if found is not None else None
-
-
-def _device_ids(session: Session, pks: list[int]) -> dict[int, str]:
-    out: dict[int, str] = {}
-    for start in range(0, len(pks), 5000):
-        rows = session.execute(
-            select(Device.id, Device.device_id).where(Device.id.in_(pks[start : start + 5000]))
-        ).all()
-        out.update((int(pk), str(d)) for pk, d in rows)
-    return out
 
 
 def _release_version(

@@ -135,6 +135,7 @@ class PlaybookSpec:
     steps: tuple[Mapping[str, Any], ...]
     approvals: int
     confirm_above: int
+    tenant: str | None = None  # a tenant the document names (it must be the one storing it)
 
     @property
     def destructive(self) -> bool:
@@ -256,6 +257,7 @@ def parse(source: str) -> PlaybookSpec:
         steps=tuple(dict(s) for s in steps),
         approvals=approvals,
         confirm_above=confirm_above,
+        tenant=doc.get("tenant"),
     )
     # Bind with placeholders so a malformed literal is refused when stored,
     # not when an incident is under way.

@@ -47,7 +47,7 @@ from fleetward.ota import service as releases
 from fleetward.ota.models import CampaignDevice
 from fleetward.response import playbook as pb
 from fleetward.response.models import Incident, IncidentDevice, Playbook, PlaybookRun
-from fleetward.response.service import get_incident, get_playbook, log_event
+from fleetward.response.service import alert_devices, get_incident, get_playbook, log_event
 from fleetward.store.db import utcnow
 from fleetward.telemetry.models import Event
 from fleetward.tenancy.models import Tenant
@@ -58,6 +58,7 @@ __all__ = [
     "BlastRadius",
     "Effects",
     "approve_run",
+    "device_ids",
     "dry_run",
     "execute_run",
     "get_run",
@@ -213,12 +214,7 @@ def _alert_filter(session: Session, stmt: Any, incident: Incident | None) -> Any
         raise InvalidInputError("cohort 'alert' needs an incident opened from an alert")
     alert = session.get(Alert, incident.alert_id)
     assert alert is not None
-    kind, _, value = alert.key.partition(":")
-    if kind == "device":
-        return stmt.where(Device.device_id == value)
-    if kind == "batch" and value.isdigit():
-        return stmt.where(Device.batch_id == int(value))
-    raise InvalidInputError(f"alert {alert.id} ({alert.key}) does not name a device cohort")
+    return stmt.where(Device.id.in_(alert_devices(alert)))
 
 
 def _online(session: Session, pks: list[int], now: dt.datetime) -> set[int]:
@@ -630,15 +626,15 @@ def _finish(ctx: AppContext, run_id: int, state: str, outcome: str) -> None:
         )  # fmt: skip
 
 
-def _ids(session: Session, pks: list[int]) -> list[str]:
-    out: list[str] = []
+def device_ids(session: Session, pks: list[int]) -> list[str]:
+    """The device ids of ``pks``, in the same order."""
+    by_pk: dict[int, str] = {}
     for start in range(0, len(pks), 5000):
-        out.extend(
-            session.execute(
-                select(Device.device_id).where(Device.id.in_(pks[start : start + 5000]))
-            ).scalars()
-        )
-    return out
+        rows = session.execute(
+            select(Device.id, Device.device_id).where(Device.id.in_(pks[start : start + 5000]))
+        ).all()
+        by_pk.update((int(pk), str(d)) for pk, d in rows)
+    return [by_pk[pk] for pk in pks]
 
 
 def _step_quarantine(
@@ -661,7 +657,7 @@ def _step_revoke(
 ) -> _After:  # fmt: skip
     who = _executor(s, run)
     revoked = identity.revoke_devices(
-        s, who, _ids(s, pks), reason=str(step.args.get("reason", "unspecified"))
+        s, who, device_ids(s, pks), reason=str(step.args.get("reason", "unspecified"))
     )
     _logged(
         s, run, index, step, f"revoked {len(revoked)} device(s) and their certificates",
@@ -726,7 +722,7 @@ def _step_renew(
         ).all():
             held[int(pk)] = str(serial)
     _pending(s, run, index, pks, online, f"ca:{ca.id}", held=held)
-    targets = [d for pk, d in zip(pks, _ids_in_order(s, pks), strict=True) if pk in online]
+    targets = [d for pk, d in zip(pks, device_ids(s, pks), strict=True) if pk in online]
     _logged(
         s, run, index, step,
         f"asking {len(targets)} online device(s) to renew under CA {ca.id}; "
@@ -744,16 +740,6 @@ def _step_renew(
                 return
 
     return send
-
-
-def _ids_in_order(session: Session, pks: list[int]) -> list[str]:
-    by_pk: dict[int, str] = {}
-    for start in range(0, len(pks), 5000):
-        rows = session.execute(
-            select(Device.id, Device.device_id).where(Device.id.in_(pks[start : start + 5000]))
-        ).all()
-        by_pk.update((int(pk), str(d)) for pk, d in rows)
-    return [by_pk[pk] for pk in pks]
 
 
 def _step_release(

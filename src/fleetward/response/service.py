@@ -13,7 +13,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from fleetward.audit import service as audit
@@ -39,6 +39,7 @@ from fleetward.tenancy.roles import Permission, Principal, require
 
 __all__ = [
     "SEVERITIES",
+    "alert_devices",
     "close_incident",
     "get_incident",
     "get_playbook",
@@ -72,7 +73,7 @@ def put_playbook(
     """
     require(principal, Permission.INCIDENT_MANAGE)
     spec = pb.parse(source)
-    tenant = _tenant_field(source)
+    tenant = spec.tenant
     if tenant is not None and tenant != principal.tenant_name:
         raise PermissionDeniedError(
             f"playbook names tenant {tenant!r}; it can only be stored by, and act on, "
@@ -104,14 +105,6 @@ def put_playbook(
         now=now,
     )
     return row
-
-
-def _tenant_field(source: str) -> str | None:
-    import yaml
-
-    doc = yaml.safe_load(source)
-    value = doc.get("tenant") if isinstance(doc, dict) else None
-    return str(value) if value is not None else None
 
 
 def get_playbook(
@@ -273,17 +266,31 @@ def open_incident(
     return incident
 
 
-def _alert_is_about_drill_devices(session: Session, alert: Alert) -> None:
-    """A drill may take only an alert about drill devices (a real alert
-    must stay free for a real incident)."""
+def alert_devices(alert: Alert) -> Select[int]:
+    """The devices an alert names (its key ``device:<id>`` or ``batch:<id>``),
+    as a query of device primary keys.
+
+    Raises:
+        InvalidInputError: the alert names no cohort of devices.
+    """
     kind, _, value = alert.key.partition(":")
     devices = select(Device.id).where(Device.tenant_id == alert.tenant_id)
     if kind == "device":
-        devices = devices.where(Device.device_id == value)
-    elif kind == "batch" and value.isdigit():
-        devices = devices.where(Device.batch_id == int(value))
-    else:
-        raise PermissionDeniedError(f"alert {alert.id} ({alert.key}) is not about drill devices")
+        return devices.where(Device.device_id == value)
+    if kind == "batch" and value.isdigit():
+        return devices.where(Device.batch_id == int(value))
+    raise InvalidInputError(f"alert {alert.id} ({alert.key}) does not name a device cohort")
+
+
+def _alert_is_about_drill_devices(session: Session, alert: Alert) -> None:
+    """A drill may take only an alert about drill devices (a real alert
+    must stay free for a real incident)."""
+    try:
+        devices = alert_devices(alert)
+    except InvalidInputError as exc:
+        raise PermissionDeniedError(
+            f"alert {alert.id} ({alert.key}) is not about drill devices"
+        ) from exc
     outside = session.execute(
         select(func.count())
         .select_from(CertificateRecord)
