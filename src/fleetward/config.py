@@ -2,20 +2,25 @@
 
 Settings come from, in order: explicit arguments, environment variables
 (``FLEETWARD_HOME``, ``FLEETWARD_DATABASE_URL``, ``FLEETWARD_PUBLIC_URL``,
-``FLEETWARD_KEY_PASSPHRASE``), then ``settings.json`` in the home directory,
-then built-in defaults. The home directory holds the SQLite database, the
-encrypted CA key files and the audit checkpoint key.
+``FLEETWARD_KEY_PASSPHRASE``, ``FLEETWARD_TRUSTED_PROXIES``), then
+``settings.json`` in the home directory, then built-in defaults. The home
+directory holds the SQLite database, the encrypted CA key files and the audit
+checkpoint key; it is 0700 and its files 0600 (see ``fleetward._files``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEFAULT_PORT", "Settings", "default_home"]
+from fleetward._files import private_dir, write_private
+from fleetward.errors import InvalidInputError
+
+__all__ = ["DEFAULT_PORT", "Settings", "default_home", "parse_trusted_proxies"]
 
 DEFAULT_PORT = 8400
 
@@ -26,6 +31,33 @@ def default_home() -> Path:
     return Path(env) if env else Path.home() / ".fleetward"
 
 
+def parse_trusted_proxies(raw: str) -> tuple[str, ...]:
+    """Parse ``FLEETWARD_TRUSTED_PROXIES``: comma-separated addresses or CIDRs.
+
+    Every entry must be an IP address or a network with no host bits set:
+    uvicorn would quietly treat a typo as a literal that never matches, and
+    ``*`` (trust every peer) is refused because it gives any client the power
+    to choose the source address recorded for it.
+
+    Raises:
+        InvalidInputError: an entry is not an address or a network.
+    """
+    out: list[str] = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        try:
+            if "/" in entry:
+                out.append(str(ipaddress.ip_network(entry, strict=True)))
+            else:
+                out.append(str(ipaddress.ip_address(entry)))
+        except ValueError:
+            raise InvalidInputError(
+                f"FLEETWARD_TRUSTED_PROXIES: {entry[:60]!r} is not an IP address or network"
+            ) from None
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings of one fleetward installation."""
@@ -33,6 +65,9 @@ class Settings:
     home: Path
     database_url: str
     public_url: str
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed; none by
+    # default, so a client cannot choose the source address recorded for it.
+    trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, home: Path | None = None) -> Settings:
@@ -52,7 +87,13 @@ class Settings:
             or stored.get("public_url")
             or f"http://127.0.0.1:{DEFAULT_PORT}"
         )
-        return cls(home=home, database_url=db, public_url=public.rstrip("/"))
+        proxies = parse_trusted_proxies(os.environ.get("FLEETWARD_TRUSTED_PROXIES", ""))
+        return cls(
+            home=home,
+            database_url=db,
+            public_url=public.rstrip("/"),
+            trusted_proxies=proxies,
+        )
 
     @property
     def webhook_hosts(self) -> frozenset[str]:
@@ -78,10 +119,10 @@ class Settings:
         return self.keys_dir / "audit-checkpoint.pub.pem"
 
     def save(self) -> None:
-        """Write the non-secret settings to ``settings.json``."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        """Write the non-secret settings to ``settings.json`` (home 0700, file 0600)."""
+        private_dir(self.home)
         data = {"database_url": self.database_url, "public_url": self.public_url}
-        (self.home / "settings.json").write_text(json.dumps(data, indent=2) + "\n")
+        write_private(self.home / "settings.json", (json.dumps(data, indent=2) + "\n").encode())
 
     def key_passphrase(self) -> bytes:
         """The passphrase that encrypts file keys.
@@ -96,7 +137,7 @@ class Settings:
             return env.encode()
         path = self.keys_dir / ".passphrase"
         if not path.exists():
-            self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.keys_dir)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(32))

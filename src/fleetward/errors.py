@@ -11,6 +11,7 @@ Every error raised on purpose by fleetward code derives from
     │   └── PayloadTooLargeError   413  input over a named limit
     ├── AuthenticationError        401  missing, wrong, expired or revoked credential
     ├── PermissionDeniedError      403  authenticated, but the role does not allow it
+    │   └── OutOfScopeError        403  the token's environment or factory does not reach it
     ├── NotFoundError              404  unknown id, or another tenant's id
     ├── ConflictError              409  state does not allow the change
     └── VerificationError          422  a security check failed
@@ -33,6 +34,7 @@ __all__ = [
     "FleetwardError",
     "InvalidInputError",
     "NotFoundError",
+    "OutOfScopeError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "SignatureError",
@@ -82,6 +84,14 @@ class PermissionDeniedError(FleetwardError):
     status = 403
     title = "Permission denied"
     slug = "forbidden"
+
+
+class OutOfScopeError(PermissionDeniedError):
+    """The role allows the action, but not on this target: the token's
+    environment or factory scope does not reach it."""
+
+    title = "Out of scope"
+    slug = "out-of-scope"
 
 
 class NotFoundError(FleetwardError):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from fleetward._files import private_dir, write_private
 from fleetward.api.context import AppContext
 from fleetward.config import Settings
 from fleetward.errors import ConflictError
@@ -37,15 +38,18 @@ def initialise(
     """
     if (settings.home / "settings.json").exists():
         raise ConflictError(f"{settings.home} is already initialised")
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    settings.keys_dir.mkdir(exist_ok=True, mode=0o700)
+    # An existing directory (made by hand, or by an installer) is narrowed to
+    # 0700 whatever its mode was; see fleetward._files for the rules.
+    private_dir(settings.home)
+    private_dir(settings.keys_dir)
     context = AppContext.from_settings(settings)
     context.db.migrate()
     signer = generate_file_signer(
         settings.checkpoint_key_path, passphrase=settings.key_passphrase()
     )
-    settings.checkpoint_public_key_path.write_bytes(
-        signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    write_private(
+        settings.checkpoint_public_key_path,
+        signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo),
     )
     with context.db.session() as s:
         tenant = tenancy.create_tenant(s, name="default", actor=actor)

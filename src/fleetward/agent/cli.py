@@ -67,11 +67,26 @@ def renew_cmd(
     token_label: str | None = TOKEN_LABEL,
     pin: str | None = PIN,
     within_days: float = typer.Option(30.0, help="renew when the certificate expires within"),
+    new_key: bool = typer.Option(
+        False, "--new-key", help="move to a new identity key (the current key signs the proof)"
+    ),
+    secure_element: Path | None = typer.Option(
+        None, help="simulated secure-element vendor directory: attest the new key with a chip"
+    ),
 ) -> None:
-    """Renew the certificate if it expires soon (proof: a CSR from the same key)."""
+    """Renew the certificate if it expires soon (proof: a CSR from the same key, or,
+    with ``--new-key``, the current key's signature and the chip's attestation)."""
     store = keystore_for(keystore, directory, token_label, pin)
+    chip = SimulatedVendor.open(secure_element).chip(device_id) if secure_element else None
     with Server(server) as srv:
-        done = renew(srv, store, directory / device_id, within=dt.timedelta(days=within_days))
+        done = renew(
+            srv,
+            store,
+            directory / device_id,
+            within=dt.timedelta(days=within_days),
+            new_key=new_key,
+            chip=chip,
+        )
     console.print("renewed" if done else "certificate is not due for renewal")
 
 

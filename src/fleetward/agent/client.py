@@ -6,7 +6,11 @@ an attestation statement over a server nonce, and enrolls in its batch. The
 result is kept in the device's directory (``identity.json``, ``cert.pem``,
 ``ca.pem``); the private key stays in the keystore. Renewal proves
 possession with a CSR from the same key and replaces the certificate only
-once the new one is saved.
+once the new one is saved. A renewal onto a new key (``new_key``) also
+sends the current key's proof and, when the key lives in a secure element,
+the chip's attestation of the new key with the nonce bound to the CSR
+(:func:`fleetward.identity.renewal.renewal_attestation_nonce`): production
+refuses a new key without one.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import base64
 import datetime as dt
 import json
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +27,12 @@ from typing import Any
 
 import httpx
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetward.agent.keystore import Keystore, make_csr
 from fleetward.agent.secure_element import SecureElement
 from fleetward.errors import FleetwardError, InvalidInputError
+from fleetward.identity.renewal import renewal_attestation_nonce, renewal_proof_message
 from fleetward.keys import Signer
 
 __all__ = [
@@ -116,15 +123,21 @@ class Server:
         """An issuing CA certificate."""
         return str(self._call("GET", f"/ca/{ca_id}.crt"))
 
-    def renew(self, certificate_pem: str, csr_pem: bytes) -> dict[str, Any]:
-        """Renew with the same key."""
-        return dict(
-            self._call(
-                "POST",
-                "/api/v1/renew",
-                json={"certificate": certificate_pem, "csr": csr_pem.decode()},
-            )
-        )
+    def renew(
+        self,
+        certificate_pem: str,
+        csr_pem: bytes,
+        *,
+        proof: bytes | None = None,
+        attestation: dict[str, object] | None = None,
+    ) -> dict[str, Any]:
+        """Renew: with the same key, or a new one with ``proof`` (and ``attestation``)."""
+        body: dict[str, Any] = {"certificate": certificate_pem, "csr": csr_pem.decode()}
+        if proof is not None:
+            body["proof"] = base64.b64encode(proof).decode()
+        if attestation is not None:
+            body["attestation"] = attestation
+        return dict(self._call("POST", "/api/v1/renew", json=body))
 
     def batch(self, batch_id: int) -> dict[str, Any]:
         """A batch the token can see."""
@@ -261,8 +274,18 @@ def renew(
     *,
     within: dt.timedelta,
     now: dt.datetime | None = None,
+    new_key: bool = False,
+    chip: SecureElement | None = None,
 ) -> bool:
-    """Renew the certificate if it expires within ``within``; whether it did."""
+    """Renew the certificate if it expires within ``within``; whether it did.
+
+    Args:
+        new_key: move to a new identity key, generated in ``keystore``; the
+            current key signs the proof. The old key is left in the keystore
+            (its certificate stays valid until it expires or is revoked).
+        chip: the secure element holding the new key; it attests the new key
+            for this renewal. Ignored with the same key, whose origin is kept.
+    """
     identity = load_identity(directory)
     cert_pem = (directory / "cert.pem").read_text()
     cert = x509.load_pem_x509_certificate(cert_pem.encode())
@@ -270,7 +293,30 @@ def renew(
     if cert.not_valid_after_utc - now > within:
         return False
     signer = keystore.open(identity["key_uri"])
-    answer = server.renew(cert_pem, make_csr(signer, identity["device_id"]))
+    if not new_key:
+        answer = server.renew(cert_pem, make_csr(signer, identity["device_id"]))
+    else:
+        # A fresh name: the keystore refuses to overwrite, and the current key
+        # must survive until the new certificate is saved.
+        fresh = keystore.generate(f"{identity['device_id']}.{secrets.token_hex(4)}")
+        csr_pem = make_csr(fresh, identity["device_id"])
+        csr_der = x509.load_pem_x509_csr(csr_pem).public_bytes(Encoding.DER)
+        statement = (
+            chip.statement(
+                nonce=renewal_attestation_nonce(csr_der), identity_public_key=fresh.public_key()
+            )
+            if chip is not None
+            else None
+        )
+        answer = server.renew(
+            cert_pem,
+            csr_pem,
+            proof=signer.sign(renewal_proof_message(csr_der)),
+            attestation=statement,
+        )
+        identity["key_uri"] = fresh.uri
     identity["serial"] = answer["serial"]
+    if answer.get("key_origin") is not None:
+        identity["key_origin"] = answer["key_origin"]
     _save(directory, identity, answer["certificate"], (directory / "ca.pem").read_text())
     return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -14,8 +14,10 @@ from fleetward.audit import service as audit
 from fleetward.config import Settings
 from fleetward.errors import FleetwardError
 from fleetward.identity.pki import Pki
+from fleetward.identity.renewal import KeyAttester
 from fleetward.keys import Signer
 from fleetward.keys.ring import KeyRing
+from fleetward.provisioning.renewal import verify_renewal_attestation
 from fleetward.store import Database
 from fleetward.tenancy.roles import Principal
 
@@ -29,6 +31,10 @@ class AppContext:
     settings: Settings
     db: Database
     pki: Pki
+    # Verifies key attestation statements sent with renewals. Identity may not
+    # import provisioning (which owns the statement format and vendor roots),
+    # so the two are joined here.
+    key_attester: KeyAttester = field(default=verify_renewal_attestation)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppContext:

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from fleetward.api.context import AppContext
 from fleetward.audit import service as audit
 from fleetward.errors import AuthenticationError
+from fleetward.tenancy import scope
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
 
-__all__ = ["Ctx", "Operator", "bearer_or_basic", "get_ctx", "get_principal"]
+__all__ = [
+    "Allow",
+    "Authorize",
+    "Ctx",
+    "bearer_or_basic",
+    "get_ctx",
+    "get_principal",
+]
 
 
 def get_ctx(request: Request) -> AppContext:
@@ -80,5 +88,28 @@ async def get_principal(
     return authenticate(ctx, bearer_or_basic(request), path=request.url.path)
 
 
+class Authorize:
+    """The dependency an operator route declares: who the caller is, and
+    that :func:`fleetward.tenancy.scope.decide` lets it perform ``action`` at
+    all (role, factory binding, tenant-wide reach). Services then check the
+    action against the objects it touches. The route table test reads
+    ``action`` off every route, so a route without one fails it.
+    """
+
+    def __init__(self, action: scope.Action) -> None:
+        self.action = action
+
+    async def __call__(
+        self, request: Request, ctx: Annotated[AppContext, Depends(get_ctx)]
+    ) -> Principal:
+        who = authenticate(ctx, bearer_or_basic(request), path=request.url.path)
+        scope.authorize(who, self.action)
+        return who
+
+
+def Allow(action: scope.Action) -> Any:  # noqa: N802 - reads as a type annotation
+    """``who: Annotated[Principal, Allow(scope.DEVICE_READ)]`` on an operator route."""
+    return Depends(Authorize(action))
+
+
 Ctx = Annotated[AppContext, Depends(get_ctx)]
-Operator = Annotated[Principal, Depends(get_principal)]

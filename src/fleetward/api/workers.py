@@ -5,6 +5,9 @@ connections to whichever worker wakes first: with long-lived keep-alive
 clients one worker ended up with 14 of 16 connections (measured), the other
 core idle. Here every worker binds its own socket with ``SO_REUSEPORT``, so
 the kernel spreads connections across workers by their address hash.
+
+:func:`proxy_options` is how every API process (one or several) treats
+``X-Forwarded-For``: believed only from ``FLEETWARD_TRUSTED_PROXIES``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import multiprocessing
 import signal
 import socket
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -20,7 +24,22 @@ from fleetward.api.app import create_app
 from fleetward.api.context import AppContext
 from fleetward.config import Settings
 
-__all__ = ["serve_workers"]
+__all__ = ["proxy_options", "serve_workers"]
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy-header options for ``settings``.
+
+    uvicorn believes ``X-Forwarded-For`` from 127.0.0.1 by default, so any
+    local process (or a same-host reverse proxy passing the header through)
+    could choose the source address recorded for an enrollment. Here the
+    headers count only when the peer is one of ``settings.trusted_proxies``,
+    and with none configured the middleware is off.
+    """
+    trusted = list(settings.trusted_proxies)
+    # An explicit list (even empty) also keeps uvicorn from reading
+    # FORWARDED_ALLOW_IPS from the environment.
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted}
 
 
 def _worker(
@@ -38,7 +57,8 @@ def _worker(
         checkpoint_interval=checkpoint_interval,
         isolate_publisher=True,
     )
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    config = uvicorn.Config(app, log_level="warning", **proxy_options(settings))
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def serve_workers(

@@ -43,17 +43,20 @@ MAX_OUTSTANDING = 8  # unexpired, unused nonces per device
 
 
 def _device(session: Session, tenant: str, device_id: str) -> tuple[int, Device]:
-    tenant_id = session.execute(select(Tenant.id).where(Tenant.name == tenant)).scalar_one_or_none()
-    device = (
-        session.execute(
-            select(Device).where(Device.tenant_id == tenant_id, Device.device_id == device_id)
-        ).scalar_one_or_none()
-        if tenant_id is not None
-        else None
-    )
-    if tenant_id is None or device is None:
+    """The device named in a public attestation URL.
+
+    One query for the tenant and the device together, so an unknown tenant
+    and a known tenant without the device cost the same and answer the
+    same 404: these public routes do not tell which tenant names exist.
+    """
+    device = session.execute(
+        select(Device)
+        .join(Tenant, Tenant.id == Device.tenant_id)
+        .where(Tenant.name == tenant, Device.device_id == device_id)
+    ).scalar_one_or_none()
+    if device is None:
         raise NotFoundError("no such device")
-    return int(tenant_id), device
+    return device.tenant_id, device
 
 
 def issue_nonce(

@@ -18,7 +18,14 @@ from typing import Any
 
 from fleetward.errors import AuditChainError
 
-__all__ = ["GENESIS", "EntryFields", "canonical_details", "entry_hash", "verify_chain"]
+__all__ = [
+    "GENESIS",
+    "EntryFields",
+    "canonical_details",
+    "entry_hash",
+    "verify_chain",
+    "verify_rows",
+]
 
 GENESIS = "0" * 64
 
@@ -67,6 +74,20 @@ def verify_chain(
 ) -> Iterator[str]:
     """Check rows (in ``seq`` order) and yield each verified hash.
 
+    As :func:`verify_rows`, yielding only the hashes.
+    """
+    for _, stored in verify_rows(rows, start_seq=start_seq, start_hash=start_hash):
+        yield stored
+
+
+def verify_rows(
+    rows: Iterable[tuple[EntryFields, str]], *, start_seq: int = 1, start_hash: str = GENESIS
+) -> Iterator[tuple[EntryFields, str]]:
+    """Check rows (in ``seq`` order) and yield each verified ``(fields, hash)``.
+
+    A row is yielded only once it is checked, and before the next row is
+    read, so a caller sees exactly the prefix that verified.
+
     Args:
         rows: ``(fields, stored_hash)`` pairs ordered by sequence number.
         start_seq: sequence number the first row must carry.
@@ -95,4 +116,4 @@ def verify_chain(
             )
         prev = stored
         expected_seq += 1
-        yield stored
+        yield fields, stored

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field
 
-from fleetward.api.deps import Ctx, Operator
+from fleetward.api.deps import Allow, Ctx
 from fleetward.audit import service
 from fleetward.audit.models import AuditEntry
-from fleetward.errors import NotFoundError
-from fleetward.tenancy.roles import Permission, require
+from fleetward.tenancy import scope
+from fleetward.tenancy.roles import Permission, Principal, require
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+
+MAX_SEQ = 2**63 - 1  # sequence numbers are BIGINT: a larger one is refused, not a 500
 
 
 class EntryOut(BaseModel):
@@ -46,17 +48,22 @@ class EntryOut(BaseModel):
 
 
 class VerifyOut(BaseModel):
-    """Result of a full verification."""
+    """The caller's tenant's view of a full verification (see
+    :func:`fleetward.audit.service.verify_tenant` for what it proves)."""
 
     ok: bool
-    entries: int
-    checkpoints: int
-    head_hash: str
+    entries: int = Field(description="the tenant's entries in the verified log")
+    checkpointed: int = Field(description="of them, those a verified signed checkpoint covers")
+    head_seq: int | None = Field(description="the tenant's newest entry")
+    head_hash: str | None = Field(description="its hash")
 
 
 @router.get("", response_model=list[EntryOut])
 def list_entries(
-    ctx: Ctx, who: Operator, after: int = 0, limit: int = Query(default=100, ge=1, le=1000)
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.AUDIT_READ)],
+    after: int = Query(default=0, ge=0, le=MAX_SEQ),
+    limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[EntryOut]:
     """The tenant's audit entries after ``after``."""
     require(who, Permission.AUDIT_READ)
@@ -68,22 +75,33 @@ def list_entries(
 
 
 @router.get("/verify", response_model=VerifyOut)
-def verify(ctx: Ctx, who: Operator) -> VerifyOut:
-    """Verify the whole chain and every checkpoint (problem 422 if broken)."""
+def verify(ctx: Ctx, who: Annotated[Principal, Allow(scope.AUDIT_READ)]) -> VerifyOut:
+    """Verify the whole chain and every checkpoint; report the tenant's entries.
+
+    Problem 422 (with ``seq``, the tenant's first unproven entry) if the log
+    is broken where it can hide a change to them.
+    """
     require(who, Permission.AUDIT_READ)
     with ctx.db.read() as s:
-        report = service.verify(s, public_key=ctx.checkpoint_public_key())
+        report = service.verify_tenant(
+            s, tenant_id=who.tenant_id, public_key=ctx.checkpoint_public_key()
+        )
     return VerifyOut(
-        ok=True, entries=report.entries, checkpoints=report.checkpoints, head_hash=report.head_hash
+        ok=True,
+        entries=report.entries,
+        checkpointed=report.checkpointed,
+        head_seq=report.head_seq,
+        head_hash=report.head_hash,
     )
 
 
 @router.get("/proof/{seq}")
-def proof(seq: int, ctx: Ctx, who: Operator) -> dict[str, Any]:
+def proof(
+    seq: Annotated[int, Path(ge=1, le=MAX_SEQ)],
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.AUDIT_READ)],
+) -> dict[str, Any]:
     """Inclusion proof of one of the tenant's entries in the newest checkpoint."""
     require(who, Permission.AUDIT_READ)
     with ctx.db.read() as s:
-        entry = s.get(AuditEntry, seq)
-        if entry is None or entry.tenant_id != who.tenant_id:
-            raise NotFoundError(f"audit entry {seq} not found")
-        return service.inclusion_proof(s, seq=seq)
+        return service.inclusion_proof(s, seq=seq, tenant_id=who.tenant_id)

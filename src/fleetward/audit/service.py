@@ -21,11 +21,18 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from fleetward.audit import merkle
-from fleetward.audit.chain import GENESIS, EntryFields, canonical_details, entry_hash, verify_chain
+from fleetward.audit.chain import (
+    GENESIS,
+    EntryFields,
+    canonical_details,
+    entry_hash,
+    verify_chain,
+    verify_rows,
+)
 from fleetward.audit.models import AuditCheckpoint, AuditEntry, AuditHead
 from fleetward.errors import AuditChainError, NotFoundError, SignatureError
 from fleetward.keys import Signer, verify_signature
@@ -33,6 +40,7 @@ from fleetward.store import Database, utcnow
 
 __all__ = [
     "Event",
+    "TenantVerifyReport",
     "VerifyReport",
     "append",
     "append_many",
@@ -43,6 +51,7 @@ __all__ = [
     "record_refusal",
     "verify",
     "verify_proof",
+    "verify_tenant",
 ]
 
 
@@ -280,15 +289,95 @@ def _verify_checkpoint(cp: AuditCheckpoint, public_key: PublicKeyTypes) -> None:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """What ``verify`` checked."""
+    """What ``verify`` checked (the whole installation's log)."""
 
     entries: int
     head_hash: str
     checkpoints: int
 
 
+@dataclass(frozen=True)
+class TenantVerifyReport:
+    """What ``verify_tenant`` established about one tenant's entries.
+
+    Only the tenant's own entries are counted or named: nothing here tells
+    how many entries other tenants have.
+    """
+
+    entries: int  # the tenant's entries in the verified log
+    checkpointed: int  # of them, those a verified signed checkpoint covers
+    head_seq: int | None  # the tenant's newest entry (None: it has none)
+    head_hash: str | None
+
+
+@dataclass
+class _Progress:
+    """How far one pass over the log got; still readable after it raised."""
+
+    size: int = 0  # entries verified (sequence, link, hash)
+    head_hash: str = GENESIS
+    anchored: int = 0  # tree size of the last checkpoint that matched the log
+    checkpoints: int = 0  # checkpoints matched
+
+
+def _walk(
+    session: Session, *, public_key: PublicKeyTypes | None, progress: _Progress
+) -> Iterator[EntryFields]:
+    """Verify the whole log and yield each entry once it verified.
+
+    Every entry's sequence number, link and hash are checked; each
+    checkpoint's signature when the walk reaches its tree size, then its
+    Merkle root and head hash against the entries so far (``progress`` is
+    updated before the entry that completes a checkpoint is yielded); at the
+    end, that no checkpoint covers more entries than the log holds and that
+    the head row matches the last entry.
+
+    Raises:
+        AuditChainError: naming the first bad entry or checkpoint.
+    """
+    pending = list(
+        session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size)).scalars()
+    )
+    acc = merkle.CompactRange()
+    for fields, digest in verify_rows(_iter_fields(session)):
+        acc.append(bytes.fromhex(digest))
+        progress.size, progress.head_hash = acc.size, digest
+        while pending and pending[0].tree_size == acc.size:
+            cp = pending.pop(0)
+            if public_key is not None:
+                _verify_checkpoint(cp, public_key)
+            if acc.root().hex() != cp.root_hash or cp.head_hash != digest:
+                raise AuditChainError(
+                    f"audit entries 1..{cp.tree_size} do not match checkpoint {cp.id}: "
+                    "an entry was rewritten",
+                    seq=cp.tree_size,
+                )
+            progress.anchored = acc.size
+            progress.checkpoints += 1
+        yield fields
+    if pending:
+        cp = pending[0]
+        if public_key is not None:
+            _verify_checkpoint(cp, public_key)
+        raise AuditChainError(
+            f"audit entry {acc.size + 1} is missing: checkpoint {cp.id} covers "
+            f"{cp.tree_size} entries, the log has {acc.size}",
+            seq=acc.size + 1,
+        )
+    head = session.get(AuditHead, 1)
+    if head is not None and (head.seq != acc.size or head.hash != progress.head_hash):
+        raise AuditChainError(
+            f"audit entry {acc.size + 1} is missing: the chain head records "
+            f"{head.seq} entries, the log has {acc.size}",
+            seq=acc.size + 1,
+        )
+
+
 def verify(session: Session, *, public_key: PublicKeyTypes | None) -> VerifyReport:
     """Verify the whole chain, the head row and every checkpoint.
+
+    The installation-wide check (``fleetward audit verify``, the local
+    administrator). An API caller gets :func:`verify_tenant` instead.
 
     Args:
         session: a read session.
@@ -298,51 +387,97 @@ def verify(session: Session, *, public_key: PublicKeyTypes | None) -> VerifyRepo
     Raises:
         AuditChainError: naming the first bad entry or checkpoint.
     """
-    cps = list(
-        session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size)).scalars()
+    progress = _Progress()
+    for _ in _walk(session, public_key=public_key, progress=progress):
+        pass
+    return VerifyReport(
+        entries=progress.size, head_hash=progress.head_hash, checkpoints=progress.checkpoints
     )
-    if public_key is not None:
-        for cp in cps:
-            _verify_checkpoint(cp, public_key)
-    pending = list(cps)
-    acc = merkle.CompactRange()
-    head_hash = GENESIS
-    for digest in verify_chain(_iter_fields(session)):
-        acc.append(bytes.fromhex(digest))
-        head_hash = digest
-        while pending and pending[0].tree_size == acc.size:
-            cp = pending.pop(0)
-            if acc.root().hex() != cp.root_hash or cp.head_hash != digest:
-                raise AuditChainError(
-                    f"audit entries 1..{cp.tree_size} do not match checkpoint {cp.id}: "
-                    "an entry was rewritten",
-                    seq=cp.tree_size,
-                )
-    if pending:
-        cp = pending[0]
-        raise AuditChainError(
-            f"audit entry {acc.size + 1} is missing: checkpoint {cp.id} covers "
-            f"{cp.tree_size} entries, the log has {acc.size}",
-            seq=acc.size + 1,
-        )
-    head = session.get(AuditHead, 1)
-    if head is not None and (head.seq != acc.size or head.hash != head_hash):
-        raise AuditChainError(
-            f"audit entry {acc.size + 1} is missing: the chain head records "
-            f"{head.seq} entries, the log has {acc.size}",
-            seq=acc.size + 1,
-        )
-    return VerifyReport(entries=acc.size, head_hash=head_hash, checkpoints=len(cps))
 
 
-def inclusion_proof(session: Session, *, seq: int) -> dict[str, Any]:
-    """Proof that entry ``seq`` is in the newest checkpoint that covers it.
+def verify_tenant(
+    session: Session, *, tenant_id: int, public_key: PublicKeyTypes | None
+) -> TenantVerifyReport:
+    """Verify the log as one tenant may see it: the tenant's entries only.
+
+    The hash chain and the checkpoints span the whole installation (other
+    tenants' entries are links in the chain), so the whole log is walked
+    exactly as :func:`verify` does; only what is reported is the tenant's.
+
+    What a success proves: every entry chains from the genesis hash with a
+    correct hash, every checkpoint's signature verifies and its Merkle root
+    and head hash match the log, and the head row matches the last entry.
+    So the tenant's ``checkpointed`` entries are exactly what was in the log
+    when the newest checkpoint covering them was signed (none edited,
+    deleted, inserted or reordered since), and its later entries are
+    consistent with the chain head; those are vouched for by the database
+    alone until the next checkpoint covers them.
+
+    What a failure names: an attacker who rewrites an entry and recomputes
+    the later hashes moves the visible break forward, to a later entry or to
+    the next checkpoint, and a removed entry may have been the tenant's. So
+    after a break nothing past the last checkpoint that matched is proven:
+    the error names the tenant's first entry after it (``seq``), or no entry
+    when the tenant has none there (its later entries may be missing). The
+    detail never names another tenant's entry or the size of the log.
 
     Raises:
-        NotFoundError: no such entry, or no checkpoint covers it yet.
+        AuditChainError: the log is broken where it can hide a change to
+            the tenant's entries.
+    """
+    progress = _Progress()
+    entries = checkpointed = 0
+    head: tuple[int, str] | None = None
+    try:
+        for fields in _walk(session, public_key=public_key, progress=progress):
+            if fields.tenant_id == tenant_id:
+                entries += 1
+                head = (fields.seq, progress.head_hash)
+            if progress.anchored == fields.seq:
+                checkpointed = entries
+    except AuditChainError as exc:
+        first = session.execute(
+            select(func.min(AuditEntry.seq)).where(
+                AuditEntry.tenant_id == tenant_id, AuditEntry.seq > progress.anchored
+            )
+        ).scalar()
+        where = (
+            "after the newest signed checkpoint that verifies"
+            if progress.anchored
+            else "and no signed checkpoint before the break verifies"
+        )
+        if first is None:
+            raise AuditChainError(
+                f"the audit log is broken {where}: this tenant's {checkpointed} checkpointed "
+                "entries are proven, later entries of this tenant may be missing"
+            ) from exc
+        raise AuditChainError(
+            f"the audit log is broken {where}: this tenant's entries from {first} on are "
+            f"not proven ({checkpointed} earlier ones are)",
+            seq=int(first),
+        ) from exc
+    return TenantVerifyReport(
+        entries=entries,
+        checkpointed=checkpointed,
+        head_seq=head[0] if head else None,
+        head_hash=head[1] if head else None,
+    )
+
+
+def inclusion_proof(session: Session, *, seq: int, tenant_id: int | None = None) -> dict[str, Any]:
+    """Proof that entry ``seq`` is in the newest checkpoint that covers it.
+
+    Args:
+        tenant_id: for an API caller, the caller's tenant: another tenant's
+            entry (or a system entry) is answered exactly as a missing one.
+            ``None`` (the local CLI) proves any entry.
+
+    Raises:
+        NotFoundError: no such entry (for this tenant), or no checkpoint
+            covers it yet.
     """
     entry = session.get(AuditEntry, seq)
-    if entry is None:
+    if entry is None or (tenant_id is not None and entry.tenant_id != tenant_id):
         raise NotFoundError(f"audit entry {seq} not found")
     cp = session.execute(
         select(AuditCheckpoint)

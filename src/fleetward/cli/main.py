@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -77,7 +79,7 @@ def init(
     home = ctx.find_root().obj.get("home")
     settings = Settings.load(Path(home) if home else default_home())
     if public_url:
-        settings = Settings(settings.home, settings.database_url, public_url.rstrip("/"))
+        settings = dataclasses.replace(settings, public_url=public_url.rstrip("/"))
     _, token = initialise(
         settings, actor=local_actor(), key_backend=key_backend, offline_root=offline_root
     )
@@ -87,6 +89,42 @@ def init(
         console.print(f"root CA key written to {offline_root}: move it offline")
     console.print("first admin API token (shown once, keep it):")
     typer.echo(token)
+
+
+@app.command()
+def doctor(
+    ctx: typer.Context,
+    fix: bool = typer.Option(
+        False, "--fix", help="remove group/other permission bits (ownership is only reported)"
+    ),
+) -> None:
+    """Check that the home directory is private: report group/other permission
+    bits on the home and anything under it (and on a SQLite database kept
+    elsewhere), and entries not owned by you. Only reports unless --fix.
+    Exits 1 while any problem remains."""
+    from sqlalchemy.engine import make_url
+
+    from fleetward._files import inspect_home
+
+    home = ctx.find_root().obj.get("home")
+    settings = Settings.load(Path(home) if home else default_home())
+    if not settings.home.is_dir():
+        err.print(f"[red]error:[/red] {settings.home} does not exist")
+        raise typer.Exit(1)
+    extra: list[Path] = []
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        db = Path(url.database).resolve()
+        extra = [db.with_name(db.name + s) for s in ("", "-wal", "-shm", ".writer-lock")]
+    report = inspect_home(settings.home, uid=os.geteuid(), fix=fix, extra=extra)
+    for finding in report.findings:
+        mark = "fixed" if finding.fixed else "problem"
+        typer.echo(f"{mark}: {finding.path}: {finding.problem}")
+    if report.remaining:
+        hint = "" if fix else " (--fix removes group/other bits)"
+        err.print(f"{len(report.remaining)} problem(s) in {settings.home}{hint}")
+        raise typer.Exit(1)
+    console.print(f"{settings.home} is private")
 
 
 @app.command()
@@ -215,6 +253,7 @@ def _serve(
     import uvicorn
 
     from fleetward.api.app import create_app
+    from fleetward.api.workers import proxy_options
 
     console.print(f"fleetward {__version__} on http://{host}:{port} (home {context.settings.home})")
     if workers > 1:
@@ -240,11 +279,15 @@ def _serve(
         host=host,
         port=port,
         log_level="warning",
+        **proxy_options(context.settings),
     )
 
 
 def main() -> None:
     """Console entry point: fleetward errors become one line and exit code 1."""
+    # Whatever this process or a library writes is its user's alone (rule 4
+    # of fleetward._files); the home's writers also set modes explicitly.
+    os.umask(0o077)
     try:
         app()
     except FleetwardError as exc:

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import func, select
 
+from fleetward._files import private_dir, write_private
 from fleetward.api.context import AppContext
 from fleetward.audit.models import AuditHead
 from fleetward.comms import service
@@ -150,15 +151,11 @@ class BrokerFiles:
         return self.root / "broker.json"
 
 
-def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` atomically (readers see the old or the new file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically (readers see the old or the new file), mode
+    0600: Mosquitto runs as the user who runs fleetward (see render_config),
+    so no file here needs to be wider."""
+    write_private(path, data)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -219,12 +216,12 @@ def _local_pki(files: BrokerFiles, now: dt.datetime) -> None:
         cert = builder.sign(ca_key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
-    files.root.mkdir(parents=True, exist_ok=True)
+    private_dir(files.root)
     server_pem, server_key = leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH, True)
     service_pem, service_key = leaf(SERVICE_CN, ExtendedKeyUsageOID.CLIENT_AUTH, False)
-    _write(files.server_key, server_key, 0o600)
+    _write(files.server_key, server_key)
     _write(files.server_cert, server_pem)
-    _write(files.service_key, service_key, 0o600)
+    _write(files.service_key, service_key)
     _write(files.service_cert, service_pem)
     _write(files.broker_ca, ca.public_bytes(serialization.Encoding.PEM))
 
@@ -481,7 +478,7 @@ def prepare(
         PluginBuildError: the plugin cannot be compiled here.
     """
     files = BrokerFiles(root)
-    root.mkdir(parents=True, exist_ok=True)
+    private_dir(root)
     _local_pki(files, utcnow())
     plugin = build_plugin(root / "plugin")
     _write(

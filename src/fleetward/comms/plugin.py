@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from fleetward._files import private_dir
 from fleetward.errors import FleetwardError
 
 __all__ = ["PluginBuildError", "build_evaluator", "build_plugin", "source_dir"]
@@ -42,13 +43,14 @@ def _build(out_dir: Path, name: str, sources: list[str], libs: list[str]) -> Pat
     target = out_dir / f"{name}-{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir)
     tmp = target.with_suffix(f".tmp{os.getpid()}")
     cmd = [cc, *_CFLAGS, "-o", str(tmp), *(str(src / s) for s in sources), *libs]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise PluginBuildError(f"building {name} failed:\n{proc.stderr.strip()}")
+    os.chmod(tmp, 0o700)  # the linker makes it 0755 less the umask; the home is private
     os.replace(tmp, target)
     return target
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from fleetward.api.deps import Ctx, Operator
+from fleetward.api.deps import Allow, Ctx
 from fleetward.comms import service
 from fleetward.comms.commands import MAX_COMMAND_BYTES, CommandSender, broker_info
 from fleetward.comms.policy import MAX_POLICY_BYTES, load_policy_text, parse_policy
 from fleetward.errors import InvalidInputError, PayloadTooLargeError
+from fleetward.tenancy import scope
+from fleetward.tenancy.roles import Principal
 
 router = APIRouter(prefix="/api/v1", tags=["comms"])
 public = APIRouter(tags=["comms"])
@@ -84,21 +86,25 @@ class CommandIn(BaseModel):
 
 
 @router.get("/comms/policy", response_model=PolicyOut)
-def get_policy(ctx: Ctx, who: Operator, version: int | None = None) -> PolicyOut:
+def get_policy(
+    ctx: Ctx, who: Annotated[Principal, Allow(scope.POLICY_READ)], version: int | None = None
+) -> PolicyOut:
     """The current policy (version 0 is the built-in default), or one version."""
     with ctx.db.read() as s:
         return PolicyOut.of(service.get_policy(s, who, version))
 
 
 @router.get("/comms/policy/versions", response_model=list[PolicyOut])
-def list_versions(ctx: Ctx, who: Operator) -> list[PolicyOut]:
+def list_versions(ctx: Ctx, who: Annotated[Principal, Allow(scope.POLICY_READ)]) -> list[PolicyOut]:
     """Every stored version, newest first."""
     with ctx.db.read() as s:
         return [PolicyOut.of(v) for v in service.list_versions(s, who)]
 
 
 @router.put("/comms/policy", response_model=PolicyOut, status_code=201)
-def set_policy(body: PolicyIn, ctx: Ctx, who: Operator) -> PolicyOut:
+def set_policy(
+    body: PolicyIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.POLICY_SET)]
+) -> PolicyOut:
     """Store a new policy version; the broker enforces it within a second."""
     with ctx.operator_work(who, action="comms.policy.set", subject="policy") as s:
         if (body.document is None) == (body.text is None):
@@ -113,7 +119,7 @@ def set_policy(body: PolicyIn, ctx: Ctx, who: Operator) -> PolicyOut:
 
 
 @router.post("/comms/policy/check", response_model=CheckOut)
-def check(body: CheckIn, ctx: Ctx, who: Operator) -> CheckOut:
+def check(body: CheckIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.POLICY_READ)]) -> CheckOut:
     """Explain: would the broker allow this device this action on this topic?"""
     with ctx.db.read() as s:
         decision, version, device = service.explain(
@@ -127,7 +133,7 @@ def check(body: CheckIn, ctx: Ctx, who: Operator) -> CheckOut:
 @router.get("/comms/events", response_model=list[EventOut])
 def list_events(
     ctx: Ctx,
-    who: Operator,
+    who: Annotated[Principal, Allow(scope.DEVICE_READ)],
     device: str | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[EventOut]:
@@ -147,7 +153,9 @@ def list_events(
 
 
 @router.get("/devices/{device_id}/denials")
-def denials(device_id: str, ctx: Ctx, who: Operator) -> dict[str, int]:
+def denials(
+    device_id: str, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_READ)]
+) -> dict[str, int]:
     """How many denials of each kind the broker counted for a device."""
     with ctx.db.read() as s:
         return service.denial_counts(s, who, device_id)
@@ -155,7 +163,12 @@ def denials(device_id: str, ctx: Ctx, who: Operator) -> dict[str, int]:
 
 @router.post("/devices/{device_id}/commands/{name}", status_code=202)
 def send_command(
-    device_id: str, name: str, body: CommandIn, request: Request, ctx: Ctx, who: Operator
+    device_id: str,
+    name: str,
+    body: CommandIn,
+    request: Request,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.DEVICE_COMMAND)],
 ) -> dict[str, str]:
     """Send a command the device's roles allow (QoS 1, through the broker)."""
     payload = json.dumps(body.args).encode()

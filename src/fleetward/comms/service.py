@@ -29,6 +29,7 @@ from fleetward.identity import service as identity
 from fleetward.identity.models import CertificateRecord, Device
 from fleetward.store.db import utcnow
 from fleetward.telemetry.models import Event
+from fleetward.tenancy import scope
 from fleetward.tenancy.models import Tenant
 from fleetward.tenancy.roles import Permission, Principal, require
 
@@ -123,8 +124,9 @@ def list_versions(session: Session, principal: Principal) -> list[PolicyVersion]
 def set_policy(
     session: Session, principal: Principal, policy: Policy, *, now: dt.datetime | None = None
 ) -> PolicyVersion:
-    """Store ``policy`` as the tenant's next version and audit it."""
-    require(principal, Permission.POLICY_MANAGE)
+    """Store ``policy`` as the tenant's next version and audit it (it applies
+    in every environment: only a token with no environment scope)."""
+    scope.authorize(principal, scope.POLICY_SET)
     now = now or utcnow()
     document = policy.canonical_json()
     digest = hashlib.sha256(document.encode()).hexdigest()
@@ -369,7 +371,10 @@ def authorize_command(
     if not _COMMAND_NAME.fullmatch(name):
         raise InvalidInputError("command names are 1-48 characters of [a-z0-9._-]")
     topic = f"fw/{principal.tenant_name}/{device_id}/cmd/{name}"
-    decision, version, _ = explain(session, principal, device_id, action="receive", topic=topic)
+    decision, version, device = explain(
+        session, principal, device_id, action="receive", topic=topic
+    )
+    identity.authorize_on_devices(session, principal, scope.DEVICE_COMMAND, [device.id])
     if not decision.allowed:
         raise PermissionDeniedError(
             f"device {device_id!r} may not receive command {name!r} under policy "

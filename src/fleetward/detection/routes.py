@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from fleetward.api.deps import Ctx, Operator
+from fleetward.api.deps import Allow, Ctx
 from fleetward.detection import service
 from fleetward.detection.models import Alert
+from fleetward.tenancy import scope
+from fleetward.tenancy.roles import Principal
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["detection"])
 
@@ -59,7 +61,10 @@ class ResponseIn(BaseModel):
 
 @router.get("", response_model=list[AlertOut])
 def list_alerts(
-    ctx: Ctx, who: Operator, state: str | None = None, limit: int = Query(100, ge=1, le=1000)
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.ALERT_READ)],
+    state: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
 ) -> list[AlertOut]:
     """The tenant's alerts, newest first."""
     with ctx.db.read() as s:
@@ -67,21 +72,28 @@ def list_alerts(
 
 
 @router.post("/{alert_id}/ack", response_model=AlertOut)
-def ack(alert_id: int, ctx: Ctx, who: Operator) -> AlertOut:
+def ack(alert_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.ALERT_TRIAGE)]) -> AlertOut:
     """Acknowledge an alert."""
     with ctx.operator_work(who, action="alert.acknowledged", subject=f"alert:{alert_id}") as s:
         return AlertOut.of(service.set_alert_state(s, who, alert_id, "acknowledged"))
 
 
 @router.post("/{alert_id}/resolve", response_model=AlertOut)
-def resolve(alert_id: int, ctx: Ctx, who: Operator) -> AlertOut:
+def resolve(
+    alert_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.ALERT_TRIAGE)]
+) -> AlertOut:
     """Resolve an alert (a new finding then raises a new one)."""
     with ctx.operator_work(who, action="alert.resolved", subject=f"alert:{alert_id}") as s:
         return AlertOut.of(service.set_alert_state(s, who, alert_id, "resolved"))
 
 
 @router.put("/responses/{kind}")
-def set_response(kind: str, body: ResponseIn, ctx: Ctx, who: Operator) -> dict[str, str]:
+def set_response(
+    kind: str,
+    body: ResponseIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.ALERT_RESPONSE_SET)],
+) -> dict[str, str]:
     """Configure the automatic response (none, quarantine-device, quarantine-cohort)."""
     with ctx.operator_work(who, action="detection.response.set", subject=f"alert-kind:{kind}") as s:
         service.set_response(s, who, kind, body.action)

@@ -28,6 +28,7 @@ from fleetward.identity import service as identity
 from fleetward.identity.models import Device
 from fleetward.store.db import utcnow
 from fleetward.telemetry.models import Event
+from fleetward.tenancy import scope
 from fleetward.tenancy.models import Tenant
 from fleetward.tenancy.roles import Permission, Principal, require
 
@@ -226,8 +227,9 @@ def run(session: Session, *, now: dt.datetime | None = None) -> list[Alert]:
 
 
 def set_response(session: Session, principal: Principal, kind: str, action: str) -> None:
-    """Configure the automatic response to one kind of alert (audited)."""
-    require(principal, Permission.DEVICE_MANAGE)
+    """Configure the automatic response to one kind of alert (audited; it
+    applies in every environment)."""
+    scope.authorize(principal, scope.ALERT_RESPONSE_SET)
     if kind not in KINDS:
         raise InvalidInputError(f"unknown alert kind {kind!r}; one of {', '.join(KINDS)}")
     if action not in ACTIONS:
@@ -263,8 +265,9 @@ def list_alerts(
 
 
 def set_alert_state(session: Session, principal: Principal, alert_id: int, state: str) -> Alert:
-    """Acknowledge or resolve an alert (audited)."""
-    require(principal, Permission.DEVICE_MANAGE)
+    """Acknowledge or resolve an alert (audited; alerts are the tenant's
+    signals, triaged by tokens with no environment scope)."""
+    scope.authorize(principal, scope.ALERT_TRIAGE)
     if state not in ("acknowledged", "resolved"):
         raise InvalidInputError("an alert is acknowledged or resolved")
     alert = session.get(Alert, alert_id)

@@ -43,6 +43,7 @@ __all__ = [
     "get_ca",
     "import_issuing_certificate",
     "list_cas",
+    "published_issuing_ca",
     "sign_issuing_csr_offline",
 ]
 
@@ -269,6 +270,35 @@ def active_issuing_ca(
     return ca
 
 
+def published_issuing_ca(
+    session: Session, *, tenant_name: str, environment: str
+) -> CertificateAuthority:
+    """The active issuing CA of a tenant named in a public URL (EST ``cacerts``).
+
+    One query for tenant and CA together, and one answer whether the tenant
+    is unknown or lacks the CA: a public lookup must not tell which tenant
+    names exist. (A tenant's CA certificates themselves are public by
+    design: devices fetch them.)
+
+    Raises:
+        NotFoundError: no such tenant, or it has no active CA there.
+    """
+    ca = session.execute(
+        select(CertificateAuthority)
+        .join(Tenant, Tenant.id == CertificateAuthority.tenant_id)
+        .where(
+            Tenant.name == tenant_name,
+            CertificateAuthority.kind == "issuing",
+            CertificateAuthority.environment == environment,
+            CertificateAuthority.status == "active",
+            CertificateAuthority.certificate_pem.is_not(None),
+        )
+    ).scalar()
+    if ca is None:
+        raise NotFoundError("no CA certificates for this label")
+    return ca
+
+
 def create_issuing_csr(
     session: Session,
     pki: Pki,
@@ -383,7 +413,6 @@ def import_issuing_certificate(
     ).scalar()
     if previous is not None:
         previous.status = "retired"
-    pki.issuers.clear()
     ca.status = "active"
     ca.certificate_pem = _pem(cert)
     audit.append(

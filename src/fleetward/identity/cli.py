@@ -12,6 +12,7 @@ from fleetward.cli.common import admin_session, console, load_ctx, local_princip
 from fleetward.identity import ca_service, issuance, publication, service
 from fleetward.identity.schemas import CertificateOut, DeviceOut, certificate_out
 from fleetward.keys import open_signer
+from fleetward.provisioning import enroll as provisioning
 from fleetward.tenancy import service as tenancy
 
 ca_app = typer.Typer(help="Certificate authorities.", no_args_is_help=True)
@@ -175,17 +176,27 @@ def device_enroll(
     out: Path | None = typer.Option(None, help="write the certificate here (PEM)"),
     tenant: str = TENANT,
 ) -> None:
-    """Issue a device certificate from its CSR."""
-    with admin_session(
-        ctx, tenant, action="certificate.issue", subject=f"device:{device_id[:64]}"
-    ) as (
-        app,
-        who,
-        s,
+    """Issue a device certificate from its CSR (an enrollment record is kept)."""
+    app = load_ctx(ctx)
+    who = local_principal(app, tenant)
+    with app.refusals_recorded(
+        actor=who.actor,
+        action="certificate.issue",
+        subject=f"device:{device_id[:64]}",
+        tenant_id=who.tenant_id,
     ):
-        r = issuance.enroll(
-            s, app.pki, who, device_id=device_id, csr=csr.read_bytes(), environment=environment
-        )
+        result = provisioning.enroll_devices(
+            app.db,
+            app.pki,
+            who,
+            items=[issuance.BatchItem(device_id=device_id, csr=csr.read_bytes())],
+            environment=environment,
+            route="cli",
+        )[0]
+    if result.error is not None:
+        raise result.error  # already recorded, with the enrollment record
+    assert result.issued is not None
+    r = result.issued
     pem = certificate_out(r).certificate
     if out:
         out.write_text(pem)

@@ -11,7 +11,9 @@ means the ``default`` tenant's production CA).
 - ``simplereenroll``: the device's current certificate in
   ``X-Fleetward-Client-Cert`` (base64 DER; stands in for the TLS client
   certificate when the API is not served over mutual TLS) and, when the key
-  changes, ``X-Fleetward-Renewal-Proof``.
+  changes, ``X-Fleetward-Renewal-Proof`` and, from a secure element,
+  ``X-Fleetward-Key-Attestation`` (base64 of the statement JSON; see
+  :mod:`fleetward.identity.renewal` for its nonce).
 
 Responses are ``application/pkcs7-mime; smime-type=certs-only``, base64.
 """
@@ -32,13 +34,16 @@ from fleetward.api.deps import Ctx, authenticate, bearer_or_basic
 from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from fleetward.identity import ca_service, issuance, profile, renewal
 from fleetward.identity.models import CertificateAuthority
-from fleetward.tenancy import service as tenancy
+from fleetward.provisioning import enroll as provisioning
+from fleetward.tenancy import scope
 from fleetward.tenancy.roles import ENVIRONMENTS
 
 router = APIRouter(prefix="/.well-known/est", tags=["est"])
 
 PKCS7 = "application/pkcs7-mime; smime-type=certs-only"
 MAX_BODY = profile.MAX_CSR_BYTES * 2  # base64 of the largest accepted CSR, plus line breaks
+# base64 of the largest key attestation statement a renewal accepts
+MAX_ATTESTATION_HEADER = (renewal.MAX_ATTESTATION_BYTES + 2) // 3 * 4
 
 
 def _certs_only(certs: list[x509.Certificate]) -> Response:
@@ -50,12 +55,19 @@ def _certs_only(certs: list[x509.Certificate]) -> Response:
     )
 
 
+def _unknown_label() -> NotFoundError:
+    """The one answer for a label that names nothing here: a bad environment,
+    an unknown tenant, or a tenant without that CA all read the same (no echo
+    of the label), so EST does not tell which tenant names exist."""
+    return NotFoundError("unknown EST label")
+
+
 def _parse_label(label: str | None) -> tuple[str | None, str | None]:
     if not label:
         return None, None
     tenant, _, env = label.rpartition(".")
     if env not in ENVIRONMENTS:
-        raise NotFoundError(f"unknown EST label {label!r}")
+        raise _unknown_label()
     return tenant or None, env
 
 
@@ -75,10 +87,16 @@ def _chain(session: Session, ctx: Ctx, ca: CertificateAuthority) -> list[x509.Ce
 
 
 def _cacerts(ctx: Ctx, label: str | None) -> Response:
+    # Public: a tenant's CA certificates are published by design (devices
+    # fetch them), but a label that names no CA answers like an unknown one.
     tenant_name, env = _parse_label(label)
     with ctx.db.read() as s:
-        tenant = tenancy.get_tenant_by_name(s, tenant_name or "default")
-        ca = ca_service.active_issuing_ca(s, tenant_id=tenant.id, environment=env or "production")
+        try:
+            ca = ca_service.published_issuing_ca(
+                s, tenant_name=tenant_name or "default", environment=env or "production"
+            )
+        except NotFoundError as exc:
+            raise _unknown_label() from exc
         return _certs_only(_chain(s, ctx, ca))
 
 
@@ -96,6 +114,7 @@ def cacerts_label(label: str, ctx: Ctx) -> Response:
 
 async def _simpleenroll(request: Request, ctx: Ctx, label: str | None) -> Response:
     who = authenticate(ctx, bearer_or_basic(request), path=request.url.path)
+    scope.authorize(who, scope.DEVICE_ENROLL)
     tenant_name, env = _parse_label(label)
     if tenant_name is not None and tenant_name != who.tenant_name:
         raise NotFoundError(f"unknown EST label {label!r}")
@@ -112,16 +131,25 @@ async def _simpleenroll(request: Request, ctx: Ctx, label: str | None) -> Respon
         device_id = str(cns[0].value)
 
     def work() -> Response:
-        with ctx.unit_of_work(
+        with ctx.refusals_recorded(
             actor=who.actor,
             action="certificate.issue",
             subject=f"device:{device_id[:64]}",
             tenant_id=who.tenant_id,
-        ) as s:
-            issued = issuance.enroll(
-                s, ctx.pki, who, device_id=device_id, csr=csr_der, environment=env
-            )
-            return _certs_only([issued.certificate])
+        ):
+            result = provisioning.enroll_devices(
+                ctx.db,
+                ctx.pki,
+                who,
+                items=[issuance.BatchItem(device_id=device_id, csr=csr_der)],
+                environment=env,
+                route="est",
+                source=request.client.host if request.client else None,
+            )[0]
+        if result.error is not None:
+            raise result.error  # already recorded, with the enrollment record
+        assert result.issued is not None
+        return _certs_only([result.issued.certificate])
 
     return await run_in_threadpool(work)
 
@@ -147,10 +175,18 @@ async def _simplereenroll(request: Request, ctx: Ctx) -> Response:
             raise InvalidInputError(
                 "simplereenroll needs the current certificate in X-Fleetward-Client-Cert"
             )
+        attestation_header = request.headers.get("x-fleetward-key-attestation")
+        if attestation_header is not None and len(attestation_header) > MAX_ATTESTATION_HEADER:
+            raise PayloadTooLargeError(
+                f"X-Fleetward-Key-Attestation over {MAX_ATTESTATION_HEADER} characters"
+            )
         try:
             current = base64.b64decode(header, validate=True)
             proof_header = request.headers.get("x-fleetward-renewal-proof")
             proof = base64.b64decode(proof_header, validate=True) if proof_header else None
+            attestation = (
+                base64.b64decode(attestation_header, validate=True) if attestation_header else None
+            )
         except binascii.Error as exc:
             raise InvalidInputError("EST headers must be base64") from exc
         csr_der = await _body(request)
@@ -159,7 +195,15 @@ async def _simplereenroll(request: Request, ctx: Ctx) -> Response:
         with ctx.unit_of_work(
             actor="device", action="certificate.renew", subject="est", tenant_id=None
         ) as s:
-            issued = renewal.renew(s, ctx.pki, current=current, csr=csr_der, proof=proof)
+            issued = renewal.renew(
+                s,
+                ctx.pki,
+                current=current,
+                csr=csr_der,
+                proof=proof,
+                attestation=attestation,
+                attest=ctx.key_attester,
+            )
             return _certs_only([issued.certificate])
 
     return await run_in_threadpool(work)

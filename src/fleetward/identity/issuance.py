@@ -5,7 +5,10 @@ Issuance is split so the expensive part never holds the write lock:
 1. **check** (pure): device id, CSR parse, key type, proof of possession,
    profile;
 2. **sign** (crypto, no transaction): the issuing CA and tenant policy come
-   from a short read (the issuer is cached for a few seconds per process);
+   from a short read, one indexed query on every request, never a cache: a
+   policy change or a CA rotation made through any worker process applies to
+   the next request in all of them (only the parsed CA certificate is
+   cached, keyed by CA id and PEM hash);
 3. **record** (one short write transaction): device states are checked
    again there, authoritatively; accepted certificates, new devices and one
    audit entry per item (issued or refused) go in with multi-row inserts.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -39,13 +42,13 @@ from fleetward.errors import (
     FleetwardError,
     InvalidInputError,
     PayloadTooLargeError,
-    PermissionDeniedError,
 )
 from fleetward.identity import profile
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
 from fleetward.identity.pki import Pki
 from fleetward.keys import sign_certificate
 from fleetward.store import Database, utcnow
+from fleetward.tenancy import scope
 from fleetward.tenancy.models import Tenant
 from fleetward.tenancy.roles import ENVIRONMENTS, Permission, Principal, require
 
@@ -70,7 +73,6 @@ __all__ = [
 MAX_BATCH = 1000  # items per batch enrollment request
 MAX_LABELS = 32  # labels per device; keys and values are short strings
 DEFAULT_PRODUCT = "default"
-ISSUER_CACHE_SECONDS = 5.0  # how long a process keeps using an issuer after a CA rotation
 
 
 class UnattestedKeyError(AttestationError):
@@ -156,10 +158,7 @@ def environment_for(principal: Principal, requested: str | None) -> str:
     env = requested or principal.environment or "production"
     if env not in ENVIRONMENTS:
         raise InvalidInputError(f"unknown environment {env!r}; one of {', '.join(ENVIRONMENTS)}")
-    if principal.environment is not None and env != principal.environment:
-        raise PermissionDeniedError(
-            f"this token is scoped to the {principal.environment} environment, not {env}"
-        )
+    scope.authorize(principal, scope.DEVICE_ENROLL, environments=[env])
     return env
 
 
@@ -193,16 +192,21 @@ _ISSUER = (
 
 
 def issuer_for(conn: Connection, pki: Pki, *, tenant_id: int, environment: str) -> _Issuer:
-    """The active issuing CA and the tenant's lifetime policy (cached briefly)."""
-    key = (tenant_id, environment)
-    hit = pki.issuers.get(key)
-    if hit is not None and hit[0] > time.monotonic():
-        assert isinstance(hit[1], _Issuer)
-        return hit[1]
+    """The active issuing CA and the tenant's issuance policy, as committed now.
+
+    Read on every call (one indexed query): the policy
+    (``allow_unattested_keys_in_production``, the certificate lifetime) and
+    the active CA are security settings, and a change must hold for the
+    next request in every worker process, not after a cache expires. Only
+    the parsing of the CA certificate is cached (by CA id and PEM hash).
+
+    Raises:
+        ConflictError: the tenant has no active issuing CA in ``environment``.
+    """
     row = conn.execute(_ISSUER, {"tenant_id": tenant_id, "env": environment}).first()
     if row is None or row[2] is None:
         raise ConflictError(f"no active {environment} issuing CA for this tenant")
-    issuer = _Issuer(
+    return _Issuer(
         ca_id=row[0],
         key_uri=row[1],
         certificate=pki.certificate_from_pem(row[0], row[2]),
@@ -210,8 +214,6 @@ def issuer_for(conn: Connection, pki: Pki, *, tenant_id: int, environment: str) 
         lifetime_days=row[4],
         allow_unattested_in_production=bool(row[5]),
     )
-    pki.issuers[key] = (time.monotonic() + ISSUER_CACHE_SECONDS, issuer)
-    return issuer
 
 
 def sign_accepted(
@@ -467,12 +469,18 @@ def enroll_many(
     items: list[BatchItem],
     environment: str | None = None,
     now: dt.datetime | None = None,
+    on_record: Callable[[Session, str, list[BatchResult]], None] | None = None,
 ) -> list[BatchResult]:
     """Enroll devices: each item is issued or refused on its own.
 
     Checks and signing run outside any transaction; one short write
     transaction records the certificates, the new devices and an audit entry
     per item (refusals included).
+
+    Args:
+        on_record: called inside that write transaction with the environment
+            and the results, so a caller's own records of the attempts (the
+            provisioning domain's enrollment records) commit with them.
 
     Raises:
         PermissionDeniedError: the role may not enroll, or the environment is
@@ -488,7 +496,10 @@ def enroll_many(
         issuer = issuer_for(conn, pki, tenant_id=principal.tenant_id, environment=env)
     signed = _sign_all(pki, issuer, items, environment=env, now=now)
     with db.session() as session:
-        return record(session, principal, items=items, signed=signed, now=now)
+        results = record(session, principal, items=items, signed=signed, now=now)
+        if on_record is not None:
+            on_record(session, env, results)
+        return results
 
 
 def enroll(

@@ -1,9 +1,13 @@
 """Per-process PKI context: key ring, URLs, parsed CA certificates and caches.
 
 One :class:`Pki` lives in each API or publisher process. Its caches hold
-only what cannot change under it (parsed CA certificates, the OCSP responder
-index, encoded CRL entries) or expire quickly (the issuer used for new
-certificates).
+only what cannot change under it: parsed CA certificates (keyed by the CA id
+and a hash of the PEM they were parsed from, so a different PEM is parsed
+anew), the OCSP responder index and encoded CRL entries. Nothing that an
+operator can change — which CA is active, a tenant's issuance policy — is
+cached: issuance reads it from the database on every request (one indexed
+query, see :func:`fleetward.identity.issuance.issuer_for`), so a change made
+through one worker process applies to the next request in every other.
 """
 
 from __future__ import annotations
@@ -44,13 +48,10 @@ class Pki:
     public_url: str
     crl_validity: dt.timedelta = dt.timedelta(hours=24)
     ocsp_validity: dt.timedelta = dt.timedelta(hours=1)
-    _certs: dict[int, x509.Certificate] = field(default_factory=dict)
+    _certs: dict[tuple[int, bytes], x509.Certificate] = field(default_factory=dict)
     _by_key_hash: dict[bytes, Responder] = field(default_factory=dict)
     crl_dir: Path | None = None  # set on SQLite: CRL DER goes to files, see PublishedCrl
     crl_entries: dict[int, EncodedEntries] = field(default_factory=dict)
-    # (tenant, environment) -> (expiry, issuer) for issuance; a CA rotation in
-    # this process clears it, other processes pick the new CA up on expiry.
-    issuers: dict[tuple[int, str], tuple[float, object]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def crl_url(self, ca_id: int) -> str:
@@ -69,12 +70,17 @@ class Pki:
         return self.certificate_from_pem(ca.id, ca.certificate_pem)
 
     def certificate_from_pem(self, ca_id: int, pem: str) -> x509.Certificate:
-        """Parse (once) the certificate of CA ``ca_id``."""
-        cert = self._certs.get(ca_id)
+        """Parse (once per distinct PEM) the certificate of CA ``ca_id``.
+
+        The cache key includes a hash of ``pem``: a CA row whose certificate
+        changed is parsed again instead of answered from the cache.
+        """
+        key = (ca_id, hashlib.sha256(pem.encode()).digest())
+        cert = self._certs.get(key)
         if cert is None:
             cert = x509.load_pem_x509_certificate(pem.encode())
             with self._lock:
-                self._certs[ca_id] = cert
+                self._certs[key] = cert
         return cert
 
     def responder(self, conn: Connection, key_hash: bytes, name_hash: bytes) -> Responder | None:

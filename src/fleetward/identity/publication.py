@@ -10,7 +10,6 @@ connection and one signature.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from cryptography.x509 import ocsp
 from sqlalchemy import Connection, String, bindparam, or_, select, type_coerce
 from sqlalchemy.orm import Session
 
+from fleetward._files import private_dir, write_private
 from fleetward.errors import FleetwardError, NotFoundError
 from fleetward.identity import crl_der, revocation
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, PublishedCrl
@@ -138,11 +138,9 @@ def _write_file(pki: Pki, build: CrlBuild) -> str | None:
     """Put the DER in ``pki.crl_dir`` (atomically) and return its name, if files are used."""
     if pki.crl_dir is None:
         return None
-    pki.crl_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(pki.crl_dir)
     name = f"ca{build.ca_id}-{build.number}.der"
-    tmp = pki.crl_dir / f".{name}.{os.getpid()}.tmp"
-    tmp.write_bytes(build.der)
-    os.replace(tmp, pki.crl_dir / name)
+    write_private(pki.crl_dir / name, build.der)
     return name
 
 

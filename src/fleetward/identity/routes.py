@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
 from fleetward.api import problems
-from fleetward.api.deps import Ctx, Operator
+from fleetward.api.deps import Allow, Ctx
 from fleetward.errors import InvalidInputError
 from fleetward.identity import ca_service, issuance, publication, renewal, service
 from fleetward.identity.schemas import (
@@ -26,24 +27,37 @@ from fleetward.identity.schemas import (
     StateIn,
     certificate_out,
 )
-from fleetward.tenancy.roles import Permission, require
+from fleetward.provisioning import enroll as provisioning
+from fleetward.tenancy import scope
+from fleetward.tenancy.roles import Permission, Principal, require
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
 public = APIRouter(tags=["revocation"])
 
 
+def _source(request: Request) -> str | None:
+    """The peer address (a proxy's header only counts from a trusted proxy)."""
+    return request.client.host if request.client else None
+
+
 @router.get("/cas", response_model=list[CaOut])
-def list_cas(ctx: Ctx, who: Operator) -> list[CaOut]:
-    """The tenant's CAs."""
+def list_cas(ctx: Ctx, who: Annotated[Principal, Allow(scope.CA_READ)]) -> list[CaOut]:
+    """The tenant's CAs; where their keys are kept only for who may manage CAs (admin)."""
     require(who, Permission.CA_READ)
+    # Key locations (file paths, HSM token and object labels) help an attacker
+    # more than a reader: only a role that manages CAs sees them.
+    key_location = who.can(Permission.CA_MANAGE)
     with ctx.db.read() as s:
-        return [CaOut.of(c) for c in ca_service.list_cas(s, tenant_id=who.tenant_id)]
+        return [
+            CaOut.of(c, key_location=key_location)
+            for c in ca_service.list_cas(s, tenant_id=who.tenant_id)
+        ]
 
 
 @router.get("/devices", response_model=list[DeviceOut])
 def list_devices(
     ctx: Ctx,
-    who: Operator,
+    who: Annotated[Principal, Allow(scope.DEVICE_READ)],
     state: str | None = None,
     product: str | None = None,
     after: str = "",
@@ -56,7 +70,9 @@ def list_devices(
 
 
 @router.post("/devices", response_model=DeviceOut, status_code=201)
-def register_device(body: DeviceIn, ctx: Ctx, who: Operator) -> DeviceOut:
+def register_device(
+    body: DeviceIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_REGISTER)]
+) -> DeviceOut:
     """Register a device (state ``pending``)."""
     with ctx.operator_work(who, action="device.register", subject=f"device:{body.device_id}") as s:
         d = service.register_device(
@@ -66,14 +82,22 @@ def register_device(body: DeviceIn, ctx: Ctx, who: Operator) -> DeviceOut:
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut)
-def get_device(device_id: str, ctx: Ctx, who: Operator) -> DeviceOut:
+def get_device(
+    device_id: str, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_READ)]
+) -> DeviceOut:
     """One device."""
     with ctx.db.read() as s:
         return DeviceOut.of(service.get_device(s, who, device_id))
 
 
 @router.post("/devices/{device_id}/enroll", response_model=CertificateOut, status_code=201)
-async def enroll(device_id: str, body: EnrollIn, ctx: Ctx, who: Operator) -> CertificateOut:
+async def enroll(
+    device_id: str,
+    body: EnrollIn,
+    request: Request,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.DEVICE_ENROLL)],
+) -> CertificateOut:
     """Issue a device's first certificate from its CSR.
 
     Runs on the event loop, one enrollment at a time per process: about a
@@ -89,8 +113,14 @@ async def enroll(device_id: str, body: EnrollIn, ctx: Ctx, who: Operator) -> Cer
         subject=f"device:{device_id[:64]}",
         tenant_id=who.tenant_id,
     ):
-        result = issuance.enroll_many(
-            ctx.db, ctx.pki, who, items=[item], environment=body.environment
+        result = provisioning.enroll_devices(
+            ctx.db,
+            ctx.pki,
+            who,
+            items=[item],
+            environment=body.environment,
+            route="rest",
+            source=_source(request),
         )[0]
     if result.error is not None:
         raise result.error  # already recorded, with the batch transaction
@@ -99,7 +129,12 @@ async def enroll(device_id: str, body: EnrollIn, ctx: Ctx, who: Operator) -> Cer
 
 
 @router.post("/enroll/batch", response_model=BatchEnrollOut)
-def enroll_batch(body: BatchEnrollIn, ctx: Ctx, who: Operator) -> BatchEnrollOut:
+def enroll_batch(
+    body: BatchEnrollIn,
+    request: Request,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.DEVICE_ENROLL)],
+) -> BatchEnrollOut:
     """Enroll up to 1,000 devices in one request; each item succeeds or fails alone."""
     items = [
         issuance.BatchItem(
@@ -110,8 +145,14 @@ def enroll_batch(body: BatchEnrollIn, ctx: Ctx, who: Operator) -> BatchEnrollOut
     with ctx.refusals_recorded(
         actor=who.actor, action="certificate.issue", subject="batch", tenant_id=who.tenant_id
     ):
-        results = issuance.enroll_many(
-            ctx.db, ctx.pki, who, items=items, environment=body.environment
+        results = provisioning.enroll_devices(
+            ctx.db,
+            ctx.pki,
+            who,
+            items=items,
+            environment=body.environment,
+            route="rest-batch",
+            source=_source(request),
         )
     out = []
     for r in results:
@@ -130,7 +171,9 @@ def enroll_batch(body: BatchEnrollIn, ctx: Ctx, who: Operator) -> BatchEnrollOut
 
 
 @router.post("/devices/{device_id}/state", response_model=DeviceOut)
-def set_state(device_id: str, body: StateIn, ctx: Ctx, who: Operator) -> DeviceOut:
+def set_state(
+    device_id: str, body: StateIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_STATE)]
+) -> DeviceOut:
     """Move a device through its lifecycle."""
     with ctx.operator_work(who, action="device.state", subject=f"device:{device_id[:64]}") as s:
         return DeviceOut.of(
@@ -139,7 +182,9 @@ def set_state(device_id: str, body: StateIn, ctx: Ctx, who: Operator) -> DeviceO
 
 
 @router.post("/revocations/devices")
-def revoke_devices(body: CohortRevokeIn, ctx: Ctx, who: Operator) -> dict[str, object]:
+def revoke_devices(
+    body: CohortRevokeIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_REVOKE)]
+) -> dict[str, object]:
     """Revoke a cohort of devices (and their certificates) in one transaction;
     live broker connections are cut off within seconds."""
     with ctx.operator_work(
@@ -150,14 +195,18 @@ def revoke_devices(body: CohortRevokeIn, ctx: Ctx, who: Operator) -> dict[str, o
 
 
 @router.post("/devices/{device_id}/revoke", response_model=DeviceOut)
-def revoke_device(device_id: str, body: RevokeIn, ctx: Ctx, who: Operator) -> DeviceOut:
+def revoke_device(
+    device_id: str, body: RevokeIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_REVOKE)]
+) -> DeviceOut:
     """Revoke a device and all its certificates."""
     with ctx.operator_work(who, action="device.revoke", subject=f"device:{device_id[:64]}") as s:
         return DeviceOut.of(service.revoke_device(s, who, device_id, reason=body.reason))
 
 
 @router.get("/devices/{device_id}/certificates", response_model=list[CertificateOut])
-def device_certificates(device_id: str, ctx: Ctx, who: Operator) -> list[CertificateOut]:
+def device_certificates(
+    device_id: str, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_READ)]
+) -> list[CertificateOut]:
     """A device's certificate history."""
     with ctx.db.read() as s:
         return [
@@ -166,14 +215,18 @@ def device_certificates(device_id: str, ctx: Ctx, who: Operator) -> list[Certifi
 
 
 @router.get("/certificates/{serial}", response_model=CertificateOut)
-def get_certificate(serial: str, ctx: Ctx, who: Operator) -> CertificateOut:
+def get_certificate(
+    serial: str, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_READ)]
+) -> CertificateOut:
     """One certificate by serial (hex)."""
     with ctx.db.read() as s:
         return CertificateOut.of(service.get_certificate(s, who, serial))
 
 
 @router.post("/certificates/{serial}/revoke", response_model=CertificateOut)
-def revoke_certificate(serial: str, body: RevokeIn, ctx: Ctx, who: Operator) -> CertificateOut:
+def revoke_certificate(
+    serial: str, body: RevokeIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.CERT_REVOKE)]
+) -> CertificateOut:
     """Revoke one certificate (RFC 5280 reason)."""
     with ctx.operator_work(
         who, action="certificate.revoke", subject=f"certificate:{serial[:42]}"
@@ -192,7 +245,13 @@ def renew(body: RenewIn, ctx: Ctx) -> CertificateOut:
         actor="device", action="certificate.renew", subject="renewal", tenant_id=None
     ) as s:
         issued = renewal.renew(
-            s, ctx.pki, current=body.certificate.encode(), csr=body.csr.encode(), proof=proof
+            s,
+            ctx.pki,
+            current=body.certificate.encode(),
+            csr=body.csr.encode(),
+            proof=proof,
+            attestation=body.attestation,
+            attest=ctx.key_attester,
         )
         return certificate_out(issued)
 

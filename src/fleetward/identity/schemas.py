@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -12,6 +13,7 @@ from pydantic import BaseModel, Field
 from fleetward.identity.issuance import MAX_BATCH, Issued
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
 from fleetward.identity.profile import MAX_CSR_BYTES
+from fleetward.identity.renewal import MAX_ATTESTATION_BYTES
 
 __all__ = [
     "BatchEnrollIn",
@@ -91,6 +93,7 @@ class CertificateOut(BaseModel):
     device_id: str | None = None
     ca_id: int
     environment: str
+    key_origin: str | None = None
     fingerprint: str
     not_before: dt.datetime
     not_after: dt.datetime
@@ -108,6 +111,7 @@ class CertificateOut(BaseModel):
             device_id=device_id,
             ca_id=r.ca_id,
             environment=r.environment,
+            key_origin=r.key_origin,
             fingerprint=r.fingerprint,
             not_before=r.not_before,
             not_after=r.not_after,
@@ -125,6 +129,7 @@ def certificate_out(issued: Issued) -> CertificateOut:
         device_id=issued.device_id or None,
         ca_id=issued.ca_id,
         environment=issued.environment,
+        key_origin=issued.key_origin,
         fingerprint=issued.fingerprint,
         not_before=issued.not_before,
         not_after=issued.not_after,
@@ -161,6 +166,14 @@ class RenewIn(BaseModel):
         max_length=2048,
         description="base64 signature by the current key over the renewal message (new key only)",
     )
+    attestation: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "key attestation statement for the new key, the shape factory enrollment takes, "
+            "with nonce SHA-256(b'fleetward-renewal-attestation/v1\\n' + CSR DER) "
+            f"(JSON, <= {MAX_ATTESTATION_BYTES} B)"
+        ),
+    )
 
 
 class RevokeIn(BaseModel):
@@ -191,21 +204,25 @@ class CaOut(BaseModel):
     environment: str | None
     status: str
     subject: str
-    key_uri: str
+    key_uri: str | None = Field(
+        default=None,
+        description="where the CA key is kept (file path or PKCS#11 URI); shown only to "
+        "callers who may manage CAs (role admin), null for everyone else",
+    )
     parent_id: int | None
     certificate: str | None
     csr: str | None
 
     @classmethod
-    def of(cls, ca: CertificateAuthority) -> CaOut:
-        """From the ORM row."""
+    def of(cls, ca: CertificateAuthority, *, key_location: bool) -> CaOut:
+        """From the ORM row; ``key_location`` says whether ``key_uri`` is shown."""
         return cls(
             id=ca.id,
             kind=ca.kind,
             environment=ca.environment,
             status=ca.status,
             subject=ca.subject,
-            key_uri=ca.key_uri,
+            key_uri=ca.key_uri if key_location else None,
             parent_id=ca.parent_id,
             certificate=ca.certificate_pem,
             csr=ca.csr_pem,

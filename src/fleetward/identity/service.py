@@ -27,9 +27,13 @@ from fleetward.identity.lifecycle import check_transition
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
 from fleetward.identity.revocation import parse_reason
 from fleetward.store import utcnow
+from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Permission, Principal, require
 
 __all__ = [
+    "authorize_on_devices",
+    "device_environments",
+    "find_device_pk",
     "get_certificate",
     "get_device",
     "list_certificates",
@@ -42,6 +46,39 @@ __all__ = [
     "revoke_superseded",
     "set_device_state",
 ]
+
+
+def device_environments(session: Session, device_pks: list[int]) -> set[str]:
+    """The environments the devices hold (or held) certificates in."""
+    found: set[str] = set()
+    for start in range(0, len(device_pks), 1000):
+        found.update(
+            session.execute(
+                select(CertificateRecord.environment)
+                .where(CertificateRecord.device_pk.in_(device_pks[start : start + 1000]))
+                .distinct()
+            ).scalars()
+        )
+    return found
+
+
+def authorize_on_devices(
+    session: Session, principal: Principal, action: scope.Action, device_pks: list[int]
+) -> None:
+    """Raise unless the token's scope reaches every environment these devices
+    live in (a device with no certificate yet lives in none).
+
+    Raises:
+        PermissionDeniedError / OutOfScopeError: see :func:`fleetward.tenancy.scope.decide`.
+    """
+    scope.authorize(principal, action, environments=device_environments(session, device_pks))
+
+
+def find_device_pk(session: Session, *, tenant_id: int, device_id: str) -> int | None:
+    """The registry key of a device of the tenant, if the registry knows it."""
+    return session.execute(
+        select(Device.id).where(Device.tenant_id == tenant_id, Device.device_id == device_id)
+    ).scalar()
 
 
 def get_device(session: Session, principal: Principal, device_id: str) -> Device:
@@ -218,6 +255,7 @@ def revoke_certificate(
     parse_reason(reason)
     now = now or utcnow()
     record = get_certificate(session, principal, serial)
+    scope.authorize(principal, scope.CERT_REVOKE, environments=[record.environment])
     if record.status == "revoked":
         raise ConflictError(f"certificate {record.serial} is already revoked")
     device = session.get(Device, record.device_pk)
@@ -241,6 +279,7 @@ def set_device_state(
     require(principal, Permission.DEVICE_MANAGE)
     now = now or utcnow()
     device = get_device(session, principal, device_id)
+    authorize_on_devices(session, principal, scope.DEVICE_STATE, [device.id])
     check_transition(device.state, state)
     if state in ("revoked", "retired"):
         rfc_reason = "cessationOfOperation" if state == "retired" else (reason or "unspecified")
@@ -334,6 +373,7 @@ def revoke_devices(
         found = {d for _, d, _ in devices}
         missing = [d for d in wanted if d not in found]
         raise NotFoundError(f"{len(missing)} device(s) not found, e.g. {missing[0]!r}")
+    authorize_on_devices(session, principal, scope.DEVICE_REVOKE, [pk for pk, _, _ in devices])
     order = {d: i for i, d in enumerate(wanted)}
     devices.sort(key=lambda row: order[row[1]])
     todo = [(pk, d, state) for pk, d, state in devices if state != "revoked"]
@@ -447,6 +487,7 @@ def quarantine_devices(
             )
         )
     keys = [pk for pk, _ in todo]
+    authorize_on_devices(session, principal, scope.DEVICE_STATE, keys)
     for start in range(0, len(keys), 1000):
         session.execute(
             update(Device)

@@ -29,8 +29,9 @@ from fleetward.ota import rollout
 from fleetward.ota import service as releases
 from fleetward.ota.models import Campaign, CampaignDevice, Release
 from fleetward.store.db import utcnow
+from fleetward.tenancy import scope
 from fleetward.tenancy.models import Tenant
-from fleetward.tenancy.roles import Permission, Principal, require
+from fleetward.tenancy.roles import Principal
 
 __all__ = [
     "Offer",
@@ -92,7 +93,7 @@ def create_campaign(
         ConflictError: the release is not deployable.
         InvalidInputError: bad waves or gate, or the cohort is empty.
     """
-    require(principal, Permission.RELEASE_MANAGE)
+    scope.authorize(principal, scope.CAMPAIGN_MANAGE)
     now = now or utcnow()
     r = releases.get_release(session, principal, release_id)
     if r.state != "deployable":
@@ -195,6 +196,7 @@ def approve(
     session: Session, principal: Principal, campaign_id: int, *, now: dt.datetime | None = None
 ) -> Campaign:
     """A security operator's approval of an emergency campaign."""
+    scope.authorize(principal, scope.CAMPAIGN_APPROVE)
     if principal.role != "security":
         raise PermissionDeniedError("emergency campaigns are approved by security operators")
     now = now or utcnow()
@@ -432,7 +434,7 @@ def resume(
     session: Session, principal: Principal, campaign_id: int, *, now: dt.datetime | None = None
 ) -> Campaign:
     """An operator accepts the halted wave and lets the campaign go on."""
-    require(principal, Permission.RELEASE_MANAGE)
+    scope.authorize(principal, scope.CAMPAIGN_MANAGE)
     now = now or utcnow()
     c = get_campaign(session, principal, campaign_id)
     if c.state != "halted":
@@ -462,7 +464,7 @@ def abort(
 ) -> list[Offer]:
     """Stop the campaign, withdraw its release, and return the fallback
     messages for devices that were offered it and have not finished."""
-    require(principal, Permission.RELEASE_MANAGE)
+    scope.authorize(principal, scope.CAMPAIGN_MANAGE)
     now = now or utcnow()
     c = get_campaign(session, principal, campaign_id)
     if c.state in ("aborted", "completed"):

@@ -10,13 +10,15 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
-from fleetward.api.deps import Ctx, Operator
+from fleetward.api.deps import Allow, Ctx
 from fleetward.comms.commands import BrokerUnavailableError, CommandSender
 from fleetward.errors import InvalidInputError
 from fleetward.ota import campaigns, service
 from fleetward.ota import release as checks
 from fleetward.ota.models import Release
 from fleetward.ota.rollout import GatePolicy
+from fleetward.tenancy import scope
+from fleetward.tenancy.roles import Principal
 
 router = APIRouter(prefix="/api/v1", tags=["ota"])
 public = APIRouter(tags=["tuf"])
@@ -78,7 +80,9 @@ class WithdrawIn(BaseModel):
 
 
 @router.post("/ota/products/{product}", status_code=201)
-def create_product(product: str, body: ProductIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
+def create_product(
+    product: str, body: ProductIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.OTA_PRODUCT)]
+) -> dict[str, Any]:
     """Delegate a product to its own TUF role with ``threshold`` release signers."""
     with ctx.operator_work(who, action="ota.product.create", subject=f"product:{product}") as s:
         created = service.ensure_product(s, ctx.pki.keyring, who, product, threshold=body.threshold)
@@ -93,7 +97,9 @@ class RotateIn(BaseModel):
 
 
 @router.post("/ota/root/rotate")
-def rotate_root(body: RotateIn, ctx: Ctx, who: Operator) -> dict[str, int]:
+def rotate_root(
+    body: RotateIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.OTA_ROOT_ROTATE)]
+) -> dict[str, int]:
     """New root keys (and online keys), signed by the old and the new root keys."""
     with ctx.operator_work(who, action="ota.root.rotate", subject="root") as s:
         version = service.rotate_root(
@@ -105,7 +111,7 @@ def rotate_root(body: RotateIn, ctx: Ctx, who: Operator) -> dict[str, int]:
 @router.post("/releases", response_model=ReleaseOut, status_code=201)
 def create_release(
     ctx: Ctx,
-    who: Operator,
+    who: Annotated[Principal, Allow(scope.RELEASE_MANAGE)],
     product: Annotated[str, Form(max_length=64)],
     version: Annotated[str, Form(max_length=32)],
     hardware: Annotated[str, Form(max_length=4096, description="comma-separated ids")],
@@ -137,28 +143,39 @@ def create_release(
 
 
 @router.get("/releases", response_model=list[ReleaseOut])
-def list_releases(ctx: Ctx, who: Operator, product: str | None = None) -> list[ReleaseOut]:
+def list_releases(
+    ctx: Ctx, who: Annotated[Principal, Allow(scope.RELEASE_READ)], product: str | None = None
+) -> list[ReleaseOut]:
     """The tenant's releases, newest first."""
     with ctx.db.read() as s:
         return [release_out(s, r) for r in service.list_releases(s, who, product=product)]
 
 
 @router.get("/releases/{release_id}", response_model=ReleaseOut)
-def get_release(release_id: int, ctx: Ctx, who: Operator) -> ReleaseOut:
+def get_release(
+    release_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.RELEASE_READ)]
+) -> ReleaseOut:
     """One release with its review gate."""
     with ctx.db.read() as s:
         return release_out(s, service.get_release(s, who, release_id))
 
 
 @router.post("/releases/{release_id}/approve", response_model=ReleaseOut)
-def approve(release_id: int, ctx: Ctx, who: Operator) -> ReleaseOut:
+def approve(
+    release_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.RELEASE_APPROVE)]
+) -> ReleaseOut:
     """One release signer's approval; at the threshold the release is signed."""
     with ctx.operator_work(who, action="ota.release.approve", subject=f"release:{release_id}") as s:
         return release_out(s, service.approve_release(s, ctx.pki.keyring, who, release_id))
 
 
 @router.post("/releases/{release_id}/withdraw", response_model=ReleaseOut)
-def withdraw(release_id: int, body: WithdrawIn, ctx: Ctx, who: Operator) -> ReleaseOut:
+def withdraw(
+    release_id: int,
+    body: WithdrawIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.RELEASE_MANAGE)],
+) -> ReleaseOut:
     """Remove a release from the product's targets."""
     with ctx.operator_work(
         who, action="ota.release.withdraw", subject=f"release:{release_id}"
@@ -257,7 +274,9 @@ def campaign_out(s: Any, c: Any) -> CampaignOut:
 
 
 @router.post("/campaigns", response_model=CampaignOut, status_code=201)
-def create_campaign(body: CampaignIn, ctx: Ctx, who: Operator) -> CampaignOut:
+def create_campaign(
+    body: CampaignIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.CAMPAIGN_MANAGE)]
+) -> CampaignOut:
     """Plan a campaign; it starts at once (emergency: after two security approvals)."""
     with ctx.operator_work(who, action="ota.campaign.create", subject="campaign") as s:
         c = campaigns.create_campaign(
@@ -274,14 +293,18 @@ def create_campaign(body: CampaignIn, ctx: Ctx, who: Operator) -> CampaignOut:
 
 
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut)
-def get_campaign(campaign_id: int, ctx: Ctx, who: Operator) -> CampaignOut:
+def get_campaign(
+    campaign_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.CAMPAIGN_READ)]
+) -> CampaignOut:
     """A campaign with its waves."""
     with ctx.db.read() as s:
         return campaign_out(s, campaigns.get_campaign(s, who, campaign_id))
 
 
 @router.post("/campaigns/{campaign_id}/approve", response_model=CampaignOut)
-def approve_campaign(campaign_id: int, ctx: Ctx, who: Operator) -> CampaignOut:
+def approve_campaign(
+    campaign_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.CAMPAIGN_APPROVE)]
+) -> CampaignOut:
     """A security operator's approval of an emergency campaign."""
     with ctx.operator_work(
         who, action="ota.campaign.approve", subject=f"campaign:{campaign_id}"
@@ -290,7 +313,9 @@ def approve_campaign(campaign_id: int, ctx: Ctx, who: Operator) -> CampaignOut:
 
 
 @router.post("/campaigns/{campaign_id}/resume", response_model=CampaignOut)
-def resume_campaign(campaign_id: int, ctx: Ctx, who: Operator) -> CampaignOut:
+def resume_campaign(
+    campaign_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.CAMPAIGN_MANAGE)]
+) -> CampaignOut:
     """Accept the halted wave and go on."""
     with ctx.operator_work(
         who, action="ota.campaign.resume", subject=f"campaign:{campaign_id}"
@@ -299,7 +324,12 @@ def resume_campaign(campaign_id: int, ctx: Ctx, who: Operator) -> CampaignOut:
 
 
 @router.post("/campaigns/{campaign_id}/abort", response_model=CampaignOut)
-def abort_campaign(campaign_id: int, request: Request, ctx: Ctx, who: Operator) -> CampaignOut:
+def abort_campaign(
+    campaign_id: int,
+    request: Request,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.CAMPAIGN_MANAGE)],
+) -> CampaignOut:
     """Stop, withdraw the release, tell devices in flight to fall back."""
     with ctx.operator_work(
         who, action="ota.campaign.abort", subject=f"campaign:{campaign_id}"

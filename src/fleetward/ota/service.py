@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ScalarSelect, func, select, update
 from sqlalchemy.orm import Session
 
+from fleetward._files import private_dir
 from fleetward.audit import service as audit
 from fleetward.errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
-    PermissionDeniedError,
 )
 from fleetward.keys import Signer, generate_file_signer, open_signer
 from fleetward.keys.ring import KeyRing
@@ -35,8 +35,9 @@ from fleetward.ota import release as checks
 from fleetward.ota import tuf_repo
 from fleetward.ota.models import Release, TufKey, TufMetadata, TufRole
 from fleetward.store.db import utcnow
+from fleetward.tenancy import scope
 from fleetward.tenancy.models import Tenant
-from fleetward.tenancy.roles import Permission, Principal, require
+from fleetward.tenancy.roles import Principal
 
 __all__ = [
     "BlobStore",
@@ -55,6 +56,8 @@ __all__ = [
     "withdraw_release",
 ]
 
+_NO_METADATA = "no such metadata"  # one answer for a missing file and an unknown tenant
+_NO_TARGET = "no such target"
 _META_NAME = re.compile(r"^(?:(\d{1,9})\.)?([A-Za-z0-9][A-Za-z0-9._-]{0,79})\.json$")
 _PRODUCT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -77,7 +80,7 @@ class BlobStore:
         Raises:
             PayloadTooLargeError: more than ``limit`` bytes.
         """
-        (self.root / "sha256").mkdir(parents=True, exist_ok=True)
+        private_dir(self.root / "sha256")
         digest = hashlib.sha256()
         length = 0
         fd, tmp = tempfile.mkstemp(dir=self.root / "sha256", prefix=".upload-")
@@ -93,8 +96,8 @@ class BlobStore:
                 os.fsync(out.fileno())
             sha = digest.hexdigest()
             target = self.path(sha)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
+            private_dir(target.parent)
+            os.replace(tmp, target)  # mkstemp made it 0600
             return sha, length
         finally:
             if os.path.exists(tmp):
@@ -333,7 +336,7 @@ def ensure_product(
     now: dt.datetime | None = None,
 ) -> bool:
     """Delegate ``product`` to its own role with ``threshold`` release signers."""
-    require(principal, Permission.RELEASE_MANAGE)
+    scope.authorize(principal, scope.OTA_PRODUCT)
     if not _PRODUCT.fullmatch(product or ""):
         raise InvalidInputError("product names are 1-64 characters of [A-Za-z0-9._-]")
     if not 1 <= threshold <= 5:
@@ -434,7 +437,7 @@ def create_release(
         ConflictError: the version is not higher than the product's newest.
         NotFoundError: the product has no role yet (``ensure_product``).
     """
-    require(principal, Permission.RELEASE_MANAGE)
+    scope.authorize(principal, scope.RELEASE_MANAGE)
     now = now or utcnow()
     _threshold(session, principal.tenant_id, tuf_repo.product_role(product))
     existing = session.execute(
@@ -520,7 +523,7 @@ def approve_release(
     Raises:
         ConflictError: already approved by this actor, withdrawn, or deployable.
     """
-    require(principal, Permission.RELEASE_APPROVE)
+    scope.authorize(principal, scope.RELEASE_APPROVE)
     now = now or utcnow()
     r = get_release(session, principal, release_id)
     if r.state != "pending":
@@ -557,7 +560,7 @@ def withdraw_release(
     now: dt.datetime | None = None,
 ) -> Release:
     """Remove a release from its product's targets (devices can no longer get it)."""
-    require(principal, Permission.RELEASE_MANAGE)
+    scope.authorize(principal, scope.RELEASE_MANAGE)
     now = now or utcnow()
     r = get_release(session, principal, release_id)
     if r.state == "withdrawn":
@@ -582,11 +585,16 @@ def withdraw_release(
 # -- serving and upkeep ---------------------------------------------------------
 
 
-def _tenant_id(session: Session, tenant_name: str) -> int:
-    tid = session.execute(select(Tenant.id).where(Tenant.name == tenant_name)).scalar_one_or_none()
-    if tid is None:
-        raise NotFoundError("no such repository")
-    return int(tid)
+def _tenant_named(tenant_name: str) -> ScalarSelect[int]:
+    """The id of the tenant called ``tenant_name``, as a subquery (NULL for none).
+
+    The public repository routes look the tenant up inside the one query
+    that reads the file, so an unknown tenant and a known tenant without
+    that file cost the same and answer the same 404: the repository does not
+    tell which tenant names exist (a tenant's metadata, once it has a
+    repository, is public by design).
+    """
+    return select(Tenant.id).where(Tenant.name == tenant_name).scalar_subquery()
 
 
 def metadata_bytes(session: Session, tenant_name: str, filename: str) -> bytes:
@@ -594,36 +602,38 @@ def metadata_bytes(session: Session, tenant_name: str, filename: str) -> bytes:
     ``<version>.<role>.json``).
 
     Raises:
-        NotFoundError: no such file.
+        NotFoundError: no such file (the same answer for an unknown tenant).
     """
     m = _META_NAME.fullmatch(filename)
     if not m:
-        raise NotFoundError("no such metadata")
-    tenant_id = _tenant_id(session, tenant_name)
+        raise NotFoundError(_NO_METADATA)
     version, role = m.group(1), m.group(2)
+    if version is None and role != "timestamp":
+        raise NotFoundError("only timestamp.json is served without a version")
+    stmt = select(TufMetadata.body).where(
+        TufMetadata.tenant_id == _tenant_named(tenant_name), TufMetadata.role == role
+    )
     if version is None:
-        if role != "timestamp":
-            raise NotFoundError("only timestamp.json is served without a version")
-        row = _latest(session, tenant_id, "timestamp")
+        stmt = stmt.order_by(TufMetadata.version.desc()).limit(1)
     else:
-        row = session.execute(
-            select(TufMetadata).where(
-                TufMetadata.tenant_id == tenant_id,
-                TufMetadata.role == role,
-                TufMetadata.version == int(version),
-            )
-        ).scalar_one_or_none()
-    if row is None:
-        raise NotFoundError("no such metadata")
-    return row.body
+        stmt = stmt.where(TufMetadata.version == int(version))
+    body = session.execute(stmt).scalars().first()
+    if body is None:
+        raise NotFoundError(_NO_METADATA)
+    return body
 
 
 def trusted_root(session: Session, tenant_name: str) -> bytes:
     """The newest root (what a device is provisioned with, or bootstraps from)."""
-    row = _latest(session, _tenant_id(session, tenant_name), "root")
-    if row is None:
-        raise NotFoundError("no such repository")
-    return row.body
+    body = session.execute(
+        select(TufMetadata.body)
+        .where(TufMetadata.tenant_id == _tenant_named(tenant_name), TufMetadata.role == "root")
+        .order_by(TufMetadata.version.desc())
+        .limit(1)
+    ).scalar()
+    if body is None:
+        raise NotFoundError(_NO_METADATA)
+    return body
 
 
 def release_for_target(session: Session, tenant_name: str, path: str) -> Release:
@@ -632,16 +642,17 @@ def release_for_target(session: Session, tenant_name: str, path: str) -> Release
     whether the client trusts it).
 
     Raises:
-        NotFoundError: no release of this tenant has that content there.
+        NotFoundError: no release of this tenant has that content there
+            (the same answer for an unknown tenant).
     """
     parts = path.split("/")
     if len(parts) != 3 or "." not in parts[2]:
-        raise NotFoundError("no such target")
+        raise NotFoundError(_NO_TARGET)
     product, version, hashed = parts
     sha, _, filename = hashed.partition(".")
     row = session.execute(
         select(Release).where(
-            Release.tenant_id == _tenant_id(session, tenant_name),
+            Release.tenant_id == _tenant_named(tenant_name),
             Release.product == product,
             Release.version == version,
             Release.sha256 == sha,
@@ -649,7 +660,7 @@ def release_for_target(session: Session, tenant_name: str, path: str) -> Release
         )
     ).scalar_one_or_none()
     if row is None:
-        raise NotFoundError("no such target")
+        raise NotFoundError(_NO_TARGET)
     return row
 
 
@@ -694,8 +705,7 @@ def rotate_root(
     next), so a device holding any earlier root walks forward to it. Returns
     the new root version.
     """
-    if principal.role not in ("admin", "security"):
-        raise PermissionDeniedError("rotating the root takes an admin or security operator")
+    scope.authorize(principal, scope.OTA_ROOT_ROTATE)
     if not 1 <= threshold <= keys <= 9:
         raise InvalidInputError("root threshold must be between 1 and the number of keys (<= 9)")
     now = now or utcnow()

@@ -40,9 +40,10 @@ from fleetward.provisioning.models import (
     ReprovisionGrant,
 )
 from fleetward.store import Database, utcnow
+from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Permission, Principal, require
 
-__all__ = ["ProvisionItem", "ProvisionResult", "category_of", "provision"]
+__all__ = ["ProvisionItem", "ProvisionResult", "category_of", "enroll_devices", "provision"]
 
 HARDWARE = "hardware-attested"
 SOFTWARE = "software"
@@ -100,13 +101,9 @@ def _load(session: Session, who: Principal, batch_id: int, items: list[Provision
     batch = session.get(EnrollmentBatch, batch_id)
     if batch is None or batch.tenant_id != who.tenant_id:
         raise NotFoundError(f"batch {batch_id} not found")
-    if who.factory_id is not None and who.factory_id != batch.factory_id:
-        raise PermissionDeniedError(f"this token is bound to another factory than batch {batch_id}")
-    if who.environment is not None and who.environment != batch.environment:
-        raise PermissionDeniedError(
-            f"this token is scoped to the {who.environment} environment; "
-            f"batch {batch_id} is {batch.environment}"
-        )
+    scope.authorize(
+        who, scope.DEVICE_ENROLL, environments=[batch.environment], factory_id=batch.factory_id
+    )
     now = utcnow()
     roots = [
         x509.load_pem_x509_certificate(pem.encode())
@@ -183,6 +180,7 @@ def provision(
     batch_id: int,
     items: list[ProvisionItem],
     source: str | None = None,
+    route: str = "batch",
     now: dt.datetime | None = None,
 ) -> list[ProvisionResult]:
     """Enroll devices of one batch; every attempt is recorded, accepted or not.
@@ -207,7 +205,9 @@ def provision(
                 s.connection(), pki, tenant_id=who.tenant_id, environment=ctx.batch.environment
             )
     except FleetwardError as exc:
-        _record_whole_refusal(db, who, batch_id=batch_id, items=items, exc=exc, source=source)
+        _record_whole_refusal(
+            db, who, batch_id=batch_id, items=items, exc=exc, source=source, route=route
+        )
         raise
     signed: list[issuance.Issued | FleetwardError] = []
     origins: list[str | None] = []
@@ -254,10 +254,13 @@ def provision(
             spent=spent,
             fingerprints=fingerprints,
             source=source,
+            route=route,
             now=now,
         )
     except FleetwardError as exc:  # lost a race (batch exhausted, nonce replayed)
-        _record_whole_refusal(db, who, batch_id=batch_id, items=items, exc=exc, source=source)
+        _record_whole_refusal(
+            db, who, batch_id=batch_id, items=items, exc=exc, source=source, route=route
+        )
         raise
 
 
@@ -272,6 +275,7 @@ def _commit(
     spent: list[bytes | None],
     fingerprints: list[str | None],
     source: str | None,
+    route: str,
     now: dt.datetime,
 ) -> list[ProvisionResult]:
     with db.session() as session:
@@ -328,6 +332,8 @@ def _commit(
             results=out,
             fingerprints=fingerprints,
             source=source,
+            route=route,
+            environment=ctx.batch.environment,
             now=now,
         )
     return out
@@ -356,6 +362,8 @@ def _record_attempts(
     results: list[ProvisionResult],
     fingerprints: list[str | None],
     source: str | None,
+    route: str,
+    environment: str | None,
     now: dt.datetime,
 ) -> None:
     rows = [
@@ -373,6 +381,8 @@ def _record_attempts(
             "source": (source or "")[:64] or None,
             "serial": r.issued.serial if r.issued is not None else None,
             "ts": now,
+            "route": route,
+            "environment": environment or (batch.environment if batch else None),
         }
         for r, fp in zip(results, fingerprints, strict=True)
     ]
@@ -384,15 +394,17 @@ def _record_whole_refusal(
     db: Database,
     who: Principal,
     *,
-    batch_id: int,
+    batch_id: int | None,
     items: list[ProvisionItem],
     exc: FleetwardError,
     source: str | None,
+    route: str,
+    environment: str | None = None,
 ) -> None:
     """Record every item of a request refused as a whole (scope, batch unusable)."""
     now = utcnow()
     with db.session() as session:
-        batch = session.get(EnrollmentBatch, batch_id)
+        batch = session.get(EnrollmentBatch, batch_id) if batch_id is not None else None
         if batch is not None and batch.tenant_id != who.tenant_id:
             batch = None  # never attach another tenant's batch to this record
         results = [
@@ -410,7 +422,191 @@ def _record_whole_refusal(
             who,
             batch=batch,
             results=results,
-            fingerprints=[None] * len(items),
+            fingerprints=[_fingerprint(i.csr) for i in items],
             source=source,
+            route=route,
+            environment=environment,
             now=now,
         )
+
+
+def _fingerprint(csr: bytes) -> str | None:
+    """SHA-256 of the CSR's DER, or ``None`` if it does not parse."""
+    try:
+        return hashlib.sha256(profile.load_csr(csr).public_bytes(Encoding.DER)).hexdigest()
+    except FleetwardError:
+        return None
+
+
+def enroll_devices(
+    db: Database,
+    pki: Pki,
+    who: Principal,
+    *,
+    items: list[issuance.BatchItem],
+    environment: str | None,
+    route: str,
+    source: str | None = None,
+    now: dt.datetime | None = None,
+) -> list[issuance.BatchResult]:
+    """Enroll devices from any enrollment path that is not a factory batch's
+    own (REST single and batch, EST, the CLI), with an enrollment record for
+    every attempt, accepted or refused.
+
+    A token bound to a factory enrolls only through that factory's open
+    batches: each device goes through the batch that names it (membership,
+    count limit, expiry, once per device, as at ``/batches/{id}/enroll``),
+    and a device no open batch names is refused (``outside-batch``).
+
+    Raises:
+        PermissionDeniedError / OutOfScopeError: the role may not enroll, or
+            the environment is outside the token's scope (recorded per item).
+        PayloadTooLargeError: more than ``issuance.MAX_BATCH`` items.
+    """
+    if len(items) > issuance.MAX_BATCH:
+        raise PayloadTooLargeError(
+            f"batch of {len(items)} items; the limit is {issuance.MAX_BATCH}"
+        )
+    provision_items = [ProvisionItem(device_id=i.device_id[:200], csr=i.csr) for i in items]
+    try:
+        require(who, Permission.DEVICE_ENROLL)
+        env = issuance.environment_for(who, environment)
+    except FleetwardError as exc:
+        _record_whole_refusal(
+            db, who, batch_id=None, items=provision_items, exc=exc, source=source, route=route
+        )
+        raise
+    if who.factory_id is not None:
+        return _through_batches(
+            db, pki, who, items=provision_items, environment=env, route=route, source=source
+        )
+
+    def record(session: Session, env: str, results: list[issuance.BatchResult]) -> None:
+        _record_attempts(
+            session,
+            who,
+            batch=None,
+            results=[
+                ProvisionResult(
+                    device_id=r.device_id,
+                    issued=r.issued,
+                    error=r.error,
+                    category=None if r.error is None else category_of(r.error),
+                    key_origin=i.key_origin,
+                )
+                for i, r in zip(items, results, strict=True)
+            ],
+            fingerprints=[_fingerprint(i.csr) for i in items],
+            source=source,
+            route=route,
+            environment=env,
+            now=now or utcnow(),
+        )
+
+    try:
+        return issuance.enroll_many(
+            db, pki, who, items=items, environment=env, now=now, on_record=record
+        )
+    except FleetwardError as exc:  # refused as a whole before the write (no issuing CA)
+        _record_whole_refusal(
+            db,
+            who,
+            batch_id=None,
+            items=provision_items,
+            exc=exc,
+            source=source,
+            route=route,
+            environment=env,
+        )
+        raise
+
+
+def _through_batches(
+    db: Database,
+    pki: Pki,
+    who: Principal,
+    *,
+    items: list[ProvisionItem],
+    environment: str,
+    route: str,
+    source: str | None,
+) -> list[issuance.BatchResult]:
+    """A factory token's enrollment: each device through its factory's open
+    batch that names it; the rest refused as outside every batch."""
+    now = utcnow()
+    with db.read() as s:
+        open_batches = [
+            BatchRules.of(b)
+            for b in s.execute(
+                select(EnrollmentBatch)
+                .where(
+                    EnrollmentBatch.tenant_id == who.tenant_id,
+                    EnrollmentBatch.factory_id == who.factory_id,
+                    EnrollmentBatch.environment == environment,
+                    EnrollmentBatch.status == "open",
+                    EnrollmentBatch.expires_at > now,
+                    EnrollmentBatch.used_count < EnrollmentBatch.max_count,
+                )
+                .order_by(EnrollmentBatch.id)
+            ).scalars()
+        ]
+    groups: dict[int, list[int]] = {}
+    outside: list[int] = []
+    for n, item in enumerate(items):
+        for rules in open_batches:
+            try:
+                check_member(rules, item.device_id)
+            except FleetwardError:
+                continue
+            groups.setdefault(rules.id, []).append(n)
+            break
+        else:
+            outside.append(n)
+    results: list[issuance.BatchResult | None] = [None] * len(items)
+    for batch_id, numbers in groups.items():
+        try:
+            done = provision(
+                db,
+                pki,
+                who,
+                batch_id=batch_id,
+                items=[items[n] for n in numbers],
+                source=source,
+                route=route,
+            )
+        except FleetwardError as exc:  # already recorded
+            for n in numbers:
+                results[n] = issuance.BatchResult(device_id=items[n].device_id, error=exc)
+            continue
+        for n, r in zip(numbers, done, strict=True):
+            results[n] = issuance.BatchResult(device_id=r.device_id, issued=r.issued, error=r.error)
+    if outside:
+        refused = OutsideBatchError(
+            f"this token is bound to factory {who.factory_id}: it enrolls only devices "
+            f"that one of its open {environment} batches names"
+        )
+        for n in outside:
+            results[n] = issuance.BatchResult(device_id=items[n].device_id, error=refused)
+        with db.session() as session:
+            _record_attempts(
+                session,
+                who,
+                batch=None,
+                results=[
+                    ProvisionResult(
+                        device_id=items[n].device_id,
+                        issued=None,
+                        error=refused,
+                        category=category_of(refused),
+                        key_origin=None,
+                    )
+                    for n in outside
+                ],
+                fingerprints=[_fingerprint(items[n].csr) for n in outside],
+                source=source,
+                route=route,
+                environment=environment,
+                now=now,
+            )
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]

@@ -120,3 +120,6 @@ class EnrollmentAttempt(Base):
     source: Mapped[str | None] = mapped_column(String(64), nullable=True)
     serial: Mapped[str | None] = mapped_column(String(42), nullable=True)
     ts: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # How it came: "batch" (a factory station), "rest", "rest-batch", "est", "cli".
+    route: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    environment: Mapped[str | None] = mapped_column(String(16), nullable=True)

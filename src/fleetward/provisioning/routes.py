@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from fleetward.api import problems
-from fleetward.api.deps import Ctx, Operator
+from fleetward.api.deps import Allow, Ctx
 from fleetward.identity.issuance import MAX_BATCH
 from fleetward.identity.profile import MAX_CSR_BYTES
 from fleetward.identity.schemas import certificate_out
@@ -18,6 +18,8 @@ from fleetward.provisioning import enroll, service
 from fleetward.provisioning.attestation import MAX_STATEMENT_BYTES
 from fleetward.provisioning.models import EnrollmentBatch, Factory
 from fleetward.store import utcnow
+from fleetward.tenancy import scope
+from fleetward.tenancy.roles import Principal
 
 router = APIRouter(prefix="/api/v1/provisioning", tags=["provisioning"])
 
@@ -131,7 +133,9 @@ class ProvisionIn(BaseModel):
 
 
 @router.post("/factories", response_model=FactoryOut, status_code=201)
-def create_factory(body: FactoryIn, ctx: Ctx, who: Operator) -> FactoryOut:
+def create_factory(
+    body: FactoryIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.FACTORY_CREATE)]
+) -> FactoryOut:
     """Register a factory (admin)."""
     with ctx.operator_work(who, action="factory.create", subject=f"factory:{body.name}") as s:
         return FactoryOut.of(
@@ -140,14 +144,21 @@ def create_factory(body: FactoryIn, ctx: Ctx, who: Operator) -> FactoryOut:
 
 
 @router.get("/factories", response_model=list[FactoryOut])
-def list_factories(ctx: Ctx, who: Operator) -> list[FactoryOut]:
+def list_factories(
+    ctx: Ctx, who: Annotated[Principal, Allow(scope.FACTORY_READ)]
+) -> list[FactoryOut]:
     """The tenant's factories."""
     with ctx.db.read() as s:
         return [FactoryOut.of(f) for f in service.list_factories(s, who)]
 
 
 @router.post("/factories/{factory_id}/tokens", status_code=201)
-def factory_token(factory_id: int, body: FactoryTokenIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
+def factory_token(
+    factory_id: int,
+    body: FactoryTokenIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.TOKEN_CREATE)],
+) -> dict[str, Any]:
     """A factory-operator token bound to this factory (shown once)."""
     expires = utcnow() + dt.timedelta(days=body.expires_in_days) if body.expires_in_days else None
     with ctx.operator_work(who, action="token.create", subject=f"factory:{factory_id}") as s:
@@ -163,7 +174,9 @@ def factory_token(factory_id: int, body: FactoryTokenIn, ctx: Ctx, who: Operator
 
 
 @router.post("/batches", response_model=BatchOut, status_code=201)
-def create_batch(body: BatchIn, ctx: Ctx, who: Operator) -> BatchOut:
+def create_batch(
+    body: BatchIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.BATCH_MANAGE)]
+) -> BatchOut:
     """Authorise a set of devices at a factory (admin)."""
     with ctx.operator_work(who, action="batch.create", subject=f"factory:{body.factory_id}") as s:
         batch = service.create_batch(
@@ -183,14 +196,16 @@ def create_batch(body: BatchIn, ctx: Ctx, who: Operator) -> BatchOut:
 
 
 @router.get("/batches", response_model=list[BatchOut])
-def list_batches(ctx: Ctx, who: Operator) -> list[BatchOut]:
+def list_batches(ctx: Ctx, who: Annotated[Principal, Allow(scope.BATCH_READ)]) -> list[BatchOut]:
     """Batches (a factory token sees its own factory's)."""
     with ctx.db.read() as s:
         return [BatchOut.of(b) for b in service.list_batches(s, who)]
 
 
 @router.post("/batches/{batch_id}/close", response_model=BatchOut)
-def close_batch(batch_id: int, ctx: Ctx, who: Operator) -> BatchOut:
+def close_batch(
+    batch_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.BATCH_MANAGE)]
+) -> BatchOut:
     """Close a batch (admin)."""
     with ctx.operator_work(who, action="batch.close", subject=f"batch:{batch_id}") as s:
         return BatchOut.of(service.close_batch(s, who, batch_id))
@@ -198,7 +213,11 @@ def close_batch(batch_id: int, ctx: Ctx, who: Operator) -> BatchOut:
 
 @router.post("/batches/{batch_id}/enroll")
 def provision(
-    batch_id: int, body: ProvisionIn, request: Request, ctx: Ctx, who: Operator
+    batch_id: int,
+    body: ProvisionIn,
+    request: Request,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.DEVICE_ENROLL)],
 ) -> dict[str, Any]:
     """Enroll devices of this batch (one or up to 1,000); each is issued or refused alone."""
     items = [
@@ -229,7 +248,9 @@ def provision(
 
 
 @router.post("/attestation-roots", status_code=201)
-def register_root(body: RootIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
+def register_root(
+    body: RootIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.ATTESTATION_ROOT_MANAGE)]
+) -> dict[str, Any]:
     """Trust a chip vendor's attestation root (admin)."""
     with ctx.operator_work(
         who, action="attestation-root.register", subject=f"root:{body.name[:50]}"
@@ -241,7 +262,9 @@ def register_root(body: RootIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
 
 
 @router.get("/attestation-roots")
-def list_roots(ctx: Ctx, who: Operator) -> list[dict[str, Any]]:
+def list_roots(
+    ctx: Ctx, who: Annotated[Principal, Allow(scope.ATTESTATION_ROOT_READ)]
+) -> list[dict[str, Any]]:
     """Trusted vendor roots."""
     with ctx.db.read() as s:
         return [
@@ -251,7 +274,11 @@ def list_roots(ctx: Ctx, who: Operator) -> list[dict[str, Any]]:
 
 
 @router.post("/nonces", status_code=201)
-def nonces(ctx: Ctx, who: Operator, count: int = Query(default=1, ge=1, le=1000)) -> dict[str, Any]:
+def nonces(
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.NONCE_ISSUE)],
+    count: int = Query(default=1, ge=1, le=1000),
+) -> dict[str, Any]:
     """Single-use challenges for key attestation statements (valid 5 minutes)."""
     with ctx.operator_work(who, action="nonce.issue", subject="nonces") as s:
         rows = service.issue_nonce(s, who, count=count)
@@ -259,7 +286,9 @@ def nonces(ctx: Ctx, who: Operator, count: int = Query(default=1, ge=1, le=1000)
 
 
 @router.post("/reprovision-grants", status_code=201)
-def grant(body: GrantIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
+def grant(
+    body: GrantIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_REPROVISION)]
+) -> dict[str, Any]:
     """Allow one more provisioning of a device (security, admin)."""
     with ctx.operator_work(
         who, action="device.reprovision-grant", subject=f"device:{body.device_id}"
@@ -271,7 +300,7 @@ def grant(body: GrantIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
 @router.get("/attempts", response_model=None)
 def attempts(
     ctx: Ctx,
-    who: Operator,
+    who: Annotated[Principal, Allow(scope.ENROLLMENT_RECORDS_READ)],
     format: str = Query(default="json", pattern="^(json|csv)$"),
     factory_id: int | None = None,
     batch_id: int | None = None,
@@ -292,7 +321,9 @@ def attempts(
 
 
 @router.get("/counters")
-def counters(ctx: Ctx, who: Operator) -> list[dict[str, Any]]:
+def counters(
+    ctx: Ctx, who: Annotated[Principal, Allow(scope.ENROLLMENT_RECORDS_READ)]
+) -> list[dict[str, Any]]:
     """Abnormal-enrollment signals per factory and batch."""
     with ctx.db.read() as s:
         return service.counters(s, who)

@@ -38,6 +38,7 @@ from fleetward.errors import (
     PayloadTooLargeError,
 )
 from fleetward.identity import issuance, profile
+from fleetward.identity import service as identity_service
 from fleetward.provisioning.batch import (
     MAX_EXPLICIT_IDS,
     validate_range,
@@ -51,6 +52,7 @@ from fleetward.provisioning.models import (
     ReprovisionGrant,
 )
 from fleetward.store import utcnow
+from fleetward.tenancy import scope
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.models import ApiToken
 from fleetward.tenancy.roles import ENVIRONMENTS, Permission, Principal, require
@@ -97,6 +99,7 @@ def create_factory(session: Session, who: Principal, *, name: str, environment: 
     require(who, Permission.TENANT_MANAGE)
     if environment not in ENVIRONMENTS:
         raise InvalidInputError(f"unknown environment {environment!r}; one of {ENVIRONMENTS}")
+    scope.authorize(who, scope.FACTORY_CREATE, environments=[environment])
     if not profile.DEVICE_ID.fullmatch(name):
         raise InvalidInputError("factory name must be 1-64 of [A-Za-z0-9._-]")
     taken = session.execute(
@@ -125,6 +128,8 @@ def list_factories(session: Session, who: Principal) -> list[Factory]:
     """The tenant's factories."""
     require(who, Permission.DEVICE_READ)
     stmt = select(Factory).where(Factory.tenant_id == who.tenant_id).order_by(Factory.id)
+    if who.factory_id is not None:
+        stmt = stmt.where(Factory.id == who.factory_id)
     return list(session.execute(stmt).scalars())
 
 
@@ -148,6 +153,7 @@ def create_factory_token(
         factory_id=factory.id,
         expires_at=expires_at,
         actor=who.actor,
+        grantor=who,
     )
 
 
@@ -176,6 +182,9 @@ def create_batch(
     """
     require(who, Permission.TENANT_MANAGE)
     factory = get_factory(session, who, factory_id)
+    scope.authorize(
+        who, scope.BATCH_MANAGE, environments=[factory.environment], factory_id=factory.id
+    )
     now = utcnow()
     if expires_at <= now:
         raise InvalidInputError("batch expiry must be in the future")
@@ -256,6 +265,9 @@ def close_batch(session: Session, who: Principal, batch_id: int) -> EnrollmentBa
     """Close a batch: it enrolls nothing more."""
     require(who, Permission.TENANT_MANAGE)
     batch = get_batch(session, who, batch_id)
+    scope.authorize(
+        who, scope.BATCH_MANAGE, environments=[batch.environment], factory_id=batch.factory_id
+    )
     if batch.status == "closed":
         raise ConflictError(f"batch {batch_id} is already closed")
     batch.status = "closed"
@@ -269,8 +281,8 @@ def close_batch(session: Session, who: Principal, batch_id: int) -> EnrollmentBa
 def register_root(
     session: Session, who: Principal, *, name: str, certificate_pem: bytes
 ) -> AttestationRoot:
-    """Trust a chip vendor's attestation root for this tenant."""
-    require(who, Permission.TENANT_MANAGE)
+    """Trust a chip vendor's attestation root for this tenant (every environment)."""
+    scope.authorize(who, scope.ATTESTATION_ROOT_MANAGE)
     if len(certificate_pem) > 16 * 1024:
         raise PayloadTooLargeError("attestation root certificate over 16 KiB")
     try:
@@ -339,6 +351,10 @@ def grant_reprovision(
     """Allow an already-provisioned device to be provisioned once more (audited)."""
     require(who, Permission.DEVICE_MANAGE)
     profile.check_device_id(device_id)
+    known = identity_service.find_device_pk(session, tenant_id=who.tenant_id, device_id=device_id)
+    identity_service.authorize_on_devices(
+        session, who, scope.DEVICE_REPROVISION, [known] if known is not None else []
+    )
     if not reason.strip():
         raise InvalidInputError("a re-provisioning grant needs a reason")
     grant = ReprovisionGrant(
@@ -477,6 +493,8 @@ def attempt_record(a: EnrollmentAttempt) -> dict[str, Any]:
         "reason": a.reason,
         "source": a.source,
         "serial": a.serial,
+        "route": a.route,
+        "environment": a.environment,
     }
 
 
@@ -494,6 +512,8 @@ CSV_FIELDS = [
     "reason",
     "source",
     "serial",
+    "route",
+    "environment",
 ]
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from fleetward.api.deps import Ctx, Operator
+from fleetward.api.deps import Allow, Ctx
 from fleetward.response import drills, runs, service
 from fleetward.response.effects import LiveEffects
 from fleetward.response.models import Drill, Incident, IncidentEvent, Playbook, PlaybookRun
+from fleetward.tenancy import scope
+from fleetward.tenancy.roles import Principal
 
 router = APIRouter(prefix="/api/v1", tags=["response"])
 
@@ -178,28 +180,39 @@ class DrillOut(BaseModel):
 
 
 @router.get("/playbooks", response_model=list[PlaybookOut])
-def list_playbooks(ctx: Ctx, who: Operator) -> list[PlaybookOut]:
+def list_playbooks(
+    ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_READ)]
+) -> list[PlaybookOut]:
     """The newest version of each playbook."""
     with ctx.db.read() as s:
         return [PlaybookOut.of(p) for p in service.list_playbooks(s, who)]
 
 
 @router.get("/playbooks/{name}", response_model=PlaybookOut)
-def get_playbook(name: str, ctx: Ctx, who: Operator, version: int | None = None) -> PlaybookOut:
+def get_playbook(
+    name: str,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.INCIDENT_READ)],
+    version: int | None = None,
+) -> PlaybookOut:
     """A playbook (newest, or ``?version=``)."""
     with ctx.db.read() as s:
         return PlaybookOut.of(service.get_playbook(s, who, name, version))
 
 
 @router.put("/playbooks", response_model=PlaybookOut, status_code=201)
-def put_playbook(body: PlaybookIn, ctx: Ctx, who: Operator) -> PlaybookOut:
+def put_playbook(
+    body: PlaybookIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.PLAYBOOK_MANAGE)]
+) -> PlaybookOut:
     """Store a new version of a playbook."""
     with ctx.operator_work(who, action="playbook.put", subject="playbook") as s:
         return PlaybookOut.of(service.put_playbook(s, who, body.source))
 
 
 @router.post("/playbooks/standard", response_model=list[PlaybookOut], status_code=201)
-def install_standard(ctx: Ctx, who: Operator) -> list[PlaybookOut]:
+def install_standard(
+    ctx: Ctx, who: Annotated[Principal, Allow(scope.PLAYBOOK_MANAGE)]
+) -> list[PlaybookOut]:
     """Install the shipped playbooks the tenant does not have."""
     with ctx.operator_work(who, action="playbook.put", subject="playbook:standard") as s:
         return [PlaybookOut.of(p) for p in service.install_standard(s, who)]
@@ -209,7 +222,9 @@ def install_standard(ctx: Ctx, who: Operator) -> list[PlaybookOut]:
 
 
 @router.post("/incidents", response_model=IncidentOut, status_code=201)
-def open_incident(body: IncidentIn, ctx: Ctx, who: Operator) -> IncidentOut:
+def open_incident(
+    body: IncidentIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_MANAGE)]
+) -> IncidentOut:
     """Open an incident by hand or from an alert."""
     with ctx.operator_work(who, action="incident.open", subject="incident") as s:
         return IncidentOut.of(
@@ -222,7 +237,10 @@ def open_incident(body: IncidentIn, ctx: Ctx, who: Operator) -> IncidentOut:
 
 @router.get("/incidents", response_model=list[IncidentOut])
 def list_incidents(
-    ctx: Ctx, who: Operator, state: str | None = None, limit: int = Query(100, ge=1, le=1000)
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.INCIDENT_READ)],
+    state: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
 ) -> list[IncidentOut]:
     """The tenant's incidents, newest first."""
     with ctx.db.read() as s:
@@ -230,7 +248,9 @@ def list_incidents(
 
 
 @router.get("/incidents/{incident_id}", response_model=IncidentOut)
-def get_incident(incident_id: int, ctx: Ctx, who: Operator) -> IncidentOut:
+def get_incident(
+    incident_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_READ)]
+) -> IncidentOut:
     """An incident with its timeline, runs and stragglers."""
     from sqlalchemy import select
 
@@ -248,14 +268,24 @@ def get_incident(incident_id: int, ctx: Ctx, who: Operator) -> IncidentOut:
 
 
 @router.post("/incidents/{incident_id}/notes", response_model=EventOut, status_code=201)
-def note(incident_id: int, body: NoteIn, ctx: Ctx, who: Operator) -> EventOut:
+def note(
+    incident_id: int,
+    body: NoteIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.INCIDENT_MANAGE)],
+) -> EventOut:
     """Add a note to the timeline."""
     with ctx.operator_work(who, action="incident.note", subject=f"incident:{incident_id}") as s:
         return EventOut.of(service.note(s, who, incident_id, body.text))
 
 
 @router.post("/incidents/{incident_id}/close", response_model=IncidentOut)
-def close(incident_id: int, ctx: Ctx, who: Operator, force: bool = False) -> IncidentOut:
+def close(
+    incident_id: int,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.INCIDENT_MANAGE)],
+    force: bool = False,
+) -> IncidentOut:
     """Close an incident (``?force=true`` leaves pending devices behind)."""
     with ctx.operator_work(who, action="incident.close", subject=f"incident:{incident_id}") as s:
         return IncidentOut.of(service.close_incident(s, who, incident_id, force=force))
@@ -265,7 +295,9 @@ def close(incident_id: int, ctx: Ctx, who: Operator, force: bool = False) -> Inc
 
 
 @router.post("/incidents/{incident_id}/dry-run")
-def dry_run(incident_id: int, body: RunIn, ctx: Ctx, who: Operator) -> dict[str, Any]:
+def dry_run(
+    incident_id: int, body: RunIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]
+) -> dict[str, Any]:
     """The blast radius of a run; nothing happens."""
     with ctx.db.read() as s:
         return runs.dry_run(
@@ -275,7 +307,9 @@ def dry_run(incident_id: int, body: RunIn, ctx: Ctx, who: Operator) -> dict[str,
 
 
 @router.post("/incidents/{incident_id}/runs", response_model=RunOut, status_code=201)
-def start_run(incident_id: int, body: RunIn, ctx: Ctx, who: Operator) -> RunOut:
+def start_run(
+    incident_id: int, body: RunIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]
+) -> RunOut:
     """Plan a run (it waits for approvals when a step is destructive)."""
     with ctx.operator_work(who, action="playbook.run.plan", subject=f"incident:{incident_id}") as s:
         return RunOut.of(
@@ -287,21 +321,21 @@ def start_run(incident_id: int, body: RunIn, ctx: Ctx, who: Operator) -> RunOut:
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
-def get_run(run_id: int, ctx: Ctx, who: Operator) -> RunOut:
+def get_run(run_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_READ)]) -> RunOut:
     """A run."""
     with ctx.db.read() as s:
         return RunOut.of(runs.get_run(s, who, run_id))
 
 
 @router.post("/runs/{run_id}/approve", response_model=RunOut)
-def approve(run_id: int, ctx: Ctx, who: Operator) -> RunOut:
+def approve(run_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]) -> RunOut:
     """A security operator's approval."""
     with ctx.operator_work(who, action="playbook.run.approve", subject=f"run:{run_id}") as s:
         return RunOut.of(runs.approve_run(s, who, run_id))
 
 
 @router.post("/runs/{run_id}/execute", response_model=RunOut)
-def execute(run_id: int, ctx: Ctx, who: Operator) -> RunOut:
+def execute(run_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]) -> RunOut:
     """Run a ready run's steps now."""
     effects = LiveEffects(ctx.settings.home)
     try:
@@ -320,14 +354,20 @@ def execute(run_id: int, ctx: Ctx, who: Operator) -> RunOut:
 
 
 @router.get("/drills", response_model=list[DrillOut])
-def list_drills(ctx: Ctx, who: Operator, limit: int = Query(50, ge=1, le=500)) -> list[DrillOut]:
+def list_drills(
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.INCIDENT_READ)],
+    limit: int = Query(50, ge=1, le=500),
+) -> list[DrillOut]:
     """Drill reports, newest first (the trend)."""
     with ctx.db.read() as s:
         return [DrillOut.of(d) for d in drills.list_drills(s, who, limit=limit)]
 
 
 @router.get("/drills/{drill_id}", response_model=DrillOut)
-def get_drill(drill_id: int, ctx: Ctx, who: Operator) -> DrillOut:
+def get_drill(
+    drill_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_READ)]
+) -> DrillOut:
     """One drill's report."""
     with ctx.db.read() as s:
         return DrillOut.of(drills.get_drill(s, who, drill_id))

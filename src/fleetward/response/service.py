@@ -35,6 +35,7 @@ from fleetward.response.models import (
 )
 from fleetward.response.standard import STANDARD
 from fleetward.store.db import utcnow
+from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Permission, Principal, require
 
 __all__ = [
@@ -70,8 +71,10 @@ def put_playbook(
         InvalidInputError: not a valid playbook (see :func:`playbook.parse`).
         PermissionDeniedError: the role may not manage incidents, or the
             playbook names another tenant.
+        OutOfScopeError: a token scoped to one environment (playbooks apply
+            in every environment).
     """
-    require(principal, Permission.INCIDENT_MANAGE)
+    scope.authorize(principal, scope.PLAYBOOK_MANAGE)
     spec = pb.parse(source)
     tenant = spec.tenant
     if tenant is not None and tenant != principal.tenant_name:

@@ -17,6 +17,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from fleetward._files import narrow, private_file
+
 __all__ = ["Base", "Database", "utcnow"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -53,6 +55,20 @@ def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def _private_sqlite_files(database: Path) -> None:
+    """Create the database file at 0600 before SQLite does (and narrow an old one).
+
+    SQLite would create it 0644 less the umask, and it gives the ``-wal`` and
+    ``-shm`` files the database file's mode, so a private database file makes
+    all three private (rule 3 of :mod:`fleetward._files`).
+    """
+    if not database.parent.is_dir():
+        return  # SQLite will say what is wrong when it opens it
+    private_file(database)
+    for suffix in ("-wal", "-shm", ".writer-lock"):
+        narrow(database.with_name(database.name + suffix))
+
+
 class Database:
     """Engines and session factories for one database URL.
 
@@ -82,6 +98,7 @@ class Database:
             database = self.engine.url.database
             if database and database != ":memory:":
                 self._lock_path = database + ".writer-lock"
+                _private_sqlite_files(Path(database))
         else:
             self.read_engine = self.engine
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)

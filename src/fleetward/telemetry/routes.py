@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from fleetward.api.deps import Ctx, Operator
+from fleetward.api.deps import Allow, Ctx
 from fleetward.telemetry import service
+from fleetward.tenancy import scope
+from fleetward.tenancy.roles import Principal
 
 router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"])
 
@@ -42,7 +44,9 @@ class EventOut(BaseModel):
 
 
 @router.post("/events", status_code=201)
-def post_events(body: EventsIn, ctx: Ctx, who: Operator) -> dict[str, int]:
+def post_events(
+    body: EventsIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.TELEMETRY_POST)]
+) -> dict[str, int]:
     """Store events for the tenant's devices."""
     with ctx.operator_work(who, action="telemetry.post", subject="events") as s:
         n = service.post_events(s, who, [e.model_dump() for e in body.events])
@@ -52,7 +56,7 @@ def post_events(body: EventsIn, ctx: Ctx, who: Operator) -> dict[str, int]:
 @router.get("/events", response_model=list[EventOut])
 def query(
     ctx: Ctx,
-    who: Operator,
+    who: Annotated[Principal, Allow(scope.DEVICE_READ)],
     device: str | None = None,
     type: str | None = Query(default=None, max_length=48),
     since: dt.datetime | None = None,

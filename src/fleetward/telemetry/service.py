@@ -17,10 +17,12 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
+from fleetward.identity import service as identity_service
 from fleetward.identity.models import Device
 from fleetward.store.db import utcnow
 from fleetward.telemetry.ingest import MAX_FIELDS_BYTES
 from fleetward.telemetry.models import Event
+from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Permission, Principal, require
 
 __all__ = ["MAX_EVENTS_PER_REQUEST", "RETENTION", "post_events", "prune", "query"]
@@ -60,6 +62,9 @@ def post_events(
             )
         )
     }
+    identity_service.authorize_on_devices(
+        session, principal, scope.TELEMETRY_POST, list(found.values())
+    )
     rows = []
     for i, e in enumerate(events):
         kind = e.get("type")

@@ -36,6 +36,7 @@ class Permission(enum.StrEnum):
     RELEASE_MANAGE = "release.manage"
     RELEASE_APPROVE = "release.approve"
     INCIDENT_MANAGE = "incident.manage"
+    OTA_ROOT_ROTATE = "ota.root.rotate"
 
 
 _READ = {Permission.CA_READ, Permission.DEVICE_READ}
@@ -51,6 +52,7 @@ ROLES: dict[str, frozenset[Permission]] = {
             Permission.POLICY_MANAGE,
             Permission.RELEASE_APPROVE,
             Permission.INCIDENT_MANAGE,
+            Permission.OTA_ROOT_ROTATE,
         }
     ),
     "release-manager": frozenset(_READ | {Permission.RELEASE_MANAGE, Permission.RELEASE_APPROVE}),

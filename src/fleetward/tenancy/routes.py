@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
-from fleetward.api.deps import Ctx, Operator
+from fleetward.api.deps import Allow, Ctx
 from fleetward.store import utcnow
-from fleetward.tenancy import service
+from fleetward.tenancy import scope, service
 from fleetward.tenancy.models import ApiToken, Tenant
-from fleetward.tenancy.roles import Permission, require
+from fleetward.tenancy.roles import Permission, Principal, require
 
 router = APIRouter(prefix="/api/v1", tags=["tenancy"])
 
@@ -80,14 +81,16 @@ def _tenant_out(t: Tenant, role: str) -> TenantOut:
 
 
 @router.get("/tenant", response_model=TenantOut)
-def get_tenant(ctx: Ctx, who: Operator) -> TenantOut:
+def get_tenant(ctx: Ctx, who: Annotated[Principal, Allow(scope.TENANT_READ)]) -> TenantOut:
     """The tenant this token belongs to."""
     with ctx.db.read() as s:
         return _tenant_out(service.get_tenant(s, who.tenant_id), who.role)
 
 
 @router.patch("/tenant", response_model=TenantOut)
-def patch_tenant(body: TenantPolicyIn, ctx: Ctx, who: Operator) -> TenantOut:
+def patch_tenant(
+    body: TenantPolicyIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.TENANT_SETTINGS)]
+) -> TenantOut:
     """Change tenant policy (admin)."""
     with ctx.operator_work(who, action="tenant.policy", subject=f"tenant:{who.tenant_name}") as s:
         if body.cert_lifetime_days is not None:
@@ -98,14 +101,16 @@ def patch_tenant(body: TenantPolicyIn, ctx: Ctx, who: Operator) -> TenantOut:
 
 
 @router.get("/tokens", response_model=list[TokenOut])
-def list_tokens(ctx: Ctx, who: Operator) -> list[TokenOut]:
+def list_tokens(ctx: Ctx, who: Annotated[Principal, Allow(scope.TOKEN_LIST)]) -> list[TokenOut]:
     """Tokens of the tenant (admin)."""
     with ctx.db.read() as s:
         return [TokenOut.of(t) for t in service.list_tokens(s, who)]
 
 
 @router.post("/tokens", response_model=TokenOut, status_code=201)
-def create_token(body: TokenIn, ctx: Ctx, who: Operator) -> TokenOut:
+def create_token(
+    body: TokenIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.TOKEN_CREATE)]
+) -> TokenOut:
     """Create a token; the secret is in ``token`` and is shown only now."""
     with ctx.operator_work(who, action="token.create", subject=f"token:{body.name}") as s:
         require(who, Permission.TOKEN_MANAGE)
@@ -120,12 +125,15 @@ def create_token(body: TokenIn, ctx: Ctx, who: Operator) -> TokenOut:
             environment=body.environment,
             expires_at=expires,
             actor=who.actor,
+            grantor=who,
         )
         return TokenOut.of(row, token)
 
 
 @router.delete("/tokens/{token_id}", status_code=204, response_class=Response)
-def revoke_token(token_id: str, ctx: Ctx, who: Operator) -> Response:
+def revoke_token(
+    token_id: str, ctx: Ctx, who: Annotated[Principal, Allow(scope.TOKEN_REVOKE)]
+) -> Response:
     """Revoke a token."""
     with ctx.operator_work(who, action="token.revoke", subject=f"token:{token_id[:32]}") as s:
         service.revoke_token(s, who, token_id)

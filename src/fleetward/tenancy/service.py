@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from fleetward.audit import service as audit
 from fleetward.errors import AuthenticationError, ConflictError, InvalidInputError, NotFoundError
 from fleetward.store import utcnow
+from fleetward.tenancy import scope
 from fleetward.tenancy.models import ApiToken, Tenant
 from fleetward.tenancy.roles import ENVIRONMENTS, ROLES, Permission, Principal, require
 from fleetward.tenancy.tokens import hash_secret, new_token, parse_token, secret_matches
@@ -84,8 +85,9 @@ def list_tenants(session: Session) -> list[Tenant]:
 
 
 def set_cert_lifetime(session: Session, principal: Principal, *, days: int) -> Tenant:
-    """Set the tenant's device certificate lifetime policy."""
-    require(principal, Permission.TENANT_MANAGE)
+    """Set the tenant's device certificate lifetime policy (every environment:
+    only a token with no environment or factory scope)."""
+    scope.authorize(principal, scope.TENANT_SETTINGS)
     if not 1 <= days <= MAX_CERT_LIFETIME_DAYS:
         raise InvalidInputError(f"certificate lifetime must be 1..{MAX_CERT_LIFETIME_DAYS} days")
     tenant = get_tenant(session, principal.tenant_id)
@@ -112,18 +114,29 @@ def create_token(
     environment: str | None = None,
     expires_at: dt.datetime | None = None,
     factory_id: int | None = None,
+    grantor: Principal | None = None,
     now: dt.datetime | None = None,
 ) -> tuple[ApiToken, str]:
     """Create an API token; returns the row and the token string (shown once).
 
+    Args:
+        grantor: the operator creating it; the new token must fit inside its
+            scope (:func:`fleetward.tenancy.scope.decide_grant`). ``None`` for
+            the installation itself (``init``, the local CLI).
+
     Raises:
         InvalidInputError: unknown role or environment, empty name, past expiry.
+        PermissionDeniedError / OutOfScopeError: wider than the grantor.
     """
     now = now or utcnow()
     if role not in ROLES:
         raise InvalidInputError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     if environment is not None and environment not in ENVIRONMENTS:
         raise InvalidInputError(f"unknown environment {environment!r}")
+    if grantor is not None:
+        if grantor.tenant_id != tenant.id:
+            raise NotFoundError("tenant not found")
+        scope.authorize_grant(grantor, role=role, environment=environment, factory_id=factory_id)
     if not name or len(name) > 100:
         raise InvalidInputError("token name must be 1-100 characters")
     if expires_at is not None and expires_at <= now:
@@ -203,8 +216,9 @@ def authenticate(session: Session, token: str, *, now: dt.datetime | None = None
 
 
 def set_allow_unattested(session: Session, principal: Principal, *, allow: bool) -> Tenant:
-    """Set the dangerous option that lets production accept unattested (software) keys."""
-    require(principal, Permission.TENANT_MANAGE)
+    """Set the dangerous option that lets production accept unattested (software) keys
+    (only a token with no environment or factory scope)."""
+    scope.authorize(principal, scope.TENANT_SETTINGS)
     tenant = get_tenant(session, principal.tenant_id)
     tenant.allow_unattested_keys_in_production = allow
     audit.append(
@@ -219,22 +233,30 @@ def set_allow_unattested(session: Session, principal: Principal, *, allow: bool)
 
 
 def list_tokens(session: Session, principal: Principal) -> list[ApiToken]:
-    """Tokens of the principal's tenant."""
-    require(principal, Permission.TOKEN_MANAGE)
+    """Tokens of the principal's tenant (a scoped token sees those in its scope)."""
+    scope.authorize(principal, scope.TOKEN_LIST)
     stmt = (
         select(ApiToken)
         .where(ApiToken.tenant_id == principal.tenant_id)
         .order_by(ApiToken.created_at)
     )
+    if principal.environment is not None:
+        stmt = stmt.where(ApiToken.environment == principal.environment)
+    if principal.factory_id is not None:
+        stmt = stmt.where(ApiToken.factory_id == principal.factory_id)
     return list(session.execute(stmt).scalars())
 
 
 def revoke_token(session: Session, principal: Principal, token_id: str) -> ApiToken:
-    """Revoke a token of the principal's tenant (idempotent refusal on repeat)."""
+    """Revoke a token of the principal's tenant (idempotent refusal on repeat);
+    only a token the principal could have granted (same rules as creating)."""
     require(principal, Permission.TOKEN_MANAGE)
     row = session.get(ApiToken, token_id)
     if row is None or row.tenant_id != principal.tenant_id:
         raise NotFoundError(f"token {token_id!r} not found")
+    scope.authorize_grant(
+        principal, role=row.role, environment=row.environment, factory_id=row.factory_id
+    )
     if row.revoked_at is not None:
         raise ConflictError(f"token {token_id!r} is already revoked")
     row.revoked_at = utcnow()

@@ -1,0 +1,199 @@
+"""Public routes that name a tenant do not tell which tenant names exist.
+
+For every route whose path carries a tenant (``{tenant}``, or an EST
+``{label}``), an unknown tenant, a known tenant without the object asked for,
+and (on authenticated routes) another tenant must get the same problem:
+same status, type, title and detail, with nothing echoed that differs. Only
+``instance`` (the caller's own request path, RFC 9457) differs. The route
+table is read from the app, so a new tenant-naming route without a case here
+fails :func:`test_every_tenant_naming_route_is_covered`.
+
+What stays public by design: a tenant's TUF metadata once it has a
+repository, its CA certificates (EST ``cacerts``), and a nonce for a device
+that exists; those answer 200 and so reveal that the tenant exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fleetward.api.context import AppContext
+from fleetward.ota import service as ota
+from fleetward.tenancy import service as tenancy
+from tests.helpers import csr_pem, new_key
+
+KNOWN = "default"  # CAs, a TUF repository, no device "dev-1"
+BARE = "bare"  # a tenant with nothing in it
+UNKNOWN = "ghost"
+TENANT_PARAM = re.compile(r"\{(tenant|label)(:[^}]*)?\}")  # a path parameter naming a tenant
+
+
+@dataclass(frozen=True)
+class Case:
+    """One route and the request paths that must all answer alike."""
+
+    route: str
+    method: str
+    paths: list[str]
+    body: Callable[[], dict[str, Any] | bytes | None] = lambda: None
+    authenticated: bool = False
+    marks: list[Any] = field(default_factory=list)
+
+
+def _est_body() -> bytes:
+    return base64.b64encode(_der_csr())
+
+
+def _der_csr() -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return x509.load_pem_x509_csr(csr_pem(new_key(), "dev-1")).public_bytes(Encoding.DER)
+
+
+CASES = [
+    Case(
+        "/tuf/{tenant}/metadata/{filename}",
+        "GET",
+        [
+            f"/tuf/{UNKNOWN}/metadata/timestamp.json",
+            f"/tuf/{BARE}/metadata/timestamp.json",
+            f"/tuf/{KNOWN}/metadata/99.root.json",
+            f"/tuf/{UNKNOWN}/metadata/99.root.json",
+        ],
+    ),
+    Case(
+        "/tuf/{tenant}/targets/{path:path}",
+        "GET",
+        [
+            f"/tuf/{UNKNOWN}/targets/fw/1.0.0/{'a' * 64}.fw.bin",
+            f"/tuf/{BARE}/targets/fw/1.0.0/{'a' * 64}.fw.bin",
+            f"/tuf/{KNOWN}/targets/fw/1.0.0/{'a' * 64}.fw.bin",
+        ],
+    ),
+    Case(
+        "/.well-known/est/{label}/cacerts",
+        "GET",
+        [
+            f"/.well-known/est/{UNKNOWN}.production/cacerts",
+            f"/.well-known/est/{BARE}.production/cacerts",
+            f"/.well-known/est/{KNOWN}.nowhere/cacerts",
+        ],
+    ),
+    Case(
+        # Authenticated: the caller is tenant BARE; KNOWN is another tenant.
+        "/.well-known/est/{label}/simpleenroll",
+        "POST",
+        [
+            f"/.well-known/est/{UNKNOWN}.production/simpleenroll",
+            f"/.well-known/est/{KNOWN}.production/simpleenroll",
+        ],
+        body=_est_body,
+        authenticated=True,
+        marks=[
+            pytest.mark.xfail(
+                strict=True,
+                reason="est._simpleenroll (being reworked elsewhere) still echoes the label "
+                "for another tenant's label; it should raise est._unknown_label()",
+            )
+        ],
+    ),
+    Case(
+        "/.well-known/est/{label}/simplereenroll",
+        "POST",
+        [
+            f"/.well-known/est/{UNKNOWN}.production/simplereenroll",
+            f"/.well-known/est/{KNOWN}.production/simplereenroll",
+        ],
+        body=_est_body,
+    ),
+    Case(
+        "/api/v1/attestation/{tenant}/{device_id}/nonce",
+        "POST",
+        [
+            f"/api/v1/attestation/{UNKNOWN}/dev-1/nonce",
+            f"/api/v1/attestation/{BARE}/dev-1/nonce",
+            f"/api/v1/attestation/{KNOWN}/dev-1/nonce",
+        ],
+    ),
+    Case(
+        "/api/v1/attestation/{tenant}/{device_id}/evidence",
+        "POST",
+        [
+            f"/api/v1/attestation/{UNKNOWN}/dev-1/evidence",
+            f"/api/v1/attestation/{BARE}/dev-1/evidence",
+            f"/api/v1/attestation/{KNOWN}/dev-1/evidence",
+        ],
+        body=lambda: {"evidence": "e30.e30.c2ln"},
+    ),
+]
+
+
+@pytest.fixture
+def bare_token(ctx: AppContext) -> str:
+    """Tenant ``bare`` (no CAs, no repository) with an admin token; and a
+    TUF repository for ``default``, so a known repository lacks the file."""
+    with ctx.db.session() as s:
+        bare = tenancy.create_tenant(s, name=BARE, actor="test")
+        _, token = tenancy.create_token(s, tenant=bare, name="a", role="admin", actor="test")
+        ota.ensure_repository(s, ctx.pki.keyring, tenancy.get_tenant_by_name(s, KNOWN))
+    return token
+
+
+def _flat(routes: list[Any]) -> Iterator[Any]:
+    """Every route, through included routers (FastAPI keeps those as branches)."""
+    for route in routes:
+        if hasattr(route, "effective_candidates"):
+            yield from _flat(route.effective_candidates())
+        else:
+            yield route
+
+
+def _tenant_naming_routes(client: TestClient) -> set[str]:
+    paths = {getattr(r, "path", "") for r in _flat(client.app.routes)}  # type: ignore[attr-defined]
+    assert "/api/v1/tenant" in paths  # the walk found the included routers
+    return {p for p in paths if TENANT_PARAM.search(p)}
+
+
+def test_every_tenant_naming_route_is_covered(client: TestClient) -> None:
+    assert _tenant_naming_routes(client) == {c.route for c in CASES}
+
+
+def _answer(client: TestClient, case: Case, path: str, token: str) -> tuple[Any, ...]:
+    body = case.body()
+    headers = {"Authorization": f"Bearer {token}"} if case.authenticated else {}
+    if isinstance(body, bytes):
+        resp = client.request(case.method, path, content=body, headers=headers)
+    else:
+        resp = client.request(case.method, path, json=body, headers=headers)
+    assert resp.status_code >= 400, (path, resp.status_code)
+    assert resp.headers["content-type"] == "application/problem+json", path
+    problem = resp.json()
+    assert problem.pop("instance") == path
+    other_headers = {k: v for k, v in resp.headers.items() if k not in ("date", "content-length")}
+    return resp.status_code, problem, other_headers
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.route, marks=c.marks) for c in CASES])
+def test_unknown_and_known_tenants_answer_alike(
+    client: TestClient, bare_token: str, case: Case
+) -> None:
+    answers = {path: _answer(client, case, path, bare_token) for path in case.paths}
+    first = answers[case.paths[0]]
+    for path, answer in answers.items():
+        assert answer == first, f"{path} answers differently from {case.paths[0]}"
+    assert UNKNOWN not in str(first) and KNOWN not in str(first) and BARE not in str(first)
+
+
+def test_public_by_design_answers(client: TestClient, bare_token: str) -> None:
+    """What does reveal a tenant, on purpose: its CA certificates and TUF
+    metadata, which devices must be able to fetch."""
+    assert client.get(f"/.well-known/est/{KNOWN}.production/cacerts").status_code == 200
+    assert client.get(f"/tuf/{KNOWN}/metadata/timestamp.json").status_code == 200
