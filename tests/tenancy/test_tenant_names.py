@@ -97,13 +97,6 @@ CASES = [
         ],
         body=_est_body,
         authenticated=True,
-        marks=[
-            pytest.mark.xfail(
-                strict=True,
-                reason="est._simpleenroll (being reworked elsewhere) still echoes the label "
-                "for another tenant's label; it should raise est._unknown_label()",
-            )
-        ],
     ),
     Case(
         "/.well-known/est/{label}/simplereenroll",

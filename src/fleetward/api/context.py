@@ -13,10 +13,12 @@ from sqlalchemy.orm import Session
 from fleetward.audit import service as audit
 from fleetward.config import Settings
 from fleetward.errors import FleetwardError
+from fleetward.identity import issuance
 from fleetward.identity.pki import Pki
 from fleetward.identity.renewal import KeyAttester
 from fleetward.keys import Signer
 from fleetward.keys.ring import KeyRing
+from fleetward.provisioning import enroll as provisioning
 from fleetward.provisioning.renewal import verify_renewal_attestation
 from fleetward.store import Database
 from fleetward.tenancy.roles import Principal
@@ -46,6 +48,29 @@ class AppContext:
             settings=settings,
             db=db,
             pki=Pki(keyring=keyring, public_url=settings.public_url, crl_dir=crl_dir),
+        )
+
+    def enroll_devices(
+        self,
+        who: Principal,
+        *,
+        items: list[issuance.BatchItem],
+        environment: str | None,
+        route: str,
+        source: str | None = None,
+    ) -> list[issuance.BatchResult]:
+        """Enrollment from any path (REST, EST, CLI): the provisioning
+        domain's rules (factory tokens through their batches) and its record
+        of every attempt. Here, so identity's routes need not import
+        provisioning (which builds on identity)."""
+        return provisioning.enroll_devices(
+            self.db,
+            self.pki,
+            who,
+            items=items,
+            environment=environment,
+            route=route,
+            source=source,
         )
 
     def checkpoint_signer(self) -> Signer:

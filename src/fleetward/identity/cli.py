@@ -12,7 +12,6 @@ from fleetward.cli.common import admin_session, console, load_ctx, local_princip
 from fleetward.identity import ca_service, issuance, publication, service
 from fleetward.identity.schemas import CertificateOut, DeviceOut, certificate_out
 from fleetward.keys import open_signer
-from fleetward.provisioning import enroll as provisioning
 from fleetward.tenancy import service as tenancy
 
 ca_app = typer.Typer(help="Certificate authorities.", no_args_is_help=True)
@@ -185,9 +184,7 @@ def device_enroll(
         subject=f"device:{device_id[:64]}",
         tenant_id=who.tenant_id,
     ):
-        result = provisioning.enroll_devices(
-            app.db,
-            app.pki,
+        result = app.enroll_devices(
             who,
             items=[issuance.BatchItem(device_id=device_id, csr=csr.read_bytes())],
             environment=environment,

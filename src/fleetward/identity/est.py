@@ -34,7 +34,6 @@ from fleetward.api.deps import Ctx, authenticate, bearer_or_basic
 from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from fleetward.identity import ca_service, issuance, profile, renewal
 from fleetward.identity.models import CertificateAuthority
-from fleetward.provisioning import enroll as provisioning
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import ENVIRONMENTS
 
@@ -117,7 +116,7 @@ async def _simpleenroll(request: Request, ctx: Ctx, label: str | None) -> Respon
     scope.authorize(who, scope.DEVICE_ENROLL)
     tenant_name, env = _parse_label(label)
     if tenant_name is not None and tenant_name != who.tenant_name:
-        raise NotFoundError(f"unknown EST label {label!r}")
+        raise _unknown_label()
     csr_der = b""
     device_id = "unknown"
     with ctx.refusals_recorded(
@@ -137,9 +136,7 @@ async def _simpleenroll(request: Request, ctx: Ctx, label: str | None) -> Respon
             subject=f"device:{device_id[:64]}",
             tenant_id=who.tenant_id,
         ):
-            result = provisioning.enroll_devices(
-                ctx.db,
-                ctx.pki,
+            result = ctx.enroll_devices(
                 who,
                 items=[issuance.BatchItem(device_id=device_id, csr=csr_der)],
                 environment=env,

@@ -27,7 +27,6 @@ from fleetward.identity.schemas import (
     StateIn,
     certificate_out,
 )
-from fleetward.provisioning import enroll as provisioning
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Permission, Principal, require
 
@@ -113,9 +112,7 @@ async def enroll(
         subject=f"device:{device_id[:64]}",
         tenant_id=who.tenant_id,
     ):
-        result = provisioning.enroll_devices(
-            ctx.db,
-            ctx.pki,
+        result = ctx.enroll_devices(
             who,
             items=[item],
             environment=body.environment,
@@ -145,9 +142,7 @@ def enroll_batch(
     with ctx.refusals_recorded(
         actor=who.actor, action="certificate.issue", subject="batch", tenant_id=who.tenant_id
     ):
-        results = provisioning.enroll_devices(
-            ctx.db,
-            ctx.pki,
+        results = ctx.enroll_devices(
             who,
             items=items,
             environment=body.environment,

@@ -521,6 +521,14 @@ def enroll_devices(
         raise
 
 
+def _usable(rules: BatchRules, now: dt.datetime) -> bool:
+    try:
+        check_usable(rules, now=now)
+    except FleetwardError:
+        return False
+    return True
+
+
 def _through_batches(
     db: Database,
     pki: Pki,
@@ -543,13 +551,14 @@ def _through_batches(
                     EnrollmentBatch.tenant_id == who.tenant_id,
                     EnrollmentBatch.factory_id == who.factory_id,
                     EnrollmentBatch.environment == environment,
-                    EnrollmentBatch.status == "open",
-                    EnrollmentBatch.expires_at > now,
-                    EnrollmentBatch.used_count < EnrollmentBatch.max_count,
                 )
                 .order_by(EnrollmentBatch.id)
             ).scalars()
         ]
+    # A batch that can still enroll comes first; a device only closed,
+    # expired or exhausted batches name goes through one of those, so the
+    # refusal says why (and is counted as such).
+    open_batches.sort(key=lambda r: (not _usable(r, now), r.id))
     groups: dict[int, list[int]] = {}
     outside: list[int] = []
     for n, item in enumerate(items):
