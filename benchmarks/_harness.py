@@ -1,5 +1,28 @@
 """Shared plumbing of the fleetward benchmarks (not a benchmark itself).
 
+Every benchmark keeps one contract, enforced here by :class:`Bench`:
+
+1. **Sizes.** ``--smoke`` runs the CI size (``scripts/bench-smoke`` runs
+   every benchmark that way); without it the full size. Explicit flags
+   still win over either.
+2. **Ceilings in the same run.** Reference rates are measured by the run
+   that compares against them (:meth:`Bench.ceiling`), never copied from
+   another run: absolute rates on a shared 2-core machine vary two- to
+   three-fold between runs, ratios taken in one run do not.
+3. **Targets are ratios** to a ceiling of the same run
+   (:meth:`Bench.target`), each with the source of its number.
+4. **The product's default intervals** unless a flag says otherwise, and
+   the run prints which it used (:meth:`Bench.interval`,
+   :meth:`Bench.server`).
+5. **Errors are counted in every pass** (:meth:`Bench.count`); any error,
+   or a crash, makes the run exit 1. A missed target is reported, and
+   exits 2 only with ``--fail-on-target``.
+6. **Output:** a readable table on stdout, then one JSON object as the
+   last line of stdout (the same top-level keys for every benchmark);
+   progress goes to stderr.
+
+The rest is plumbing:
+
 * :func:`new_installation` sets up a home exactly as ``fleetward init`` does.
 * :class:`Server` runs ``fleetward serve`` on that home in a subprocess bound
   to 127.0.0.1, so the load generator never shares the server's GIL.
@@ -13,8 +36,10 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -22,6 +47,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +58,9 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from fleetward.api.context import AppContext
 from fleetward.config import Settings
-from fleetward.installation import initialise
+from fleetward.runtime.context import AppContext
+from fleetward.runtime.installation import initialise
 from fleetward.tenancy import service as tenancy_service
 
 HOST = "127.0.0.1"  # benchmarks never listen on or connect to anything else
@@ -67,11 +93,24 @@ def new_installation(tmp: Path, *, port: int) -> tuple[AppContext, str]:
     return ctx, token
 
 
-def _fleetward_command() -> list[str]:
+def fleetward_command() -> list[str]:
+    """The ``fleetward`` console command of this virtualenv."""
     exe = Path(sys.executable).with_name("fleetward")
     if exe.exists():
         return [str(exe)]
     return [sys.executable, "-c", "from fleetward.cli.main import main; main()"]
+
+
+@functools.cache
+def serve_defaults() -> dict[str, Any]:
+    """The defaults of ``fleetward serve``'s options, read from the command itself."""
+    import typer.main
+
+    from fleetward.cli.main import app
+
+    command = typer.main.get_command(app)
+    serve = command.commands["serve"]  # type: ignore[attr-defined]
+    return {p.name: p.default for p in serve.params}
 
 
 @dataclass
@@ -81,9 +120,16 @@ class Server:
     home: Path
     port: int
     workers: int = 1
-    crl_interval: float = 60.0
+    crl_interval: float | None = None  # None: ``fleetward serve``'s default
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def crl_interval_used(self) -> float:
+        """The CRL publication interval the server runs with."""
+        if self.crl_interval is not None:
+            return self.crl_interval
+        return float(serve_defaults()["crl_interval"])
 
     @property
     def base(self) -> str:
@@ -98,7 +144,7 @@ class Server:
             if k not in ("FLEETWARD_HOME", "FLEETWARD_DATABASE_URL", "FLEETWARD_PUBLIC_URL")
         }
         cmd = [
-            *_fleetward_command(),
+            *fleetward_command(),
             "--home",
             str(self.home),
             "serve",
@@ -108,9 +154,9 @@ class Server:
             str(self.port),
             "--workers",
             str(self.workers),
-            "--crl-interval",
-            str(self.crl_interval),
         ]
+        if self.crl_interval is not None:
+            cmd += ["--crl-interval", str(self.crl_interval)]
         self.log_path = self.log_path or self.home.parent / f"server-{self.port}.log"
         with self.log_path.open("wb") as fh:
             self.proc = subprocess.Popen(
@@ -331,22 +377,298 @@ def verdict(ok: bool) -> str:
     return "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
 
 
-def print_table(title: str, rows: Sequence[Row], *, notes: Sequence[str] = ()) -> None:
-    """Print a results table to stdout, then its notes, one per line."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    table.add_column("ratio", justify="right")
-    table.add_column("target", justify="right")
-    table.add_column("result", justify="center")
-    for r in rows:
-        table.add_row(r.figure, r.value, r.ratio, r.target, r.result)
-    out.print(table)
-    for note in notes:
-        out.print(f"  {note}", soft_wrap=True)
+def given(**options: Any) -> dict[str, Any]:
+    """The options that were set (not ``None``): pass them on, so what a flag
+    does not set stays the product's default."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """A reference rate (or time) measured in this run."""
+
+    key: str
+    label: str
+    value: float
+    unit: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for one figure, as a ratio to a ceiling measured in the same run."""
+
+    key: str
+    label: str
+    value: float
+    ceiling: Ceiling
+    op: str  # ">=": the ratio must reach goal; "<=": it must stay under it
+    goal: float
+    source: str
+
+    @property
+    def ratio(self) -> float:
+        """Figure / ceiling (both in the ceiling's unit)."""
+        return self.value / self.ceiling.value if self.ceiling.value else float("inf")
+
+    @property
+    def met(self) -> bool:
+        """Whether the ratio meets the goal."""
+        return self.ratio >= self.goal if self.op == ">=" else self.ratio <= self.goal
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "value": _round(self.value),
+            "ceiling": self.ceiling.key,
+            "ratio": _round(self.ratio, 4),
+            "goal": f"{self.op} {self.goal:g}",
+            "met": self.met,
+            "source": self.source,
+        }
+
+
+def _round(value: float, digits: int = 3) -> float:
+    return round(value, digits) if value == value and abs(value) != float("inf") else value
+
+
+@dataclass
+class Bench:
+    """One benchmark run: its arguments, ceilings, intervals, errors, targets and report."""
+
+    name: str
+    description: str
+    parser: argparse.ArgumentParser = field(init=False)
+    args: argparse.Namespace = field(init=False)
+    size: str = "full"  # smoke | full | custom
+    title: str = ""
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+    ceilings: dict[str, Ceiling] = field(default_factory=dict)
+    targets: dict[str, Target] = field(default_factory=dict)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: Counter[str] = field(default_factory=Counter)
+    passes: list[str] = field(default_factory=list)
+    first_errors: dict[str, str] = field(default_factory=dict)
+    crash: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.parser = argparse.ArgumentParser(
+            prog=f"benchmarks/{self.name}.py",
+            description=self.description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    # -- arguments ----------------------------------------------------------
+
+    def parse(self, argv: Sequence[str] | None, *, smoke: dict[str, Any]) -> argparse.Namespace:
+        """Parse the arguments; ``--smoke`` switches the defaults to ``smoke``."""
+        shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in smoke.items())
+        self.parser.add_argument(
+            "--smoke", action="store_true", help=f"the CI size: {shown} (explicit flags win)"
+        )
+        self.parser.add_argument(
+            "--fail-on-target",
+            action="store_true",
+            help="exit 2 when a target is missed (errors always exit 1)",
+        )
+        defaults = vars(self.parser.parse_args([]))
+        unknown = set(smoke) - set(defaults)
+        if unknown:
+            raise ValueError(f"smoke sizes for options that do not exist: {sorted(unknown)}")
+        args = self.parser.parse_args(argv)
+        if args.smoke:
+            self.parser.set_defaults(**smoke)
+            args = self.parser.parse_args(argv)
+            self.size = "smoke"
+        elif any(v != defaults[k] for k, v in vars(args).items()):
+            self.size = "custom"
+        self.args = args
+        return args
+
+    # -- what the run measured ----------------------------------------------
+
+    def ceiling(self, key: str, value: float, *, unit: str, label: str) -> float:
+        """Record a reference rate measured in this run; returns it."""
+        self.ceilings[key] = Ceiling(key, label, value, unit)
+        return value
+
+    def ceiling_row(self, key: str, shown: str | None = None) -> Row:
+        """A table row for a ceiling (ratio 1.00)."""
+        c = self.ceilings[key]
+        return Row(f"ceiling: {c.label}", shown or f"{c.value:,.4g} {c.unit}", "1.00")
+
+    def interval(self, name: str, seconds: float, *, flag: str, override: float | None) -> float:
+        """Record an interval the run uses: the product's default unless ``override``
+        came from ``flag``. ``seconds`` is what the product object reports it uses."""
+        if override is not None and abs(seconds - override) > 1e-9:
+            raise RuntimeError(f"{name}: asked for {override} s, the product uses {seconds} s")
+        source = f"{flag} {override:g}" if override is not None else "product default"
+        self.intervals[name] = {"seconds": seconds, "source": source}
+        return seconds
+
+    def server(
+        self, *, home: Path, port: int, workers: int = 1, crl_interval: float | None = None
+    ) -> Server:
+        """A :class:`Server` whose intervals are recorded (defaults unless given)."""
+        server = Server(home=home, port=port, workers=workers, crl_interval=crl_interval)
+        self.interval(
+            "CRL publication (fleetward serve)",
+            server.crl_interval_used,
+            flag="--crl-interval",
+            override=crl_interval,
+        )
+        self.interval(
+            "audit checkpoint (fleetward serve)",
+            float(serve_defaults()["checkpoint_interval"]),
+            flag="",
+            override=None,
+        )
+        return server
+
+    def workers(self, workers: Iterable[Any], *, overridden: dict[str, str] | None = None) -> None:
+        """Record the interval of each runtime worker (``PeriodicWorker``) the run
+        uses; ``overridden`` maps a worker name to the flag that set it."""
+        overridden = overridden or {}
+        for w in workers:
+            self.intervals[f"{w.name} round"] = {
+                "seconds": w.interval,
+                "source": overridden.get(w.name, "product default"),
+            }
+
+    def count_worker_errors(self, pass_name: str, workers: Iterable[Any]) -> None:
+        """Count the failed rounds of runtime workers (their health since they started)."""
+        failed, first = 0, ""
+        for w in workers:
+            h = w.health()
+            if h.last_error_at is not None:
+                failed += max(1, h.failures)
+                first = first or f"{h.name}: {h.last_error}"
+        self.count(pass_name, failed, first=first)
+
+    def count(self, pass_name: str, errors: int, *, first: str = "") -> None:
+        """Record the errors of one pass (also when there were none)."""
+        if pass_name not in self.passes:
+            self.passes.append(pass_name)
+        self.errors[pass_name] += errors
+        if errors and first and pass_name not in self.first_errors:
+            self.first_errors[pass_name] = first[:300]
+
+    def check(self, pass_name: str, ok: bool, what: str) -> bool:
+        """Count one error in ``pass_name`` unless ``ok``; returns ``ok``."""
+        self.count(pass_name, 0 if ok else 1, first=what)
+        return ok
+
+    def target(
+        self,
+        key: str,
+        *,
+        label: str,
+        value: float,
+        ceiling: str,
+        op: str,
+        goal: float,
+        source: str,
+        shown: str,
+    ) -> Row:
+        """Record a target (``value / ceiling op goal``) and return its table row."""
+        t = Target(key, label, value, self.ceilings[ceiling], op, goal, source)
+        self.targets[key] = t
+        return Row(label, shown, f"{t.ratio:.3g}", f"{op} {goal:g}", verdict(t.met))
+
+    # -- running and reporting ----------------------------------------------
+
+    @property
+    def error_total(self) -> int:
+        """Errors over every pass."""
+        return sum(self.errors.values())
+
+    def run(self, body: Callable[[], None]) -> int:
+        """Run the benchmark's body, then report; returns the exit code."""
+        try:
+            body()
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # reported in the JSON line and the exit code
+            self.crash = f"{type(exc).__name__}: {exc}"[:1000]
+            log.print(f"[red]{self.name}: crashed[/red]")
+            traceback.print_exc(file=sys.stderr)
+        return self.report()
+
+    def report(self) -> int:
+        """Print the table, notes, intervals and errors, then the JSON line."""
+        seconds = time.perf_counter() - self.started
+        table = Table(title=self.title or self.name, title_justify="left")
+        for name, justify in (
+            ("figure", "left"),
+            ("value", "right"),
+            ("ratio", "right"),
+            ("target", "right"),
+            ("result", "center"),
+        ):
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for r in self.rows:
+            table.add_row(r.figure, r.value, r.ratio, r.target, r.result)
+        out.print(table)
+        for extra in self.tables:
+            out.print(extra)
+        for note in self.notes:
+            out.print(f"  {note}", soft_wrap=True)
+        out.print(
+            "  intervals: "
+            + (
+                "; ".join(
+                    f"{k} {v['seconds']:g} s ({v['source']})" for k, v in self.intervals.items()
+                )
+                or "none"
+            ),
+            soft_wrap=True,
+        )
+        for t in self.targets.values():
+            out.print(
+                f"  target {t.key}: {t.ratio:.3g} {t.op} {t.goal:g} of {t.ceiling.key} "
+                f"({'met' if t.met else 'MISSED'}; {t.source})",
+                soft_wrap=True,
+            )
+        errors = ", ".join(f"{p} {self.errors[p]}" for p in self.passes) or "no pass ran"
+        out.print(f"  errors per pass: {errors}", soft_wrap=True)
+        for p, first in self.first_errors.items():
+            out.print(f"  first error in {p}: {first}", soft_wrap=True)
+        if self.crash:
+            out.print(f"  [red]crashed: {self.crash}[/red]", soft_wrap=True)
+        ok = not self.crash and self.error_total == 0 and bool(self.passes)
+        met = all(t.met for t in self.targets.values())
+        print_json(
+            {
+                "benchmark": self.name,
+                "size": self.size,
+                "ok": ok,
+                "crashed": self.crash or None,
+                "error_total": self.error_total,
+                "errors": {p: self.errors[p] for p in self.passes},
+                "first_errors": self.first_errors,
+                "targets_met": met,
+                "targets": {k: t.as_dict() for k, t in self.targets.items()},
+                "ceilings": {
+                    k: {"value": _round(c.value, 4), "unit": c.unit}
+                    for k, c in self.ceilings.items()
+                },
+                "intervals": self.intervals,
+                "seconds": round(seconds, 1),
+                "args": {
+                    k: v for k, v in vars(getattr(self, "args", argparse.Namespace())).items()
+                },
+                "figures": self.figures,
+            }
+        )
+        if not ok:
+            return 1
+        return 2 if self.args.fail_on_target and not met else 0
 
 
 def print_json(figures: dict[str, Any]) -> None:
     """The machine-readable figures: always the last line of stdout."""
     sys.stdout.flush()
-    print(json.dumps(figures, sort_keys=True), flush=True)
+    print(json.dumps(figures, sort_keys=True, default=str), flush=True)

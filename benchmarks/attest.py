@@ -23,15 +23,22 @@ Devices are enrolled before any timing through ``issuance.enroll_many`` in
 the ``test`` environment (each its own fleetward software key and
 certificate, product ``p``). Release ``p`` 1.0.0 with the reference
 measurements is uploaded and approved over HTTP as an operator would, so
-every verdict is ``pass``.
+every verdict is ``pass``. The server runs with ``fleetward serve``'s
+default intervals.
 
-    .venv/bin/python benchmarks/attest.py                                 # full run
-    .venv/bin/python benchmarks/attest.py --devices 300 --raw-seconds 1   # smoke run
+Targets, as ratios to the pure verify + appraise ceiling of the same run
+(issue 6 set none; these are regression floors at half of its closing
+run's ratios): ``service.submit`` >= 0.028 (closing run 0.056), HTTP
+evidence at the best worker count >= 0.016 (closing run 288/s over
+8,905/s = 0.032). Errors: any verdict other than ``pass``, any failed
+nonce or evidence request.
+
+    .venv/bin/python benchmarks/attest.py           # 2,000 devices, 1 and 2 workers
+    .venv/bin/python benchmarks/attest.py --smoke   # CI size
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextvars
 import cProfile
@@ -52,14 +59,14 @@ import httpx
 import jwt
 from _harness import (
     HOST,
+    Bench,
     LoadResult,
+    Row,
     Server,
     free_port,
     http_request,
     log,
     new_installation,
-    out,
-    print_json,
     rate,
     run_load,
 )
@@ -71,13 +78,19 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from rich.table import Table
 
-from fleetward.api.context import AppContext
 from fleetward.attestation import evidence
 from fleetward.attestation import service as verifier
 from fleetward.identity import issuance
 from fleetward.keys import Signer, generate_ephemeral_signer, sign_csr
-from fleetward.store.db import utcnow
+from fleetward.runtime.context import AppContext
+from fleetward.store import utcnow
 from fleetward.tenancy import service as tenancy
+
+TARGET_SERVICE = 0.028
+TARGET_SERVICE_SOURCE = "regression floor: half of issue 6's closing ratio 0.056"
+TARGET_HTTP = 0.016
+TARGET_HTTP_SOURCE = "regression floor: half of issue 6's closing ratio 0.032"
+SMOKE = {"devices": 100, "workers": "1", "raw_seconds": 0.3, "profile": 50}
 
 ENV = "test"
 TENANT = "default"
@@ -375,7 +388,7 @@ def warm_up(base: str, devices: list[Device], rounds: int) -> None:
 
 
 def http_run(
-    tmp: Path, port: int, workers: int, devices: list[Device], concurrency: int
+    bench: Bench, tmp: Path, port: int, workers: int, devices: list[Device], concurrency: int
 ) -> dict[str, Any]:
     """Nonces (timed), evidence signed (not timed), evidence (timed), on a fresh server."""
     nonces: dict[str, bytes] = {}
@@ -389,7 +402,7 @@ def http_run(
         if status == 200:
             verdicts[json.loads(body)["verdict"]] += 1
 
-    with Server(home=tmp / "home", port=port, workers=workers) as server:
+    with bench.server(home=tmp / "home", port=port, workers=workers) as server:
         warm_up(server.base, devices, 4 * workers)
         log.print(f"HTTP, {workers} worker(s): {len(devices)} nonce requests")
         nonce_res, n_srv, n_cli = measured_load(
@@ -403,13 +416,20 @@ def http_run(
         log.print(f"HTTP, {workers} worker(s): {len(reqs)} evidence submissions")
         ev_res, e_srv, e_cli = measured_load(server, reqs, concurrency, count_verdict)
     ok = verdicts["pass"]
+    nonce_errors = len(devices) - len(nonces)
+    bench.count(f"HTTP nonces, {workers} worker(s)", nonce_errors, first=nonce_res.first_error)
+    bench.count(
+        f"HTTP evidence, {workers} worker(s)",
+        len(devices) - ok,
+        first=ev_res.first_error or f"verdicts {dict(verdicts)}",
+    )
     return {
         "nonce_per_s": nonce_res.statuses.get(200, 0) / nonce_res.elapsed,
         "nonce_p50_ms": nonce_res.percentile(50),
         "nonce_p99_ms": nonce_res.percentile(99),
         "nonce_server_cores": n_srv,
         "nonce_client_cores": n_cli,
-        "nonce_errors": nonce_res.sent - nonce_res.statuses.get(200, 0),
+        "nonce_errors": nonce_errors,
         "evidence_per_s": ok / ev_res.elapsed,
         "evidence_p50_ms": ev_res.percentile(50),
         "evidence_p99_ms": ev_res.percentile(99),
@@ -423,27 +443,29 @@ def http_run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
+    bench = Bench("attest", __doc__ or "")
+    p = bench.parser
+    p.add_argument(
         "--devices",
         type=int,
         default=2000,
         help="devices, one attestation each per mode (HTTP evidence must arrive within the "
         "120 s nonce lifetime after its nonce phase)",
     )
-    parser.add_argument(
-        "--workers", default="1,2", help="server worker counts to run, comma-separated"
-    )
-    parser.add_argument("--concurrency", type=int, default=16, help="HTTP connections")
-    parser.add_argument("--raw-seconds", type=float, default=3.0, help="time per raw ceiling")
-    parser.add_argument(
-        "--profile", type=int, default=500, help="submissions under cProfile (0: none)"
-    )
-    parser.add_argument("--top", type=int, default=12, help="functions listed from the profile")
-    args = parser.parse_args(argv)
+    p.add_argument("--workers", default="1,2", help="server worker counts to run, comma-separated")
+    p.add_argument("--concurrency", type=int, default=16, help="HTTP connections")
+    p.add_argument("--raw-seconds", type=float, default=3.0, help="time per raw ceiling")
+    p.add_argument("--profile", type=int, default=500, help="submissions under cProfile (0: none)")
+    p.add_argument("--top", type=int, default=12, help="functions listed from the profile")
+    args = bench.parse(argv, smoke=SMOKE)
+    return bench.run(lambda: run(bench, args))
+
+
+def run(bench: Bench, args: Any) -> None:
     worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
     n = args.devices
     profile_n = min(args.profile, n)
+    bench.title = f"Attestation, {n:,} devices (ES256 evidence, P-256 device keys, SQLite WAL)"
 
     with tempfile.TemporaryDirectory(prefix="fw-bench-attest-") as tmp_name:
         tmp = Path(tmp_name)
@@ -455,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             _, release_manager = tenancy.create_token(
                 s, tenant=tenant, name="rm", role="release-manager", actor="bench"
             )
-        with Server(home=tmp / "home", port=port) as setup:
+        with bench.server(home=tmp / "home", port=port) as setup:
             log.print(f"product {PRODUCT}, release {VERSION} with reference measurements")
             publish_release(setup.base, admin, release_manager)
 
@@ -466,12 +488,23 @@ def main(argv: list[str] | None = None) -> int:
 
         log.print("raw ceilings (one core)")
         raw = raw_ceilings(devices[:200], args.raw_seconds)
+        bench.ceiling(
+            "pure",
+            raw["verify_appraise_per_s"],
+            unit="appraisals/s",
+            label="verify_evidence + appraise, no DB, one core",
+        )
 
         log.print(f"service layer: {n} submissions, one transaction each")
         submissions = prepared_submissions(ctx, devices)
         start = time.perf_counter()
         service_verdicts = submit_all(ctx, submissions)
         service_per_s = service_verdicts["pass"] / (time.perf_counter() - start)
+        bench.count(
+            "service.submit",
+            n - service_verdicts["pass"],
+            first=f"verdicts {dict(service_verdicts)}",
+        )
 
         parts: list[tuple[str, float]] = []
         top_rows: list[tuple[str, float, float]] = []
@@ -485,73 +518,86 @@ def main(argv: list[str] | None = None) -> int:
             profiled_per_s = profile_n / summary["total_s"]
         ctx.db.dispose()
 
-        http = {str(w): http_run(tmp, port, w, devices, args.concurrency) for w in worker_counts}
+        http = {
+            str(w): http_run(bench, tmp, port, w, devices, args.concurrency) for w in worker_counts
+        }
 
     verify = raw["ecdsa_verify_per_s"]
     pure = raw["verify_appraise_per_s"]
-    # (figure, rate, p50 / p99, cores server / client)
-    rows: list[tuple[str, float, str, str]] = [
-        ("raw: ECDSA P-256 verify (pyca), one core", verify, "", ""),
-        ("raw: pyjwt decode + ES256 verify, one token", raw["pyjwt_decode_per_s"], "", ""),
-        ("pure: verify_evidence + appraise (no DB)", pure, "", ""),
-        ("pure + certificate parse (as submit does)", raw["verify_appraise_cert_per_s"], "", ""),
-        ("service.submit, 1 txn each, in-process", service_per_s, "", ""),
+
+    def ratio(v: float) -> str:
+        return f"{v / pure:.3g}"
+
+    bench.rows += [
+        Row("raw: ECDSA P-256 verify (pyca), one core", f"{verify:,.0f}/s", ratio(verify)),
+        Row(
+            "raw: pyjwt decode + ES256 verify, one token",
+            f"{raw['pyjwt_decode_per_s']:,.0f}/s",
+            ratio(raw["pyjwt_decode_per_s"]),
+        ),
+        bench.ceiling_row("pure", f"{pure:,.0f}/s"),
+        Row(
+            "pure + certificate parse (as submit does)",
+            f"{raw['verify_appraise_cert_per_s']:,.0f}/s",
+            ratio(raw["verify_appraise_cert_per_s"]),
+        ),
+        bench.target(
+            "service_submit",
+            label="service.submit, 1 txn each, in-process",
+            value=service_per_s,
+            ceiling="pure",
+            op=">=",
+            goal=TARGET_SERVICE,
+            source=TARGET_SERVICE_SOURCE,
+            shown=f"{service_per_s:,.0f}/s",
+        ),
     ]
     for w, f in http.items():
-        errors = f["nonce_errors"] + f["evidence_errors"]
         for kind, what in (("nonce", "nonce requests"), ("evidence", "evidence (appraisals)")):
-            rows.append(
-                (
-                    f"HTTP {w} worker(s): {what}",
-                    f[f"{kind}_per_s"],
-                    f"{f[f'{kind}_p50_ms']:.1f} / {f[f'{kind}_p99_ms']:.1f}",
-                    f"{f[f'{kind}_server_cores']:.2f} / {f[f'{kind}_client_cores']:.2f}",
+            bench.rows.append(
+                Row(
+                    f"HTTP {w} worker(s): {what}, p50 {f[f'{kind}_p50_ms']:.1f} / p99 "
+                    f"{f[f'{kind}_p99_ms']:.1f} ms",
+                    f"{f[f'{kind}_per_s']:,.0f}/s",
+                    ratio(f[f"{kind}_per_s"]),
                 )
             )
-        rows.append(
-            (
-                f"HTTP {w} worker(s): round trips (nonce + evidence)"
-                + (f" [{errors} errors]" if errors else ""),
-                f["round_trip_per_s"],
-                "",
-                "",
+        bench.rows.append(
+            Row(
+                f"HTTP {w} worker(s): round trips (nonce + evidence)",
+                f"{f['round_trip_per_s']:,.0f}/s",
+                ratio(f["round_trip_per_s"]),
             )
         )
-    table = Table(
-        title=f"Attestation, {n:,} devices (ES256 evidence, P-256 device keys, SQLite WAL)",
-        title_justify="left",
-    )
-    table.add_column("figure")
-    for name in ("value", "÷ ECDSA verify", "÷ verify+appraise", "p50 / p99 ms", "cores srv / cli"):
-        table.add_column(name, justify="right")
-    for figure, value, latency, cores in rows:
-        table.add_row(
-            figure,
-            f"{value:,.0f}/s",
-            f"{value / verify:.3f}",
-            f"{value / pure:.3f}",
-            latency,
-            cores,
+    best_w = max(http, key=lambda w: http[w]["evidence_per_s"])
+    best = http[best_w]["evidence_per_s"]
+    bench.rows.append(
+        bench.target(
+            "http_evidence",
+            label=f"HTTP evidence, best ({best_w} worker(s))",
+            value=best,
+            ceiling="pure",
+            op=">=",
+            goal=TARGET_HTTP,
+            source=TARGET_HTTP_SOURCE,
+            shown=f"{best:,.0f}/s",
         )
-    out.print(table)
-    notes = [
-        "÷ columns: figure / ceiling of ONE core measured above (with 2 workers the server "
-        "may use both cores, but the client shares them).",
+    )
+    bench.notes += [
+        "ratio: figure / pure verify + appraise of ONE core measured above (with 2 workers "
+        "the server may use both cores, but the client shares them).",
         f"Devices enrolled through issuance.enroll_many ({ENV}, software keys) in "
         f"{enroll_s:.1f} s; nonces issued and evidence signed before each timed part.",
         "HTTP: asyncio raw HTTP/1.1 keep-alive client in this process, "
         f"{args.concurrency} connections; round trips/s = devices / (nonce time + evidence "
         "time), the client's signing excluded.",
+        *(
+            f"HTTP {w} worker(s): server {f['nonce_server_cores']:.2f} / "
+            f"{f['evidence_server_cores']:.2f} cores, client {f['nonce_client_cores']:.2f} / "
+            f"{f['evidence_client_cores']:.2f} cores (nonces / evidence)"
+            for w, f in http.items()
+        ),
     ]
-    notes += [
-        f"first error, {w} worker(s): {f['first_error']}"
-        for w, f in http.items()
-        if f["first_error"]
-    ]
-    if service_verdicts["pass"] != n:
-        notes.append(f"service verdicts (all should pass): {dict(service_verdicts)}")
-    for note in notes:
-        out.print(f"  {note}", soft_wrap=True)
 
     if parts:
         prof = Table(
@@ -565,68 +611,49 @@ def main(argv: list[str] | None = None) -> int:
         whole = parts[0][1]
         for label, us in parts:
             prof.add_row(label, f"{us:,.0f}", f"{100 * us / whole:.0f}%")
-        out.print(prof)
         top = Table(title="top functions by own time", title_justify="left")
         top.add_column("function")
         top.add_column("µs / submission", justify="right")
         top.add_column("share", justify="right")
         for name, us, share in top_rows:
             top.add_row(name, f"{us:,.1f}", f"{share:.0f}%")
-        out.print(top)
-        bound = [
+        bench.tables += [prof, top]
+        bench.notes += [
             f"What bounds service.submit (profiled shares): signature verification + certificate "
             f"parse {summary['crypto_pct']:.0f}% (pyca ECDSA verify itself "
-            f"{summary['ecdsa_pct']:.0f}%); SQLAlchemy (5 statements built and executed, the "
+            f"{summary['ecdsa_pct']:.0f}%); SQLAlchemy (statements built and executed, the "
             f"Event flush, the session) {summary['sqlalchemy_and_session_pct']:.0f}%; SQLite's "
             f"own C work (execute + COMMIT) {summary['sqlite_c_pct']:.0f}%.",
             f"cProfile slows Python code more than C ({profiled_per_s:,.0f}/s profiled vs "
             f"{service_per_s:,.0f}/s): unprofiled, verify + appraise is at most "
-            f"{100 * service_per_s / pure:.0f}% of a submission (service ÷ verify+appraise).",
-            "service.submit runs entirely inside db.session() (process write lock, writer file "
-            "lock, BEGIN IMMEDIATE), verification included, so server workers cannot appraise "
-            "in parallel: compare the server cores with 1 and 2 workers.",
+            f"{100 * service_per_s / pure:.0f}% of a submission (service / pure).",
         ]
-        for note in bound:
-            out.print(f"  {note}", soft_wrap=True)
 
-    best_w = max(http, key=lambda w: http[w]["evidence_per_s"]) if http else ""
-    print_json(
-        {
-            "raw_ecdsa_verify_per_s": round(verify, 1),
-            "raw_pyjwt_decode_per_s": round(raw["pyjwt_decode_per_s"], 1),
-            "pure_verify_appraise_per_s": round(pure, 1),
-            "pure_verify_appraise_cert_per_s": round(raw["verify_appraise_cert_per_s"], 1),
-            "service_submit_per_s": round(service_per_s, 1),
-            "service_verdicts": dict(service_verdicts),
-            "service_over_verify": round(service_per_s / verify, 4),
-            "service_over_pure": round(service_per_s / pure, 4),
-            "http_evidence_per_s": round(http[best_w]["evidence_per_s"], 1) if http else None,
-            "http_round_trip_per_s": round(http[best_w]["round_trip_per_s"], 1) if http else None,
-            "http_best_workers": int(best_w) if http else None,
-            "http_by_workers": {
-                w: {
-                    **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in f.items()},
-                    "evidence_over_verify": round(f["evidence_per_s"] / verify, 4),
-                    "evidence_over_pure": round(f["evidence_per_s"] / pure, 4),
-                    "round_trip_over_verify": round(f["round_trip_per_s"] / verify, 4),
-                    "round_trip_over_pure": round(f["round_trip_per_s"] / pure, 4),
-                }
-                for w, f in http.items()
-            },
-            "profile_summary": {k: round(v, 3) for k, v in summary.items()},
-            "profile_us_per_submission": {label.strip(): round(us, 1) for label, us in parts},
-            "profile_top_own_time": [
-                {"function": name, "us": round(us, 1), "share_pct": round(share, 1)}
-                for name, us, share in top_rows
-            ],
-            "devices": n,
-            "profiled_submissions": profile_n,
-            "concurrency": args.concurrency,
-            "client": "asyncio-raw-http1.1",
-            "host": HOST,
-        }
-    )
-    return 0
+    bench.figures = {
+        "raw_ecdsa_verify_per_s": round(verify, 1),
+        "raw_pyjwt_decode_per_s": round(raw["pyjwt_decode_per_s"], 1),
+        "pure_verify_appraise_cert_per_s": round(raw["verify_appraise_cert_per_s"], 1),
+        "service_submit_per_s": round(service_per_s, 1),
+        "service_verdicts": dict(service_verdicts),
+        "service_over_verify": round(service_per_s / verify, 4),
+        "http_evidence_per_s": round(best, 1),
+        "http_best_workers": int(best_w),
+        "http_by_workers": {
+            w: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in f.items()}
+            for w, f in http.items()
+        },
+        "profile_summary": {k: round(v, 3) for k, v in summary.items()},
+        "profile_us_per_submission": {label.strip(): round(us, 1) for label, us in parts},
+        "profile_top_own_time": [
+            {"function": name, "us": round(us, 1), "share_pct": round(share, 1)}
+            for name, us, share in top_rows
+        ],
+        "devices": n,
+        "profiled_submissions": profile_n,
+        "concurrency": args.concurrency,
+        "client": "asyncio-raw-http1.1",
+        "host": HOST,
+    }
 
 
 if __name__ == "__main__":

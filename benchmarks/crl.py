@@ -12,25 +12,37 @@ Measured:
 (a) ``publish_crls(force=True)`` wall time at that size (DB read + build +
     sign + store), the DER size, and the raw ceiling in the same run: pyca
     ``CertificateRevocationListBuilder(revoked_certificates=...)`` build +
-    sign of the same entries from in-memory tuples;
-(b) with ``fleetward serve --crl-interval S`` running on that home: one
-    revocation over HTTP (target <= 50 ms), an OCSP request right after it
-    (must say revoked), and the seconds until ``/crl/<ca>.crl`` lists the
-    serial (target: within the publication interval). Two more revocations
-    are timed, one right after a publication and one about a second into the
-    next publisher round (which rebuilds the large CRL);
+    sign of the same entries from in-memory tuples; then one more revocation
+    in process (``service.revoke_certificate``, its transaction timed: the
+    ceiling of (b)) and the publisher's incremental rebuild;
+(b) with ``fleetward serve`` running on that home (its default publication
+    interval unless ``--crl-interval``): one revocation over HTTP, an OCSP
+    request right after it (must say revoked), and the seconds until
+    ``/crl/<ca>.crl`` lists the serial. Two more revocations are timed, one
+    right after a publication and one about a second into the next publisher
+    round (which rebuilds the large CRL);
 (c) OCSP responses/s over HTTP for ``--ocsp-seconds`` (good / revoked /
     unknown serials), with the Python client (POST) and with ``wrk`` (GET)
-    when it is installed, against the single-thread ceiling of
-    ``ocsp_answer`` measured in this process.
+    when it is installed, per server worker count, beside the in-process
+    ``ocsp_answer`` rate and the raw pyca OCSP build + sign ceiling.
 
-    .venv/bin/python benchmarks/crl.py                   # issue sizes
-    .venv/bin/python benchmarks/crl.py --entries 20000   # smoke run
+Targets, as ratios to ceilings of the same run: ``publish_crls`` <= 0.85 of
+the raw pyca build (issue 2: 6 s at 1,000,000 entries, where its closing run
+measured the raw build at 7.06 s); the CRL lists each revocation within 1.0
+publication interval (issue 2); OCSP over HTTP >= 0.078 of the raw pyca
+build + sign (issue 2: 2,000/s at the 25,665/s its closing run measured);
+the first HTTP revocation <= 20 in-process revocation transactions (issue
+2's 50 ms over the ~2.5 ms the in-process transaction takes on this
+machine). Errors: a revocation refused, OCSP not saying ``revoked`` at once,
+a CRL that never lists a revocation, a wrong OCSP answer, a failed request
+under load, a CRL with the wrong entry count.
+
+    .venv/bin/python benchmarks/crl.py           # 1,000,000 entries, OCSP on 1 and 2 workers
+    .venv/bin/python benchmarks/crl.py --smoke   # CI size
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import itertools
@@ -51,6 +63,7 @@ from typing import Any
 import httpx
 from _harness import (
     HOST,
+    Bench,
     LoadResult,
     Row,
     Server,
@@ -58,11 +71,8 @@ from _harness import (
     http_request,
     log,
     new_installation,
-    print_json,
-    print_table,
     rate,
     run_load,
-    verdict,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -72,15 +82,28 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 from sqlalchemy import insert, select
 
-from fleetward.api.context import AppContext
 from fleetward.identity import issuance, publication, service
 from fleetward.identity.models import CertificateAuthority, CertificateRecord
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
 
-TARGET_CRL_S = 6.0  # build the CRL of 1,000,000 entries (issue 2)
-TARGET_REVOKE_MS = 50.0  # one more revocation at that size
-TARGET_OCSP = 2000.0  # OCSP responses/s
+# Targets: ratios to ceilings measured in the run (see the module docstring).
+TARGET_CRL = 0.85
+TARGET_CRL_SOURCE = "issue 2: 6 s at 1M entries, raw pyca build 7.06 s in its closing run"
+TARGET_VISIBLE = 1.0
+TARGET_VISIBLE_SOURCE = "issue 2: in the CRL within the publication interval"
+TARGET_OCSP = 0.078
+TARGET_OCSP_SOURCE = "issue 2: 2,000/s at a raw pyca OCSP build + sign of 25,665/s"
+TARGET_REVOKE = 20.0
+TARGET_REVOKE_SOURCE = "issue 2: 50 ms, over a ~2.5 ms in-process transaction on this machine"
+SMOKE = {
+    "entries": 5000,
+    "good": 300,
+    "ocsp_seconds": 1.0,
+    "ocsp_workers": "1",
+    "ceiling_seconds": 0.5,
+}
 ENV = "production"
 REASON = "keyCompromise"
 OCSP_TYPE = "application/ocsp-request"
@@ -368,7 +391,7 @@ def revocation_phase(
     server: Server, token: str, ca_id: int, issuer: Issuer, certs: list[x509.Certificate]
 ) -> tuple[list[Revocation], list[float]]:
     """(b): revoke three real certificates at chosen moments against the running server."""
-    interval = server.crl_interval
+    interval = server.crl_interval_used
     timeout = 4 * interval + 120
     headers = {"authorization": f"Bearer {token}"}
     results = []
@@ -506,7 +529,7 @@ def wrk_ocsp_load(
 
 
 def check_mix(base: str, issuer: Issuer, bulk: BulkRows, real_good: int) -> dict[str, str]:
-    """One request of each kind must get the right answer before the load starts."""
+    """One request of each kind, POST and GET, before the load starts: kind -> "post/get"."""
     unknown = random_serials(random.Random(1), 1, {s for s, _ in bulk.revoked})[0]
     want = {"good": real_good, "revoked": bulk.revoked[0][0], "unknown": unknown}
     got = {}
@@ -514,11 +537,9 @@ def check_mix(base: str, issuer: Issuer, bulk: BulkRows, real_good: int) -> dict
         for kind, serial in want.items():
             der = ocsp_request_for(issuer, serial)
             resp = client.post("/ocsp", content=der, headers={"content-type": OCSP_TYPE})
-            got[kind] = ocsp_status(resp.content)
             encoded = base64.urlsafe_b64encode(der).decode().replace("=", "%3D")
             via_get = ocsp_status(client.get(f"/ocsp/{encoded}").content)
-            if got[kind] != kind or via_get != kind:
-                raise RuntimeError(f"OCSP answered {got[kind]}/{via_get} for a {kind} serial")
+            got[kind] = f"{ocsp_status(resp.content)}/{via_get}"
     return got
 
 
@@ -561,31 +582,52 @@ def ocsp_raw_ceiling(issuer: Issuer, key: Any, seconds: float) -> float:
 # --------------------------------------------------------------------------- main
 
 
+def in_process_revocations(
+    ctx: AppContext, principal: Principal, count: int
+) -> tuple[list[float], list[x509.Certificate]]:
+    """Seconds of ``count`` in-process ``revoke_certificate`` transactions (the ceiling
+    of an HTTP revocation), each of a certificate issued for it; and the certificates."""
+    certs = [issue_real_named(ctx, principal, f"inproc-{i:03d}")[0] for i in range(count)]
+    seconds = []
+    for cert in certs:
+        t0 = time.perf_counter()
+        with ctx.db.session() as s:
+            service.revoke_certificate(
+                s, principal, format(cert.serial_number, "x"), reason="keyCompromise"
+            )
+        seconds.append(time.perf_counter() - t0)
+    return seconds, certs
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--entries", type=int, default=1_000_000, help="revoked rows")
-    parser.add_argument("--good", type=int, default=1000, help="good rows for the OCSP mix")
-    parser.add_argument("--chunk", type=int, default=50_000, help="rows per bulk INSERT")
-    parser.add_argument(
-        "--crl-interval", type=float, default=10.0, help="publication interval (serve default), s"
+    bench = Bench("crl", __doc__ or "")
+    p = bench.parser
+    p.add_argument("--entries", type=int, default=1_000_000, help="revoked rows")
+    p.add_argument("--good", type=int, default=1000, help="good rows for the OCSP mix")
+    p.add_argument("--chunk", type=int, default=50_000, help="rows per bulk INSERT")
+    p.add_argument(
+        "--crl-interval", type=float, default=None, help="publication interval (default: serve's)"
     )
-    parser.add_argument("--ocsp-seconds", type=float, default=10.0, help="OCSP load per client")
-    parser.add_argument("--ocsp-concurrency", type=int, default=32, help="OCSP connections")
-    parser.add_argument(
-        "--ocsp-workers", default="1,2", help="server worker counts for the OCSP load"
-    )
-    parser.add_argument(
+    p.add_argument("--ocsp-seconds", type=float, default=10.0, help="OCSP load per client")
+    p.add_argument("--ocsp-concurrency", type=int, default=32, help="OCSP connections")
+    p.add_argument("--ocsp-workers", default="1,2", help="server worker counts for the OCSP load")
+    p.add_argument(
         "--client",
         choices=("both", "python", "wrk"),
         default="both",
         help="OCSP load client (wrk is skipped when not installed)",
     )
-    parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="time per ceiling")
-    args = parser.parse_args(argv)
+    p.add_argument("--ceiling-seconds", type=float, default=3.0, help="time per ceiling")
+    args = bench.parse(argv, smoke=SMOKE)
+    return bench.run(lambda: run(bench, args))
+
+
+def run(bench: Bench, args: Any) -> None:
     n = args.entries
     use_wrk = args.client in ("both", "wrk") and shutil.which("wrk") is not None
     use_python = args.client in ("both", "python") or not use_wrk
     worker_counts = [int(w) for w in args.ocsp_workers.split(",") if w.strip()]
+    bench.title = f"CRL / revocation / OCSP at {n:,} revoked entries"
 
     with tempfile.TemporaryDirectory(prefix="fw-bench-crl-") as tmp_name:
         tmp = Path(tmp_name)
@@ -620,6 +662,9 @@ def main(argv: list[str] | None = None) -> int:
 
         log.print("(a) raw pyca CRL build + sign from in-memory tuples")
         raw_build_s, raw_total_s, raw_der = raw_crl(issuer_cert, ca_key, bulk.revoked)
+        bench.ceiling(
+            "raw_crl", raw_total_s, unit="s", label=f"pyca CRL build + sign, {n:,} entries"
+        )
         log.print(f"  {raw_total_s:.2f} s; SQL read alone")
         read_s = sql_read_seconds(ctx, ca_id)
         log.print(f"  {read_s:.2f} s; publish_crls(force=True)")
@@ -628,37 +673,60 @@ def main(argv: list[str] | None = None) -> int:
         published = {c.ca_id: (c.entries, len(c.der)) for c in rebuilt}
         publish_s = time.perf_counter() - start
         crl_entries, crl_der = published[ca_id]
+        bench.check("(a) full CRL build", crl_entries == n, f"{crl_entries:,} entries, not {n:,}")
         log.print(f"  {publish_s:.2f} s, {crl_der / 2**20:.1f} MiB, {crl_entries:,} entries")
-        log.print("(a') one more revocation, then the publisher's incremental rebuild")
-        [extra] = issue_real_named(ctx, principal, "extra-000")
-        with ctx.db.session() as s:
-            service.revoke_certificate(
-                s, principal, format(extra.serial_number, "x"), reason="keyCompromise"
-            )
+        log.print("(a') in-process revocations (ceiling of (b)), then the incremental rebuild")
+        revoke_s, extra = in_process_revocations(ctx, principal, 5)
+        bench.ceiling(
+            "revoke_in_process",
+            statistics.median(revoke_s),
+            unit="s",
+            label="service.revoke_certificate transaction, in process (median of 5)",
+        )
         start = time.perf_counter()
         [incremental] = publication.publish_crls(ctx.db, ctx.pki)
         incremental_s = time.perf_counter() - start
+        bench.check(
+            "(a') incremental CRL build",
+            incremental.entries == n + len(extra),
+            f"{incremental.entries:,} entries, not {n + len(extra):,}",
+        )
         log.print(f"  {incremental_s:.2f} s, {incremental.entries:,} entries")
         ctx.db.dispose()
 
-        log.print(f"(b) revocations against `fleetward serve --crl-interval {args.crl_interval:g}`")
-        server = Server(home=tmp / "home", port=port, crl_interval=args.crl_interval)
+        server = bench.server(home=tmp / "home", port=port, crl_interval=args.crl_interval)
+        interval = server.crl_interval_used
+        bench.ceiling("crl_interval", interval, unit="s", label="CRL publication interval")
+        log.print(f"(b) revocations against `fleetward serve` (CRL interval {interval:g} s)")
         with server:
             revocations, probe = revocation_phase(server, token, ca_id, issuer, real)
-        # All three revocations are in the CRL now; the OCSP load sees no rebuild.
+        head = revocations[0]
+        bench.check("(b) OCSP right after", head.ocsp == "revoked", f"OCSP said {head.ocsp}")
+        for r in revocations:
+            bench.check(
+                "(b) CRL lists the revocation", r.crl_s is not None, f"{r.label}: never listed"
+            )
+        # All revocations are in the CRL now; the OCSP load sees no rebuild.
 
-        mix = ocsp_mix(issuer, bulk, [real[3].serial_number], per_kind=1000)
+        mix = ocsp_mix(issuer, bulk, [real[3].serial_number], per_kind=min(1000, args.good))
         ocsp_runs: list[dict[str, Any]] = []
         for w in worker_counts:
-            server = Server(home=tmp / "home", port=port, workers=w, crl_interval=60)
+            server = bench.server(
+                home=tmp / "home", port=port, workers=w, crl_interval=args.crl_interval
+            )
             with server:
-                check_mix(server.base, issuer, bulk, real[3].serial_number)
+                answers = check_mix(server.base, issuer, bulk, real[3].serial_number)
+                wrong = {k: v for k, v in answers.items() if v != f"{k}/{k}"}
+                bench.count(f"(c) OCSP answers, {w} worker(s)", len(wrong), first=str(wrong))
                 if use_python:
                     log.print(f"(c) OCSP POST load, python client, {w} worker(s)")
                     res, srv, cli = python_ocsp_load(
                         server, mix, args.ocsp_seconds, args.ocsp_concurrency
                     )
                     ok = res.statuses.get(200, 0)
+                    bench.count(
+                        f"(c) OCSP POST load, {w} worker(s)", res.sent - ok, first=res.first_error
+                    )
                     ocsp_runs.append(
                         {
                             "client": "python-asyncio POST",
@@ -674,6 +742,11 @@ def main(argv: list[str] | None = None) -> int:
                 if use_wrk:
                     log.print(f"(c) OCSP GET load, wrk, {w} worker(s)")
                     wr = wrk_ocsp_load(server, mix, args.ocsp_seconds, args.ocsp_concurrency, tmp)
+                    bench.count(
+                        f"(c) OCSP GET load (wrk), {w} worker(s)",
+                        wr.non_2xx + (1 if wr.errors else 0),
+                        first=f"non-2xx {wr.non_2xx}; socket errors {wr.errors}",
+                    )
                     ocsp_runs.append(
                         {
                             "client": "wrk GET",
@@ -691,156 +764,141 @@ def main(argv: list[str] | None = None) -> int:
         log.print("(c) in-process ceilings: ocsp_answer (service), pyca build + sign (raw)")
         service_ocsp = ocsp_service_ceiling(ctx, mix, args.ceiling_seconds)
         raw_ocsp = ocsp_raw_ceiling(issuer, ca_key, args.ceiling_seconds)
+        bench.ceiling(
+            "raw_ocsp", raw_ocsp, unit="responses/s", label="pyca OCSP build + sign, one thread"
+        )
         ctx.db.dispose()
 
     # ----------------------------------------------------------------- report
-    head = revocations[0]
-    interval = args.crl_interval
     best = max(ocsp_runs, key=lambda r: r["per_s"])
 
-    def crl_row(r: Revocation) -> Row:
-        seen = "not seen" if r.crl_s is None else f"{r.crl_s:.1f} s"
-        ok = r.crl_s is not None and r.crl_s <= interval
-        return Row(f"  CRL lists it after ({r.label})", seen, "", f"<= {interval:g} s", verdict(ok))
+    def crl_row(i: int, r: Revocation) -> Row:
+        return bench.target(
+            f"crl_visible_{i + 1}",
+            label=f"  CRL lists it after ({r.label})",
+            value=r.crl_s if r.crl_s is not None else float("inf"),
+            ceiling="crl_interval",
+            op="<=",
+            goal=TARGET_VISIBLE,
+            source=TARGET_VISIBLE_SOURCE,
+            shown="not seen" if r.crl_s is None else f"{r.crl_s:.1f} s",
+        )
 
-    rows = [
-        Row("(a) raw pyca: build entries + CRL + sign", f"{raw_total_s:.2f} s", "1.00"),
+    bench.rows += [
+        bench.ceiling_row("raw_crl", f"{raw_total_s:.2f} s"),
         Row("    of which entry objects", f"{raw_build_s:.2f} s"),
-        Row(
-            "(a) publish_crls(force=True), incl. DB read",
-            f"{publish_s:.2f} s",
-            f"{publish_s / raw_total_s:.2f}",
-            f"<= {TARGET_CRL_S:g} s",
-            verdict(publish_s <= TARGET_CRL_S and crl_entries == n),
+        bench.target(
+            "crl_publish",
+            label="(a) publish_crls(force=True), incl. DB read",
+            value=publish_s,
+            ceiling="raw_crl",
+            op="<=",
+            goal=TARGET_CRL,
+            source=TARGET_CRL_SOURCE,
+            shown=f"{publish_s:.2f} s",
         ),
-        Row(
-            "(a') rebuild after one more revocation (incremental)",
-            f"{incremental_s:.2f} s",
-            "",
-            f"<= {args.crl_interval:g} s",
-            verdict(incremental_s <= args.crl_interval and incremental.entries == n + 1),
-        ),
+        Row("(a') rebuild after 5 more revocations (incremental)", f"{incremental_s:.2f} s"),
         Row("    the same SQL read alone", f"{read_s:.2f} s"),
         Row("    CRL DER size", f"{crl_der / 2**20:.1f} MiB"),
+        bench.ceiling_row("revoke_in_process", f"{1000 * statistics.median(revoke_s):.1f} ms"),
+        bench.target(
+            "revoke_http",
+            label=f"(b) HTTP revoke: {head.label}",
+            value=head.ms / 1000,
+            ceiling="revoke_in_process",
+            op="<=",
+            goal=TARGET_REVOKE,
+            source=TARGET_REVOKE_SOURCE,
+            shown=f"{head.ms:.1f} ms",
+        ),
+        *(Row(f"(b) HTTP revoke: {r.label}", f"{r.ms:.1f} ms") for r in revocations[1:]),
+        Row("  OCSP right after the 1st revocation", f"{head.ocsp} ({head.ocsp_ms:.0f} ms)"),
+        bench.ceiling_row("crl_interval", f"{interval:g} s"),
+        *(crl_row(i, r) for i, r in enumerate(revocations)),
     ]
-    for r in revocations:
-        rows.append(
-            Row(
-                f"(b) HTTP revoke: {r.label}",
-                f"{r.ms:.1f} ms",
-                "",
-                f"<= {TARGET_REVOKE_MS:g} ms",
-                verdict(r.ms <= TARGET_REVOKE_MS),
-            )
-        )
-    rows.append(
-        Row(
-            "  OCSP right after the 1st revocation",
-            f"{head.ocsp} ({head.ocsp_ms:.0f} ms)",
-            "",
-            "revoked",
-            verdict(head.ocsp == "revoked"),
-        )
-    )
-    rows += [crl_row(r) for r in revocations]
     if probe:
-        rows.append(
+        bench.rows.append(
             Row(
                 "  OCSP probe latency during (b), p50 / max",
                 f"{1000 * statistics.median(probe):.0f} / {1000 * max(probe):.0f} ms",
             )
         )
-    rows.append(
-        Row("(c) ocsp_answer in-process, 1 thread (ceiling)", f"{service_ocsp:,.0f}/s", "1.00")
-    )
-    rows.append(Row("    pyca OCSP response build + sign, 1 thread", f"{raw_ocsp:,.0f}/s"))
-    for r in ocsp_runs:
-        rows.append(
+    bench.rows += [
+        bench.ceiling_row("raw_ocsp", f"{raw_ocsp:,.0f}/s"),
+        Row(
+            "(c) ocsp_answer in-process, 1 thread",
+            f"{service_ocsp:,.0f}/s",
+            f"{service_ocsp / raw_ocsp:.3g}",
+        ),
+        *(
             Row(
-                f"(c) OCSP over HTTP, {r['client']}, {r['workers']} worker(s)"
-                + (f" [{r['errors']} errors]" if r["errors"] else ""),
+                f"(c) OCSP over HTTP, {r['client']}, {r['workers']} worker(s)",
                 f"{r['per_s']:,.0f}/s",
-                f"{r['per_s'] / service_ocsp:.2f}",
-                f">= {TARGET_OCSP:,.0f}/s",
-                verdict(r["per_s"] >= TARGET_OCSP and not r["errors"]),
+                f"{r['per_s'] / raw_ocsp:.3g}",
             )
-        )
-    print_table(
-        f"CRL / revocation / OCSP at {n:,} revoked entries",
-        rows,
-        notes=[
-            f"The {n:,} revoked rows (+ {args.good:,} good) were BULK-INSERTED into "
-            f"`certificates` (SQLAlchemy Core insert, {bulk.seconds:.1f} s), not issued; "
-            "4 real certificates were issued through service.enroll.",
-            "Entries carry 159-bit random serials (as x509.random_serial_number() makes) and "
-            f"reason keyCompromise: {crl_der / max(n, 1):.0f} bytes of DER per entry; the raw "
-            f"pyca CRL of the same entries is {raw_der / 2**20:.1f} MiB.",
-            f"Server: `fleetward serve` (uvicorn, 1 worker for (b), --crl-interval {interval:g}) "
-            "in a subprocess on 127.0.0.1; SQLite WAL.",
-            f"(b) timed with httpx (keep-alive, warmed up); an OCSP probe ran every 100 ms "
-            f"throughout ({len(probe)} probes).",
-            f"(c) {args.ocsp_seconds:g} s per run, {args.ocsp_concurrency} connections, "
-            "good/revoked/unknown serials interleaved (1,000 each); ratio = HTTP / in-process "
-            "ceiling.",
-            *(
-                f"(c) {r['client']}, {r['workers']} worker(s): p50 {r['p50_ms']:.1f} ms, p99 "
-                f"{r['p99_ms']:.1f} ms, server {r['server_cores']:.2f} cores, client "
-                f"{r['client_cores']:.2f} cores"
-                for r in ocsp_runs
-            ),
-            *(["wrk not installed: only the Python client ran"] if not use_wrk else []),
+            for r in ocsp_runs
+        ),
+        bench.target(
+            "ocsp_http",
+            label=f"(c) OCSP over HTTP, best ({best['client']}, {best['workers']} worker(s))",
+            value=best["per_s"],
+            ceiling="raw_ocsp",
+            op=">=",
+            goal=TARGET_OCSP,
+            source=TARGET_OCSP_SOURCE,
+            shown=f"{best['per_s']:,.0f}/s",
+        ),
+    ]
+    bench.notes += [
+        f"The {n:,} revoked rows (+ {args.good:,} good) were BULK-INSERTED into "
+        f"`certificates` (SQLAlchemy Core insert, {bulk.seconds:.1f} s), not issued; "
+        "real certificates were issued through issuance.enroll for the revocations.",
+        "Entries carry 159-bit random serials (as x509.random_serial_number() makes) and "
+        f"reason keyCompromise: {crl_der / max(n, 1):.0f} bytes of DER per entry; the raw "
+        f"pyca CRL of the same entries is {raw_der / 2**20:.1f} MiB.",
+        "Server: `fleetward serve` (uvicorn, 1 worker for (b)) in a subprocess on "
+        "127.0.0.1; SQLite WAL.",
+        f"(b) timed with httpx (keep-alive, warmed up); an OCSP probe ran every 100 ms "
+        f"throughout ({len(probe)} probes).",
+        f"(c) {args.ocsp_seconds:g} s per run, {args.ocsp_concurrency} connections, "
+        "good/revoked/unknown serials interleaved; ratio = HTTP / raw pyca build + sign.",
+        *(
+            f"(c) {r['client']}, {r['workers']} worker(s): p50 {r['p50_ms']:.1f} ms, p99 "
+            f"{r['p99_ms']:.1f} ms, server {r['server_cores']:.2f} cores, client "
+            f"{r['client_cores']:.2f} cores"
+            for r in ocsp_runs
+        ),
+        *(["wrk not installed: only the Python client ran"] if not use_wrk else []),
+    ]
+    bench.figures = {
+        "entries": n,
+        "rows_bulk_inserted": True,
+        "bulk_insert_s": round(bulk.seconds, 2),
+        "crl_publish_s": round(publish_s, 3),
+        "crl_incremental_s": round(incremental_s, 3),
+        "crl_der_bytes": crl_der,
+        "crl_entries": crl_entries,
+        "crl_sql_read_s": round(read_s, 3),
+        "raw_crl_entries_build_s": round(raw_build_s, 3),
+        "raw_crl_der_bytes": raw_der,
+        "revoke_in_process_ms": [round(1000 * v, 2) for v in revoke_s],
+        "revocations": [
+            {
+                "label": r.label,
+                "ms": round(r.ms, 2),
+                "crl_visible_s": None if r.crl_s is None else round(r.crl_s, 2),
+            }
+            for r in revocations
         ],
-    )
-    print_json(
-        {
-            "entries": n,
-            "rows_bulk_inserted": True,
-            "bulk_insert_s": round(bulk.seconds, 2),
-            "crl_publish_s": round(publish_s, 3),
-            "crl_incremental_s": round(incremental_s, 3),
-            "crl_der_bytes": crl_der,
-            "crl_entries": crl_entries,
-            "crl_sql_read_s": round(read_s, 3),
-            "raw_crl_build_sign_s": round(raw_total_s, 3),
-            "raw_crl_entries_build_s": round(raw_build_s, 3),
-            "raw_crl_der_bytes": raw_der,
-            "crl_interval_s": interval,
-            "revoke_http_ms": round(head.ms, 2),
-            "revocations": [
-                {
-                    "label": r.label,
-                    "ms": round(r.ms, 2),
-                    "crl_visible_s": None if r.crl_s is None else round(r.crl_s, 2),
-                }
-                for r in revocations
-            ],
-            "ocsp_after_revoke": head.ocsp,
-            "ocsp_after_revoke_ms": round(head.ocsp_ms, 2),
-            "crl_visible_after_s": None if head.crl_s is None else round(head.crl_s, 2),
-            "ocsp_probe_max_ms": round(1000 * max(probe), 1) if probe else None,
-            "ocsp_http_per_s": round(best["per_s"], 1),
-            "ocsp_http_client": best["client"],
-            "ocsp_http_workers": best["workers"],
-            "ocsp_runs": [
-                {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}
-                for r in ocsp_runs
-            ],
-            "ocsp_service_per_s": round(service_ocsp, 1),
-            "ocsp_raw_per_s": round(raw_ocsp, 1),
-            "targets": {
-                "crl_publish_s": TARGET_CRL_S,
-                "revoke_ms": TARGET_REVOKE_MS,
-                "crl_visible_s": interval,
-                "ocsp_per_s": TARGET_OCSP,
-                "crl_publish_pass": publish_s <= TARGET_CRL_S,
-                "revoke_pass": head.ms <= TARGET_REVOKE_MS,
-                "ocsp_revoked_pass": head.ocsp == "revoked",
-                "crl_visible_pass": head.crl_s is not None and head.crl_s <= interval,
-                "ocsp_pass": best["per_s"] >= TARGET_OCSP,
-            },
-        }
-    )
-    return 0
+        "ocsp_after_revoke": head.ocsp,
+        "ocsp_after_revoke_ms": round(head.ocsp_ms, 2),
+        "ocsp_probe_max_ms": round(1000 * max(probe), 1) if probe else None,
+        "ocsp_runs": [
+            {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}
+            for r in ocsp_runs
+        ],
+        "ocsp_service_per_s": round(service_ocsp, 1),
+    }
 
 
 if __name__ == "__main__":

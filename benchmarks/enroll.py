@@ -13,15 +13,20 @@ Measured in one run, each figure on its own distinct devices:
 4. enrollments/s over HTTP through ``POST /api/v1/enroll/batch``.
 
 Device keys and CSRs (one P-256 key per device, CN = device id) are made
-before any timing starts. The server runs in a subprocess on 127.0.0.1.
+before any timing starts. The server runs in a subprocess on 127.0.0.1 with
+``fleetward serve``'s default intervals.
 
-    .venv/bin/python benchmarks/enroll.py                 # issue sizes
-    .venv/bin/python benchmarks/enroll.py --devices 2000  # smoke run
+Targets, as ratios to the one-core raw ceiling (2.) of the same run: HTTP
+single requests >= 0.09, batch >= 0.36 (issue 2's 500/s and 2,000/s over
+the 5,555/s ceiling its closing run measured), at the best worker count.
+Errors: any refused enrollment in any pass.
+
+    .venv/bin/python benchmarks/enroll.py           # 20,000 devices per mode, 1 and 2 workers
+    .venv/bin/python benchmarks/enroll.py --smoke   # CI size
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import sys
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import (
+    Bench,
     LoadResult,
     Row,
     Server,
@@ -38,11 +44,8 @@ from _harness import (
     json_request,
     log,
     new_installation,
-    print_json,
-    print_table,
     rate,
     run_load,
-    verdict,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -55,13 +58,19 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 from sqlalchemy import select
 
+from fleetward.errors import FleetwardError
 from fleetward.identity import issuance
 from fleetward.identity.models import CertificateAuthority
 from fleetward.tenancy import service as tenancy
 
-TARGET_SINGLE = 500.0  # enrollments/s, single requests over HTTP (issue 2)
-TARGET_BATCH = 2000.0  # enrollments/s, batch endpoint over HTTP (issue 2)
+# Targets: ratios to the one-core raw enrollment ceiling measured in the run.
+# Issue 2 asked for 500/s single and 2,000/s batch over HTTP; its closing run
+# measured the ceiling at 5,555/s, so 500 / 5,555 and 2,000 / 5,555.
+TARGET_SINGLE = 0.09
+TARGET_BATCH = 0.36
+TARGET_SOURCE = "issue 2: 500/s single, 2,000/s batch at a 5,555/s ceiling"
 ENV = "production"
+SMOKE = {"devices": 200, "workers": "1", "raw_seconds": 0.5}
 
 
 def make_csrs(prefix: str, count: int) -> list[tuple[str, bytes]]:
@@ -213,19 +222,40 @@ def measured_load(
     )
 
 
+def ca_material(ctx: Any, env: str) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
+    """The active issuing CA of ``env`` (certificate, file-backed private key)."""
+    with ctx.db.read() as s:
+        ca = s.execute(
+            select(CertificateAuthority).where(
+                CertificateAuthority.kind == "issuing",
+                CertificateAuthority.environment == env,
+                CertificateAuthority.status == "active",
+            )
+        ).scalar_one()
+        issuer = ctx.pki.certificate(ca)
+        key = ctx.pki.keyring.open(ca.key_uri).builder_key()
+    if key is None:
+        raise RuntimeError("the benchmark needs a file-backed CA key")
+    return issuer, key
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=20000, help="devices per mode")
-    parser.add_argument(
-        "--workers", default="1,2", help="server worker counts to run, comma-separated"
-    )
-    parser.add_argument("--concurrency", type=int, default=16, help="connections, single mode")
-    parser.add_argument("--batch-size", type=int, default=1000, help="items per batch (<= 1000)")
-    parser.add_argument("--batch-concurrency", type=int, default=2, help="batches in flight")
-    parser.add_argument("--raw-seconds", type=float, default=3.0, help="time per raw ceiling")
-    args = parser.parse_args(argv)
+    bench = Bench("enroll", __doc__ or "")
+    p = bench.parser
+    p.add_argument("--devices", type=int, default=20000, help="devices per mode")
+    p.add_argument("--workers", default="1,2", help="server worker counts to run, comma-separated")
+    p.add_argument("--concurrency", type=int, default=16, help="connections, single mode")
+    p.add_argument("--batch-size", type=int, default=1000, help="items per batch (<= 1000)")
+    p.add_argument("--batch-concurrency", type=int, default=2, help="batches in flight")
+    p.add_argument("--raw-seconds", type=float, default=3.0, help="time per raw ceiling")
+    args = bench.parse(argv, smoke=SMOKE)
+    return bench.run(lambda: run(bench, args))
+
+
+def run(bench: Bench, args: Any) -> None:
     worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
     n = args.devices
+    bench.title = f"Enrollment, {n:,} devices per mode (P-256, SHA-256)"
 
     with tempfile.TemporaryDirectory(prefix="fw-bench-enroll-") as tmp_name:
         tmp = Path(tmp_name)
@@ -236,41 +266,43 @@ def main(argv: list[str] | None = None) -> int:
         modes = ["svc"] + [f"h{w}{m}" for w in worker_counts for m in ("s", "b")]
         t0 = time.perf_counter()
         csrs = {mode: make_csrs(mode, n) for mode in modes}
-        raw_pool = make_csrs("raw", 2000)
+        raw_pool = make_csrs("raw", min(2000, n))
         keygen_s = time.perf_counter() - t0
         log.print(
             f"pre-generated {n * len(modes) + len(raw_pool)} P-256 keys + CSRs in {keygen_s:.1f} s"
         )
-
-        with ctx.db.session() as s:
+        with ctx.db.read() as s:
             principal = tenancy.authenticate(s, token)
-            ca = s.execute(
-                select(CertificateAuthority).where(
-                    CertificateAuthority.kind == "issuing",
-                    CertificateAuthority.environment == ENV,
-                    CertificateAuthority.status == "active",
-                )
-            ).scalar_one()
-            issuer = ctx.pki.certificate(ca)
-            ca_key = ctx.pki.keyring.open(ca.key_uri).builder_key()
-        assert ca_key is not None, "the benchmark needs a file-backed CA key"
+        issuer, ca_key = ca_material(ctx, ENV)
 
         log.print("raw ceilings (pyca, one core)")
         raw_sign, raw_enroll = raw_ceilings(issuer, ca_key, raw_pool, args.raw_seconds)
+        bench.ceiling(
+            "raw_enroll",
+            raw_enroll,
+            unit="enrollments/s",
+            label="CSR load+verify + build + sign, pyca, one core",
+        )
 
         log.print(f"service layer: {n} enrollments, one transaction each")
+        refused, first = 0, ""
         start = time.perf_counter()
         for device_id, pem in csrs["svc"]:
-            with ctx.db.session() as s:
-                issuance.enroll(
-                    s, ctx.pki, principal, device_id=device_id, csr=pem, environment=ENV
-                )
-        service_per_s = n / (time.perf_counter() - start)
+            try:
+                with ctx.db.session() as s:
+                    issuance.enroll(
+                        s, ctx.pki, principal, device_id=device_id, csr=pem, environment=ENV
+                    )
+            except FleetwardError as exc:
+                refused += 1
+                first = first or f"{device_id}: {exc}"
+        service_per_s = (n - refused) / (time.perf_counter() - start)
+        bench.count("service enroll", refused, first=first)
         ctx.db.dispose()
 
         http: dict[str, dict[str, Any]] = {}
         for w in worker_counts:
-            server = Server(home=tmp / "home", port=port, workers=w)
+            server = bench.server(home=tmp / "home", port=port, workers=w)
             log.print(f"HTTP, {w} worker(s): starting the server")
             single_reqs = single_requests(token, csrs[f"h{w}s"])
             batch_reqs = batch_requests(token, csrs[f"h{w}b"], args.batch_size)
@@ -289,11 +321,15 @@ def main(argv: list[str] | None = None) -> int:
                     server, batch_reqs, args.batch_concurrency, count
                 )
             ok_single = single.statuses.get(201, 0)
+            bench.count(f"HTTP single, {w} worker(s)", n - ok_single, first=single.first_error)
+            bench.count(
+                f"HTTP batch, {w} worker(s)",
+                n - issued,
+                first=batch.first_error or f"{n - issued} items not issued",
+            )
             http[str(w)] = {
                 "single_per_s": ok_single / single.elapsed,
                 "single_ok": ok_single,
-                "single_errors": single.sent - ok_single,
-                "single_first_error": single.first_error,
                 "single_p50_ms": single.percentile(50),
                 "single_p99_ms": single.percentile(99),
                 "single_server_cores": s_srv,
@@ -301,7 +337,6 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_per_s": issued / batch.elapsed,
                 "batch_issued": issued,
                 "batch_requests": batch.sent,
-                "batch_first_error": batch.first_error,
                 "batch_p50_ms": batch.percentile(50),
                 "batch_server_cores": b_srv,
                 "batch_client_cores": b_cli,
@@ -313,89 +348,84 @@ def main(argv: list[str] | None = None) -> int:
     batch_per_s = http[best_batch_w]["batch_per_s"]
 
     def ratio(v: float) -> str:
-        return f"{v / raw_enroll:.2f}"
+        return f"{v / raw_enroll:.3g}"
 
-    rows = [
+    bench.rows += [
         Row("raw: CertificateBuilder.sign, prebuilt (P-256)", f"{raw_sign:,.0f}/s"),
-        Row("raw: CSR load+verify + build + sign (ceiling)", f"{raw_enroll:,.0f}/s", "1.00"),
+        bench.ceiling_row("raw_enroll", f"{raw_enroll:,.0f}/s"),
         Row(
             "issuance.enroll, 1 txn per device, 1 thread",
             f"{service_per_s:,.0f}/s",
             ratio(service_per_s),
         ),
     ]
-    for w, fig in http.items():
-        errors = fig["single_errors"]
-        rows.append(
+    for workers, fig in http.items():
+        bench.rows.append(
             Row(
-                f"HTTP single, {w} worker(s), {args.concurrency} conns"
-                + (f" [{errors} errors]" if errors else ""),
+                f"HTTP single, {workers} worker(s), {args.concurrency} conns",
                 f"{fig['single_per_s']:,.0f}/s",
                 ratio(fig["single_per_s"]),
-                f">= {TARGET_SINGLE:,.0f}/s",
-                verdict(fig["single_per_s"] >= TARGET_SINGLE and not errors),
             )
         )
-        rows.append(
+        bench.rows.append(
             Row(
-                f"HTTP batch of {args.batch_size}, {w} worker(s), "
+                f"HTTP batch of {args.batch_size}, {workers} worker(s), "
                 f"{args.batch_concurrency} in flight",
                 f"{fig['batch_per_s']:,.0f}/s",
                 ratio(fig["batch_per_s"]),
-                f">= {TARGET_BATCH:,.0f}/s",
-                verdict(fig["batch_per_s"] >= TARGET_BATCH),
             )
         )
-    print_table(
-        f"Enrollment, {n:,} devices per mode (P-256, SHA-256)",
-        rows,
-        notes=[
-            "ratio = figure / raw per-enrollment ceiling of ONE core (with 2 workers the server "
-            "may use both cores).",
-            f"Device keys and CSRs pre-generated (one P-256 key per device) in {keygen_s:.1f} s, "
-            "before timing.",
-            "Client: asyncio raw HTTP/1.1 keep-alive, in the benchmark process; server: "
-            "`fleetward serve` (uvicorn) in a subprocess on 127.0.0.1; SQLite WAL.",
-            *(
-                f"{w} worker(s): single p50 {f['single_p50_ms']:.0f} ms, p99 "
-                f"{f['single_p99_ms']:.0f} ms, server {f['single_server_cores']:.2f} cores, "
-                f"client {f['single_client_cores']:.2f}; batch p50 {f['batch_p50_ms']:.0f} ms, "
-                f"server {f['batch_server_cores']:.2f} cores, client {f['batch_client_cores']:.2f}"
-                for w, f in http.items()
-            ),
-            *(
-                f"first error, {w} worker(s): {f['single_first_error'] or f['batch_first_error']}"
-                for w, f in http.items()
-                if f["single_first_error"] or f["batch_first_error"]
-            ),
-        ],
-    )
-    print_json(
-        {
-            "raw_sign_per_s": round(raw_sign, 1),
-            "raw_enroll_ceiling_per_s": round(raw_enroll, 1),
-            "service_per_s": round(service_per_s, 1),
-            "http_single_per_s": round(single_per_s, 1),
-            "http_single_workers": int(best_single_w),
-            "http_batch_per_s": round(batch_per_s, 1),
-            "http_batch_workers": int(best_batch_w),
-            "http_by_workers": {
-                w: {k: (round(v, 2) if isinstance(v, float) else v) for k, v in f.items()}
-                for w, f in http.items()
-            },
-            "devices": n,
-            "concurrency": args.concurrency,
-            "batch_size": args.batch_size,
-            "client": "asyncio-raw-http1.1",
-            "targets": {
-                "http_single_per_s": TARGET_SINGLE,
-                "http_batch_per_s": TARGET_BATCH,
-                "http_single_pass": single_per_s >= TARGET_SINGLE,
-                "http_batch_pass": batch_per_s >= TARGET_BATCH,
-            },
-        }
-    )
-    return 0
+    bench.rows += [
+        bench.target(
+            "http_single",
+            label=f"HTTP single, best ({best_single_w} worker(s))",
+            value=single_per_s,
+            ceiling="raw_enroll",
+            op=">=",
+            goal=TARGET_SINGLE,
+            source=TARGET_SOURCE,
+            shown=f"{single_per_s:,.0f}/s",
+        ),
+        bench.target(
+            "http_batch",
+            label=f"HTTP batch, best ({best_batch_w} worker(s))",
+            value=batch_per_s,
+            ceiling="raw_enroll",
+            op=">=",
+            goal=TARGET_BATCH,
+            source=TARGET_SOURCE,
+            shown=f"{batch_per_s:,.0f}/s",
+        ),
+    ]
+    bench.notes += [
+        "ratio = figure / raw per-enrollment ceiling of ONE core (with 2 workers the server "
+        "may use both cores).",
+        f"Device keys and CSRs pre-generated (one P-256 key per device) in {keygen_s:.1f} s, "
+        "before timing.",
+        "Client: asyncio raw HTTP/1.1 keep-alive, in the benchmark process; server: "
+        "`fleetward serve` (uvicorn) in a subprocess on 127.0.0.1; SQLite WAL.",
+        *(
+            f"{w} worker(s): single p50 {f['single_p50_ms']:.0f} ms, p99 "
+            f"{f['single_p99_ms']:.0f} ms, server {f['single_server_cores']:.2f} cores, "
+            f"client {f['single_client_cores']:.2f}; batch p50 {f['batch_p50_ms']:.0f} ms, "
+            f"server {f['batch_server_cores']:.2f} cores, client {f['batch_client_cores']:.2f}"
+            for w, f in http.items()
+        ),
+    ]
+    bench.figures = {
+        "raw_sign_per_s": round(raw_sign, 1),
+        "service_per_s": round(service_per_s, 1),
+        "http_single_per_s": round(single_per_s, 1),
+        "http_single_workers": int(best_single_w),
+        "http_batch_per_s": round(batch_per_s, 1),
+        "http_batch_workers": int(best_batch_w),
+        "http_by_workers": {
+            w: {k: (round(v, 2) if isinstance(v, float) else v) for k, v in f.items()}
+            for w, f in http.items()
+        },
+        "devices": n,
+        "client": "asyncio-raw-http1.1",
+    }
 
 
 if __name__ == "__main__":

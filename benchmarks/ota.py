@@ -13,21 +13,22 @@ Measured:
     artifact; ``--checks`` times with an empty metadata directory (a device's
     first check) and with the metadata the previous check left (a device's
     periodic check), with 1 release and with ``--releases`` releases in the
-    product role. The ceiling measured in the same run: the number of
-    signature verifications one check does (counted by wrapping
-    ``SSlibKey.verify_signature``) times the cost of one P-256
-    ``public_key.verify``, plus SHA-256 of the artifact and of the signed
-    metadata payloads;
+    product role. The ceiling of each kind, measured in the same run: the
+    same GETs with plain urllib3 (p50), plus the signature verifications one
+    check does (counted by wrapping ``SSlibKey.verify_signature``) times one
+    P-256 ``public_key.verify``, plus SHA-256 of the artifact and of the
+    signed metadata payloads;
 (b) planning a campaign over ``--plan-devices`` active devices of one
     product: the devices are **bulk-inserted** into ``devices`` (SQLAlchemy
     Core ``insert``, not enrolled, not timed), then
     ``campaigns.create_campaign`` (cohort query, label filter, keyed-hash
-    ordering, the ``campaign_devices`` rows, commit) is timed, and
-    ``rollout.plan_waves`` alone; target <= 10 s. The run is split into its
-    steps (the cohort SELECT and the label loop replayed alone; plan_waves and
-    the INSERTs timed inside the real run, with SQLite's own executemany time
-    from cursor events), and profiled with cProfile (rolled back) when over
-    the target or with ``--profile``;
+    ordering, the ``campaign_devices`` rows, commit) is timed, with SQLite's
+    own executemany time from cursor events, and ``rollout.plan_waves``
+    alone. The ceiling: the SQL any plan of that cohort needs, in SQLAlchemy
+    Core on one connection (the cohort SELECT, one INSERT row per device
+    into a scratch copy of ``campaign_devices`` with its keys and indexes,
+    COMMIT). cProfile (rolled back) when over 3 ceilings or with
+    ``--profile``;
 (c) a campaign with default waves (1/10/50/100 %) and the default gate over
     ``--fleet`` simulated devices and a **bad** release (its image fails the
     health check, so each device that installs it boots it
@@ -35,20 +36,28 @@ Measured:
     agent code (a fresh stock Updater per offer, ``agent.ota.install`` into
     ``Slots``, the boot loop, then ``campaigns.report``) in
     ``--device-threads`` threads; this process calls ``campaigns.step`` every
-    ``--step-interval`` s until the campaign halts. Figures: devices that
-    staged the bad image before the halt and in all (goal: no more than the
-    first wave), time to halt. Then the bad campaign is aborted and a good
-    release goes over the same fleet to completion (time per wave,
-    devices/s).
+    campaign driver round (its default interval unless ``--step-interval``)
+    until the campaign halts. Figures: devices that staged the bad image
+    before the halt and in all, time to halt. Then the bad campaign is
+    aborted and a good release goes over the same fleet to completion (time
+    per wave, devices/s: ``drill.py``'s reference rate).
 
-    .venv/bin/python benchmarks/ota.py                                   # issue sizes
-    .venv/bin/python benchmarks/ota.py --checks 20 --releases 10 \\
-        --plan-devices 20000 --fleet 200                                 # smoke run
+Targets, as ratios to ceilings of the same run: an update check p50 <= 2.0
+of its ceiling (issue 5 set none: a regression floor at twice its closing
+run's 1.03); ``create_campaign`` <= 2.2 of its ceiling (issue 5: 10 s at
+1,000,000 devices, where its closing run took 8.70 s; that code measured
+1.93 ceilings at that size when this ratio was set); the bad release
+staged on no more devices than wave 1 (issue 5). Errors: a failed update
+check (the run stops), a plan that misses devices, a bad release that does
+not halt or reaches past wave 1, a good release that does not complete on
+every device.
+
+    .venv/bin/python benchmarks/ota.py           # issue 5 sizes (1,000,000 devices planned)
+    .venv/bin/python benchmarks/ota.py --smoke   # CI size
 """
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import hashlib
 import io
@@ -67,40 +76,60 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import urllib3
 from _harness import (
+    Bench,
     Row,
     Server,
     free_port,
+    given,
     log,
     new_installation,
-    print_json,
-    print_table,
     rate,
-    verdict,
 )
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from securesystemslib.signer import Signature, SSlibKey
-from sqlalchemy import event, insert, select
+from sqlalchemy import Table, event, insert, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import quoted_name
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
 from fleetward.agent.ota import DEFAULT_BOOT_ATTEMPTS, Slots, install
-from fleetward.api.context import AppContext
 from fleetward.identity.models import Device
-from fleetward.ota import campaigns, rollout
+from fleetward.ota import campaigns, repository, rollout
 from fleetward.ota import service as ota
+from fleetward.ota.blobs import LocalBlobStore
 from fleetward.ota.models import Campaign, CampaignDevice
-from fleetward.store.db import utcnow
+from fleetward.runtime.context import AppContext
+from fleetward.runtime.workers import CampaignDriver
+from fleetward.store import utcnow
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
 
-TARGET_PLAN_S = 10.0  # plan a campaign over 1,000,000 devices
+# Targets: ratios to ceilings of the same run (see the module docstring).
+TARGET_CHECK = 2.0
+TARGET_CHECK_SOURCE = "regression floor: twice issue 5's closing ratio 1.03"
+# Issue 5 asked for 10 s at 1,000,000 devices; its closing run took 8.70 s. The
+# same code measured 1.93 ceilings at that size (19.5 s over a 10.1 s ceiling on
+# a loaded machine), so 10 s is about 2.2 ceilings.
+TARGET_PLAN = 2.2
+TARGET_PLAN_SOURCE = "issue 5: 10 s at 1M devices, where 8.70 s measured 1.93 ceilings"
+TARGET_BAD = 1.0
+TARGET_BAD_SOURCE = "issue 5: no more devices than the first wave"
+SMOKE = {
+    "checks": 5,
+    "releases": 3,
+    "artifact_kib": 256,
+    "plan_devices": 5000,
+    "fleet": 100,
+    "fleet_artifact_kib": 16,
+    "ceiling_seconds": 0.3,
+}
 TENANT = "default"
 HARDWARE = "board-a"
 LABELS = json.dumps({"hardware": HARDWARE})
@@ -388,8 +417,8 @@ def insert_devices(
 def service_release(ctx: AppContext, product: str, version: str, image: bytes) -> int:
     """Product role + deployable release through the service calls (no server)."""
     with ctx.db.session() as s:
-        ota.ensure_product(s, ctx.pki.keyring, PRINCIPAL, product)
-    blobs = ota.BlobStore(ctx.settings.home / "blobs")
+        repository.ensure_product(s, ctx.pki.keyring, PRINCIPAL, product)
+    blobs = LocalBlobStore(ctx.settings.home / "blobs")
     with ctx.db.session() as s:
         r = ota.create_release(
             s,
@@ -447,110 +476,123 @@ class Planning:
     insert_s: float
     create_s: float = 0.0
     commit_s: float = 0.0
-    plan_in_create_s: float = 0.0
-    inserts_in_create_s: float = 0.0
-    insert_calls: int = 0
     sqlite_insert_s: float = 0.0
     select_s: float = 0.0
-    label_loop_s: float = 0.0
+    raw_select_s: float = 0.0
+    raw_insert_s: float = 0.0
     plan_waves_s: float = 0.0
-    rank_keys_s: float = 0.0
     campaign_rows: int = 0
     wave_sizes: list[int] = field(default_factory=list)
     sql: dict[str, list[float]] = field(default_factory=dict)
     profile: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def raw_s(self) -> float:
+        """The ceiling: the cohort SELECT and the rows' INSERT + COMMIT in Core, no ORM."""
+        return self.raw_select_s + self.raw_insert_s
 
 
 class _RollbackError(Exception):
     """Raised to roll a profiled transaction back."""
 
 
+def raw_planning(ctx: AppContext, plan: Planning, *, product: str, campaign_id: int) -> None:
+    """The SQL any plan of this cohort needs, in SQLAlchemy Core on one connection: the
+    cohort SELECT, then one INSERT row per device into a scratch copy of
+    ``campaign_devices`` (same columns, keys and indexes) and COMMIT."""
+    # In the models' own metadata, so its foreign keys resolve; removed again below.
+    metadata = CampaignDevice.metadata
+    table = cast(Table, CampaignDevice.__table__)
+    scratch = table.to_metadata(metadata, name="bench_plan_scratch")
+    for index in scratch.indexes:
+        index.name = quoted_name(f"bench_{index.name}", None)  # index names are per database
+    try:
+        _raw_planning(ctx, plan, scratch, product=product, campaign_id=campaign_id)
+    finally:
+        metadata.remove(scratch)
+
+
+def _raw_planning(
+    ctx: AppContext, plan: Planning, scratch: Table, *, product: str, campaign_id: int
+) -> None:
+    with ctx.db.engine.connect() as conn:
+        scratch.create(conn)
+        conn.commit()
+        t0 = time.perf_counter()
+        rows = conn.execute(
+            select(Device.id, Device.device_id, Device.labels).where(
+                Device.tenant_id == 1, Device.product == product, Device.state == "active"
+            )
+        ).all()
+        t1 = time.perf_counter()
+        for lo in range(0, len(rows), 10_000):
+            conn.execute(
+                scratch.insert(),
+                [
+                    {
+                        "campaign_id": campaign_id,
+                        "device_pk": pk,
+                        "wave": i % 4,
+                        "status": "planned",
+                    }
+                    for i, (pk, _d, _l) in enumerate(rows[lo : lo + 10_000], start=lo)
+                ],
+            )
+        conn.commit()
+        t2 = time.perf_counter()
+        scratch.drop(conn)
+        conn.commit()
+    plan.raw_select_s, plan.raw_insert_s = t1 - t0, t2 - t1
+
+
 def planning_phase(ctx: AppContext, n: int, profile: str, profile_top: int) -> Planning:
-    """(b): 1,000,000 devices, create_campaign, plan_waves alone, the step split."""
+    """(b): ``n`` devices: create_campaign timed, plan_waves alone, the raw SQL ceiling."""
     product = "mass"
     rid = service_release(ctx, product, "1.0.0", image_of(4096, b"mass"))
     log.print(f"(b) bulk-inserting {n:,} active devices of product {product!r} (not timed)")
     plan = Planning(devices=n, insert_s=insert_devices(ctx, prefix="mass", n=n, product=product))
     log.print(f"  {plan.insert_s:.1f} s")
 
-    # The real run: plan_waves and the session's INSERT executes are timed inside it.
-    inner: dict[str, float] = defaultdict(float)
-    calls = {"insert": 0}
-    real_plan_waves = rollout.plan_waves
-
-    def timed_plan_waves(seed: str, device_ids: Sequence[str], waves: Sequence[float]) -> list[int]:
-        t0 = time.perf_counter()
-        result = real_plan_waves(seed, device_ids, waves)
-        inner["plan"] += time.perf_counter() - t0
-        return result
-
     log.print("(b) campaigns.create_campaign (timed, committed)")
-    rollout.plan_waves = timed_plan_waves
-    try:
-        with cursor_time(ctx.db.engine) as sql, ctx.db.session() as s:
-            real_execute = s.execute
-
-            def timed_execute(statement: Any, *args: Any, **kw: Any) -> Any:
-                t0 = time.perf_counter()
-                result = real_execute(statement, *args, **kw)
-                if getattr(statement, "is_insert", False) and args and isinstance(args[0], list):
-                    inner["insert"] += time.perf_counter() - t0
-                    calls["insert"] += 1
-                return result
-
-            s.execute = timed_execute  # type: ignore[method-assign]
-            t0 = time.perf_counter()
+    with cursor_time(ctx.db.engine) as sql:
+        t0 = time.perf_counter()
+        with ctx.db.session() as s:
             campaign = campaigns.create_campaign(s, PRINCIPAL, release_id=rid)
             t1 = time.perf_counter()
             cid, seed = campaign.id, campaign.seed
         t2 = time.perf_counter()
-    finally:
-        rollout.plan_waves = real_plan_waves
     plan.create_s, plan.commit_s = t2 - t0, t2 - t1
-    plan.plan_in_create_s, plan.inserts_in_create_s = inner["plan"], inner["insert"]
-    plan.insert_calls = calls["insert"]
     plan.sql = {k: [int(v[0]), int(v[1]), round(v[2], 3)] for k, v in sql.items()}
     plan.sqlite_insert_s = sum(v[2] for k, v in sql.items() if "campaign_devices" in k)
     log.print(f"  {plan.create_s:.2f} s")
     with ctx.db.read() as s:
-        rows = s.execute(
+        waves = s.execute(
             select(CampaignDevice.wave).where(CampaignDevice.campaign_id == cid)
         ).scalars()
         sizes: dict[int, int] = defaultdict(int)
-        for wave in rows:
+        for wave in waves:
             sizes[wave] += 1
     plan.campaign_rows = sum(sizes.values())
     plan.wave_sizes = [sizes[w] for w in sorted(sizes)]
 
-    log.print("(b) replays: the cohort SELECT, the label loop, plan_waves alone")
+    log.print("(b) the ceiling (cohort SELECT + rows INSERT in Core), plan_waves alone")
+    raw_planning(ctx, plan, product=product, campaign_id=cid)
     with ctx.db.read() as s:
         t0 = time.perf_counter()
-        cohort_rows = s.execute(
-            select(Device.id, Device.device_id, Device.labels).where(
-                Device.tenant_id == 1, Device.product == product, Device.state == "active"
-            )
-        ).all()
+        ids = list(
+            s.execute(
+                select(Device.device_id).where(
+                    Device.tenant_id == 1, Device.product == product, Device.state == "active"
+                )
+            ).scalars()
+        )
         plan.select_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ids = []
-    for _pk, device_id, labels in cohort_rows:  # what create_campaign does per row
-        if not campaigns._labels_match(labels, {}):
-            continue
-        hw = json.loads(labels or "{}").get("hardware")
-        if hw is not None and hw != HARDWARE:
-            continue
-        ids.append(device_id)
-    plan.label_loop_s = time.perf_counter() - t0
-    del cohort_rows
     t0 = time.perf_counter()
     rollout.plan_waves(seed, ids, rollout.DEFAULT_WAVES)
     plan.plan_waves_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    [rollout._rank_key(seed, d) for d in ids]
-    plan.rank_keys_s = time.perf_counter() - t0
     del ids
 
-    if profile == "always" or (profile == "auto" and plan.create_s > TARGET_PLAN_S):
+    if profile == "always" or (profile == "auto" and plan.create_s > 3 * plan.raw_s):
         log.print("(b) cProfile of create_campaign (rolled back)")
         profiler = cProfile.Profile()
         try:
@@ -826,6 +868,7 @@ def fleet_phase(
     interval: float,
     artifact: int,
     timeout: float,
+    bad: bool,
     good: bool,
 ) -> FleetFigures:
     """(c): a bad release halts in its first wave; then a good one over the same fleet."""
@@ -835,7 +878,7 @@ def fleet_phase(
     log.print(f"(c) {n:,} simulated devices (Core insert + A/B slots on disk, not timed)")
     insert_devices(ctx, prefix="sim", n=n, product=product)
     with ctx.db.read() as s:
-        root = ota.trusted_root(s, TENANT)
+        root = repository.trusted_root(s, TENANT)
     ids = [f"sim-{i:07d}" for i in range(n)]
     fleet = Fleet(
         server.base,
@@ -847,37 +890,38 @@ def fleet_phase(
         health_check=lambda image: BROKEN not in image.read_bytes(),
     )
     try:
-        bad_rid = api.release(product, "1.0.1", image_of(artifact, BROKEN))
-        bad = plan_campaign(ctx, bad_rid)
-        figures.bad, figures.wave1 = bad, bad.sizes[0]
-        log.print(f"(c) bad release 1.0.1: waves {bad.sizes}, step every {interval:g} s")
-        drive(ctx, server, fleet, bad, interval, timeout)
-        mine = [r for r in fleet.results if r.campaign == bad.campaign]
-        staged = [r for r in mine if r.staged_at is not None]
-        staged_at = [r.staged_at for r in mine if r.staged_at is not None]
-        figures.bad_staged_before_halt = sum(1 for t in staged_at if t <= bad.ended)
-        on_disk = fleet.staged(BROKEN)
-        figures.bad_staged_total = len(on_disk)
-        figures.bad_staged_outside_wave1 = sum(1 for d in on_disk if bad.waves[d] != 0)
-        figures.bad_reports = sum(1 for r in mine if r.counted)
-        figures.bad_fell_back = sum(1 for r in staged if r.version == "1.0.0")
-        figures.bad_errors = sorted({r.error for r in mine if r.error})[:5]
-        figures.fleet_on_old_version = sum(
-            1 for s in fleet.slots.values() if s.installed_version == "1.0.0"
-        )
-        with ctx.db.read() as s:
-            later = set(
-                s.execute(
-                    select(CampaignDevice.status).where(
-                        CampaignDevice.campaign_id == bad.campaign, CampaignDevice.wave > 0
-                    )
-                ).scalars()
+        if bad:
+            bad_rid = api.release(product, "1.0.1", image_of(artifact, BROKEN))
+            bad_run = plan_campaign(ctx, bad_rid)
+            figures.bad, figures.wave1 = bad_run, bad_run.sizes[0]
+            log.print(f"(c) bad release 1.0.1: waves {bad_run.sizes}, step every {interval:g} s")
+            drive(ctx, server, fleet, bad_run, interval, timeout)
+            mine = [r for r in fleet.results if r.campaign == bad_run.campaign]
+            staged = [r for r in mine if r.staged_at is not None]
+            staged_at = [r.staged_at for r in mine if r.staged_at is not None]
+            figures.bad_staged_before_halt = sum(1 for t in staged_at if t <= bad_run.ended)
+            on_disk = fleet.staged(BROKEN)
+            figures.bad_staged_total = len(on_disk)
+            figures.bad_staged_outside_wave1 = sum(1 for d in on_disk if bad_run.waves[d] != 0)
+            figures.bad_reports = sum(1 for r in mine if r.counted)
+            figures.bad_fell_back = sum(1 for r in staged if r.version == "1.0.0")
+            figures.bad_errors = sorted({r.error for r in mine if r.error})[:5]
+            figures.fleet_on_old_version = sum(
+                1 for s in fleet.slots.values() if s.installed_version == "1.0.0"
             )
-        figures.later_waves_untouched = later == {"planned"}
-        with ctx.db.session() as s:
-            figures.fallbacks_on_abort = len(
-                campaigns.abort(s, ctx.pki.keyring, PRINCIPAL, bad.campaign)
-            )
+            with ctx.db.read() as s:
+                later = set(
+                    s.execute(
+                        select(CampaignDevice.status).where(
+                            CampaignDevice.campaign_id == bad_run.campaign, CampaignDevice.wave > 0
+                        )
+                    ).scalars()
+                )
+            figures.later_waves_untouched = later == {"planned"}
+            with ctx.db.session() as s:
+                figures.fallbacks_on_abort = len(
+                    campaigns.abort(s, ctx.pki.keyring, PRINCIPAL, bad_run.campaign)
+                )
         if good:
             good_rid = api.release(product, "1.1.0", image_of(artifact, b"GOOD"))
             run = plan_campaign(ctx, good_rid)
@@ -900,39 +944,52 @@ def fleet_phase(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--checks", type=int, default=200, help="timed update checks per kind")
-    parser.add_argument("--artifact-kib", type=int, default=1024, help="artifact of (a), KiB")
-    parser.add_argument(
+    bench = Bench("ota", __doc__ or "")
+    p = bench.parser
+    p.add_argument("--checks", type=int, default=200, help="timed update checks per kind")
+    p.add_argument("--artifact-kib", type=int, default=1024, help="artifact of (a), KiB")
+    p.add_argument(
         "--releases", type=int, default=100, help="releases in the product role, 2nd run of (a)"
     )
-    parser.add_argument("--plan-devices", type=int, default=1_000_000, help="cohort of (b)")
-    parser.add_argument(
+    p.add_argument("--plan-devices", type=int, default=1_000_000, help="cohort of (b)")
+    p.add_argument(
         "--profile",
         choices=("auto", "always", "never"),
         default="auto",
-        help="cProfile create_campaign (auto: when over the target)",
+        help="cProfile create_campaign (auto: when over 3x its ceiling)",
     )
-    parser.add_argument("--profile-top", type=int, default=15, help="profile lines shown")
-    parser.add_argument("--fleet", type=int, default=2000, help="simulated devices of (c)")
-    parser.add_argument("--fleet-artifact-kib", type=int, default=64, help="artifact of (c), KiB")
-    parser.add_argument("--device-threads", type=int, default=4, help="device worker threads")
-    parser.add_argument("--step-interval", type=float, default=0.1, help="campaigns.step period")
-    parser.add_argument("--campaign-timeout", type=float, default=1800, help="per campaign, s")
-    parser.add_argument("--no-good", action="store_true", help="skip the good campaign of (c)")
-    parser.add_argument("--ceiling-seconds", type=float, default=2.0, help="time per ceiling")
-    parser.add_argument(
-        "--skip", default="", help="comma-separated parts to skip: checks,plan,fleet"
+    p.add_argument("--profile-top", type=int, default=15, help="profile lines shown")
+    p.add_argument("--fleet", type=int, default=2000, help="simulated devices of (c)")
+    p.add_argument("--fleet-artifact-kib", type=int, default=64, help="artifact of (c), KiB")
+    p.add_argument("--device-threads", type=int, default=4, help="device worker threads")
+    p.add_argument(
+        "--step-interval",
+        type=float,
+        default=None,
+        help="campaigns.step period, s (default: the campaign driver's)",
     )
-    args = parser.parse_args(argv)
+    p.add_argument("--campaign-timeout", type=float, default=1800, help="per campaign, s")
+    p.add_argument("--ceiling-seconds", type=float, default=2.0, help="time per ceiling")
+    p.add_argument(
+        "--skip",
+        default="",
+        help="parts to skip, comma-separated: checks, plan, fleet, bad (the bad release of "
+        "(c)), good (the good release of (c))",
+    )
+    args = bench.parse(argv, smoke=SMOKE)
     if args.releases < 2 or args.fleet < 4 or args.checks < 1 or args.plan_devices < 1:
-        parser.error(
+        p.error(
             "--releases >= 2, --fleet >= 4 (one device per wave), --checks and --plan-devices >= 1"
         )
     # SIGTERM unwinds like Ctrl-C: the server is stopped and the temp dir removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    return bench.run(lambda: run(bench, args))
+
+
+def run(bench: Bench, args: Any) -> None:
     skip = {p.strip() for p in args.skip.split(",") if p.strip()}
     artifact = args.artifact_kib * 1024
+    bench.title = "OTA: update checks, campaign planning, waves"
 
     checks: list[tuple[Checks, Checks]] = []
     metadata_sizes: dict[str, int] = {}
@@ -943,15 +1000,24 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         log.print(f"initialising a fleetward home in {tmp}")
         ctx, _admin = new_installation(tmp, port=port)
+        # The product steps campaigns in the campaign driver's rounds: same period here.
+        driver = CampaignDriver(ctx, **given(interval=args.step_interval))
+        step_interval = bench.interval(
+            "campaign step (campaign driver round)",
+            driver.interval,
+            flag="--step-interval",
+            override=args.step_interval,
+        )
+        driver.stop()  # never started: only its interval was wanted
         token = release_manager_token(ctx)
-        server = Server(home=tmp / "home", port=port)
+        server = bench.server(home=tmp / "home", port=port)
         with server:
             api = Api(server.base, token)
             if "checks" not in skip:
                 api.product("thermo")
                 api.release("thermo", "1.0.0", image_of(artifact, b"thermo-1.0.0"))
                 with ctx.db.read() as s:
-                    root = ota.trusted_root(s, TENANT)
+                    root = repository.trusted_root(s, TENANT)
                 log.print(f"(a) {args.checks} update checks x 2, 1 release")
                 checks.append(
                     run_checks(
@@ -988,6 +1054,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{args.releases} releases",
                     )
                 )
+                # A check that fails raises: every timed check that returned succeeded.
+                bench.count("(a) update checks", 0)
             if "fleet" not in skip:
                 fleet = fleet_phase(
                     ctx,
@@ -996,10 +1064,11 @@ def main(argv: list[str] | None = None) -> int:
                     tmp,
                     n=args.fleet,
                     threads=args.device_threads,
-                    interval=args.step_interval,
+                    interval=step_interval,
                     artifact=args.fleet_artifact_kib * 1024,
                     timeout=args.campaign_timeout,
-                    good=not args.no_good,
+                    bad="bad" not in skip,
+                    good="good" not in skip,
                 )
             api.close()
         log.print("ceilings: P-256 verify, SHA-256 (in-process, one core)")
@@ -1007,189 +1076,212 @@ def main(argv: list[str] | None = None) -> int:
         if "plan" not in skip:
             planning = planning_phase(ctx, args.plan_devices, args.profile, args.profile_top)
         ctx.db.dispose()
+    report_checks(bench, checks, ceiling, artifact, metadata_sizes)
+    if planning is not None:
+        report_planning(bench, planning)
+    if fleet is not None:
+        report_fleet(bench, fleet)
+    bench.notes.append(
+        "Server: `fleetward serve` (uvicorn, 1 worker) in a subprocess on 127.0.0.1, SQLite "
+        "WAL; the TUF clients, devices and campaign stepping run in this process (2 cores)."
+    )
 
-    # ----------------------------------------------------------------- report
-    rows: list[Row] = [
-        Row("P-256 public_key.verify, 1 core (ceiling)", f"{1e6 / ceiling.verify_per_s:.0f} µs"),
-        Row("SHA-256, 1 core (ceiling)", f"{ceiling.sha256_bytes_per_s / 2**20:,.0f} MiB/s"),
+
+def report_checks(
+    bench: Bench,
+    checks: list[tuple[Checks, Checks]],
+    ceiling: Ceiling,
+    artifact: int,
+    metadata_sizes: dict[str, int],
+) -> None:
+    bench.rows += [
+        Row("P-256 public_key.verify, 1 core", f"{1e6 / ceiling.verify_per_s:.0f} µs"),
+        Row("SHA-256, 1 core", f"{ceiling.sha256_bytes_per_s / 2**20:,.0f} MiB/s"),
     ]
-    notes: list[str] = []
-    figures: dict[str, Any] = {
-        "verify_us": round(1e6 / ceiling.verify_per_s, 2),
-        "sha256_mib_per_s": round(ceiling.sha256_bytes_per_s / 2**20, 1),
-    }
+    bench.figures["verify_us"] = round(1e6 / ceiling.verify_per_s, 2)
+    bench.figures["sha256_mib_per_s"] = round(ceiling.sha256_bytes_per_s / 2**20, 1)
     check_json = []
-    for pair in checks:
-        for c in pair:
-            ceil = ceiling.seconds(c.counts, artifact)
-            p50, p99 = c.ms(c.total, 50), c.ms(c.total, 99)
-            rows.append(
-                Row(
-                    f"(a) update check p50, {c.label}",
-                    f"{p50:.1f} ms",
-                    f"{p50 / (1000 * ceil):.1f}x",
-                    f"ceiling {1000 * ceil:.2f} ms",
-                )
-            )
-            rows.append(Row("    p99", f"{p99:.1f} ms", f"{p99 / (1000 * ceil):.1f}x"))
-            get50 = c.ms(c.plain_get, 50)
-            rows.append(
-                Row(
-                    f"    the same {c.counts.requests} GETs, plain urllib3, no TUF (p50)",
-                    f"{get50:.1f} ms",
-                    f"{get50 / (1000 * ceil):.1f}x",
-                    f"check = {p50 / get50:.1f}x this",
-                )
-            )
-            notes.append(
-                f"(a) {c.label}: {c.counts.verifications} verifications "
-                f"({c.counts.verified_bytes / 1024:.0f} KiB signed payloads), "
-                f"{c.counts.requests} HTTP requests, {c.counts.received_bytes / 1024:.0f} KiB "
-                f"received, server CPU {1000 * c.server_cpu_s / len(c.total):.1f} ms/check; "
-                f"p50 construct {c.ms(c.construct, 50):.1f} / refresh "
-                f"{c.ms(c.refresh, 50):.1f} / get_targetinfo {c.ms(c.targetinfo, 50):.1f} / "
-                f"download {c.ms(c.download, 50):.1f} ms"
-            )
-            check_json.append(
-                {
-                    "label": c.label,
-                    "checks": len(c.total),
-                    "p50_ms": round(p50, 2),
-                    "p99_ms": round(p99, 2),
-                    "max_ms": round(1000 * max(c.total), 2),
-                    "ceiling_ms": round(1000 * ceil, 3),
-                    "ratio_p50": round(p50 / (1000 * ceil), 2),
-                    "p50_construct_ms": round(c.ms(c.construct, 50), 2),
-                    "p50_refresh_ms": round(c.ms(c.refresh, 50), 2),
-                    "p50_targetinfo_ms": round(c.ms(c.targetinfo, 50), 2),
-                    "p50_download_ms": round(c.ms(c.download, 50), 2),
-                    "plain_get_p50_ms": round(c.ms(c.plain_get, 50), 2),
-                    "server_cpu_ms_per_check": round(1000 * c.server_cpu_s / len(c.total), 2),
-                    "plain_get_p99_ms": round(c.ms(c.plain_get, 99), 2),
-                    "verifications": c.counts.verifications,
-                    "verified_bytes": c.counts.verified_bytes,
-                    "http_requests": c.counts.requests,
-                    "received_bytes": c.counts.received_bytes,
-                }
-            )
+    for i, c in enumerate(c for pair in checks for c in pair):
+        crypto = ceiling.seconds(c.counts, artifact)
+        p50, p99 = percentile(c.total, 50), percentile(c.total, 99)
+        get50 = percentile(c.plain_get, 50)
+        key = f"check_floor_{i + 1}"
+        bench.ceiling(
+            key,
+            get50 + crypto,
+            unit="s",
+            label=f"{c.label}: the same GETs without TUF (p50) + signature checks and hashing",
+        )
+        bench.rows += [
+            bench.ceiling_row(key, f"{1000 * (get50 + crypto):.1f} ms"),
+            bench.target(
+                f"check_{i + 1}",
+                label=f"(a) update check p50, {c.label}",
+                value=p50,
+                ceiling=key,
+                op="<=",
+                goal=TARGET_CHECK,
+                source=TARGET_CHECK_SOURCE,
+                shown=f"{1000 * p50:.1f} ms",
+            ),
+            Row("    p99", f"{1000 * p99:.1f} ms"),
+        ]
+        bench.notes.append(
+            f"(a) {c.label}: {c.counts.verifications} verifications "
+            f"({c.counts.verified_bytes / 1024:.0f} KiB signed payloads, "
+            f"{1000 * crypto:.2f} ms of crypto), {c.counts.requests} HTTP requests "
+            f"({1000 * get50:.1f} ms without TUF), {c.counts.received_bytes / 1024:.0f} KiB "
+            f"received, server CPU {1000 * c.server_cpu_s / len(c.total):.1f} ms/check; "
+            f"p50 construct {c.ms(c.construct, 50):.1f} / refresh "
+            f"{c.ms(c.refresh, 50):.1f} / get_targetinfo {c.ms(c.targetinfo, 50):.1f} / "
+            f"download {c.ms(c.download, 50):.1f} ms"
+        )
+        check_json.append(
+            {
+                "label": c.label,
+                "checks": len(c.total),
+                "p50_ms": round(1000 * p50, 2),
+                "p99_ms": round(1000 * p99, 2),
+                "max_ms": round(1000 * max(c.total), 2),
+                "crypto_ceiling_ms": round(1000 * crypto, 3),
+                "plain_get_p50_ms": round(1000 * get50, 2),
+                "p50_construct_ms": round(c.ms(c.construct, 50), 2),
+                "p50_refresh_ms": round(c.ms(c.refresh, 50), 2),
+                "p50_targetinfo_ms": round(c.ms(c.targetinfo, 50), 2),
+                "p50_download_ms": round(c.ms(c.download, 50), 2),
+                "server_cpu_ms_per_check": round(1000 * c.server_cpu_s / len(c.total), 2),
+                "verifications": c.counts.verifications,
+                "verified_bytes": c.counts.verified_bytes,
+                "http_requests": c.counts.requests,
+                "received_bytes": c.counts.received_bytes,
+            }
+        )
     if checks:
-        figures["update_checks"] = check_json
-        figures["artifact_bytes"] = artifact
-        figures["metadata_bytes"] = metadata_sizes
-        notes.append(
-            "(a) ceiling = verifications x one P-256 verify + SHA-256 of the artifact and of "
-            "the signed payloads; it leaves out HTTP, JSON parsing and disk writes. "
+        bench.figures["update_checks"] = check_json
+        bench.figures["artifact_bytes"] = artifact
+        bench.figures["metadata_bytes"] = metadata_sizes
+        bench.notes.append(
+            "(a) ceiling = the check's own GETs with plain urllib3 (a new pool each, as each "
+            "Updater makes) + verifications x one P-256 verify + SHA-256 of the artifact and "
+            "of the signed payloads. "
             + ", ".join(f"{k}: {v / 1024:.1f} KiB" for k, v in metadata_sizes.items())
         )
 
-    if planning is not None:
-        p = planning
-        ok = p.create_s <= TARGET_PLAN_S and p.campaign_rows == p.devices
-        rows += [
-            Row(
-                f"(b) create_campaign over {p.devices:,} devices (incl. commit)",
-                f"{p.create_s:.2f} s",
-                f"{p.create_s / TARGET_PLAN_S:.2f}",
-                f"<= {TARGET_PLAN_S:g} s",
-                verdict(ok),
-            ),
-            Row(
-                "(b) rollout.plan_waves alone",
-                f"{p.plan_waves_s:.2f} s",
-                f"{p.plan_waves_s / TARGET_PLAN_S:.2f}",
-                f"<= {TARGET_PLAN_S:g} s",
-                verdict(p.plan_waves_s <= TARGET_PLAN_S),
-            ),
-            Row("    of which keyed hashes (_rank_key)", f"{p.rank_keys_s:.2f} s"),
-            Row("  split: cohort SELECT + fetch (replayed)", f"{p.select_s:.2f} s"),
-            Row("         label filter loop (replayed)", f"{p.label_loop_s:.2f} s"),
-            Row("         plan_waves (in the run)", f"{p.plan_in_create_s:.2f} s"),
-            Row(
-                f"         {p.insert_calls} INSERT campaign_devices (in the run)",
-                f"{p.inserts_in_create_s:.2f} s",
-            ),
-            Row("           of which SQLite executemany", f"{p.sqlite_insert_s:.2f} s"),
-            Row("         commit", f"{p.commit_s:.2f} s"),
-        ]
-        notes.append(
-            f"(b) the {p.devices:,} devices were BULK-INSERTED into `devices` (SQLAlchemy "
-            f"Core insert, {p.insert_s:.1f} s, not timed), not enrolled; campaign_devices rows "
-            f"{p.campaign_rows:,}, waves {p.wave_sizes}."
-        )
-        if p.profile:
-            notes.append("(b) cProfile of create_campaign (rolled back), by own time:")
-            notes += [
-                f"      {e['tottime_s']:7.2f} s own, {e['cumtime_s']:7.2f} s cum, "
-                f"{e['calls']:>9,} calls  {e['function']}"
-                for e in p.profile[:10]
-            ]
-        figures["planning"] = {
-            "devices": p.devices,
-            "devices_bulk_inserted": True,
-            "bulk_insert_s": round(p.insert_s, 2),
-            "create_campaign_s": round(p.create_s, 3),
-            "plan_waves_s": round(p.plan_waves_s, 3),
-            "rank_keys_s": round(p.rank_keys_s, 3),
-            "select_s": round(p.select_s, 3),
-            "label_loop_s": round(p.label_loop_s, 3),
-            "plan_in_create_s": round(p.plan_in_create_s, 3),
-            "inserts_in_create_s": round(p.inserts_in_create_s, 3),
-            "sqlite_insert_s": round(p.sqlite_insert_s, 3),
-            "commit_s": round(p.commit_s, 3),
-            "campaign_rows": p.campaign_rows,
-            "wave_sizes": p.wave_sizes,
-            "sql": p.sql,
-            "profile": p.profile,
-            "target_s": TARGET_PLAN_S,
-            "pass": ok,
-        }
 
-    if fleet is not None and fleet.bad is not None:
-        f, bad = fleet, fleet.bad
+def report_planning(bench: Bench, p: Planning) -> None:
+    bench.check(
+        "(b) campaign rows",
+        p.campaign_rows == p.devices,
+        f"{p.campaign_rows:,} campaign rows for {p.devices:,} devices",
+    )
+    bench.ceiling(
+        "raw_plan",
+        p.raw_s,
+        unit="s",
+        label=f"cohort SELECT + {p.devices:,} rows INSERT + COMMIT, Core",
+    )
+    bench.rows += [
+        bench.ceiling_row("raw_plan", f"{p.raw_s:.2f} s"),
+        Row(
+            "    of which the SELECT / the INSERTs",
+            f"{p.raw_select_s:.2f} / {p.raw_insert_s:.2f} s",
+        ),
+        bench.target(
+            "plan",
+            label=f"(b) create_campaign over {p.devices:,} devices (incl. commit)",
+            value=p.create_s,
+            ceiling="raw_plan",
+            op="<=",
+            goal=TARGET_PLAN,
+            source=TARGET_PLAN_SOURCE,
+            shown=f"{p.create_s:.2f} s",
+        ),
+        Row("    of which SQLite executemany of campaign_devices", f"{p.sqlite_insert_s:.2f} s"),
+        Row("    of which the commit", f"{p.commit_s:.2f} s"),
+        Row(
+            "(b) rollout.plan_waves alone",
+            f"{p.plan_waves_s:.2f} s",
+            f"{p.plan_waves_s / p.raw_s:.2f}",
+        ),
+        Row("(b) the cohort's device ids through the ORM session", f"{p.select_s:.2f} s"),
+    ]
+    bench.notes.append(
+        f"(b) the {p.devices:,} devices were BULK-INSERTED into `devices` (SQLAlchemy "
+        f"Core insert, {p.insert_s:.1f} s, not timed), not enrolled; campaign_devices rows "
+        f"{p.campaign_rows:,}, waves {p.wave_sizes}."
+    )
+    if p.profile:
+        bench.notes.append("(b) cProfile of create_campaign (rolled back), by own time:")
+        bench.notes += [
+            f"      {e['tottime_s']:7.2f} s own, {e['cumtime_s']:7.2f} s cum, "
+            f"{e['calls']:>9,} calls  {e['function']}"
+            for e in p.profile[:10]
+        ]
+    bench.figures["planning"] = {
+        "devices": p.devices,
+        "devices_bulk_inserted": True,
+        "bulk_insert_s": round(p.insert_s, 2),
+        "create_campaign_s": round(p.create_s, 3),
+        "plan_waves_s": round(p.plan_waves_s, 3),
+        "select_s": round(p.select_s, 3),
+        "raw_select_s": round(p.raw_select_s, 3),
+        "raw_insert_s": round(p.raw_insert_s, 3),
+        "sqlite_insert_s": round(p.sqlite_insert_s, 3),
+        "commit_s": round(p.commit_s, 3),
+        "campaign_rows": p.campaign_rows,
+        "wave_sizes": p.wave_sizes,
+        "sql": p.sql,
+        "profile": p.profile,
+    }
+
+
+def report_fleet(bench: Bench, f: FleetFigures) -> None:
+    bench.notes.append(
+        f"(c) {f.devices:,} simulated devices (Core insert, A/B slots), {f.threads} device "
+        f"threads, campaigns.step every {f.interval:g} s, default waves "
+        f"{list(rollout.DEFAULT_WAVES)}, default gate {rollout.GatePolicy()}; artifact "
+        f"{f.artifact // 1024} KiB."
+    )
+    if f.bad is not None:
+        bad = f.bad
         halt_s = bad.ended - bad.started
-        ok = (
-            bad.state == "halted"
-            and f.bad_staged_total <= f.wave1
-            and f.bad_staged_outside_wave1 == 0
-            and f.later_waves_untouched
+        bench.check("(c) bad release halts", bad.state == "halted", f"{bad.state}: {bad.reason}")
+        bench.count(
+            "(c) bad release stays in wave 1",
+            f.bad_staged_outside_wave1 + (0 if f.later_waves_untouched else 1),
+            first=f"{f.bad_staged_outside_wave1} staged outside wave 1; later waves "
+            f"untouched: {f.later_waves_untouched}",
         )
-        rows += [
+        bench.ceiling("wave1", f.wave1, unit="devices", label="wave 1 of the bad release")
+        bench.rows += [
+            bench.ceiling_row("wave1", f"{f.wave1:,}"),
             Row(
                 "(c) bad release: devices staged before the halt",
                 f"{f.bad_staged_before_halt:,}",
                 f"{f.bad_staged_before_halt / f.wave1:.2f}",
-                f"<= wave 1 ({f.wave1})",
-                verdict(f.bad_staged_before_halt <= f.wave1),
+            ),
+            bench.target(
+                "bad_staged",
+                label="(c) bad release: devices staged in all (offers already sent finish)",
+                value=f.bad_staged_total,
+                ceiling="wave1",
+                op="<=",
+                goal=TARGET_BAD,
+                source=TARGET_BAD_SOURCE,
+                shown=f"{f.bad_staged_total:,}",
             ),
             Row(
-                "    staged in all (offers already sent finish)",
-                f"{f.bad_staged_total:,}",
-                f"{f.bad_staged_total / f.wave1:.2f}",
-                f"<= wave 1 ({f.wave1})",
-                verdict(ok),
-            ),
-            Row(
-                "    time to halt (wave 1 start -> halting step)",
-                f"{halt_s:.2f} s",
-                "",
-                bad.state,
-                verdict(bad.state == "halted"),
+                "    time to halt (wave 1 start -> halting step)", f"{halt_s:.2f} s", "", bad.state
             ),
         ]
-        notes.append(
-            f"(c) {f.devices:,} simulated devices (Core insert, A/B slots), {f.threads} device "
-            f"threads, step every {f.interval:g} s, default waves {list(rollout.DEFAULT_WAVES)} "
-            f"-> {bad.sizes}, default gate {rollout.GatePolicy()}; artifact "
-            f"{f.artifact // 1024} KiB."
+        bench.notes.append(
+            f"(c) bad: waves {bad.sizes}; {bad.reason}; {f.bad_reports} reports counted, "
+            f"{f.bad_fell_back} fell back after {DEFAULT_BOOT_ATTEMPTS} boots, devices on "
+            f"1.0.0: {f.fleet_on_old_version:,}/{f.devices:,}; abort returned "
+            f"{f.fallbacks_on_abort} fallbacks"
+            + (f"; errors: {f.bad_errors}" if f.bad_errors else "")
         )
-        notes.append(
-            f"(c) bad: {bad.reason}; {f.bad_reports} reports counted, {f.bad_fell_back} fell back "
-            f"after {DEFAULT_BOOT_ATTEMPTS} boots, {f.bad_staged_outside_wave1} staged outside "
-            f"wave 1, later waves untouched: {f.later_waves_untouched}, devices on 1.0.0: "
-            f"{f.fleet_on_old_version:,}/{f.devices:,}; abort returned {f.fallbacks_on_abort} "
-            "fallbacks" + (f"; errors: {f.bad_errors}" if f.bad_errors else "")
-        )
-        figures["bad_campaign"] = {
+        bench.figures["bad_campaign"] = {
             "devices": f.devices,
             "wave_sizes": bad.sizes,
             "wave1": f.wave1,
@@ -1205,70 +1297,55 @@ def main(argv: list[str] | None = None) -> int:
             "reason": bad.reason,
             "fallbacks_on_abort": f.fallbacks_on_abort,
             "errors": f.bad_errors,
-            "pass": ok,
         }
-        if f.good is not None:
-            good = f.good
-            total_s = good.drained - good.started
-            done = good.state == "completed" and f.good_installed == f.devices
-            for w in f.good_waves:
-                rows.append(
-                    Row(
-                        f"(c) good release, wave {w.wave} ({w.size:,} devices)",
-                        f"{w.per_s:.1f} dev/s",
-                        "",
-                        f"gate {w.gate_s:.2f} s, all {w.all_reported_s:.2f} s",
-                    )
-                )
-            rows.append(
+    if f.good is not None:
+        good = f.good
+        total_s = good.drained - good.started
+        bench.check(
+            "(c) good release completes",
+            good.state == "completed" and f.good_installed == f.devices,
+            f"{good.state}; {f.good_installed:,}/{f.devices:,} run 1.1.0; {f.good_errors}",
+        )
+        for w in f.good_waves:
+            bench.rows.append(
                 Row(
-                    "(c) good release: whole campaign",
-                    f"{f.devices / total_s:.1f} dev/s",
-                    "",
-                    f"{total_s:.1f} s, {good.state}",
-                    verdict(done),
+                    f"(c) good release, wave {w.wave} ({w.size:,} devices): gate "
+                    f"{w.gate_s:.2f} s, all reported {w.all_reported_s:.2f} s",
+                    f"{w.per_s:.1f} dev/s",
                 )
             )
-            notes.append(
-                f"(c) good: server {good.server_cpu_s / total_s:.2f} cores "
-                f"({1000 * good.server_cpu_s / f.devices:.1f} ms CPU per device), this process "
-                f"{good.client_cpu_s / total_s:.2f} cores "
-                f"({1000 * good.client_cpu_s / f.devices:.1f} ms per device)"
+        bench.rows.append(
+            Row(
+                f"(c) good release: whole campaign ({total_s:.1f} s, {good.state})",
+                f"{f.devices / total_s:.1f} dev/s",
             )
-            notes.append(
-                f"(c) good: {good.reason}; {f.good_installed:,}/{f.devices:,} devices run 1.1.0; "
-                "a wave's gate passes at 95% succeeded, so the next wave starts while the last "
-                "5% still report" + (f"; errors: {f.good_errors}" if f.good_errors else "")
-            )
-            figures["good_campaign"] = {
-                "state": good.state,
-                "total_s": round(total_s, 2),
-                "devices_per_s": round(f.devices / total_s, 1),
-                "installed": f.good_installed,
-                "server_cpu_ms_per_device": round(1000 * good.server_cpu_s / f.devices, 2),
-                "client_cpu_ms_per_device": round(1000 * good.client_cpu_s / f.devices, 2),
-                "server_cores": round(good.server_cpu_s / total_s, 2),
-                "client_cores": round(good.client_cpu_s / total_s, 2),
-                "waves": [
-                    {
-                        "wave": w.wave,
-                        "size": w.size,
-                        "gate_s": round(w.gate_s, 2),
-                        "all_reported_s": round(w.all_reported_s, 2),
-                        "devices_per_s": round(w.per_s, 1),
-                    }
-                    for w in f.good_waves
-                ],
-                "errors": f.good_errors,
-                "pass": done,
-            }
-    notes.append(
-        "Server: `fleetward serve` (uvicorn, 1 worker) in a subprocess on 127.0.0.1, SQLite "
-        "WAL; the TUF clients, devices and campaign driver run in this process (2 cores)."
-    )
-    print_table("OTA: update checks, campaign planning, waves", rows, notes=notes)
-    print_json(figures)
-    return 0
+        )
+        bench.notes.append(
+            f"(c) good: server {good.server_cpu_s / total_s:.2f} cores "
+            f"({1000 * good.server_cpu_s / f.devices:.1f} ms CPU per device), this process "
+            f"{good.client_cpu_s / total_s:.2f} cores "
+            f"({1000 * good.client_cpu_s / f.devices:.1f} ms per device); a wave's gate passes "
+            "at 95% succeeded, so the next wave starts while the last 5% still report"
+        )
+        bench.figures["good_campaign"] = {
+            "state": good.state,
+            "total_s": round(total_s, 2),
+            "devices_per_s": round(f.devices / total_s, 1),
+            "installed": f.good_installed,
+            "server_cpu_ms_per_device": round(1000 * good.server_cpu_s / f.devices, 2),
+            "client_cpu_ms_per_device": round(1000 * good.client_cpu_s / f.devices, 2),
+            "waves": [
+                {
+                    "wave": w.wave,
+                    "size": w.size,
+                    "gate_s": round(w.gate_s, 2),
+                    "all_reported_s": round(w.all_reported_s, 2),
+                    "devices_per_s": round(w.per_s, 1),
+                }
+                for w in f.good_waves
+            ],
+            "errors": f.good_errors,
+        }
 
 
 if __name__ == "__main__":

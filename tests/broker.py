@@ -20,8 +20,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleetward.api.context import AppContext
-from fleetward.comms.broker import BrokerRuntime
 from fleetward.identity import issuance
+from fleetward.runtime.broker import BrokerRuntime
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
 from tests.helpers import csr_pem, new_key
@@ -34,8 +34,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def broker(ctx: AppContext, tmp_path: Path) -> Iterator[BrokerRuntime]:
-    """Mosquitto + plugin + sync loop on free loopback ports."""
+def broker(
+    ctx: AppContext, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[BrokerRuntime]:
+    """Mosquitto + plugin + sync loop on free loopback ports. Beside the API
+    fixtures, a trust change wakes their publisher, as in ``fleetward up``."""
     runtime = BrokerRuntime(
         ctx,
         ctx.settings.home / "broker",
@@ -43,6 +46,8 @@ def broker(ctx: AppContext, tmp_path: Path) -> Iterator[BrokerRuntime]:
         service_port=free_port(),
         interval=0.05,
     )
+    if "runtime" in request.fixturenames:
+        runtime.sync.on_change = request.getfixturevalue("runtime").worker("publisher").wake
     runtime.start()
     yield runtime
     runtime.stop()

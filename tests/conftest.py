@@ -4,6 +4,11 @@
 when ``FLEETWARD_TEST_PG_URL`` is set (``scripts/test`` does), a new
 PostgreSQL database cloned from a migrated template. In the PostgreSQL run,
 tests that do not use a database are deselected: they ran in the SQLite run.
+
+The API fixtures run the runtime's workers (publisher, TUF refresher) in a
+``runtime`` stack a test can ask for, to pause or step them by name:
+``client`` starts them paused (``runtime.step("publisher")`` runs one round);
+``live`` runs them, unless the test is marked ``paused_workers``.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from fleetward.api.app import create_app
-from fleetward.api.context import AppContext
 from fleetward.config import Settings
-from fleetward.installation import initialise
+from fleetward.runtime.context import AppContext
+from fleetward.runtime.installation import initialise
+from fleetward.runtime.stack import Stack, serve_stack
 from fleetward.store import Database
 from fleetward.tenancy import service as tenancy
 from tests.broker import broker  # noqa: F401 - registers the Mosquitto fixture
@@ -36,6 +42,14 @@ PG_URL = os.environ.get("FLEETWARD_TEST_PG_URL")
 CRL_INTERVAL = 0.5  # the live server's publication interval
 _template_ready = False
 _counter = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "paused_workers: the live server's workers start paused (step them with the runtime "
+        "fixture)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -125,22 +139,34 @@ def admin_token(installation: tuple[AppContext, str]) -> str:
 
 
 @pytest.fixture
-def client(ctx: AppContext) -> Iterator[TestClient]:
-    """An HTTP client bound to the installation's API."""
-    with TestClient(create_app(ctx, crl_interval=3600, checkpoint_interval=3600)) as c:
+def runtime(ctx: AppContext, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The workers of the API fixtures: the publisher (CRL interval
+    :data:`CRL_INTERVAL`) and the TUF refresher. Paused when the test uses
+    ``client`` or is marked ``paused_workers``. The publisher builds in this
+    process (tests/runtime covers the child-process path), so the first CRL
+    after a revocation does not wait for a child to start."""
+    stack = serve_stack(ctx, crl_interval=CRL_INTERVAL, checkpoint_interval=3600)
+    if "client" in request.fixturenames or request.node.get_closest_marker("paused_workers"):
+        stack.pause()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def client(ctx: AppContext, runtime: Stack) -> Iterator[TestClient]:
+    """An HTTP client bound to the installation's API (workers paused: step them)."""
+    with TestClient(create_app(ctx, runtime=runtime)) as c:
         yield c
 
 
 @pytest.fixture
-def live(ctx: AppContext) -> Iterator[str]:
-    """A real server on a loopback port (uvicorn in a thread), publisher isolated."""
+def live(ctx: AppContext, runtime: Stack) -> Iterator[str]:
+    """A real server on a loopback port (uvicorn in a thread) running ``runtime``."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(
-            ctx, crl_interval=CRL_INTERVAL, checkpoint_interval=3600, isolate_publisher=True
-        ),
+        create_app(ctx, runtime=runtime),
         host="127.0.0.1",
         port=port,
         log_level="warning",

@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 from fleetward._files import inspect_home
 from fleetward.api.app import create_app
 from fleetward.config import Settings
-from fleetward.installation import initialise
+from fleetward.runtime.installation import initialise
 from fleetward.store import Database
 from tests.helpers import csr_pem, new_key
 

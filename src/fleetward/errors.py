@@ -1,57 +1,135 @@
 """The one error tree of fleetward.
 
-Every error raised on purpose by fleetward code derives from
-:class:`FleetwardError`. The API maps the tree to RFC 9457 problem details
-(``fleetward.api.problems``) and the CLI prints one line and exits non-zero.
+Every exception class in fleetward lives here and derives from
+:class:`FleetwardError`; a test holds the rest of ``src/`` to it. Each class
+has a stable, machine-readable :attr:`~FleetwardError.code`: the API answers
+with RFC 9457 problem details whose ``type`` is
+``urn:fleetward:problem:<code>`` (``fleetward.api.problems``), clients branch
+on it, and the CLI prints one line and exits non-zero. A code never changes
+once released; a new kind of failure gets a new class and a new code.
+Every class defines a code of its own and no two share one
+(:meth:`FleetwardError.__init_subclass__` refuses a duplicate at import;
+``tests/test_errors.py`` checks the rest).
 
 ::
 
-    FleetwardError
-    ├── InvalidInputError          400  malformed or unacceptable input
-    │   └── PayloadTooLargeError   413  input over a named limit
-    ├── AuthenticationError        401  missing, wrong, expired or revoked credential
-    ├── PermissionDeniedError      403  authenticated, but the role does not allow it
-    │   └── OutOfScopeError        403  the token's environment or factory does not reach it
-    ├── NotFoundError              404  unknown id, or another tenant's id
-    ├── ConflictError              409  state does not allow the change
-    └── VerificationError          422  a security check failed
-        ├── CertificateError
-        ├── SignatureError
-        ├── AttestationError
-        └── AuditChainError
+    class                                status  code
+    FleetwardError                        500    internal
+    ├── InvalidInputError                 400    invalid-input
+    │   └── PayloadTooLargeError          413    payload-too-large
+    ├── AuthenticationError               401    unauthenticated
+    ├── PermissionDeniedError             403    forbidden
+    │   ├── OutOfScopeError               403    out-of-scope
+    │   └── OutsideBatchError             403    outside-batch
+    ├── NotFoundError                     404    not-found
+    ├── ConflictError                     409    conflict
+    │   ├── DuplicateEnrollmentError      409    duplicate-enrollment
+    │   └── BatchUnusableError            409    batch-unusable
+    ├── VerificationError                 422    verification-failed
+    │   ├── CertificateError              422    certificate
+    │   ├── SignatureError                422    signature
+    │   ├── AttestationError              422    attestation
+    │   │   ├── UnattestedKeyError        422    unattested-key
+    │   │   └── NonceError                422    attestation-nonce
+    │   ├── AuditChainError               422    audit-chain
+    │   └── UpdateRefusedError            422    update-refused (device side)
+    ├── UnavailableError                  503    unavailable
+    │   ├── BrokerError                   503    broker
+    │   │   └── BrokerUnavailableError    503    broker-unavailable
+    │   └── PluginBuildError              503    plugin-build
+    ├── ServerRefusedError                any    server-refused (device side)
+    └── SimulationError                   500    simulation-failed
 
-Security checks raise one of these; they never return a bool.
+In words: bad input (400/413); no or a bad credential (401); a role or
+scope that does not reach (403); nothing there, or another tenant's (404);
+a state that forbids the change (409); a security check that failed (422);
+a component fleetward relies on (the broker, a C compiler) that is missing
+or down (503). ``ServerRefusedError`` is the agent's view of a problem the
+server answered with, and carries that answer's status.
+
+Two problem codes come from the API layer rather than from a class:
+``invalid-request`` (the request does not match the route's schema) and
+``http-<status>`` (routing and protocol errors such as 404 for an unknown
+path or 405).
+
+Security checks raise one of these; they never return a bool. A caller that
+needs to tell failures apart uses the class (or its ``code``), never the
+message text, which is for people.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 __all__ = [
     "AttestationError",
     "AuditChainError",
     "AuthenticationError",
+    "BatchUnusableError",
+    "BrokerError",
+    "BrokerUnavailableError",
     "CertificateError",
     "ConflictError",
+    "DuplicateEnrollmentError",
     "FleetwardError",
     "InvalidInputError",
+    "NonceError",
     "NotFoundError",
     "OutOfScopeError",
+    "OutsideBatchError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "PluginBuildError",
+    "ServerRefusedError",
     "SignatureError",
+    "SimulationError",
+    "UnattestedKeyError",
+    "UnavailableError",
+    "UpdateRefusedError",
     "VerificationError",
+    "codes",
 ]
+
+_CODES: dict[str, type[FleetwardError]] = {}
 
 
 class FleetwardError(Exception):
-    """Base of every deliberate fleetward error."""
+    """Base of every deliberate fleetward error.
 
-    status = 500
-    title = "Internal error"
-    slug = "internal"
+    Attributes:
+        status: The HTTP status the API answers with.
+        title: A short, fixed summary of the kind of problem.
+        code: Stable machine-readable identifier (the problem ``type`` suffix).
+        detail: What happened this time, for people.
+    """
+
+    status: int = 500
+    title: ClassVar[str] = "Internal error"
+    code: ClassVar[str] = "internal"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # Two classes with one code would answer with one problem type:
+        # clients could not tell them apart. (A class that inherits its
+        # parent's code has the same flaw; tests/test_errors.py finds those.)
+        if "code" not in cls.__dict__:
+            return
+        other = _CODES.get(cls.code)
+        if other is not None and other.__qualname__ != cls.__qualname__:
+            raise TypeError(f"{cls.__qualname__}: code {cls.code!r} is {other.__qualname__}'s")
+        _CODES[cls.code] = cls
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+_CODES[FleetwardError.code] = FleetwardError
+
+
+def codes() -> dict[str, type[FleetwardError]]:
+    """Every error code and its class (a copy)."""
+    return dict(_CODES)
 
 
 class InvalidInputError(FleetwardError):
@@ -59,7 +137,7 @@ class InvalidInputError(FleetwardError):
 
     status = 400
     title = "Invalid input"
-    slug = "invalid-input"
+    code = "invalid-input"
 
 
 class PayloadTooLargeError(InvalidInputError):
@@ -67,7 +145,7 @@ class PayloadTooLargeError(InvalidInputError):
 
     status = 413
     title = "Payload too large"
-    slug = "payload-too-large"
+    code = "payload-too-large"
 
 
 class AuthenticationError(FleetwardError):
@@ -75,7 +153,7 @@ class AuthenticationError(FleetwardError):
 
     status = 401
     title = "Authentication required"
-    slug = "unauthenticated"
+    code = "unauthenticated"
 
 
 class PermissionDeniedError(FleetwardError):
@@ -83,7 +161,7 @@ class PermissionDeniedError(FleetwardError):
 
     status = 403
     title = "Permission denied"
-    slug = "forbidden"
+    code = "forbidden"
 
 
 class OutOfScopeError(PermissionDeniedError):
@@ -91,7 +169,14 @@ class OutOfScopeError(PermissionDeniedError):
     environment or factory scope does not reach it."""
 
     title = "Out of scope"
-    slug = "out-of-scope"
+    code = "out-of-scope"
+
+
+class OutsideBatchError(PermissionDeniedError):
+    """The device id is not one the enrollment batch authorises."""
+
+    title = "Device outside batch"
+    code = "outside-batch"
 
 
 class NotFoundError(FleetwardError):
@@ -99,7 +184,7 @@ class NotFoundError(FleetwardError):
 
     status = 404
     title = "Not found"
-    slug = "not-found"
+    code = "not-found"
 
 
 class ConflictError(FleetwardError):
@@ -107,7 +192,21 @@ class ConflictError(FleetwardError):
 
     status = 409
     title = "Conflict"
-    slug = "conflict"
+    code = "conflict"
+
+
+class DuplicateEnrollmentError(ConflictError):
+    """The device was provisioned before and has no re-provisioning grant."""
+
+    title = "Already provisioned"
+    code = "duplicate-enrollment"
+
+
+class BatchUnusableError(ConflictError):
+    """The enrollment batch is closed, expired or exhausted."""
+
+    title = "Batch unusable"
+    code = "batch-unusable"
 
 
 class VerificationError(FleetwardError):
@@ -115,36 +214,104 @@ class VerificationError(FleetwardError):
 
     status = 422
     title = "Verification failed"
-    slug = "verification-failed"
+    code = "verification-failed"
 
 
 class CertificateError(VerificationError):
     """A certificate or CSR failed a check."""
 
     title = "Certificate check failed"
-    slug = "certificate"
+    code = "certificate"
 
 
 class SignatureError(VerificationError):
     """A signature did not verify."""
 
     title = "Signature check failed"
-    slug = "signature"
+    code = "signature"
 
 
 class AttestationError(VerificationError):
     """Attestation evidence did not verify."""
 
     title = "Attestation failed"
-    slug = "attestation"
+    code = "attestation"
+
+
+class UnattestedKeyError(AttestationError):
+    """A production certificate was asked for a key nobody attested."""
+
+    title = "Unattested key refused"
+    code = "unattested-key"
+
+
+class NonceError(AttestationError):
+    """The statement's nonce is not the fresh, unused one the server issued."""
+
+    title = "Attestation nonce refused"
+    code = "attestation-nonce"
 
 
 class AuditChainError(VerificationError):
     """The audit chain or a checkpoint does not verify."""
 
     title = "Audit chain broken"
-    slug = "audit-chain"
+    code = "audit-chain"
 
     def __init__(self, detail: str, *, seq: int | None = None) -> None:
         super().__init__(detail)
         self.seq = seq
+
+
+class UpdateRefusedError(VerificationError):
+    """The device refused an update (wrong hardware, not newer, not signed)."""
+
+    title = "Update refused"
+    code = "update-refused"
+
+
+class UnavailableError(FleetwardError):
+    """A component fleetward relies on (broker, compiler) is missing or down."""
+
+    status = 503
+    title = "Unavailable"
+    code = "unavailable"
+
+
+class BrokerError(UnavailableError):
+    """Mosquitto could not be configured, started or reached."""
+
+    title = "Broker error"
+    code = "broker"
+
+
+class BrokerUnavailableError(BrokerError):
+    """No broker is configured for this installation, or it cannot be reached."""
+
+    title = "Broker unavailable"
+    code = "broker-unavailable"
+
+
+class PluginBuildError(UnavailableError):
+    """The C compiler or the Mosquitto/OpenSSL headers are missing or failed."""
+
+    title = "Broker plugin not built"
+    code = "plugin-build"
+
+
+class ServerRefusedError(FleetwardError):
+    """Device side: the server answered with a problem (``status`` is its status)."""
+
+    title = "Refused by the server"
+    code = "server-refused"
+
+    def __init__(self, detail: str, *, status: int) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+class SimulationError(FleetwardError):
+    """The simulated fleet could not be set up or did not behave as asked."""
+
+    title = "Simulation failed"
+    code = "simulation-failed"

@@ -16,8 +16,8 @@ from fleetward.agent.client import Server, enroll_devices, load_identity
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.mqtt import AgentConfig, DeviceAgent, backoff
 from fleetward.api.context import AppContext
-from fleetward.comms.broker import BrokerRuntime
 from fleetward.identity import service as identity
+from fleetward.runtime.broker import BrokerRuntime
 from tests.agent.test_agent import factory_line
 from tests.broker import admin_of, connect, synced, wait_for
 from tests.hsm import SoftHsm

@@ -18,9 +18,11 @@ from sqlalchemy import select
 
 from fleetward.api.context import AppContext
 from fleetward.comms import service as comms
-from fleetward.comms.broker import MAX_PAYLOAD, BrokerRuntime
+from fleetward.comms.mosquitto_conf import MAX_PAYLOAD
 from fleetward.identity import ca_service
 from fleetward.identity import service as identity
+from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.publisher import Publisher
 from fleetward.telemetry.models import Event
 from fleetward.tenancy import service as tenancy
 from tests.broker import (
@@ -148,8 +150,11 @@ def test_revoked_device_is_cut_off_and_cannot_reconnect(
     assert latency < 1.0, latency
     c1.client.loop_stop()
 
-    # The sync loop also published the CRL and reloaded Mosquitto: the
-    # handshake itself now fails.
+    # The publisher (``fleetward up`` runs one) builds the CRL, and the sync
+    # worker hands it to Mosquitto: the handshake itself now fails.
+    assert Publisher(ctx).run_once()
+    synced(broker)
+
     def refused() -> bool:
         attempt = dev(broker, d1, expect_ok=False)
         ok = not attempt.connected.wait(0.5)
@@ -179,7 +184,7 @@ def test_superseded_certificate_is_muted_before_the_crl(
 ) -> None:
     """The plugin checks the serial on every decision: a certificate that the
     table no longer lists is refused even while the TLS layer accepts it."""
-    broker.sync.publish_crls = False  # keep the CRL stale on purpose
+    # No publisher runs beside this broker: the CRL stays stale on purpose.
     d1 = make_device(ctx, tmp_path, "d1")
     synced(broker)
     c1 = dev(broker, d1)
@@ -206,7 +211,7 @@ def test_rotated_out_certificate_is_refused_while_the_new_one_works(
     from fleetward.identity import renewal
     from tests.helpers import csr_pem
 
-    broker.sync.publish_crls = False  # keep the TLS layer's CRL stale on purpose
+    # No publisher runs beside this broker: the TLS layer's CRL stays stale.
     old = make_device(ctx, tmp_path, "d1")
     synced(broker)
     c_old = dev(broker, old)

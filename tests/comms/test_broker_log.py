@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from fleetward.comms.broker import BrokerFiles, MosquittoProcess
+from fleetward.comms.mosquitto import MosquittoProcess
+from fleetward.comms.mosquitto_conf import BrokerFiles
 
 
 class FakeProc:

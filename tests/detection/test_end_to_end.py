@@ -14,11 +14,11 @@ from fleetward.agent.keystore import Keystore
 from fleetward.api.context import AppContext
 from fleetward.attestation import service as verifier
 from fleetward.attestation.evidence import claims, sign_evidence
-from fleetward.comms.broker import BrokerRuntime
 from fleetward.detection import service as detection
 from fleetward.detection.models import Alert
-from fleetward.detection.runner import DetectionRunner
 from fleetward.identity.models import Device
+from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.workers import DetectionRunner
 from fleetward.store.db import utcnow
 from tests.agent.test_agent import factory_line
 from tests.attestation import test_verifier as tv

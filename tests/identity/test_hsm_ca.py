@@ -13,8 +13,8 @@ from cryptography.x509 import ocsp
 
 from fleetward.config import Settings
 from fleetward.identity import ca_service, issuance, publication, service
-from fleetward.installation import initialise
 from fleetward.keys import verify_signature
+from fleetward.runtime.installation import initialise
 from fleetward.tenancy import service as tenancy
 from tests.helpers import csr_pem, new_key
 from tests.hsm import SoftHsm

@@ -132,7 +132,7 @@ def test_revocation_leaves_the_crl_to_the_publisher(
     )
     unchanged = x509.load_der_x509_crl(client.get(f"/crl/{ca_id}.crl").content)
     assert unchanged.get_revoked_certificate_by_serial_number(cert.serial_number) is None
-    client.app.state.publisher.run_once()  # type: ignore[attr-defined]
+    client.app.state.runtime.step("publisher")  # type: ignore[attr-defined]
     after = x509.load_der_x509_crl(client.get(f"/crl/{ca_id}.crl").content)
     entry = after.get_revoked_certificate_by_serial_number(cert.serial_number)
     assert entry is not None

@@ -93,17 +93,19 @@ def test_key_persists_and_reopens_by_uri(softhsm: SoftHsm, key_label: str) -> No
         verify_signature(public, signature=reopened.sign(b"m"), data=b"m")
 
 
-def test_pin_and_module_from_environment(
+def test_pin_comes_from_the_caller_not_the_environment(
     softhsm: SoftHsm, key_label: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # keys/ reads no environment: FLEETWARD_PKCS11_PIN reaches it through the
+    # installation's settings (tests/test_config.py follows it into KeyRing).
     with generate_pkcs11_signer(
         token_label=softhsm.token_label, key_label=key_label, pin=softhsm.pin
     ):
         pass
+    monkeypatch.setenv("FLEETWARD_PKCS11_PIN", softhsm.pin)
     with pytest.raises(InvalidInputError, match="PIN is required"):
         open_signer(softhsm.uri(key_label))
-    monkeypatch.setenv("FLEETWARD_PKCS11_PIN", softhsm.pin)
-    with open_signer(softhsm.uri(key_label)) as signer:
+    with open_signer(softhsm.uri(key_label), pin=softhsm.pin, module=softhsm.module) as signer:
         assert signer.sign(b"m")
 
 

@@ -152,7 +152,11 @@ def test_good_release_completes_and_survives_a_restart(
         offers = campaigns.step(s, cid)
     fleet.run(offers[:3], cid)  # half the first wave reports, then the server restarts
     restarted = AppContext.from_settings(
-        Settings(ctx.settings.home, ctx.settings.database_url, ctx.settings.public_url)
+        Settings(
+            home=ctx.settings.home,
+            database_url=ctx.settings.database_url,
+            public_url=ctx.settings.public_url,
+        )
     )
     try:
         with restarted.db.session() as s:
@@ -368,15 +372,12 @@ def test_what_counts_is_the_version_a_device_runs(
     assert len(ids) == 4
 
 
-def test_the_driver_keeps_room_for_results_under_a_backlog(ctx: AppContext) -> None:
-    import queue
-
+def test_the_driver_keeps_room_for_results_under_a_backlog() -> None:
     import paho.mqtt.client as mqtt
 
-    from fleetward.ota.driver import CampaignDriver
+    from fleetward.ota.driver import ReportInbox
 
-    driver = CampaignDriver(ctx)
-    driver.reports = queue.Queue(maxsize=4)
+    inbox = ReportInbox(maxsize=4)
 
     def message(step: str) -> mqtt.MQTTMessage:
         msg = mqtt.MQTTMessage(topic=b"fw/default/d1/state/ota")
@@ -384,9 +385,8 @@ def test_the_driver_keeps_room_for_results_under_a_backlog(ctx: AppContext) -> N
         return msg
 
     for step in ("received", "downloading", "staged"):
-        driver._on_message(None, None, message(step))  # type: ignore[arg-type]
-    assert driver.reports.qsize() == 2 and driver.dropped_reports == 1
-    driver._on_message(None, None, message("committed"))  # type: ignore[arg-type]
-    driver._on_message(None, None, message("fell-back"))  # type: ignore[arg-type]
-    assert [b["step"] for _, _, b in list(driver.reports.queue)][-2:] == ["committed", "fell-back"]
-    driver.sender.close()
+        inbox.on_message(None, None, message(step))
+    assert inbox.queue.qsize() == 2 and inbox.dropped == 1
+    inbox.on_message(None, None, message("committed"))
+    inbox.on_message(None, None, message("fell-back"))
+    assert [b["step"] for _, _, b in inbox.take()][-2:] == ["committed", "fell-back"]

@@ -15,6 +15,7 @@ from tuf.api import exceptions as tuf_errors
 from fleetward.agent.ota import OtaClient, Slots, UpdateRefusedError, install
 from fleetward.api.context import AppContext
 from fleetward.ota import service as ota
+from fleetward.ota.blobs import LocalBlobStore
 from tests.ota.helpers import call, operator, updater, upload
 from tests.ota.test_repository import IMAGE, release, root_of
 
@@ -108,7 +109,7 @@ def test_tampered_artifact_never_reaches_a_slot(
     release(live, repo, "1.1.0")
     with ctx.db.read() as s:
         [r] = ota.list_releases(s, admin_principal(ctx))
-    ota.BlobStore(ctx.settings.home / "blobs").path(r.sha256).write_bytes(b"X" * len(IMAGE))
+    LocalBlobStore(ctx.settings.home / "blobs").path(r.sha256).write_bytes(b"X" * len(IMAGE))
     slots = Slots(tmp_path / "dev", initial_version="1.0.0")
     with pytest.raises(tuf_errors.LengthOrHashMismatchError):
         install(

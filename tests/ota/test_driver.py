@@ -14,8 +14,8 @@ from fleetward.agent.keystore import Keystore
 from fleetward.agent.mqtt import AgentConfig, DeviceAgent
 from fleetward.agent.ota import OtaClient
 from fleetward.api.context import AppContext
-from fleetward.comms.broker import BrokerRuntime
-from fleetward.ota.driver import CampaignDriver
+from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.workers import CampaignDriver
 from tests.agent.test_agent import factory_line
 from tests.broker import connect, synced, wait_for
 from tests.ota.helpers import call, operator, upload

@@ -16,8 +16,10 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata
 
 from fleetward.api.context import AppContext
-from fleetward.ota import service as ota
+from fleetward.ota import repository as ota
+from fleetward.ota.blobs import LocalBlobStore
 from fleetward.ota.models import Release, TufMetadata
+from fleetward.runtime.stack import Stack
 from fleetward.store.db import utcnow
 from tests.ota.helpers import call, operator, updater, upload
 
@@ -136,7 +138,7 @@ def test_tampered_artifact_is_refused(
     release(live, repo, "1.0.0")
     with ctx.db.read() as s:
         sha = s.execute(select(Release.sha256)).scalar_one()
-    blob = ota.BlobStore(ctx.settings.home / "blobs").path(sha)
+    blob = LocalBlobStore(ctx.settings.home / "blobs").path(sha)
     blob.write_bytes(IMAGE.replace(b"1.0.0", b"6.6.6"))  # same length, other bytes
     client = updater(live, tmp_path / "c", root_of(ctx))
     client.refresh()
@@ -182,9 +184,12 @@ def test_metadata_signed_below_threshold_is_refused(
 
 
 def test_expired_timestamp_is_refused(
-    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+    live: str, ctx: AppContext, runtime: Stack, repo: dict[str, str], tmp_path: Path
 ) -> None:
     """Freeze attack: a repository (or a mirror) that stops updating."""
+    # The live server's refresher would re-sign the expired timestamp (its
+    # job): paused, no round runs from here on.
+    runtime.pause("tuf-refresh")
     release(live, repo, "1.0.0")
     with ctx.db.session() as s:
         ota._publish_snapshot_and_timestamp(s, ctx.pki.keyring, 1, utcnow() - dt.timedelta(days=3))
@@ -291,7 +296,7 @@ def test_artifact_size_limit_keeps_nothing(tmp_path: Path) -> None:
 
     from fleetward.errors import PayloadTooLargeError
 
-    blobs = ota.BlobStore(tmp_path / "blobs")
+    blobs = LocalBlobStore(tmp_path / "blobs")
     with pytest.raises(PayloadTooLargeError):
         blobs.put(io.BytesIO(b"x" * 2049), limit=2048)
     assert list((tmp_path / "blobs" / "sha256").iterdir()) == []  # no partial upload left

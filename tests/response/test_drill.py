@@ -12,16 +12,14 @@ import pytest
 from sqlalchemy import select
 
 from fleetward.api.context import AppContext
-from fleetward.comms.broker import BrokerRuntime
-from fleetward.detection.runner import DetectionRunner
 from fleetward.errors import NotFoundError, PermissionDeniedError
 from fleetward.identity.models import CertificateRecord, Device
-from fleetward.ota.driver import CampaignDriver
 from fleetward.response import drills
 from fleetward.response import service as response
 from fleetward.response.effects import LiveEffects
+from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.workers import CampaignDriver, DetectionRunner, IngestWorker
 from fleetward.sim import Broker, FleetProcesses, FleetSpec, SimFleet
-from fleetward.telemetry.ingest import MqttIngest
 from tests.broker import synced, wait_for
 from tests.ota.helpers import call, operator, upload
 from tests.response.helpers import ADMIN, SEC, SEC2, SEC3, enroll
@@ -34,7 +32,7 @@ N = 1000
 def stack(ctx: AppContext, broker: BrokerRuntime) -> Iterator[None]:
     """What ``fleetward up`` runs beside the API."""
     synced(broker)  # the service listener is up
-    ingest = MqttIngest(ctx.db, ctx.settings.home)
+    ingest = IngestWorker(ctx.db, ctx.settings.home)
     driver = CampaignDriver(ctx, interval=0.2, resend=2.0)
     detection = DetectionRunner(ctx, interval=0.3)
     for part in (ingest, driver, detection):
@@ -161,7 +159,7 @@ def test_a_compromised_issuing_ca_drill_rotates_and_every_device_renews(
     """Rotate the drill CA, the devices renew on command under the new one
     (same keys) and reconnect; offline ones renew when they come back."""
     from fleetward.identity import ca_service
-    from fleetward.response.tracker import ComplianceTracker
+    from fleetward.runtime.workers import ComplianceTracker
 
     spec = FleetSpec(devices=30, prefix="ca", environment="drill", offline=0.1,
                      telemetry_interval=1.0, seed=5)  # fmt: skip

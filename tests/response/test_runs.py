@@ -17,7 +17,7 @@ from fleetward.detection.models import Alert
 from fleetward.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
 from fleetward.identity import ca_service
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
-from fleetward.response import runs
+from fleetward.response import compliance, plan, runs
 from fleetward.response import service as response
 from fleetward.response.effects import LiveEffects
 from fleetward.store.db import utcnow
@@ -244,7 +244,7 @@ def test_rotate_ca_and_renew_track_devices_until_they_renew(ctx: AppContext) -> 
         assert new != old
         assert s.get_one(CertificateAuthority, old).status == "retired"
         assert response.get_incident(s, ADMIN, incident).state == "open"
-        left = runs.stragglers(s, ADMIN, incident)
+        left = compliance.stragglers(s, ADMIN, incident)
     assert effects.commands == [("default", "r-0", "renew")]  # the one online device
     assert [(x["device_id"], x["online_when_run"]) for x in left] == [
         ("r-0", True), ("r-1", False), ("r-2", False), ("r-3", False),
@@ -254,16 +254,17 @@ def test_rotate_ca_and_renew_track_devices_until_they_renew(ctx: AppContext) -> 
     for d in ids[:3]:
         assert renew(ctx, key, d).ca_id == new
     with ctx.db.session() as s:
-        assert runs.track(s, incident_id=incident) == 3
+        assert compliance.track(s, incident_id=incident) == 3
     with ctx.db.read() as s:
-        assert [x["device_id"] for x in runs.stragglers(s, ADMIN, incident)] == ["r-3"]
+        assert [x["device_id"] for x in compliance.stragglers(s, ADMIN, incident)] == ["r-3"]
         assert response.get_incident(s, ADMIN, incident).state == "open"
         with pytest.raises(ConflictError, match="1 device"):
             response.close_incident(s, ADMIN, incident)
 
 
 def test_webhook_step_posts_the_incident(ctx: AppContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLEETWARD_WEBHOOK_HOSTS", "127.0.0.1")
+    # FLEETWARD_WEBHOOK_HOSTS, read once into the settings
+    monkeypatch.setattr(ctx, "settings", ctx.settings.replace(webhook_hosts="127.0.0.1"))
     got: list[dict[str, Any]] = []
 
     class Hook(BaseHTTPRequestHandler):
@@ -342,7 +343,7 @@ def test_an_installation_without_a_drill_ca_gets_one(ctx: AppContext) -> None:
 
 
 def test_the_tracker_contains_an_incident_once_devices_comply(ctx: AppContext) -> None:
-    from fleetward.response.tracker import ComplianceTracker
+    from fleetward.runtime.workers import ComplianceTracker
 
     ids = [f"t-{i}" for i in range(2)]
     key = enroll(ctx, ids, batch=12)
@@ -356,12 +357,12 @@ def test_the_tracker_contains_an_incident_once_devices_comply(ctx: AppContext) -
         run_id = runs.start_run(s, ADMIN, incident_id=incident, playbook="renew-batch",
                                 environment="test").id  # fmt: skip
     assert runs.execute_run(ctx, ADMIN, run_id, effects=FakeEffects()).state == "done"
-    tracker = ComplianceTracker(ctx, resend=3600)
+    tracker = ComplianceTracker(ctx, resend=3600)  # stepped by hand, never started
     try:
-        assert tracker.run_once() == 0
+        assert tracker.run_once() and tracker.complied == 0
         for d in ids:
             renew(ctx, key, d)
-        assert tracker.run_once() == 2
+        assert tracker.run_once() and tracker.complied == 2
     finally:
         tracker.stop()
     with ctx.db.read() as s:
@@ -505,11 +506,12 @@ def test_a_drill_cannot_take_an_alert_about_production_devices(ctx: AppContext) 
 def test_webhooks_reach_only_the_hosts_the_installation_allows(
     ctx: AppContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert runs.webhook_allowed("https://hooks.example/x", {"hooks.example"})
-    assert runs.webhook_allowed("https://hooks.example:8443/x", {"hooks.example:8443"})
-    assert not runs.webhook_allowed("https://hooks.example:8443/x", {"hooks.example:443"})
-    assert not runs.webhook_allowed("http://169.254.169.254/latest", {"hooks.example"})
-    monkeypatch.setenv("FLEETWARD_WEBHOOK_HOSTS", "hooks.example")
+    assert plan.webhook_allowed("https://hooks.example/x", {"hooks.example"})
+    assert plan.webhook_allowed("https://hooks.example:8443/x", {"hooks.example:8443"})
+    assert not plan.webhook_allowed("https://hooks.example:8443/x", {"hooks.example:443"})
+    assert not plan.webhook_allowed("http://169.254.169.254/latest", {"hooks.example"})
+    # FLEETWARD_WEBHOOK_HOSTS, read once into the settings
+    monkeypatch.setattr(ctx, "settings", ctx.settings.replace(webhook_hosts="hooks.example"))
     enroll(ctx, ["wh-0"], batch=48)
     with ctx.db.session() as s:
         response.put_playbook(
@@ -529,7 +531,8 @@ def test_webhooks_reach_only_the_hosts_the_installation_allows(
 def test_webhook_lines_do_not_leak_credentials_or_errors(
     ctx: AppContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FLEETWARD_WEBHOOK_HOSTS", "hooks.example:8443")
+    # FLEETWARD_WEBHOOK_HOSTS, read once into the settings
+    monkeypatch.setattr(ctx, "settings", ctx.settings.replace(webhook_hosts="hooks.example:8443"))
     enroll(ctx, ["h-0"], batch=47)
     with ctx.db.session() as s:
         response.put_playbook(

@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from fleetward.api.context import AppContext
 from fleetward.cli.main import app
-from fleetward.comms.broker import BrokerRuntime
 from fleetward.errors import InvalidInputError
+from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.workers import DemoFleet
 from fleetward.sim import Broker
-from fleetward.sim.demo import Demo
 from tests.broker import synced, wait_for
 
 
@@ -52,14 +52,15 @@ def test_sim_run_enrolls_connects_and_stops(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_up_demo_fleet(live: str, ctx: AppContext, broker: BrokerRuntime, tmp_path: Path) -> None:
-    demo = Demo(
-        ctx,
+    worker = DemoFleet(
+        ctx.db,
         api_url=live,
         broker=Broker(host="127.0.0.1", port=broker.port, ca=broker.files.broker_ca),
         devices=3,
         directory=tmp_path / "demo",
     )
-    demo.start()
+    demo = worker.demo
+    worker.start()
     try:
         wait_for(
             lambda: demo.ready.is_set() or demo.error is not None,
@@ -70,4 +71,4 @@ def test_up_demo_fleet(live: str, ctx: AppContext, broker: BrokerRuntime, tmp_pa
         snap = demo.fleet.snapshot()
         assert len(snap) == 3 and all(d["connected"] for d in snap)
     finally:
-        demo.stop()
+        worker.stop()

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import func, select
 
 from fleetward.api.context import AppContext
-from fleetward.comms.broker import BrokerRuntime
 from fleetward.identity.models import Device
+from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.workers import IngestWorker
 from fleetward.sim import Broker, FleetProcesses, FleetSpec, SimFleet, summary
 from fleetward.sim.spec import images, reference_measurements
-from fleetward.telemetry.ingest import MqttIngest
 from fleetward.telemetry.models import Event
 from tests.broker import synced, wait_for
 from tests.ota.helpers import call, operator, upload
@@ -62,7 +62,7 @@ def test_small_fleet_lives_attests_and_is_cut_off_by_revocation(
     assert len(fleet.prepare(on_progress=lambda done, total: progress.append((done, total)))) == 20
     assert progress[0] == (0, 20) and progress[-1] == (20, 20)
     synced(broker)
-    ingest = MqttIngest(ctx.db, ctx.settings.home)
+    ingest = IngestWorker(ctx.db, ctx.settings.home)
     ingest.start()
     try:
         fleet.start(timeout=30)
@@ -159,7 +159,7 @@ def test_three_hundred_devices_in_two_processes(
 def test_campaign_commits_on_healthy_devices_and_falls_back_on_the_others(
     live: str, ctx: AppContext, admin_token: str, broker: BrokerRuntime, tmp_path: Path
 ) -> None:
-    from fleetward.ota.driver import CampaignDriver
+    from fleetward.runtime.workers import CampaignDriver
 
     spec = FleetSpec(
         devices=6, environment="test", fail_health=0.34, slow_link_ms=50,

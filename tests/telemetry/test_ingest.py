@@ -12,9 +12,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from fleetward.api.context import AppContext
-from fleetward.comms.broker import BrokerRuntime
+from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.workers import IngestWorker
 from fleetward.telemetry import service as telemetry
-from fleetward.telemetry.ingest import Ingestor, MqttIngest, TokenBucket
+from fleetward.telemetry.ingest import Ingestor, TokenBucket
 from fleetward.telemetry.models import Event
 from fleetward.tenancy import service as tenancy
 from tests.broker import admin_of, connect, make_device, synced, wait_for
@@ -57,7 +58,7 @@ def test_mqtt_ingest_through_a_shared_subscription(
 ) -> None:
     d1 = make_device(ctx, tmp_path, "t1")
     synced(broker)
-    workers = [MqttIngest(ctx.db, ctx.settings.home, client_id=f"ingest-{i}") for i in range(2)]
+    workers = [IngestWorker(ctx.db, ctx.settings.home, client_id=f"ingest-{i}") for i in range(2)]
     for w in workers:
         w.start()
     try:

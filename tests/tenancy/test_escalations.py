@@ -135,3 +135,129 @@ def test_a_test_scoped_security_token_cannot_touch_production(
         headers=_h(sec),
     )
     assert cohort.status_code == 200 and cohort.json()["revoked"] == 1
+
+
+def test_what_a_live_attack_found_next(
+    client: TestClient, ctx: AppContext, admin_token: str
+) -> None:
+    """Found by attacking the first fix on a live server: each refused now."""
+    admin = _h(admin_token)
+    enroll(ctx, ["prod-3"], env="production")
+    with ctx.db.read() as s:
+        serial = s.execute(
+            select(CertificateRecord.serial)
+            .join(Device, Device.id == CertificateRecord.device_pk)
+            .where(Device.device_id == "prod-3")
+        ).scalar_one()
+    # A revoked production certificate does not make the device the test
+    # environment's: a test-scoped admin may not enroll it there.
+    revoked = client.post(
+        f"{API}/certificates/{serial}/revoke", json={"reason": "superseded"}, headers=admin
+    )
+    assert revoked.status_code == 200
+    ta = _token(ctx, "admin", "test")
+    taken = client.post(
+        f"{API}/devices/prod-3/enroll",
+        json={"csr": csr_pem(new_key(), "prod-3").decode(), "environment": "test"},
+        headers=_h(ta),
+    )
+    _refused(taken)
+    with ctx.db.read() as s:
+        envs = set(
+            s.execute(
+                select(CertificateRecord.environment)
+                .join(Device, Device.id == CertificateRecord.device_pk)
+                .where(Device.device_id == "prod-3")
+            ).scalars()
+        )
+    assert envs == {"production"}
+    # Device ids an open production batch names are not the test environment's.
+    factory = client.post(
+        f"{API}/provisioning/factories",
+        json={"name": "line-p", "environment": "production"},
+        headers=admin,
+    ).json()["id"]
+    client.post(
+        f"{API}/provisioning/batches",
+        json={"factory_id": factory, "product": "p", "expires_in_hours": 1, "device_ids": ["pb-9"]},
+        headers=admin,
+    )
+    _refused(
+        client.post(
+            f"{API}/devices/pb-9/enroll",
+            json={"csr": csr_pem(new_key(), "pb-9").decode(), "environment": "test"},
+            headers=_h(ta),
+        )
+    )
+    attempts = client.get(f"{API}/provisioning/attempts", headers=admin).json()
+    pb9 = next(a for a in attempts if a["device_id"] == "pb-9")
+    assert pb9["result"] == "refused" and pb9["environment"] == "test"
+    # A short-lived token cannot mint a permanent one.
+    short = client.post(
+        f"{API}/tokens",
+        json={"name": "short", "role": "admin", "environment": "test", "expires_in_days": 1},
+        headers=admin,
+    ).json()["token"]
+    _refused(
+        client.post(
+            f"{API}/tokens",
+            json={"name": "forever", "role": "admin", "environment": "test"},
+            headers=_h(short),
+        )
+    )
+    within = client.post(
+        f"{API}/tokens",
+        json={"name": "brief", "role": "auditor", "environment": "test", "expires_in_days": 1},
+        headers=_h(short),
+    )
+    assert within.status_code == 201, within.text
+    # (a day asked of a token with less left gets what the grantor has)
+    assert (
+        within.json()["expires_at"]
+        <= client.get(f"{API}/tokens", headers=admin).json()[-2]["expires_at"]
+    )
+    # A test-scoped security token may not close (and so stop) a production response.
+    client.put(
+        f"{API}/playbooks",
+        json={
+            "source": "name: q\nparams: {ids: null}\ncohort: {devices: '{ids}'}\n"
+            "steps: [{action: quarantine}]\n"
+        },
+        headers=admin,
+    )
+    incident = client.post(f"{API}/incidents", json={"title": "p"}, headers=admin).json()["id"]
+    enroll(ctx, ["prod-4"], env="production")
+    run = client.post(
+        f"{API}/incidents/{incident}/runs",
+        json={"playbook": "q", "params": {"ids": ["prod-4"]}, "environment": "production"},
+        headers=admin,
+    )
+    assert run.status_code == 201, run.text
+    ts = _token(ctx, "security", "test")
+    _refused(client.post(f"{API}/incidents/{incident}/close?force=true", headers=_h(ts)))
+    _refused(client.post(f"{API}/incidents/{incident}/notes", json={"text": "x"}, headers=_h(ts)))
+    # The dangerous option takes a JSON boolean, not a truthy string.
+    loose = client.patch(
+        f"{API}/tenant", json={"allow_unattested_keys_in_production": "yes"}, headers=admin
+    )
+    assert loose.status_code == 422
+
+
+def test_records_and_audit_views_are_safe_to_open(
+    client: TestClient, ctx: AppContext, admin_token: str
+) -> None:
+    admin = _h(admin_token)
+    bad = '=HYPERLINK("http://203.0.113.9/x","open")'
+    client.post(
+        f"{API}/enroll/batch",
+        json={"items": [{"device_id": bad, "csr": "x"}], "environment": "test"},
+        headers=admin,
+    )
+    text = client.get(f"{API}/provisioning/attempts?format=csv", headers=admin).text
+    assert "\n=" not in text and ",=" not in text and "'=HYPERLINK" in text
+    auditor = _h(_token(ctx, "auditor", None))
+    entries = client.get(f"{API}/audit?limit=1000", headers=auditor).json()
+    keys = [e["details"]["key"] for e in entries if "key" in e["details"]]
+    assert keys and set(keys) == {"(redacted)"}
+    full = client.get(f"{API}/audit?limit=1000", headers=admin).json()
+    assert any(str(e["details"].get("key", "")).startswith("file:") for e in full)

@@ -43,6 +43,7 @@ from tests.response.helpers import ADMIN, enroll
 # signed evidence, or public by nature) and the API's own documentation.
 PUBLIC = {
     ("GET", "/healthz"),
+    ("GET", "/metrics"),  # operator plane, loopback; counts only (see api/metrics.py)
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/api/v1/docs"),
     ("GET", "/docs/oauth2-redirect"),
@@ -209,7 +210,10 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("POST", "/api/v1/provisioning/nonces"): Case(),
     ("POST", "/api/v1/incidents"): Case(body=lambda w, n: {"title": f"probe {n}"}),
-    ("POST", "/api/v1/incidents/{incident_id}/notes"): Case(body=lambda w, n: {"text": "probe"}),
+    # The incident has a production run: it lives in production.
+    ("POST", "/api/v1/incidents/{incident_id}/notes"): Case(
+        body=lambda w, n: {"text": "probe"}, environments=PROD
+    ),
     ("POST", "/api/v1/incidents/{incident_id}/close"): Case(params={"incident_id": "{closable}"}),
     ("POST", "/api/v1/incidents/{incident_id}/dry-run"): Case(
         body=lambda w, n: {

@@ -25,7 +25,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fleetward.api.context import AppContext
-from fleetward.ota import service as ota
+from fleetward.ota import repository as ota
 from fleetward.tenancy import service as tenancy
 from tests.helpers import csr_pem, new_key
 
@@ -170,7 +170,8 @@ def _answer(client: TestClient, case: Case, path: str, token: str) -> tuple[Any,
     assert resp.headers["content-type"] == "application/problem+json", path
     problem = resp.json()
     assert problem.pop("instance") == path
-    other_headers = {k: v for k, v in resp.headers.items() if k not in ("date", "content-length")}
+    per_request = ("date", "content-length", "x-request-id")
+    other_headers = {k: v for k, v in resp.headers.items() if k not in per_request}
     return resp.status_code, problem, other_headers
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
-import os
 import platform
 import ssl
 import threading
@@ -27,7 +26,7 @@ from urllib.parse import quote
 
 from fleetward.errors import InvalidInputError
 from fleetward.keys import Signer, open_signer
-from fleetward.keys._p11session import DEFAULT_MODULE, MODULE_ENV
+from fleetward.keys._p11session import DEFAULT_MODULE
 from fleetward.keys._p11uri import parse_pkcs11_uri
 
 __all__ = ["release_token_keys", "use_token_key"]
@@ -134,7 +133,7 @@ def use_token_key(
         libs = _libs
         if key_uri not in _held:
             _held[key_uri] = open_signer(key_uri, pin=pin, module=module)
-        engine = _engine(libs, module or os.environ.get(MODULE_ENV, DEFAULT_MODULE))
+        engine = _engine(libs, module or DEFAULT_MODULE)
         if libs.crypto.ENGINE_ctrl_cmd_string(engine, b"PIN", pin.encode(), 0) != 1:
             raise InvalidInputError(f"pkcs11 engine refused the PIN: {libs.error()}")
         pkey = libs.crypto.ENGINE_load_private_key(engine, uri.encode(), None, None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,11 +23,23 @@ console = Console(stderr=True)
 KEYSTORE = typer.Option("software", help="software or pkcs11")
 TOKEN_LABEL = typer.Option(None, envvar="FLEETWARD_AGENT_PKCS11_TOKEN", help="PKCS#11 token label")
 PIN = typer.Option(None, envvar="FLEETWARD_AGENT_PKCS11_PIN", help="PKCS#11 user PIN")
+MODULE = typer.Option(
+    None,
+    "--pkcs11-module",
+    envvar="FLEETWARD_AGENT_PKCS11_MODULE",
+    help="PKCS#11 library (default SoftHSM2's)",
+)
 
 
-def keystore_for(kind: str, directory: Path, token_label: str | None, pin: str | None) -> Keystore:
+def keystore_for(
+    kind: str,
+    directory: Path,
+    token_label: str | None,
+    pin: str | None,
+    module: str | None = None,
+) -> Keystore:
     """The keystore the options name."""
-    return Keystore(kind, directory=directory, token_label=token_label, pin=pin)
+    return Keystore(kind, directory=directory, token_label=token_label, pin=pin, module=module)
 
 
 @app.command()
@@ -41,12 +52,13 @@ def enroll(
     keystore: str = KEYSTORE,
     token_label: str | None = TOKEN_LABEL,
     pin: str | None = PIN,
+    pkcs11_module: str | None = MODULE,
     secure_element: Path | None = typer.Option(
         None, help="simulated secure-element vendor directory: attest the key with a chip"
     ),
 ) -> None:
     """Generate the identity key, build the CSR, attest it, and enroll."""
-    store = keystore_for(keystore, directory, token_label, pin)
+    store = keystore_for(keystore, directory, token_label, pin, pkcs11_module)
     chips = [SimulatedVendor.open(secure_element).chip(device_id)] if secure_element else None
     with Server(server, token=token) as srv:
         [result] = enroll_devices(
@@ -66,6 +78,7 @@ def renew_cmd(
     keystore: str = KEYSTORE,
     token_label: str | None = TOKEN_LABEL,
     pin: str | None = PIN,
+    pkcs11_module: str | None = MODULE,
     within_days: float = typer.Option(30.0, help="renew when the certificate expires within"),
     new_key: bool = typer.Option(
         False, "--new-key", help="move to a new identity key (the current key signs the proof)"
@@ -76,7 +89,7 @@ def renew_cmd(
 ) -> None:
     """Renew the certificate if it expires soon (proof: a CSR from the same key, or,
     with ``--new-key``, the current key's signature and the chip's attestation)."""
-    store = keystore_for(keystore, directory, token_label, pin)
+    store = keystore_for(keystore, directory, token_label, pin, pkcs11_module)
     chip = SimulatedVendor.open(secure_element).chip(device_id) if secure_element else None
     with Server(server) as srv:
         done = renew(
@@ -98,6 +111,7 @@ def run_cmd(
     keystore: str = KEYSTORE,
     token_label: str | None = TOKEN_LABEL,
     pin: str | None = PIN,
+    pkcs11_module: str | None = MODULE,
     broker: str | None = typer.Option(
         None, help="host:port of the broker (default: what the server announces)"
     ),
@@ -133,7 +147,7 @@ def run_cmd(
         port = int(port_text)
     config = AgentConfig(
         directory=device_dir,
-        keystore=keystore_for(keystore, directory, token_label, pin),
+        keystore=keystore_for(keystore, directory, token_label, pin, pkcs11_module),
         broker_host=host,
         broker_port=port,
         broker_ca=ca_path,
@@ -177,5 +191,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleetward.agent.keystore import Keystore, make_csr
 from fleetward.agent.secure_element import SecureElement
-from fleetward.errors import FleetwardError, InvalidInputError
+from fleetward.errors import InvalidInputError, ServerRefusedError
 from fleetward.identity.renewal import renewal_attestation_nonce, renewal_proof_message
 from fleetward.keys import Signer
 
@@ -47,17 +47,6 @@ __all__ = [
 
 IDENTITY_FILE = "identity.json"
 CHUNK = 500  # devices per batch request from a station (the server takes up to 1,000)
-
-
-class ServerRefusedError(FleetwardError):
-    """The server answered with a problem."""
-
-    title = "Refused by the server"
-    slug = "server-refused"
-
-    def __init__(self, detail: str, *, status: int) -> None:
-        super().__init__(detail)
-        self.status = status
 
 
 class Server:

@@ -72,7 +72,10 @@ class Keystore:
             return generate_file_signer(
                 self.directory / f"{name}.key.pem", passphrase=self._passphrase()
             )
-        assert self.token_label is not None and self._pin is not None
+        if self.token_label is None or self._pin is None:
+            raise RuntimeError(
+                "broken invariant, expected: self.token_label is not None and self._pin is not None"
+            )
         # A random suffix makes the label unique by construction, so the
         # token-wide label searches (linear in the token's keys) are skipped.
         return generate_pkcs11_signer(

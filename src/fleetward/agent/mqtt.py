@@ -48,7 +48,13 @@ log = logging.getLogger("fleetward.agent")
 
 # The outbox is bounded: a device offline for days keeps its newest readings.
 MAX_OUTBOX = 10_000
-SESSION_EXPIRY = 3600  # seconds the broker keeps our subscriptions and QoS 1 queue
+# No persistent session: the agent subscribes again on every connect and its
+# own outbox keeps unsent readings, while the broker refuses deliveries to a
+# session with no connection anyway. A persistent session also lets Mosquitto
+# 2.0's reload (SIGHUP) disconnect an offline session twice, which corrupts
+# its session-expiry list and crashes it (eclipse-mosquitto #1494, #3418;
+# tests/comms/test_plugin_kicks.py).
+SESSION_EXPIRY = 0
 
 
 def backoff(attempt: int, *, base: float = 0.5, cap: float = 60.0, rng: random.Random) -> float:
@@ -255,7 +261,8 @@ class DeviceAgent:
         return cert.not_valid_after_utc - self.clock() <= self.config.renew_within
 
     def _renew(self) -> bool:
-        assert self.config.server_url is not None
+        if self.config.server_url is None:
+            raise RuntimeError("broken invariant, expected: self.config.server_url is not None")
         with Server(self.config.server_url) as server:
             done = renew(
                 server,
@@ -312,7 +319,7 @@ class DeviceAgent:
                     self.config.broker_host,
                     self.config.broker_port,
                     keepalive=30,
-                    clean_start=False,
+                    clean_start=True,
                     properties=_connect_properties(),
                 )
             except (OSError, ssl.SSLError) as exc:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetward.agent.client import write_durably
-from fleetward.errors import ConflictError, FleetwardError, NotFoundError, VerificationError
+from fleetward.errors import ConflictError, FleetwardError, NotFoundError, UpdateRefusedError
 from fleetward.ota.release import parse_version
 
 __all__ = ["BootOutcome", "OtaClient", "Slots", "UpdateRefusedError", "install"]
@@ -43,10 +43,6 @@ __all__ = ["BootOutcome", "OtaClient", "Slots", "UpdateRefusedError", "install"]
 DEFAULT_BOOT_ATTEMPTS = 3
 
 log = logging.getLogger("fleetward.agent")
-
-
-class UpdateRefusedError(VerificationError):
-    """The device refused an update (wrong hardware, not newer, not signed)."""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from fleetward.api.context import AppContext
 from fleetward.audit import service as audit
 from fleetward.errors import AuthenticationError
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import scope
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal

@@ -1,4 +1,11 @@
-"""RFC 9457 problem details for every error the API returns."""
+"""RFC 9457 problem details for every error the API returns.
+
+A problem's ``type`` is ``urn:fleetward:problem:<code>``: the ``code`` of the
+error's class in :mod:`fleetward.errors` (which lists them all), or one of the
+two codes this layer adds: :data:`INVALID_REQUEST` for a request that does
+not match the route's schema and ``http-<status>`` for routing and protocol
+errors. Clients branch on the type, never on ``title`` or ``detail``.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +16,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fleetward import observe
 from fleetward.errors import AuditChainError, FleetwardError
 
-__all__ = ["PROBLEM_JSON", "as_dict", "install", "problem"]
+__all__ = ["INVALID_REQUEST", "PROBLEM_JSON", "TYPE_PREFIX", "as_dict", "install", "problem"]
 
 PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:fleetward:problem:"
+INVALID_REQUEST = "invalid-request"  # not a class of the tree: FastAPI's validation
 
 
 def problem(
-    *, status: int, title: str, detail: str, slug: str, instance: str, **extra: Any
+    *, status: int, title: str, detail: str, code: str, instance: str, **extra: Any
 ) -> JSONResponse:
-    """A problem-details response."""
+    """A problem-details response whose type ends in ``code``."""
     body = {
-        "type": f"urn:fleetward:problem:{slug}",
+        "type": TYPE_PREFIX + code,
         "title": title,
         "status": status,
         "detail": detail,
@@ -35,7 +45,7 @@ def problem(
 def as_dict(error: FleetwardError, **extra: Any) -> dict[str, Any]:
     """The problem-details members of an error (for items inside a batch answer)."""
     return {
-        "type": f"urn:fleetward:problem:{error.slug}",
+        "type": TYPE_PREFIX + error.code,
         "title": error.title,
         "status": error.status,
         "detail": error.detail,
@@ -44,18 +54,20 @@ def as_dict(error: FleetwardError, **extra: Any) -> dict[str, Any]:
 
 
 def install(app: FastAPI) -> None:
-    """Map the fleetward error tree, validation errors and HTTP errors to problems."""
+    """Map the fleetward error tree, validation errors and HTTP errors to
+    problems, each counted in ``fleetward_refusals_total{code}``."""
 
     @app.exception_handler(FleetwardError)
     async def _fleetward(request: Request, exc: FleetwardError) -> JSONResponse:
         extra: dict[str, Any] = {}
         if isinstance(exc, AuditChainError) and exc.seq is not None:
             extra["seq"] = exc.seq
+        observe.refusal(exc.code)
         return problem(
             status=exc.status,
             title=exc.title,
             detail=exc.detail,
-            slug=exc.slug,
+            code=exc.code,
             instance=request.url.path,
             **extra,
         )
@@ -67,21 +79,23 @@ def install(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        observe.refusal(INVALID_REQUEST)
         return problem(
             status=422,
             title="Invalid request",
             detail=f"{'.'.join(first['loc'])}: {first['msg']}",
-            slug="invalid-request",
+            code=INVALID_REQUEST,
             instance=request.url.path,
             errors=errors,
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        observe.refusal(f"http-{exc.status_code}")
         return problem(
             status=exc.status_code,
             title=str(exc.detail),
             detail=str(exc.detail),
-            slug=f"http-{exc.status_code}",
+            code=f"http-{exc.status_code}",
             instance=request.url.path,
         )

@@ -20,11 +20,12 @@ from typing import Any
 
 import uvicorn
 
+from fleetward import logs
 from fleetward.api.app import create_app
-from fleetward.api.context import AppContext
 from fleetward.config import Settings
+from fleetward.runtime.context import AppContext
 
-__all__ = ["proxy_options", "serve_workers"]
+__all__ = ["log_options", "proxy_options", "serve_workers"]
 
 
 def proxy_options(settings: Settings) -> dict[str, Any]:
@@ -42,6 +43,14 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
     return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted}
 
 
+def log_options() -> dict[str, Any]:
+    """uvicorn's logging options once :func:`fleetward.logs.configure` ran:
+    no logging setup of its own (its lines go through fleetward's handler)
+    and no access log of its own (``fleetward.api.access`` writes one with
+    the request id)."""
+    return {"log_config": None, "access_log": False}
+
+
 def _worker(
     settings: Settings, host: str, port: int, crl_interval: float, checkpoint_interval: float
 ) -> None:
@@ -50,6 +59,7 @@ def _worker(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
+    logs.configure(level=settings.log_level, fmt=settings.log_format)
     ctx = AppContext.from_settings(settings)
     app = create_app(
         ctx,
@@ -57,7 +67,7 @@ def _worker(
         checkpoint_interval=checkpoint_interval,
         isolate_publisher=True,
     )
-    config = uvicorn.Config(app, log_level="warning", **proxy_options(settings))
+    config = uvicorn.Config(app, **log_options(), **proxy_options(settings))
     uvicorn.Server(config).run(sockets=[sock])
 
 

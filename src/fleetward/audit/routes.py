@@ -68,10 +68,22 @@ def list_entries(
     """The tenant's audit entries after ``after``."""
     require(who, Permission.AUDIT_READ)
     with ctx.db.read() as s:
-        return [
+        entries = [
             EntryOut.of(e)
             for e in service.list_entries(s, tenant_id=who.tenant_id, after=after, limit=limit)
         ]
+    if not who.can(Permission.CA_MANAGE):
+        for e in entries:
+            _redact_key_locations(e.details)
+    return entries
+
+
+def _redact_key_locations(details: dict[str, Any]) -> None:
+    """Key locations (file paths, PKCS#11 URIs) are for admins, as in
+    ``GET /api/v1/cas``; the hash chain covers the stored entry, not this view."""
+    for name in ("key", "key_uri", "key_id"):
+        if isinstance(details.get(name), str):
+            details[name] = "(redacted)"
 
 
 @router.get("/verify", response_model=VerifyOut)
@@ -104,4 +116,7 @@ def proof(
     """Inclusion proof of one of the tenant's entries in the newest checkpoint."""
     require(who, Permission.AUDIT_READ)
     with ctx.db.read() as s:
-        return service.inclusion_proof(s, seq=seq, tenant_id=who.tenant_id)
+        answer = service.inclusion_proof(s, seq=seq, tenant_id=who.tenant_id)
+    if not who.can(Permission.CA_MANAGE):
+        _redact_key_locations(answer["checkpoint"])
+    return answer

@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from sqlalchemy.orm import Session
 
-from fleetward.api.context import AppContext
 from fleetward.config import Settings
 from fleetward.errors import InvalidInputError
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
 
@@ -24,6 +24,7 @@ __all__ = [
     "console",
     "err",
     "load_ctx",
+    "load_settings",
     "local_actor",
     "local_principal",
     "print_json",
@@ -40,9 +41,16 @@ def _home(ctx: typer.Context) -> Path | None:
     return Path(home) if home else None
 
 
-def load_ctx(ctx: typer.Context) -> AppContext:
-    """The installation selected by ``--home``; it must be initialised."""
-    settings = Settings.load(_home(ctx))
+def load_settings(ctx: typer.Context, **overrides: Any) -> Settings:
+    """The settings of the home selected by ``--home`` (``FLEETWARD_HOME``),
+    with ``overrides`` (command-line options; ``None`` = not given) on top."""
+    return Settings.load(_home(ctx), **overrides)
+
+
+def load_ctx(ctx: typer.Context, **overrides: Any) -> AppContext:
+    """The installation selected by ``--home``; it must be initialised.
+    ``overrides`` are command-line options for its settings (``None`` = not given)."""
+    settings = load_settings(ctx, **overrides)
     if not (settings.home / "settings.json").exists():
         raise InvalidInputError(
             f"{settings.home} is not a fleetward home; run `fleetward init` first"

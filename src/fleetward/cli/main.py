@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from fleetward import __version__
-from fleetward.api.context import AppContext
+from fleetward import __version__, logs
 from fleetward.audit.cli import audit_app
 from fleetward.cli.common import console, err, load_ctx, local_actor
+from fleetward.cli.config import LOG_FORMAT, LOG_LEVEL, config_app
 from fleetward.comms.cli import broker_app, policy_app
 from fleetward.config import DEFAULT_PORT, Settings, default_home
 from fleetward.errors import FleetwardError
 from fleetward.identity.cli import ca_app, cert_app, crl_app, device_app
-from fleetward.installation import initialise
 from fleetward.ota.cli import ota_app
 from fleetward.provisioning.cli import factory_app
 from fleetward.response.cli import drill_app, incident_app, playbook_app
+from fleetward.runtime.context import AppContext
+from fleetward.runtime.installation import initialise
 from fleetward.sim.cli import sim_app
 from fleetward.tenancy.cli import tenant_app, token_app
+
+if TYPE_CHECKING:
+    from fleetward.runtime.stack import Stack
 
 app = typer.Typer(
     help="fleetward: trust plane for device fleets.",
@@ -44,6 +48,7 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(playbook_app, name="playbook")
 app.add_typer(incident_app, name="incident")
 app.add_typer(drill_app, name="drill")
+app.add_typer(config_app, name="config")
 
 
 @app.callback()
@@ -79,7 +84,7 @@ def init(
     home = ctx.find_root().obj.get("home")
     settings = Settings.load(Path(home) if home else default_home())
     if public_url:
-        settings = dataclasses.replace(settings, public_url=public_url.rstrip("/"))
+        settings = settings.replace(public_url=public_url.rstrip("/"))
     _, token = initialise(
         settings, actor=local_actor(), key_backend=key_backend, offline_root=offline_root
     )
@@ -137,9 +142,12 @@ def serve(
     ),
     checkpoint_interval: float = typer.Option(600.0, help="seconds between audit checkpoints"),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
+    log_level: str | None = LOG_LEVEL,
+    log_format: str | None = LOG_FORMAT,
 ) -> None:
     """Run the API (REST under /api/v1, EST, CRL, OCSP)."""
-    context = load_ctx(ctx)
+    context = load_ctx(ctx, log_level=log_level, log_format=log_format)
+    logs.configure(level=context.settings.log_level, fmt=context.settings.log_format)
     context.db.migrate()
     _serve(
         context,
@@ -161,50 +169,39 @@ def up(
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
     demo: bool = typer.Option(False, "--demo", help="also run a simulated fleet (test env)"),
     demo_devices: int = typer.Option(20, min=1, max=1000, help="devices in the --demo fleet"),
+    log_level: str | None = LOG_LEVEL,
+    log_format: str | None = LOG_FORMAT,
 ) -> None:
     """Run fleetward with a Mosquitto it configures and keeps in step (all on
     127.0.0.1): the API, the broker with the fleetward plugin, the sync loop,
     the OTA campaign driver, telemetry ingest, the detection loop and the
     incident compliance tracker. With
     --demo, a simulated fleet enrolls and connects once the API is up."""
-    from fleetward.comms.broker import BrokerRuntime
-    from fleetward.detection.runner import DetectionRunner
-    from fleetward.ota.driver import CampaignDriver
-    from fleetward.response.tracker import ComplianceTracker
-    from fleetward.telemetry.ingest import MqttIngest
+    from fleetward.runtime.stack import up_stack
 
-    context = load_ctx(ctx)
+    context = load_ctx(ctx, log_level=log_level, log_format=log_format)
+    logs.configure(level=context.settings.log_level, fmt=context.settings.log_format)
     context.db.migrate()
     _ensure_environment_cas(context)
-    runtime = BrokerRuntime(
-        context, context.settings.home / "broker", port=mqtt_port, service_port=service_port
+    # One API process runs the publishers in this stack; several run their
+    # own (under the same leases), and this process runs the rest.
+    stack = up_stack(
+        context,
+        api_url=f"http://127.0.0.1:{port}",
+        mqtt_port=mqtt_port,
+        service_port=service_port,
+        crl_interval=crl_interval,
+        publishers=workers == 1,
+        demo_devices=demo_devices if demo else None,
     )
-    runtime.start()
-    driver = CampaignDriver(context)
-    driver.start()
-    detection = DetectionRunner(context)
-    detection.start()
-    ingest = MqttIngest(context.db, context.settings.home)
-    ingest.start()
-    tracker = ComplianceTracker(context)
-    tracker.start()
-    console.print(
-        f"mosquitto on mqtts://127.0.0.1:{mqtt_port} (devices), "
-        f"127.0.0.1:{service_port} (fleetward); config {runtime.files.config}"
-    )
-    fleet = None
-    if demo:
-        from fleetward.sim.demo import Demo
-        from fleetward.sim.fleet import Broker
-
-        fleet = Demo(
-            context,
-            api_url=f"http://127.0.0.1:{port}",
-            broker=Broker(host="127.0.0.1", port=mqtt_port, ca=runtime.files.broker_ca),
-            devices=demo_devices,
-            directory=context.settings.home / "sim-demo",
+    stack.start()  # the broker first: if it cannot start, say so and exit
+    broker = stack.broker
+    if broker is not None:
+        console.print(
+            f"mosquitto on mqtts://127.0.0.1:{mqtt_port} (devices), "
+            f"127.0.0.1:{service_port} (fleetward); config {broker.files.config}"
         )
-        fleet.start()
+    if demo:
         console.print(f"demo: {demo_devices} simulated devices connect once the API is up")
     try:
         _serve(
@@ -214,15 +211,10 @@ def up(
             workers=workers,
             crl_interval=crl_interval,
             checkpoint_interval=600.0,
+            runtime=stack if workers == 1 else None,
         )
     finally:
-        if fleet is not None:
-            fleet.stop()
-        tracker.stop()
-        ingest.stop()
-        detection.stop()
-        driver.stop()
-        runtime.stop()
+        stack.stop()
 
 
 def _ensure_environment_cas(context: AppContext) -> None:
@@ -249,11 +241,12 @@ def _serve(
     workers: int,
     crl_interval: float,
     checkpoint_interval: float,
+    runtime: Stack | None = None,
 ) -> None:
     import uvicorn
 
     from fleetward.api.app import create_app
-    from fleetward.api.workers import proxy_options
+    from fleetward.api.workers import log_options, proxy_options
 
     console.print(f"fleetward {__version__} on http://{host}:{port} (home {context.settings.home})")
     if workers > 1:
@@ -272,13 +265,14 @@ def _serve(
     uvicorn.run(
         create_app(
             context,
+            runtime=runtime,
             crl_interval=crl_interval,
             checkpoint_interval=checkpoint_interval,
             isolate_publisher=True,
         ),
         host=host,
         port=port,
-        log_level="warning",
+        **log_options(),
         **proxy_options(context.settings),
     )
 

@@ -11,14 +11,9 @@ from rich.table import Table
 
 from fleetward.cli.common import admin_session, console, load_ctx, local_principal, print_json
 from fleetward.comms import service
-from fleetward.comms.broker import (
-    DEFAULT_MQTT_PORT,
-    DEFAULT_SERVICE_PORT,
-    BrokerFiles,
-    BrokerSync,
-    prepare,
-)
+from fleetward.comms.mosquitto_conf import DEFAULT_MQTT_PORT, DEFAULT_SERVICE_PORT, BrokerFiles
 from fleetward.comms.policy import Action, load_policy_text
+from fleetward.comms.sync import BrokerSync, prepare
 from fleetward.errors import InvalidInputError
 
 policy_app = typer.Typer(help="Device communication policy.", no_args_is_help=True)
@@ -105,7 +100,7 @@ def render(
     CA and CRL bundles for an operator-run broker. Keep them fresh with
     `fleetward broker sync`."""
     app = load_ctx(ctx)
-    files = prepare(app, out.resolve(), host=host, port=port, service_port=service_port)
+    files = prepare(app.db, app.pki, out.resolve(), host=host, port=port, service_port=service_port)
     console.print(f"broker configuration written: {files.config}")
     console.print(f"run: mosquitto -c {files.config}   and keep `fleetward broker sync` running")
 
@@ -120,7 +115,13 @@ def sync(
     interval: float = typer.Option(0.1, help="seconds between database polls"),
 ) -> None:
     """Keep the ACL table, CA and CRL bundles in step with the database and
-    ingest the plugin's authorization events, until interrupted."""
+    ingest the plugin's authorization events, until interrupted. Also runs
+    the CRL publisher (under its lease: where `fleetward serve` publishes,
+    this one stands by), so the CRL stays fresh with no API process."""
+    from fleetward.runtime.broker import BrokerSyncWorker
+    from fleetward.runtime.publisher import Publisher
+    from fleetward.runtime.stack import Stack
+
     app = load_ctx(ctx)
 
     def reload() -> None:
@@ -132,11 +133,19 @@ def sync(
     files = BrokerFiles(directory.resolve())
     if not files.config.exists():
         raise InvalidInputError(f"{directory} has no mosquitto.conf; run `fleetward broker render`")
-    loop = BrokerSync(app, files, reload=reload)
+    stack = Stack(
+        [
+            BrokerSyncWorker(BrokerSync(app.db, app.pki, files, reload=reload), interval=interval),
+            Publisher(app),
+        ]
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console.print(f"syncing {files.root} every {interval} s (Ctrl-C stops)")
+    stack.start()
     try:
-        loop.run(stop, interval=interval)
+        stop.wait()
     except KeyboardInterrupt:
-        stop.set()
+        pass
+    finally:
+        stack.stop()

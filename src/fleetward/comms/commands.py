@@ -17,19 +17,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleetward.errors import FleetwardError
+from fleetward.errors import BrokerUnavailableError
 
 __all__ = ["BrokerUnavailableError", "CommandSender", "broker_info", "service_client"]
 
 # A command's payload is an operator's JSON; devices are small.
 MAX_COMMAND_BYTES = 4096
-
-
-class BrokerUnavailableError(FleetwardError):
-    """No broker is configured for this installation, or it cannot be reached."""
-
-    status = 503
-    title = "Broker unavailable"
 
 
 def broker_info(home: Path) -> dict[str, Any]:

@@ -15,15 +15,12 @@ import subprocess
 from pathlib import Path
 
 from fleetward._files import private_dir
-from fleetward.errors import FleetwardError
+from fleetward.errors import PluginBuildError
 
 __all__ = ["PluginBuildError", "build_evaluator", "build_plugin", "source_dir"]
 
+DEFAULT_CC = "cc"  # the compiler command; callers may name another
 _CFLAGS = ["-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-std=gnu11"]
-
-
-class PluginBuildError(FleetwardError):
-    """The C compiler or the Mosquitto/OpenSSL headers are missing or failed."""
 
 
 def source_dir() -> Path:
@@ -31,8 +28,7 @@ def source_dir() -> Path:
     return Path(__file__).with_name("native")
 
 
-def _build(out_dir: Path, name: str, sources: list[str], libs: list[str]) -> Path:
-    cc = os.environ.get("CC", "cc")
+def _build(out_dir: Path, name: str, sources: list[str], libs: list[str], cc: str) -> Path:
     if shutil.which(cc) is None:
         raise PluginBuildError(f"no C compiler ({cc}) to build the fleetward broker plugin")
     src = source_dir()
@@ -55,15 +51,19 @@ def _build(out_dir: Path, name: str, sources: list[str], libs: list[str]) -> Pat
     return target
 
 
-def build_plugin(out_dir: Path) -> Path:
+def build_plugin(out_dir: Path, *, cc: str = DEFAULT_CC) -> Path:
     """Compile ``fw_plugin.so`` into ``out_dir`` (cached) and return its path.
+
+    Args:
+        out_dir: Where the build (and its cache) goes.
+        cc: The C compiler command.
 
     Raises:
         PluginBuildError: no compiler, missing headers, or a compile error.
     """
-    return _build(out_dir, "fw_plugin", ["fw_plugin.c", "fw_acl.c"], ["-lcrypto"])
+    return _build(out_dir, "fw_plugin", ["fw_plugin.c", "fw_acl.c"], ["-lcrypto"], cc)
 
 
-def build_evaluator(out_dir: Path) -> Path:
+def build_evaluator(out_dir: Path, *, cc: str = DEFAULT_CC) -> Path:
     """Compile the bare table evaluator (``fw_acl.c``) for differential tests."""
-    return _build(out_dir, "fw_acl", ["fw_acl.c"], [])
+    return _build(out_dir, "fw_acl", ["fw_acl.c"], [], cc)

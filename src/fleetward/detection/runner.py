@@ -1,59 +1,45 @@
-"""The detection loop that ``fleetward up`` runs beside the API."""
+"""The detection rounds that ``fleetward up`` runs beside the API.
+
+Each is one plain function on the database; the runtime
+(``fleetward.runtime.workers.DetectionRunner``) decides when, under a lease
+so one host detects:
+
+- :func:`detect`: the event detectors over what arrived since the last round
+  (every half second by default);
+- :func:`sweep`: the time-based detectors, i.e. enrollment signals, silent
+  devices, expiring certificates (every :data:`SWEEP_SECONDS`);
+- :func:`prune`: events past retention and spent attestation nonces (every
+  :data:`PRUNE_SECONDS`).
+"""
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
+import datetime as dt
 
-from fleetward.api.context import AppContext
 from fleetward.attestation import service as attestation
 from fleetward.detection import service
+from fleetward.store import Database
 from fleetward.telemetry import service as telemetry
 
-__all__ = ["DetectionRunner"]
+__all__ = ["PRUNE_SECONDS", "SWEEP_SECONDS", "detect", "prune", "sweep"]
 
-log = logging.getLogger("fleetward.detection")
-SWEEP_SECONDS = 60.0  # enrollment signals, silent devices, expiring certificates
+SWEEP_SECONDS = 60.0
+PRUNE_SECONDS = 3600.0
 
 
-class DetectionRunner:
-    """Runs :func:`service.run` every ``interval`` seconds in a daemon thread,
-    and prunes events past retention and spent nonces once an hour."""
+def detect(db: Database, *, now: dt.datetime | None = None) -> int:
+    """One detection round over new events; returns how many alerts it raised."""
+    with db.session() as s:
+        return len(service.run(s, now=now))
 
-    def __init__(self, ctx: AppContext, *, interval: float = 0.5) -> None:
-        self.ctx = ctx
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.rounds = 0
 
-    def _run(self) -> None:
-        last_prune = last_sweep = 0.0
-        while not self._stop.wait(self.interval):
-            try:
-                with self.ctx.db.session() as s:
-                    service.run(s)
-                self.rounds += 1
-                if time.monotonic() - last_sweep > SWEEP_SECONDS:
-                    last_sweep = time.monotonic()
-                    with self.ctx.db.session() as s:
-                        service.sweep(s)
-                if time.monotonic() - last_prune > 3600:
-                    last_prune = time.monotonic()
-                    with self.ctx.db.session() as s:
-                        telemetry.prune(s)
-                        attestation.prune_nonces(s)
-            except Exception:  # keep detecting; the next round retries
-                log.exception("detection round failed")
+def sweep(db: Database, *, now: dt.datetime | None = None) -> int:
+    """The time-based detectors; returns how many alerts they raised."""
+    with db.session() as s:
+        return len(service.sweep(s, now=now))
 
-    def start(self) -> None:
-        """Start the loop."""
-        self._thread = threading.Thread(target=self._run, daemon=True, name="detection")
-        self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the loop."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+def prune(db: Database, *, now: dt.datetime | None = None) -> int:
+    """Delete events past retention and spent nonces; returns how many rows went."""
+    with db.session() as s:
+        return telemetry.prune(s, now=now) + attestation.prune_nonces(s, now=now)

@@ -135,7 +135,8 @@ def _respond(session: Session, alert: Alert, f: det.Finding, now: dt.datetime) -
     if action is None or action == "none":
         return
     tenant = session.get(Tenant, alert.tenant_id)
-    assert tenant is not None
+    if tenant is None:
+        raise RuntimeError("broken invariant, expected: tenant is not None")
     who = Principal(alert.tenant_id, tenant.name, "security", f"detector:{alert.kind}")
     targets = f.devices if action == "quarantine-cohort" else f.devices[:1]
     done = []

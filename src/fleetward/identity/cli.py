@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fleetward.cli.common import admin_session, console, load_ctx, local_principal
+from fleetward.cli.common import admin_session, console, load_ctx, load_settings, local_principal
 from fleetward.identity import ca_service, issuance, publication, service
 from fleetward.identity.schemas import CertificateOut, DeviceOut, certificate_out
 from fleetward.keys import open_signer
@@ -64,21 +64,22 @@ def ca_issuing_csr(
 
 @ca_app.command("sign-csr")
 def ca_sign_csr(
+    ctx: typer.Context,
     root_key: Path = typer.Option(..., help="the offline root key file (encrypted PEM)"),
     root_cert: Path = typer.Option(..., help="the root certificate (PEM)"),
     csr: Path = typer.Option(..., help="issuing CA CSR (PEM)"),
     environment: str = typer.Option(..., "--env"),
     out: Path = typer.Option(...),
-    passphrase_env: str = typer.Option(
-        "FLEETWARD_KEY_PASSPHRASE", help="environment variable holding the root key passphrase"
-    ),
 ) -> None:
-    """Sign an issuing CA CSR with an offline root key (no database needed)."""
-    import os
-
-    passphrase = os.environ.get(passphrase_env)
-    if not passphrase:
-        raise typer.BadParameter(f"set {passphrase_env} to the root key passphrase")
+    """Sign an issuing CA CSR with an offline root key (no database needed).
+    The key's passphrase is FLEETWARD_KEY_PASSPHRASE (the installation's, which
+    encrypted it at `init --offline-root`), or is asked for."""
+    setting = load_settings(ctx).file_key_passphrase
+    passphrase = (
+        setting.get_secret_value()
+        if setting is not None
+        else typer.prompt(f"passphrase of {root_key}", hide_input=True)
+    )
     signer = open_signer(f"file:{root_key.resolve()}", passphrase=passphrase.encode())
     pem = ca_service.sign_issuing_csr_offline(
         root_cert_pem=root_cert.read_bytes(),
@@ -192,7 +193,8 @@ def device_enroll(
         )[0]
     if result.error is not None:
         raise result.error  # already recorded, with the enrollment record
-    assert result.issued is not None
+    if result.issued is None:
+        raise RuntimeError("broken invariant, expected: result.issued is not None")
     r = result.issued
     pem = certificate_out(r).certificate
     if out:

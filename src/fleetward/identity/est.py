@@ -145,7 +145,8 @@ async def _simpleenroll(request: Request, ctx: Ctx, label: str | None) -> Respon
             )[0]
         if result.error is not None:
             raise result.error  # already recorded, with the enrollment record
-        assert result.issued is not None
+        if result.issued is None:
+            raise RuntimeError("broken invariant, expected: result.issued is not None")
         return _certs_only([result.issued.certificate])
 
     return await run_in_threadpool(work)

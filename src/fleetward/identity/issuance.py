@@ -37,13 +37,15 @@ from sqlalchemy.orm import Session
 
 from fleetward.audit import service as audit
 from fleetward.errors import (
-    AttestationError,
     ConflictError,
+    DuplicateEnrollmentError,
     FleetwardError,
     InvalidInputError,
+    OutOfScopeError,
     PayloadTooLargeError,
+    UnattestedKeyError,
 )
-from fleetward.identity import profile
+from fleetward.identity import profile, residence
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
 from fleetward.identity.pki import Pki
 from fleetward.keys import sign_certificate
@@ -73,20 +75,6 @@ __all__ = [
 MAX_BATCH = 1000  # items per batch enrollment request
 MAX_LABELS = 32  # labels per device; keys and values are short strings
 DEFAULT_PRODUCT = "default"
-
-
-class UnattestedKeyError(AttestationError):
-    """A production certificate was asked for a key nobody attested."""
-
-    title = "Unattested key refused"
-    slug = "unattested-key"
-
-
-class DuplicateEnrollmentError(ConflictError):
-    """The device was provisioned before and has no re-provisioning grant."""
-
-    title = "Already provisioned"
-    slug = "duplicate-enrollment"
 
 
 @dataclass(frozen=True)
@@ -313,6 +301,29 @@ _ACTIVATE = (
 _INSERT_CERT = insert(CertificateRecord)
 
 
+def _outside_scope(
+    session: Session,
+    principal: Principal,
+    existing: dict[str, tuple[int, str]],
+    *,
+    now: dt.datetime,
+) -> dict[str, str]:
+    """Known devices a scoped token may not enroll, because they live in an
+    environment outside its scope (a revoked or expired production
+    certificate does not make a device the test environment's)."""
+    if principal.environment is None or not existing:
+        return {}
+    lives = residence.environments_by_device(session, [pk for pk, _ in existing.values()], now=now)
+    refused: dict[str, str] = {}
+    for device_id, (pk, _) in existing.items():
+        decision = scope.decide(
+            principal, scope.DEVICE_ENROLL, scope.Target.of(lives.get(pk, set()))
+        )
+        if not decision.allowed:
+            refused[device_id] = decision.reason
+    return refused
+
+
 def record(
     session: Session,
     principal: Principal,
@@ -342,6 +353,7 @@ def record(
     if existing:
         pks_in = [pk for pk, _ in existing.values()]
         holding = set(conn.execute(_HOLDING, {"pks": pks_in, "now": now}).scalars())
+    elsewhere = _outside_scope(session, principal, existing, now=now)
     results: list[BatchResult] = []
     seen: set[str] = set()
     for item, outcome in zip(items, signed, strict=True):
@@ -349,6 +361,8 @@ def record(
             found = existing.get(item.device_id)
             if item.device_id in seen:
                 outcome = ConflictError(f"device {item.device_id!r} appears twice in the batch")
+            elif item.device_id in elsewhere:
+                outcome = OutOfScopeError(f"device {item.device_id!r}: {elsewhere[item.device_id]}")
             elif once and found is not None and item.device_id not in reprovision:
                 outcome = DuplicateEnrollmentError(
                     f"device {item.device_id!r} was already provisioned; re-provisioning "
@@ -433,7 +447,8 @@ def record(
             }
             result_outcome = "ok"
         else:
-            assert r.error is not None
+            if r.error is None:
+                raise RuntimeError("broken invariant, expected: r.error is not None")
             details, result_outcome = {"reason": r.error.detail}, "refused"
         events.append(
             audit.Event(
@@ -533,5 +548,6 @@ def enroll(
     result = record(session, principal, items=[item], signed=[signed], now=now)[0]
     if result.error is not None:
         raise result.error
-    assert result.issued is not None
+    if result.issued is None:
+        raise RuntimeError("broken invariant, expected: result.issued is not None")
     return result.issued

@@ -101,7 +101,8 @@ class Pki:
             )
             index: dict[bytes, Responder] = {}
             for ca_id, key_uri, pem in conn.execute(stmt):
-                assert pem is not None  # filtered above
+                if pem is None:  # filtered above
+                    raise RuntimeError("broken invariant, expected: pem is not None")
                 cert = x509.load_pem_x509_certificate(pem.encode())
                 bits = _public_key_bits(cert)
                 name = cert.subject.public_bytes()

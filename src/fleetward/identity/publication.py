@@ -260,7 +260,8 @@ def publish_crls(
     for ca_id, key_uri, pem, revocations, number, next_update, seen in cas:
         if not force and not _due(pki, now, number, next_update, seen, revocations):
             continue
-        assert pem is not None  # not pending
+        if pem is None:  # not pending
+            raise RuntimeError("broken invariant, expected: pem is not None")
         with db.read() as s:
             build = build_crl(
                 s.connection(),

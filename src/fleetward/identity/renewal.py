@@ -269,11 +269,13 @@ def renew(
     if record.not_after <= now:
         raise CertificateError("the presented certificate has expired; enroll again")
     device = session.get(Device, record.device_pk)
-    assert device is not None
+    if device is None:
+        raise RuntimeError("broken invariant, expected: device is not None")
     if device.state not in ("active", "quarantined"):
         raise CertificateError(f"device {device.device_id!r} is {device.state} and cannot renew")
     tenant = session.get(Tenant, record.tenant_id)
-    assert tenant is not None
+    if tenant is None:
+        raise RuntimeError("broken invariant, expected: tenant is not None")
     accepted = profile.check_csr(
         profile.load_csr(csr), device_id=device.device_id, tenant=tenant.name
     )

@@ -121,7 +121,8 @@ async def enroll(
         )[0]
     if result.error is not None:
         raise result.error  # already recorded, with the batch transaction
-    assert result.issued is not None
+    if result.issued is None:
+        raise RuntimeError("broken invariant, expected: result.issued is not None")
     return certificate_out(result.issued)
 
 
@@ -154,7 +155,8 @@ def enroll_batch(
         if r.issued is not None:
             out.append(BatchItemOut(device_id=r.device_id, certificate=certificate_out(r.issued)))
         else:
-            assert r.error is not None
+            if r.error is None:
+                raise RuntimeError("broken invariant, expected: r.error is not None")
             out.append(
                 BatchItemOut(
                     device_id=r.device_id,

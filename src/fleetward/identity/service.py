@@ -15,13 +15,14 @@ import datetime as dt
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from fleetward import observe
 from fleetward.audit import service as audit
 from fleetward.errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
 )
-from fleetward.identity import profile
+from fleetward.identity import profile, residence
 from fleetward.identity.issuance import labels_json, product_name
 from fleetward.identity.lifecycle import check_transition
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
@@ -49,24 +50,16 @@ __all__ = [
 
 
 def device_environments(session: Session, device_pks: list[int]) -> set[str]:
-    """The environments the devices hold (or held) certificates in."""
-    found: set[str] = set()
-    for start in range(0, len(device_pks), 1000):
-        found.update(
-            session.execute(
-                select(CertificateRecord.environment)
-                .where(CertificateRecord.device_pk.in_(device_pks[start : start + 1000]))
-                .distinct()
-            ).scalars()
-        )
-    return found
+    """The environments these devices live in (:mod:`fleetward.identity.residence`)."""
+    return residence.device_environments(session, device_pks, now=utcnow())
 
 
 def authorize_on_devices(
     session: Session, principal: Principal, action: scope.Action, device_pks: list[int]
 ) -> None:
     """Raise unless the token's scope reaches every environment these devices
-    live in (a device with no certificate yet lives in none).
+    live in (:mod:`fleetward.identity.residence`; a device with no
+    certificate yet lives in none).
 
     Raises:
         PermissionDeniedError / OutOfScopeError: see :func:`fleetward.tenancy.scope.decide`.
@@ -194,6 +187,7 @@ def _revoke(
         .values(revocations=CertificateAuthority.revocations + 1)
         .returning(CertificateAuthority.revocations)
     ).scalar_one()
+    observe.revocation(session, reason=reason)
     audit.append(
         session,
         actor=actor,
@@ -259,7 +253,8 @@ def revoke_certificate(
     if record.status == "revoked":
         raise ConflictError(f"certificate {record.serial} is already revoked")
     device = session.get(Device, record.device_pk)
-    assert device is not None
+    if device is None:
+        raise RuntimeError("broken invariant, expected: device is not None")
     _revoke(
         session, record, reason=reason, actor=principal.actor, device_id=device.device_id, now=now
     )
@@ -421,6 +416,7 @@ def revoke_devices(
             ),
             updates,
         )
+        observe.revocation(session, reason=reason, count=len(updates))
     for start in range(0, len(keys), 1000):
         session.execute(
             update(Device)

@@ -54,10 +54,8 @@ def open_signer(
     Args:
         uri: ``file:<absolute path>`` or ``pkcs11:token=<label>;object=<label>``.
         passphrase: Passphrase of an encrypted key file (``file:`` only).
-        pin: Token user PIN (``pkcs11:`` only); defaults to
-            ``$FLEETWARD_PKCS11_PIN``.
-        module: PKCS#11 module path (``pkcs11:`` only); defaults to
-            ``$FLEETWARD_PKCS11_MODULE`` or SoftHSM2.
+        pin: Token user PIN (``pkcs11:`` only; required there).
+        module: PKCS#11 module path (``pkcs11:`` only); defaults to SoftHSM2.
 
     Returns:
         The signer. Close PKCS#11 signers (or use them as context managers)

@@ -11,6 +11,9 @@
   by the signers that use it, and every signer opens its own plain session
   that rides on that login (:func:`open_session`). The anchor closes with the
   last :func:`release`.
+* **Values come from the caller.** The module path and the PIN are
+  arguments; this package reads no environment (the installation's settings,
+  ``fleetward.config``, hold ``FLEETWARD_PKCS11_MODULE`` and ``_PIN``).
 * **A remembered PIN.** Because a second ``C_Login`` cannot check a PIN, the
   PIN that logged in is kept as an HMAC under a per-process random key, and a
   later open with a different PIN is refused, as the token would have.
@@ -21,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 import threading
 from dataclasses import dataclass
@@ -40,8 +42,6 @@ from fleetward.errors import (
 
 __all__ = [
     "DEFAULT_MODULE",
-    "MODULE_ENV",
-    "PIN_ENV",
     "LoginKey",
     "load_module",
     "open_session",
@@ -50,8 +50,6 @@ __all__ = [
 ]
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-MODULE_ENV = "FLEETWARD_PKCS11_MODULE"
-PIN_ENV = "FLEETWARD_PKCS11_PIN"
 
 LoginKey = tuple[str, int]  # (module path, slot id)
 
@@ -63,13 +61,13 @@ def load_module(module: str | None = None) -> Any:
     """Return the cached python-pkcs11 ``lib`` for a module, loading it once.
 
     Args:
-        module: Path of the PKCS#11 module. Defaults to ``$FLEETWARD_PKCS11_MODULE``
-            or :data:`DEFAULT_MODULE` (SoftHSM2).
+        module: Path of the PKCS#11 module. Defaults to :data:`DEFAULT_MODULE`
+            (SoftHSM2).
 
     Raises:
         InvalidInputError: The module cannot be loaded.
     """
-    path = module or os.environ.get(MODULE_ENV) or DEFAULT_MODULE
+    path = module or DEFAULT_MODULE
     with _libs_lock:
         lib = _libs.get(path)
         if lib is None:
@@ -82,15 +80,14 @@ def load_module(module: str | None = None) -> Any:
 
 
 def resolve_pin(pin: str | None) -> str:
-    """Return ``pin``, or ``$FLEETWARD_PKCS11_PIN`` when it is ``None``.
+    """Return ``pin`` if it is a non-empty PIN.
 
     Raises:
-        InvalidInputError: Neither gives a non-empty PIN.
+        InvalidInputError: No PIN was given (for the server, ``FLEETWARD_PKCS11_PIN``).
     """
-    value = pin if pin is not None else os.environ.get(PIN_ENV)
-    if not value:
-        raise InvalidInputError(f"a PKCS#11 user PIN is required (argument or ${PIN_ENV})")
-    return value
+    if not pin:
+        raise InvalidInputError("a PKCS#11 user PIN is required (FLEETWARD_PKCS11_PIN)")
+    return pin
 
 
 @dataclass

@@ -197,7 +197,7 @@ def open_pkcs11_signer(uri: str, *, pin: str | None = None, module: str | None =
 
     Args:
         uri: ``pkcs11:token=<label>;object=<label>``.
-        pin: User PIN; defaults to ``$FLEETWARD_PKCS11_PIN``.
+        pin: User PIN (required).
         module: PKCS#11 module path; see :func:`load_module`.
 
     Returns:
@@ -219,7 +219,8 @@ def open_pkcs11_signer(uri: str, *, pin: str | None = None, module: str | None =
 def _generate(
     session: Any, spec: Algorithm, key_label: str, *, unique_label: bool
 ) -> tuple[Any, Any]:
-    assert spec.curve is not None
+    if spec.curve is None:
+        raise RuntimeError("broken invariant, expected: spec.curve is not None")
     if not unique_label and _objects(session, {Attribute.LABEL: key_label}):
         raise ConflictError(f"a key labelled {key_label!r} already exists on the token")
     params = session.create_domain_parameters(

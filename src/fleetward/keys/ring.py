@@ -2,12 +2,13 @@
 
 Opening an encrypted key file runs a slow KDF on purpose, so each signer is
 opened once per process and reused. New keys are created here too, as files
-under the installation's key directory or on a PKCS#11 token.
+under the installation's key directory or on a PKCS#11 token. The passphrase,
+token, PIN and module are given by the caller (the installation's settings:
+``Settings.keyring_options()``); nothing here reads the environment.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -33,8 +34,8 @@ class KeyRing:
     ) -> None:
         self.keys_dir = keys_dir
         self._passphrase = passphrase
-        self.pkcs11_token = pkcs11_token or os.environ.get("FLEETWARD_PKCS11_TOKEN")
-        self._pin = pkcs11_pin or os.environ.get("FLEETWARD_PKCS11_PIN")
+        self.pkcs11_token = pkcs11_token
+        self._pin = pkcs11_pin
         self._module = pkcs11_module
         self._cache: dict[str, Signer] = {}
         self._lock = threading.Lock()

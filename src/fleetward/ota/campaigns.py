@@ -274,7 +274,8 @@ def pending_offers(
         return []
     r = session.get(Release, c.release_id)
     tenant = session.get(Tenant, c.tenant_id)
-    assert r is not None and tenant is not None
+    if r is None or tenant is None:
+        raise RuntimeError("broken invariant, expected: r is not None and tenant is not None")
     if r.state != "deployable":  # withdrawn since: nobody gets it any more
         return []
     waves = (
@@ -409,7 +410,8 @@ def report(
     if c is None or c.tenant_id != tenant_id:
         return False
     r = session.get(Release, c.release_id)
-    assert r is not None
+    if r is None:
+        raise RuntimeError("broken invariant, expected: r is not None")
     pk = session.execute(
         select(Device.id).where(Device.tenant_id == tenant_id, Device.device_id == device_id)
     ).scalar_one_or_none()
@@ -473,7 +475,8 @@ def abort(
         session, keyring, principal, c.release_id, reason=f"campaign {c.id} aborted", now=now
     )
     tenant = session.get(Tenant, c.tenant_id)
-    assert tenant is not None
+    if tenant is None:
+        raise RuntimeError("broken invariant, expected: tenant is not None")
     in_flight = session.execute(
         select(Device.device_id)
         .join(CampaignDevice, CampaignDevice.device_pk == Device.id)
@@ -482,7 +485,8 @@ def abort(
         )
     ).scalars()
     r = session.get(Release, c.release_id)
-    assert r is not None
+    if r is None:
+        raise RuntimeError("broken invariant, expected: r is not None")
     offers = [
         Offer(
             tenant.name,

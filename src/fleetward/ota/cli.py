@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
-from fleetward.cli.common import admin_session, console
+from fleetward.cli.common import admin_session, console, load_settings
 from fleetward.errors import InvalidInputError
-from fleetward.ota import service
+from fleetward.ota import repository
 from fleetward.tenancy import service as tenancy
 
 ota_app = typer.Typer(help="OTA: the TUF repository and its root keys.", no_args_is_help=True)
@@ -18,15 +17,15 @@ TENANT = typer.Option("default", help="tenant name")
 PASSPHRASE_ENV = "FLEETWARD_ROOT_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
 
-def _offline(directory: Path | None) -> service.OfflineKeys | None:
+def _offline(ctx: typer.Context, directory: Path | None) -> repository.OfflineKeys | None:
     if directory is None:
         return None
-    secret = os.environ.get(PASSPHRASE_ENV) or typer.prompt(
+    secret = load_settings(ctx).root_passphrase_value() or typer.prompt(
         f"passphrase for the root keys in {directory}", hide_input=True
     )
     if not secret:
         raise InvalidInputError("offline root keys need a passphrase")
-    return service.OfflineKeys(directory.resolve(), secret.encode())
+    return repository.OfflineKeys(directory.resolve(), secret.encode())
 
 
 @ota_app.command("init")
@@ -41,13 +40,13 @@ def init(
 ) -> None:
     """Create the tenant's TUF repository (it is also created on first use,
     with root keys in the key ring)."""
-    offline = _offline(offline_root)
+    offline = _offline(ctx, offline_root)
     with admin_session(ctx, tenant, action="ota.repository.create", subject=f"tenant:{tenant}") as (
         app,
         who,
         s,
     ):
-        created = service.ensure_repository(
+        created = repository.ensure_repository(
             s,
             app.pki.keyring,
             tenancy.get_tenant(s, who.tenant_id),
@@ -70,10 +69,10 @@ def rotate_root(
     keys: int = typer.Option(3),
 ) -> None:
     """New root keys, signed by the current root keys and the new ones."""
-    old = _offline(old_root)
-    new = _offline(new_root) if new_root is not None else None
+    old = _offline(ctx, old_root)
+    new = _offline(ctx, new_root) if new_root is not None else None
     with admin_session(ctx, tenant, action="ota.root.rotate", subject="root") as (app, who, s):
-        version = service.rotate_root(
+        version = repository.rotate_root(
             s, app.pki.keyring, who, keys=keys, threshold=threshold, old_root=old,
             new_root_offline=new,
         )  # fmt: skip

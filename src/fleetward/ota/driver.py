@@ -1,6 +1,7 @@
-"""The campaign driver: steps running campaigns, sends offers, ingests reports.
+"""The campaign driver's round: steps running campaigns, sends offers, ingests reports.
 
-Runs beside the broker (``fleetward up``). Each round it:
+The runtime runs it beside the broker (``fleetward up``), under a lease so
+one host drives. Each round (:func:`drive_round`) it:
 
 1. stores the devices' reports received on ``fw/<tenant>/<device>/state/ota``
    (every step as an ``ota.step`` event; final steps also in the campaign)
@@ -12,6 +13,10 @@ Runs beside the broker (``fleetward up``). Each round it:
    for ``resend`` seconds (a device that was offline, also for up to a
    week after its campaign completed, or a driver that restarted); a device
    that reports steps is at work and is left alone.
+
+Reports arrive on an MQTT subscription (:meth:`ReportInbox.subscribe`) into
+a bounded :class:`ReportInbox`; offers leave through a ``send`` function
+(the runtime passes a :class:`~fleetward.comms.commands.CommandSender`'s).
 """
 
 from __future__ import annotations
@@ -20,23 +25,24 @@ import datetime as dt
 import json
 import logging
 import queue
-import threading
-import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
 
-from fleetward.api.context import AppContext
-from fleetward.comms.commands import CommandSender, service_client
+from fleetward.comms.commands import service_client
 from fleetward.identity.models import Device
 from fleetward.ota import campaigns
 from fleetward.ota.models import Campaign
+from fleetward.store import Database
 from fleetward.store.db import utcnow
 from fleetward.telemetry.models import Event
 from fleetward.tenancy.models import Tenant
 
-__all__ = ["FINAL_STEPS", "CampaignDriver"]
+__all__ = ["FINAL_STEPS", "ReportInbox", "drive", "drive_round", "store_reports"]
 
 log = logging.getLogger("fleetward.ota.driver")
 
@@ -51,26 +57,25 @@ MAX_REPORT_BYTES = 4096
 # How long a completed campaign keeps offering its release to devices that
 # have not answered (offline while it ran).
 STRAGGLER_WINDOW = dt.timedelta(days=7)
+MAX_QUEUED_REPORTS = 100_000  # reports waiting for a round; a flood is counted, not kept
+MAX_REPORTS_PER_ROUND = 10_000
+
+Report = tuple[str, str, dict[str, Any]]  # tenant, device id, body
 
 
-class CampaignDriver:
-    """One per installation (it runs where the broker runs)."""
+class ReportInbox:
+    """Devices' OTA reports between the MQTT callback and the next round.
 
-    def __init__(self, ctx: AppContext, *, interval: float = 1.0, resend: float = 30.0) -> None:
-        self.ctx = ctx
-        self.interval = interval
-        self.resend = resend
-        self.sender = CommandSender(ctx.settings.home)
-        self.reports: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue(maxsize=100_000)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._subscriber: mqtt.Client | None = None
-        self._last_resend = time.monotonic()
-        self.dropped_reports = 0
+    Bounded: past half full, progress steps are dropped (and counted) so the
+    results that gates count always find room; past full, everything is.
+    """
 
-    # -- reports in ---------------------------------------------------------
+    def __init__(self, *, maxsize: int = MAX_QUEUED_REPORTS) -> None:
+        self.queue: queue.Queue[Report] = queue.Queue(maxsize=maxsize)
+        self.dropped = 0
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def on_message(self, _c: mqtt.Client | None, _u: object, msg: mqtt.MQTTMessage) -> None:
+        """paho's message callback for ``fw/+/+/state/ota``."""
         parts = msg.topic.split("/")
         if len(parts) != 5 or len(msg.payload) > MAX_REPORT_BYTES:
             return
@@ -81,166 +86,168 @@ class CampaignDriver:
         if not isinstance(body, dict):
             return
         final = str(body.get("step")) in FINAL_STEPS
-        if not final and self.reports.qsize() >= self.reports.maxsize // 2:
-            # Under a backlog, progress steps are dropped (and counted) so the
-            # results that gates count always find room.
-            self.dropped_reports += 1
+        if not final and self.queue.qsize() >= self.queue.maxsize // 2:
+            self.dropped += 1
             return
         try:
-            self.reports.put_nowait((parts[1], parts[2], body))
+            self.queue.put_nowait((parts[1], parts[2], body))
         except queue.Full:
-            self.dropped_reports += 1  # bounded: a flood is counted, not kept
+            self.dropped += 1
 
-    def _subscribe(self) -> mqtt.Client:
+    def subscribe(self, home: Path) -> mqtt.Client:
+        """Connect to the broker of ``home`` as the service identity and feed this inbox.
+
+        Raises:
+            BrokerUnavailableError: no broker here, or it cannot be reached.
+        """
         return service_client(
-            self.ctx.settings.home,
+            home,
             client_id="fleetward-ota",
             subscribe=("fw/+/+/state/ota", 1),
-            on_message=self._on_message,
+            on_message=self.on_message,
             keepalive=30,
         )
 
-    def _store_reports(self) -> int:
-        stored = 0
-        batch: list[tuple[str, str, dict[str, Any]]] = []
-        while len(batch) < 10_000:
+    def take(self, limit: int = MAX_REPORTS_PER_ROUND) -> list[Report]:
+        """Up to ``limit`` reports, oldest first."""
+        batch: list[Report] = []
+        while len(batch) < limit:
             try:
-                batch.append(self.reports.get_nowait())
+                batch.append(self.queue.get_nowait())
             except queue.Empty:
                 break
-        if not batch:
-            return 0
-        with self.ctx.db.session() as s:
-            tenants = {str(n): int(i) for n, i in s.execute(select(Tenant.name, Tenant.id))}
-            self._record_steps(s, tenants, batch)
-            for tenant, device_id, body in batch:
-                status = FINAL_STEPS.get(str(body.get("step")))
-                campaign_id = body.get("campaign")
-                if status is None or not isinstance(campaign_id, int) or tenant not in tenants:
-                    continue  # intermediate steps are telemetry, not gate input
-                version = body.get("version")
-                stored += campaigns.report(
-                    s,
-                    tenant_id=tenants[tenant],
-                    device_id=device_id,
-                    campaign_id=campaign_id,
-                    status=status,
-                    version=str(version) if version is not None else None,
-                )
-        return stored
+        return batch
 
-    @staticmethod
-    def _record_steps(
-        s: Any, tenants: dict[str, int], batch: list[tuple[str, str, dict[str, Any]]]
-    ) -> None:
-        """Every reported step is telemetry (``ota.step``), with the version
-        the device says it runs: what the detectors and operators read. A
-        step of a campaign also tells the driver the device is at work."""
-        CampaignDriver._steps_as_events(s, tenants, batch)
 
-    @staticmethod
-    def _steps_as_events(
-        s: Any, tenants: dict[str, int], batch: list[tuple[str, str, dict[str, Any]]]
-    ) -> None:
-        keys = {(tenants[t], d) for t, d, _ in batch if t in tenants}
-        devices: dict[tuple[int, str], int] = {}
-        for tenant_id, device_id in keys:
-            pk = s.execute(
-                select(Device.id).where(
-                    Device.tenant_id == tenant_id, Device.device_id == device_id
-                )
-            ).scalar_one_or_none()
-            if pk is not None:
-                devices[(tenant_id, device_id)] = int(pk)
-        now = dt.datetime.now(dt.UTC)
-        rows = [
-            {
-                "tenant_id": tenants[t],
-                "device_pk": devices[(tenants[t], d)],
-                "type": "ota.step",
-                "at": now,
-                "count": 1,
-                "fields": json.dumps(body, separators=(",", ":"))[:MAX_REPORT_BYTES],
-            }
-            for t, d, body in batch
-            if t in tenants and (tenants[t], d) in devices
-        ]
-        if rows:
-            s.execute(insert(Event), rows)
-        working: dict[int, set[int]] = {}
-        for t, d, body in batch:
-            campaign = body.get("campaign")
-            if t in tenants and (tenants[t], d) in devices and isinstance(campaign, int):
-                working.setdefault(campaign, set()).add(devices[(tenants[t], d)])
-        for campaign_id, pks in working.items():
-            campaigns.heard_from(s, campaign_id, pks, now=now)
-
-    # -- offers out ---------------------------------------------------------
-
-    def _send(self, offers: list[campaigns.Offer]) -> None:
-        for offer in offers:
-            self.sender.send(offer.topic, json.dumps(offer.payload).encode())
-
-    def run_once(self) -> None:
-        """One round: reports in, campaigns stepped, offers out (again to each
-        device that has said nothing for ``resend`` seconds)."""
-        self._store_reports()
-        quiet = dt.timedelta(seconds=self.resend)
-        # Completed campaigns are looked at once per resend period.
-        resend = time.monotonic() - self._last_resend >= self.resend
-        if resend:
-            self._last_resend = time.monotonic()
-        with self.ctx.db.read() as s:
-            running = list(
-                s.execute(select(Campaign.id).where(Campaign.state == "running")).scalars()
+def store_reports(db: Database, batch: list[Report]) -> int:
+    """Store a batch of reports: every step as an ``ota.step`` event, final
+    steps also as campaign results; returns how many results were stored."""
+    if not batch:
+        return 0
+    stored = 0
+    with db.session() as s:
+        tenants = {str(n): int(i) for n, i in s.execute(select(Tenant.name, Tenant.id))}
+        _steps_as_events(s, tenants, batch)
+        for tenant, device_id, body in batch:
+            status = FINAL_STEPS.get(str(body.get("step")))
+            campaign_id = body.get("campaign")
+            if status is None or not isinstance(campaign_id, int) or tenant not in tenants:
+                continue  # intermediate steps are telemetry, not gate input
+            version = body.get("version")
+            stored += campaigns.report(
+                s,
+                tenant_id=tenants[tenant],
+                device_id=device_id,
+                campaign_id=campaign_id,
+                status=status,
+                version=str(version) if version is not None else None,
             )
-            # A completed campaign keeps offering its release to devices that
-            # were offline when it ran, for a while.
-            stragglers = (
-                list(
-                    s.execute(
-                        select(Campaign.id).where(
-                            Campaign.state == "completed",
-                            Campaign.updated_at >= utcnow() - STRAGGLER_WINDOW,
-                        )
-                    ).scalars()
-                )
-                if resend
-                else []
+    return stored
+
+
+def _steps_as_events(s: Session, tenants: dict[str, int], batch: list[Report]) -> None:
+    """Every reported step is telemetry (``ota.step``), with the version the
+    device says it runs: what the detectors and operators read. A step of a
+    campaign also tells the driver the device is at work."""
+    keys = {(tenants[t], d) for t, d, _ in batch if t in tenants}
+    devices: dict[tuple[int, str], int] = {}
+    for tenant_id, device_id in keys:
+        pk = s.execute(
+            select(Device.id).where(Device.tenant_id == tenant_id, Device.device_id == device_id)
+        ).scalar_one_or_none()
+        if pk is not None:
+            devices[(tenant_id, device_id)] = int(pk)
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        {
+            "tenant_id": tenants[t],
+            "device_pk": devices[(tenants[t], d)],
+            "type": "ota.step",
+            "at": now,
+            "count": 1,
+            "fields": json.dumps(body, separators=(",", ":"))[:MAX_REPORT_BYTES],
+        }
+        for t, d, body in batch
+        if t in tenants and (tenants[t], d) in devices
+    ]
+    if rows:
+        s.execute(insert(Event), rows)
+    working: dict[int, set[int]] = {}
+    for t, d, body in batch:
+        campaign = body.get("campaign")
+        if t in tenants and (tenants[t], d) in devices and isinstance(campaign, int):
+            working.setdefault(campaign, set()).add(devices[(tenants[t], d)])
+    for campaign_id, pks in working.items():
+        campaigns.heard_from(s, campaign_id, pks, now=now)
+
+
+def drive(
+    db: Database,
+    *,
+    send: Callable[[str, bytes], None],
+    quiet: dt.timedelta,
+    stragglers: bool,
+    now: dt.datetime | None = None,
+) -> int:
+    """Step running campaigns and send their offers.
+
+    Args:
+        db: The database.
+        send: Publishes one offer (topic, payload).
+        quiet: A device silent this long about an offer gets it again.
+        stragglers: Also re-offer completed campaigns' releases (for
+            :data:`STRAGGLER_WINDOW`) to devices that never answered.
+        now: The current time.
+
+    Returns:
+        How many offers were sent.
+    """
+    now = now or utcnow()
+    with db.read() as s:
+        running = list(s.execute(select(Campaign.id).where(Campaign.state == "running")).scalars())
+        completed = (
+            list(
+                s.execute(
+                    select(Campaign.id).where(
+                        Campaign.state == "completed",
+                        Campaign.updated_at >= now - STRAGGLER_WINDOW,
+                    )
+                ).scalars()
             )
-        for campaign_id in running:
-            with self.ctx.db.session() as s:
-                offers = campaigns.step(s, campaign_id)
-                if not offers:
-                    c = s.get_one(Campaign, campaign_id)
-                    offers = campaigns.pending_offers(s, c, quiet_for=quiet)
-            self._send(offers)
-        for campaign_id in stragglers:
-            with self.ctx.db.session() as s:
+            if stragglers
+            else []
+        )
+    sent = 0
+    for campaign_id in running:
+        with db.session() as s:
+            offers = campaigns.step(s, campaign_id)
+            if not offers:
                 c = s.get_one(Campaign, campaign_id)
                 offers = campaigns.pending_offers(s, c, quiet_for=quiet)
-            self._send(offers)
+        sent += _send(send, offers)
+    for campaign_id in completed:
+        with db.session() as s:
+            c = s.get_one(Campaign, campaign_id)
+            offers = campaigns.pending_offers(s, c, quiet_for=quiet)
+        sent += _send(send, offers)
+    return sent
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                if self._subscriber is None:
-                    self._subscriber = self._subscribe()
-                self.run_once()
-            except Exception:  # keep driving; the next round retries
-                log.exception("campaign driver round failed")
 
-    def start(self) -> None:
-        """Run in a daemon thread."""
-        self._thread = threading.Thread(target=self._run, daemon=True, name="campaign-driver")
-        self._thread.start()
+def _send(send: Callable[[str, bytes], None], offers: list[campaigns.Offer]) -> int:
+    for offer in offers:
+        send(offer.topic, json.dumps(offer.payload).encode())
+    return len(offers)
 
-    def stop(self) -> None:
-        """Stop the thread and disconnect."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._subscriber is not None:
-            self._subscriber.disconnect()
-            self._subscriber.loop_stop()
-        self.sender.close()
+
+def drive_round(
+    db: Database,
+    inbox: ReportInbox,
+    *,
+    send: Callable[[str, bytes], None],
+    quiet: dt.timedelta,
+    stragglers: bool,
+) -> int:
+    """One round: reports in (:func:`store_reports`), campaigns stepped and
+    offers out (:func:`drive`); returns how many offers were sent."""
+    store_reports(db, inbox.take())
+    return drive(db, send=send, quiet=quiet, stragglers=stragglers)

@@ -13,8 +13,9 @@ from pydantic import BaseModel, Field
 from fleetward.api.deps import Allow, Ctx
 from fleetward.comms.commands import BrokerUnavailableError, CommandSender
 from fleetward.errors import InvalidInputError
-from fleetward.ota import campaigns, service
+from fleetward.ota import campaigns, repository, service
 from fleetward.ota import release as checks
+from fleetward.ota.blobs import LocalBlobStore
 from fleetward.ota.models import Release
 from fleetward.ota.rollout import GatePolicy
 from fleetward.tenancy import scope
@@ -24,9 +25,9 @@ router = APIRouter(prefix="/api/v1", tags=["ota"])
 public = APIRouter(tags=["tuf"])
 
 
-def blobs(ctx: Any) -> service.BlobStore:
+def blobs(ctx: Any) -> LocalBlobStore:
     """The installation's artifact store."""
-    return service.BlobStore(ctx.settings.home / "blobs")
+    return LocalBlobStore(ctx.settings.home / "blobs")
 
 
 class ReleaseOut(BaseModel):
@@ -85,7 +86,9 @@ def create_product(
 ) -> dict[str, Any]:
     """Delegate a product to its own TUF role with ``threshold`` release signers."""
     with ctx.operator_work(who, action="ota.product.create", subject=f"product:{product}") as s:
-        created = service.ensure_product(s, ctx.pki.keyring, who, product, threshold=body.threshold)
+        created = repository.ensure_product(
+            s, ctx.pki.keyring, who, product, threshold=body.threshold
+        )
     return {"product": product, "threshold": body.threshold, "created": created}
 
 
@@ -102,7 +105,7 @@ def rotate_root(
 ) -> dict[str, int]:
     """New root keys (and online keys), signed by the old and the new root keys."""
     with ctx.operator_work(who, action="ota.root.rotate", subject="root") as s:
-        version = service.rotate_root(
+        version = repository.rotate_root(
             s, ctx.pki.keyring, who, keys=body.keys, threshold=body.threshold
         )
     return {"root_version": version}
@@ -188,7 +191,7 @@ def withdraw(
 def metadata(tenant: str, filename: str, ctx: Ctx) -> Response:
     """TUF metadata (``timestamp.json``, ``<version>.<role>.json``)."""
     with ctx.db.read() as s:
-        body = service.metadata_bytes(s, tenant, filename)
+        body = repository.metadata_bytes(s, tenant, filename)
     return Response(content=body, media_type="application/json")
 
 
@@ -196,7 +199,7 @@ def metadata(tenant: str, filename: str, ctx: Ctx) -> Response:
 def target(tenant: str, path: str, ctx: Ctx) -> FileResponse:
     """A target file by its consistent-snapshot path (``<dir>/<sha256>.<name>``)."""
     with ctx.db.read() as s:
-        r = service.release_for_target(s, tenant, path)
+        r = repository.release_for_target(s, tenant, path)
     return FileResponse(blobs(ctx).path(r.sha256), media_type="application/octet-stream")
 
 

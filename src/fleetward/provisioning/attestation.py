@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from fleetward.errors import AttestationError, FleetwardError, PayloadTooLargeError
+from fleetward.errors import AttestationError, FleetwardError, NonceError, PayloadTooLargeError
 from fleetward.keys import verify_signature
 
 __all__ = [
@@ -51,13 +51,6 @@ __all__ = [
 FORMAT = "fleetward-key-attestation/v1"
 MAX_STATEMENT_BYTES = 16 * 1024  # a statement with a 3-certificate chain is ~3 KiB
 MAX_CHAIN = 4  # leaf plus at most three intermediates
-
-
-class NonceError(AttestationError):
-    """The statement's nonce is not the fresh, unused one the server issued."""
-
-    title = "Attestation nonce refused"
-    slug = "attestation-nonce"
 
 
 def attestation_message(*, nonce: bytes, identity_spki_der: bytes) -> bytes:

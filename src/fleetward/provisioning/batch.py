@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from fleetward.errors import ConflictError, InvalidInputError, PermissionDeniedError
+from fleetward.errors import BatchUnusableError, InvalidInputError, OutsideBatchError
 from fleetward.identity.profile import check_device_id
 
 __all__ = [
@@ -31,13 +31,6 @@ __all__ = [
 MAX_EXPLICIT_IDS = 100_000  # an explicit list is stored in the batch row
 MAX_BATCH_DEVICES = 10_000_000  # devices a single batch may authorise
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$")
-
-
-class OutsideBatchError(PermissionDeniedError):
-    """The device id is not one the batch authorises."""
-
-    title = "Device outside batch"
-    slug = "outside-batch"
 
 
 @dataclass(frozen=True)
@@ -115,14 +108,14 @@ def check_usable(rules: BatchRules, *, now: dt.datetime, adding: int = 1) -> Non
     """Raise unless the batch can enroll ``adding`` more devices now.
 
     Raises:
-        ConflictError: closed, expired, or exhausted.
+        BatchUnusableError: closed, expired, or exhausted.
     """
     if rules.status != "open":
-        raise ConflictError(f"batch {rules.id} is closed")
+        raise BatchUnusableError(f"batch {rules.id} is closed")
     if now >= rules.expires_at:
-        raise ConflictError(f"batch {rules.id} expired at {rules.expires_at.isoformat()}")
+        raise BatchUnusableError(f"batch {rules.id} expired at {rules.expires_at.isoformat()}")
     if rules.used_count + adding > rules.max_count:
-        raise ConflictError(
+        raise BatchUnusableError(
             f"batch {rules.id} is exhausted ({rules.used_count} of {rules.max_count} used)"
         )
 

@@ -19,11 +19,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from fleetward import observe
 from fleetward.errors import (
     AttestationError,
-    ConflictError,
+    BatchUnusableError,
     FleetwardError,
     NotFoundError,
+    OutOfScopeError,
     PayloadTooLargeError,
     PermissionDeniedError,
 )
@@ -31,7 +33,13 @@ from fleetward.identity import issuance, profile
 from fleetward.identity import service as identity_service
 from fleetward.identity.pki import Pki
 from fleetward.provisioning import attestation
-from fleetward.provisioning.batch import BatchRules, OutsideBatchError, check_member, check_usable
+from fleetward.provisioning.batch import (
+    BatchRules,
+    OutsideBatchError,
+    check_member,
+    check_usable,
+    device_in_batch,
+)
 from fleetward.provisioning.models import (
     AttestationRoot,
     EnrollmentAttempt,
@@ -83,7 +91,7 @@ def category_of(exc: FleetwardError) -> str:
         return "attestation"
     if isinstance(exc, PermissionDeniedError):
         return "scope"
-    if isinstance(exc, ConflictError) and "batch" in exc.detail:
+    if isinstance(exc, BatchUnusableError):
         return "batch-unusable"
     return "invalid"
 
@@ -300,7 +308,7 @@ def _commit(
                 .values(used_count=EnrollmentBatch.used_count + len(accepted))
             )
             if moved.rowcount != 1:  # type: ignore[attr-defined]
-                raise ConflictError(f"batch {ctx.batch.id} is exhausted or closed")
+                raise BatchUnusableError(f"batch {ctx.batch.id} is exhausted or closed")
         _spend(session, [n for n in spent if n is not None], now)
         used_grants = [ctx.grants[r.device_id] for r in accepted if r.device_id in ctx.grants]
         for r in accepted:
@@ -388,6 +396,11 @@ def _record_attempts(
     ]
     if rows:
         session.execute(insert(EnrollmentAttempt), rows)
+        observe.enrollment_attempts(
+            session,
+            [("accepted" if r.issued is not None else "refused", r.category) for r in results],
+            route=route,
+        )
 
 
 def _record_whole_refusal(
@@ -473,7 +486,14 @@ def enroll_devices(
         env = issuance.environment_for(who, environment)
     except FleetwardError as exc:
         _record_whole_refusal(
-            db, who, batch_id=None, items=provision_items, exc=exc, source=source, route=route
+            db,
+            who,
+            batch_id=None,
+            items=provision_items,
+            exc=exc,
+            source=source,
+            route=route,
+            environment=environment or who.environment or "production",
         )
         raise
     if who.factory_id is not None:
@@ -481,7 +501,13 @@ def enroll_devices(
             db, pki, who, items=provision_items, environment=env, route=route, source=source
         )
 
-    def record(session: Session, env: str, results: list[issuance.BatchResult]) -> None:
+    def record(
+        session: Session,
+        env: str,
+        results: list[issuance.BatchResult],
+        of: list[issuance.BatchItem] | None = None,
+    ) -> None:
+        of = of if of is not None else free
         _record_attempts(
             session,
             who,
@@ -494,19 +520,40 @@ def enroll_devices(
                     category=None if r.error is None else category_of(r.error),
                     key_origin=i.key_origin,
                 )
-                for i, r in zip(items, results, strict=True)
+                for i, r in zip(of, results, strict=True)
             ],
-            fingerprints=[_fingerprint(i.csr) for i in items],
+            fingerprints=[_fingerprint(i.csr) for i in of],
             source=source,
             route=route,
             environment=env,
             now=now or utcnow(),
         )
 
+    reserved = _reserved_elsewhere(db, who, items, environment=env)
+    free = [i for n, i in enumerate(items) if n not in reserved]
     try:
-        return issuance.enroll_many(
-            db, pki, who, items=items, environment=env, now=now, on_record=record
+        done = (
+            issuance.enroll_many(
+                db, pki, who, items=free, environment=env, now=now, on_record=record
+            )
+            if free
+            else []
         )
+        if not reserved:
+            return done
+        refused = [
+            issuance.BatchResult(device_id=items[n].device_id, error=error)
+            for n, error in reserved.items()
+        ]
+        with db.session() as session:
+            record(session, env, refused, [items[n] for n in reserved])
+        merged = iter(done)
+        return [
+            issuance.BatchResult(device_id=i.device_id, error=reserved[n])
+            if n in reserved
+            else next(merged)
+            for n, i in enumerate(items)
+        ]
     except FleetwardError as exc:  # refused as a whole before the write (no issuing CA)
         _record_whole_refusal(
             db,
@@ -519,6 +566,39 @@ def enroll_devices(
             environment=env,
         )
         raise
+
+
+def _reserved_elsewhere(
+    db: Database, who: Principal, items: list[issuance.BatchItem], *, environment: str
+) -> dict[int, OutOfScopeError]:
+    """Items a scoped token may not enroll because an open factory batch of
+    another environment names the device: the production line's ids are not
+    the test environment's to take (and to turn into duplicates there)."""
+    if who.environment is None or not items:
+        return {}
+    now = utcnow()
+    with db.read() as s:
+        others = [
+            BatchRules.of(b)
+            for b in s.execute(
+                select(EnrollmentBatch).where(
+                    EnrollmentBatch.tenant_id == who.tenant_id,
+                    EnrollmentBatch.environment != environment,
+                    EnrollmentBatch.status == "open",
+                    EnrollmentBatch.expires_at > now,
+                )
+            ).scalars()
+        ]
+    refused: dict[int, OutOfScopeError] = {}
+    for n, item in enumerate(items):
+        for rules in others:
+            if device_in_batch(rules, item.device_id):
+                refused[n] = OutOfScopeError(
+                    f"device {item.device_id[:64]!r} is reserved by {rules.environment} "
+                    f"batch {rules.id}; this token is scoped to {environment}"
+                )
+                break
+    return refused
 
 
 def _usable(rules: BatchRules, now: dt.datetime) -> bool:
@@ -617,5 +697,6 @@ def _through_batches(
                 environment=environment,
                 now=now,
             )
-    assert all(r is not None for r in results)
+    if not all(r is not None for r in results):
+        raise RuntimeError("broken invariant, expected: all(r is not None for r in results)")
     return [r for r in results if r is not None]

@@ -163,7 +163,11 @@ def factory_token(
     expires = utcnow() + dt.timedelta(days=body.expires_in_days) if body.expires_in_days else None
     with ctx.operator_work(who, action="token.create", subject=f"factory:{factory_id}") as s:
         row, token = service.create_factory_token(
-            s, who, factory_id=factory_id, name=body.name, expires_at=expires
+            s,
+            who,
+            factory_id=factory_id,
+            name=body.name,
+            expires_at=scope.grant_expiry(who, expires),
         )
         return {
             "id": row.id,
@@ -240,7 +244,8 @@ def provision(
         if r.issued is not None:
             entry["certificate"] = certificate_out(r.issued).model_dump(mode="json")
         else:
-            assert r.error is not None
+            if r.error is None:
+                raise RuntimeError("broken invariant, expected: r.error is not None")
             entry["problem"] = problems.as_dict(r.error, category=r.category)
         out.append(entry)
     issued = sum(1 for r in results if r.issued is not None)

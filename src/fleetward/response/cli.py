@@ -17,7 +17,7 @@ from rich.table import Table
 from fleetward.api.context import AppContext
 from fleetward.cli.common import admin_session, console, load_ctx, local_principal, print_json
 from fleetward.errors import InvalidInputError
-from fleetward.response import drills, runs, service
+from fleetward.response import compliance, drills, runs, service
 from fleetward.response.effects import LiveEffects
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
@@ -142,7 +142,7 @@ def incident_show(ctx: typer.Context, incident_id: int, tenant: str = TENANT) ->
                 e.at.isoformat(timespec="seconds"), e.actor, e.summary, str(e.audit_seq or "-")
             )
         console.print(table)
-        left = runs.stragglers(s, who, incident_id)
+        left = compliance.stragglers(s, who, incident_id)
     if left:
         console.print(f"{len(left)} device(s) have not complied yet, e.g. {left[0]['device_id']}")
 

@@ -37,13 +37,14 @@ from typing import Any, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from fleetward.api.context import AppContext
 from fleetward.detection.models import Alert
 from fleetward.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from fleetward.identity.models import CertificateRecord, Device
+from fleetward.response import compliance, runs, service
 from fleetward.response import playbook as pb
-from fleetward.response import runs, service
+from fleetward.response.cohort import device_ids
 from fleetward.response.models import Drill
+from fleetward.response.steps import Effects, ResponseContext
 from fleetward.store.db import utcnow
 from fleetward.tenancy.roles import Permission, Principal, require
 
@@ -149,7 +150,7 @@ def _check_drill_fleet(session: Session, principal: Principal, ids: Sequence[str
 
 
 def run_drill(
-    ctx: AppContext,
+    ctx: ResponseContext,
     fleet: SimulatedFleet,
     *,
     starter: Principal,
@@ -160,7 +161,7 @@ def run_drill(
     inject: Sequence[str] = (),
     confirm: int | None = None,
     return_stragglers: bool = True,
-    effects: runs.Effects,
+    effects: Effects,
     timeout: float = 120.0,
     progress: Callable[[str], None] | None = None,
 ) -> Drill:
@@ -213,7 +214,7 @@ def run_drill(
 
 
 def _drill(
-    ctx: AppContext,
+    ctx: ResponseContext,
     fleet: SimulatedFleet,
     drill_id: int,
     report: dict[str, Any],
@@ -227,7 +228,7 @@ def _drill(
     confirm: int | None,
     goal: str,
     return_stragglers: bool,
-    effects: runs.Effects,
+    effects: Effects,
     timeout: float,
     say: Callable[[str], None],
 ) -> Drill:
@@ -275,7 +276,7 @@ def _drill(
         with ctx.db.session() as s:
             runs.approve_run(s, approver, run_id)
     with ctx.db.read() as s:
-        affected = set(runs.device_ids(s, radius["device_pks"]))
+        affected = set(device_ids(s, radius["device_pks"]))
     before = {d["device_id"]: d for d in fleet.snapshot()}
     online = {d for d in affected if before.get(d, {}).get("connected")}
     offline = sorted(affected - online)
@@ -334,7 +335,7 @@ def _drill(
     # time it needs to agree, and say how long that took.
     def server_agrees() -> bool | None:
         with ctx.db.session() as s:
-            runs.track(s, incident_id=incident_id)
+            compliance.track(s, incident_id=incident_id)
         with ctx.db.read() as s:
             state = service.get_incident(s, starter, incident_id).state
         return True if state == "contained" else None
@@ -346,7 +347,7 @@ def _drill(
         report["server_contained_s"] = None
     with ctx.db.read() as s:
         report["server_incident_state"] = service.get_incident(s, starter, incident_id).state
-        report["server_stragglers"] = len(runs.stragglers(s, starter, incident_id))
+        report["server_stragglers"] = len(compliance.stragglers(s, starter, incident_id))
     passed = not report["bystanders_touched"] and report["server_incident_state"] == "contained"
     return _save(ctx, drill_id, report, state="passed" if passed else "failed")
 
@@ -391,7 +392,7 @@ def _wait(check: Callable[[], Any], timeout: float, what: str, *, poll: float = 
         time.sleep(poll)
 
 
-def _new_alert(ctx: AppContext, tenant_id: int, after: int, keys: set[str]) -> int | None:
+def _new_alert(ctx: ResponseContext, tenant_id: int, after: int, keys: set[str]) -> int | None:
     """The first new alert about the devices the drill tampered with (a real
     alert raised meanwhile is not the drill's to take)."""
     with ctx.db.read() as s:
@@ -404,7 +405,7 @@ def _new_alert(ctx: AppContext, tenant_id: int, after: int, keys: set[str]) -> i
 
 
 def _release_version(
-    ctx: AppContext, who: Principal, spec: pb.PlaybookSpec, params: dict[str, Any]
+    ctx: ResponseContext, who: Principal, spec: pb.PlaybookSpec, params: dict[str, Any]
 ) -> str:
     from fleetward.ota import service as releases
 
@@ -414,7 +415,7 @@ def _release_version(
         return releases.get_release(s, who, int(step.args["release"])).version
 
 
-def _save(ctx: AppContext, drill_id: int, report: dict[str, Any], *, state: str) -> Drill:
+def _save(ctx: ResponseContext, drill_id: int, report: dict[str, Any], *, state: str) -> Drill:
     with ctx.db.session() as s:
         drill = s.get_one(Drill, drill_id)
         drill.state = state

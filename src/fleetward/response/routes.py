@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from fleetward.api.deps import Allow, Ctx
-from fleetward.response import drills, runs, service
+from fleetward.response import compliance, drills, runs, service
 from fleetward.response.effects import LiveEffects
 from fleetward.response.models import Drill, Incident, IncidentEvent, Playbook, PlaybookRun
 from fleetward.tenancy import scope
@@ -263,7 +263,7 @@ def get_incident(
                 select(PlaybookRun).where(PlaybookRun.incident_id == incident_id)
             ).scalars()
         ]
-        out.stragglers = runs.stragglers(s, who, incident_id)
+        out.stragglers = compliance.stragglers(s, who, incident_id)
         return out
 
 

@@ -344,6 +344,16 @@ def timeline(session: Session, principal: Principal, incident_id: int) -> list[I
     )
 
 
+def _authorize_on_incident(session: Session, principal: Principal, incident_id: int) -> None:
+    """An incident lives in the environments of its runs: a token scoped to
+    one environment may not close (or annotate) an incident whose response
+    acts on another, and so stop it."""
+    environments = session.execute(
+        select(PlaybookRun.environment).where(PlaybookRun.incident_id == incident_id).distinct()
+    ).scalars()
+    scope.authorize(principal, scope.INCIDENT_MANAGE, environments=list(environments))
+
+
 def note(
     session: Session,
     principal: Principal,
@@ -357,6 +367,7 @@ def note(
     if not text.strip() or len(text) > MAX_NOTE:
         raise InvalidInputError(f"a note is 1-{MAX_NOTE} characters")
     incident = get_incident(session, principal, incident_id)
+    _authorize_on_incident(session, principal, incident_id)
     return log_event(
         session, incident, actor=principal.actor, kind="note", summary=text,
         audit_action="incident.note", now=now,
@@ -379,6 +390,7 @@ def close_incident(
     require(principal, Permission.INCIDENT_MANAGE)
     now = now or utcnow()
     incident = get_incident(session, principal, incident_id)
+    _authorize_on_incident(session, principal, incident_id)
     if incident.state == "closed":
         raise ConflictError(f"incident {incident_id} is already closed")
     under_way = session.execute(

@@ -159,7 +159,8 @@ class Driver:
         def on_connect(
             c: mqtt.Client, u: object, f: object, rc: ReasonCode, p: Properties | None
         ) -> None:
-            assert agent_connect is not None
+            if agent_connect is None:
+                raise RuntimeError("broken invariant, expected: agent_connect is not None")
             agent_connect(c, u, f, rc, p)
             if rc.is_failure:
                 self._refused(dev)
@@ -172,7 +173,8 @@ class Driver:
         def on_disconnect(
             c: mqtt.Client, u: object, f: object, rc: ReasonCode, p: Properties | None
         ) -> None:
-            assert agent_disconnect is not None
+            if agent_disconnect is None:
+                raise RuntimeError("broken invariant, expected: agent_disconnect is not None")
             agent_disconnect(c, u, f, rc, p)
             if dev.connected:
                 dev.disconnected_at = time.monotonic()
@@ -279,7 +281,7 @@ class Driver:
                     self.endpoint.host,
                     self.endpoint.port,
                     keepalive=30,
-                    clean_start=False,
+                    clean_start=True,
                     properties=dev.agent.connect_properties(),
                 )
             except OSError as exc:  # ssl.SSLError is one
@@ -295,7 +297,8 @@ class Driver:
     async def _session(self, dev: SimDevice) -> bool:
         """Publish until the connection ends; whether it ended for a renewal."""
         client = dev.client
-        assert client is not None
+        if client is None:
+            raise RuntimeError("broken invariant, expected: client is not None")
         next_reading = time.monotonic() + dev.rng.uniform(0, self.interval)
         while not dev.session_over.is_set() and dev.online and not self.stopping:
             now = time.monotonic()

@@ -4,6 +4,9 @@ The demo waits for the API to answer, creates an admin token of tenant
 ``default`` in-process (``up`` holds the installation), and runs a
 :class:`~fleetward.sim.fleet.SimFleet` in the ``test`` environment against
 the API and the broker ``up`` started, so the API shows a living fleet.
+
+:meth:`Demo.advance` is one step towards that, called by the runtime until
+the fleet is up (``ready``) or has given up (``error``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from fleetward.api.context import AppContext
 from fleetward.sim.fleet import Broker, SimFleet
 from fleetward.sim.spec import FleetSpec
+from fleetward.store import Database
 from fleetward.tenancy import service as tenancy
 
 __all__ = ["Demo"]
@@ -26,21 +29,22 @@ __all__ = ["Demo"]
 log = logging.getLogger("fleetward.sim")
 
 API_WAIT = 60.0  # seconds to wait for the API to answer
+FLEET_START_TIMEOUT = 120.0  # seconds for every demo device to connect
 
 
 class Demo:
-    """A demo fleet in a background thread (start, then stop at shutdown)."""
+    """A demo fleet: enrolled and connected step by step, stopped at shutdown."""
 
     def __init__(
         self,
-        context: AppContext,
+        db: Database,
         *,
         api_url: str,
         broker: Broker,
         devices: int,
         directory: Path,
     ) -> None:
-        self.context = context
+        self.db = db
         self.api_url = api_url
         self.spec = FleetSpec(
             devices=devices, prefix="demo", environment="test", product="demo-sensor",
@@ -51,15 +55,16 @@ class Demo:
         self.fleet: SimFleet | None = None
         self.error: str | None = None
         self.ready = threading.Event()  # set once every demo device is connected
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sim-demo", daemon=True)
+        self._cancelled = threading.Event()
+        self._deadline: float | None = None
 
-    def start(self) -> None:
-        """Enroll and connect the demo fleet once the API answers (in the background)."""
-        self._thread.start()
+    @property
+    def done(self) -> bool:
+        """Whether nothing is left to do (up, failed or cancelled)."""
+        return self.ready.is_set() or self.error is not None or self._cancelled.is_set()
 
     def _token(self) -> str:
-        with self.context.db.session() as s:
+        with self.db.session() as s:
             tenant = tenancy.get_tenant_by_name(s, self.spec.tenant)
             _, token = tenancy.create_token(
                 s,
@@ -70,18 +75,21 @@ class Demo:
             )
         return token
 
-    def _run(self) -> None:
-        deadline = time.monotonic() + API_WAIT
-        while not self._stop.is_set():
-            try:
-                httpx.get(f"{self.api_url}/api/v1/comms/broker", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    self.error = "the API did not answer"
-                    log.warning("demo fleet: %s", self.error)
-                    return
-                self._stop.wait(0.2)
+    def advance(self) -> None:
+        """One step: wait for the API (one request), then enroll and connect
+        the fleet (a long step, up to :data:`FLEET_START_TIMEOUT`). A failure
+        is kept in ``error``; the server runs on without its demo."""
+        if self.done:
+            return
+        if self._deadline is None:
+            self._deadline = time.monotonic() + API_WAIT
+        try:
+            httpx.get(f"{self.api_url}/api/v1/comms/broker", timeout=2).raise_for_status()
+        except httpx.HTTPError:
+            if time.monotonic() > self._deadline:
+                self.error = "the API did not answer"
+                log.warning("demo fleet: %s", self.error)
+            return
         try:
             fleet = SimFleet(
                 self.spec,
@@ -92,17 +100,20 @@ class Demo:
             )
             fleet.prepare()
             self.fleet = fleet
-            if not self._stop.is_set():
-                fleet.start(timeout=120)
+            if not self._cancelled.is_set():
+                fleet.start(timeout=FLEET_START_TIMEOUT)
                 self.ready.set()
                 log.warning("demo fleet: %d devices connected", self.spec.devices)
         except Exception as exc:  # the server keeps running without its demo
             self.error = f"{type(exc).__name__}: {exc}"
             log.warning("demo fleet failed: %s", self.error)
 
+    def cancel(self) -> None:
+        """Do no more steps (a step in flight finishes)."""
+        self._cancelled.set()
+
     def stop(self) -> None:
         """Disconnect the demo devices."""
-        self._stop.set()
-        self._thread.join(timeout=150)
+        self.cancel()
         if self.fleet is not None:
             self.fleet.stop()

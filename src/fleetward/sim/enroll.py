@@ -29,7 +29,7 @@ import httpx
 from fleetward.agent.client import IDENTITY_FILE, Server, enroll_devices, write_durably
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.ota import Slots
-from fleetward.errors import FleetwardError, InvalidInputError
+from fleetward.errors import InvalidInputError, SimulationError
 from fleetward.sim.spec import DevicePlan, FleetSpec, images, plan, tampered_bootloader
 
 __all__ = ["SimulationError", "enroll_fleet", "keystore", "lay_out", "read_plan"]
@@ -37,13 +37,6 @@ __all__ = ["SimulationError", "enroll_fleet", "keystore", "lay_out", "read_plan"
 SIM_FILE = "sim.json"
 FLEET_FILE = "fleet.json"
 BATCH_HOURS = 1  # the batches only need to live while this run enrolls
-
-
-class SimulationError(FleetwardError):
-    """The simulated fleet could not be set up or did not behave as asked."""
-
-    title = "Simulation failed"
-    slug = "simulation-failed"
 
 
 def keystore(directory: Path) -> Keystore:

@@ -164,7 +164,8 @@ class SimFleet:
         store = keystore(self.directory)
         plans = {p.device_id: p for p in plan(self.spec)}
         slow = self.spec.slow_link_ms / 1000.0
-        assert self._executor is not None
+        if self._executor is None:
+            raise RuntimeError("broken invariant, expected: self._executor is not None")
         for device_id in self.ids:
             folder = self.directory / "devices" / device_id
             p = plans[device_id]
@@ -271,7 +272,8 @@ class SimFleet:
         self.wait_connected(timeout=timeout)
 
     async def _launch(self, devices: list[SimDevice]) -> None:
-        assert self._driver is not None
+        if self._driver is None:
+            raise RuntimeError("broken invariant, expected: self._driver is not None")
         if self._misc is None:
             self._misc = asyncio.get_running_loop().create_task(self._driver.misc())
         for dev in devices:
@@ -308,7 +310,8 @@ class SimFleet:
         if loop is None:
             return
         driver = self._driver
-        assert driver is not None
+        if driver is None:
+            raise RuntimeError("broken invariant, expected: driver is not None")
 
         async def wind_down() -> None:
             driver.stopping = True
@@ -406,7 +409,8 @@ class SimFleet:
     def _attest_one(self, device_id: str) -> dict[str, Any]:
         dev = self._devices[device_id]
         ota = dev.agent.ota
-        assert ota is not None
+        if ota is None:
+            raise RuntimeError("broken invariant, expected: ota is not None")
         folder = self.directory / "devices" / device_id
         try:
             signer = keystore(self.directory).open(load_identity(folder)["key_uri"])

@@ -3,21 +3,23 @@
 Several API processes (``--workers N``, or several hosts on PostgreSQL) each
 run a publisher; only the holder of the ``publisher`` lease builds CRLs and
 checkpoints, so the work is done once. A lease expires if its holder stops
-renewing it, and another process takes over.
+renewing it, and another process takes over; a holder that stops cleanly
+releases it. The runtime's workers (``fleetward.runtime.worker``) use one
+lease per kind of work.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import String, insert, or_, update
+from sqlalchemy import String, delete, insert, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetward.store.db import Base, Database
 from fleetward.store.types import UTCDateTime
 
-__all__ = ["Lease", "acquire"]
+__all__ = ["Lease", "acquire", "release"]
 
 
 class Lease(Base):
@@ -46,3 +48,9 @@ def acquire(db: Database, *, name: str, holder: str, ttl: dt.timedelta, now: dt.
         return True
     except IntegrityError:
         return False
+
+
+def release(db: Database, *, name: str, holder: str) -> None:
+    """Give up the lease ``name`` if ``holder`` holds it (another may take it at once)."""
+    with db.session() as s:
+        s.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))

@@ -10,7 +10,7 @@ never allowed to crowd out other devices.
 
 :class:`MqttIngest` subscribes with an MQTT 5 **shared subscription**
 (``$share/fleetward-ingest/fw/+/+/telemetry/#``), so several ingest workers
-(threads or processes) split the stream.
+(threads or processes) split the stream; the runtime schedules its rounds.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +42,8 @@ RATE = 20.0  # sustained messages per second per device
 BURST = 100.0
 MAX_FIELDS_BYTES = 4096  # one reading; larger payloads are refused and counted
 SHARED_TOPIC = "$share/fleetward-ingest/fw/+/+/telemetry/#"
+MAX_QUEUED = 200_000  # messages waiting for a round; more are counted in ``overflow``
+MAX_PER_ROUND = 50_000  # messages one round parses and writes
 
 
 @dataclass
@@ -161,17 +162,28 @@ class Ingestor:
 
 
 class MqttIngest:
-    """A shared-subscription ingest worker on the broker's service listener."""
+    """A shared-subscription ingest client on the broker's service listener.
 
-    def __init__(self, db: Database, home: Path, *, client_id: str = "fleetward-ingest-1") -> None:
+    The MQTT callback only queues (bounded: a flood is counted in
+    ``overflow``); :meth:`ingest_round` parses, limits and writes what was
+    queued. The runtime calls it every fraction of a second
+    (``fleetward.runtime.workers.IngestWorker``).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        home: Path,
+        *,
+        client_id: str = "fleetward-ingest-1",
+        max_queue: int = MAX_QUEUED,
+    ) -> None:
         self.ingestor = Ingestor(db)
         self.home = home
         self.client_id = client_id
-        self.queue: queue.Queue[tuple[str, bytes, dt.datetime]] = queue.Queue(maxsize=200_000)
+        self.queue: queue.Queue[tuple[str, bytes, dt.datetime]] = queue.Queue(maxsize=max_queue)
         self.overflow = 0
-        self._stop = threading.Event()
         self._client: mqtt.Client | None = None
-        self._thread: threading.Thread | None = None
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -179,8 +191,17 @@ class MqttIngest:
         except queue.Full:
             self.overflow += 1
 
-    def start(self) -> None:
-        """Connect, subscribe, and write batches from a worker thread."""
+    @property
+    def connected(self) -> bool:
+        """Whether :meth:`connect` has run (paho reconnects by itself after)."""
+        return self._client is not None
+
+    def connect(self) -> None:
+        """Connect and subscribe (MQTT 5 shared subscription).
+
+        Raises:
+            BrokerUnavailableError: no broker here, or it cannot be reached.
+        """
         from fleetward.comms.commands import service_client
 
         self._client = service_client(
@@ -190,29 +211,23 @@ class MqttIngest:
             on_message=self._on_message,
             keepalive=30,
         )
-        self._thread = threading.Thread(target=self._run, daemon=True, name=self.client_id)
-        self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            deadline = time.monotonic() + 0.2
-            while time.monotonic() < deadline:
-                try:
-                    topic, payload, at = self.queue.get(timeout=0.05)
-                except queue.Empty:
-                    continue
-                self.ingestor.offer(topic, payload, at=at)
+    def ingest_round(self, *, limit: int = MAX_PER_ROUND) -> int:
+        """Offer up to ``limit`` queued messages to the ingestor and write
+        them; returns how many events were written."""
+        for _ in range(limit):
             try:
-                self.ingestor.flush()
-            except Exception:  # keep ingesting; the batch is lost, the log says so
-                log.exception("telemetry flush failed")
+                topic, payload, at = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self.ingestor.offer(topic, payload, at=at)
+        return self.ingestor.flush()
 
-    def stop(self) -> None:
-        """Stop, flushing what is queued."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+    def close(self) -> None:
+        """Disconnect, then write what is still queued."""
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
-        self.ingestor.flush()
+            self._client = None
+        while not self.queue.empty():
+            self.ingest_round()

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
+from fleetward import observe
 from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from fleetward.identity import service as identity_service
 from fleetward.identity.models import Device
@@ -96,6 +97,7 @@ def post_events(
         )
     if rows:
         session.execute(insert(Event), rows)
+        observe.telemetry(ingested=len(rows), session=session)
     return len(rows)
 
 

@@ -8,6 +8,7 @@ found.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from dataclasses import dataclass
 
@@ -71,6 +72,7 @@ class Principal:
     actor: str
     environment: str | None = None
     factory_id: int | None = None  # factory-operator tokens are bound to one factory
+    expires_at: dt.datetime | None = None  # a token's grants may not outlive it
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

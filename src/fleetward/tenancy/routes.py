@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from fleetward.api.deps import Allow, Ctx
 from fleetward.store import utcnow
@@ -30,7 +30,7 @@ class TenantPolicyIn(BaseModel):
     """Tenant policy changes (fields left out stay as they are)."""
 
     cert_lifetime_days: int | None = None
-    allow_unattested_keys_in_production: bool | None = Field(
+    allow_unattested_keys_in_production: StrictBool | None = Field(
         default=None, description="DANGEROUS: production certificates for unattested keys"
     )
 
@@ -123,7 +123,7 @@ def create_token(
             name=body.name,
             role=body.role,
             environment=body.environment,
-            expires_at=expires,
+            expires_at=scope.grant_expiry(who, expires),
             actor=who.actor,
             grantor=who,
         )

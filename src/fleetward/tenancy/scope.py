@@ -30,13 +30,15 @@ The rules, in the order they are applied (the first that refuses decides):
 Reads (:attr:`Reach.READ`) stay inside the tenant and pass rules 4 and 5:
 an environment scope limits what a token changes, not what it sees.
 
-Tokens granting tokens follow :func:`decide_grant`: a token may create or
-revoke only tokens whose role grants no more than its own and whose
-environment and factory are inside its own scope.
+Tokens granting tokens follow :func:`decide_grant` (rule 6): a token may
+create or revoke only tokens whose role grants no more than its own and whose
+environment and factory are inside its own scope; :func:`decide_lifetime`
+keeps what it creates from outliving it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -54,6 +56,8 @@ __all__ = [
     "authorize_grant",
     "decide",
     "decide_grant",
+    "decide_lifetime",
+    "grant_expiry",
 ]
 
 
@@ -112,7 +116,8 @@ def _action(
     name: str, permission: Permission | None, reach: Reach, *, factory: bool = False
 ) -> Action:
     action = Action(name=name, permission=permission, reach=reach, factory=factory)
-    assert name not in ACTIONS, name
+    if name in ACTIONS:
+        raise RuntimeError(f"broken invariant, expected: name not in ACTIONS ({name!r})")
     ACTIONS[name] = action
     return action
 
@@ -256,6 +261,30 @@ def decide_grant(
             f"this token is bound to factory {principal.factory_id}; so must be its grants",
         )
     return Decision(True, 0, "allowed")
+
+
+def decide_lifetime(principal: Principal, *, expires_at: dt.datetime | None) -> Decision:
+    """A token may not grant a token that outlives it (rule 6): a short-lived
+    or leaked token cannot make itself permanent."""
+    limit = principal.expires_at
+    if limit is not None and (expires_at is None or expires_at > limit):
+        return Decision(
+            False,
+            6,
+            f"this token expires at {limit.isoformat()}; a token it grants must expire "
+            "no later (set expires_in_days)",
+        )
+    return Decision(True, 0, "allowed")
+
+
+def grant_expiry(principal: Principal, requested: dt.datetime | None) -> dt.datetime | None:
+    """The expiry a granted token gets: the one asked for, but never past the
+    granting token's own (a day asked of a token with hours left gets hours).
+    Asking for no expiry is left to :func:`decide_lifetime` to refuse."""
+    limit = principal.expires_at
+    if requested is not None and limit is not None and requested > limit:
+        return limit
+    return requested
 
 
 def authorize_grant(

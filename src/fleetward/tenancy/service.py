@@ -137,6 +137,7 @@ def create_token(
         if grantor.tenant_id != tenant.id:
             raise NotFoundError("tenant not found")
         scope.authorize_grant(grantor, role=role, environment=environment, factory_id=factory_id)
+        scope.decide_lifetime(grantor, expires_at=expires_at).raise_if_refused()
     if not name or len(name) > 100:
         raise InvalidInputError("token name must be 1-100 characters")
     if expires_at is not None and expires_at <= now:
@@ -212,6 +213,7 @@ def authenticate(session: Session, token: str, *, now: dt.datetime | None = None
         actor=f"token:{row[0]}",
         environment=row[3],
         factory_id=row[8],
+        expires_at=row[4],
     )
 
 

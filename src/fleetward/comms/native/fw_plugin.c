@@ -139,9 +139,24 @@ static void run_kicks(void)
 {
 	/* The broker forces each client id to its username
 	 * (use_username_as_clientid), so a kick is one hash lookup by client id;
-	 * kicking by username would walk every client for every kick. */
+	 * kicking by username would walk every client for every kick.
+	 *
+	 * with_will is true on purpose: the client-id table also holds sessions
+	 * whose connection is gone (MQTT 5, clean start off, a session expiry
+	 * interval, as fleetward's agents connect). Mosquitto 2.0.11 kicks with
+	 * with_will false by marking the client "disconnecting" first, so a
+	 * session that is already disconnected is disconnected a second time and
+	 * lands on the session-expiry list twice. When it expires or its device
+	 * reconnects, one entry is left pointing at the freed client; the next
+	 * expiry check expires whatever client lives at that address by then and
+	 * the broker dies with SIGSEGV (tests/comms/test_plugin_kicks.py). With
+	 * with_will true Mosquitto leaves a disconnected session alone and still
+	 * sends a live one DISCONNECT (0x98) and closes it. The will that a live
+	 * one leaves is an ACL check like any publish: on_acl_check refuses it,
+	 * because a kicked identity's certificate is no longer listed and 2.0.11
+	 * checks the will after it has freed the TLS session. */
 	for (size_t i = 0; i < nkicks; i++) {
-		mosquitto_kick_client_by_clientid(kicks[i], false);
+		mosquitto_kick_client_by_clientid(kicks[i], true);
 		free(kicks[i]);
 	}
 	nkicks = 0;
@@ -210,6 +225,12 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	unsigned char digest[EVP_MAX_MD_SIZE];
 	unsigned int digest_len = 0;
 	X509 *cert = mosquitto_client_certificate(ed->client);
+	/* Every live connection has a certificate (require_certificate). A check
+	 * without one is for a client whose connection is gone: a delivery to a
+	 * disconnected session, or a will sent after the TLS session was freed.
+	 * Such a check is refused below but queues no kick: there is nothing to
+	 * cut off (see run_kicks). */
+	bool connected = cert != NULL;
 	if (cert) {
 		/* SHA-1 of the whole certificate: OpenSSL computed it once when it
 		 * verified the handshake and X509_digest returns that cached value,
@@ -228,13 +249,13 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	const fw_device *device = fw_table_find(table, username);
 	if (!device) {
 		record(username, "unknown-identity", action, ed->topic);
-		queue_kick(username);
+		if (connected) queue_kick(username);
 		return MOSQ_ERR_ACL_DENIED;
 	}
 	int serial_ok = digest_len && fw_serial_ok(device, digest, digest_len);
 	if (!serial_ok) {
 		record(username, "stale-certificate", action, ed->topic);
-		queue_kick(username);
+		if (connected) queue_kick(username);
 		return MOSQ_ERR_ACL_DENIED;
 	}
 	if (fw_action == FW_PUBLISH && (long)ed->payloadlen > fw_table_max_payload(table)) {
