@@ -19,9 +19,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fleetward.api.context import AppContext
 from fleetward.identity import issuance
 from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
 from tests.helpers import csr_pem, new_key

@@ -17,10 +17,10 @@ import pytest
 import uvicorn
 
 from fleetward.api.app import create_app
-from fleetward.api.context import AppContext
 from fleetward.api.workers import proxy_options
 from fleetward.config import Settings, parse_trusted_proxies
 from fleetward.errors import InvalidInputError
+from fleetward.runtime.context import AppContext
 from tests.helpers import csr_pem, new_key
 
 API = "/api/v1/provisioning"

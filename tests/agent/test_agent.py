@@ -19,9 +19,9 @@ from fleetward.agent.cli import app as agent_cli
 from fleetward.agent.client import Server, enroll_devices, load_identity, renew
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.secure_element import SimulatedVendor
-from fleetward.api.context import AppContext
 from fleetward.keys._p11session import load_module
 from fleetward.keys._p11uri import parse_pkcs11_uri
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from tests.hsm import SoftHsm
 

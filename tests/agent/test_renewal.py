@@ -16,8 +16,8 @@ from fleetward.agent.cli import app as agent_cli
 from fleetward.agent.client import Server, ServerRefusedError, enroll_devices, load_identity, renew
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.secure_element import SimulatedVendor
-from fleetward.api.context import AppContext
 from fleetward.identity.models import CertificateRecord, Device
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from tests.agent.test_agent import API, admin_call, factory_line
 

@@ -15,9 +15,9 @@ from fleetward.agent._p11tls import release_token_keys
 from fleetward.agent.client import Server, enroll_devices, load_identity
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.mqtt import AgentConfig, DeviceAgent, backoff
-from fleetward.api.context import AppContext
 from fleetward.identity import service as identity
 from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.context import AppContext
 from tests.agent.test_agent import factory_line
 from tests.broker import admin_of, connect, synced, wait_for
 from tests.hsm import SoftHsm

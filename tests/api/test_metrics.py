@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleetward.api import access, metrics
 from fleetward.api.app import create_app
-from fleetward.api.context import AppContext
+from fleetward.runtime.context import AppContext
 from fleetward.runtime.stack import Stack
 from tests.helpers import csr_pem, new_key
 

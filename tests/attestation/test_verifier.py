@@ -13,10 +13,10 @@ from fleetward.agent.attest import attest
 from fleetward.agent.client import Server, enroll_devices, load_identity
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.ota import Slots
-from fleetward.api.context import AppContext
 from fleetward.attestation.evidence import claims, sign_evidence
 from fleetward.identity import service as identity
 from fleetward.keys import generate_ephemeral_signer
+from fleetward.runtime.context import AppContext
 from fleetward.store.db import utcnow
 from fleetward.telemetry.models import Event
 from tests.agent.test_agent import factory_line

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from fleetward.api.context import AppContext
 from fleetward.audit import service as audit
 from fleetward.cli.main import app as cli
 from fleetward.errors import AuditChainError
+from fleetward.runtime.context import AppContext
 
 
 def fill(ctx: AppContext, n: int = 10) -> None:

@@ -16,10 +16,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from fleetward.api.context import AppContext
 from fleetward.audit import service as audit
 from fleetward.audit.models import AuditEntry
 from fleetward.errors import AuditChainError
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 
 

@@ -10,10 +10,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from fleetward.api.context import AppContext
 from fleetward.audit.models import AuditEntry
 from fleetward.cli.main import app as cli
 from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from tests.broker import connect, make_device, synced, wait_for
 

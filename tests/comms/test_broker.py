@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from fleetward.api.context import AppContext
 from fleetward.comms import service as comms
 from fleetward.comms.mosquitto_conf import MAX_PAYLOAD
 from fleetward.identity import ca_service
 from fleetward.identity import service as identity
 from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.context import AppContext
 from fleetward.runtime.publisher import Publisher
 from fleetward.telemetry.models import Event
 from fleetward.tenancy import service as tenancy

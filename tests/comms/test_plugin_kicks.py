@@ -26,9 +26,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fleetward.api.context import AppContext
 from fleetward.identity import service as identity
 from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.context import AppContext
 from tests.broker import DeviceCreds, admin_of, connect, make_device, synced, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

@@ -11,13 +11,13 @@ from sqlalchemy import select
 
 from fleetward.agent.client import Server, enroll_devices, load_identity
 from fleetward.agent.keystore import Keystore
-from fleetward.api.context import AppContext
 from fleetward.attestation import service as verifier
 from fleetward.attestation.evidence import claims, sign_evidence
 from fleetward.detection import service as detection
 from fleetward.detection.models import Alert
 from fleetward.identity.models import Device
 from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.context import AppContext
 from fleetward.runtime.workers import DetectionRunner
 from fleetward.store.db import utcnow
 from tests.agent.test_agent import factory_line

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from fleetward.api.context import AppContext
 from fleetward.detection import service as detection
 from fleetward.detection.models import Alert
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from tests.broker import admin_of, make_device
 

@@ -18,10 +18,10 @@ from cryptography.x509 import verification as xv
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from fleetward.api.context import AppContext
 from fleetward.audit.models import AuditEntry
 from fleetward.identity.models import CertificateRecord, Device
 from fleetward.identity.renewal import renewal_proof_message
+from fleetward.runtime.context import AppContext
 from fleetward.store import utcnow
 from fleetward.tenancy import service as tenancy
 from tests.helpers import csr_pem, new_key

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from fleetward.api.context import AppContext
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import ROLES
 

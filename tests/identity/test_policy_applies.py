@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from fleetward.api.context import AppContext
 from fleetward.identity import ca_service, issuance
 from fleetward.identity.pki import Pki
 from fleetward.keys.ring import KeyRing
+from fleetward.runtime.context import AppContext
 from fleetward.store import utcnow
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal

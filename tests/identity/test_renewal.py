@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from fleetward.api.context import AppContext
 from fleetward.errors import AttestationError
 from fleetward.identity import renewal
 from fleetward.identity.issuance import UnattestedKeyError
 from fleetward.identity.models import CertificateRecord, Device
 from fleetward.provisioning import attestation
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from tests.helpers import csr_pem
 from tests.provisioning.chips import Vendor

@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from fastapi.testclient import TestClient
 
-from fleetward.api.context import AppContext
 from fleetward.identity import ca as ca_profile
 from fleetward.identity import publication
 from fleetward.keys import generate_ephemeral_signer, sign_certificate
+from fleetward.runtime.context import AppContext
 from tests.helpers import csr_pem, new_key
 from tests.identity.test_api import auth, cas, enroll
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from tuf.ngclient import Updater
 
-from fleetward.api.context import AppContext
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 
 SBOM = json.dumps(

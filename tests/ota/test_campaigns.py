@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import insert, select
 
 from fleetward.agent.ota import Slots, install
-from fleetward.api.context import AppContext
 from fleetward.config import Settings
 from fleetward.errors import ConflictError, PermissionDeniedError
 from fleetward.identity.models import Device
 from fleetward.ota import campaigns
 from fleetward.ota.models import CampaignDevice, Release
 from fleetward.ota.rollout import GatePolicy
+from fleetward.runtime.context import AppContext
 from fleetward.store.db import utcnow
 from fleetward.tenancy.roles import Principal
 from tests.ota.helpers import call, operator, updater, upload

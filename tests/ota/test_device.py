@@ -13,9 +13,9 @@ import pytest
 from tuf.api import exceptions as tuf_errors
 
 from fleetward.agent.ota import OtaClient, Slots, UpdateRefusedError, install
-from fleetward.api.context import AppContext
 from fleetward.ota import service as ota
 from fleetward.ota.blobs import LocalBlobStore
+from fleetward.runtime.context import AppContext
 from tests.ota.helpers import call, operator, updater, upload
 from tests.ota.test_repository import IMAGE, release, root_of
 

@@ -13,8 +13,8 @@ from fleetward.agent.client import Server, enroll_devices
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.mqtt import AgentConfig, DeviceAgent
 from fleetward.agent.ota import OtaClient
-from fleetward.api.context import AppContext
 from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.context import AppContext
 from fleetward.runtime.workers import CampaignDriver
 from tests.agent.test_agent import factory_line
 from tests.broker import connect, synced, wait_for

@@ -15,10 +15,10 @@ from sqlalchemy import select
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata
 
-from fleetward.api.context import AppContext
 from fleetward.ota import repository as ota
 from fleetward.ota.blobs import LocalBlobStore
 from fleetward.ota.models import Release, TufMetadata
+from fleetward.runtime.context import AppContext
 from fleetward.runtime.stack import Stack
 from fleetward.store.db import utcnow
 from tests.ota.helpers import call, operator, updater, upload

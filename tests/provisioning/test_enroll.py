@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from fleetward.api.context import AppContext
 from fleetward.identity.models import CertificateRecord, Device
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from tests.helpers import csr_pem, new_key
 from tests.provisioning.chips import Vendor

@@ -16,9 +16,9 @@ from cryptography.x509 import load_pem_x509_csr
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from fleetward.api.context import AppContext
 from fleetward.identity.models import CertificateRecord
 from fleetward.provisioning.models import EnrollmentBatch
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from tests.helpers import csr_pem, new_key
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
-from fleetward.api.context import AppContext
 from fleetward.identity import issuance, renewal
 from fleetward.identity.models import CertificateRecord, Device
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy.roles import Principal
 from tests.helpers import csr_pem
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from fleetward.api.context import AppContext
 from fleetward.errors import NotFoundError, PermissionDeniedError
 from fleetward.identity.models import CertificateRecord, Device
 from fleetward.response import drills
 from fleetward.response import service as response
 from fleetward.response.effects import LiveEffects
 from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.context import AppContext
 from fleetward.runtime.workers import CampaignDriver, DetectionRunner, IngestWorker
 from fleetward.sim import Broker, FleetProcesses, FleetSpec, SimFleet
 from tests.broker import synced, wait_for

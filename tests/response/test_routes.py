@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from fleetward.api.context import AppContext
 from fleetward.errors import InvalidInputError
 from fleetward.identity import ca_service
 from fleetward.identity.models import Device
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from tests.helpers import csr_pem, new_key
 from tests.ota.helpers import operator

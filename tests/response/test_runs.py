@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from fleetward.api.context import AppContext
 from fleetward.audit import service as audit
 from fleetward.audit.models import AuditEntry
 from fleetward.detection.models import Alert
@@ -20,6 +19,7 @@ from fleetward.identity.models import CertificateAuthority, CertificateRecord, D
 from fleetward.response import compliance, plan, runs
 from fleetward.response import service as response
 from fleetward.response.effects import LiveEffects
+from fleetward.runtime.context import AppContext
 from fleetward.store.db import utcnow
 from fleetward.telemetry.models import Event
 from fleetward.tenancy import service as tenancy

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fleetward.api.context import AppContext
 from fleetward.cli.main import app
 from fleetward.errors import InvalidInputError
 from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.context import AppContext
 from fleetward.runtime.workers import DemoFleet
 from fleetward.sim import Broker
 from tests.broker import synced, wait_for

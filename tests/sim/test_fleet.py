@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from fleetward.api.context import AppContext
 from fleetward.identity.models import Device
 from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.context import AppContext
 from fleetward.runtime.workers import IngestWorker
 from fleetward.sim import Broker, FleetProcesses, FleetSpec, SimFleet, summary
 from fleetward.sim.spec import images, reference_measurements

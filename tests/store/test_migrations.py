@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from fleetward.runtime.schema import metadata
 from fleetward.store import Database
-from fleetward.store.models import metadata
 
 
 def test_migrations_match_models(db: Database) -> None:

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from fleetward.api.context import AppContext
 from fleetward.runtime.broker import BrokerRuntime
+from fleetward.runtime.context import AppContext
 from fleetward.runtime.workers import IngestWorker
 from fleetward.telemetry import service as telemetry
 from fleetward.telemetry.ingest import Ingestor, TokenBucket

@@ -11,8 +11,8 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from fleetward.api.context import AppContext
 from fleetward.identity.models import CertificateRecord, Device
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.models import ApiToken
 from tests.helpers import csr_pem, new_key

@@ -28,10 +28,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from fleetward.api.app import create_app
-from fleetward.api.context import AppContext
 from fleetward.api.deps import Authorize
 from fleetward.identity.models import CertificateRecord, Device
 from fleetward.provisioning import service as provisioning
+from fleetward.runtime.context import AppContext
 from fleetward.store import utcnow
 from fleetward.tenancy import scope
 from fleetward.tenancy import service as tenancy

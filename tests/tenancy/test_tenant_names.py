@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from fleetward.api.context import AppContext
 from fleetward.ota import repository as ota
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from tests.helpers import csr_pem, new_key
 

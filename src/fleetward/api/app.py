@@ -17,19 +17,19 @@ from fastapi.responses import JSONResponse
 
 from fleetward import __version__
 from fleetward.api import access, metrics, problems
-from fleetward.attestation import routes as attestation_routes
-from fleetward.audit import routes as audit_routes
-from fleetward.comms import routes as comms_routes
-from fleetward.detection import routes as detection_routes
-from fleetward.identity import est
-from fleetward.identity import routes as identity_routes
-from fleetward.ota import routes as ota_routes
-from fleetward.provisioning import routes as provisioning_routes
-from fleetward.response import routes as response_routes
+from fleetward.api.routes import attestation as attestation_routes
+from fleetward.api.routes import audit as audit_routes
+from fleetward.api.routes import comms as comms_routes
+from fleetward.api.routes import detection as detection_routes
+from fleetward.api.routes import est
+from fleetward.api.routes import identity as identity_routes
+from fleetward.api.routes import ota as ota_routes
+from fleetward.api.routes import provisioning as provisioning_routes
+from fleetward.api.routes import response as response_routes
+from fleetward.api.routes import telemetry as telemetry_routes
+from fleetward.api.routes import tenancy as tenancy_routes
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.stack import Stack, serve_stack
-from fleetward.telemetry import routes as telemetry_routes
-from fleetward.tenancy import routes as tenancy_routes
 
 __all__ = ["create_app"]
 

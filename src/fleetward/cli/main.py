@@ -10,20 +10,20 @@ from typing import TYPE_CHECKING
 import typer
 
 from fleetward import __version__, logs
-from fleetward.audit.cli import audit_app
+from fleetward.cli.audit import audit_app
 from fleetward.cli.common import console, err, load_ctx, local_actor
+from fleetward.cli.comms import broker_app, policy_app
 from fleetward.cli.config import LOG_FORMAT, LOG_LEVEL, config_app
-from fleetward.comms.cli import broker_app, policy_app
+from fleetward.cli.identity import ca_app, cert_app, crl_app, device_app
+from fleetward.cli.ota import ota_app
+from fleetward.cli.provisioning import factory_app
+from fleetward.cli.response import drill_app, incident_app, playbook_app
+from fleetward.cli.sim import sim_app
+from fleetward.cli.tenancy import tenant_app, token_app
 from fleetward.config import DEFAULT_PORT, Settings, default_home
 from fleetward.errors import FleetwardError
-from fleetward.identity.cli import ca_app, cert_app, crl_app, device_app
-from fleetward.ota.cli import ota_app
-from fleetward.provisioning.cli import factory_app
-from fleetward.response.cli import drill_app, incident_app, playbook_app
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.installation import initialise
-from fleetward.sim.cli import sim_app
-from fleetward.tenancy.cli import tenant_app, token_app
 
 if TYPE_CHECKING:
     from fleetward.runtime.stack import Stack

@@ -23,7 +23,7 @@ from fleetward.identity.pki import Pki
 from fleetward.identity.renewal import KeyAttester
 from fleetward.keys import Signer
 from fleetward.keys.ring import KeyRing
-from fleetward.provisioning import enroll as provisioning
+from fleetward.provisioning import paths as provisioning
 from fleetward.provisioning.renewal import verify_renewal_attestation
 from fleetward.store import Database
 from fleetward.tenancy.roles import Principal

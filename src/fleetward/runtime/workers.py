@@ -24,11 +24,12 @@ workers in :mod:`.broker`.
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from fleetward.comms.commands import CommandSender
+from fleetward.comms.commands import CommandSender, service_client
 from fleetward.detection import runner as detection
 from fleetward.ota import driver
 from fleetward.response import tracker
@@ -120,7 +121,7 @@ class IngestWorker(PeriodicWorker):
 
     def __init__(self, db: Database, home: Path, *, client_id: str = "fleetward-ingest-1") -> None:
         super().__init__(client_id, interval=0.2, jitter=0.0, initial_delay=0.0, max_backoff=5.0)
-        self.client = MqttIngest(db, home, client_id=client_id)
+        self.client = MqttIngest(db, partial(service_client, home), client_id=client_id)
 
     @property
     def ingestor(self) -> Ingestor:

