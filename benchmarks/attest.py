@@ -166,7 +166,7 @@ def publish_release(base: str, admin: str, release_manager: str) -> None:
             "sbom": ("sbom.json", SBOM, "application/json"),
         },
     )
-    call(release_manager, "POST", f"/api/v1/releases/{release['id']}/approve")
+    call(release_manager, "POST", f"/api/v1/releases/{release['id']}/approvals")
 
 
 def enroll_fleet(ctx: AppContext, admin: str, count: int) -> list[Device]:

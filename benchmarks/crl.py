@@ -380,7 +380,7 @@ def revoke(client: httpx.Client, serial: int, label: str) -> tuple[Revocation, f
     """Revoke over HTTP; returns the timing and the moment the response arrived."""
     hex_serial = format(serial, "x")
     t0 = time.perf_counter()
-    resp = client.post(f"/api/v1/certificates/{hex_serial}/revoke", json={"reason": REASON})
+    resp = client.post(f"/api/v1/certificates/{hex_serial}/revocation", json={"reason": REASON})
     done = time.perf_counter()
     if resp.status_code != 200 or resp.json()["status"] != "revoked":
         raise RuntimeError(f"revocation failed: {resp.status_code} {resp.text[:300]}")

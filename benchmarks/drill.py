@@ -205,7 +205,7 @@ class Api:
             },
         )
         rid = int(body["id"])
-        self.post(f"/api/v1/releases/{rid}/approve", 200)
+        self.post(f"/api/v1/releases/{rid}/approvals", 200)
         return rid
 
     def close(self) -> None:

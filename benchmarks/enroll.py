@@ -8,9 +8,9 @@ Measured in one run, each figure on its own distinct devices:
    per core;
 2. enrollments/s through the service layer (``issuance.enroll``, one
    transaction per device, in this process, one thread);
-3. enrollments/s over HTTP, ``POST /api/v1/devices/{id}/enroll`` with many
+3. enrollments/s over HTTP, ``POST /api/v1/devices/{id}/certificates`` with many
    concurrent keep-alive connections, for each server worker count asked;
-4. enrollments/s over HTTP through ``POST /api/v1/enroll/batch``.
+4. enrollments/s over HTTP through ``POST /api/v1/enrollments``.
 
 Device keys and CSRs (one P-256 key per device, CN = device id) are made
 before any timing starts. The server runs in a subprocess on 127.0.0.1 with
@@ -183,7 +183,7 @@ def single_requests(token: str, csrs: list[tuple[str, bytes]]) -> list[bytes]:
     return [
         json_request(
             "POST",
-            f"/api/v1/devices/{device_id}/enroll",
+            f"/api/v1/devices/{device_id}/certificates",
             {"csr": pem.decode(), "environment": ENV},
             token=token,
         )
@@ -196,7 +196,7 @@ def batch_requests(token: str, csrs: list[tuple[str, bytes]], batch_size: int) -
     return [
         json_request(
             "POST",
-            "/api/v1/enroll/batch",
+            "/api/v1/enrollments",
             {
                 "environment": ENV,
                 "items": [

@@ -200,7 +200,7 @@ class Api:
         if resp.status_code != 201:
             raise RuntimeError(f"upload {product} {version}: {resp.status_code} {resp.text[:300]}")
         rid = int(resp.json()["id"])
-        resp = self.client.post(f"/api/v1/releases/{rid}/approve")
+        resp = self.client.post(f"/api/v1/releases/{rid}/approvals")
         if resp.status_code != 200 or resp.json()["state"] != "deployable":
             raise RuntimeError(f"approve {rid}: {resp.status_code} {resp.text[:300]}")
         return rid

@@ -336,7 +336,7 @@ def run_line(
         server.base,
         "--token",
         token,
-        "--out",
+        "--dir",
         str(out),
         "--keystore",
         result.keystore,

@@ -74,7 +74,7 @@ def test_offline_root_issuing_ca_rotation(home: Path, tmp_path: Path) -> None:
     leaf.verify_directly_issued_by(
         x509.load_pem_x509_certificate((tmp_path / "new.pem").read_bytes())
     )
-    assert '"state": "active"' in fw(home, "device", "show", "cli-dev")
+    assert '"state": "active"' in fw(home, "device", "show", "cli-dev", "--json")
     serial = format(leaf.serial_number, "x")
     fw(home, "cert", "revoke", serial, "--reason", "keyCompromise")
     assert "1 entries" in fw(home, "crl", "publish")

@@ -61,7 +61,7 @@ def test_the_api_answers_with_the_code_of_the_raised_class(
     answers = {
         "not-found": client.get("/api/v1/devices/nobody", headers=h),
         "unauthenticated": client.get("/api/v1/devices/nobody"),
-        "invalid-request": client.post("/api/v1/devices/x/enroll", json={}, headers=h),
+        "invalid-request": client.post("/api/v1/devices/x/certificates", json={}, headers=h),
         "http-404": client.get("/no/such/route"),
     }
     for code, resp in answers.items():

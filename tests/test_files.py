@@ -135,13 +135,13 @@ def test_files_the_running_api_writes_are_private(open_home: Path, umask_000: No
     app = create_app(ctx, crl_interval=0.2, checkpoint_interval=3600)
     with TestClient(app) as client:
         cert = client.post(
-            "/api/v1/devices/p1/enroll",
+            "/api/v1/devices/p1/certificates",
             json={"csr": csr_pem(new_key(), "p1").decode(), "environment": "test"},
             headers=headers,
         )
         assert cert.status_code == 201, cert.text
         revoked = client.post(
-            f"/api/v1/certificates/{cert.json()['serial']}/revoke",
+            f"/api/v1/certificates/{cert.json()['serial']}/revocation",
             json={"reason": "keyCompromise"},
             headers=headers,
         )

@@ -88,7 +88,7 @@ def recorded_source(base: str, admin: str, device_id: str) -> str:
         )
         assert resp.status_code == 200, resp.text
         assert resp.json()["issued"] == 1, resp.text
-        rows = c.get(f"{API}/attempts", params={"factory_id": fid}, headers=h).json()
+        rows = c.get(f"{API}/attempts", params={"factory_id": fid}, headers=h).json()["items"]
     assert [r["device_id"] for r in rows] == [device_id]
     return str(rows[0]["source"])
 

@@ -280,6 +280,8 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     metrics_enabled: bool = True
+    # The tenant a local command (``--tenant``) acts on when none is given.
+    tenant: str = Field(default="default", min_length=1, max_length=63)
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 

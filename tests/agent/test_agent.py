@@ -206,7 +206,7 @@ def test_factory_line_run_and_records_export(
         live,
         "--token",
         token,
-        "--out",
+        "--dir",
         str(tmp_path / "out"),
     ]
     out = runner.invoke(fleetward_cli, [*args, "--count", "12"])
@@ -320,7 +320,9 @@ def test_refusals_with_softhsm_keys(
             ),
         }
         assert "problem" in srv.provision(batch, [tampered])[0]
-    rows = admin_call(live, admin_token, "GET", f"{API}/attempts", params={"batch_id": batch})
+    rows = admin_call(live, admin_token, "GET", f"{API}/attempts", params={"batch_id": batch})[
+        "items"
+    ]
     assert sum(r["result"] == "accepted" for r in rows) == 2
     assert {r["category"] for r in rows if r["result"] == "refused"} >= {
         "outside-batch",

@@ -55,13 +55,13 @@ def test_enrollments_refusals_and_revocations_are_counted(
     h = {"Authorization": f"Bearer {admin_token}"}
     _, before = scrape(metered)
     pem = csr_pem(new_key(), "metrics-dev-1").decode()
-    ok = metered.post("/api/v1/devices/metrics-dev-1/enroll", json={"csr": pem}, headers=h)
+    ok = metered.post("/api/v1/devices/metrics-dev-1/certificates", json={"csr": pem}, headers=h)
     assert ok.status_code == 201, ok.text
-    again = metered.post("/api/v1/devices/metrics-dev-1/enroll", json={"csr": pem}, headers=h)
+    again = metered.post("/api/v1/devices/metrics-dev-1/certificates", json={"csr": pem}, headers=h)
     assert again.status_code == 409, again.text
     code = again.json()["type"].rsplit(":", 1)[1]
     revoked = metered.post(
-        "/api/v1/devices/metrics-dev-1/revoke", json={"reason": "keyCompromise"}, headers=h
+        "/api/v1/devices/metrics-dev-1/revocation", json={"reason": "keyCompromise"}, headers=h
     )
     assert revoked.status_code == 200, revoked.text
     text, after = scrape(metered)
@@ -82,7 +82,7 @@ def test_enrollments_refusals_and_revocations_are_counted(
     assert delta("fleetward_revocations_total", reason="keyCompromise") == 1
 
     # Per route template, never per device: one series for both enrollments.
-    route = "/api/v1/devices/{device_id}/enroll"
+    route = "/api/v1/devices/{device_id}/certificates"
     assert value(after, "fleetward_http_requests_total", method="POST", route=route, status="201")
     assert value(after, "fleetward_http_requests_total", method="POST", route=route, status="409")
     assert value(after, "fleetward_http_request_duration_seconds_count", method="POST", route=route)

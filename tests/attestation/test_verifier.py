@@ -65,7 +65,7 @@ def released(live: str, ctx: AppContext, admin_token: str) -> None:
         "application": hashlib.sha256(APP).hexdigest(),
     }
     rid = upload(live, rm, product="p", version="1.0.0", image=APP, meas=meas).json()["id"]
-    call(live, rm, "POST", f"/api/v1/releases/{rid}/approve")
+    call(live, rm, "POST", f"/api/v1/releases/{rid}/approvals")
 
 
 def verdicts(ctx: AppContext, type_: str = "attestation.verdict") -> list[str]:
@@ -154,8 +154,8 @@ def test_withdrawn_release_fails_and_pending_vouches_for_nothing(
         live, admin_token, tmp_path, "att-w", Keystore("software", directory=tmp_path / "k")
     )
     rm = operator(ctx, "release-manager", "rm2")
-    [rel] = call(live, rm, "GET", "/api/v1/releases").json()
-    call(live, rm, "POST", f"/api/v1/releases/{rel['id']}/withdraw", json={"reason": "CVE"})
+    [rel] = call(live, rm, "GET", "/api/v1/releases").json()["items"]
+    call(live, rm, "POST", f"/api/v1/releases/{rel['id']}/withdrawal", json={"reason": "CVE"})
     out = dev.attest()
     assert out["verdict"] == "fail" and out["failed"] == ["swversion"]
     upload(live, rm, product="p", version="1.1.0", image=b"new")  # pending, not signed

@@ -80,7 +80,7 @@ def tenants(ctx: AppContext) -> Iterator[Tenants]:
 
 
 def verify(client: TestClient, token: str) -> Any:
-    return client.get("/api/v1/audit/verify", headers={"Authorization": f"Bearer {token}"})
+    return client.get("/api/v1/audit/verification", headers={"Authorization": f"Bearer {token}"})
 
 
 def tamper(ctx: AppContext, seq: int) -> None:
@@ -208,17 +208,17 @@ def test_proof_of_another_tenants_entry_is_not_found(
     missing = tenants.total() + 100
     headers = {"Authorization": f"Bearer {tenants.acme_token}"}
 
-    ok = client.get(f"/api/v1/audit/proof/{mine}", headers=headers)
+    ok = client.get(f"/api/v1/audit/entries/{mine}/proof", headers=headers)
     assert ok.status_code == 200, ok.text
     key = ctx.checkpoint_public_key()
     assert key is not None
     audit.verify_proof(ok.json(), public_key=key)
 
     def answer(seq: int) -> dict[str, Any]:
-        resp = client.get(f"/api/v1/audit/proof/{seq}", headers=headers)
+        resp = client.get(f"/api/v1/audit/entries/{seq}/proof", headers=headers)
         assert resp.status_code == 404
         body: dict[str, Any] = resp.json()
-        assert body.pop("instance") == f"/api/v1/audit/proof/{seq}"
+        assert body.pop("instance") == f"/api/v1/audit/entries/{seq}/proof"
         return body
 
     # Another tenant's entry, a system entry and no entry read the same
@@ -230,7 +230,11 @@ def test_proof_of_another_tenants_entry_is_not_found(
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/v1/audit/proof/99999999999999999999", "/api/v1/audit?after=99999999999999999999"]
+    "path",
+    [
+        "/api/v1/audit/entries/99999999999999999999/proof",
+        "/api/v1/audit/entries?limit=99999999999999999999",
+    ],
 )
 def test_out_of_range_sequence_numbers_are_refused(
     client: TestClient, tenants: Tenants, path: str

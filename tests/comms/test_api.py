@@ -44,7 +44,7 @@ def test_policy_versions_are_stored_audited_and_explained(
     assert resp.json()["version"] == 1
     text = "roles:\n  sensor:\n    publish: ['fw/{tenant}/{device}/x']\n"
     assert client.put("/api/v1/comms/policy", headers=h, json={"text": text}).json()["version"] == 2
-    versions = client.get("/api/v1/comms/policy/versions", headers=h).json()
+    versions = client.get("/api/v1/comms/policy/versions", headers=h).json()["items"]
     assert [v["version"] for v in versions] == [2, 1]
     assert client.get("/api/v1/comms/policy?version=1", headers=h).json()["document"] == POLICY
     with ctx.db.read() as s:
@@ -53,11 +53,11 @@ def test_policy_versions_are_stored_audited_and_explained(
     # Explain under the current version (2).
     make_device(ctx, tmp_path, "d1")
     check = {"device": "d1", "action": "publish", "topic": "fw/default/d1/x"}
-    out = client.post("/api/v1/comms/policy/check", headers=h, json=check).json()
+    out = client.post("/api/v1/comms/policy/decisions", headers=h, json=check).json()
     assert out["decision"] == "allow" and out["policy_version"] == 2
     assert out["rule"] == "role sensor: allow publish fw/{tenant}/{device}/x"
     check["topic"] = "fw/default/d1/telemetry/t"
-    out = client.post("/api/v1/comms/policy/check", headers=h, json=check).json()
+    out = client.post("/api/v1/comms/policy/decisions", headers=h, json=check).json()
     assert out["decision"] == "deny" and out["rule"] is None
 
 
@@ -94,7 +94,9 @@ def test_policy_permissions_and_tenants(
     make_device(ctx, tmp_path, "d1")
     check = {"device": "d1", "action": "publish", "topic": "fw/default/d1/telemetry/x"}
     assert (
-        client.post("/api/v1/comms/policy/check", headers=auth(other_admin), json=check).status_code
+        client.post(
+            "/api/v1/comms/policy/decisions", headers=auth(other_admin), json=check
+        ).status_code
         == 404
     )
     assert (
@@ -110,9 +112,9 @@ def test_explain_on_a_revoked_device(
 ) -> None:
     make_device(ctx, tmp_path, "d1")
     h = auth(admin_token)
-    client.post("/api/v1/devices/d1/revoke", headers=h, json={"reason": "keyCompromise"})
+    client.post("/api/v1/devices/d1/revocation", headers=h, json={"reason": "keyCompromise"})
     check = {"device": "d1", "action": "publish", "topic": "fw/default/d1/telemetry/x"}
-    out = client.post("/api/v1/comms/policy/check", headers=h, json=check).json()
+    out = client.post("/api/v1/comms/policy/decisions", headers=h, json=check).json()
     assert out["decision"] == "deny" and "revoked" in out["reason"]
 
 
@@ -145,11 +147,14 @@ def test_commands_through_the_broker(
     svc.publish("fw/default/d1/cmd/wipe", b"{}")
     wait_for(
         lambda: (
-            client.get("/api/v1/devices/d1/denials", headers=h).json().get("authz.denied", 0) >= 1
+            client.get("/api/v1/devices/d1/denials", headers=h)
+            .json()["counts"]
+            .get("authz.denied", 0)
+            >= 1
         ),
         what="the refused delivery to be counted",
     )
-    events = client.get("/api/v1/comms/events?device=d1", headers=h).json()
+    events = client.get("/api/v1/comms/events?device=d1", headers=h).json()["items"]
     assert events[0]["fields"]["topic"] == "fw/default/d1/cmd/wipe"
     assert c.messages == [("fw/default/d1/cmd/ping", b'{"n": 1}')]
     svc.close()

@@ -69,7 +69,7 @@ def test_tampered_bootloader_is_quarantined_within_two_seconds(
     assert took < 2.0
     # Quarantined, not cut off: boot evidence and telemetry still flow.
     assert c.publish("fw/default/victim/boot/evidence") == 0
-    alerts = call(live, admin_token, "GET", "/api/v1/alerts").json()
+    alerts = call(live, admin_token, "GET", "/api/v1/alerts").json()["items"]
     assert [(a["kind"], a["key"]) for a in alerts] == [("boot-integrity", "device:victim")]
     assert alerts[0]["response"] == "quarantine-device: 1 device(s) quarantined"
     assert alerts[0]["evidence"]["failed"] == ["measurements.bootloader"]

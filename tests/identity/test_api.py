@@ -33,7 +33,7 @@ def auth(token: str) -> dict[str, str]:
 
 def enroll(client: TestClient, token: str, device_id: str, pem: bytes, **extra: Any) -> Any:
     return client.post(
-        f"/api/v1/devices/{device_id}/enroll",
+        f"/api/v1/devices/{device_id}/certificates",
         json={"csr": pem.decode(), **extra},
         headers=auth(token),
     )
@@ -72,7 +72,7 @@ def assert_problem(resp: Any, status: int, fragment: str) -> None:
 
 def cas(client: TestClient, token: str) -> dict[str, x509.Certificate]:
     out = {}
-    for ca in client.get("/api/v1/cas", headers=auth(token)).json():
+    for ca in client.get("/api/v1/cas", headers=auth(token)).json()["items"]:
         out[ca["environment"] or "root"] = x509.load_pem_x509_certificate(
             ca["certificate"].encode()
         )
@@ -89,7 +89,9 @@ def test_enroll_issues_a_verifiable_certificate(
     cert.verify_directly_issued_by(chain["production"])
     device = client.get("/api/v1/devices/sensor-1", headers=auth(admin_token)).json()
     assert device["state"] == "active" and device["product"] == "thermo"
-    history = client.get("/api/v1/devices/sensor-1/certificates", headers=auth(admin_token)).json()
+    history = client.get("/api/v1/devices/sensor-1/certificates", headers=auth(admin_token)).json()[
+        "items"
+    ]
     assert [c["serial"] for c in history] == [format(cert.serial_number, "x")]
     with ctx.db.session() as s:
         issued = (
@@ -196,9 +198,9 @@ def test_roles_are_enforced(client: TestClient, ctx: AppContext) -> None:
     resp = enroll(client, auditor, "d1", csr_pem(new_key(), "d1"))
     assert_problem(resp, 403, "may not")
     assert client.get("/api/v1/devices", headers=auth(auditor)).status_code == 200
-    assert client.get("/api/v1/audit", headers=auth(auditor)).status_code == 200
+    assert client.get("/api/v1/audit/entries", headers=auth(auditor)).status_code == 200
     factory = make_token(ctx, "factory-operator")
-    assert_problem(client.get("/api/v1/audit", headers=auth(factory)), 403, "may not")
+    assert_problem(client.get("/api/v1/audit/entries", headers=auth(factory)), 403, "may not")
     assert_problem(
         client.post("/api/v1/tokens", json={"name": "x", "role": "admin"}, headers=auth(factory)),
         403,
@@ -244,13 +246,13 @@ def test_cross_tenant_access_is_not_found(
         ("GET", "/api/v1/devices/mine", None),
         ("GET", "/api/v1/devices/mine/certificates", None),
         ("GET", f"/api/v1/certificates/{serial}", None),
-        ("POST", f"/api/v1/certificates/{serial}/revoke", {"reason": "keyCompromise"}),
-        ("POST", "/api/v1/devices/mine/revoke", {"reason": "keyCompromise"}),
+        ("POST", f"/api/v1/certificates/{serial}/revocation", {"reason": "keyCompromise"}),
+        ("POST", "/api/v1/devices/mine/revocation", {"reason": "keyCompromise"}),
         ("POST", "/api/v1/devices/mine/state", {"state": "quarantined"}),
     ]:
         resp = client.request(method, path, json=body, headers=auth(other_token))
         assert_problem(resp, 404, "not found")
-    assert client.get("/api/v1/devices", headers=auth(other_token)).json() == []
+    assert client.get("/api/v1/devices", headers=auth(other_token)).json()["items"] == []
     # Nothing changed for the owner.
     assert (
         client.get(f"/api/v1/certificates/{serial}", headers=auth(admin_token)).json()["status"]
@@ -296,7 +298,9 @@ def test_renewal_same_key_and_new_key(client: TestClient, admin_token: str) -> N
         },
     )
     assert resp.status_code == 201, resp.text
-    history = client.get("/api/v1/devices/r1/certificates", headers=auth(admin_token)).json()
+    history = client.get("/api/v1/devices/r1/certificates", headers=auth(admin_token)).json()[
+        "items"
+    ]
     assert len(history) == 3
 
 
@@ -306,7 +310,7 @@ def test_revoked_certificate_cannot_renew(
     key = new_key()
     body = enroll(client, admin_token, "r2", csr_pem(key, "r2")).json()
     resp = client.post(
-        f"/api/v1/certificates/{body['serial']}/revoke",
+        f"/api/v1/certificates/{body['serial']}/revocation",
         json={"reason": "keyCompromise"},
         headers=auth(admin_token),
     )
@@ -319,14 +323,18 @@ def test_revoked_certificate_cannot_renew(
     )
     assert_problem(resp, 422, "revoked")
     assert len(refused(ctx, "certificate.renew")) == 1
-    history = client.get("/api/v1/devices/r2/certificates", headers=auth(admin_token)).json()
+    history = client.get("/api/v1/devices/r2/certificates", headers=auth(admin_token)).json()[
+        "items"
+    ]
     assert len(history) == 1
 
 
 def test_unknown_revocation_reason_is_refused(client: TestClient, admin_token: str) -> None:
     serial = enroll(client, admin_token, "r3", csr_pem(new_key(), "r3")).json()["serial"]
     resp = client.post(
-        f"/api/v1/certificates/{serial}/revoke", json={"reason": "bored"}, headers=auth(admin_token)
+        f"/api/v1/certificates/{serial}/revocation",
+        json={"reason": "bored"},
+        headers=auth(admin_token),
     )
     assert_problem(resp, 400, "unknown revocation reason")
     assert (
@@ -345,7 +353,7 @@ def test_batch_enrollment_items_succeed_or_fail_alone(
         {"device_id": "b/3", "csr": csr_pem(new_key(), None).decode()},
         {"device_id": "b4", "csr": csr_pem(new_key(), None).decode()},
     ]
-    resp = client.post("/api/v1/enroll/batch", json={"items": items}, headers=auth(admin_token))
+    resp = client.post("/api/v1/enrollments", json={"items": items}, headers=auth(admin_token))
     assert resp.status_code == 200, resp.text
     out = resp.json()
     assert (out["issued"], out["refused"]) == (2, 3)
@@ -355,7 +363,7 @@ def test_batch_enrollment_items_succeed_or_fail_alone(
     assert len(refused(ctx, "certificate.issue")) == 3
     too_many = {"items": [items[0]] * 1001}
     assert_problem(
-        client.post("/api/v1/enroll/batch", json=too_many, headers=auth(admin_token)),
+        client.post("/api/v1/enrollments", json=too_many, headers=auth(admin_token)),
         422,
         "at most 1000 items",
     )
@@ -386,11 +394,11 @@ def test_device_lifecycle(client: TestClient, admin_token: str) -> None:
     )
     assert (
         client.post(
-            "/api/v1/devices/l1/revoke", json={"reason": "keyCompromise"}, headers=h
+            "/api/v1/devices/l1/revocation", json={"reason": "keyCompromise"}, headers=h
         ).json()["state"]
         == "revoked"
     )
-    certs = client.get("/api/v1/devices/l1/certificates", headers=h).json()
+    certs = client.get("/api/v1/devices/l1/certificates", headers=h).json()["items"]
     assert [c["status"] for c in certs] == ["revoked"]
     assert_problem(
         client.post("/api/v1/devices/l1/state", json={"state": "active"}, headers=h),
@@ -406,9 +414,9 @@ def test_device_lifecycle(client: TestClient, admin_token: str) -> None:
 
 def test_openapi_and_problem_for_unknown_route(client: TestClient) -> None:
     spec = client.get("/api/v1/openapi.json").json()
-    assert "/api/v1/devices/{device_id}/enroll" in spec["paths"]
+    assert "/api/v1/devices/{device_id}/certificates" in spec["paths"]
     assert_problem(client.get("/api/v1/nowhere"), 404, "Not Found")
     resp = client.post(
-        "/api/v1/devices/x/enroll", json={"nope": 1}, headers={"Authorization": "Bearer x"}
+        "/api/v1/devices/x/certificates", json={"nope": 1}, headers={"Authorization": "Bearer x"}
     )
     assert resp.status_code in (401, 422)

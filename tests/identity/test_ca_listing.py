@@ -20,7 +20,7 @@ def token_for(ctx: AppContext, role: str) -> str:
 def cas(client: TestClient, token: str) -> list[dict[str, object]]:
     resp = client.get("/api/v1/cas", headers={"Authorization": f"Bearer {token}"})
     assert resp.status_code == 200, resp.text
-    body: list[dict[str, object]] = resp.json()
+    body: list[dict[str, object]] = resp.json()["items"]
     assert body
     return body
 

@@ -37,7 +37,9 @@ def device_csr(tmp: Path, name: str) -> tuple[Path, Path]:
 
 
 def chain_files(base: str, token: str, tmp: Path) -> tuple[Path, Path, int]:
-    cas = httpx.get(f"{base}/api/v1/cas", headers={"Authorization": f"Bearer {token}"}).json()
+    cas = httpx.get(f"{base}/api/v1/cas", headers={"Authorization": f"Bearer {token}"}).json()[
+        "items"
+    ]
     root = next(c for c in cas if c["kind"] == "root")
     prod = next(c for c in cas if c["environment"] == "production")
     (tmp / "issuer.pem").write_text(prod["certificate"])
@@ -54,7 +56,7 @@ def crl_pem(base: str, ca_id: int) -> str:
 def test_openssl_verify_crl_check_and_ocsp(live: str, admin_token: str, tmp_path: Path) -> None:
     _, csr = device_csr(tmp_path, "dev-ossl")
     resp = httpx.post(
-        f"{live}/api/v1/devices/dev-ossl/enroll",
+        f"{live}/api/v1/devices/dev-ossl/certificates",
         json={"csr": csr.read_text()},
         headers={"Authorization": f"Bearer {admin_token}"},
     )
@@ -82,7 +84,7 @@ def test_openssl_verify_crl_check_and_ocsp(live: str, admin_token: str, tmp_path
     assert f"{leaf}: good" in openssl_ocsp()
 
     resp = httpx.post(
-        f"{live}/api/v1/certificates/{serial}/revoke",
+        f"{live}/api/v1/certificates/{serial}/revocation",
         json={"reason": "keyCompromise"},
         headers={"Authorization": f"Bearer {admin_token}"},
     )

@@ -251,7 +251,9 @@ class Workers:
         for i, conn in enumerate(self.conns):
             device = f"{prefix}-{i}"
             csr = csr_pem(new_key(), device).decode()
-            status, body = self.call(conn, "POST", f"/api/v1/devices/{device}/enroll", {"csr": csr})
+            status, body = self.call(
+                conn, "POST", f"/api/v1/devices/{device}/certificates", {"csr": csr}
+            )
             out.append((self.owner(conn), status, body))
         return out
 

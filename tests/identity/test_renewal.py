@@ -222,7 +222,7 @@ def test_same_key_keeps_hardware_attested(tenant: Tenant) -> None:
     resp = tenant.client.get(
         f"/api/v1/devices/{dev.device_id}/certificates", headers=auth(tenant.admin)
     )
-    assert [c["key_origin"] for c in resp.json()] == [HW, HW, HW]
+    assert [c["key_origin"] for c in resp.json()["items"]] == [HW, HW, HW]
 
 
 def test_new_key_with_valid_attestation_is_hardware_attested(tenant: Tenant) -> None:

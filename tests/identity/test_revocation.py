@@ -65,7 +65,7 @@ def test_ocsp_good_revoked_unknown_and_nonce(client: TestClient, admin_token: st
     assert isinstance(issuer_key, ec.EllipticCurvePublicKey)
     issuer_key.verify(answer.signature, answer.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
     client.post(
-        f"/api/v1/certificates/{format(cert.serial_number, 'x')}/revoke",
+        f"/api/v1/certificates/{format(cert.serial_number, 'x')}/revocation",
         json={"reason": "superseded"},
         headers=auth(admin_token),
     )
@@ -126,7 +126,7 @@ def test_revocation_leaves_the_crl_to_the_publisher(
     before = x509.load_der_x509_crl(client.get(f"/crl/{ca_id}.crl").content)
     assert before.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
     client.post(
-        f"/api/v1/certificates/{format(cert.serial_number, 'x')}/revoke",
+        f"/api/v1/certificates/{format(cert.serial_number, 'x')}/revocation",
         json={"reason": "keyCompromise"},
         headers=auth(admin_token),
     )
@@ -179,7 +179,7 @@ def test_tokens_over_the_api(client: TestClient, admin_token: str) -> None:
     assert resp.status_code == 201
     created = resp.json()
     assert created["token"].startswith("fwt_")
-    listed = client.get("/api/v1/tokens", headers=auth(admin_token)).json()
+    listed = client.get("/api/v1/tokens", headers=auth(admin_token)).json()["items"]
     assert all(t["token"] is None for t in listed)
     assert (
         client.get("/api/v1/tenant", headers=auth(created["token"])).json()["role"]
@@ -205,7 +205,7 @@ def test_crl_rebuilds_append_only_new_revocations(
     second, _ = issue(client, admin_token, "inc2")
     for cert in (first, second):
         client.post(
-            f"/api/v1/certificates/{format(cert.serial_number, 'x')}/revoke",
+            f"/api/v1/certificates/{format(cert.serial_number, 'x')}/revocation",
             json={"reason": "keyCompromise"},
             headers=auth(admin_token),
         )

@@ -91,7 +91,7 @@ def deploy(live: str, ops: dict[str, str], version: str, image: bytes) -> int:
     resp = upload(live, ops["rm"], product="thermo", version=version, image=image)
     rid = int(resp.json()["id"])
     assert (
-        call(live, ops["rm"], "POST", f"/api/v1/releases/{rid}/approve").json()["state"]
+        call(live, ops["rm"], "POST", f"/api/v1/releases/{rid}/approvals").json()["state"]
         == "deployable"
     )
     return rid
@@ -227,7 +227,7 @@ def test_only_signed_releases_are_deployed(live: str, ctx: AppContext, ops: dict
     add_devices(ctx, 5)
     resp = upload(live, ops["rm"], product="thermo", version="1.1.0", image=b"x", sbom=None)
     rid = int(resp.json()["id"])
-    call(live, ops["rm"], "POST", f"/api/v1/releases/{rid}/approve")  # gate: no SBOM
+    call(live, ops["rm"], "POST", f"/api/v1/releases/{rid}/approvals")  # gate: no SBOM
     with ctx.db.session() as s, pytest.raises(ConflictError, match="pending"):
         campaigns.create_campaign(s, rm(ctx), release_id=rid)
 

@@ -73,7 +73,7 @@ def test_campaign_over_mqtt_commits_a_good_release_and_halts_on_a_bad_one(
 
         def campaign(version: str, image: bytes) -> int:
             rid = upload(live, rm, product="p", version=version, image=image).json()["id"]
-            call(live, rm, "POST", f"/api/v1/releases/{rid}/approve")
+            call(live, rm, "POST", f"/api/v1/releases/{rid}/approvals")
             resp = call(
                 live, rm, "POST", "/api/v1/campaigns", json={"release_id": rid, "waves": [50, 100]}
             )
@@ -101,7 +101,7 @@ def test_campaign_over_mqtt_commits_a_good_release_and_halts_on_a_bad_one(
     assert steps.count("boot") == 1 + 3  # one healthy boot, then three failed ones
     # Every step is also telemetry, with the version the device runs.
     events = call(live, rm, "GET", "/api/v1/telemetry/events?device=ota-1&type=ota.step&limit=1000")
-    recorded = [e["fields"]["step"] for e in reversed(events.json())]
+    recorded = [e["fields"]["step"] for e in reversed(events.json()["items"])]
     assert "committed" in recorded and recorded[-1] == "fell-back"
-    assert events.json()[0]["fields"]["version"] == "1.1.0"
+    assert events.json()["items"][0]["fields"]["version"] == "1.1.0"
     watcher.close()

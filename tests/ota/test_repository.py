@@ -48,7 +48,7 @@ def release(live: str, ops: dict[str, str], version: str, image: bytes = IMAGE) 
     assert resp.status_code == 201, resp.text
     rid = int(resp.json()["id"])
     for who in ("rm1", "rm2"):
-        resp = call(live, ops[who], "POST", f"/api/v1/releases/{rid}/approve")
+        resp = call(live, ops[who], "POST", f"/api/v1/releases/{rid}/approvals")
         assert resp.status_code == 200, resp.text
     assert resp.json()["state"] == "deployable"
     return rid
@@ -75,13 +75,15 @@ def test_release_gate_then_stock_client_verifies_and_downloads(
     client = updater(live, tmp_path / "c1", root_of(ctx))
     client.refresh()
     assert client.get_targetinfo("thermo/1.0.0/fw.bin") is None  # not signed yet
-    assert call(live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/approve").json()["state"] == (
+    assert call(live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/approvals").json()["state"] == (
         "pending"
     )
-    again = call(live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/approve")
+    again = call(live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/approvals")
     assert again.status_code == 409  # one signer, one approval
-    assert call(live, repo["auditor"], "POST", f"/api/v1/releases/{rid}/approve").status_code == 403
-    done = call(live, repo["rm2"], "POST", f"/api/v1/releases/{rid}/approve").json()
+    assert (
+        call(live, repo["auditor"], "POST", f"/api/v1/releases/{rid}/approvals").status_code == 403
+    )
+    done = call(live, repo["rm2"], "POST", f"/api/v1/releases/{rid}/approvals").json()
     assert done["state"] == "deployable" and done["gate"] == []
     client = updater(live, tmp_path / "c2", root_of(ctx))
     client.refresh()
@@ -126,8 +128,8 @@ def test_release_without_sbom_or_measurements_never_deploys(
     )
     assert resp.status_code == 201, resp.text
     rid = resp.json()["id"]
-    call(live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/approve")
-    out = call(live, repo["rm2"], "POST", f"/api/v1/releases/{rid}/approve").json()
+    call(live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/approvals")
+    out = call(live, repo["rm2"], "POST", f"/api/v1/releases/{rid}/approvals").json()
     assert out["state"] == "pending"
     assert any(f.startswith(finding) for f in out["gate"]), out["gate"]
 
@@ -223,7 +225,7 @@ def test_withdrawn_release_leaves_targets(
 ) -> None:
     rid = release(live, repo, "1.0.0")
     resp = call(
-        live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/withdraw", json={"reason": "bad"}
+        live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/withdrawal", json={"reason": "bad"}
     )
     assert resp.json()["state"] == "withdrawn"
     client = updater(live, tmp_path / "c", root_of(ctx))
@@ -245,8 +247,8 @@ def test_root_rotation_is_followed_by_old_clients_and_forgery_is_refused(
     v1 = root_of(ctx)
     seasoned = updater(live, tmp_path / "old", v1)
     seasoned.refresh()
-    assert call(live, repo["rm1"], "POST", "/api/v1/ota/root/rotate", json={}).status_code == 403
-    resp = call(live, admin_token, "POST", "/api/v1/ota/root/rotate", json={"threshold": 2})
+    assert call(live, repo["rm1"], "POST", "/api/v1/ota/root/rotations", json={}).status_code == 403
+    resp = call(live, admin_token, "POST", "/api/v1/ota/root/rotations", json={"threshold": 2})
     assert resp.json() == {"root_version": 2}
     # A device that trusted root 1 walks to root 2 and keeps updating.
     client = updater(live, tmp_path / "old", v1)
@@ -280,9 +282,11 @@ def test_other_tenants_cannot_see_releases_or_fetch_targets(
         ca_service.create_tenant_pki(s, ctx.pki, tenant=other, actor="test")
         _, token = tenancy.create_token(s, tenant=other, name="g", role="admin", actor="test")
     assert call(live, token, "GET", f"/api/v1/releases/{rid}").status_code == 404
-    assert call(live, token, "POST", f"/api/v1/releases/{rid}/approve").status_code == 404
-    assert call(live, token, "POST", f"/api/v1/releases/{rid}/withdraw", json={}).status_code == 404
-    assert call(live, token, "GET", "/api/v1/releases").json() == []
+    assert call(live, token, "POST", f"/api/v1/releases/{rid}/approvals").status_code == 404
+    assert (
+        call(live, token, "POST", f"/api/v1/releases/{rid}/withdrawal", json={}).status_code == 404
+    )
+    assert call(live, token, "GET", "/api/v1/releases").json()["items"] == []
     with ctx.db.read() as s:
         sha = s.execute(select(Release.sha256)).scalar_one()
     path = f"thermo/1.0.0/{sha}.fw.bin"

@@ -108,7 +108,7 @@ def issued_count(ctx: AppContext) -> int:
 def attempts(line: Line) -> list[dict[str, Any]]:
     resp = line.client.get(f"{API}/attempts", headers=auth(line.admin))
     assert resp.status_code == 200
-    return list(resp.json())
+    return list(resp.json()["items"])
 
 
 def test_attested_enrollment_records_key_origin(line: Line, ctx: AppContext) -> None:
@@ -137,7 +137,7 @@ def test_attested_enrollment_records_key_origin(line: Line, ctx: AppContext) -> 
         ("dev-2", "accepted", "hardware-attested"),
     ]
     assert rows[0]["csr_fingerprint"] and rows[0]["token"].startswith("token:")
-    batches = line.client.get(f"{API}/batches", headers=auth(line.token)).json()
+    batches = line.client.get(f"{API}/batches", headers=auth(line.token)).json()["items"]
     assert batches[0]["used_count"] == 2
 
 
@@ -185,7 +185,7 @@ def test_item_refusals_issue_nothing_and_are_recorded(line: Line, ctx: AppContex
     assert issued_count(ctx) == before
     refused = [r for r in attempts(line) if r["result"] == "refused"]
     assert len(refused) == len(cases)
-    counters = line.client.get(f"{API}/counters", headers=auth(line.admin)).json()
+    counters = line.client.get(f"{API}/counters", headers=auth(line.admin)).json()["items"]
     mine = next(c for c in counters if c["batch_id"] == batch)
     assert mine["accepted"] == 1
     assert mine["refused_by_category"]["outside-batch"] == 2
@@ -206,7 +206,7 @@ def test_each_device_once_unless_granted(line: Line, ctx: AppContext) -> None:
     assert line.enroll(batch2, line.item("once-1")).json()["issued"] == 1
     history = line.client.get(
         "/api/v1/devices/once-1/certificates", headers=auth(line.admin)
-    ).json()
+    ).json()["items"]
     assert sorted((c["status"], c["revocation_reason"] or "") for c in history) == [
         ("good", ""),
         ("revoked", "superseded"),
@@ -221,7 +221,9 @@ def test_batch_limits(line: Line, ctx: AppContext) -> None:
     assert resp.status_code == 409 and "exhausted" in resp.json()["detail"]
     closed = line.batch(device_ids=["c-1"])
     assert (
-        line.client.post(f"{API}/batches/{closed}/close", headers=auth(line.admin)).status_code
+        line.client.post(
+            f"{API}/batches/{closed}/status", json={"status": "closed"}, headers=auth(line.admin)
+        ).status_code
         == 200
     )
     resp = line.enroll(closed, line.item("c-1"))

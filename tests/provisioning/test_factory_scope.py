@@ -2,7 +2,7 @@
 route that can enroll, and every attempt on every path is an enrollment record.
 
 Before this, a token bound to a factory enrolled a device that none of its
-batches names through ``/devices/{id}/enroll``, ``/enroll/batch`` and EST
+batches names through ``/devices/{id}/certificates``, ``/enrollments`` and EST
 ``simpleenroll`` (201, 1 issued, 200), with no record of the attempt.
 """
 
@@ -70,7 +70,7 @@ def _station(ctx: AppContext, client: TestClient, admin: str) -> tuple[str, int,
 def _attempts(client: TestClient, admin: str) -> list[dict[str, Any]]:
     resp = client.get(f"{API}/provisioning/attempts", headers=_h(admin))
     assert resp.status_code == 200
-    rows: list[dict[str, Any]] = resp.json()
+    rows: list[dict[str, Any]] = resp.json()["items"]
     return rows
 
 
@@ -85,7 +85,7 @@ def test_factory_token_outside_its_batches_is_refused_on_every_route(
     token, factory, _ = _station(ctx, client, admin_token)
     before = _certs(ctx)
     one = client.post(
-        f"{API}/devices/stranger-1/enroll",
+        f"{API}/devices/stranger-1/certificates",
         json={"csr": _csr("stranger-1"), "environment": "test"},
         headers=_h(token),
     )
@@ -93,7 +93,7 @@ def test_factory_token_outside_its_batches_is_refused_on_every_route(
     assert one.json()["type"] == "urn:fleetward:problem:outside-batch"
     assert "open test batches" in one.json()["detail"]
     many = client.post(
-        f"{API}/enroll/batch",
+        f"{API}/enrollments",
         json={"items": [{"device_id": "stranger-2", "csr": _csr("stranger-2")}]},
         headers=_h(token),
     )
@@ -125,7 +125,7 @@ def test_factory_token_enrolls_through_the_batch_that_names_the_device(
 ) -> None:
     token, _, batch = _station(ctx, client, admin_token)
     resp = client.post(
-        f"{API}/devices/fb-1/enroll",
+        f"{API}/devices/fb-1/certificates",
         json={"csr": _csr("fb-1"), "environment": "test"},
         headers=_h(token),
     )
@@ -133,13 +133,15 @@ def test_factory_token_enrolls_through_the_batch_that_names_the_device(
     assert _est(client, token, "fb-2").status_code == 200
     # The batch's count limit holds on these routes too (2 of 3 names).
     third = client.post(
-        f"{API}/enroll/batch",
+        f"{API}/enrollments",
         json={"items": [{"device_id": "fb-3", "csr": _csr("fb-3")}], "environment": "test"},
         headers=_h(token),
     )
     assert third.json()["issued"] == 0, third.text
     # Once per device: fb-1 again is a duplicate, not a second identity.
-    again = client.post(f"{API}/devices/fb-1/enroll", json={"csr": _csr("fb-1")}, headers=_h(token))
+    again = client.post(
+        f"{API}/devices/fb-1/certificates", json={"csr": _csr("fb-1")}, headers=_h(token)
+    )
     assert again.status_code == 409, again.text
     with ctx.db.read() as s:
         used = s.get_one(EnrollmentBatch, batch).used_count
@@ -163,13 +165,13 @@ def test_operator_enrollments_are_recorded_too(
     client: TestClient, ctx: AppContext, admin_token: str
 ) -> None:
     ok = client.post(
-        f"{API}/devices/op-1/enroll",
+        f"{API}/devices/op-1/certificates",
         json={"csr": _csr("op-1"), "environment": "test"},
         headers=_h(admin_token),
     )
     assert ok.status_code == 201
     bad = client.post(
-        f"{API}/devices/op-2/enroll",
+        f"{API}/devices/op-2/certificates",
         json={"csr": _csr("someone-else"), "environment": "test"},
         headers=_h(admin_token),
     )
@@ -179,7 +181,7 @@ def test_operator_enrollments_are_recorded_too(
             s, tenant=tenancy.get_tenant(s, 1), name="a", role="auditor", actor="t"
         )
     refused = client.post(
-        f"{API}/devices/op-3/enroll", json={"csr": _csr("op-3")}, headers=_h(auditor)
+        f"{API}/devices/op-3/certificates", json={"csr": _csr("op-3")}, headers=_h(auditor)
     )
     assert refused.status_code == 403
     rows = {r["device_id"]: r for r in _attempts(client, admin_token)}

@@ -114,7 +114,7 @@ def test_drills_on_a_thousand_devices(
         )  # fmt: skip
         assert resp.status_code == 201, resp.text
         rid = resp.json()["id"]
-        assert call(live, rm, "POST", f"/api/v1/releases/{rid}/approve").status_code == 200
+        assert call(live, rm, "POST", f"/api/v1/releases/{rid}/approvals").status_code == 200
         remaining = sorted(d for d in batch_of if d not in b1)
         report2 = drills.run_drill(
             # Creating the campaign is a release manager's right: the incident

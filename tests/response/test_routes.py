@@ -42,22 +42,22 @@ def test_incident_workflow_over_the_api(client: TestClient, ctx: AppContext) -> 
     )
     inc = client.post("/api/v1/incidents", json={"title": "keys leaked"}, headers=_h(sec)).json()
     body = {"playbook": "revoke-batch", "params": {"batch": 21}, "environment": "test"}
-    radius = client.post(f"/api/v1/incidents/{inc['id']}/dry-run", json=body, headers=_h(sec))
+    radius = client.post(f"/api/v1/incidents/{inc['id']}/blast-radius", json=body, headers=_h(sec))
     assert radius.status_code == 200 and radius.json()["devices"] == 3
     assert "device_pks" not in radius.json()
     resp = client.post(f"/api/v1/incidents/{inc['id']}/runs", json=body, headers=_h(sec))
     assert resp.status_code == 201, resp.text
     run = resp.json()
     assert run["state"] == "awaiting-approval" and run["approvals_needed"] == 1
-    early = client.post(f"/api/v1/runs/{run['id']}/execute", headers=_h(sec))
+    early = client.post(f"/api/v1/runs/{run['id']}/executions", headers=_h(sec))
     assert early.status_code == 409 and "0 of 1 approvals" in early.json()["detail"]
-    own = client.post(f"/api/v1/runs/{run['id']}/approve", headers=_h(sec))
+    own = client.post(f"/api/v1/runs/{run['id']}/approvals", headers=_h(sec))
     assert own.status_code == 403
     assert (
-        client.post(f"/api/v1/runs/{run['id']}/approve", headers=_h(sec2)).json()["state"]
+        client.post(f"/api/v1/runs/{run['id']}/approvals", headers=_h(sec2)).json()["state"]
         == "ready"
     )
-    done = client.post(f"/api/v1/runs/{run['id']}/execute", headers=_h(sec))
+    done = client.post(f"/api/v1/runs/{run['id']}/executions", headers=_h(sec))
     assert done.status_code == 200 and done.json()["state"] == "done", done.text
     got = client.get(f"/api/v1/incidents/{inc['id']}", headers=_h(auditor)).json()
     assert got["state"] == "contained" and got["runs"][0]["state"] == "done"
@@ -90,8 +90,8 @@ def test_another_tenant_sees_nothing_and_touches_nothing(
         ("GET", f"/api/v1/incidents/{inc['id']}"),
         ("GET", "/api/v1/playbooks/revoke-batch"),
         ("GET", f"/api/v1/runs/{run['id']}"),
-        ("POST", f"/api/v1/runs/{run['id']}/approve"),
-        ("POST", f"/api/v1/runs/{run['id']}/execute"),
+        ("POST", f"/api/v1/runs/{run['id']}/approvals"),
+        ("POST", f"/api/v1/runs/{run['id']}/executions"),
     ]:
         assert client.request(method, path, headers=_h(theirs)).status_code == 404, path
     # Their playbook over our devices' batch finds nothing of ours.

@@ -30,7 +30,7 @@ def release(live: str, ctx: AppContext, admin_token: str, spec: FleetSpec) -> No
         meas=reference_measurements(spec),
     )  # fmt: skip
     assert resp.status_code == 201, resp.text
-    call(live, rm, "POST", f"/api/v1/releases/{resp.json()['id']}/approve")
+    call(live, rm, "POST", f"/api/v1/releases/{resp.json()['id']}/approvals")
 
 
 def metrics_per_device(ctx: AppContext) -> dict[str, int]:
@@ -93,7 +93,7 @@ def test_small_fleet_lives_attests_and_is_cut_off_by_revocation(
         before = time.monotonic()
         for d in victims:
             resp = call(
-                live, admin_token, "POST", f"/api/v1/devices/{d}/revoke",
+                live, admin_token, "POST", f"/api/v1/devices/{d}/revocation",
                 json={"reason": "keyCompromise"},
             )  # fmt: skip
             assert resp.status_code == 200, resp.text
@@ -179,7 +179,7 @@ def test_campaign_commits_on_healthy_devices_and_falls_back_on_the_others(
             hardware=spec.hardware,
         )  # fmt: skip
         rid = resp.json()["id"]
-        call(live, rm, "POST", f"/api/v1/releases/{rid}/approve")
+        call(live, rm, "POST", f"/api/v1/releases/{rid}/approvals")
         started = time.monotonic()
         resp = call(
             live, rm, "POST", "/api/v1/campaigns",

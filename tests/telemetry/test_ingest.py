@@ -95,7 +95,7 @@ def test_api_post_and_query_refuse_other_tenants_and_forgeries(
         json={"events": [{"device": "m1", "type": "metric.temp", "fields": {"c": 21.5}}]},
     )
     assert ok.status_code == 201 and ok.json() == {"stored": 1}
-    got = client.get("/api/v1/telemetry/events?device=m1&type=metric", headers=h).json()
+    got = client.get("/api/v1/telemetry/events?device=m1&type=metric", headers=h).json()["items"]
     assert got[0]["fields"] == {"c": 21.5}
     for body, status in [
         (
@@ -120,7 +120,7 @@ def test_api_post_and_query_refuse_other_tenants_and_forgeries(
     )
     assert cross.status_code == 404
     assert client.get("/api/v1/telemetry/events?device=m1", headers=o).status_code == 404
-    assert client.get("/api/v1/telemetry/events", headers=o).json() == []
+    assert client.get("/api/v1/telemetry/events", headers=o).json()["items"] == []
 
 
 def test_retention(ctx: AppContext, tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_a_test_scoped_admin_cannot_widen_itself(client: TestClient, ctx: AppCon
     for change in settings:
         _refused(client.patch(f"{API}/tenant", json=change, headers=_h(admin)))
     # It cannot revoke (and so lock out) the unscoped admin either.
-    tokens = client.get(f"{API}/tokens", headers=_h(admin)).json()
+    tokens = client.get(f"{API}/tokens", headers=_h(admin)).json()["items"]
     assert {t["environment"] for t in tokens} == {"test"}  # sees only its own scope
     with ctx.db.read() as s:
         unscoped = s.execute(
@@ -74,7 +74,7 @@ def test_a_test_scoped_admin_cannot_widen_itself(client: TestClient, ctx: AppCon
     # And its tokens enroll in test only: production stays out of reach.
     key = new_key()
     resp = client.post(
-        f"{API}/devices/p-1/enroll",
+        f"{API}/devices/p-1/certificates",
         json={"csr": csr_pem(key, "p-1").decode(), "environment": "production"},
         headers=_h(ok.json()["token"]),
     )
@@ -102,7 +102,7 @@ def test_a_test_scoped_security_token_cannot_touch_production(
     )
     _refused(
         client.post(
-            f"{API}/certificates/{serial}/revoke",
+            f"{API}/certificates/{serial}/revocation",
             json={"reason": "keyCompromise"},
             headers=_h(sec),
         )
@@ -152,12 +152,12 @@ def test_what_a_live_attack_found_next(
     # A revoked production certificate does not make the device the test
     # environment's: a test-scoped admin may not enroll it there.
     revoked = client.post(
-        f"{API}/certificates/{serial}/revoke", json={"reason": "superseded"}, headers=admin
+        f"{API}/certificates/{serial}/revocation", json={"reason": "superseded"}, headers=admin
     )
     assert revoked.status_code == 200
     ta = _token(ctx, "admin", "test")
     taken = client.post(
-        f"{API}/devices/prod-3/enroll",
+        f"{API}/devices/prod-3/certificates",
         json={"csr": csr_pem(new_key(), "prod-3").decode(), "environment": "test"},
         headers=_h(ta),
     )
@@ -184,12 +184,12 @@ def test_what_a_live_attack_found_next(
     )
     _refused(
         client.post(
-            f"{API}/devices/pb-9/enroll",
+            f"{API}/devices/pb-9/certificates",
             json={"csr": csr_pem(new_key(), "pb-9").decode(), "environment": "test"},
             headers=_h(ta),
         )
     )
-    attempts = client.get(f"{API}/provisioning/attempts", headers=admin).json()
+    attempts = client.get(f"{API}/provisioning/attempts", headers=admin).json()["items"]
     pb9 = next(a for a in attempts if a["device_id"] == "pb-9")
     assert pb9["result"] == "refused" and pb9["environment"] == "test"
     # A short-lived token cannot mint a permanent one.
@@ -214,7 +214,7 @@ def test_what_a_live_attack_found_next(
     # (a day asked of a token with less left gets what the grantor has)
     assert (
         within.json()["expires_at"]
-        <= client.get(f"{API}/tokens", headers=admin).json()[-2]["expires_at"]
+        <= client.get(f"{API}/tokens", headers=admin).json()["items"][-2]["expires_at"]
     )
     # A test-scoped security token may not close (and so stop) a production response.
     client.put(
@@ -234,7 +234,13 @@ def test_what_a_live_attack_found_next(
     )
     assert run.status_code == 201, run.text
     ts = _token(ctx, "security", "test")
-    _refused(client.post(f"{API}/incidents/{incident}/close?force=true", headers=_h(ts)))
+    _refused(
+        client.post(
+            f"{API}/incidents/{incident}/state",
+            json={"state": "closed", "force": True},
+            headers=_h(ts),
+        )
+    )
     _refused(client.post(f"{API}/incidents/{incident}/notes", json={"text": "x"}, headers=_h(ts)))
     # The dangerous option takes a JSON boolean, not a truthy string.
     loose = client.patch(
@@ -249,15 +255,15 @@ def test_records_and_audit_views_are_safe_to_open(
     admin = _h(admin_token)
     bad = '=HYPERLINK("http://203.0.113.9/x","open")'
     client.post(
-        f"{API}/enroll/batch",
+        f"{API}/enrollments",
         json={"items": [{"device_id": bad, "csr": "x"}], "environment": "test"},
         headers=admin,
     )
     text = client.get(f"{API}/provisioning/attempts?format=csv", headers=admin).text
     assert "\n=" not in text and ",=" not in text and "'=HYPERLINK" in text
     auditor = _h(_token(ctx, "auditor", None))
-    entries = client.get(f"{API}/audit?limit=1000", headers=auditor).json()
+    entries = client.get(f"{API}/audit/entries?limit=1000", headers=auditor).json()["items"]
     keys = [e["details"]["key"] for e in entries if "key" in e["details"]]
     assert keys and set(keys) == {"(redacted)"}
-    full = client.get(f"{API}/audit?limit=1000", headers=admin).json()
+    full = client.get(f"{API}/audit/entries?limit=1000", headers=admin).json()["items"]
     assert any(str(e["details"].get("key", "")).startswith("file:") for e in full)

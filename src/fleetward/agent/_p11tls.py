@@ -25,9 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fleetward.errors import InvalidInputError
-from fleetward.keys import Signer, open_signer
-from fleetward.keys._p11session import DEFAULT_MODULE
-from fleetward.keys._p11uri import parse_pkcs11_uri
+from fleetward.keys import DEFAULT_PKCS11_MODULE, Signer, open_signer, parse_pkcs11_uri
 
 __all__ = ["release_token_keys", "use_token_key"]
 
@@ -133,7 +131,7 @@ def use_token_key(
         libs = _libs
         if key_uri not in _held:
             _held[key_uri] = open_signer(key_uri, pin=pin, module=module)
-        engine = _engine(libs, module or DEFAULT_MODULE)
+        engine = _engine(libs, module or DEFAULT_PKCS11_MODULE)
         if libs.crypto.ENGINE_ctrl_cmd_string(engine, b"PIN", pin.encode(), 0) != 1:
             raise InvalidInputError(f"pkcs11 engine refused the PIN: {libs.error()}")
         pkey = libs.crypto.ENGINE_load_private_key(engine, uri.encode(), None, None)

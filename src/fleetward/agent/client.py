@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fleetward.agent.keystore import Keystore, make_csr
 from fleetward.agent.secure_element import SecureElement
 from fleetward.errors import InvalidInputError, ServerRefusedError
-from fleetward.identity.renewal import renewal_attestation_nonce, renewal_proof_message
+from fleetward.identity.profile import renewal_attestation_nonce, renewal_proof_message
 from fleetward.keys import Signer
 
 __all__ = [
@@ -129,11 +129,16 @@ class Server:
         return dict(self._call("POST", "/api/v1/renew", json=body))
 
     def batch(self, batch_id: int) -> dict[str, Any]:
-        """A batch the token can see."""
-        for b in self._call("GET", "/api/v1/provisioning/batches"):
-            if b["id"] == batch_id:
-                return dict(b)
-        raise ServerRefusedError(f"batch {batch_id} not found", status=404)
+        """A batch the token can see (the list is paged: follow ``next``)."""
+        params: dict[str, Any] = {"limit": 1000}
+        while True:
+            page = self._call("GET", "/api/v1/provisioning/batches", params=params)
+            for b in page["items"]:
+                if b["id"] == batch_id:
+                    return dict(b)
+            if page["next"] is None:
+                raise ServerRefusedError(f"batch {batch_id} not found", status=404)
+            params["cursor"] = page["next"]
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from fleetward.agent._tls import tls_context
 from fleetward.agent.client import Server, load_identity, renew
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.ota import OtaClient
-from fleetward.agent.tls import tls_context
 
 __all__ = ["AgentConfig", "DeviceAgent", "backoff", "tenant_of"]
 

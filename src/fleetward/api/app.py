@@ -3,17 +3,15 @@
 The app runs a :class:`~fleetward.runtime.stack.Stack` while it runs (the
 publisher and the TUF refresher by default, see
 :func:`~fleetward.runtime.stack.serve_stack`; everything ``fleetward up``
-runs when it passes its stack) and answers ``/healthz`` from its health.
+runs when it passes its stack) and answers ``/healthz`` from its health (``api/routes/health.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 
 from fleetward import __version__
 from fleetward.api import access, metrics, problems
@@ -22,6 +20,7 @@ from fleetward.api.routes import audit as audit_routes
 from fleetward.api.routes import comms as comms_routes
 from fleetward.api.routes import detection as detection_routes
 from fleetward.api.routes import est
+from fleetward.api.routes import health as health_routes
 from fleetward.api.routes import identity as identity_routes
 from fleetward.api.routes import ota as ota_routes
 from fleetward.api.routes import provisioning as provisioning_routes
@@ -102,17 +101,5 @@ def create_app(
     app.include_router(telemetry_routes.router)
     app.include_router(response_routes.router)
     app.include_router(ota_routes.public)
-
-    @app.get(
-        "/healthz",
-        tags=["meta"],
-        responses={503: {"description": "a worker is overdue or stopped, or the broker is down"}},
-    )
-    def healthz() -> JSONResponse:
-        """Health: each background worker (running, last success, lag, last
-        error) and the broker when this process runs one; 200 when all are
-        healthy, 503 otherwise."""
-        report: dict[str, Any] = {"version": __version__, **stack.health().as_dict()}
-        return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
-
+    app.include_router(health_routes.router)
     return app

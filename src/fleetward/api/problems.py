@@ -5,6 +5,12 @@ error's class in :mod:`fleetward.errors` (which lists them all), or one of the
 two codes this layer adds: :data:`INVALID_REQUEST` for a request that does
 not match the route's schema and ``http-<status>`` for routing and protocol
 errors. Clients branch on the type, never on ``title`` or ``detail``.
+
+The OpenAPI document describes the body as the :class:`Problem` schema under
+``application/problem+json``: every router declares :data:`OPERATOR` or
+:data:`PUBLIC` as its ``responses`` (which also keeps FastAPI from adding
+its own 422 shape), and :func:`install` moves those responses from
+``application/json`` to the problem media type.
 """
 
 from __future__ import annotations
@@ -14,16 +20,82 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetward import observe
 from fleetward.errors import AuditChainError, FleetwardError
 
-__all__ = ["INVALID_REQUEST", "PROBLEM_JSON", "TYPE_PREFIX", "as_dict", "install", "problem"]
+__all__ = [
+    "INVALID_REQUEST",
+    "OPERATOR",
+    "PROBLEM_JSON",
+    "PUBLIC",
+    "TYPE_PREFIX",
+    "Invalid",
+    "Problem",
+    "as_dict",
+    "install",
+    "problem",
+    "responses",
+]
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:fleetward:problem:"
 INVALID_REQUEST = "invalid-request"  # not a class of the tree: FastAPI's validation
+
+
+class Invalid(BaseModel):
+    """One reason a request did not match the route's schema."""
+
+    loc: list[str] = Field(description="where: body, query, path or header, then the field")
+    msg: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem detail: the body of every error the API returns.
+
+    Extension members may follow (``errors`` for an invalid request, ``seq``
+    for a broken audit chain, ``category`` for an enrollment refusal).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(
+        description="urn:fleetward:problem:<code>; clients branch on this",
+        examples=["urn:fleetward:problem:not-found"],
+    )
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    instance: str | None = Field(default=None, description="the request path")
+    errors: list[Invalid] | None = Field(
+        default=None, description="invalid-request only: every mismatch"
+    )
+
+
+_DESCRIPTIONS = {
+    400: "invalid input (problem type invalid-input)",
+    401: "no valid API token (problem type unauthenticated)",
+    403: "the token's role or scope does not allow this (forbidden, out-of-scope, ...)",
+    404: "no such object for this tenant (not-found)",
+    409: "conflicts with the current state (conflict, duplicate-enrollment, ...)",
+    413: "a body or an item over its limit (payload-too-large)",
+    422: "the request does not match the schema (invalid-request), or a check failed "
+    "(verification-failed, certificate, attestation, ...)",
+    503: "a dependency is down (unavailable, broker-unavailable)",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` that answer ``statuses`` with a :class:`Problem`."""
+    return {s: {"model": Problem, "description": _DESCRIPTIONS[s]} for s in statuses}
+
+
+OPERATOR = responses(400, 401, 403, 404, 409, 422)
+"""The problems of a route that authenticates an operator token."""
+PUBLIC = responses(400, 404, 422)
+"""The problems of a route anyone (or a device) may call."""
 
 
 def problem(
@@ -55,7 +127,9 @@ def as_dict(error: FleetwardError, **extra: Any) -> dict[str, Any]:
 
 def install(app: FastAPI) -> None:
     """Map the fleetward error tree, validation errors and HTTP errors to
-    problems, each counted in ``fleetward_refusals_total{code}``."""
+    problems, each counted in ``fleetward_refusals_total{code}``, and
+    describe them as ``application/problem+json`` in the OpenAPI document."""
+    _document_problems(app)
 
     @app.exception_handler(FleetwardError)
     async def _fleetward(request: Request, exc: FleetwardError) -> JSONResponse:
@@ -99,3 +173,27 @@ def install(app: FastAPI) -> None:
             code=f"http-{exc.status_code}",
             instance=request.url.path,
         )
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Serve the OpenAPI document with every :class:`Problem` response
+    under ``application/problem+json`` (FastAPI writes each declared
+    response model under the route's own media type)."""
+    generate = app.openapi
+    ref = "#/components/schemas/Problem"
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for answer in operation.get("responses", {}).values():
+                    content = answer.get("content", {})
+                    for media in [m for m in content if m != PROBLEM_JSON]:
+                        if content[media].get("schema", {}).get("$ref") == ref:
+                            content[PROBLEM_JSON] = content.pop(media)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

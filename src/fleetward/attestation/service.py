@@ -26,15 +26,11 @@ from cryptography import x509
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from fleetward import identity, ota, telemetry
 from fleetward.attestation import evidence as ev
 from fleetward.attestation.models import AttestationNonce
 from fleetward.errors import AttestationError, ConflictError, NotFoundError
-from fleetward.identity.models import CertificateRecord, Device
-from fleetward.ota import campaigns
-from fleetward.ota.models import Release
 from fleetward.store.db import utcnow
-from fleetward.telemetry.models import Event
-from fleetward.tenancy.models import Tenant
 
 __all__ = ["NONCE_TTL", "issue_nonce", "prune_nonces", "record_refusal", "submit"]
 
@@ -42,18 +38,14 @@ NONCE_TTL = dt.timedelta(seconds=120)
 MAX_OUTSTANDING = 8  # unexpired, unused nonces per device
 
 
-def _device(session: Session, tenant: str, device_id: str) -> tuple[int, Device]:
+def _device(session: Session, tenant: str, device_id: str) -> tuple[int, identity.Device]:
     """The device named in a public attestation URL.
 
     One query for the tenant and the device together, so an unknown tenant
     and a known tenant without the device cost the same and answer the
     same 404: these public routes do not tell which tenant names exist.
     """
-    device = session.execute(
-        select(Device)
-        .join(Tenant, Tenant.id == Device.tenant_id)
-        .where(Tenant.name == tenant, Device.device_id == device_id)
-    ).scalar_one_or_none()
+    device = identity.device_named(session, tenant=tenant, device_id=device_id)
     if device is None:
         raise NotFoundError("no such device")
     return device.tenant_id, device
@@ -112,19 +104,14 @@ def _consume(session: Session, device_pk: int, nonce_b64: str, now: dt.datetime)
 
 
 def _reference(
-    session: Session, device: Device, version: str
+    session: Session, device: identity.Device, version: str
 ) -> tuple[dict[str, str] | None, str | None]:
     """Reference measurements of a release that was signed (deployable or
     withdrawn since), and its state; a pending release vouches for nothing."""
-    row = session.execute(
-        select(Release.measurements, Release.state).where(
-            Release.tenant_id == device.tenant_id,
-            Release.product == device.product,
-            Release.version == version,
-            Release.state.in_(("deployable", "withdrawn")),
-        )
-    ).first()
-    return (json.loads(row[0]), str(row[1])) if row is not None else (None, None)
+    found = ota.signed_release(
+        session, tenant_id=device.tenant_id, product=device.product, version=version
+    )
+    return found if found is not None else (None, None)
 
 
 def submit(
@@ -141,13 +128,7 @@ def submit(
     tenant_id, device = _device(session, tenant, device_id)
     if device.state not in ("active", "quarantined"):
         raise AttestationError(f"device is {device.state}: its evidence is refused")
-    ders = session.execute(
-        select(CertificateRecord.der).where(
-            CertificateRecord.device_pk == device.id,
-            CertificateRecord.status == "good",
-            CertificateRecord.not_after > now,
-        )
-    ).scalars()
+    ders = identity.good_certificates(session, device.id, now=now)
     data = None
     error: AttestationError | None = None
     for der in ders:  # a device renewing holds two good certificates for a while
@@ -164,18 +145,21 @@ def submit(
     _consume(session, device.id, data["eat_nonce"], now)
     reference, state = _reference(session, device, data["swversion"])
     verdict = ev.appraise(data, reference=reference, withdrawn=state == "withdrawn")
-    campaigns.on_verdict(
+    ota.on_verdict(
         session, device_pk=device.id, version=str(data["swversion"]), result=verdict.result, now=now
     )
-    session.add(
-        Event(
-            tenant_id=tenant_id,
-            device_pk=device.id,
-            type="attestation.verdict",
-            at=now,
-            count=1,
-            fields=json.dumps({**verdict.as_dict(), "bootcount": data["bootcount"]}),
-        )
+    telemetry.record_events(
+        session,
+        [
+            {
+                "tenant_id": tenant_id,
+                "device_pk": device.id,
+                "type": "attestation.verdict",
+                "at": now,
+                "count": 1,
+                "fields": json.dumps({**verdict.as_dict(), "bootcount": data["bootcount"]}),
+            }
+        ],
     )
     return verdict
 
@@ -188,15 +172,18 @@ def record_refusal(
         tenant_id, device = _device(session, tenant, device_id)
     except NotFoundError:
         return
-    session.add(
-        Event(
-            tenant_id=tenant_id,
-            device_pk=device.id,
-            type="attestation.refused",
-            at=now or utcnow(),
-            count=1,
-            fields=json.dumps({"reason": reason[:300]}),
-        )
+    telemetry.record_events(
+        session,
+        [
+            {
+                "tenant_id": tenant_id,
+                "device_pk": device.id,
+                "type": "attestation.refused",
+                "at": now or utcnow(),
+                "count": 1,
+                "fields": json.dumps({"reason": reason[:300]}),
+            }
+        ],
     )
 
 

@@ -45,7 +45,9 @@ __all__ = [
     "append",
     "append_many",
     "checkpoint",
+    "checkpoint_if_grown",
     "checkpoint_statement",
+    "head_seq",
     "inclusion_proof",
     "list_entries",
     "record_refusal",
@@ -182,7 +184,7 @@ def list_entries(
         select(AuditEntry)
         .where(AuditEntry.tenant_id == tenant_id, AuditEntry.seq > after)
         .order_by(AuditEntry.seq)
-        .limit(min(limit, 1000))
+        .limit(min(limit, 1001))  # the API asks one row past its largest page (1,000)
     )
     return list(session.execute(stmt).scalars())
 
@@ -259,6 +261,28 @@ def checkpoint(
     )
     session.flush()
     return cp
+
+
+def checkpoint_if_grown(session: Session, *, signer: Signer) -> bool:
+    """Sign a checkpoint if entries came since the last; returns whether it did."""
+    last = session.execute(
+        select(AuditCheckpoint.tree_size).order_by(AuditCheckpoint.tree_size.desc()).limit(1)
+    ).scalar()
+    head = session.get(AuditHead, 1)
+    # A checkpoint appends its own entry: only sign when more came.
+    if head is None or head.seq <= (last or 0) + 1:
+        return False
+    checkpoint(session, signer=signer)
+    return True
+
+
+def head_seq(session: Session) -> int:
+    """The sequence number of the newest entry (0 for an empty log).
+
+    Every trust change appends an entry, so a process that keeps a derived
+    view (the broker's table) polls this to learn that one happened.
+    """
+    return int(session.execute(select(AuditHead.seq)).scalar_one_or_none() or 0)
 
 
 def _verify_signature(public_key: PublicKeyTypes, signature: bytes, data: bytes) -> None:

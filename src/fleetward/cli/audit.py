@@ -9,8 +9,9 @@ import typer
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from rich.table import Table
 
+from fleetward.api.routes.audit import EntryOut
 from fleetward.audit import service
-from fleetward.cli.common import console, err, load_ctx, local_principal
+from fleetward.cli.common import JSON, TENANT, console, err, load_ctx, local_principal, print_items
 from fleetward.errors import AuditChainError
 
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
@@ -69,21 +70,32 @@ def verify_proof(
 
 @audit_app.command("list")
 def list_entries(
-    ctx: typer.Context, tenant: str = "default", after: int = 0, limit: int = 50
+    ctx: typer.Context,
+    tenant: str = TENANT,
+    after: int = typer.Option(0, "--after", min=0, help="only entries after this seq"),
+    limit: int = typer.Option(50, "--limit", min=1, max=1000, help="entries at most"),
+    as_json: bool = JSON,
 ) -> None:
-    """List a tenant's entries."""
+    """List a tenant's entries, oldest first."""
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
-    table = Table("seq", "time", "actor", "action", "outcome", "subject", "details")
     with app.db.session() as s:
-        for e in service.list_entries(s, tenant_id=who.tenant_id, after=after, limit=limit):
-            table.add_row(
-                str(e.seq),
-                e.ts.isoformat(timespec="seconds"),
-                e.actor,
-                e.action,
-                e.outcome,
-                e.subject,
-                e.details,
-            )
+        entries = [
+            EntryOut.of(e)
+            for e in service.list_entries(s, tenant_id=who.tenant_id, after=after, limit=limit)
+        ]
+    if as_json:
+        print_items(entries)
+        return
+    table = Table("seq", "time", "actor", "action", "outcome", "subject", "details")
+    for e in entries:
+        table.add_row(
+            str(e.seq),
+            e.ts.isoformat(timespec="seconds"),
+            e.actor,
+            e.action,
+            e.outcome,
+            e.subject,
+            json.dumps(e.details, separators=(",", ":")),
+        )
     console.print(table)

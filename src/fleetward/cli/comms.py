@@ -9,7 +9,17 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fleetward.cli.common import admin_session, console, load_ctx, local_principal, print_json
+from fleetward.api.routes.comms import PolicyOut
+from fleetward.cli.common import (
+    JSON,
+    TENANT,
+    admin_session,
+    console,
+    load_ctx,
+    local_principal,
+    print_items,
+    print_json,
+)
 from fleetward.comms import service
 from fleetward.comms.mosquitto_conf import DEFAULT_MQTT_PORT, DEFAULT_SERVICE_PORT, BrokerFiles
 from fleetward.comms.policy import Action, load_policy_text
@@ -19,16 +29,16 @@ from fleetward.errors import InvalidInputError
 policy_app = typer.Typer(help="Device communication policy.", no_args_is_help=True)
 broker_app = typer.Typer(help="The MQTT broker (Mosquitto) configuration.", no_args_is_help=True)
 
-TENANT = typer.Option("default", help="tenant name")
-
 
 @policy_app.command("show")
 def show(
     ctx: typer.Context,
     tenant: str = TENANT,
     version: int | None = typer.Option(None, help="a stored version (default: current)"),
+    as_json: bool = JSON,
 ) -> None:
-    """Print the policy document (JSON) with its version and hash."""
+    """Print the policy document with its version and hash (JSON, with or
+    without --json: the document is JSON)."""
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
     with app.db.read() as s:
@@ -46,15 +56,19 @@ def set_(ctx: typer.Context, path: Path, tenant: str = TENANT) -> None:
 
 
 @policy_app.command("history")
-def history(ctx: typer.Context, tenant: str = TENANT) -> None:
-    """List stored versions."""
+def history(ctx: typer.Context, tenant: str = TENANT, as_json: bool = JSON) -> None:
+    """List stored versions, newest first."""
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
-    table = Table("version", "sha256", "by", "at", "roles")
     with app.db.read() as s:
-        for v in service.list_versions(s, who):
-            roles = ", ".join(r.name for r in v.policy.roles)
-            table.add_row(str(v.version), v.sha256[:16], v.created_by, str(v.created_at), roles)
+        versions = service.list_versions(s, who)
+    if as_json:
+        print_items([PolicyOut.of(v) for v in versions])
+        return
+    table = Table("version", "sha256", "by", "at", "roles")
+    for v in versions:
+        roles = ", ".join(r.name for r in v.policy.roles)
+        table.add_row(str(v.version), v.sha256[:16], v.created_by, str(v.created_at), roles)
     console.print(table)
 
 
@@ -91,18 +105,31 @@ def check(
 @broker_app.command("render")
 def render(
     ctx: typer.Context,
-    out: Path = typer.Option(..., help="directory for mosquitto.conf and its files"),
+    directory: Path | None = typer.Option(
+        None, "--dir", help="directory for mosquitto.conf and its files (required)"
+    ),
+    out_alias: Path | None = typer.Option(None, "--out", hidden=True),  # the old spelling
     host: str = typer.Option("127.0.0.1", help="listener address"),
-    port: int = typer.Option(DEFAULT_MQTT_PORT, help="device listener port (TLS)"),
+    mqtt_port: int = typer.Option(
+        DEFAULT_MQTT_PORT, "--mqtt-port", help="device listener port (TLS)"
+    ),
     service_port: int = typer.Option(DEFAULT_SERVICE_PORT, help="fleetward's own listener"),
 ) -> None:
     """Write the Mosquitto configuration, certificates, plugin, ACL table,
     CA and CRL bundles for an operator-run broker. Keep them fresh with
-    `fleetward broker sync`."""
+    `fleetward broker sync --dir` (the same directory)."""
+    target = directory or out_alias
+    if target is None:
+        raise typer.BadParameter("missing option --dir", param_hint="--dir")
     app = load_ctx(ctx)
-    files = prepare(app.db, app.pki, out.resolve(), host=host, port=port, service_port=service_port)
+    files = prepare(
+        app.db, app.pki, target.resolve(), host=host, port=mqtt_port, service_port=service_port
+    )
     console.print(f"broker configuration written: {files.config}")
-    console.print(f"run: mosquitto -c {files.config}   and keep `fleetward broker sync` running")
+    console.print(
+        f"run: mosquitto -c {files.config}   and keep "
+        f"`fleetward broker sync --dir {files.root}` running"
+    )
 
 
 @broker_app.command("sync")

@@ -19,12 +19,12 @@ config_app = typer.Typer(help="Settings of this installation.", no_args_is_help=
 LOG_LEVEL = typer.Option(
     None,
     "--log-level",
-    help="debug, info, warning, error or critical (default: FLEETWARD_LOG_LEVEL, else info)",
+    help="default: FLEETWARD_LOG_LEVEL, else info",
 )
 LOG_FORMAT = typer.Option(
     None,
     "--log-format",
-    help="text, or json: one object per line for log shippers (default: FLEETWARD_LOG_FORMAT)",
+    help="json: one object per line for log shippers (default: FLEETWARD_LOG_FORMAT, else text)",
 )
 
 

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Literal, get_args
 
 import typer
 from rich.table import Table
 
-from fleetward.cli.common import admin_session, console, load_ctx, load_settings, local_principal
+from fleetward.api.routes.identity import DeviceState
+from fleetward.cli.common import (
+    JSON,
+    KEY_BACKEND,
+    TENANT,
+    Environment,
+    KeyBackend,
+    admin_session,
+    console,
+    load_ctx,
+    load_settings,
+    local_principal,
+    print_items,
+    print_json,
+)
 from fleetward.identity import ca_service, issuance, publication, service
-from fleetward.identity.schemas import CertificateOut, DeviceOut, certificate_out
+from fleetward.identity.revocation import REASONS
+from fleetward.identity.schemas import CaOut, CertificateOut, DeviceOut, certificate_out
 from fleetward.keys import open_signer
 from fleetward.tenancy import service as tenancy
 
@@ -19,17 +34,34 @@ device_app = typer.Typer(help="Device registry and enrollment.", no_args_is_help
 cert_app = typer.Typer(help="Device certificates.", no_args_is_help=True)
 crl_app = typer.Typer(help="Certificate revocation lists.", no_args_is_help=True)
 
-TENANT = typer.Option("default", help="tenant name")
+# RFC 5280 reasons a device certificate may be revoked for (see identity.revocation).
+Reason = Literal[
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+    "aACompromise",
+]
+if set(get_args(Reason)) != set(REASONS):  # one list of reasons, checked at import
+    raise RuntimeError("Reason must list fleetward.identity.revocation.REASONS")
+REASON = typer.Option("unspecified", "--reason", help="RFC 5280 revocation reason")
 
 
 @ca_app.command("list")
-def ca_list(ctx: typer.Context, tenant: str = TENANT) -> None:
-    """List a tenant's CAs."""
+def ca_list(ctx: typer.Context, tenant: str = TENANT, as_json: bool = JSON) -> None:
+    """List a tenant's CAs (with where their keys are kept)."""
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
-    table = Table("id", "kind", "env", "status", "subject", "key")
     with app.db.session() as s:
-        for ca in ca_service.list_cas(s, tenant_id=who.tenant_id):
+        cas = ca_service.list_cas(s, tenant_id=who.tenant_id)
+        if as_json:
+            print_items([CaOut.of(c, key_location=True) for c in cas])
+            return
+        table = Table("id", "kind", "env", "status", "subject", "key")
+        for ca in cas:
             table.add_row(
                 str(ca.id), ca.kind, ca.environment or "-", ca.status, ca.subject, ca.key_uri
             )
@@ -39,10 +71,10 @@ def ca_list(ctx: typer.Context, tenant: str = TENANT) -> None:
 @ca_app.command("issuing-csr")
 def ca_issuing_csr(
     ctx: typer.Context,
-    environment: str = typer.Option(..., "--env", help="test or production"),
+    environment: Environment = typer.Option(..., "--env", help="the CA's environment"),
     out: Path = typer.Option(..., help="where to write the CSR (PEM)"),
     tenant: str = TENANT,
-    key_backend: str = typer.Option("file", help="file or pkcs11"),
+    key_backend: KeyBackend = KEY_BACKEND,
 ) -> None:
     """Create a new issuing CA key and write its CSR for the (offline) root to sign."""
     with admin_session(ctx, tenant, action="ca.csr", subject=f"tenant:{tenant}") as (
@@ -68,8 +100,8 @@ def ca_sign_csr(
     root_key: Path = typer.Option(..., help="the offline root key file (encrypted PEM)"),
     root_cert: Path = typer.Option(..., help="the root certificate (PEM)"),
     csr: Path = typer.Option(..., help="issuing CA CSR (PEM)"),
-    environment: str = typer.Option(..., "--env"),
-    out: Path = typer.Option(...),
+    environment: Environment = typer.Option(..., "--env", help="the CA's environment"),
+    out: Path = typer.Option(..., help="where to write the certificate (PEM)"),
 ) -> None:
     """Sign an issuing CA CSR with an offline root key (no database needed).
     The key's passphrase is FLEETWARD_KEY_PASSPHRASE (the installation's, which
@@ -127,30 +159,60 @@ def ca_export(ctx: typer.Context, ca_id: int, tenant: str = TENANT) -> None:
 
 @device_app.command("list")
 def device_list(
-    ctx: typer.Context, tenant: str = TENANT, state: str | None = None, limit: int = 100
+    ctx: typer.Context,
+    tenant: str = TENANT,
+    state: DeviceState | None = typer.Option(None, "--state", help="only devices in this state"),
+    product: str | None = typer.Option(None, "--product", help="only devices of this product"),
+    limit: int = typer.Option(100, "--limit", min=1, max=1000, help="devices at most"),
+    as_json: bool = JSON,
 ) -> None:
-    """List devices."""
+    """List devices, by device id."""
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
-    table = Table("device", "product", "state", "labels", "updated")
     with app.db.session() as s:
-        for d in service.list_devices(s, who, state=state, limit=limit):
-            table.add_row(d.device_id, d.product, d.state, d.labels, d.updated_at.isoformat())
+        devices = [
+            DeviceOut.of(d)
+            for d in service.list_devices(s, who, state=state, product=product, limit=limit)
+        ]
+    if as_json:
+        print_items(devices)
+        return
+    table = Table("device", "product", "state", "labels", "updated")
+    for d in devices:
+        labels = ", ".join(f"{k}={v}" for k, v in d.labels.items())
+        table.add_row(d.device_id, d.product, d.state, labels, d.updated_at.isoformat())
     console.print(table)
 
 
 @device_app.command("show")
-def device_show(ctx: typer.Context, device_id: str, tenant: str = TENANT) -> None:
-    """Show a device and its certificate history (JSON)."""
+def device_show(
+    ctx: typer.Context, device_id: str, tenant: str = TENANT, as_json: bool = JSON
+) -> None:
+    """Show a device and its certificate history."""
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
     with app.db.session() as s:
-        d = DeviceOut.of(service.get_device(s, who, device_id)).model_dump(mode="json")
-        d["certificates"] = [
-            CertificateOut.of(r, device_id).model_dump(mode="json", exclude={"certificate"})
-            for r in service.list_certificates(s, who, device_id)
+        device = DeviceOut.of(service.get_device(s, who, device_id))
+        certificates = [
+            CertificateOut.of(r, device_id) for r in service.list_certificates(s, who, device_id)
         ]
-    typer.echo(json.dumps(d, indent=2))
+    if as_json:
+        print_json(
+            {
+                **device.model_dump(mode="json"),
+                "certificates": [
+                    c.model_dump(mode="json", exclude={"certificate"}) for c in certificates
+                ],
+            }
+        )
+        return
+    for name, value in device.model_dump(mode="json").items():
+        console.print(f"{name}: {value}")
+    table = Table("serial", "environment", "not after", "status")
+    for c in certificates:
+        reason = f" ({c.revocation_reason})" if c.revocation_reason else ""
+        table.add_row(c.serial, c.environment, c.not_after.isoformat(), c.status + reason)
+    console.print(table)
 
 
 @device_app.command("register")
@@ -172,7 +234,7 @@ def device_enroll(
     ctx: typer.Context,
     device_id: str,
     csr: Path = typer.Option(..., help="the device's PKCS#10 request (PEM or DER)"),
-    environment: str = typer.Option("production", "--env"),
+    environment: Environment = typer.Option("production", "--env", help="the device's environment"),
     out: Path | None = typer.Option(None, help="write the certificate here (PEM)"),
     tenant: str = TENANT,
 ) -> None:
@@ -206,7 +268,11 @@ def device_enroll(
 
 @device_app.command("state")
 def device_state(
-    ctx: typer.Context, device_id: str, state: str, reason: str | None = None, tenant: str = TENANT
+    ctx: typer.Context,
+    device_id: str,
+    state: DeviceState = typer.Argument(..., help="the new lifecycle state"),
+    reason: str | None = typer.Option(None, "--reason", help="why (recorded in the audit log)"),
+    tenant: str = TENANT,
 ) -> None:
     """Move a device to another lifecycle state."""
     with admin_session(ctx, tenant, action="device.state", subject=f"device:{device_id[:64]}") as (
@@ -220,7 +286,7 @@ def device_state(
 
 @device_app.command("revoke")
 def device_revoke(
-    ctx: typer.Context, device_id: str, reason: str = "unspecified", tenant: str = TENANT
+    ctx: typer.Context, device_id: str, reason: Reason = REASON, tenant: str = TENANT
 ) -> None:
     """Revoke a device and all its certificates."""
     with admin_session(ctx, tenant, action="device.revoke", subject=f"device:{device_id[:64]}") as (
@@ -233,21 +299,25 @@ def device_revoke(
 
 
 @cert_app.command("show")
-def cert_show(ctx: typer.Context, serial: str, tenant: str = TENANT) -> None:
-    """Show a certificate (JSON, with PEM)."""
+def cert_show(ctx: typer.Context, serial: str, tenant: str = TENANT, as_json: bool = JSON) -> None:
+    """Show a certificate (with its PEM)."""
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
     with app.db.session() as s:
-        typer.echo(
-            CertificateOut.of(service.get_certificate(s, who, serial)).model_dump_json(indent=2)
-        )
+        cert = CertificateOut.of(service.get_certificate(s, who, serial))
+    if as_json:
+        typer.echo(cert.model_dump_json(indent=2))
+        return
+    for name, value in cert.model_dump(mode="json", exclude={"certificate"}).items():
+        console.print(f"{name}: {value}")
+    typer.echo(cert.certificate, nl=False)
 
 
 @cert_app.command("revoke")
 def cert_revoke(
     ctx: typer.Context,
     serial: str,
-    reason: str = typer.Option("unspecified", help="RFC 5280 reason, e.g. keyCompromise"),
+    reason: Reason = REASON,
     tenant: str = TENANT,
 ) -> None:
     """Revoke one certificate."""

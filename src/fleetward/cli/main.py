@@ -11,7 +11,7 @@ import typer
 
 from fleetward import __version__, logs
 from fleetward.cli.audit import audit_app
-from fleetward.cli.common import console, err, load_ctx, local_actor
+from fleetward.cli.common import KEY_BACKEND, KeyBackend, console, err, load_ctx, local_actor
 from fleetward.cli.comms import broker_app, policy_app
 from fleetward.cli.config import LOG_FORMAT, LOG_LEVEL, config_app
 from fleetward.cli.identity import ca_app, cert_app, crl_app, device_app
@@ -20,7 +20,7 @@ from fleetward.cli.provisioning import factory_app
 from fleetward.cli.response import drill_app, incident_app, playbook_app
 from fleetward.cli.sim import sim_app
 from fleetward.cli.tenancy import tenant_app, token_app
-from fleetward.config import DEFAULT_PORT, Settings, default_home
+from fleetward.config import DEFAULT_PORT, LogFormat, LogLevel, Settings, default_home
 from fleetward.errors import FleetwardError
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.installation import initialise
@@ -71,7 +71,7 @@ def version() -> None:
 @app.command()
 def init(
     ctx: typer.Context,
-    key_backend: str = typer.Option("file", help="where CA keys live: file or pkcs11"),
+    key_backend: KeyBackend = KEY_BACKEND,
     offline_root: Path | None = typer.Option(
         None, help="write the root CA key here (encrypted) instead of keeping it"
     ),
@@ -142,8 +142,8 @@ def serve(
     ),
     checkpoint_interval: float = typer.Option(600.0, help="seconds between audit checkpoints"),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
-    log_level: str | None = LOG_LEVEL,
-    log_format: str | None = LOG_FORMAT,
+    log_level: LogLevel | None = LOG_LEVEL,
+    log_format: LogFormat | None = LOG_FORMAT,
 ) -> None:
     """Run the API (REST under /api/v1, EST, CRL, OCSP)."""
     context = load_ctx(ctx, log_level=log_level, log_format=log_format)
@@ -169,8 +169,8 @@ def up(
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
     demo: bool = typer.Option(False, "--demo", help="also run a simulated fleet (test env)"),
     demo_devices: int = typer.Option(20, min=1, max=1000, help="devices in the --demo fleet"),
-    log_level: str | None = LOG_LEVEL,
-    log_format: str | None = LOG_FORMAT,
+    log_level: LogLevel | None = LOG_LEVEL,
+    log_format: LogFormat | None = LOG_FORMAT,
 ) -> None:
     """Run fleetward with a Mosquitto it configures and keeps in step (all on
     127.0.0.1): the API, the broker with the fleetward plugin, the sync loop,
@@ -220,13 +220,11 @@ def up(
 def _ensure_environment_cas(context: AppContext) -> None:
     """Give every tenant an issuing CA per environment (installations made
     before the drill environment lack one; an offline root is left alone)."""
-    from sqlalchemy import select
-
     from fleetward.identity import ca_service
-    from fleetward.tenancy.models import Tenant
+    from fleetward.tenancy import service as tenancy
 
     with context.db.session() as s:
-        for tenant in s.execute(select(Tenant)).scalars().all():
+        for tenant in tenancy.list_tenants(s):
             for ca in ca_service.ensure_issuing_cas(
                 s, context.pki, tenant=tenant, actor=local_actor()
             ):

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import typer
 
-from fleetward.cli.common import admin_session, console, load_settings
+from fleetward.cli.common import TENANT, admin_session, console, load_settings
 from fleetward.errors import InvalidInputError
 from fleetward.ota import repository
 from fleetward.tenancy import service as tenancy
 
 ota_app = typer.Typer(help="OTA: the TUF repository and its root keys.", no_args_is_help=True)
 
-TENANT = typer.Option("default", help="tenant name")
 PASSPHRASE_ENV = "FLEETWARD_ROOT_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -13,21 +14,29 @@ from rich.table import Table
 from fleetward.agent.client import Server, enroll_devices
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.secure_element import SimulatedVendor
-from fleetward.cli.common import admin_session, console, load_ctx, local_principal
+from fleetward.api.routes.provisioning import BatchOut, FactoryOut
+from fleetward.cli.common import (
+    JSON,
+    TENANT,
+    Environment,
+    admin_session,
+    console,
+    load_ctx,
+    local_principal,
+    print_json,
+)
 from fleetward.errors import InvalidInputError
 from fleetward.provisioning import service
 from fleetward.store import utcnow
 
 factory_app = typer.Typer(help="Factories, batches and the factory line.", no_args_is_help=True)
 
-TENANT = typer.Option("default", help="tenant name")
-
 
 @factory_app.command("create")
 def create(
     ctx: typer.Context,
     name: str,
-    environment: str = typer.Option(..., "--env", help="test or production"),
+    environment: Environment = typer.Option(..., "--env", help="the environment it enrolls into"),
     tenant: str = TENANT,
 ) -> None:
     """Register a factory."""
@@ -41,24 +50,34 @@ def create(
 
 
 @factory_app.command("list")
-def list_(ctx: typer.Context, tenant: str = TENANT) -> None:
-    """List factories and their batches."""
+def list_(ctx: typer.Context, tenant: str = TENANT, as_json: bool = JSON) -> None:
+    """List factories and their batches (with --json: an object of both lists)."""
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
-    table = Table("batch", "factory", "product", "env", "status", "used", "expires")
     with app.db.read() as s:
-        for f in service.list_factories(s, who):
-            console.print(f"factory {f.id}: {f.name} ({f.environment})")
-        for b in service.list_batches(s, who):
-            table.add_row(
-                str(b.id),
-                str(b.factory_id),
-                b.product,
-                b.environment,
-                b.status,
-                f"{b.used_count}/{b.max_count}",
-                b.expires_at.isoformat(timespec="seconds"),
-            )
+        factories = [FactoryOut.of(f) for f in service.list_factories(s, who)]
+        batches = [BatchOut.of(b) for b in service.list_batches(s, who)]
+    if as_json:
+        print_json(
+            {
+                "factories": [f.model_dump(mode="json") for f in factories],
+                "batches": [b.model_dump(mode="json") for b in batches],
+            }
+        )
+        return
+    for f in factories:
+        console.print(f"factory {f.id}: {f.name} ({f.environment})")
+    table = Table("batch", "factory", "product", "env", "status", "used", "expires")
+    for b in batches:
+        table.add_row(
+            str(b.id),
+            str(b.factory_id),
+            b.product,
+            b.environment,
+            b.status,
+            f"{b.used_count}/{b.max_count}",
+            b.expires_at.isoformat(timespec="seconds"),
+        )
     console.print(table)
 
 
@@ -133,13 +152,11 @@ def root(
 @factory_app.command("attempts")
 def attempts(
     ctx: typer.Context,
-    fmt: str = typer.Option("json", "--format", help="json or csv"),
-    batch_id: int | None = typer.Option(None, "--batch"),
+    fmt: Literal["json", "csv"] = typer.Option("json", "--format", help="export format"),
+    batch_id: int | None = typer.Option(None, "--batch", help="only this batch's records"),
     tenant: str = TENANT,
 ) -> None:
     """Export enrollment records (who provisioned what, when, how)."""
-    if fmt not in ("json", "csv"):
-        raise InvalidInputError("format must be json or csv")
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
     rows: list[dict[str, object]] = []
@@ -171,8 +188,11 @@ def run(
     count: int = typer.Option(..., min=1),
     server: str = typer.Option(..., envvar="FLEETWARD_SERVER"),
     station_token: str = typer.Option(..., "--token", envvar="FLEETWARD_TOKEN"),
-    out: Path = typer.Option(Path("factory-out"), help="device identities and manifest.json"),
-    keystore: str = typer.Option("software", help="software or pkcs11"),
+    directory: Path | None = typer.Option(
+        None, "--dir", help="device identities and manifest.json [default: factory-out]"
+    ),
+    out_alias: Path | None = typer.Option(None, "--out", hidden=True),  # the old spelling
+    keystore: Literal["software", "pkcs11"] = typer.Option("software", help="where keys live"),
     pkcs11_token: str | None = typer.Option(None, envvar="FLEETWARD_AGENT_PKCS11_TOKEN"),
     pkcs11_pin: str | None = typer.Option(None, envvar="FLEETWARD_AGENT_PKCS11_PIN"),
     secure_elements: Path | None = typer.Option(
@@ -180,6 +200,7 @@ def run(
     ),
 ) -> None:
     """Provision COUNT devices of a batch with the real agent code, then write a manifest."""
+    out = directory or out_alias or Path("factory-out")
     store = Keystore(keystore, directory=out / "keys", token_label=pkcs11_token, pin=pkcs11_pin)
     vendor = SimulatedVendor.open(secure_elements) if secure_elements else None
     started = utcnow()

@@ -9,12 +9,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import typer
 from rich.table import Table
 
-from fleetward.cli.common import admin_session, console, load_ctx, local_principal, print_json
+from fleetward.api.routes.response import (
+    DrillOut,
+    IncidentOut,
+    IncidentState,
+    PlaybookOut,
+    incident_detail,
+)
+from fleetward.cli.common import (
+    JSON,
+    TENANT,
+    Environment,
+    admin_session,
+    console,
+    load_ctx,
+    local_principal,
+    print_items,
+    print_json,
+)
 from fleetward.errors import InvalidInputError
 from fleetward.response import compliance, drills, runs, service
 from fleetward.response.effects import LiveEffects
@@ -28,7 +45,10 @@ drill_app = typer.Typer(
     help="Drills: rehearse a playbook on a simulated fleet.", no_args_is_help=True
 )
 
-TENANT = typer.Option("default", help="tenant name")
+Severity = Literal["low", "medium", "high", "critical"]
+if get_args(Severity) != service.SEVERITIES:  # one list of severities, checked at import
+    raise RuntimeError("Severity must list fleetward.response.service.SEVERITIES")
+ENV_HELP = "the environment of the cohort"
 
 
 def _params(pairs: list[str]) -> dict[str, Any]:
@@ -54,25 +74,41 @@ def _as(ctx: typer.Context, token: str) -> Principal:
 
 
 @playbook_app.command("list")
-def playbook_list(ctx: typer.Context, tenant: str = TENANT) -> None:
+def playbook_list(ctx: typer.Context, tenant: str = TENANT, as_json: bool = JSON) -> None:
     """The newest version of each playbook."""
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
-    table = Table("name", "version", "by", "at")
     with app.db.read() as s:
-        for p in service.list_playbooks(s, who):
-            table.add_row(p.name, str(p.version), p.created_by, p.created_at.isoformat())
+        playbooks = [PlaybookOut.of(p) for p in service.list_playbooks(s, who)]
+    if as_json:
+        print_items(playbooks)
+        return
+    table = Table("name", "version", "by", "at")
+    for p in playbooks:
+        table.add_row(p.name, str(p.version), p.created_by, p.created_at.isoformat())
     console.print(table)
 
 
 @playbook_app.command("show")
 def playbook_show(
-    ctx: typer.Context, name: str, version: int | None = None, tenant: str = TENANT
+    ctx: typer.Context,
+    name: str,
+    version: int | None = typer.Option(
+        None, "--version", help="a stored version (default: newest)"
+    ),
+    tenant: str = TENANT,
+    as_json: bool = JSON,
 ) -> None:
-    """Print a playbook's text."""
+    """Print a playbook's text (with --json: the playbook with its version)."""
     app = load_ctx(ctx)
     with app.db.read() as s:
-        typer.echo(service.get_playbook(s, local_principal(app, tenant), name, version).source)
+        playbook = PlaybookOut.of(
+            service.get_playbook(s, local_principal(app, tenant), name, version)
+        )
+    if as_json:
+        print_json(playbook.model_dump(mode="json"))
+    else:
+        typer.echo(playbook.source)
 
 
 @playbook_app.command("put")
@@ -103,7 +139,9 @@ def playbook_install(ctx: typer.Context, tenant: str = TENANT) -> None:
 def incident_open(
     ctx: typer.Context,
     title: str | None = typer.Option(None),
-    severity: str | None = typer.Option(None, help="low, medium, high or critical"),
+    severity: Severity | None = typer.Option(
+        None, "--severity", help="default: from the alert, else medium"
+    ),
     alert: int | None = typer.Option(None, help="open from this alert"),
     tenant: str = TENANT,
 ) -> None:
@@ -114,25 +152,48 @@ def incident_open(
 
 
 @incident_app.command("list")
-def incident_list(ctx: typer.Context, tenant: str = TENANT, state: str | None = None) -> None:
-    """The tenant's incidents."""
+def incident_list(
+    ctx: typer.Context,
+    tenant: str = TENANT,
+    state: IncidentState | None = typer.Option(
+        None, "--state", help="only incidents in this state"
+    ),
+    limit: int = typer.Option(100, "--limit", min=1, max=1000, help="incidents at most"),
+    as_json: bool = JSON,
+) -> None:
+    """The tenant's incidents, newest first."""
     app = load_ctx(ctx)
-    table = Table("id", "state", "severity", "title", "opened", "contained")
     with app.db.read() as s:
-        for i in service.list_incidents(s, local_principal(app, tenant), state=state):
-            table.add_row(
-                str(i.id), i.state + (" (drill)" if i.drill else ""), i.severity, i.title,
-                i.opened_at.isoformat(timespec="seconds"),
-                i.contained_at.isoformat(timespec="seconds") if i.contained_at else "-",
-            )  # fmt: skip
+        incidents = [
+            IncidentOut.of(i)
+            for i in service.list_incidents(
+                s, local_principal(app, tenant), state=state, limit=limit
+            )
+        ]
+    if as_json:
+        print_items(incidents)
+        return
+    table = Table("id", "state", "severity", "title", "opened", "contained")
+    for i in incidents:
+        table.add_row(
+            str(i.id), i.state + (" (drill)" if i.drill else ""), i.severity, i.title,
+            i.opened_at.isoformat(timespec="seconds"),
+            i.contained_at.isoformat(timespec="seconds") if i.contained_at else "-",
+        )  # fmt: skip
     console.print(table)
 
 
 @incident_app.command("show")
-def incident_show(ctx: typer.Context, incident_id: int, tenant: str = TENANT) -> None:
+def incident_show(
+    ctx: typer.Context, incident_id: int, tenant: str = TENANT, as_json: bool = JSON
+) -> None:
     """An incident's timeline (with the audit entry of each line) and stragglers."""
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
+    if as_json:
+        with app.db.read() as s:
+            print_json(incident_detail(s, who, incident_id).model_dump(mode="json"))
+        return
     with app.db.read() as s:
         incident = service.get_incident(s, who, incident_id)
         console.print(f"[bold]incident {incident.id}[/]: {incident.title} ({incident.state})")
@@ -153,11 +214,11 @@ def incident_dry_run(
     incident_id: int,
     playbook: str,
     param: list[str] = typer.Option([], help="name=value (JSON values allowed)"),
-    env: str = typer.Option("production"),
-    confirm: int | None = None,
+    env: Environment = typer.Option("production", "--env", help=ENV_HELP),
+    confirm: int | None = typer.Option(None, help="the cohort size, when the playbook asks"),
     tenant: str = TENANT,
 ) -> None:
-    """Show the blast radius of a run; nothing happens."""
+    """Show the blast radius of a run (JSON); nothing happens."""
     app = load_ctx(ctx)
     with app.db.read() as s:
         radius = runs.dry_run(
@@ -173,7 +234,7 @@ def incident_run(
     incident_id: int,
     playbook: str,
     param: list[str] = typer.Option([], help="name=value (JSON values allowed)"),
-    env: str = typer.Option("production"),
+    env: Environment = typer.Option("production", "--env", help=ENV_HELP),
     confirm: int | None = typer.Option(None, help="the cohort size, when the playbook asks"),
     tenant: str = TENANT,
 ) -> None:
@@ -229,25 +290,38 @@ def incident_close(
 
 
 @drill_app.command("list")
-def drill_list(ctx: typer.Context, tenant: str = TENANT) -> None:
+def drill_list(
+    ctx: typer.Context,
+    tenant: str = TENANT,
+    limit: int = typer.Option(50, "--limit", min=1, max=1000, help="drills at most"),
+    as_json: bool = JSON,
+) -> None:
     """Drill reports, newest first: the trend."""
     app = load_ctx(ctx)
+    with app.db.read() as s:
+        found = [
+            DrillOut.of(d) for d in drills.list_drills(s, local_principal(app, tenant), limit=limit)
+        ]
+    if as_json:
+        print_items(found)
+        return
     table = Table("id", "when", "playbook", "state", "devices", "affected", "detect s",
                   "contain s", "stragglers")  # fmt: skip
-    with app.db.read() as s:
-        for d in drills.list_drills(s, local_principal(app, tenant)):
-            table.add_row(
-                str(d.id), d.started_at.isoformat(timespec="seconds"),
-                f"{d.playbook} v{d.playbook_version}", d.state, str(d.devices), str(d.affected),
-                "-" if d.detect_s is None else f"{d.detect_s:.2f}",
-                "-" if d.contain_s is None else f"{d.contain_s:.2f}", str(d.stragglers),
-            )  # fmt: skip
+    for d in found:
+        table.add_row(
+            str(d.id), d.started_at.isoformat(timespec="seconds"),
+            f"{d.playbook} v{d.playbook_version}", d.state, str(d.devices), str(d.affected),
+            "-" if d.detect_s is None else f"{d.detect_s:.2f}",
+            "-" if d.contain_s is None else f"{d.contain_s:.2f}", str(d.stragglers),
+        )  # fmt: skip
     console.print(table)
 
 
 @drill_app.command("show")
-def drill_show(ctx: typer.Context, drill_id: int, tenant: str = TENANT) -> None:
-    """One drill's report (JSON)."""
+def drill_show(
+    ctx: typer.Context, drill_id: int, tenant: str = TENANT, as_json: bool = JSON
+) -> None:
+    """One drill's report (JSON, with or without --json: the report is a document)."""
     app = load_ctx(ctx)
     with app.db.read() as s:
         d = drills.get_drill(s, local_principal(app, tenant), drill_id)
@@ -259,9 +333,7 @@ def _batch_refs(
 ) -> dict[str, Any]:
     """``@b1`` stands for the factory batch id of the simulated batch ``b1``
     (the fleet is enrolled by the drill, so its batch ids are not known before)."""
-    from sqlalchemy import select
-
-    from fleetward.identity.models import Device
+    from fleetward import identity
 
     out = dict(params)
     for name, value in params.items():
@@ -271,11 +343,10 @@ def _batch_refs(
         if not members:
             raise InvalidInputError(f"--param {name}={value}: the fleet has no batch {value[1:]}")
         with app.db.read() as s:
-            out[name] = s.execute(
-                select(Device.batch_id).where(
-                    Device.tenant_id == who.tenant_id, Device.device_id == members[0]
-                )
-            ).scalar_one()
+            found = identity.batches_of(s, tenant_id=who.tenant_id, device_ids=members[:1])
+        if len(found) != 1:
+            raise InvalidInputError(f"--param {name}={value}: batch {value[1:]} is not enrolled")
+        out[name] = found.pop()
     return out
 
 

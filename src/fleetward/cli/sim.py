@@ -10,7 +10,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from fleetward.cli.common import console
+from fleetward.cli.common import TENANT, Environment, console
 from fleetward.errors import InvalidInputError
 from fleetward.sim.fleet import SimFleet, summary
 from fleetward.sim.procs import FleetProcesses
@@ -47,7 +47,7 @@ def run(
         None, envvar="FLEETWARD_TOKEN", help="admin API token (to enroll missing devices)"
     ),
     devices: int = typer.Option(100, help="how many devices"),
-    env: str = typer.Option("drill", help="environment: drill or test (never production)"),
+    env: Environment = typer.Option("drill", "--env", help="drill or test (never production)"),
     processes: int = typer.Option(1, help="processes to spread the devices over"),
     offline: float = typer.Option(0.0, help="fraction that stays offline"),
     tampered: float = typer.Option(0.0, help="fraction with a tampered bootloader"),
@@ -55,10 +55,12 @@ def run(
     fail_health: float = typer.Option(0.0, help="fraction whose updates fail the health check"),
     batches: int = typer.Option(1, help="factory batches (cohorts) to spread devices over"),
     prefix: str = typer.Option("sim", help="device id prefix"),
-    tenant: str = typer.Option("default", help="tenant of the devices"),
+    tenant: str = TENANT,
     product: str = typer.Option("sim-device"),
     hardware: str = typer.Option("sim-board"),
-    version: str = typer.Option("1.0.0", help="the firmware devices start with"),
+    firmware_version: str = typer.Option(
+        "1.0.0", "--firmware-version", help="the firmware devices start with"
+    ),
     interval: float = typer.Option(10.0, help="seconds between readings of a device"),
     seed: int = typer.Option(0, help="chooses the faulty devices"),
     directory: Path = typer.Option(Path("fleetward-sim"), "--dir", help="the fleet's directory"),
@@ -69,7 +71,7 @@ def run(
     spec = _spec(
         devices=devices, environment=env, offline=offline, tampered=tampered,
         slow_link_ms=slow_link_ms, fail_health=fail_health, batches=batches, prefix=prefix,
-        tenant=tenant, product=product, hardware=hardware, initial_version=version,
+        tenant=tenant, product=product, hardware=hardware, initial_version=firmware_version,
         telemetry_interval=interval, seed=seed,
     )  # fmt: skip
     if processes < 1:

@@ -3,24 +3,44 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal, get_args
 
 import typer
 from rich.table import Table
 
-from fleetward.cli.common import admin_session, console, load_ctx, local_actor, local_principal
+from fleetward.api.routes.tenancy import TokenOut
+from fleetward.cli.common import (
+    JSON,
+    KEY_BACKEND,
+    TENANT,
+    Environment,
+    KeyBackend,
+    admin_session,
+    console,
+    load_ctx,
+    local_actor,
+    local_principal,
+    print_items,
+    print_json,
+)
 from fleetward.identity import ca_service
 from fleetward.store import utcnow
 from fleetward.tenancy import service
+from fleetward.tenancy.roles import ROLES
 
 tenant_app = typer.Typer(help="Tenants (the isolation boundary).", no_args_is_help=True)
 token_app = typer.Typer(help="Operator API tokens.", no_args_is_help=True)
+
+Role = Literal["admin", "security", "release-manager", "factory-operator", "auditor"]
+if set(get_args(Role)) != set(ROLES):  # one list of roles, checked at import
+    raise RuntimeError("Role must list fleetward.tenancy.roles.ROLES")
 
 
 @tenant_app.command("create")
 def tenant_create(
     ctx: typer.Context,
     name: str,
-    key_backend: str = typer.Option("file", help="file or pkcs11 for CA keys"),
+    key_backend: KeyBackend = KEY_BACKEND,
 ) -> None:
     """Create a tenant with its CAs, and print its first admin token once."""
     app = load_ctx(ctx)
@@ -40,7 +60,7 @@ def tenant_create(
 @tenant_app.command("policy")
 def tenant_policy(
     ctx: typer.Context,
-    tenant: str = typer.Option("default"),
+    tenant: str = TENANT,
     cert_lifetime_days: int | None = typer.Option(None, min=1),
     allow_unattested_keys_in_production: bool | None = typer.Option(
         None,
@@ -66,13 +86,28 @@ def tenant_policy(
 
 
 @tenant_app.command("list")
-def tenant_list(ctx: typer.Context) -> None:
+def tenant_list(ctx: typer.Context, as_json: bool = JSON) -> None:
     """List tenants."""
     app = load_ctx(ctx)
-    table = Table("id", "name", "cert lifetime (days)", "created")
     with app.db.session() as s:
-        for t in service.list_tenants(s):
-            table.add_row(str(t.id), t.name, str(t.cert_lifetime_days), t.created_at.isoformat())
+        rows = [
+            {
+                "id": t.id,
+                "name": t.name,
+                "cert_lifetime_days": t.cert_lifetime_days,
+                "allow_unattested_keys_in_production": t.allow_unattested_keys_in_production,
+                "created_at": t.created_at.isoformat(),
+            }
+            for t in service.list_tenants(s)
+        ]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("id", "name", "cert lifetime (days)", "created")
+    for t in rows:
+        table.add_row(
+            str(t["id"]), str(t["name"]), str(t["cert_lifetime_days"]), str(t["created_at"])
+        )
     console.print(table)
 
 
@@ -80,11 +115,11 @@ def tenant_list(ctx: typer.Context) -> None:
 def token_create(
     ctx: typer.Context,
     name: str,
-    role: str = typer.Option(
-        ..., help="admin, security, release-manager, factory-operator, auditor"
+    role: Role = typer.Option(..., "--role", help="what the token may do"),
+    tenant: str = TENANT,
+    environment: Environment | None = typer.Option(
+        None, "--env", help="restrict the token to one environment"
     ),
-    tenant: str = typer.Option("default"),
-    environment: str | None = typer.Option(None, help="restrict to test or production"),
     expires_in_days: int | None = typer.Option(None, min=1),
 ) -> None:
     """Create an API token; the token is printed once."""
@@ -108,26 +143,30 @@ def token_create(
 
 
 @token_app.command("list")
-def token_list(ctx: typer.Context, tenant: str = typer.Option("default")) -> None:
-    """List a tenant's tokens."""
+def token_list(ctx: typer.Context, tenant: str = TENANT, as_json: bool = JSON) -> None:
+    """List a tenant's tokens (never their secrets)."""
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
-    table = Table("id", "name", "role", "env", "expires", "revoked")
     with app.db.session() as s:
-        for t in service.list_tokens(s, who):
-            table.add_row(
-                t.id,
-                t.name,
-                t.role,
-                t.environment or "-",
-                t.expires_at.isoformat() if t.expires_at else "-",
-                t.revoked_at.isoformat() if t.revoked_at else "-",
-            )
+        tokens = [TokenOut.of(t) for t in service.list_tokens(s, who)]
+    if as_json:
+        print_items(tokens)
+        return
+    table = Table("id", "name", "role", "env", "expires", "revoked")
+    for t in tokens:
+        table.add_row(
+            t.id,
+            t.name,
+            t.role,
+            t.environment or "-",
+            t.expires_at.isoformat() if t.expires_at else "-",
+            t.revoked_at.isoformat() if t.revoked_at else "-",
+        )
     console.print(table)
 
 
 @token_app.command("revoke")
-def token_revoke(ctx: typer.Context, token_id: str, tenant: str = typer.Option("default")) -> None:
+def token_revoke(ctx: typer.Context, token_id: str, tenant: str = TENANT) -> None:
     """Revoke a token."""
     with admin_session(ctx, tenant, action="token.revoke", subject=f"token:{token_id}") as (
         _app,

@@ -6,4 +6,51 @@ Mosquitto plugin (``native/``) evaluates; :mod:`.mosquitto_conf` renders the
 broker's configuration and PKI, :mod:`.sync` keeps its table and trust files
 in step with the database, and :mod:`.mosquitto` runs it. (The runtime
 schedules the sync and the supervision.)
+
+The public face: policy versions, explanations and commands
+(:mod:`.service`), and the service identity's broker connection
+(:mod:`.commands`) that the OTA driver and response runs send through.
+:mod:`.policy` and :mod:`.compile` are pure and may be imported directly.
 """
+
+from fleetward.comms.commands import (
+    BrokerUnavailableError,
+    CommandSender,
+    broker_info,
+    service_client,
+)
+from fleetward.comms.service import (
+    PolicyVersion,
+    authorize_command,
+    broker_snapshot,
+    current_policy,
+    denial_counts,
+    explain,
+    get_policy,
+    list_events,
+    list_versions,
+    record_acl_events,
+    record_handshake_refusals,
+    set_policy,
+    subject_of,
+)
+
+__all__ = [
+    "BrokerUnavailableError",
+    "CommandSender",
+    "PolicyVersion",
+    "authorize_command",
+    "broker_info",
+    "broker_snapshot",
+    "current_policy",
+    "denial_counts",
+    "explain",
+    "get_policy",
+    "list_events",
+    "list_versions",
+    "record_acl_events",
+    "record_handshake_refusals",
+    "service_client",
+    "set_policy",
+    "subject_of",
+]

@@ -19,18 +19,14 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from fleetward.audit import service as audit
+from fleetward import audit, identity, telemetry, tenancy
 from fleetward.comms.compile import BrokerDevice, mqtt_username
 from fleetward.comms.models import CommsPolicy
 from fleetward.comms.policy import DEFAULT_POLICY, Action, Decision, Policy, Subject, decide
 from fleetward.comms.policy import parse_policy as _parse
 from fleetward.errors import InvalidInputError, NotFoundError, PermissionDeniedError
-from fleetward.identity import service as identity
-from fleetward.identity.models import CertificateRecord, Device
 from fleetward.store.db import utcnow
-from fleetward.telemetry.models import Event
 from fleetward.tenancy import scope
-from fleetward.tenancy.models import Tenant
 from fleetward.tenancy.roles import Permission, Principal, require
 
 __all__ = [
@@ -160,7 +156,7 @@ def set_policy(
     return _version_of(row)
 
 
-def subject_of(device: Device, tenant_name: str) -> Subject:
+def subject_of(device: identity.Device, tenant_name: str) -> Subject:
     """The policy subject for a registry device."""
     labels = json.loads(device.labels or "{}")
     return Subject(
@@ -174,7 +170,7 @@ def subject_of(device: Device, tenant_name: str) -> Subject:
 
 def explain(
     session: Session, principal: Principal, device_id: str, *, action: Action, topic: str
-) -> tuple[Decision, PolicyVersion, Device]:
+) -> tuple[Decision, PolicyVersion, identity.Device]:
     """Decide ``action`` on ``topic`` for a device under the current policy.
 
     A device that is not active or quarantined cannot connect at all; the
@@ -202,26 +198,9 @@ def broker_snapshot(
     certificates in.
     """
     now = now or utcnow()
-    tenants = {t.id: t.name for t in session.execute(select(Tenant)).scalars()}
+    tenants = tenancy.tenant_names(session)
     policies = {name: current_policy(session, tid).policy for tid, name in tenants.items()}
-    rows = session.execute(
-        select(
-            Device.tenant_id,
-            Device.device_id,
-            Device.product,
-            Device.labels,
-            Device.state,
-            CertificateRecord.environment,
-            CertificateRecord.der,
-        )
-        .join(CertificateRecord, CertificateRecord.device_pk == Device.id)
-        .where(
-            Device.state.in_(CONNECTABLE),
-            CertificateRecord.status == "good",
-            CertificateRecord.not_after > now,
-        )
-        .order_by(Device.id, CertificateRecord.environment)
-    )
+    rows = identity.connectable_certificates(session, states=CONNECTABLE, now=now)
     grouped: dict[tuple[str, str], tuple[Subject, list[str]]] = {}
     for tenant_id, device_id, product, labels, state, env, der in rows:
         tenant = tenants[tenant_id]
@@ -254,9 +233,8 @@ def record_acl_events(
     torn line must not stop the rest. Returns how many events were stored.
     """
     now = now or utcnow()
-    tenants = {name: tid for tid, name in session.execute(select(Tenant.id, Tenant.name))}
-    devices: dict[tuple[int, str], int | None] = {}
-    events: list[Event] = []
+    tenants = {name: tid for tid, name in tenancy.tenant_names(session).items()}
+    parsed: list[tuple[dt.datetime, str, str, str, str, int, tuple[int, str] | None]] = []
     for line in lines:
         parts = line.rstrip("\n").split("\t")
         if len(parts) != 6:
@@ -267,28 +245,25 @@ def record_acl_events(
             n = int(count)
         except ValueError:
             continue
-        tenant_id = device_pk = None
         match = _USERNAME.fullmatch(username)
+        key = None
         if match and match.group(1) in tenants:
-            tenant_id = tenants[match.group(1)]
-            key = (tenant_id, match.group(3))
-            if key not in devices:  # one lookup per identity, not per line
-                devices[key] = session.execute(
-                    select(Device.id).where(Device.tenant_id == key[0], Device.device_id == key[1])
-                ).scalar_one_or_none()
-            device_pk = devices[key]
-        events.append(
-            Event(
-                tenant_id=tenant_id,
-                device_pk=device_pk,
-                type=f"authz.{kind}",
-                at=at,
-                count=n,
-                fields=json.dumps({"identity": username, "action": action, "topic": topic}),
-            )
-        )
-    session.add_all(events)
-    return len(events)
+            key = (tenants[match.group(1)], match.group(3))
+        parsed.append((at, username, kind, action, topic, n, key))
+    # One set-based lookup for every identity the lines name, not one per line.
+    devices = identity.find_devices(session, {key for *_, key in parsed if key is not None})
+    rows = [
+        {
+            "tenant_id": key[0] if key else None,
+            "device_pk": devices.get(key) if key else None,
+            "type": f"authz.{kind}",
+            "at": at,
+            "count": n,
+            "fields": json.dumps({"identity": username, "action": action, "topic": topic}),
+        }
+        for at, username, kind, action, topic, n, key in parsed
+    ]
+    return telemetry.record_events(session, rows)
 
 
 def record_handshake_refusals(
@@ -300,19 +275,18 @@ def record_handshake_refusals(
     these carry the peer address and are not attributed to a tenant.
     """
     now = now or utcnow()
-    events = [
-        Event(
-            tenant_id=None,
-            device_pk=None,
-            type="authz.handshake-refused",
-            at=now,
-            count=1,
-            fields=json.dumps({"peer": peer, "reason": reason}),
-        )
+    rows = [
+        {
+            "tenant_id": None,
+            "device_pk": None,
+            "type": "authz.handshake-refused",
+            "at": now,
+            "count": 1,
+            "fields": json.dumps({"peer": peer, "reason": reason}),
+        }
         for peer, reason in peers
     ]
-    session.add_all(events)
-    return len(events)
+    return telemetry.record_events(session, rows)
 
 
 def list_events(
@@ -321,33 +295,27 @@ def list_events(
     *,
     device_id: str | None = None,
     type_prefix: str = "authz.",
+    before: int | None = None,
     limit: int = 100,
-) -> list[tuple[Event, str | None]]:
-    """The tenant's newest events (with the device id each names), newest first."""
+) -> list[tuple[telemetry.Event, str | None]]:
+    """The tenant's newest events (with the device id each names), newest first
+    (``before``: only events older than event ``before``, the next page)."""
     require(principal, Permission.DEVICE_READ)
-    query = (
-        select(Event, Device.device_id)
-        .outerjoin(Device, Device.id == Event.device_pk)
-        .where(Event.tenant_id == principal.tenant_id, Event.type.startswith(type_prefix))
-        .order_by(Event.id.desc())
-        .limit(limit)
+    return telemetry.query(
+        session,
+        principal,
+        device_id=device_id,
+        type_prefix=type_prefix,
+        before=before,
+        limit=limit,
     )
-    if device_id is not None:
-        device = identity.get_device(session, principal, device_id)
-        query = query.where(Event.device_pk == device.id)
-    return [(e, d) for e, d in session.execute(query)]
 
 
 def denial_counts(session: Session, principal: Principal, device_id: str) -> dict[str, int]:
     """How many denials of each kind the broker counted for one device."""
     require(principal, Permission.DEVICE_READ)
     device = identity.get_device(session, principal, device_id)
-    rows = session.execute(
-        select(Event.type, func.sum(Event.count))
-        .where(Event.device_pk == device.id, Event.type.startswith("authz."))
-        .group_by(Event.type)
-    )
-    return {t: int(n) for t, n in rows}
+    return telemetry.event_counts(session, device_pk=device.id, type_prefix="authz.")
 
 
 def authorize_command(

@@ -29,10 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from sqlalchemy import func, select
+from cryptography.hazmat.primitives import hashes
 
-from fleetward.audit.models import AuditHead
+from fleetward import audit, identity
 from fleetward.comms import service
 from fleetward.comms.compile import compile_table
 from fleetward.comms.mosquitto_conf import (
@@ -44,9 +43,7 @@ from fleetward.comms.mosquitto_conf import (
     write_config,
     write_file,
 )
-from fleetward.identity import publication
-from fleetward.identity.models import CertificateAuthority, PublishedCrl
-from fleetward.identity.pki import Pki
+from fleetward.identity import Pki
 from fleetward.store import Database
 
 __all__ = ["MAX_REFUSALS_KEPT", "BrokerSync", "prepare", "trust_bundles"]
@@ -58,29 +55,8 @@ MAX_REFUSALS_KEPT = 10_000  # refused handshakes kept between rounds; more are d
 
 def trust_bundles(db: Database, pki: Pki) -> tuple[bytes, bytes]:
     """The device CA bundle and the CRL bundle (PEM) from the database."""
-    cas: list[bytes] = []
-    crls: list[bytes] = []
     with db.read() as s:
-        rows = s.execute(
-            select(CertificateAuthority)
-            .where(CertificateAuthority.certificate_pem.is_not(None))
-            .order_by(CertificateAuthority.id)
-        ).scalars()
-        issuing: list[int] = []
-        for ca in rows:
-            if ca.status == "pending" or ca.certificate_pem is None:
-                continue
-            cas.append(ca.certificate_pem.encode())
-            if ca.kind == "issuing":
-                issuing.append(ca.id)
-        for ca_id in issuing:
-            published = s.get(PublishedCrl, ca_id)
-            if published is None:
-                continue
-            der = publication.published_der(pki, published)
-            crl = x509.load_der_x509_crl(der)
-            crls.append(crl.public_bytes(serialization.Encoding.PEM))
-    return b"".join(cas), b"".join(crls)
+        return identity.trust_bundles(s, pki)
 
 
 class BrokerSync:
@@ -129,19 +105,7 @@ class BrokerSync:
 
     def _state(self) -> tuple[int, tuple[object, ...]]:
         with self.db.read() as s:
-            head = s.execute(select(AuditHead.seq)).scalar_one_or_none() or 0
-            crl_state = tuple(
-                s.execute(
-                    select(
-                        func.count(PublishedCrl.ca_id),
-                        func.coalesce(func.sum(PublishedCrl.number), 0),
-                        func.count(CertificateAuthority.id),
-                    )
-                    .select_from(CertificateAuthority)
-                    .outerjoin(PublishedCrl, PublishedCrl.ca_id == CertificateAuthority.id)
-                ).one()
-            )
-        return int(head), crl_state
+            return audit.head_seq(s), identity.trust_state(s)
 
     def _service_fingerprint(self) -> str:
         if not self.files.service_cert.exists():

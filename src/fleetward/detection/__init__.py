@@ -1,4 +1,39 @@
 """Detection: pure detectors over telemetry events, alerts and automatic responses.
 
-See ``docs/detection.md``.
+See ``docs/detection.md``. The public face: alerts and their automatic
+responses (:mod:`.service`), what the response domain does with an alert
+(:mod:`._alerts`); the runtime schedules :mod:`.runner`'s rounds. The detectors
+themselves (:mod:`.detectors`) are pure; the tables stay inside this package.
 """
+
+from fleetward.detection._alerts import (
+    first_alert_after,
+    get_alert,
+    last_alert_id,
+    mark_acknowledged,
+)
+from fleetward.detection.models import Alert
+from fleetward.detection.service import (
+    ACTIONS,
+    KINDS,
+    list_alerts,
+    run,
+    set_alert_state,
+    set_response,
+    sweep,
+)
+
+__all__ = [
+    "ACTIONS",
+    "KINDS",
+    "Alert",
+    "first_alert_after",
+    "get_alert",
+    "last_alert_id",
+    "list_alerts",
+    "mark_acknowledged",
+    "run",
+    "set_alert_state",
+    "set_response",
+    "sweep",
+]

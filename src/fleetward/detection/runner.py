@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from fleetward.attestation import service as attestation
+from fleetward import attestation, telemetry
 from fleetward.detection import service
 from fleetward.store import Database
-from fleetward.telemetry import service as telemetry
 
 __all__ = ["PRUNE_SECONDS", "SWEEP_SECONDS", "detect", "prune", "sweep"]
 

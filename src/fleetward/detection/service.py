@@ -20,16 +20,12 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleetward.audit import service as audit
+from fleetward import audit, identity, provisioning, telemetry, tenancy
 from fleetward.detection import detectors as det
 from fleetward.detection.models import Alert, AlertResponse, DetectorCursor
 from fleetward.errors import ConflictError, FleetwardError, InvalidInputError, NotFoundError
-from fleetward.identity import service as identity
-from fleetward.identity.models import Device
 from fleetward.store.db import utcnow
-from fleetward.telemetry.models import Event
 from fleetward.tenancy import scope
-from fleetward.tenancy.models import Tenant
 from fleetward.tenancy.roles import Permission, Principal, require
 
 __all__ = [
@@ -59,7 +55,7 @@ WINDOW = dt.timedelta(hours=1)  # verdicts and denials the pattern detectors loo
 MAX_BATCH = 50_000
 
 
-def _views(rows: Iterable[Event]) -> list[det.EventView]:
+def _views(rows: Iterable[telemetry.Event]) -> list[det.EventView]:
     return [
         det.EventView(
             id=e.id,
@@ -74,21 +70,17 @@ def _views(rows: Iterable[Event]) -> list[det.EventView]:
 
 
 def _devices(session: Session, pks: set[int]) -> dict[int, det.DeviceInfo]:
-    out: dict[int, det.DeviceInfo] = {}
-    keys = sorted(pks)
-    for start in range(0, len(keys), 1000):
-        for d in session.execute(
-            select(Device).where(Device.id.in_(keys[start : start + 1000]))
-        ).scalars():
-            out[d.id] = det.DeviceInfo(
-                pk=d.id,
-                device_id=d.device_id,
-                product=d.product,
-                factory=d.factory_id,
-                batch=d.batch_id,
-                labels={str(k): str(v) for k, v in json.loads(d.labels or "{}").items()},
-            )
-    return out
+    return {
+        pk: det.DeviceInfo(
+            pk=d.id,
+            device_id=d.device_id,
+            product=d.product,
+            factory=d.factory_id,
+            batch=d.batch_id,
+            labels={str(k): str(v) for k, v in json.loads(d.labels or "{}").items()},
+        )
+        for pk, d in identity.devices_by_pk(session, pks).items()
+    }
 
 
 def _upsert(session: Session, f: det.Finding, now: dt.datetime) -> Alert | None:
@@ -134,15 +126,14 @@ def _respond(session: Session, alert: Alert, f: det.Finding, now: dt.datetime) -
     ).scalar_one_or_none()
     if action is None or action == "none":
         return
-    tenant = session.get(Tenant, alert.tenant_id)
-    if tenant is None:
-        raise RuntimeError("broken invariant, expected: tenant is not None")
+    tenant = tenancy.get_tenant(session, alert.tenant_id)
     who = Principal(alert.tenant_id, tenant.name, "security", f"detector:{alert.kind}")
     targets = f.devices if action == "quarantine-cohort" else f.devices[:1]
     done = []
     failed = 0
+    devices = identity.devices_by_pk(session, targets)  # one read for the cohort
     for pk in targets:
-        device = session.get(Device, pk)
+        device = devices.get(pk)
         if device is None or device.tenant_id != alert.tenant_id or device.state != "active":
             continue
         try:
@@ -177,11 +168,7 @@ def run(session: Session, *, now: dt.datetime | None = None) -> list[Alert]:
     if cursor is None:
         cursor = DetectorCursor(name="main", last_event_id=0)
         session.add(cursor)
-    fresh = list(
-        session.execute(
-            select(Event).where(Event.id > cursor.last_event_id).order_by(Event.id).limit(MAX_BATCH)
-        ).scalars()
-    )
+    fresh = telemetry.events_after(session, cursor.last_event_id, limit=MAX_BATCH)
     if not fresh:
         return []
     cursor.last_event_id = fresh[-1].id
@@ -190,15 +177,12 @@ def run(session: Session, *, now: dt.datetime | None = None) -> list[Alert]:
     # The latest verdict of every device of those tenants within the window.
     latest: dict[int, det.EventView] = {}
     if tenants_with_verdicts:
-        window = session.execute(
-            select(Event)
-            .where(
-                Event.type == "attestation.verdict",
-                Event.tenant_id.in_(tenants_with_verdicts),
-                Event.at >= now - WINDOW,
-            )
-            .order_by(Event.id)
-        ).scalars()
+        window = telemetry.recent_events(
+            session,
+            type="attestation.verdict",
+            tenant_ids=tenants_with_verdicts,
+            since=now - WINDOW,
+        )
         for v in _views(window):
             if v.device_pk is not None:
                 latest[v.device_pk] = v
@@ -255,13 +239,20 @@ def set_response(session: Session, principal: Principal, kind: str, action: str)
 
 
 def list_alerts(
-    session: Session, principal: Principal, *, state: str | None = None, limit: int = 100
+    session: Session,
+    principal: Principal,
+    *,
+    state: str | None = None,
+    before: int | None = None,
+    limit: int = 100,
 ) -> list[Alert]:
     """The tenant's alerts, newest first."""
     require(principal, Permission.DEVICE_READ)
     query = select(Alert).where(Alert.tenant_id == principal.tenant_id)
     if state is not None:
         query = query.where(Alert.state == state)
+    if before is not None:  # the page after the one that ended at alert ``before``
+        query = query.where(Alert.id < before)
     return list(session.execute(query.order_by(Alert.id.desc()).limit(limit)).scalars())
 
 
@@ -294,45 +285,21 @@ EXPIRY_WARNING = dt.timedelta(days=14)
 
 def sweep(session: Session, *, now: dt.datetime | None = None) -> list[Alert]:
     """The time-based detectors (enrollment signals, silence, expiry), per tenant."""
-    from sqlalchemy import func
-
-    from fleetward.identity.models import CertificateRecord
-    from fleetward.provisioning import service as provisioning
-
     now = now or utcnow()
     created = []
-    for tenant in list(session.execute(select(Tenant)).scalars()):
-        who = Principal(tenant.id, tenant.name, "security", "detector:sweep")
-        findings = det.enrollment_anomalies(tenant.id, provisioning.counters(session, who, now=now))
-        active = {
-            int(pk)
-            for pk in session.execute(
-                select(Device.id).where(Device.tenant_id == tenant.id, Device.state == "active")
-            ).scalars()
-        }
+    for tenant_id, tenant_name in tenancy.tenant_names(session).items():
+        who = Principal(tenant_id, tenant_name, "security", "detector:sweep")
+        findings = det.enrollment_anomalies(tenant_id, provisioning.counters(session, who, now=now))
+        active = {pk for pk, _, _ in identity.active_devices(session, tenant_id=tenant_id)}
         devices = _devices(session, active)
-        seen = {
-            int(pk or 0): at
-            for pk, at in session.execute(
-                select(Event.device_pk, func.max(Event.at))
-                .where(Event.tenant_id == tenant.id, Event.device_pk.is_not(None))
-                .group_by(Event.device_pk)
-            )
-        }
+        seen = telemetry.last_seen(session, tenant_id=tenant_id)
         findings += det.silent_devices(
-            tenant.id, {pk: seen[pk] for pk in active if pk in seen}, devices,
+            tenant_id, {pk: seen[pk] for pk in active if pk in seen}, devices,
             now=now, max_silence=SILENCE,
         )  # fmt: skip
-        expiry = {
-            int(pk): at
-            for pk, at in session.execute(
-                select(CertificateRecord.device_pk, func.max(CertificateRecord.not_after))
-                .where(CertificateRecord.tenant_id == tenant.id, CertificateRecord.status == "good")
-                .group_by(CertificateRecord.device_pk)
-            )
-        }
+        expiry = identity.certificate_expiry(session, tenant_id=tenant_id)
         findings += det.expiring_certificates(
-            tenant.id, {pk: expiry[pk] for pk in active if pk in expiry}, devices,
+            tenant_id, {pk: expiry[pk] for pk in active if pk in expiry}, devices,
             now=now, within=EXPIRY_WARNING,
         )  # fmt: skip
         for f in findings:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleetward.audit import service as audit
+from fleetward import audit, tenancy
 from fleetward.errors import ConflictError, InvalidInputError, NotFoundError
 from fleetward.identity import ca as ca_profile
 from fleetward.identity import publication
@@ -32,7 +32,7 @@ from fleetward.keys import (
     sign_csr,
 )
 from fleetward.store import utcnow
-from fleetward.tenancy.models import Tenant
+from fleetward.tenancy import Tenant
 from fleetward.tenancy.roles import ENVIRONMENTS
 
 __all__ = [
@@ -284,10 +284,8 @@ def published_issuing_ca(
         NotFoundError: no such tenant, or it has no active CA there.
     """
     ca = session.execute(
-        select(CertificateAuthority)
-        .join(Tenant, Tenant.id == CertificateAuthority.tenant_id)
-        .where(
-            Tenant.name == tenant_name,
+        select(CertificateAuthority).where(
+            CertificateAuthority.tenant_id == tenancy.tenant_id_named(tenant_name),
             CertificateAuthority.kind == "issuing",
             CertificateAuthority.environment == environment,
             CertificateAuthority.status == "active",

@@ -35,7 +35,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fleetward.audit import service as audit
+from fleetward import audit, tenancy
 from fleetward.errors import (
     ConflictError,
     DuplicateEnrollmentError,
@@ -45,13 +45,13 @@ from fleetward.errors import (
     PayloadTooLargeError,
     UnattestedKeyError,
 )
-from fleetward.identity import profile, residence
+from fleetward.identity import _residence as residence
+from fleetward.identity import profile
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
 from fleetward.identity.pki import Pki
 from fleetward.keys import sign_certificate
 from fleetward.store import Database, utcnow
 from fleetward.tenancy import scope
-from fleetward.tenancy.models import Tenant
 from fleetward.tenancy.roles import ENVIRONMENTS, Permission, Principal, require
 
 __all__ = [
@@ -160,29 +160,23 @@ class _Issuer:
     allow_unattested_in_production: bool
 
 
-_ISSUER = (
-    select(
-        CertificateAuthority.id,
-        CertificateAuthority.key_uri,
-        CertificateAuthority.certificate_pem,
-        Tenant.name,
-        Tenant.cert_lifetime_days,
-        Tenant.allow_unattested_keys_in_production,
-    )
-    .join(Tenant, Tenant.id == CertificateAuthority.tenant_id)
-    .where(
-        CertificateAuthority.tenant_id == bindparam("tenant_id"),
-        CertificateAuthority.kind == "issuing",
-        CertificateAuthority.environment == bindparam("env"),
-        CertificateAuthority.status == "active",
-    )
+_ISSUER = select(
+    CertificateAuthority.id,
+    CertificateAuthority.key_uri,
+    CertificateAuthority.certificate_pem,
+).where(
+    CertificateAuthority.tenant_id == bindparam("tenant_id"),
+    CertificateAuthority.kind == "issuing",
+    CertificateAuthority.environment == bindparam("env"),
+    CertificateAuthority.status == "active",
 )
 
 
 def issuer_for(conn: Connection, pki: Pki, *, tenant_id: int, environment: str) -> _Issuer:
     """The active issuing CA and the tenant's issuance policy, as committed now.
 
-    Read on every call (one indexed query): the policy
+    Read on every call (two primary-key or indexed reads: the CA here, the
+    policy from :func:`fleetward.tenancy.issuance_policy`): the policy
     (``allow_unattested_keys_in_production``, the certificate lifetime) and
     the active CA are security settings, and a change must hold for the
     next request in every worker process, not after a cache expires. Only
@@ -194,13 +188,14 @@ def issuer_for(conn: Connection, pki: Pki, *, tenant_id: int, environment: str) 
     row = conn.execute(_ISSUER, {"tenant_id": tenant_id, "env": environment}).first()
     if row is None or row[2] is None:
         raise ConflictError(f"no active {environment} issuing CA for this tenant")
+    policy = tenancy.issuance_policy(conn, tenant_id)
     return _Issuer(
         ca_id=row[0],
         key_uri=row[1],
         certificate=pki.certificate_from_pem(row[0], row[2]),
-        tenant_name=row[3],
-        lifetime_days=row[4],
-        allow_unattested_in_production=bool(row[5]),
+        tenant_name=policy.tenant_name,
+        lifetime_days=policy.cert_lifetime_days,
+        allow_unattested_in_production=policy.allow_unattested_keys_in_production,
     )
 
 

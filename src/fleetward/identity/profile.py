@@ -4,12 +4,15 @@ Pure. :func:`check_csr` parses and verifies an untrusted PKCS#10 request and
 either raises or returns the accepted public key; :func:`device_certificate`
 builds the certificate from the profile alone. Requested extensions are never
 copied: the profile decides every extension, so a CSR cannot ask its way to
-a CA flag, a server EKU or a foreign name.
+a CA flag, a server EKU or a foreign name. :func:`renewal_proof_message` and
+:func:`renewal_attestation_nonce` are the messages a renewing device signs
+or binds its key attestation to (the agent computes them too).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -36,6 +39,8 @@ __all__ = [
     "device_certificate",
     "device_uri",
     "load_csr",
+    "renewal_attestation_nonce",
+    "renewal_proof_message",
 ]
 
 MAX_CSR_BYTES = 16 * 1024  # a P-384/RSA-4096 CSR is < 2 KiB; more is abuse
@@ -66,6 +71,20 @@ def check_device_id(device_id: str) -> str:
             "and start with a letter or digit"
         )
     return device_id
+
+
+def renewal_proof_message(csr_der: bytes) -> bytes:
+    """What the current key signs to authorise a renewal with a new key."""
+    return b"fleetward-renew/v1\n" + hashlib.sha256(csr_der).digest()
+
+
+def renewal_attestation_nonce(csr_der: bytes) -> bytes:
+    """The nonce a key attestation statement sent with a renewal must carry.
+
+    It binds the statement to this renewal request (the CSR of the new key)
+    instead of a server-issued nonce.
+    """
+    return hashlib.sha256(b"fleetward-renewal-attestation/v1\n" + csr_der).digest()
 
 
 def device_uri(tenant: str, device_id: str) -> str:

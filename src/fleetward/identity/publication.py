@@ -17,7 +17,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
-from sqlalchemy import Connection, String, bindparam, or_, select, type_coerce
+from sqlalchemy import Connection, String, bindparam, func, or_, select, type_coerce
 from sqlalchemy.orm import Session
 
 from fleetward._files import private_dir, write_private
@@ -37,6 +37,8 @@ __all__ = [
     "publish_crls",
     "publish_now",
     "published_der",
+    "trust_bundles",
+    "trust_state",
 ]
 
 
@@ -280,6 +282,47 @@ def publish_crls(
             published.append(build)
             _prune_files(pki, ca_id, build.number)
     return published
+
+
+def trust_bundles(session: Session, pki: Pki) -> tuple[bytes, bytes]:
+    """What a TLS endpoint trusts devices by: every CA certificate that is not
+    pending, and the published CRL of every issuing CA (both PEM bundles)."""
+    cas: list[bytes] = []
+    crls: list[bytes] = []
+    rows = session.execute(
+        select(CertificateAuthority)
+        .where(CertificateAuthority.certificate_pem.is_not(None))
+        .order_by(CertificateAuthority.id)
+    ).scalars()
+    issuing: list[int] = []
+    for ca in rows:
+        if ca.status == "pending" or ca.certificate_pem is None:
+            continue
+        cas.append(ca.certificate_pem.encode())
+        if ca.kind == "issuing":
+            issuing.append(ca.id)
+    for ca_id in issuing:
+        published = session.get(PublishedCrl, ca_id)
+        if published is None:
+            continue
+        crl = x509.load_der_x509_crl(published_der(pki, published))
+        crls.append(crl.public_bytes(Encoding.PEM))
+    return b"".join(cas), b"".join(crls)
+
+
+def trust_state(session: Session) -> tuple[int, int, int]:
+    """A cheap fingerprint of :func:`trust_bundles`: (CRLs published, sum of
+    their numbers, CAs). It changes when a CRL is republished or a CA added."""
+    row = session.execute(
+        select(
+            func.count(PublishedCrl.ca_id),
+            func.coalesce(func.sum(PublishedCrl.number), 0),
+            func.count(CertificateAuthority.id),
+        )
+        .select_from(CertificateAuthority)
+        .outerjoin(PublishedCrl, PublishedCrl.ca_id == CertificateAuthority.id)
+    ).one()
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def get_crl(session: Session, *, ca_id: int) -> PublishedCrl:

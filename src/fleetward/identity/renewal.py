@@ -33,7 +33,6 @@ proof, so replaying it can only certify the same key again.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from typing import Any, Protocol
 
@@ -45,7 +44,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from fleetward.audit import service as audit
+from fleetward import audit, tenancy
 from fleetward.errors import (
     AttestationError,
     CertificateError,
@@ -57,9 +56,9 @@ from fleetward.identity import issuance, profile
 from fleetward.identity.issuance import Issued
 from fleetward.identity.models import CertificateRecord, Device
 from fleetward.identity.pki import Pki
+from fleetward.identity.profile import renewal_attestation_nonce, renewal_proof_message
 from fleetward.keys import verify_signature
 from fleetward.store import utcnow
-from fleetward.tenancy.models import Tenant
 
 __all__ = [
     "HARDWARE",
@@ -112,15 +111,6 @@ class KeyAttester(Protocol):
         ...
 
 
-def renewal_attestation_nonce(csr_der: bytes) -> bytes:
-    """The nonce a key attestation statement sent with a renewal must carry.
-
-    It binds the statement to this renewal request (the CSR of the new key)
-    instead of a server-issued nonce.
-    """
-    return hashlib.sha256(b"fleetward-renewal-attestation/v1\n" + csr_der).digest()
-
-
 def renewal_key_origin(
     *,
     same_key: bool,
@@ -149,11 +139,6 @@ def renewal_key_origin(
             "same key, or send a statement from the secure element for the new key"
         )
     return SOFTWARE
-
-
-def renewal_proof_message(csr_der: bytes) -> bytes:
-    """What the current key signs to authorise a renewal with a new key."""
-    return b"fleetward-renew/v1\n" + hashlib.sha256(csr_der).digest()
 
 
 def _verify_with(key: Any, signature: bytes, message: bytes) -> None:
@@ -273,9 +258,7 @@ def renew(
         raise RuntimeError("broken invariant, expected: device is not None")
     if device.state not in ("active", "quarantined"):
         raise CertificateError(f"device {device.device_id!r} is {device.state} and cannot renew")
-    tenant = session.get(Tenant, record.tenant_id)
-    if tenant is None:
-        raise RuntimeError("broken invariant, expected: tenant is not None")
+    tenant = tenancy.get_tenant(session, record.tenant_id)
     accepted = profile.check_csr(
         profile.load_csr(csr), device_id=device.device_id, tenant=tenant.name
     )
@@ -300,9 +283,9 @@ def renew(
         )
     # The tenant's option, read from its row in this transaction and never
     # from a cache: turning it off must hold for the very next renewal.
-    allow_unattested = session.execute(
-        select(Tenant.allow_unattested_keys_in_production).where(Tenant.id == tenant.id)
-    ).scalar_one()
+    allow_unattested = tenancy.issuance_policy(
+        session, tenant.id
+    ).allow_unattested_keys_in_production
     origin = renewal_key_origin(
         same_key=same_key,
         previous=_origin_of(session, record, cert) if same_key else SOFTWARE,

@@ -15,14 +15,14 @@ import datetime as dt
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from fleetward import observe
-from fleetward.audit import service as audit
+from fleetward import audit, observe
 from fleetward.errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
 )
-from fleetward.identity import profile, residence
+from fleetward.identity import _residence as residence
+from fleetward.identity import profile
 from fleetward.identity.issuance import labels_json, product_name
 from fleetward.identity.lifecycle import check_transition
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
@@ -50,7 +50,7 @@ __all__ = [
 
 
 def device_environments(session: Session, device_pks: list[int]) -> set[str]:
-    """The environments these devices live in (:mod:`fleetward.identity.residence`)."""
+    """The environments these devices live in (:mod:`fleetward.identity._residence`)."""
     return residence.device_environments(session, device_pks, now=utcnow())
 
 
@@ -58,7 +58,7 @@ def authorize_on_devices(
     session: Session, principal: Principal, action: scope.Action, device_pks: list[int]
 ) -> None:
     """Raise unless the token's scope reaches every environment these devices
-    live in (:mod:`fleetward.identity.residence`; a device with no
+    live in (:mod:`fleetward.identity._residence`; a device with no
     certificate yet lives in none).
 
     Raises:
@@ -101,7 +101,9 @@ def list_devices(
         stmt = stmt.where(Device.state == state)
     if product:
         stmt = stmt.where(Device.product == product)
-    stmt = stmt.order_by(Device.device_id).limit(max(1, min(limit, 1000)))
+    # At most one row past the API's largest page (it asks for one more to
+    # know whether another page follows).
+    stmt = stmt.order_by(Device.device_id).limit(max(1, min(limit, 1001)))
     return list(session.execute(stmt).scalars())
 
 

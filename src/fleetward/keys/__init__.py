@@ -24,19 +24,22 @@ from __future__ import annotations
 
 from fleetward.keys._file import generate_ephemeral_signer, generate_file_signer
 from fleetward.keys._open import open_signer
-from fleetward.keys._p11uri import pkcs11_uri
+from fleetward.keys._p11session import DEFAULT_MODULE as DEFAULT_PKCS11_MODULE
+from fleetward.keys._p11uri import parse_pkcs11_uri, pkcs11_uri
 from fleetward.keys._pkcs11 import generate_pkcs11_signer
 from fleetward.keys._signer import ALGORITHMS, Algorithm, Signer, verify_signature
 from fleetward.keys._x509 import sign_certificate, sign_crl, sign_csr, sign_ocsp_response
 
 __all__ = [
     "ALGORITHMS",
+    "DEFAULT_PKCS11_MODULE",
     "Algorithm",
     "Signer",
     "generate_ephemeral_signer",
     "generate_file_signer",
     "generate_pkcs11_signer",
     "open_signer",
+    "parse_pkcs11_uri",
     "pkcs11_uri",
     "sign_certificate",
     "sign_crl",

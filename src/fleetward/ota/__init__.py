@@ -1,0 +1,70 @@
+"""Over-the-air updates: a TUF repository, signed releases, campaigns in waves.
+
+The public face: releases (:mod:`.service`), campaigns (:mod:`.campaigns`;
+their verbs carry the noun here: :func:`approve_campaign`, ...), the TUF
+repository (:mod:`.repository`) and the blob store. :mod:`.release` (release
+checks, versions) and :mod:`.rollout` (waves and health gates) are pure and
+may be imported directly; the tables stay inside this package.
+"""
+
+from fleetward.ota.blobs import BlobStore, LocalBlobStore
+from fleetward.ota.campaigns import (
+    EMERGENCY_APPROVALS,
+    Offer,
+    campaign_device_pks,
+    create_campaign,
+    get_campaign,
+    on_verdict,
+    succeeded_devices,
+)
+from fleetward.ota.campaigns import abort as abort_campaign
+from fleetward.ota.campaigns import approve as approve_campaign
+from fleetward.ota.campaigns import resume as resume_campaign
+from fleetward.ota.models import Campaign, Release
+from fleetward.ota.repository import (
+    OfflineKeys,
+    ensure_product,
+    ensure_repository,
+    metadata_bytes,
+    refresh_online_roles,
+    rotate_root,
+    trusted_root,
+)
+from fleetward.ota.service import (
+    approve_release,
+    create_release,
+    get_release,
+    list_releases,
+    signed_release,
+    withdraw_release,
+)
+
+__all__ = [
+    "EMERGENCY_APPROVALS",
+    "BlobStore",
+    "Campaign",
+    "LocalBlobStore",
+    "Offer",
+    "OfflineKeys",
+    "Release",
+    "abort_campaign",
+    "approve_campaign",
+    "approve_release",
+    "campaign_device_pks",
+    "create_campaign",
+    "create_release",
+    "ensure_product",
+    "ensure_repository",
+    "get_campaign",
+    "get_release",
+    "list_releases",
+    "metadata_bytes",
+    "on_verdict",
+    "refresh_online_roles",
+    "resume_campaign",
+    "rotate_root",
+    "signed_release",
+    "succeeded_devices",
+    "trusted_root",
+    "withdraw_release",
+]

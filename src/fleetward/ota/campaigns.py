@@ -18,25 +18,24 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Select, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from fleetward.audit import service as audit
+from fleetward import audit, identity, tenancy
 from fleetward.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
-from fleetward.identity.models import Device
 from fleetward.keys.ring import KeyRing
 from fleetward.ota import rollout
 from fleetward.ota import service as releases
 from fleetward.ota.models import Campaign, CampaignDevice, Release
 from fleetward.store.db import utcnow
 from fleetward.tenancy import scope
-from fleetward.tenancy.models import Tenant
 from fleetward.tenancy.roles import Principal
 
 __all__ = [
     "Offer",
     "abort",
     "approve",
+    "campaign_device_pks",
     "create_campaign",
     "get_campaign",
     "on_verdict",
@@ -44,6 +43,7 @@ __all__ = [
     "report",
     "resume",
     "step",
+    "succeeded_devices",
     "wave_counts",
 ]
 
@@ -107,13 +107,7 @@ def create_campaign(
         )
     policy = gate or rollout.GatePolicy()
     hardware = set(json.loads(r.hardware))
-    rows = session.execute(
-        select(Device.id, Device.device_id, Device.labels).where(
-            Device.tenant_id == principal.tenant_id,
-            Device.product == r.product,
-            Device.state == "active",
-        )
-    ).all()
+    rows = identity.active_devices(session, tenant_id=principal.tenant_id, product=r.product)
     cohort = []
     allowed = None if only_devices is None else set(only_devices)
     for pk, device_id, raw in rows:
@@ -273,9 +267,9 @@ def pending_offers(
     if c.current_wave < 0 or c.state not in ("running", "completed"):
         return []
     r = session.get(Release, c.release_id)
-    tenant = session.get(Tenant, c.tenant_id)
-    if r is None or tenant is None:
-        raise RuntimeError("broken invariant, expected: r is not None and tenant is not None")
+    if r is None:
+        raise RuntimeError("broken invariant, expected: r is not None")
+    tenant = tenancy.get_tenant(session, c.tenant_id)
     if r.state != "deployable":  # withdrawn since: nobody gets it any more
         return []
     waves = (
@@ -283,10 +277,8 @@ def pending_offers(
         if c.state == "running"
         else CampaignDevice.wave <= c.current_wave  # completed: every wave's stragglers
     )
-    stmt = (
-        select(CampaignDevice.id, Device.device_id)
-        .join(Device, CampaignDevice.device_pk == Device.id)
-        .where(CampaignDevice.campaign_id == c.id, waves, CampaignDevice.status == "offered")
+    stmt = select(CampaignDevice.id, CampaignDevice.device_pk).where(
+        CampaignDevice.campaign_id == c.id, waves, CampaignDevice.status == "offered"
     )
     if quiet_for is not None:
         now = now or utcnow()
@@ -303,7 +295,8 @@ def pending_offers(
                 .values(updated_at=now)
                 .execution_options(synchronize_session=False)
             )
-    ids = [d for _, d in rows]
+    names = identity.device_ids(session, [int(pk) for _, pk in rows])
+    ids = [names[pk] for _, pk in rows if pk in names]
     payload = {
         "campaign": c.id,
         "release": r.id,
@@ -412,9 +405,7 @@ def report(
     r = session.get(Release, c.release_id)
     if r is None:
         raise RuntimeError("broken invariant, expected: r is not None")
-    pk = session.execute(
-        select(Device.id).where(Device.tenant_id == tenant_id, Device.device_id == device_id)
-    ).scalar_one_or_none()
+    pk = identity.find_device_pk(session, tenant_id=tenant_id, device_id=device_id)
     if pk is None:
         return False
     final = "succeeded" if version == r.version else "failed"
@@ -474,16 +465,16 @@ def abort(
     releases.withdraw_release(
         session, keyring, principal, c.release_id, reason=f"campaign {c.id} aborted", now=now
     )
-    tenant = session.get(Tenant, c.tenant_id)
-    if tenant is None:
-        raise RuntimeError("broken invariant, expected: tenant is not None")
-    in_flight = session.execute(
-        select(Device.device_id)
-        .join(CampaignDevice, CampaignDevice.device_pk == Device.id)
-        .where(
-            CampaignDevice.campaign_id == c.id, CampaignDevice.status.in_(("offered", "succeeded"))
-        )
-    ).scalars()
+    tenant = tenancy.get_tenant(session, c.tenant_id)
+    in_flight_pks = list(
+        session.execute(
+            select(CampaignDevice.device_pk).where(
+                CampaignDevice.campaign_id == c.id,
+                CampaignDevice.status.in_(("offered", "succeeded")),
+            )
+        ).scalars()
+    )
+    in_flight = identity.device_ids(session, in_flight_pks).values()
     r = session.get(Release, c.release_id)
     if r is None:
         raise RuntimeError("broken invariant, expected: r is not None")
@@ -548,3 +539,22 @@ def on_verdict(
         .values(status="succeeded" if result == "pass" else "failed", updated_at=now)
     )
     return len(ids)
+
+
+def campaign_device_pks(session: Session, campaign_id: int) -> list[int]:
+    """The registry keys of every device in the campaign (whatever its status)."""
+    return [
+        int(pk)
+        for pk in session.execute(
+            select(CampaignDevice.device_pk).where(CampaignDevice.campaign_id == campaign_id)
+        ).scalars()
+    ]
+
+
+def succeeded_devices(campaign_id: int) -> Select[int]:
+    """SQL: the registry keys of the devices whose update in the campaign
+    succeeded, as a subquery for the caller's statement (the compliance
+    tracker marks them in one ``UPDATE ... WHERE device_pk IN (...)``)."""
+    return select(CampaignDevice.device_pk).where(
+        CampaignDevice.campaign_id == campaign_id, CampaignDevice.status == "succeeded"
+    )

@@ -30,17 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleetward.comms.commands import service_client
-from fleetward.identity.models import Device
+from fleetward import identity, telemetry, tenancy
+from fleetward.comms import service_client
 from fleetward.ota import campaigns
 from fleetward.ota.models import Campaign
 from fleetward.store import Database
 from fleetward.store.db import utcnow
-from fleetward.telemetry.models import Event
-from fleetward.tenancy.models import Tenant
 
 __all__ = ["FINAL_STEPS", "ReportInbox", "drive", "drive_round", "store_reports"]
 
@@ -126,7 +124,7 @@ def store_reports(db: Database, batch: list[Report]) -> int:
         return 0
     stored = 0
     with db.session() as s:
-        tenants = {str(n): int(i) for n, i in s.execute(select(Tenant.name, Tenant.id))}
+        tenants = {name: tid for tid, name in tenancy.tenant_names(s).items()}
         _steps_as_events(s, tenants, batch)
         for tenant, device_id, body in batch:
             status = FINAL_STEPS.get(str(body.get("step")))
@@ -150,13 +148,7 @@ def _steps_as_events(s: Session, tenants: dict[str, int], batch: list[Report]) -
     device says it runs: what the detectors and operators read. A step of a
     campaign also tells the driver the device is at work."""
     keys = {(tenants[t], d) for t, d, _ in batch if t in tenants}
-    devices: dict[tuple[int, str], int] = {}
-    for tenant_id, device_id in keys:
-        pk = s.execute(
-            select(Device.id).where(Device.tenant_id == tenant_id, Device.device_id == device_id)
-        ).scalar_one_or_none()
-        if pk is not None:
-            devices[(tenant_id, device_id)] = int(pk)
+    devices = identity.find_devices(s, keys)
     now = dt.datetime.now(dt.UTC)
     rows = [
         {
@@ -170,8 +162,7 @@ def _steps_as_events(s: Session, tenants: dict[str, int], batch: list[Report]) -
         for t, d, body in batch
         if t in tenants and (tenants[t], d) in devices
     ]
-    if rows:
-        s.execute(insert(Event), rows)
+    telemetry.record_events(s, rows)
     working: dict[int, set[int]] = {}
     for t, d, body in batch:
         campaign = body.get("campaign")

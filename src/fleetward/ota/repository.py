@@ -4,7 +4,7 @@ Every signed metadata version is stored as served (``tuf_metadata``); the
 HTTP routes only read (:func:`metadata_bytes`, :func:`trusted_root`,
 :func:`release_for_target`). Writes follow TUF's order inside the caller's
 transaction: the changed targets role(s), then a new snapshot, then a new
-timestamp. The signing itself is pure (:mod:`fleetward.ota.tuf_repo`); this
+timestamp. The signing itself is pure (:mod:`fleetward.ota._tuf_repo`); this
 module holds the keys' records and the stored versions.
 
 Roles: ``root`` (threshold of several keys, which may be kept offline and
@@ -26,15 +26,14 @@ from typing import Any
 from sqlalchemy import ScalarSelect, func, select, update
 from sqlalchemy.orm import Session
 
-from fleetward.audit import service as audit
+from fleetward import audit, tenancy
 from fleetward.errors import InvalidInputError, NotFoundError
 from fleetward.keys import Signer, generate_file_signer, open_signer
 from fleetward.keys.ring import KeyRing
-from fleetward.ota import tuf_repo
+from fleetward.ota import _tuf_repo as tuf_repo
 from fleetward.ota.models import Release, TufKey, TufMetadata, TufRole
 from fleetward.store.db import utcnow
-from fleetward.tenancy import scope
-from fleetward.tenancy.models import Tenant
+from fleetward.tenancy import Tenant, scope
 from fleetward.tenancy.roles import Principal
 
 __all__ = [
@@ -275,7 +274,7 @@ def ensure_repository(
 
 
 def _tenant(session: Session, principal: Principal) -> Tenant:
-    return session.get_one(Tenant, principal.tenant_id)
+    return tenancy.get_tenant(session, principal.tenant_id)
 
 
 def ensure_product(
@@ -373,7 +372,7 @@ def _tenant_named(tenant_name: str) -> ScalarSelect[int]:
     tell which tenant names exist (a tenant's metadata, once it has a
     repository, is public by design).
     """
-    return select(Tenant.id).where(Tenant.name == tenant_name).scalar_subquery()
+    return tenancy.tenant_id_named(tenant_name)
 
 
 def metadata_bytes(session: Session, tenant_name: str, filename: str) -> bytes:
@@ -450,8 +449,7 @@ def refresh_online_roles(
     validity (the publisher calls this); returns the tenants refreshed."""
     now = now or utcnow()
     refreshed = []
-    tenants = [(int(t), str(n)) for t, n in session.execute(select(Tenant.id, Tenant.name))]
-    for tenant_id, name in tenants:
+    for tenant_id, name in tenancy.tenant_names(session).items():
         ts = _latest(session, tenant_id, "timestamp")
         snap = _latest(session, tenant_id, "snapshot")
         if ts is None or snap is None:

@@ -18,11 +18,11 @@ from typing import IO, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleetward.audit import service as audit
+from fleetward import audit
 from fleetward.errors import ConflictError, NotFoundError, PayloadTooLargeError
 from fleetward.keys.ring import KeyRing
+from fleetward.ota import _tuf_repo as tuf_repo
 from fleetward.ota import release as checks
-from fleetward.ota import tuf_repo
 from fleetward.ota.blobs import BlobStore
 from fleetward.ota.models import Release
 from fleetward.ota.repository import publish_product, role_threshold
@@ -36,6 +36,7 @@ __all__ = [
     "gate",
     "get_release",
     "list_releases",
+    "signed_release",
     "withdraw_release",
 ]
 
@@ -127,6 +128,23 @@ def get_release(session: Session, principal: Principal, release_id: int) -> Rele
     if r is None or r.tenant_id != principal.tenant_id:
         raise NotFoundError(f"release {release_id} not found")
     return r
+
+
+def signed_release(
+    session: Session, *, tenant_id: int, product: str, version: str
+) -> tuple[dict[str, str], str] | None:
+    """The reference boot measurements and the state of a release that was
+    signed (``deployable``, or ``withdrawn`` since) as ``version`` of the
+    tenant's ``product``; None for none (a pending release vouches for nothing)."""
+    row = session.execute(
+        select(Release.measurements, Release.state).where(
+            Release.tenant_id == tenant_id,
+            Release.product == product,
+            Release.version == version,
+            Release.state.in_(("deployable", "withdrawn")),
+        )
+    ).first()
+    return (json.loads(row[0]), str(row[1])) if row is not None else None
 
 
 def list_releases(

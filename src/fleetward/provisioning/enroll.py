@@ -18,16 +18,22 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from fleetward import identity
 from fleetward.errors import (
     BatchUnusableError,
     FleetwardError,
     NotFoundError,
     PayloadTooLargeError,
 )
-from fleetward.identity import issuance, profile
-from fleetward.identity import service as identity_service
-from fleetward.identity.pki import Pki
+from fleetward.identity import Pki, profile
 from fleetward.provisioning import attestation
+from fleetward.provisioning._records import (
+    ProvisionItem,
+    ProvisionResult,
+    category_of,
+    record_attempts,
+    record_whole_refusal,
+)
 from fleetward.provisioning.batch import (
     BatchRules,
     check_member,
@@ -38,13 +44,6 @@ from fleetward.provisioning.models import (
     EnrollmentBatch,
     EnrollmentNonce,
     ReprovisionGrant,
-)
-from fleetward.provisioning.records import (
-    ProvisionItem,
-    ProvisionResult,
-    category_of,
-    record_attempts,
-    record_whole_refusal,
 )
 from fleetward.store import Database, utcnow
 from fleetward.tenancy import scope
@@ -157,19 +156,19 @@ def provision(
         NotFoundError: no such batch in the tenant.
         PermissionDeniedError: the token's factory or environment is not the
             batch's (recorded as refused attempts for every item).
-        PayloadTooLargeError: more than ``issuance.MAX_BATCH`` items.
+        PayloadTooLargeError: more than ``identity.MAX_BATCH`` items.
     """
     require(who, Permission.DEVICE_ENROLL)
-    if len(items) > issuance.MAX_BATCH:
+    if len(items) > identity.MAX_BATCH:
         raise PayloadTooLargeError(
-            f"batch of {len(items)} items; the limit is {issuance.MAX_BATCH}"
+            f"batch of {len(items)} items; the limit is {identity.MAX_BATCH}"
         )
     now = now or utcnow()
     try:
         with db.read() as s:
             ctx = _load(s, who, batch_id, items)
             check_usable(ctx.rules, now=now)
-            issuer = issuance.issuer_for(
+            issuer = identity.issuer_for(
                 s.connection(), pki, tenant_id=who.tenant_id, environment=ctx.batch.environment
             )
     except FleetwardError as exc:
@@ -177,22 +176,22 @@ def provision(
             db, who, batch_id=batch_id, items=items, exc=exc, source=source, route=route
         )
         raise
-    signed: list[issuance.Issued | FleetwardError] = []
+    signed: list[identity.Issued | FleetwardError] = []
     origins: list[str | None] = []
     spent: list[bytes | None] = []
     fingerprints: list[str | None] = []
-    batch_items: list[issuance.BatchItem] = []
+    batch_items: list[identity.BatchItem] = []
     for item in items:
         origin: str | None = None
         nonce: bytes | None = None
         fingerprint: str | None = None
-        batch_item = issuance.BatchItem(device_id=item.device_id[:64], csr=item.csr)
+        batch_item = identity.BatchItem(device_id=item.device_id[:64], csr=item.csr)
         try:
             check_member(ctx.rules, item.device_id)
             csr = profile.load_csr(item.csr)
             fingerprint = hashlib.sha256(csr.public_bytes(Encoding.DER)).hexdigest()
             origin, nonce = _attest(item, csr, ctx, now)
-            batch_item = issuance.BatchItem(
+            batch_item = identity.BatchItem(
                 device_id=item.device_id,
                 csr=item.csr,
                 product=ctx.batch.product,
@@ -201,7 +200,7 @@ def provision(
                 factory_id=ctx.batch.factory_id,
             )
             signed.append(
-                issuance.check_and_sign(
+                identity.check_and_sign(
                     pki, issuer, batch_item, environment=ctx.batch.environment, now=now
                 )
             )
@@ -237,8 +236,8 @@ def _commit(
     who: Principal,
     *,
     ctx: _Context,
-    items: list[issuance.BatchItem],
-    signed: list[issuance.Issued | FleetwardError],
+    items: list[identity.BatchItem],
+    signed: list[identity.Issued | FleetwardError],
     origins: list[str | None],
     spent: list[bytes | None],
     fingerprints: list[str | None],
@@ -247,7 +246,7 @@ def _commit(
     now: dt.datetime,
 ) -> list[ProvisionResult]:
     with db.session() as session:
-        results = issuance.record(
+        results = identity.record_issued(
             session,
             who,
             items=items,
@@ -274,7 +273,7 @@ def _commit(
         for r in accepted:
             if r.device_id in ctx.grants and r.issued is not None:
                 # Re-provisioned: the identity it had before is superseded.
-                identity_service.revoke_superseded(
+                identity.revoke_superseded(
                     session, who, device_id=r.device_id, keep_serial=r.issued.serial, now=now
                 )
         if used_grants:

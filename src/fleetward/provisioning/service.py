@@ -30,15 +30,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from fleetward.audit import service as audit
+from fleetward import audit, identity, tenancy
 from fleetward.errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
 )
-from fleetward.identity import issuance, profile
-from fleetward.identity import service as identity_service
+from fleetward.identity import profile
 from fleetward.provisioning.batch import (
     MAX_EXPLICIT_IDS,
     validate_range,
@@ -52,9 +51,7 @@ from fleetward.provisioning.models import (
     ReprovisionGrant,
 )
 from fleetward.store import utcnow
-from fleetward.tenancy import scope
-from fleetward.tenancy import service as tenancy
-from fleetward.tenancy.models import ApiToken
+from fleetward.tenancy import ApiToken, scope
 from fleetward.tenancy.roles import ENVIRONMENTS, Permission, Principal, require
 
 __all__ = [
@@ -188,7 +185,7 @@ def create_batch(
     now = utcnow()
     if expires_at <= now:
         raise InvalidInputError("batch expiry must be in the future")
-    issuance.product_name(product)
+    identity.product_name(product)
     ids_json: str | None = None
     if device_ids is not None and range_prefix is None:
         if not device_ids or len(device_ids) > MAX_EXPLICIT_IDS:
@@ -351,8 +348,8 @@ def grant_reprovision(
     """Allow an already-provisioned device to be provisioned once more (audited)."""
     require(who, Permission.DEVICE_MANAGE)
     profile.check_device_id(device_id)
-    known = identity_service.find_device_pk(session, tenant_id=who.tenant_id, device_id=device_id)
-    identity_service.authorize_on_devices(
+    known = identity.find_device_pk(session, tenant_id=who.tenant_id, device_id=device_id)
+    identity.authorize_on_devices(
         session, who, scope.DEVICE_REPROVISION, [known] if known is not None else []
     )
     if not reason.strip():
@@ -397,7 +394,9 @@ def list_attempts(
         stmt = stmt.where(EnrollmentAttempt.batch_id == batch_id)
     if since is not None:
         stmt = stmt.where(EnrollmentAttempt.ts >= since)
-    stmt = stmt.order_by(EnrollmentAttempt.id).limit(max(1, min(limit, MAX_ATTEMPTS_PAGE)))
+    # One row past the largest page: the API asks for one more to know
+    # whether another page follows.
+    stmt = stmt.order_by(EnrollmentAttempt.id).limit(max(1, min(limit, MAX_ATTEMPTS_PAGE + 1)))
     return list(session.execute(stmt).scalars())
 
 

@@ -26,8 +26,7 @@ from typing import Any, Literal
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from fleetward.identity.models import CertificateRecord, Device
-from fleetward.ota.models import CampaignDevice
+from fleetward import identity, ota
 from fleetward.response.models import Incident, IncidentDevice, PlaybookRun
 from fleetward.response.service import get_incident, log_event
 from fleetward.store.db import utcnow
@@ -155,24 +154,15 @@ def track(
         except ValueError:  # pragma: no cover - written by this module only
             continue
         base = (IncidentDevice.incident_id == inc) & (IncidentDevice.requirement == text)
+        # One set-based UPDATE per requirement: the owning domains hand over
+        # the condition as SQL over their own tables (see their docstrings).
         if requirement.kind == "campaign":
-            done = select(CampaignDevice.device_pk).where(
-                CampaignDevice.campaign_id == requirement.ref, CampaignDevice.status == "succeeded"
-            )
-            complies: Any = IncidentDevice.device_pk.in_(done)
+            complies: Any = IncidentDevice.device_pk.in_(ota.succeeded_devices(requirement.ref))
         else:
             # A good certificate of the new CA other than the one held when
             # the step ran (a device already under that CA must still renew).
-            complies = (
-                select(CertificateRecord.serial)
-                .where(
-                    CertificateRecord.device_pk == IncidentDevice.device_pk,
-                    CertificateRecord.ca_id == requirement.ref,
-                    CertificateRecord.status == "good",
-                    (IncidentDevice.held.is_(None))
-                    | (CertificateRecord.serial != IncidentDevice.held),
-                )
-                .exists()
+            complies = identity.holds_good_certificate(
+                IncidentDevice.device_pk, ca_id=requirement.ref, other_than=IncidentDevice.held
             )
         result = session.execute(
             update(IncidentDevice)
@@ -249,16 +239,18 @@ def stragglers(session: Session, principal: Principal, incident_id: int) -> list
     get_incident(session, principal, incident_id)
     rows = session.execute(
         select(
-            Device.device_id,
+            IncidentDevice.device_pk,
             IncidentDevice.requirement,
             IncidentDevice.online,
             IncidentDevice.since,
-        )
-        .join(Device, Device.id == IncidentDevice.device_pk)
-        .where(IncidentDevice.incident_id == incident_id, IncidentDevice.state == "pending")
-        .order_by(Device.device_id)
+        ).where(IncidentDevice.incident_id == incident_id, IncidentDevice.state == "pending")
     ).all()
+    names = identity.device_ids(session, [int(pk) for pk, *_ in rows])
+    named = sorted(
+        ((names[pk], r, o, since) for pk, r, o, since in rows if pk in names),
+        key=lambda row: row[0],
+    )
     return [
         {"device_id": d, "requirement": r, "online_when_run": bool(o), "since": since.isoformat()}
-        for d, r, o, since in rows
+        for d, r, o, since in named
     ]

@@ -34,15 +34,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleetward.detection.models import Alert
+from fleetward import detection, identity
 from fleetward.errors import InvalidInputError, NotFoundError, PermissionDeniedError
-from fleetward.identity.models import CertificateRecord, Device
 from fleetward.response import compliance, runs, service
 from fleetward.response import playbook as pb
-from fleetward.response.cohort import device_ids
+from fleetward.response._cohort import device_ids
 from fleetward.response.models import Drill
 from fleetward.response.steps import Effects, ResponseContext
 from fleetward.store.db import utcnow
@@ -75,9 +74,13 @@ class SimulatedFleet(Protocol):
         """Connect devices that were held offline."""
 
 
-def list_drills(session: Session, principal: Principal, *, limit: int = 50) -> list[Drill]:
+def list_drills(
+    session: Session, principal: Principal, *, before: int | None = None, limit: int = 50
+) -> list[Drill]:
     """The tenant's drills, newest first."""
     stmt = select(Drill).where(Drill.tenant_id == principal.tenant_id)
+    if before is not None:  # the page after the one that ended at drill ``before``
+        stmt = stmt.where(Drill.id < before)
     return list(session.execute(stmt.order_by(Drill.id.desc()).limit(limit)).scalars())
 
 
@@ -126,15 +129,9 @@ def _contained_at(
 
 def _check_drill_fleet(session: Session, principal: Principal, ids: Sequence[str]) -> None:
     """Refuse unless every simulated device is the tenant's, in the drill environment."""
-    envs: dict[str, set[str]] = {}
-    for start in range(0, len(ids), 5000):
-        chunk = list(ids[start : start + 5000])
-        for device_id, env in session.execute(
-            select(Device.device_id, CertificateRecord.environment)
-            .join(CertificateRecord, CertificateRecord.device_pk == Device.id)
-            .where(Device.tenant_id == principal.tenant_id, Device.device_id.in_(chunk))
-        ).all():
-            envs.setdefault(device_id, set()).add(env)
+    envs = identity.certificate_environments(
+        session, tenant_id=principal.tenant_id, device_ids=list(ids)
+    )
     unknown = [d for d in ids if d not in envs]
     if unknown:
         raise NotFoundError(
@@ -236,11 +233,7 @@ def _drill(
     fault_at = time.monotonic()
     if inject:
         with ctx.db.read() as s:
-            last_alert = s.execute(
-                select(func.coalesce(func.max(Alert.id), 0)).where(
-                    Alert.tenant_id == starter.tenant_id
-                )
-            ).scalar_one()
+            last_alert = detection.last_alert_id(s, tenant_id=starter.tenant_id)
         say(f"injecting tampered boot images into {len(inject)} device(s)")
         fault_at = time.monotonic()
         fleet.tamper(inject)
@@ -248,12 +241,9 @@ def _drill(
         with ctx.db.read() as s:
             keys = {f"device:{d}" for d in inject} | {
                 f"batch:{b}"
-                for b in s.execute(
-                    select(Device.batch_id).where(
-                        Device.tenant_id == starter.tenant_id, Device.device_id.in_(list(inject))
-                    )
-                ).scalars()
-                if b is not None
+                for b in identity.batches_of(
+                    s, tenant_id=starter.tenant_id, device_ids=list(inject)
+                )
             }
         alert_id = _wait(
             lambda: _new_alert(ctx, starter.tenant_id, last_alert, keys), timeout, "an alert"
@@ -396,23 +386,18 @@ def _new_alert(ctx: ResponseContext, tenant_id: int, after: int, keys: set[str])
     """The first new alert about the devices the drill tampered with (a real
     alert raised meanwhile is not the drill's to take)."""
     with ctx.db.read() as s:
-        found = s.execute(
-            select(func.min(Alert.id)).where(
-                Alert.tenant_id == tenant_id, Alert.id > after, Alert.key.in_(sorted(keys))
-            )
-        ).scalar()
-    return int(found) if found is not None else None
+        return detection.first_alert_after(s, tenant_id=tenant_id, after=after, keys=keys)
 
 
 def _release_version(
     ctx: ResponseContext, who: Principal, spec: pb.PlaybookSpec, params: dict[str, Any]
 ) -> str:
-    from fleetward.ota import service as releases
+    from fleetward import ota
 
     _, steps = pb.bind(spec, params)
     [step] = [s for s in steps if s.action == "emergency-release"]
     with ctx.db.read() as s:
-        return releases.get_release(s, who, int(step.args["release"])).version
+        return ota.get_release(s, who, int(step.args["release"])).version
 
 
 def _save(ctx: ResponseContext, drill_id: int, report: dict[str, Any], *, state: str) -> Drill:

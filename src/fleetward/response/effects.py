@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from fleetward.comms.commands import CommandSender
+from fleetward.comms import CommandSender
 
 __all__ = ["WEBHOOK_TIMEOUT", "LiveEffects"]
 

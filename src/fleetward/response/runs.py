@@ -19,11 +19,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fleetward.errors import ConflictError, FleetwardError, InvalidInputError, NotFoundError
-from fleetward.response import cohort as cohorts
+from fleetward.response import _cohort as cohorts
 from fleetward.response import plan
 from fleetward.response import playbook as pb
 from fleetward.response.compliance import track
@@ -39,6 +39,7 @@ __all__ = [
     "dry_run",
     "execute_run",
     "get_run",
+    "list_runs",
     "start_run",
 ]
 
@@ -178,6 +179,22 @@ def get_run(
     if run is None or run.tenant_id != principal.tenant_id:
         raise NotFoundError(f"playbook run {run_id} not found")
     return run
+
+
+def list_runs(session: Session, principal: Principal, incident_id: int) -> list[PlaybookRun]:
+    """The runs of one of the tenant's incidents, oldest first.
+
+    Raises:
+        NotFoundError: the incident is not the caller's tenant's.
+    """
+    get_incident(session, principal, incident_id)
+    return list(
+        session.execute(
+            select(PlaybookRun)
+            .where(PlaybookRun.incident_id == incident_id)
+            .order_by(PlaybookRun.id)
+        ).scalars()
+    )
 
 
 def approve_run(

@@ -13,18 +13,16 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from fleetward.audit import service as audit
-from fleetward.detection.models import Alert
+from fleetward import audit, detection, identity
 from fleetward.errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
 )
-from fleetward.identity.models import CertificateRecord, Device
 from fleetward.response import playbook as pb
 from fleetward.response.models import (
     Incident,
@@ -40,7 +38,7 @@ from fleetward.tenancy.roles import Permission, Principal, require
 
 __all__ = [
     "SEVERITIES",
-    "alert_devices",
+    "alert_cohort",
     "close_incident",
     "get_incident",
     "get_playbook",
@@ -223,9 +221,7 @@ def open_incident(
     detected = now
     alert = None
     if alert_id is not None:
-        alert = session.get(Alert, alert_id)
-        if alert is None or alert.tenant_id != principal.tenant_id:
-            raise NotFoundError(f"alert {alert_id} not found")
+        alert = detection.get_alert(session, tenant_id=principal.tenant_id, alert_id=alert_id)
         existing = session.execute(
             select(Incident.id).where(Incident.alert_id == alert_id, Incident.state != "closed")
         ).scalar()
@@ -264,45 +260,39 @@ def open_incident(
         audit_action="incident.open",
         now=now,
     )
-    if alert is not None and alert.state == "open":
-        alert.state = "acknowledged"
+    if alert is not None:
+        detection.mark_acknowledged(alert)
     return incident
 
 
-def alert_devices(alert: Alert) -> Select[int]:
+def alert_cohort(alert: detection.Alert) -> tuple[str | None, int | None]:
     """The devices an alert names (its key ``device:<id>`` or ``batch:<id>``),
-    as a query of device primary keys.
+    as ``(device id, None)`` or ``(None, batch)``.
 
     Raises:
         InvalidInputError: the alert names no cohort of devices.
     """
     kind, _, value = alert.key.partition(":")
-    devices = select(Device.id).where(Device.tenant_id == alert.tenant_id)
     if kind == "device":
-        return devices.where(Device.device_id == value)
+        return value, None
     if kind == "batch" and value.isdigit():
-        return devices.where(Device.batch_id == int(value))
+        return None, int(value)
     raise InvalidInputError(f"alert {alert.id} ({alert.key}) does not name a device cohort")
 
 
-def _alert_is_about_drill_devices(session: Session, alert: Alert) -> None:
+def _alert_is_about_drill_devices(session: Session, alert: detection.Alert) -> None:
     """A drill may take only an alert about drill devices (a real alert
     must stay free for a real incident)."""
     try:
-        devices = alert_devices(alert)
+        device_id, batch = alert_cohort(alert)
     except InvalidInputError as exc:
         raise PermissionDeniedError(
             f"alert {alert.id} ({alert.key}) is not about drill devices"
         ) from exc
-    outside = session.execute(
-        select(func.count())
-        .select_from(CertificateRecord)
-        .where(
-            CertificateRecord.device_pk.in_(devices),
-            CertificateRecord.status == "good",
-            CertificateRecord.environment != "drill",
-        )
-    ).scalar_one()
+    named = identity.devices_named_by(
+        session, tenant_id=alert.tenant_id, device_id=device_id, batch=batch
+    )
+    outside = identity.devices_outside(session, named, environment="drill")
     if outside:
         raise PermissionDeniedError(
             f"alert {alert.id} ({alert.key}) is about devices outside the drill environment: "
@@ -323,12 +313,19 @@ def get_incident(session: Session, principal: Principal, incident_id: int) -> In
 
 
 def list_incidents(
-    session: Session, principal: Principal, *, state: str | None = None, limit: int = 100
+    session: Session,
+    principal: Principal,
+    *,
+    state: str | None = None,
+    before: int | None = None,
+    limit: int = 100,
 ) -> list[Incident]:
     """The tenant's incidents, newest first."""
     stmt = select(Incident).where(Incident.tenant_id == principal.tenant_id)
     if state is not None:
         stmt = stmt.where(Incident.state == state)
+    if before is not None:  # the page after the one that ended at incident ``before``
+        stmt = stmt.where(Incident.id < before)
     return list(session.execute(stmt.order_by(Incident.id.desc()).limit(limit)).scalars())
 
 

@@ -25,25 +25,18 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from fleetward import identity, ota, tenancy
 from fleetward.errors import ConflictError, FleetwardError
-from fleetward.identity import ca_service
-from fleetward.identity import service as identity
-from fleetward.identity.models import CertificateRecord
-from fleetward.identity.pki import Pki
-from fleetward.ota import campaigns
-from fleetward.ota import service as releases
-from fleetward.ota.models import CampaignDevice
+from fleetward.identity import Pki
 from fleetward.response import playbook as pb
-from fleetward.response.cohort import device_ids, online_devices
+from fleetward.response._cohort import device_ids, online_devices
 from fleetward.response.compliance import Requirement, record_pending
 from fleetward.response.models import Incident, PlaybookRun
 from fleetward.response.plan import SAMPLE, redacted, webhook_allowed
 from fleetward.response.service import log_event
 from fleetward.store import Database
-from fleetward.tenancy.models import Tenant
 from fleetward.tenancy.roles import Principal
 
 __all__ = [
@@ -119,12 +112,12 @@ class StepContext:
         plus its approvals; the audit names the run, its requester,
         approvers and executor.
         """
-        tenant = self.session.get_one(Tenant, self.run.tenant_id)
+        tenant = tenancy.get_tenant(self.session, self.run.tenant_id)
         return Principal(self.run.tenant_id, tenant.name, "admin", f"playbook-run:{self.run.id}")
 
     def tenant_name(self) -> str:
         """The run's tenant."""
-        return self.session.get_one(Tenant, self.run.tenant_id).name
+        return tenancy.get_tenant(self.session, self.run.tenant_id).name
 
     def logged(self, summary: str, details: dict[str, Any]) -> None:
         """Put the step on the incident's timeline (and in the audit log)."""
@@ -186,25 +179,25 @@ def _revoke(ctx: StepContext) -> After:
 def _rotate_ca(ctx: StepContext) -> After:
     s, run = ctx.session, ctx.run
     env = run.environment or "production"
-    tenant = s.get_one(Tenant, run.tenant_id)
-    old = ca_service.active_issuing_ca(s, tenant_id=run.tenant_id, environment=env)
-    root = ca_service.root_ca(s, tenant_id=run.tenant_id)
-    if root.key_uri.startswith(ca_service.OFFLINE):
+    tenant = tenancy.get_tenant(s, run.tenant_id)
+    old = identity.active_issuing_ca(s, tenant_id=run.tenant_id, environment=env)
+    root = identity.root_ca(s, tenant_id=run.tenant_id)
+    if root.key_uri.startswith(identity.OFFLINE):
         raise ConflictError(
             "the root key is offline: rotate the issuing CA with it (fleetward ca csr / "
             "import), then plan a run with the renew step"
         )
     # The new key lives where the old one did (an HSM-held CA stays in the HSM).
     backend = "pkcs11" if old.key_uri.startswith("pkcs11:") else "file"
-    ca, csr = ca_service.create_issuing_csr(
+    ca, csr = identity.create_issuing_csr(
         s, ctx.pki, tenant=tenant, environment=env, actor=f"playbook-run:{run.id}",
         backend=backend,
     )  # fmt: skip
-    cert = ca_service.sign_issuing_csr_offline(
+    cert = identity.sign_issuing_csr_offline(
         root_cert_pem=(root.certificate_pem or "").encode(),
         root_signer=ctx.pki.keyring.open(root.key_uri), csr_pem=csr, environment=env,
     )  # fmt: skip
-    ca_service.import_issuing_certificate(
+    identity.import_issuing_certificate(
         s, ctx.pki, tenant_id=run.tenant_id, ca_id=ca.id, certificate_pem=cert,
         actor=f"playbook-run:{run.id}",
     )  # fmt: skip
@@ -219,21 +212,10 @@ def _rotate_ca(ctx: StepContext) -> After:
 def _renew(ctx: StepContext) -> After:
     s, run, pks = ctx.session, ctx.run, ctx.device_pks
     env = run.environment or "production"
-    ca = ca_service.active_issuing_ca(s, tenant_id=run.tenant_id, environment=env)
+    ca = identity.active_issuing_ca(s, tenant_id=run.tenant_id, environment=env)
     tenant_name = ctx.tenant_name()
     online = online_devices(s, pks, ctx.now)  # as the step runs, not as it was planned
-    held: dict[int, str] = {}
-    for start in range(0, len(pks), 5000):
-        for pk, serial in s.execute(
-            select(CertificateRecord.device_pk, func.max(CertificateRecord.serial))
-            .where(
-                CertificateRecord.device_pk.in_(pks[start : start + 5000]),
-                CertificateRecord.status == "good",
-                CertificateRecord.ca_id == ca.id,
-            )
-            .group_by(CertificateRecord.device_pk)
-        ).all():
-            held[int(pk)] = str(serial)
+    held = identity.held_serials(s, pks, ca_id=ca.id)
     record_pending(
         s, run, step=ctx.index, pks=pks, online=online, requirement=Requirement.ca(ca.id),
         now=ctx.now, held=held,
@@ -261,27 +243,23 @@ def _renew(ctx: StepContext) -> After:
 def _emergency_release(ctx: StepContext) -> After:
     s, run, pks = ctx.session, ctx.run, ctx.device_pks
     who = ctx.executor()
-    campaign = campaigns.create_campaign(
+    campaign = ota.create_campaign(
         s, who, release_id=int(ctx.step.args["release"]), emergency=True, only_devices=pks
     )
     approvals = json.loads(run.approvals)
     for actor in approvals:
         # The run's approvers approved this release as part of the run.
-        campaigns.approve(
+        ota.approve_campaign(
             s, Principal(run.tenant_id, who.tenant_name, "security", actor), campaign.id
         )
     if campaign.state != "running":
         raise ConflictError(
-            f"emergency campaign {campaign.id} needs {campaigns.EMERGENCY_APPROVALS} security "
+            f"emergency campaign {campaign.id} needs {ota.EMERGENCY_APPROVALS} security "
             f"approvals; the run has {len(approvals)}"
         )
-    in_campaign = list(
-        s.execute(
-            select(CampaignDevice.device_pk).where(CampaignDevice.campaign_id == campaign.id)
-        ).scalars()
-    )
+    in_campaign = ota.campaign_device_pks(s, campaign.id)
     online = online_devices(s, in_campaign, ctx.now)
-    version = releases.get_release(s, who, campaign.release_id).version
+    version = ota.get_release(s, who, campaign.release_id).version
     record_pending(
         s, run, step=ctx.index, pks=in_campaign, online=online,
         requirement=Requirement.campaign(campaign.id, version), now=ctx.now,

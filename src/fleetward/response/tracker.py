@@ -16,12 +16,11 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 
+from fleetward import identity, tenancy
 from fleetward.errors import FleetwardError
-from fleetward.identity.models import Device
 from fleetward.response import compliance
-from fleetward.response.models import IncidentDevice
+from fleetward.response.models import Incident, IncidentDevice
 from fleetward.store import Database
-from fleetward.tenancy.models import Tenant
 
 __all__ = ["MAX_RESEND", "renew_again", "track_round"]
 
@@ -54,14 +53,15 @@ def renew_again(db: Database, command: Callable[[str, str, str], None]) -> int:
         refuses: it is away, and the next round retries).
     """
     with db.read() as s:
-        rows = s.execute(
-            select(Tenant.name, Device.device_id)
-            .select_from(IncidentDevice)
-            .join(Device, Device.id == IncidentDevice.device_pk)
-            .join(Tenant, Tenant.id == Device.tenant_id)
+        owed = s.execute(
+            select(Incident.tenant_id, IncidentDevice.device_pk)
+            .join(Incident, Incident.id == IncidentDevice.incident_id)
             .where(IncidentDevice.state == "pending", IncidentDevice.requirement.like("ca:%"))
             .limit(MAX_RESEND)
         ).all()
+        tenants = tenancy.tenant_names(s)
+        names = identity.device_ids(s, [int(pk) for _, pk in owed])
+    rows = [(tenants[t], names[pk]) for t, pk in owed if t in tenants and pk in names]
     sent = 0
     for tenant, device_id in rows:
         try:

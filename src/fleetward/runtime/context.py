@@ -15,16 +15,13 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from sqlalchemy.orm import Session
 
-from fleetward.audit import service as audit
+from fleetward import audit, identity, provisioning
 from fleetward.config import Settings
 from fleetward.errors import FleetwardError
-from fleetward.identity import issuance
-from fleetward.identity.pki import Pki
-from fleetward.identity.renewal import KeyAttester
+from fleetward.identity import KeyAttester, Pki
 from fleetward.keys import Signer
 from fleetward.keys.ring import KeyRing
-from fleetward.provisioning import paths as provisioning
-from fleetward.provisioning.renewal import verify_renewal_attestation
+from fleetward.provisioning import verify_renewal_attestation
 from fleetward.store import Database
 from fleetward.tenancy.roles import Principal
 
@@ -66,11 +63,11 @@ class AppContext:
         self,
         who: Principal,
         *,
-        items: list[issuance.BatchItem],
+        items: list[identity.BatchItem],
         environment: str | None,
         route: str,
         source: str | None = None,
-    ) -> list[issuance.BatchResult]:
+    ) -> list[identity.BatchResult]:
         """Enrollment from any path (REST, EST, CLI): the provisioning
         domain's rules (factory tokens through their batches) and its record
         of every attempt. Here, so identity's routes need not import

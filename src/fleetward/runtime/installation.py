@@ -10,13 +10,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from fleetward import identity, tenancy
 from fleetward._files import private_dir, write_private
 from fleetward.config import Settings
 from fleetward.errors import ConflictError
-from fleetward.identity import ca_service
 from fleetward.keys import generate_file_signer
 from fleetward.runtime.context import AppContext
-from fleetward.tenancy import service as tenancy
 
 __all__ = ["initialise"]
 
@@ -53,7 +52,7 @@ def initialise(
     )
     with context.db.session() as s:
         tenant = tenancy.create_tenant(s, name="default", actor=actor)
-        ca_service.create_tenant_pki(
+        identity.create_tenant_pki(
             s,
             context.pki,
             tenant=tenant,

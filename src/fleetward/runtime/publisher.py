@@ -21,13 +21,8 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
-from sqlalchemy import select
-
-from fleetward.audit import service as audit
-from fleetward.audit.models import AuditCheckpoint, AuditHead
+from fleetward import audit, identity, ota
 from fleetward.config import Settings
-from fleetward.identity import publication
-from fleetward.ota import repository as tuf_repository
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.worker import Every, PeriodicWorker
 
@@ -40,20 +35,12 @@ POLL_SECONDS = 1.0  # the publisher's check; the CRL interval is the promise
 def checkpoint_if_grown(ctx: AppContext) -> bool:
     """Sign an audit checkpoint if entries came since the last; returns whether it did."""
     with ctx.db.session() as s:
-        last = s.execute(
-            select(AuditCheckpoint.tree_size).order_by(AuditCheckpoint.tree_size.desc()).limit(1)
-        ).scalar()
-        head = s.get(AuditHead, 1)
-        # A checkpoint appends its own entry: only sign when more came.
-        if head is None or head.seq <= (last or 0) + 1:
-            return False
-        audit.checkpoint(s, signer=ctx.checkpoint_signer())
-        return True
+        return audit.checkpoint_if_grown(s, signer=ctx.checkpoint_signer())
 
 
 def publish_round(ctx: AppContext, *, checkpoint: bool) -> int:
     """Rebuild the CRLs that are due (and checkpoint); returns how many were rebuilt."""
-    built = len(publication.publish_crls(ctx.db, ctx.pki))
+    built = len(identity.publish_crls(ctx.db, ctx.pki))
     if checkpoint:
         checkpoint_if_grown(ctx)
     return built
@@ -100,7 +87,7 @@ class Publisher(PeriodicWorker):
 
     def work(self) -> None:
         checkpoint = self._checkpoint.due()
-        if not checkpoint and not publication.crls_due(self.ctx.db, self.ctx.pki):
+        if not checkpoint and not identity.crls_due(self.ctx.db, self.ctx.pki):
             return
         if not self.isolate:
             self.rebuilt += publish_round(self.ctx, checkpoint=checkpoint)
@@ -132,4 +119,4 @@ class TufRefresher(PeriodicWorker):
 
     def work(self) -> None:
         with self.ctx.db.session() as s:
-            tuf_repository.refresh_online_roles(s, self.ctx.pki.keyring)
+            ota.refresh_online_roles(s, self.ctx.pki.keyring)

@@ -31,7 +31,7 @@ from fleetward.runtime.workers import (
     DetectionRunner,
     IngestWorker,
 )
-from fleetward.sim.fleet import Broker
+from fleetward.sim import Broker
 
 __all__ = ["Stack", "StackHealth", "serve_stack", "up_stack"]
 

@@ -29,17 +29,16 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from fleetward.comms.commands import CommandSender, service_client
+from fleetward.comms import CommandSender, service_client
 from fleetward.detection import runner as detection
 from fleetward.ota import driver
-from fleetward.response import tracker
-from fleetward.response.effects import LiveEffects
+from fleetward.response import LiveEffects, tracker
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.worker import Every, PeriodicWorker
+from fleetward.sim import Broker
 from fleetward.sim.demo import Demo
-from fleetward.sim.fleet import Broker
 from fleetward.store import Database
-from fleetward.telemetry.ingest import Ingestor, MqttIngest
+from fleetward.telemetry import Ingestor, MqttIngest
 
 __all__ = ["CampaignDriver", "ComplianceTracker", "DemoFleet", "DetectionRunner", "IngestWorker"]
 

@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fleetward.agent.mqtt import DeviceAgent, backoff
+from fleetward.agent import DeviceAgent, backoff
 
 log = logging.getLogger("fleetward.sim")
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 
+from fleetward import tenancy
 from fleetward.sim.fleet import Broker, SimFleet
 from fleetward.sim.spec import FleetSpec
 from fleetward.store import Database
-from fleetward.tenancy import service as tenancy
 
 __all__ = ["Demo"]
 

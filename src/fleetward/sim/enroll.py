@@ -26,9 +26,7 @@ from typing import Any
 
 import httpx
 
-from fleetward.agent.client import IDENTITY_FILE, Server, enroll_devices, write_durably
-from fleetward.agent.keystore import Keystore
-from fleetward.agent.ota import Slots
+from fleetward.agent import IDENTITY_FILE, Keystore, Server, Slots, enroll_devices, write_durably
 from fleetward.errors import InvalidInputError, SimulationError
 from fleetward.sim.spec import DevicePlan, FleetSpec, images, plan, tampered_bootloader
 

@@ -28,10 +28,14 @@ from typing import Any, TypeVar
 
 import httpx
 
-from fleetward.agent.attest import attest as attest_device
-from fleetward.agent.client import load_identity, write_durably
-from fleetward.agent.mqtt import AgentConfig, DeviceAgent
-from fleetward.agent.ota import OtaClient
+from fleetward.agent import (
+    AgentConfig,
+    DeviceAgent,
+    OtaClient,
+    attest_device,
+    load_identity,
+    write_durably,
+)
 from fleetward.errors import InvalidInputError
 from fleetward.sim._device import Driver, Endpoint, SimDevice
 from fleetward.sim.enroll import SimulationError, enroll_fleet, keystore, read_plan

@@ -1,5 +1,47 @@
 """Telemetry: one event schema for everything fleetward observes about devices.
 
-So far the comms domain records authorization events here (denials,
-refused handshakes); the detection issue builds on the same table.
+The public face. Operators post and query events (:func:`post_events`,
+:func:`query`); the other domains write theirs (:func:`record_events`: the
+verifier's verdicts, the broker's denials, the devices' OTA steps) and read
+them back set-based (the detectors' :func:`events_after`,
+:func:`recent_events`, :func:`last_seen`; a response run's
+:func:`online_devices`). The runtime runs :class:`MqttIngest` and
+:func:`prune`. The events table stays inside this package.
 """
+
+from fleetward.telemetry._events import (
+    ONLINE_WINDOW,
+    event_counts,
+    events_after,
+    last_seen,
+    online_devices,
+    recent_events,
+    record_events,
+)
+from fleetward.telemetry.ingest import Ingestor, MqttIngest
+from fleetward.telemetry.models import Event
+from fleetward.telemetry.service import (
+    MAX_EVENTS_PER_REQUEST,
+    RETENTION,
+    post_events,
+    prune,
+    query,
+)
+
+__all__ = [
+    "MAX_EVENTS_PER_REQUEST",
+    "ONLINE_WINDOW",
+    "RETENTION",
+    "Event",
+    "Ingestor",
+    "MqttIngest",
+    "event_counts",
+    "events_after",
+    "last_seen",
+    "online_devices",
+    "post_events",
+    "prune",
+    "query",
+    "recent_events",
+    "record_events",
+]

@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from fleetward.identity.models import Device
+from fleetward import identity
 from fleetward.store import Database
 from fleetward.telemetry.models import Event
-from fleetward.tenancy.models import Tenant
 
 __all__ = ["BURST", "MAX_FIELDS_BYTES", "RATE", "Ingestor", "MqttIngest", "TokenBucket"]
 
@@ -81,13 +80,13 @@ class Ingestor:
 
     def _resolve(self, session: Session, keys: set[tuple[str, str]]) -> None:
         missing = [k for k in keys if k not in self.devices]
-        for tenant, device_id in missing:
-            row = session.execute(
-                select(Tenant.id, Device.id)
-                .join(Device, Device.tenant_id == Tenant.id)
-                .where(Tenant.name == tenant, Device.device_id == device_id)
-            ).first()
-            self.devices[(tenant, device_id)] = (int(row[0]), int(row[1])) if row else None
+        if not missing:
+            return
+        # One set-based lookup for every device new to this ingestor (the
+        # answer, known or not, is kept: the broker lists only known devices).
+        found = identity.resolve_devices(session, missing)
+        for key in missing:
+            self.devices[key] = found.get(key)
 
     def offer(self, topic: str, payload: bytes, *, at: dt.datetime) -> bool:
         """Take one message; returns whether it was kept (rate, size, shape)."""

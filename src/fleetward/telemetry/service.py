@@ -16,10 +16,8 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from fleetward import observe
+from fleetward import identity, observe
 from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
-from fleetward.identity import service as identity_service
-from fleetward.identity.models import Device
 from fleetward.store.db import utcnow
 from fleetward.telemetry.ingest import MAX_FIELDS_BYTES
 from fleetward.telemetry.models import Event
@@ -55,17 +53,8 @@ def post_events(
     if len(events) > MAX_EVENTS_PER_REQUEST:
         raise InvalidInputError(f"at most {MAX_EVENTS_PER_REQUEST} events per request")
     ids = {str(e.get("device")) for e in events}
-    found = {
-        str(d): int(pk)
-        for d, pk in session.execute(
-            select(Device.device_id, Device.id).where(
-                Device.tenant_id == principal.tenant_id, Device.device_id.in_(ids)
-            )
-        )
-    }
-    identity_service.authorize_on_devices(
-        session, principal, scope.TELEMETRY_POST, list(found.values())
-    )
+    found = identity.device_pks(session, tenant_id=principal.tenant_id, device_ids=ids)
+    identity.authorize_on_devices(session, principal, scope.TELEMETRY_POST, list(found.values()))
     rows = []
     for i, e in enumerate(events):
         kind = e.get("type")
@@ -108,21 +97,15 @@ def query(
     device_id: str | None = None,
     type_prefix: str | None = None,
     since: dt.datetime | None = None,
+    before: int | None = None,
     limit: int = 100,
 ) -> list[tuple[Event, str | None]]:
-    """The tenant's events, newest first, with the device id each names."""
+    """The tenant's events, newest first, with the device id each names
+    (``before``: only events older than event ``before``, the next page)."""
     require(principal, Permission.DEVICE_READ)
-    q = (
-        select(Event, Device.device_id)
-        .outerjoin(Device, Device.id == Event.device_pk)
-        .where(Event.tenant_id == principal.tenant_id)
-    )
+    q = select(Event).where(Event.tenant_id == principal.tenant_id)
     if device_id is not None:
-        pk = session.execute(
-            select(Device.id).where(
-                Device.tenant_id == principal.tenant_id, Device.device_id == device_id
-            )
-        ).scalar_one_or_none()
+        pk = identity.find_device_pk(session, tenant_id=principal.tenant_id, device_id=device_id)
         if pk is None:
             raise NotFoundError(f"device {device_id!r} not found")
         q = q.where(Event.device_pk == pk)
@@ -130,7 +113,16 @@ def query(
         q = q.where(Event.type.startswith(type_prefix))
     if since is not None:
         q = q.where(Event.at >= since)
-    return [(e, d) for e, d in session.execute(q.order_by(Event.id.desc()).limit(limit))]
+    if before is not None:
+        q = q.where(Event.id < before)
+    found = list(session.execute(q.order_by(Event.id.desc()).limit(limit)).scalars())
+    return _with_device_ids(session, found)
+
+
+def _with_device_ids(session: Session, events: list[Event]) -> list[tuple[Event, str | None]]:
+    """Each event with the id of the device it names (None for none)."""
+    names = identity.device_ids(session, {e.device_pk for e in events if e.device_pk is not None})
+    return [(e, names.get(e.device_pk) if e.device_pk is not None else None) for e in events]
 
 
 def prune(

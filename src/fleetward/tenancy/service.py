@@ -4,28 +4,34 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, ScalarSelect, bindparam, select
 from sqlalchemy.orm import Session
 
-from fleetward.audit import service as audit
+from fleetward import audit
 from fleetward.errors import AuthenticationError, ConflictError, InvalidInputError, NotFoundError
 from fleetward.store import utcnow
 from fleetward.tenancy import scope
+from fleetward.tenancy._tokens import hash_secret, new_token, parse_token, secret_matches
 from fleetward.tenancy.models import ApiToken, Tenant
 from fleetward.tenancy.roles import ENVIRONMENTS, ROLES, Permission, Principal, require
-from fleetward.tenancy.tokens import hash_secret, new_token, parse_token, secret_matches
 
 __all__ = [
+    "IssuancePolicy",
     "authenticate",
     "create_tenant",
     "create_token",
     "get_tenant",
     "get_tenant_by_name",
+    "issuance_policy",
     "list_tenants",
     "list_tokens",
     "revoke_token",
+    "set_allow_unattested",
     "set_cert_lifetime",
+    "tenant_id_named",
+    "tenant_names",
 ]
 
 TENANT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -82,6 +88,61 @@ def get_tenant_by_name(session: Session, name: str) -> Tenant:
 def list_tenants(session: Session) -> list[Tenant]:
     """Every tenant (local CLI only; the API never lists across tenants)."""
     return list(session.execute(select(Tenant).order_by(Tenant.id)).scalars())
+
+
+def tenant_names(session: Session) -> dict[int, str]:
+    """Every tenant's name by id, in id order (system tasks that work across
+    tenants: the broker table, the campaign driver, the TUF refresher)."""
+    return {
+        int(tid): str(name)
+        for tid, name in session.execute(select(Tenant.id, Tenant.name).order_by(Tenant.id))
+    }
+
+
+def tenant_id_named(name: str) -> ScalarSelect[int]:
+    """The id of the tenant called ``name``, as a scalar subquery (NULL for none).
+
+    For the public routes that name a tenant (a TUF repository, a device's
+    attestation URL, EST's CA certificates): the caller looks the tenant up
+    inside the one query that reads its own rows, so an unknown tenant and a
+    known tenant without that row cost the same and answer the same 404.
+    Two queries would tell which tenant names exist by their timing.
+    """
+    return select(Tenant.id).where(Tenant.name == name).scalar_subquery()
+
+
+@dataclass(frozen=True)
+class IssuancePolicy:
+    """What a tenant's settings say about issuing a device certificate."""
+
+    tenant_name: str
+    cert_lifetime_days: int
+    allow_unattested_keys_in_production: bool
+
+
+_ISSUANCE_POLICY = select(
+    Tenant.name, Tenant.cert_lifetime_days, Tenant.allow_unattested_keys_in_production
+).where(Tenant.id == bindparam("tenant_id"))
+
+
+def issuance_policy(conn: Connection | Session, tenant_id: int) -> IssuancePolicy:
+    """The tenant's issuance policy as committed now (one primary-key read).
+
+    Read on every issuance and renewal, never cached: turning
+    ``allow_unattested_keys_in_production`` off must hold for the very next
+    request in every process.
+
+    Raises:
+        NotFoundError: no such tenant.
+    """
+    row = conn.execute(_ISSUANCE_POLICY, {"tenant_id": tenant_id}).first()
+    if row is None:
+        raise NotFoundError("tenant not found")
+    return IssuancePolicy(
+        tenant_name=str(row[0]),
+        cert_lifetime_days=int(row[1]),
+        allow_unattested_keys_in_production=bool(row[2]),
+    )
 
 
 def set_cert_lifetime(session: Session, principal: Principal, *, days: int) -> Tenant:

@@ -1,4 +1,5 @@
-"""REST routes of the audit domain (auditors, security, admins)."""
+"""REST routes of the audit domain (auditors, security, admins): the
+tenant's entries, the verification of the whole log, and inclusion proofs."""
 
 from __future__ import annotations
 
@@ -6,16 +7,17 @@ import datetime as dt
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
+from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
-from fleetward.audit import service
-from fleetward.audit.models import AuditEntry
+from fleetward.api.pagination import Cursor, Limit, Page, decode, page
+from fleetward.audit import AuditEntry, service
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Permission, Principal, require
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"], responses=problems.OPERATOR)
 
 MAX_SEQ = 2**63 - 1  # sequence numbers are BIGINT: a larger one is refused, not a 500
 
@@ -58,22 +60,46 @@ class VerifyOut(BaseModel):
     head_hash: str | None = Field(description="its hash")
 
 
-@router.get("", response_model=list[EntryOut])
+class CheckpointOut(BaseModel):
+    """The signed checkpoint a proof leads to."""
+
+    id: int
+    head_hash: str
+    ts: str = Field(description="as signed (ISO 8601, UTC)")
+    key_id: str = Field(description="'(redacted)' for roles that do not manage CAs")
+    signature: str
+
+
+class ProofOut(BaseModel):
+    """An inclusion proof (RFC 6962) of one entry in a signed checkpoint;
+    ``fleetward audit verify-proof`` checks it offline."""
+
+    seq: int
+    entry_hash: str
+    leaf_index: int
+    tree_size: int
+    root_hash: str
+    audit_path: list[str]
+    checkpoint: CheckpointOut
+
+
+@router.get("/entries", response_model=Page[EntryOut])
 def list_entries(
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.AUDIT_READ)],
-    after: int = Query(default=0, ge=0, le=MAX_SEQ),
-    limit: int = Query(default=100, ge=1, le=1000),
-) -> list[EntryOut]:
-    """The tenant's audit entries after ``after``."""
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[EntryOut]:
+    """The tenant's audit entries, oldest first."""
     require(who, Permission.AUDIT_READ)
+    after = decode(cursor, int)
     with ctx.db.read() as s:
-        entries = [
-            EntryOut.of(e)
-            for e in service.list_entries(s, tenant_id=who.tenant_id, after=after, limit=limit)
-        ]
+        rows = service.list_entries(
+            s, tenant_id=who.tenant_id, after=int(after[0]) if after else 0, limit=limit + 1
+        )
+        entries = page(rows, limit=limit, key=lambda e: (e.seq,), shape=EntryOut.of)
     if not who.can(Permission.CA_MANAGE):
-        for e in entries:
+        for e in entries.items:
             _redact_key_locations(e.details)
     return entries
 
@@ -86,7 +112,7 @@ def _redact_key_locations(details: dict[str, Any]) -> None:
             details[name] = "(redacted)"
 
 
-@router.get("/verify", response_model=VerifyOut)
+@router.get("/verification", response_model=VerifyOut)
 def verify(ctx: Ctx, who: Annotated[Principal, Allow(scope.AUDIT_READ)]) -> VerifyOut:
     """Verify the whole chain and every checkpoint; report the tenant's entries.
 
@@ -107,16 +133,16 @@ def verify(ctx: Ctx, who: Annotated[Principal, Allow(scope.AUDIT_READ)]) -> Veri
     )
 
 
-@router.get("/proof/{seq}")
+@router.get("/entries/{seq}/proof", response_model=ProofOut)
 def proof(
     seq: Annotated[int, Path(ge=1, le=MAX_SEQ)],
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.AUDIT_READ)],
-) -> dict[str, Any]:
+) -> ProofOut:
     """Inclusion proof of one of the tenant's entries in the newest checkpoint."""
     require(who, Permission.AUDIT_READ)
     with ctx.db.read() as s:
         answer = service.inclusion_proof(s, seq=seq, tenant_id=who.tenant_id)
     if not who.can(Permission.CA_MANAGE):
         _redact_key_locations(answer["checkpoint"])
-    return answer
+    return ProofOut.model_validate(answer)

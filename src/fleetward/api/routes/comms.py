@@ -1,4 +1,5 @@
-"""REST routes of the comms domain: policy versions, explain, events, commands."""
+"""REST routes of the comms domain: policy versions, decisions (explain),
+authorization events, denial counts and commands."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
+from fleetward.api.pagination import Cursor, Limit, Page, decode, page, page_of
 from fleetward.comms import service
 from fleetward.comms.commands import MAX_COMMAND_BYTES, CommandSender, broker_info
 from fleetward.comms.policy import MAX_POLICY_BYTES, load_policy_text, parse_policy
@@ -18,8 +21,8 @@ from fleetward.errors import InvalidInputError, PayloadTooLargeError
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Principal
 
-router = APIRouter(prefix="/api/v1", tags=["comms"])
-public = APIRouter(tags=["comms"])
+router = APIRouter(prefix="/api/v1", tags=["comms"], responses=problems.OPERATOR)
+public = APIRouter(tags=["comms"], responses=problems.PUBLIC)
 
 
 class PolicyOut(BaseModel):
@@ -68,7 +71,7 @@ class CheckOut(BaseModel):
     device_state: str
 
 
-class EventOut(BaseModel):
+class AuthzEventOut(BaseModel):
     """One authorization event."""
 
     id: int
@@ -85,6 +88,28 @@ class CommandIn(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class CommandOut(BaseModel):
+    """A command handed to the broker (QoS 1)."""
+
+    status: Literal["sent"]
+    topic: str
+
+
+class DenialsOut(BaseModel):
+    """The denials the broker counted for one device, by event type."""
+
+    device: str
+    counts: dict[str, int] = Field(description="event type (authz.*) -> denials")
+
+
+class BrokerOut(BaseModel):
+    """Where devices connect."""
+
+    host: str
+    port: int
+    ca_pem: str = Field(description="the CA that signed the broker's certificate (PEM)")
+
+
 @router.get("/comms/policy", response_model=PolicyOut)
 def get_policy(
     ctx: Ctx, who: Annotated[Principal, Allow(scope.POLICY_READ)], version: int | None = None
@@ -94,11 +119,24 @@ def get_policy(
         return PolicyOut.of(service.get_policy(s, who, version))
 
 
-@router.get("/comms/policy/versions", response_model=list[PolicyOut])
-def list_versions(ctx: Ctx, who: Annotated[Principal, Allow(scope.POLICY_READ)]) -> list[PolicyOut]:
+@router.get("/comms/policy/versions", response_model=Page[PolicyOut])
+def list_versions(
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.POLICY_READ)],
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[PolicyOut]:
     """Every stored version, newest first."""
     with ctx.db.read() as s:
-        return [PolicyOut.of(v) for v in service.list_versions(s, who)]
+        return page_of(
+            service.list_versions(s, who),
+            cursor=cursor,
+            limit=limit,
+            key=lambda v: (v.version,),
+            kinds=(int,),
+            shape=PolicyOut.of,
+            descending=True,
+        )
 
 
 @router.put("/comms/policy", response_model=PolicyOut, status_code=201)
@@ -118,7 +156,7 @@ def set_policy(
         return PolicyOut.of(service.set_policy(s, who, policy))
 
 
-@router.post("/comms/policy/check", response_model=CheckOut)
+@router.post("/comms/policy/decisions", response_model=CheckOut)
 def check(body: CheckIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.POLICY_READ)]) -> CheckOut:
     """Explain: would the broker allow this device this action on this topic?"""
     with ctx.db.read() as s:
@@ -130,38 +168,49 @@ def check(body: CheckIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.POLICY_
         )
 
 
-@router.get("/comms/events", response_model=list[EventOut])
+@router.get("/comms/events", response_model=Page[AuthzEventOut])
 def list_events(
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.DEVICE_READ)],
-    device: str | None = None,
-    limit: int = Query(default=100, ge=1, le=1000),
-) -> list[EventOut]:
-    """The tenant's newest authorization events (denials, refused identities)."""
+    device: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[AuthzEventOut]:
+    """The tenant's authorization events (denials, refused identities), newest first."""
+    before = decode(cursor, int)
     with ctx.db.read() as s:
-        return [
-            EventOut(
-                id=e.id,
-                device=d,
-                type=e.type,
-                at=e.at,
-                count=e.count,
-                fields=json.loads(e.fields),
-            )
-            for e, d in service.list_events(s, who, device_id=device, limit=limit)
-        ]
+        rows = service.list_events(
+            s,
+            who,
+            device_id=device,
+            before=int(before[0]) if before else None,
+            limit=limit + 1,
+        )
+        return page(
+            rows,
+            limit=limit,
+            key=lambda row: (row[0].id,),
+            shape=lambda row: AuthzEventOut(
+                id=row[0].id,
+                device=row[1],
+                type=row[0].type,
+                at=row[0].at,
+                count=row[0].count,
+                fields=json.loads(row[0].fields),
+            ),
+        )
 
 
-@router.get("/devices/{device_id}/denials")
+@router.get("/devices/{device_id}/denials", response_model=DenialsOut)
 def denials(
     device_id: str, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_READ)]
-) -> dict[str, int]:
+) -> DenialsOut:
     """How many denials of each kind the broker counted for a device."""
     with ctx.db.read() as s:
-        return service.denial_counts(s, who, device_id)
+        return DenialsOut(device=device_id, counts=service.denial_counts(s, who, device_id))
 
 
-@router.post("/devices/{device_id}/commands/{name}", status_code=202)
+@router.post("/devices/{device_id}/commands/{name}", status_code=202, response_model=CommandOut)
 def send_command(
     device_id: str,
     name: str,
@@ -169,7 +218,7 @@ def send_command(
     request: Request,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.DEVICE_COMMAND)],
-) -> dict[str, str]:
+) -> CommandOut:
     """Send a command the device's roles allow (QoS 1, through the broker)."""
     payload = json.dumps(body.args).encode()
     if len(payload) > MAX_COMMAND_BYTES:
@@ -180,15 +229,11 @@ def send_command(
     if sender is None:
         sender = request.app.state.command_sender = CommandSender(ctx.settings.home)
     sender.send(topic, payload)
-    return {"status": "sent", "topic": topic}
+    return CommandOut(status="sent", topic=topic)
 
 
-@public.get("/api/v1/comms/broker")
-def broker(ctx: Ctx) -> dict[str, Any]:
+@public.get("/api/v1/comms/broker", response_model=BrokerOut)
+def broker(ctx: Ctx) -> BrokerOut:
     """Where devices connect, and the CA that signed the broker's certificate."""
     info = broker_info(ctx.settings.home)
-    return {
-        "host": info["host"],
-        "port": info["port"],
-        "ca_pem": Path(info["ca"]).read_text(),
-    }
+    return BrokerOut(host=info["host"], port=info["port"], ca_pem=Path(info["ca"]).read_text())

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from pydantic import BaseModel
 
+from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
-from fleetward.detection import service
-from fleetward.detection.models import Alert
+from fleetward.api.pagination import Cursor, Limit, Page, decode, page
+from fleetward.detection import Alert, service
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Principal
 
-router = APIRouter(prefix="/api/v1/alerts", tags=["detection"])
+router = APIRouter(prefix="/api/v1/alerts", tags=["detection"], responses=problems.OPERATOR)
+
+AlertState = Literal["open", "acknowledged", "resolved"]
 
 
 class AlertOut(BaseModel):
@@ -56,45 +59,59 @@ class AlertOut(BaseModel):
 class ResponseIn(BaseModel):
     """The automatic response to a kind of alert."""
 
+    action: Literal["none", "quarantine-device", "quarantine-cohort"]
+
+
+class ResponseOut(BaseModel):
+    """The automatic response now configured for a kind of alert."""
+
+    kind: str
     action: str
 
 
-@router.get("", response_model=list[AlertOut])
+class AlertStateIn(BaseModel):
+    """Triage: acknowledge an alert, or resolve it (a new finding then raises a new one)."""
+
+    state: Literal["acknowledged", "resolved"]
+
+
+@router.get("", response_model=Page[AlertOut])
 def list_alerts(
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.ALERT_READ)],
-    state: str | None = None,
-    limit: int = Query(100, ge=1, le=1000),
-) -> list[AlertOut]:
+    state: AlertState | None = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[AlertOut]:
     """The tenant's alerts, newest first."""
+    before = decode(cursor, int)
     with ctx.db.read() as s:
-        return [AlertOut.of(a) for a in service.list_alerts(s, who, state=state, limit=limit)]
+        rows = service.list_alerts(
+            s, who, state=state, before=int(before[0]) if before else None, limit=limit + 1
+        )
+        return page(rows, limit=limit, key=lambda a: (a.id,), shape=AlertOut.of)
 
 
-@router.post("/{alert_id}/ack", response_model=AlertOut)
-def ack(alert_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.ALERT_TRIAGE)]) -> AlertOut:
-    """Acknowledge an alert."""
-    with ctx.operator_work(who, action="alert.acknowledged", subject=f"alert:{alert_id}") as s:
-        return AlertOut.of(service.set_alert_state(s, who, alert_id, "acknowledged"))
-
-
-@router.post("/{alert_id}/resolve", response_model=AlertOut)
-def resolve(
-    alert_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.ALERT_TRIAGE)]
+@router.post("/{alert_id}/state", response_model=AlertOut)
+def set_state(
+    alert_id: int,
+    body: AlertStateIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.ALERT_TRIAGE)],
 ) -> AlertOut:
-    """Resolve an alert (a new finding then raises a new one)."""
-    with ctx.operator_work(who, action="alert.resolved", subject=f"alert:{alert_id}") as s:
-        return AlertOut.of(service.set_alert_state(s, who, alert_id, "resolved"))
+    """Acknowledge or resolve an alert."""
+    with ctx.operator_work(who, action=f"alert.{body.state}", subject=f"alert:{alert_id}") as s:
+        return AlertOut.of(service.set_alert_state(s, who, alert_id, body.state))
 
 
-@router.put("/responses/{kind}")
+@router.put("/responses/{kind}", response_model=ResponseOut)
 def set_response(
     kind: str,
     body: ResponseIn,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.ALERT_RESPONSE_SET)],
-) -> dict[str, str]:
+) -> ResponseOut:
     """Configure the automatic response (none, quarantine-device, quarantine-cohort)."""
     with ctx.operator_work(who, action="detection.response.set", subject=f"alert-kind:{kind}") as s:
         service.set_response(s, who, kind, body.action)
-    return {"kind": kind, "action": body.action}
+    return ResponseOut(kind=kind, action=body.action)

@@ -30,16 +30,26 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from fleetward.api import problems
 from fleetward.api.deps import Ctx, authenticate, bearer_or_basic
 from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
-from fleetward.identity import ca_service, issuance, profile, renewal
-from fleetward.identity.models import CertificateAuthority
+from fleetward.identity import CertificateAuthority, ca_service, issuance, profile, renewal
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import ENVIRONMENTS
 
-router = APIRouter(prefix="/.well-known/est", tags=["est"])
-
 PKCS7 = "application/pkcs7-mime; smime-type=certs-only"
+
+router = APIRouter(
+    prefix="/.well-known/est",
+    tags=["est"],
+    responses={
+        **problems.OPERATOR,  # simpleenroll takes an operator token
+        200: {
+            "description": "certificates (PKCS#7 certs-only, DER, base64)",
+            "content": {PKCS7: {"schema": {"type": "string", "format": "base64"}}},
+        },
+    },
+)
 MAX_BODY = profile.MAX_CSR_BYTES * 2  # base64 of the largest accepted CSR, plus line breaks
 # base64 of the largest key attestation statement a renewal accepts
 MAX_ATTESTATION_HEADER = (renewal.MAX_ATTESTATION_BYTES + 2) // 3 * 4

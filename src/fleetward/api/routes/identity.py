@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel
 
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
+from fleetward.api.pagination import Cursor, Limit, Page, decode, page, page_of
 from fleetward.errors import InvalidInputError
-from fleetward.identity import ca_service, issuance, publication, renewal, service
+from fleetward.identity import ca_service, issuance, lifecycle, publication, renewal, service
 from fleetward.identity.schemas import (
     BatchEnrollIn,
     BatchEnrollOut,
@@ -30,8 +32,29 @@ from fleetward.identity.schemas import (
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Permission, Principal, require
 
-router = APIRouter(prefix="/api/v1", tags=["identity"])
-public = APIRouter(tags=["revocation"])
+router = APIRouter(prefix="/api/v1", tags=["identity"], responses=problems.OPERATOR)
+public = APIRouter(tags=["revocation"], responses=problems.PUBLIC)
+
+DeviceState = Literal["pending", "active", "quarantined", "revoked", "retired"]
+if get_args(DeviceState) != lifecycle.STATES:  # one list of states, checked at import
+    raise RuntimeError("DeviceState must list fleetward.identity.lifecycle.STATES")
+
+
+class CohortRevokeOut(BaseModel):
+    """What a cohort revocation did."""
+
+    revoked: int
+    skipped: int
+
+
+def _binary(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI description of a 200 answer that is not JSON."""
+    return {
+        200: {
+            "description": description,
+            "content": {media_type: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
 
 
 def _source(request: Request) -> str | None:
@@ -39,33 +62,50 @@ def _source(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-@router.get("/cas", response_model=list[CaOut])
-def list_cas(ctx: Ctx, who: Annotated[Principal, Allow(scope.CA_READ)]) -> list[CaOut]:
+@router.get("/cas", response_model=Page[CaOut])
+def list_cas(
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.CA_READ)],
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[CaOut]:
     """The tenant's CAs; where their keys are kept only for who may manage CAs (admin)."""
     require(who, Permission.CA_READ)
     # Key locations (file paths, HSM token and object labels) help an attacker
     # more than a reader: only a role that manages CAs sees them.
     key_location = who.can(Permission.CA_MANAGE)
     with ctx.db.read() as s:
-        return [
-            CaOut.of(c, key_location=key_location)
-            for c in ca_service.list_cas(s, tenant_id=who.tenant_id)
-        ]
+        return page_of(
+            ca_service.list_cas(s, tenant_id=who.tenant_id),
+            cursor=cursor,
+            limit=limit,
+            key=lambda c: (c.id,),
+            kinds=(int,),
+            shape=lambda c: CaOut.of(c, key_location=key_location),
+        )
 
 
-@router.get("/devices", response_model=list[DeviceOut])
+@router.get("/devices", response_model=Page[DeviceOut])
 def list_devices(
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.DEVICE_READ)],
-    state: str | None = None,
-    product: str | None = None,
-    after: str = "",
-    limit: int = Query(default=100, ge=1, le=1000),
-) -> list[DeviceOut]:
-    """Devices of the tenant, paged by ``after`` (last device id seen)."""
+    state: DeviceState | None = None,
+    product: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[DeviceOut]:
+    """Devices of the tenant by device id."""
+    after = decode(cursor, str)
     with ctx.db.read() as s:
-        rows = service.list_devices(s, who, state=state, product=product, after=after, limit=limit)
-        return [DeviceOut.of(d) for d in rows]
+        rows = service.list_devices(
+            s,
+            who,
+            state=state,
+            product=product,
+            after=str(after[0]) if after else "",
+            limit=limit + 1,
+        )
+        return page(rows, limit=limit, key=lambda d: (d.device_id,), shape=DeviceOut.of)
 
 
 @router.post("/devices", response_model=DeviceOut, status_code=201)
@@ -89,7 +129,7 @@ def get_device(
         return DeviceOut.of(service.get_device(s, who, device_id))
 
 
-@router.post("/devices/{device_id}/enroll", response_model=CertificateOut, status_code=201)
+@router.post("/devices/{device_id}/certificates", response_model=CertificateOut, status_code=201)
 async def enroll(
     device_id: str,
     body: EnrollIn,
@@ -97,7 +137,8 @@ async def enroll(
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.DEVICE_ENROLL)],
 ) -> CertificateOut:
-    """Issue a device's first certificate from its CSR.
+    """Enroll: issue a device's certificate from its CSR (registering the
+    device if it is new).
 
     Runs on the event loop, one enrollment at a time per process: about a
     millisecond of CPU, and the write lock is then never held by a thread
@@ -126,7 +167,7 @@ async def enroll(
     return certificate_out(result.issued)
 
 
-@router.post("/enroll/batch", response_model=BatchEnrollOut)
+@router.post("/enrollments", response_model=BatchEnrollOut)
 def enroll_batch(
     body: BatchEnrollIn,
     request: Request,
@@ -178,20 +219,20 @@ def set_state(
         )
 
 
-@router.post("/revocations/devices")
+@router.post("/revocations/devices", response_model=CohortRevokeOut)
 def revoke_devices(
     body: CohortRevokeIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_REVOKE)]
-) -> dict[str, object]:
+) -> CohortRevokeOut:
     """Revoke a cohort of devices (and their certificates) in one transaction;
     live broker connections are cut off within seconds."""
     with ctx.operator_work(
         who, action="device.revoke", subject=f"cohort:{len(body.device_ids)}"
     ) as s:
         revoked = service.revoke_devices(s, who, body.device_ids, reason=body.reason)
-    return {"revoked": len(revoked), "skipped": len(set(body.device_ids)) - len(revoked)}
+    return CohortRevokeOut(revoked=len(revoked), skipped=len(set(body.device_ids)) - len(revoked))
 
 
-@router.post("/devices/{device_id}/revoke", response_model=DeviceOut)
+@router.post("/devices/{device_id}/revocation", response_model=DeviceOut)
 def revoke_device(
     device_id: str, body: RevokeIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_REVOKE)]
 ) -> DeviceOut:
@@ -200,15 +241,24 @@ def revoke_device(
         return DeviceOut.of(service.revoke_device(s, who, device_id, reason=body.reason))
 
 
-@router.get("/devices/{device_id}/certificates", response_model=list[CertificateOut])
+@router.get("/devices/{device_id}/certificates", response_model=Page[CertificateOut])
 def device_certificates(
-    device_id: str, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_READ)]
-) -> list[CertificateOut]:
-    """A device's certificate history."""
+    device_id: str,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.DEVICE_READ)],
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[CertificateOut]:
+    """A device's certificate history, oldest first."""
     with ctx.db.read() as s:
-        return [
-            CertificateOut.of(r, device_id) for r in service.list_certificates(s, who, device_id)
-        ]
+        return page_of(
+            service.list_certificates(s, who, device_id),
+            cursor=cursor,
+            limit=limit,
+            key=lambda r: (r.not_before.isoformat(), r.serial),
+            kinds=(str, str),
+            shape=lambda r: CertificateOut.of(r, device_id),
+        )
 
 
 @router.get("/certificates/{serial}", response_model=CertificateOut)
@@ -220,7 +270,7 @@ def get_certificate(
         return CertificateOut.of(service.get_certificate(s, who, serial))
 
 
-@router.post("/certificates/{serial}/revoke", response_model=CertificateOut)
+@router.post("/certificates/{serial}/revocation", response_model=CertificateOut)
 def revoke_certificate(
     serial: str, body: RevokeIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.CERT_REVOKE)]
 ) -> CertificateOut:
@@ -253,7 +303,11 @@ def renew(body: RenewIn, ctx: Ctx) -> CertificateOut:
         return certificate_out(issued)
 
 
-@public.get("/crl/{ca_id}.crl", response_class=Response)
+@public.get(
+    "/crl/{ca_id}.crl",
+    response_class=Response,
+    responses=_binary("application/pkix-crl", "the CRL (DER)"),
+)
 def crl(ca_id: int, ctx: Ctx) -> Response:
     """The CA's latest published CRL (DER)."""
     with ctx.db.read() as s:
@@ -265,7 +319,11 @@ def crl(ca_id: int, ctx: Ctx) -> Response:
         )
 
 
-@public.get("/ca/{ca_id}.crt", response_class=Response)
+@public.get(
+    "/ca/{ca_id}.crt",
+    response_class=Response,
+    responses=_binary("application/x-pem-file", "the CA certificate (PEM)"),
+)
 def ca_certificate(ca_id: int, ctx: Ctx) -> Response:
     """A CA certificate (PEM)."""
     with ctx.db.read() as s:
@@ -278,14 +336,22 @@ def ca_certificate(ca_id: int, ctx: Ctx) -> Response:
 OCSP_RESPONSE = "application/ocsp-response"
 
 
-@public.post("/ocsp", response_class=Response)
+@public.post(
+    "/ocsp",
+    response_class=Response,
+    responses=_binary(OCSP_RESPONSE, "the OCSP response (DER)"),
+)
 async def ocsp_post(request: Request, ctx: Ctx) -> Response:
     """OCSP over POST (RFC 6960 appendix A)."""
     body = await request.body()
     return Response(await _answer(ctx, body), media_type=OCSP_RESPONSE)
 
 
-@public.get("/ocsp/{encoded:path}", response_class=Response)
+@public.get(
+    "/ocsp/{encoded:path}",
+    response_class=Response,
+    responses=_binary(OCSP_RESPONSE, "the OCSP response (DER)"),
+)
 async def ocsp_get(encoded: str, ctx: Ctx) -> Response:
     """OCSP over GET: the base64 (URL-encoded) DER request in the path."""
     try:

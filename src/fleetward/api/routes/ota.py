@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
+from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
+from fleetward.api.pagination import Cursor, Limit, Page, page_of
 from fleetward.comms.commands import BrokerUnavailableError, CommandSender
 from fleetward.errors import InvalidInputError
-from fleetward.ota import campaigns, repository, service
+from fleetward.ota import Release, campaigns, repository, service
 from fleetward.ota import release as checks
 from fleetward.ota.blobs import LocalBlobStore
-from fleetward.ota.models import Release
 from fleetward.ota.rollout import GatePolicy
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Principal
 
-router = APIRouter(prefix="/api/v1", tags=["ota"])
-public = APIRouter(tags=["tuf"])
+router = APIRouter(prefix="/api/v1", tags=["ota"], responses=problems.OPERATOR)
+public = APIRouter(tags=["tuf"], responses=problems.PUBLIC)
 
 
 def blobs(ctx: Any) -> LocalBlobStore:
@@ -74,22 +75,50 @@ class ProductIn(BaseModel):
     threshold: int = Field(default=1, ge=1, le=5)
 
 
+class ProductOut(BaseModel):
+    """A product's release role."""
+
+    product: str
+    threshold: int
+    created: bool = Field(description="false: the role existed already (left as it was)")
+
+
+class RootRotationOut(BaseModel):
+    """The root version a rotation published."""
+
+    root_version: int
+
+
+class TufSignature(BaseModel):
+    """One signature of a TUF metadata file."""
+
+    keyid: str
+    sig: str
+
+
+class TufMetadata(BaseModel):
+    """A TUF metadata file (the TUF specification defines ``signed`` per role)."""
+
+    signed: dict[str, Any]
+    signatures: list[TufSignature]
+
+
 class WithdrawIn(BaseModel):
     """Why a release is withdrawn."""
 
     reason: str = Field(default="", max_length=500)
 
 
-@router.post("/ota/products/{product}", status_code=201)
+@router.post("/ota/products/{product}", status_code=201, response_model=ProductOut)
 def create_product(
     product: str, body: ProductIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.OTA_PRODUCT)]
-) -> dict[str, Any]:
+) -> ProductOut:
     """Delegate a product to its own TUF role with ``threshold`` release signers."""
     with ctx.operator_work(who, action="ota.product.create", subject=f"product:{product}") as s:
         created = repository.ensure_product(
             s, ctx.pki.keyring, who, product, threshold=body.threshold
         )
-    return {"product": product, "threshold": body.threshold, "created": created}
+    return ProductOut(product=product, threshold=body.threshold, created=created)
 
 
 class RotateIn(BaseModel):
@@ -99,16 +128,16 @@ class RotateIn(BaseModel):
     threshold: int = Field(default=2, ge=1, le=9)
 
 
-@router.post("/ota/root/rotate")
+@router.post("/ota/root/rotations", response_model=RootRotationOut)
 def rotate_root(
     body: RotateIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.OTA_ROOT_ROTATE)]
-) -> dict[str, int]:
+) -> RootRotationOut:
     """New root keys (and online keys), signed by the old and the new root keys."""
     with ctx.operator_work(who, action="ota.root.rotate", subject="root") as s:
         version = repository.rotate_root(
             s, ctx.pki.keyring, who, keys=body.keys, threshold=body.threshold
         )
-    return {"root_version": version}
+    return RootRotationOut(root_version=version)
 
 
 @router.post("/releases", response_model=ReleaseOut, status_code=201)
@@ -145,13 +174,25 @@ def create_release(
         return release_out(s, r)
 
 
-@router.get("/releases", response_model=list[ReleaseOut])
+@router.get("/releases", response_model=Page[ReleaseOut])
 def list_releases(
-    ctx: Ctx, who: Annotated[Principal, Allow(scope.RELEASE_READ)], product: str | None = None
-) -> list[ReleaseOut]:
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.RELEASE_READ)],
+    product: str | None = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[ReleaseOut]:
     """The tenant's releases, newest first."""
     with ctx.db.read() as s:
-        return [release_out(s, r) for r in service.list_releases(s, who, product=product)]
+        return page_of(
+            service.list_releases(s, who, product=product),
+            cursor=cursor,
+            limit=limit,
+            key=lambda r: (r.id,),
+            kinds=(int,),
+            shape=lambda r: release_out(s, r),
+            descending=True,
+        )
 
 
 @router.get("/releases/{release_id}", response_model=ReleaseOut)
@@ -163,7 +204,7 @@ def get_release(
         return release_out(s, service.get_release(s, who, release_id))
 
 
-@router.post("/releases/{release_id}/approve", response_model=ReleaseOut)
+@router.post("/releases/{release_id}/approvals", response_model=ReleaseOut)
 def approve(
     release_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.RELEASE_APPROVE)]
 ) -> ReleaseOut:
@@ -172,7 +213,7 @@ def approve(
         return release_out(s, service.approve_release(s, ctx.pki.keyring, who, release_id))
 
 
-@router.post("/releases/{release_id}/withdraw", response_model=ReleaseOut)
+@router.post("/releases/{release_id}/withdrawal", response_model=ReleaseOut)
 def withdraw(
     release_id: int,
     body: WithdrawIn,
@@ -187,7 +228,11 @@ def withdraw(
         return release_out(s, r)
 
 
-@public.get("/tuf/{tenant}/metadata/{filename}")
+@public.get(
+    "/tuf/{tenant}/metadata/{filename}",
+    response_class=Response,
+    responses={200: {"model": TufMetadata, "description": "the metadata file, as signed"}},
+)
 def metadata(tenant: str, filename: str, ctx: Ctx) -> Response:
     """TUF metadata (``timestamp.json``, ``<version>.<role>.json``)."""
     with ctx.db.read() as s:
@@ -195,7 +240,18 @@ def metadata(tenant: str, filename: str, ctx: Ctx) -> Response:
     return Response(content=body, media_type="application/json")
 
 
-@public.get("/tuf/{tenant}/targets/{path:path}")
+@public.get(
+    "/tuf/{tenant}/targets/{path:path}",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "the target file",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
 def target(tenant: str, path: str, ctx: Ctx) -> FileResponse:
     """A target file by its consistent-snapshot path (``<dir>/<sha256>.<name>``)."""
     with ctx.db.read() as s:
@@ -304,7 +360,7 @@ def get_campaign(
         return campaign_out(s, campaigns.get_campaign(s, who, campaign_id))
 
 
-@router.post("/campaigns/{campaign_id}/approve", response_model=CampaignOut)
+@router.post("/campaigns/{campaign_id}/approvals", response_model=CampaignOut)
 def approve_campaign(
     campaign_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.CAMPAIGN_APPROVE)]
 ) -> CampaignOut:
@@ -315,25 +371,27 @@ def approve_campaign(
         return campaign_out(s, campaigns.approve(s, who, campaign_id))
 
 
-@router.post("/campaigns/{campaign_id}/resume", response_model=CampaignOut)
-def resume_campaign(
-    campaign_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.CAMPAIGN_MANAGE)]
-) -> CampaignOut:
-    """Accept the halted wave and go on."""
-    with ctx.operator_work(
-        who, action="ota.campaign.resume", subject=f"campaign:{campaign_id}"
-    ) as s:
-        return campaign_out(s, campaigns.resume(s, who, campaign_id))
+class CampaignStateIn(BaseModel):
+    """``running``: accept the halted wave and go on; ``aborted``: stop,
+    withdraw the release and tell devices in flight to fall back."""
+
+    state: Literal["running", "aborted"]
 
 
-@router.post("/campaigns/{campaign_id}/abort", response_model=CampaignOut)
-def abort_campaign(
+@router.post("/campaigns/{campaign_id}/state", response_model=CampaignOut)
+def set_campaign_state(
     campaign_id: int,
+    body: CampaignStateIn,
     request: Request,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.CAMPAIGN_MANAGE)],
 ) -> CampaignOut:
-    """Stop, withdraw the release, tell devices in flight to fall back."""
+    """Resume a halted campaign (``running``) or abort it (``aborted``)."""
+    if body.state == "running":
+        with ctx.operator_work(
+            who, action="ota.campaign.resume", subject=f"campaign:{campaign_id}"
+        ) as s:
+            return campaign_out(s, campaigns.resume(s, who, campaign_id))
     with ctx.operator_work(
         who, action="ota.campaign.abort", subject=f"campaign:{campaign_id}"
     ) as s:

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
+from fleetward.api.pagination import Cursor, Limit, Page, decode, page, page_of
 from fleetward.identity.issuance import MAX_BATCH
 from fleetward.identity.profile import MAX_CSR_BYTES
-from fleetward.identity.schemas import certificate_out
-from fleetward.provisioning import enroll, service
+from fleetward.identity.schemas import CertificateOut, certificate_out
+from fleetward.provisioning import EnrollmentBatch, Factory, enroll, service
 from fleetward.provisioning.attestation import MAX_STATEMENT_BYTES
-from fleetward.provisioning.models import EnrollmentBatch, Factory
 from fleetward.store import utcnow
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Principal
 
-router = APIRouter(prefix="/api/v1/provisioning", tags=["provisioning"])
+router = APIRouter(
+    prefix="/api/v1/provisioning", tags=["provisioning"], responses=problems.OPERATOR
+)
 
 
 class FactoryIn(BaseModel):
@@ -49,6 +51,15 @@ class FactoryTokenIn(BaseModel):
 
     name: str = Field(min_length=1, max_length=100)
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class FactoryTokenOut(BaseModel):
+    """A factory-operator token (the secret, ``token``, is shown only now)."""
+
+    id: str
+    factory_id: int
+    environment: str | None
+    token: str
 
 
 class BatchIn(BaseModel):
@@ -102,6 +113,12 @@ class BatchOut(BaseModel):
         )
 
 
+class BatchStatusIn(BaseModel):
+    """Close a batch: it enrolls no more devices."""
+
+    status: Literal["closed"]
+
+
 class RootIn(BaseModel):
     """A chip vendor's attestation root."""
 
@@ -109,11 +126,95 @@ class RootIn(BaseModel):
     certificate: str = Field(max_length=16384, description="PEM")
 
 
+class RootOut(BaseModel):
+    """A trusted vendor attestation root."""
+
+    id: int
+    name: str
+    sha256: str
+
+
 class GrantIn(BaseModel):
     """Permission to provision a device again."""
 
     device_id: str = Field(max_length=64)
     reason: str = Field(min_length=1, max_length=200)
+
+
+class GrantOut(BaseModel):
+    """A re-provisioning grant."""
+
+    id: int
+    device_id: str
+    expires_at: dt.datetime
+
+
+class NoncesOut(BaseModel):
+    """Single-use challenges for key attestation statements."""
+
+    nonces: list[str]
+    expires_at: dt.datetime
+
+
+class ItemProblem(BaseModel):
+    """Why one item was refused (problem details members, and the refusal's category)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    category: str | None = Field(description="outside-batch, duplicate, attestation, ...")
+
+
+class ProvisionItemOut(BaseModel):
+    """One device's outcome: a certificate, or a problem."""
+
+    device_id: str
+    key_origin: str | None
+    certificate: CertificateOut | None = None
+    problem: ItemProblem | None = None
+
+
+class ProvisionOut(BaseModel):
+    """The outcome of a factory enrollment request."""
+
+    issued: int
+    refused: int
+    items: list[ProvisionItemOut]
+
+
+class AttemptOut(BaseModel):
+    """One enrollment record: who provisioned what, when, how, and the outcome."""
+
+    id: int
+    ts: str
+    factory_id: int | None
+    batch_id: int | None
+    token: str | None
+    device_id: str
+    csr_fingerprint: str | None
+    key_origin: str | None
+    result: str
+    category: str | None
+    reason: str | None
+    source: str | None
+    serial: str | None
+    route: str | None
+    environment: str | None
+
+
+class CounterOut(BaseModel):
+    """Abnormal-enrollment signals of one factory and batch."""
+
+    factory_id: int | None
+    batch_id: int | None
+    accepted: int
+    refused: int
+    refused_by_category: dict[str, int]
+    first_attempt: str
+    last_window: int
+    average_per_window: float
+    burst: bool
 
 
 class ProvisionItemIn(BaseModel):
@@ -143,22 +244,32 @@ def create_factory(
         )
 
 
-@router.get("/factories", response_model=list[FactoryOut])
+@router.get("/factories", response_model=Page[FactoryOut])
 def list_factories(
-    ctx: Ctx, who: Annotated[Principal, Allow(scope.FACTORY_READ)]
-) -> list[FactoryOut]:
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.FACTORY_READ)],
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[FactoryOut]:
     """The tenant's factories."""
     with ctx.db.read() as s:
-        return [FactoryOut.of(f) for f in service.list_factories(s, who)]
+        return page_of(
+            service.list_factories(s, who),
+            cursor=cursor,
+            limit=limit,
+            key=lambda f: (f.id,),
+            kinds=(int,),
+            shape=FactoryOut.of,
+        )
 
 
-@router.post("/factories/{factory_id}/tokens", status_code=201)
+@router.post("/factories/{factory_id}/tokens", status_code=201, response_model=FactoryTokenOut)
 def factory_token(
     factory_id: int,
     body: FactoryTokenIn,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.TOKEN_CREATE)],
-) -> dict[str, Any]:
+) -> FactoryTokenOut:
     """A factory-operator token bound to this factory (shown once)."""
     expires = utcnow() + dt.timedelta(days=body.expires_in_days) if body.expires_in_days else None
     with ctx.operator_work(who, action="token.create", subject=f"factory:{factory_id}") as s:
@@ -169,12 +280,9 @@ def factory_token(
             name=body.name,
             expires_at=scope.grant_expiry(who, expires),
         )
-        return {
-            "id": row.id,
-            "factory_id": factory_id,
-            "environment": row.environment,
-            "token": token,
-        }
+        return FactoryTokenOut(
+            id=row.id, factory_id=factory_id, environment=row.environment, token=token
+        )
 
 
 @router.post("/batches", response_model=BatchOut, status_code=201)
@@ -199,30 +307,46 @@ def create_batch(
         return BatchOut.of(batch)
 
 
-@router.get("/batches", response_model=list[BatchOut])
-def list_batches(ctx: Ctx, who: Annotated[Principal, Allow(scope.BATCH_READ)]) -> list[BatchOut]:
-    """Batches (a factory token sees its own factory's)."""
+@router.get("/batches", response_model=Page[BatchOut])
+def list_batches(
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.BATCH_READ)],
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[BatchOut]:
+    """Batches, newest first (a factory token sees its own factory's)."""
     with ctx.db.read() as s:
-        return [BatchOut.of(b) for b in service.list_batches(s, who)]
+        return page_of(
+            service.list_batches(s, who),
+            cursor=cursor,
+            limit=limit,
+            key=lambda b: (b.id,),
+            kinds=(int,),
+            shape=BatchOut.of,
+            descending=True,
+        )
 
 
-@router.post("/batches/{batch_id}/close", response_model=BatchOut)
+@router.post("/batches/{batch_id}/status", response_model=BatchOut)
 def close_batch(
-    batch_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.BATCH_MANAGE)]
+    batch_id: int,
+    body: BatchStatusIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.BATCH_MANAGE)],
 ) -> BatchOut:
     """Close a batch (admin)."""
     with ctx.operator_work(who, action="batch.close", subject=f"batch:{batch_id}") as s:
         return BatchOut.of(service.close_batch(s, who, batch_id))
 
 
-@router.post("/batches/{batch_id}/enroll")
+@router.post("/batches/{batch_id}/enroll", response_model=ProvisionOut)
 def provision(
     batch_id: int,
     body: ProvisionIn,
     request: Request,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.DEVICE_ENROLL)],
-) -> dict[str, Any]:
+) -> ProvisionOut:
     """Enroll devices of this batch (one or up to 1,000); each is issued or refused alone."""
     items = [
         enroll.ProvisionItem(device_id=i.device_id, csr=i.csr.encode(), attestation=i.attestation)
@@ -240,22 +364,24 @@ def provision(
         )
     out = []
     for r in results:
-        entry: dict[str, Any] = {"device_id": r.device_id, "key_origin": r.key_origin}
+        entry = ProvisionItemOut(device_id=r.device_id, key_origin=r.key_origin)
         if r.issued is not None:
-            entry["certificate"] = certificate_out(r.issued).model_dump(mode="json")
+            entry.certificate = certificate_out(r.issued)
         else:
             if r.error is None:
                 raise RuntimeError("broken invariant, expected: r.error is not None")
-            entry["problem"] = problems.as_dict(r.error, category=r.category)
+            entry.problem = ItemProblem.model_validate(
+                problems.as_dict(r.error, category=r.category)
+            )
         out.append(entry)
     issued = sum(1 for r in results if r.issued is not None)
-    return {"issued": issued, "refused": len(results) - issued, "items": out}
+    return ProvisionOut(issued=issued, refused=len(results) - issued, items=out)
 
 
-@router.post("/attestation-roots", status_code=201)
+@router.post("/attestation-roots", status_code=201, response_model=RootOut)
 def register_root(
     body: RootIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.ATTESTATION_ROOT_MANAGE)]
-) -> dict[str, Any]:
+) -> RootOut:
     """Trust a chip vendor's attestation root (admin)."""
     with ctx.operator_work(
         who, action="attestation-root.register", subject=f"root:{body.name[:50]}"
@@ -263,72 +389,114 @@ def register_root(
         root = service.register_root(
             s, who, name=body.name, certificate_pem=body.certificate.encode()
         )
-        return {"id": root.id, "name": root.name, "sha256": root.fingerprint}
+        return RootOut(id=root.id, name=root.name, sha256=root.fingerprint)
 
 
-@router.get("/attestation-roots")
+@router.get("/attestation-roots", response_model=Page[RootOut])
 def list_roots(
-    ctx: Ctx, who: Annotated[Principal, Allow(scope.ATTESTATION_ROOT_READ)]
-) -> list[dict[str, Any]]:
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.ATTESTATION_ROOT_READ)],
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[RootOut]:
     """Trusted vendor roots."""
     with ctx.db.read() as s:
-        return [
-            {"id": r.id, "name": r.name, "sha256": r.fingerprint}
-            for r in service.list_roots(s, who)
-        ]
+        return page_of(
+            service.list_roots(s, who),
+            cursor=cursor,
+            limit=limit,
+            key=lambda r: (r.id,),
+            kinds=(int,),
+            shape=lambda r: RootOut(id=r.id, name=r.name, sha256=r.fingerprint),
+        )
 
 
-@router.post("/nonces", status_code=201)
+@router.post("/nonces", status_code=201, response_model=NoncesOut)
 def nonces(
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.NONCE_ISSUE)],
     count: int = Query(default=1, ge=1, le=1000),
-) -> dict[str, Any]:
+) -> NoncesOut:
     """Single-use challenges for key attestation statements (valid 5 minutes)."""
     with ctx.operator_work(who, action="nonce.issue", subject="nonces") as s:
         rows = service.issue_nonce(s, who, count=count)
-        return {"nonces": [r.nonce for r in rows], "expires_at": rows[0].expires_at.isoformat()}
+        return NoncesOut(nonces=[r.nonce for r in rows], expires_at=rows[0].expires_at)
 
 
-@router.post("/reprovision-grants", status_code=201)
+@router.post("/reprovision-grants", status_code=201, response_model=GrantOut)
 def grant(
     body: GrantIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.DEVICE_REPROVISION)]
-) -> dict[str, Any]:
+) -> GrantOut:
     """Allow one more provisioning of a device (security, admin)."""
     with ctx.operator_work(
         who, action="device.reprovision-grant", subject=f"device:{body.device_id}"
     ) as s:
         g = service.grant_reprovision(s, who, device_id=body.device_id, reason=body.reason)
-        return {"id": g.id, "device_id": g.device_id, "expires_at": g.expires_at.isoformat()}
+        return GrantOut(id=g.id, device_id=g.device_id, expires_at=g.expires_at)
 
 
-@router.get("/attempts", response_model=None)
+@router.get(
+    "/attempts",
+    response_model=Page[AttemptOut],
+    responses={
+        200: {
+            "description": "a page of records; with format=csv the page as CSV, and the "
+            "next page in the Link header (rel=next)",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def attempts(
+    request: Request,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.ENROLLMENT_RECORDS_READ)],
-    format: str = Query(default="json", pattern="^(json|csv)$"),
+    format: Literal["json", "csv"] = "json",
     factory_id: int | None = None,
     batch_id: int | None = None,
-    after_id: int = 0,
-    limit: int = Query(default=1000, ge=1, le=10_000),
+    cursor: Cursor = None,
+    limit: Annotated[
+        int, Query(ge=1, le=service.MAX_ATTEMPTS_PAGE, description="items per page at most")
+    ] = 1000,
 ) -> Any:
-    """Every enrollment attempt (JSON, or CSV with ``format=csv``)."""
+    """Every enrollment attempt, oldest first (JSON, or CSV with ``format=csv``)."""
+    after = decode(cursor, int)
     with ctx.db.read() as s:
         rows = [
             service.attempt_record(a)
             for a in service.list_attempts(
-                s, who, factory_id=factory_id, batch_id=batch_id, after_id=after_id, limit=limit
+                s,
+                who,
+                factory_id=factory_id,
+                batch_id=batch_id,
+                after_id=int(after[0]) if after else 0,
+                limit=limit + 1,
             )
         ]
+    found = page(rows, limit=limit, key=lambda r: (int(r["id"]),), shape=AttemptOut.model_validate)
     if format == "csv":
-        return Response(service.attempts_csv(rows), media_type="text/csv")
-    return rows
+        headers = {}
+        if found.next is not None:
+            url = request.url.include_query_params(cursor=found.next)
+            headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
+        return Response(service.attempts_csv(rows[:limit]), media_type="text/csv", headers=headers)
+    return found
 
 
-@router.get("/counters")
+@router.get("/counters", response_model=Page[CounterOut])
 def counters(
-    ctx: Ctx, who: Annotated[Principal, Allow(scope.ENROLLMENT_RECORDS_READ)]
-) -> list[dict[str, Any]]:
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.ENROLLMENT_RECORDS_READ)],
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[CounterOut]:
     """Abnormal-enrollment signals per factory and batch."""
     with ctx.db.read() as s:
-        return service.counters(s, who)
+        return page_of(
+            service.counters(s, who),
+            cursor=cursor,
+            limit=limit,
+            # Ids start at 1: 0 stands for "none" (attempts outside any batch).
+            key=lambda c: (c["factory_id"] or 0, c["batch_id"] or 0),
+            kinds=(int, int),
+            shape=CounterOut.model_validate,
+        )

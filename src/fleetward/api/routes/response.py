@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
+from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
-from fleetward.response import compliance, drills, runs, service
+from fleetward.api.pagination import Cursor, Limit, Page, decode, page, page_of
+from fleetward.response import (
+    Drill,
+    Incident,
+    IncidentEvent,
+    Playbook,
+    PlaybookRun,
+    compliance,
+    drills,
+    runs,
+    service,
+)
 from fleetward.response.effects import LiveEffects
-from fleetward.response.models import Drill, Incident, IncidentEvent, Playbook, PlaybookRun
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Principal
 
-router = APIRouter(prefix="/api/v1", tags=["response"])
+router = APIRouter(prefix="/api/v1", tags=["response"], responses=problems.OPERATOR)
+
+IncidentState = Literal["open", "contained", "closed"]
 
 
 class PlaybookIn(BaseModel):
@@ -52,7 +66,7 @@ class IncidentIn(BaseModel):
     drill: bool = False
 
 
-class EventOut(BaseModel):
+class TimelineEventOut(BaseModel):
     """One line of a timeline (``audit_seq`` is the audit entry it made)."""
 
     at: dt.datetime
@@ -63,7 +77,7 @@ class EventOut(BaseModel):
     audit_seq: int | None
 
     @classmethod
-    def of(cls, e: IncidentEvent) -> EventOut:
+    def of(cls, e: IncidentEvent) -> TimelineEventOut:
         """From the ORM row."""
         return cls(
             at=e.at, actor=e.actor, kind=e.kind, summary=e.summary,
@@ -115,7 +129,7 @@ class IncidentOut(BaseModel):
     opened_at: dt.datetime
     contained_at: dt.datetime | None
     closed_at: dt.datetime | None
-    timeline: list[EventOut] = []
+    timeline: list[TimelineEventOut] = []
     runs: list[RunOut] = []
     stragglers: list[dict[str, Any]] = []
 
@@ -143,6 +157,39 @@ class NoteIn(BaseModel):
     """An operator's note."""
 
     text: str = Field(max_length=4000)
+
+
+class IncidentStateIn(BaseModel):
+    """Close an incident (``force`` leaves devices that have not complied behind)."""
+
+    state: Literal["closed"]
+    force: bool = False
+
+
+class InstalledOut(BaseModel):
+    """The playbooks an install added (none when the tenant had them all)."""
+
+    installed: list[PlaybookOut]
+
+
+class BlastRadiusOut(BaseModel):
+    """What a run would touch, before anything happens."""
+
+    playbook: str
+    version: int
+    environment: str
+    cohort: str
+    devices: int
+    online: int
+    offline: int
+    population: int
+    states: dict[str, int] = Field(description="devices of the cohort per lifecycle state")
+    certificates: int
+    sample_devices: list[str]
+    sample_certificates: list[str]
+    steps: list[dict[str, Any]]
+    approvals_needed: int
+    refusal: str | None = Field(description="why the run would be refused (null: it would not)")
 
 
 class DrillOut(BaseModel):
@@ -179,13 +226,23 @@ class DrillOut(BaseModel):
 # --------------------------------------------------------------------------- playbooks
 
 
-@router.get("/playbooks", response_model=list[PlaybookOut])
+@router.get("/playbooks", response_model=Page[PlaybookOut])
 def list_playbooks(
-    ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_READ)]
-) -> list[PlaybookOut]:
-    """The newest version of each playbook."""
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.INCIDENT_READ)],
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[PlaybookOut]:
+    """The newest version of each playbook, by name."""
     with ctx.db.read() as s:
-        return [PlaybookOut.of(p) for p in service.list_playbooks(s, who)]
+        return page_of(
+            service.list_playbooks(s, who),
+            cursor=cursor,
+            limit=limit,
+            key=lambda p: (p.name,),
+            kinds=(str,),
+            shape=PlaybookOut.of,
+        )
 
 
 @router.get("/playbooks/{name}", response_model=PlaybookOut)
@@ -209,13 +266,13 @@ def put_playbook(
         return PlaybookOut.of(service.put_playbook(s, who, body.source))
 
 
-@router.post("/playbooks/standard", response_model=list[PlaybookOut], status_code=201)
+@router.post("/playbooks/standard", response_model=InstalledOut, status_code=201)
 def install_standard(
     ctx: Ctx, who: Annotated[Principal, Allow(scope.PLAYBOOK_MANAGE)]
-) -> list[PlaybookOut]:
+) -> InstalledOut:
     """Install the shipped playbooks the tenant does not have."""
     with ctx.operator_work(who, action="playbook.put", subject="playbook:standard") as s:
-        return [PlaybookOut.of(p) for p in service.install_standard(s, who)]
+        return InstalledOut(installed=[PlaybookOut.of(p) for p in service.install_standard(s, who)])
 
 
 # --------------------------------------------------------------------------- incidents
@@ -235,16 +292,21 @@ def open_incident(
         )  # fmt: skip
 
 
-@router.get("/incidents", response_model=list[IncidentOut])
+@router.get("/incidents", response_model=Page[IncidentOut])
 def list_incidents(
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.INCIDENT_READ)],
-    state: str | None = None,
-    limit: int = Query(100, ge=1, le=1000),
-) -> list[IncidentOut]:
+    state: IncidentState | None = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[IncidentOut]:
     """The tenant's incidents, newest first."""
+    before = decode(cursor, int)
     with ctx.db.read() as s:
-        return [IncidentOut.of(i) for i in service.list_incidents(s, who, state=state, limit=limit)]
+        rows = service.list_incidents(
+            s, who, state=state, before=int(before[0]) if before else None, limit=limit + 1
+        )
+        return page(rows, limit=limit, key=lambda i: (i.id,), shape=IncidentOut.of)
 
 
 @router.get("/incidents/{incident_id}", response_model=IncidentOut)
@@ -252,58 +314,58 @@ def get_incident(
     incident_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_READ)]
 ) -> IncidentOut:
     """An incident with its timeline, runs and stragglers."""
-    from sqlalchemy import select
-
     with ctx.db.read() as s:
-        out = IncidentOut.of(service.get_incident(s, who, incident_id))
-        out.timeline = [EventOut.of(e) for e in service.timeline(s, who, incident_id)]
-        out.runs = [
-            RunOut.of(r)
-            for r in s.execute(
-                select(PlaybookRun).where(PlaybookRun.incident_id == incident_id)
-            ).scalars()
-        ]
-        out.stragglers = compliance.stragglers(s, who, incident_id)
-        return out
+        return incident_detail(s, who, incident_id)
 
 
-@router.post("/incidents/{incident_id}/notes", response_model=EventOut, status_code=201)
+def incident_detail(s: Session, who: Principal, incident_id: int) -> IncidentOut:
+    """An incident with its timeline, runs and stragglers (also ``fleetward
+    incident show --json``)."""
+    out = IncidentOut.of(service.get_incident(s, who, incident_id))
+    out.timeline = [TimelineEventOut.of(e) for e in service.timeline(s, who, incident_id)]
+    out.runs = [RunOut.of(r) for r in runs.list_runs(s, who, incident_id)]
+    out.stragglers = compliance.stragglers(s, who, incident_id)
+    return out
+
+
+@router.post("/incidents/{incident_id}/notes", response_model=TimelineEventOut, status_code=201)
 def note(
     incident_id: int,
     body: NoteIn,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.INCIDENT_MANAGE)],
-) -> EventOut:
+) -> TimelineEventOut:
     """Add a note to the timeline."""
     with ctx.operator_work(who, action="incident.note", subject=f"incident:{incident_id}") as s:
-        return EventOut.of(service.note(s, who, incident_id, body.text))
+        return TimelineEventOut.of(service.note(s, who, incident_id, body.text))
 
 
-@router.post("/incidents/{incident_id}/close", response_model=IncidentOut)
+@router.post("/incidents/{incident_id}/state", response_model=IncidentOut)
 def close(
     incident_id: int,
+    body: IncidentStateIn,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.INCIDENT_MANAGE)],
-    force: bool = False,
 ) -> IncidentOut:
-    """Close an incident (``?force=true`` leaves pending devices behind)."""
+    """Close an incident (``force`` leaves pending devices behind)."""
     with ctx.operator_work(who, action="incident.close", subject=f"incident:{incident_id}") as s:
-        return IncidentOut.of(service.close_incident(s, who, incident_id, force=force))
+        return IncidentOut.of(service.close_incident(s, who, incident_id, force=body.force))
 
 
 # --------------------------------------------------------------------------- runs
 
 
-@router.post("/incidents/{incident_id}/dry-run")
+@router.post("/incidents/{incident_id}/blast-radius", response_model=BlastRadiusOut)
 def dry_run(
     incident_id: int, body: RunIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]
-) -> dict[str, Any]:
-    """The blast radius of a run; nothing happens."""
+) -> BlastRadiusOut:
+    """Dry run: the blast radius of a run; nothing happens."""
     with ctx.db.read() as s:
-        return runs.dry_run(
+        radius = runs.dry_run(
             s, who, incident_id=incident_id, playbook=body.playbook, version=body.version,
             params=body.params, environment=body.environment, confirm=body.confirm,
-        ).as_dict()  # fmt: skip
+        )  # fmt: skip
+    return BlastRadiusOut.model_validate(radius.as_dict())
 
 
 @router.post("/incidents/{incident_id}/runs", response_model=RunOut, status_code=201)
@@ -327,14 +389,14 @@ def get_run(run_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDEN
         return RunOut.of(runs.get_run(s, who, run_id))
 
 
-@router.post("/runs/{run_id}/approve", response_model=RunOut)
+@router.post("/runs/{run_id}/approvals", response_model=RunOut)
 def approve(run_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]) -> RunOut:
     """A security operator's approval."""
     with ctx.operator_work(who, action="playbook.run.approve", subject=f"run:{run_id}") as s:
         return RunOut.of(runs.approve_run(s, who, run_id))
 
 
-@router.post("/runs/{run_id}/execute", response_model=RunOut)
+@router.post("/runs/{run_id}/executions", response_model=RunOut)
 def execute(run_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]) -> RunOut:
     """Run a ready run's steps now."""
     effects = LiveEffects(ctx.settings.home)
@@ -353,15 +415,20 @@ def execute(run_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MAN
 # --------------------------------------------------------------------------- drills
 
 
-@router.get("/drills", response_model=list[DrillOut])
+@router.get("/drills", response_model=Page[DrillOut])
 def list_drills(
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.INCIDENT_READ)],
-    limit: int = Query(50, ge=1, le=500),
-) -> list[DrillOut]:
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[DrillOut]:
     """Drill reports, newest first (the trend)."""
+    before = decode(cursor, int)
     with ctx.db.read() as s:
-        return [DrillOut.of(d) for d in drills.list_drills(s, who, limit=limit)]
+        rows = drills.list_drills(
+            s, who, before=int(before[0]) if before else None, limit=limit + 1
+        )
+        return page(rows, limit=limit, key=lambda d: (d.id,), shape=DrillOut.of)
 
 
 @router.get("/drills/{drill_id}", response_model=DrillOut)

@@ -9,12 +9,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
+from fleetward.api.pagination import Cursor, Limit, Page, decode, page
 from fleetward.telemetry import service
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Principal
 
-router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"])
+router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"], responses=problems.OPERATOR)
 
 
 class EventIn(BaseModel):
@@ -32,7 +34,7 @@ class EventsIn(BaseModel):
     events: list[EventIn] = Field(max_length=service.MAX_EVENTS_PER_REQUEST)
 
 
-class EventOut(BaseModel):
+class TelemetryEventOut(BaseModel):
     """One stored event."""
 
     id: int
@@ -43,32 +45,54 @@ class EventOut(BaseModel):
     fields: dict[str, Any]
 
 
-@router.post("/events", status_code=201)
+class StoredOut(BaseModel):
+    """How many events were stored."""
+
+    stored: int
+
+
+@router.post("/events", status_code=201, response_model=StoredOut)
 def post_events(
     body: EventsIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.TELEMETRY_POST)]
-) -> dict[str, int]:
+) -> StoredOut:
     """Store events for the tenant's devices."""
     with ctx.operator_work(who, action="telemetry.post", subject="events") as s:
         n = service.post_events(s, who, [e.model_dump() for e in body.events])
-    return {"stored": n}
+    return StoredOut(stored=n)
 
 
-@router.get("/events", response_model=list[EventOut])
+@router.get("/events", response_model=Page[TelemetryEventOut])
 def query(
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.DEVICE_READ)],
-    device: str | None = None,
-    type: str | None = Query(default=None, max_length=48),
+    device: Annotated[str | None, Query(max_length=64)] = None,
+    type: Annotated[str | None, Query(max_length=48)] = None,
     since: dt.datetime | None = None,
-    limit: int = Query(default=100, ge=1, le=1000),
-) -> list[EventOut]:
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[TelemetryEventOut]:
     """The tenant's events, newest first (``type`` matches as a prefix)."""
+    before = decode(cursor, int)
     with ctx.db.read() as s:
-        return [
-            EventOut(
-                id=e.id, device=d, type=e.type, at=e.at, count=e.count, fields=json.loads(e.fields)
-            )
-            for e, d in service.query(
-                s, who, device_id=device, type_prefix=type, since=since, limit=limit
-            )
-        ]
+        rows = service.query(
+            s,
+            who,
+            device_id=device,
+            type_prefix=type,
+            since=since,
+            before=int(before[0]) if before else None,
+            limit=limit + 1,
+        )
+        return page(
+            rows,
+            limit=limit,
+            key=lambda row: (row[0].id,),
+            shape=lambda row: TelemetryEventOut(
+                id=row[0].id,
+                device=row[1],
+                type=row[0].type,
+                at=row[0].at,
+                count=row[0].count,
+                fields=json.loads(row[0].fields),
+            ),
+        )

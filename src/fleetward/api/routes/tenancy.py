@@ -8,13 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, StrictBool
 
+from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
+from fleetward.api.pagination import Cursor, Limit, Page, page_of
 from fleetward.store import utcnow
-from fleetward.tenancy import scope, service
-from fleetward.tenancy.models import ApiToken, Tenant
+from fleetward.tenancy import ApiToken, Tenant, scope, service
 from fleetward.tenancy.roles import Permission, Principal, require
 
-router = APIRouter(prefix="/api/v1", tags=["tenancy"])
+router = APIRouter(prefix="/api/v1", tags=["tenancy"], responses=problems.OPERATOR)
 
 
 class TenantOut(BaseModel):
@@ -100,11 +101,23 @@ def patch_tenant(
         return _tenant_out(service.get_tenant(s, who.tenant_id), who.role)
 
 
-@router.get("/tokens", response_model=list[TokenOut])
-def list_tokens(ctx: Ctx, who: Annotated[Principal, Allow(scope.TOKEN_LIST)]) -> list[TokenOut]:
-    """Tokens of the tenant (admin)."""
+@router.get("/tokens", response_model=Page[TokenOut])
+def list_tokens(
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.TOKEN_LIST)],
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[TokenOut]:
+    """Tokens of the tenant (admin), oldest first."""
     with ctx.db.read() as s:
-        return [TokenOut.of(t) for t in service.list_tokens(s, who)]
+        return page_of(
+            service.list_tokens(s, who),
+            cursor=cursor,
+            limit=limit,
+            key=lambda t: (t.created_at.isoformat(), t.id),
+            kinds=(str, str),
+            shape=TokenOut.of,
+        )
 
 
 @router.post("/tokens", response_model=TokenOut, status_code=201)

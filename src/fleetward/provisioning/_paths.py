@@ -10,9 +10,17 @@ import datetime as dt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from fleetward import identity
 from fleetward.errors import FleetwardError, OutOfScopeError, PayloadTooLargeError
-from fleetward.identity import issuance
-from fleetward.identity.pki import Pki
+from fleetward.identity import Pki
+from fleetward.provisioning._records import (
+    ProvisionItem,
+    ProvisionResult,
+    category_of,
+    fingerprint,
+    record_attempts,
+    record_whole_refusal,
+)
 from fleetward.provisioning.batch import (
     BatchRules,
     OutsideBatchError,
@@ -22,14 +30,6 @@ from fleetward.provisioning.batch import (
 )
 from fleetward.provisioning.enroll import provision
 from fleetward.provisioning.models import EnrollmentBatch
-from fleetward.provisioning.records import (
-    ProvisionItem,
-    ProvisionResult,
-    category_of,
-    fingerprint,
-    record_attempts,
-    record_whole_refusal,
-)
 from fleetward.store import Database, utcnow
 from fleetward.tenancy.roles import Permission, Principal, require
 
@@ -41,12 +41,12 @@ def enroll_devices(
     pki: Pki,
     who: Principal,
     *,
-    items: list[issuance.BatchItem],
+    items: list[identity.BatchItem],
     environment: str | None,
     route: str,
     source: str | None = None,
     now: dt.datetime | None = None,
-) -> list[issuance.BatchResult]:
+) -> list[identity.BatchResult]:
     """Enroll devices from any enrollment path that is not a factory batch's
     own (REST single and batch, EST, the CLI), with an enrollment record for
     every attempt, accepted or refused.
@@ -59,16 +59,16 @@ def enroll_devices(
     Raises:
         PermissionDeniedError / OutOfScopeError: the role may not enroll, or
             the environment is outside the token's scope (recorded per item).
-        PayloadTooLargeError: more than ``issuance.MAX_BATCH`` items.
+        PayloadTooLargeError: more than ``identity.MAX_BATCH`` items.
     """
-    if len(items) > issuance.MAX_BATCH:
+    if len(items) > identity.MAX_BATCH:
         raise PayloadTooLargeError(
-            f"batch of {len(items)} items; the limit is {issuance.MAX_BATCH}"
+            f"batch of {len(items)} items; the limit is {identity.MAX_BATCH}"
         )
     provision_items = [ProvisionItem(device_id=i.device_id[:200], csr=i.csr) for i in items]
     try:
         require(who, Permission.DEVICE_ENROLL)
-        env = issuance.environment_for(who, environment)
+        env = identity.environment_for(who, environment)
     except FleetwardError as exc:
         record_whole_refusal(
             db,
@@ -89,8 +89,8 @@ def enroll_devices(
     def record(
         session: Session,
         env: str,
-        results: list[issuance.BatchResult],
-        of: list[issuance.BatchItem] | None = None,
+        results: list[identity.BatchResult],
+        of: list[identity.BatchItem] | None = None,
     ) -> None:
         of = of if of is not None else free
         record_attempts(
@@ -118,7 +118,7 @@ def enroll_devices(
     free = [i for n, i in enumerate(items) if n not in reserved]
     try:
         done = (
-            issuance.enroll_many(
+            identity.enroll_many(
                 db, pki, who, items=free, environment=env, now=now, on_record=record
             )
             if free
@@ -127,14 +127,14 @@ def enroll_devices(
         if not reserved:
             return done
         refused = [
-            issuance.BatchResult(device_id=items[n].device_id, error=error)
+            identity.BatchResult(device_id=items[n].device_id, error=error)
             for n, error in reserved.items()
         ]
         with db.session() as session:
             record(session, env, refused, [items[n] for n in reserved])
         merged = iter(done)
         return [
-            issuance.BatchResult(device_id=i.device_id, error=reserved[n])
+            identity.BatchResult(device_id=i.device_id, error=reserved[n])
             if n in reserved
             else next(merged)
             for n, i in enumerate(items)
@@ -154,7 +154,7 @@ def enroll_devices(
 
 
 def _reserved_elsewhere(
-    db: Database, who: Principal, items: list[issuance.BatchItem], *, environment: str
+    db: Database, who: Principal, items: list[identity.BatchItem], *, environment: str
 ) -> dict[int, OutOfScopeError]:
     """Items a scoped token may not enroll because an open factory batch of
     another environment names the device: the production line's ids are not
@@ -203,7 +203,7 @@ def _through_batches(
     environment: str,
     route: str,
     source: str | None,
-) -> list[issuance.BatchResult]:
+) -> list[identity.BatchResult]:
     """A factory token's enrollment: each device through its factory's open
     batch that names it; the rest refused as outside every batch."""
     now = utcnow()
@@ -236,7 +236,7 @@ def _through_batches(
             break
         else:
             outside.append(n)
-    results: list[issuance.BatchResult | None] = [None] * len(items)
+    results: list[identity.BatchResult | None] = [None] * len(items)
     for batch_id, numbers in groups.items():
         try:
             done = provision(
@@ -250,17 +250,17 @@ def _through_batches(
             )
         except FleetwardError as exc:  # already recorded
             for n in numbers:
-                results[n] = issuance.BatchResult(device_id=items[n].device_id, error=exc)
+                results[n] = identity.BatchResult(device_id=items[n].device_id, error=exc)
             continue
         for n, r in zip(numbers, done, strict=True):
-            results[n] = issuance.BatchResult(device_id=r.device_id, issued=r.issued, error=r.error)
+            results[n] = identity.BatchResult(device_id=r.device_id, issued=r.issued, error=r.error)
     if outside:
         refused = OutsideBatchError(
             f"this token is bound to factory {who.factory_id}: it enrolls only devices "
             f"that one of its open {environment} batches names"
         )
         for n in outside:
-            results[n] = issuance.BatchResult(device_id=items[n].device_id, error=refused)
+            results[n] = identity.BatchResult(device_id=items[n].device_id, error=refused)
         with db.session() as session:
             record_attempts(
                 session,

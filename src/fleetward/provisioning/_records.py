@@ -13,14 +13,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from fleetward import observe
+from fleetward import identity, observe
 from fleetward.errors import (
     AttestationError,
     BatchUnusableError,
+    DuplicateEnrollmentError,
     FleetwardError,
     PermissionDeniedError,
+    UnattestedKeyError,
 )
-from fleetward.identity import issuance, profile
+from fleetward.identity import profile
 from fleetward.provisioning import attestation
 from fleetward.provisioning.batch import OutsideBatchError
 from fleetward.provisioning.models import EnrollmentAttempt, EnrollmentBatch
@@ -51,7 +53,7 @@ class ProvisionResult:
     """Outcome of one item."""
 
     device_id: str
-    issued: issuance.Issued | None
+    issued: identity.Issued | None
     error: FleetwardError | None
     category: str | None
     key_origin: str | None
@@ -61,11 +63,11 @@ def category_of(exc: FleetwardError) -> str:
     """The counter a refusal feeds (abnormal-enrollment signals)."""
     if isinstance(exc, OutsideBatchError):
         return "outside-batch"
-    if isinstance(exc, issuance.DuplicateEnrollmentError):
+    if isinstance(exc, DuplicateEnrollmentError):
         return "duplicate"
     if isinstance(exc, attestation.NonceError):
         return "replayed-nonce"
-    if isinstance(exc, issuance.UnattestedKeyError):
+    if isinstance(exc, UnattestedKeyError):
         return "software-key"
     if isinstance(exc, AttestationError):
         return "attestation"

@@ -1,0 +1,111 @@
+"""Events in and out for the other domains: one table, read and written here only.
+
+The attestation verifier, the broker sync and the campaign driver write
+their events with :func:`record_events`; the detectors read them with
+:func:`events_after`, :func:`recent_events` and :func:`last_seen`; a
+response run asks :func:`online_devices`. Each is a constant number of
+queries per call (keys in chunks of :data:`_CHUNK`), whatever the fleet size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from fleetward.telemetry.models import Event
+
+__all__ = [
+    "ONLINE_WINDOW",
+    "event_counts",
+    "events_after",
+    "last_seen",
+    "online_devices",
+    "recent_events",
+    "record_events",
+]
+
+# A device counts as online when it sent anything in this window (telemetry
+# every 10 s by default; three missed readings is offline).
+ONLINE_WINDOW = dt.timedelta(seconds=30)
+_CHUNK = 5000  # keys per IN (...) query
+
+
+def record_events(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Store events in the caller's transaction (one multi-row insert).
+
+    Each row holds ``tenant_id`` and ``device_pk`` (either may be None for a
+    peer nobody could attribute), ``type``, ``at``, ``count`` and ``fields``
+    (JSON text). Returns how many were stored.
+    """
+    if rows:
+        session.execute(insert(Event), list(rows))
+    return len(rows)
+
+
+def events_after(session: Session, after: int, *, limit: int) -> list[Event]:
+    """Up to ``limit`` events with an id above ``after``, oldest first (a reader's cursor)."""
+    return list(
+        session.execute(
+            select(Event).where(Event.id > after).order_by(Event.id).limit(limit)
+        ).scalars()
+    )
+
+
+def recent_events(
+    session: Session, *, type: str, tenant_ids: Collection[int], since: dt.datetime
+) -> list[Event]:
+    """The events of ``type`` of these tenants since ``since``, oldest first."""
+    return list(
+        session.execute(
+            select(Event)
+            .where(Event.type == type, Event.tenant_id.in_(tuple(tenant_ids)), Event.at >= since)
+            .order_by(Event.id)
+        ).scalars()
+    )
+
+
+def last_seen(session: Session, *, tenant_id: int) -> dict[int, dt.datetime]:
+    """When each of the tenant's devices last sent anything."""
+    return {
+        int(pk or 0): at
+        for pk, at in session.execute(
+            select(Event.device_pk, func.max(Event.at))
+            .where(Event.tenant_id == tenant_id, Event.device_pk.is_not(None))
+            .group_by(Event.device_pk)
+        )
+    }
+
+
+def online_devices(
+    session: Session, pks: Sequence[int], now: dt.datetime, *, window: dt.timedelta = ONLINE_WINDOW
+) -> set[int]:
+    """The devices among ``pks`` that sent anything within ``window`` of ``now``."""
+    since = now - window
+    seen: set[int] = set()
+    for start in range(0, len(pks), _CHUNK):
+        chunk = pks[start : start + _CHUNK]
+        seen.update(
+            int(pk)
+            for pk in session.execute(
+                select(Event.device_pk)
+                .where(Event.device_pk.in_(chunk), Event.at >= since)
+                .group_by(Event.device_pk)
+            ).scalars()
+            if pk is not None
+        )
+    return seen
+
+
+def event_counts(session: Session, *, device_pk: int, type_prefix: str) -> dict[str, int]:
+    """How many events of each type starting with ``type_prefix`` the device has
+    (the sum of their counts)."""
+    rows = session.execute(
+        select(Event.type, func.sum(Event.count))
+        .where(Event.device_pk == device_pk, Event.type.startswith(type_prefix))
+        .group_by(Event.type)
+    )
+    return {str(t): int(n) for t, n in rows}
