@@ -120,6 +120,32 @@ def test_factory_token_outside_its_batches_is_refused_on_every_route(
     assert rows["stranger-4"]["category"] == "scope"
 
 
+def test_another_factorys_batch_is_not_charged_with_a_refusal(
+    client: TestClient, ctx: AppContext, admin_token: str
+) -> None:
+    """A factory token posting to another factory's batch is refused, and the
+    record names its own factory: the other line's counters stay clean."""
+    token, factory, _ = _station(ctx, client, admin_token)
+    other = client.post(
+        f"{API}/provisioning/factories",
+        json={"name": "line-2", "environment": "test"},
+        headers=_h(admin_token),
+    ).json()["id"]
+    theirs = client.post(
+        f"{API}/provisioning/batches",
+        json={"factory_id": other, "product": "p", "expires_in_hours": 1, "device_ids": ["x-1"]},
+        headers=_h(admin_token),
+    ).json()["id"]
+    resp = client.post(
+        f"{API}/provisioning/batches/{theirs}/enroll",
+        json={"items": [{"device_id": "x-1", "csr": _csr("x-1")}]},
+        headers=_h(token),
+    )
+    assert resp.status_code == 403, resp.text
+    row = next(r for r in _attempts(client, admin_token) if r["device_id"] == "x-1")
+    assert row["factory_id"] == factory and row["batch_id"] is None
+
+
 def test_factory_token_enrolls_through_the_batch_that_names_the_device(
     client: TestClient, ctx: AppContext, admin_token: str
 ) -> None:

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from fleetward import observe
 from fleetward.runtime.broker import BrokerRuntime
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.workers import IngestWorker
@@ -42,7 +43,18 @@ def test_a_flood_is_limited_counted_and_does_not_crowd_out_others(
     assert not ing.offer("fw/default/quiet/telemetry", b"x" * 5000, at=NOW)  # too large
     assert not ing.offer("fw/default/quiet/state", b"{}", at=NOW)  # not telemetry
     ing.offer("fw/default/ghost/telemetry", b"{}", at=NOW)  # unknown device: not stored
+
+    def counted() -> tuple[float, float]:
+        return (
+            observe.REGISTRY.get_sample_value("fleetward_telemetry_events_total") or 0.0,
+            observe.REGISTRY.get_sample_value("fleetward_telemetry_dropped_total") or 0.0,
+        )
+
+    before = counted()
     assert ing.flush() == 22  # 21 readings + 1 drop record
+    after = counted()
+    # /metrics counts what MQTT ingest wrote and dropped, once committed.
+    assert (after[0] - before[0], after[1] - before[1]) == (21, 980)
     with ctx.db.read() as s:
         dropped = s.execute(select(Event).where(Event.type == "telemetry.dropped")).scalar_one()
         assert dropped.count == 980

@@ -21,7 +21,6 @@ __all__ = [
     "Ctx",
     "bearer_or_basic",
     "get_ctx",
-    "get_principal",
 ]
 
 
@@ -68,24 +67,9 @@ def authenticate(ctx: AppContext, token: str | None, *, path: str) -> Principal:
             action="auth.token",
             subject=f"path:{path}",
             reason=exc.detail,
-            details={
-                "token_id": (token or "").split("_")[1][:16]
-                if (token or "").count("_") >= 2
-                else None
-            },
+            details={"token_id": _token_id(token)},
         )
         raise
-
-
-async def get_principal(
-    request: Request, ctx: Annotated[AppContext, Depends(get_ctx)]
-) -> Principal:
-    """The operator this request acts as.
-
-    Async on purpose: one indexed read is cheaper on the event loop than a
-    hop to the thread pool, and every authenticated request pays it.
-    """
-    return authenticate(ctx, bearer_or_basic(request), path=request.url.path)
 
 
 class Authorize:

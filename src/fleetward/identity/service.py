@@ -64,6 +64,12 @@ def authorize_on_devices(
     Raises:
         PermissionDeniedError / OutOfScopeError: see :func:`fleetward.tenancy.scope.decide`.
     """
+    if principal.environment is None:
+        # Where the devices live only matters to an environment-scoped token
+        # (rule 5); an unscoped one (playbook steps, cohort revocations by an
+        # admin) must not pay two chunked queries per thousand devices for it.
+        scope.authorize(principal, action)
+        return
     scope.authorize(principal, action, environments=device_environments(session, device_pks))
 
 

@@ -27,6 +27,7 @@ from fleetward.provisioning import attestation
 from fleetward.provisioning.batch import OutsideBatchError
 from fleetward.provisioning.models import EnrollmentAttempt, EnrollmentBatch
 from fleetward.store import Database, utcnow
+from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Principal
 
 __all__ = [
@@ -134,8 +135,17 @@ def record_whole_refusal(
     now = utcnow()
     with db.session() as session:
         batch = session.get(EnrollmentBatch, batch_id) if batch_id is not None else None
-        if batch is not None and batch.tenant_id != who.tenant_id:
-            batch = None  # never attach another tenant's batch to this record
+        if batch is not None and (
+            batch.tenant_id != who.tenant_id
+            or not scope.decide(
+                who,
+                scope.DEVICE_ENROLL,
+                scope.Target.of([batch.environment], batch.factory_id),
+            ).allowed
+        ):
+            # Never attach another tenant's batch, nor one outside the token's
+            # scope: a factory token must not feed another factory's counters.
+            batch = None
         results = [
             ProvisionResult(
                 device_id=i.device_id,

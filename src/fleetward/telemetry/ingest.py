@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from fleetward import identity
+from fleetward import identity, observe
 from fleetward.store import Database
-from fleetward.telemetry.models import Event
+from fleetward.telemetry._events import record_events
 
 __all__ = ["BURST", "MAX_FIELDS_BYTES", "RATE", "Ingestor", "MqttIngest", "TokenBucket"]
 
@@ -124,6 +123,7 @@ class Ingestor:
         batch, self.pending = self.pending, []
         dropped, self.dropped = self.dropped, {}
         rows = []
+        metrics = 0
         with self.db.session() as s:
             self._resolve(s, {b["key"] for b in batch} | set(dropped))
             for b in batch:
@@ -140,6 +140,7 @@ class Ingestor:
                         "fields": json.dumps(b["fields"], separators=(",", ":")),
                     }
                 )
+            metrics = len(rows)
             now = dt.datetime.now(dt.UTC)
             for key, n in dropped.items():
                 ids = self.devices.get(key)
@@ -154,8 +155,8 @@ class Ingestor:
                             "fields": json.dumps({"reason": "rate limit", "rate": self.rate}),
                         }
                     )
-            if rows:
-                s.execute(insert(Event), rows)
+            record_events(s, rows)
+            observe.telemetry(ingested=metrics, dropped=sum(dropped.values()), session=s)
         return len(rows)
 
 

@@ -198,6 +198,7 @@ def create_token(
         if grantor.tenant_id != tenant.id:
             raise NotFoundError("tenant not found")
         scope.authorize_grant(grantor, role=role, environment=environment, factory_id=factory_id)
+        expires_at = scope.grant_expiry(grantor, expires_at)
         scope.decide_lifetime(grantor, expires_at=expires_at).raise_if_refused()
     if not name or len(name) > 100:
         raise InvalidInputError("token name must be 1-100 characters")

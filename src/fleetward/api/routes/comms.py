@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
 from fleetward.api.pagination import Cursor, Limit, Page, decode, page, page_of
+from fleetward.api.routes.telemetry import TelemetryEventOut
 from fleetward.comms import service
 from fleetward.comms.commands import MAX_COMMAND_BYTES, CommandSender, broker_info
 from fleetward.comms.policy import MAX_POLICY_BYTES, load_policy_text, parse_policy
@@ -71,15 +72,8 @@ class CheckOut(BaseModel):
     device_state: str
 
 
-class AuthzEventOut(BaseModel):
-    """One authorization event."""
-
-    id: int
-    device: str | None
-    type: str
-    at: dt.datetime
-    count: int
-    fields: dict[str, Any]
+class AuthzEventOut(TelemetryEventOut):
+    """One authorization event (an event of the ``authz.`` kinds)."""
 
 
 class CommandIn(BaseModel):
@@ -190,14 +184,7 @@ def list_events(
             rows,
             limit=limit,
             key=lambda row: (row[0].id,),
-            shape=lambda row: AuthzEventOut(
-                id=row[0].id,
-                device=row[1],
-                type=row[0].type,
-                at=row[0].at,
-                count=row[0].count,
-                fields=json.loads(row[0].fields),
-            ),
+            shape=AuthzEventOut.of,
         )
 
 

@@ -278,7 +278,7 @@ def factory_token(
             who,
             factory_id=factory_id,
             name=body.name,
-            expires_at=scope.grant_expiry(who, expires),
+            expires_at=expires,
         )
         return FactoryTokenOut(
             id=row.id, factory_id=factory_id, environment=row.environment, token=token

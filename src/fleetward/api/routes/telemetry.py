@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
@@ -43,6 +43,19 @@ class TelemetryEventOut(BaseModel):
     at: dt.datetime
     count: int
     fields: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: tuple[Any, str | None]) -> Self:
+        """From an event row and its device id."""
+        event, device = row
+        return cls(
+            id=event.id,
+            device=device,
+            type=event.type,
+            at=event.at,
+            count=event.count,
+            fields=json.loads(event.fields),
+        )
 
 
 class StoredOut(BaseModel):
@@ -87,12 +100,5 @@ def query(
             rows,
             limit=limit,
             key=lambda row: (row[0].id,),
-            shape=lambda row: TelemetryEventOut(
-                id=row[0].id,
-                device=row[1],
-                type=row[0].type,
-                at=row[0].at,
-                count=row[0].count,
-                fields=json.loads(row[0].fields),
-            ),
+            shape=TelemetryEventOut.of,
         )
