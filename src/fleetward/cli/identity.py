@@ -241,23 +241,12 @@ def device_enroll(
     """Issue a device certificate from its CSR (an enrollment record is kept)."""
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
-    with app.refusals_recorded(
-        actor=who.actor,
-        action="certificate.issue",
-        subject=f"device:{device_id[:64]}",
-        tenant_id=who.tenant_id,
-    ):
-        result = app.enroll_devices(
-            who,
-            items=[issuance.BatchItem(device_id=device_id, csr=csr.read_bytes())],
-            environment=environment,
-            route="cli",
-        )[0]
-    if result.error is not None:
-        raise result.error  # already recorded, with the enrollment record
-    if result.issued is None:
-        raise RuntimeError("broken invariant, expected: result.issued is not None")
-    r = result.issued
+    r = app.enroll_one(
+        who,
+        issuance.BatchItem(device_id=device_id, csr=csr.read_bytes()),
+        environment=environment,
+        route="cli",
+    )
     pem = certificate_out(r).certificate
     if out:
         out.write_text(pem)

@@ -55,7 +55,9 @@ from fleetward.tenancy import scope
 from fleetward.tenancy.roles import ENVIRONMENTS, Permission, Principal, require
 
 __all__ = [
+    "HARDWARE",
     "MAX_BATCH",
+    "SOFTWARE",
     "BatchItem",
     "BatchResult",
     "DuplicateEnrollmentError",
@@ -77,6 +79,11 @@ MAX_LABELS = 32  # labels per device; keys and values are short strings
 DEFAULT_PRODUCT = "default"
 
 
+# Key origins: where a certificate's key was made, as far as fleetward knows.
+HARDWARE = "hardware-attested"  # a secure element attested it (provisioning checks)
+SOFTWARE = "software"  # nobody attested it
+
+
 @dataclass(frozen=True)
 class BatchItem:
     """One device to enroll."""
@@ -85,7 +92,7 @@ class BatchItem:
     csr: bytes
     product: str | None = None
     labels: dict[str, str] | None = None
-    key_origin: str = "software"  # or "hardware-attested", once provisioning verified it
+    key_origin: str = SOFTWARE  # or HARDWARE, once provisioning verified it
     batch_id: int | None = None
     factory_id: int | None = None
 
@@ -103,7 +110,7 @@ class Issued:
     ca_id: int
     environment: str
     key_type: str
-    key_origin: str = "software"
+    key_origin: str = SOFTWARE
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -207,7 +214,7 @@ def sign_accepted(
     accepted: profile.AcceptedCsr,
     environment: str,
     now: dt.datetime,
-    key_origin: str = "software",
+    key_origin: str = SOFTWARE,
 ) -> Issued:
     builder = profile.device_certificate(
         public_key=accepted.public_key,
@@ -250,7 +257,7 @@ def check_and_sign(
     profile.check_device_id(item.device_id)
     if (
         environment == "production"
-        and item.key_origin != "hardware-attested"
+        and item.key_origin != HARDWARE
         and not issuer.allow_unattested_in_production
     ):
         raise UnattestedKeyError(

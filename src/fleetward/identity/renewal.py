@@ -81,8 +81,8 @@ MAX_ATTESTATION_BYTES = 16 * 1024
 # certificate predates key-origin records on renewal.
 MAX_HISTORY = 100
 
-HARDWARE = "hardware-attested"
-SOFTWARE = "software"
+HARDWARE = issuance.HARDWARE
+SOFTWARE = issuance.SOFTWARE
 
 
 class KeyAttester(Protocol):

@@ -22,8 +22,8 @@ from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from fleetward.identity import HARDWARE
 from fleetward.provisioning import attestation
-from fleetward.provisioning.enroll import HARDWARE
 from fleetward.provisioning.models import AttestationRoot
 
 __all__ = ["verify_renewal_attestation"]

@@ -51,8 +51,8 @@ from fleetward.tenancy.roles import Permission, Principal, require
 
 __all__ = ["ProvisionItem", "ProvisionResult", "category_of", "provision"]
 
-HARDWARE = "hardware-attested"
-SOFTWARE = "software"
+HARDWARE = identity.HARDWARE
+SOFTWARE = identity.SOFTWARE
 
 
 @dataclass

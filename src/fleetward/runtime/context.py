@@ -70,8 +70,7 @@ class AppContext:
     ) -> list[identity.BatchResult]:
         """Enrollment from any path (REST, EST, CLI): the provisioning
         domain's rules (factory tokens through their batches) and its record
-        of every attempt. Here, so identity's routes need not import
-        provisioning (which builds on identity)."""
+        of every attempt."""
         return provisioning.enroll_devices(
             self.db,
             self.pki,
@@ -81,6 +80,37 @@ class AppContext:
             route=route,
             source=source,
         )
+
+    def enroll_one(
+        self,
+        who: Principal,
+        item: identity.BatchItem,
+        *,
+        environment: str | None,
+        route: str,
+        source: str | None = None,
+    ) -> identity.Issued:
+        """One device's enrollment (REST single, EST, the CLI): a refusal of
+        the whole request is recorded in the audit log and raised; a refusal
+        of the item was recorded with its enrollment record and is raised.
+
+        Raises:
+            FleetwardError: whatever refused it.
+        """
+        with self.refusals_recorded(
+            actor=who.actor,
+            action="certificate.issue",
+            subject=f"device:{item.device_id[:64]}",
+            tenant_id=who.tenant_id,
+        ):
+            [result] = self.enroll_devices(
+                who, items=[item], environment=environment, route=route, source=source
+            )
+        if result.error is not None:
+            raise result.error
+        if result.issued is None:
+            raise RuntimeError("broken invariant: an enrollment result without a certificate")
+        return result.issued
 
     def checkpoint_signer(self) -> Signer:
         """The key that signs audit checkpoints."""

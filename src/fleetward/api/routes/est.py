@@ -140,24 +140,14 @@ async def _simpleenroll(request: Request, ctx: Ctx, label: str | None) -> Respon
         device_id = str(cns[0].value)
 
     def work() -> Response:
-        with ctx.refusals_recorded(
-            actor=who.actor,
-            action="certificate.issue",
-            subject=f"device:{device_id[:64]}",
-            tenant_id=who.tenant_id,
-        ):
-            result = ctx.enroll_devices(
-                who,
-                items=[issuance.BatchItem(device_id=device_id, csr=csr_der)],
-                environment=env,
-                route="est",
-                source=request.client.host if request.client else None,
-            )[0]
-        if result.error is not None:
-            raise result.error  # already recorded, with the enrollment record
-        if result.issued is None:
-            raise RuntimeError("broken invariant, expected: result.issued is not None")
-        return _certs_only([result.issued.certificate])
+        issued = ctx.enroll_one(
+            who,
+            issuance.BatchItem(device_id=device_id, csr=csr_der),
+            environment=env,
+            route="est",
+            source=request.client.host if request.client else None,
+        )
+        return _certs_only([issued.certificate])
 
     return await run_in_threadpool(work)
 

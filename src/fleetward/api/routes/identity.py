@@ -147,24 +147,10 @@ async def enroll(
     item = issuance.BatchItem(
         device_id=device_id, csr=body.csr.encode(), product=body.product, labels=body.labels
     )
-    with ctx.refusals_recorded(
-        actor=who.actor,
-        action="certificate.issue",
-        subject=f"device:{device_id[:64]}",
-        tenant_id=who.tenant_id,
-    ):
-        result = ctx.enroll_devices(
-            who,
-            items=[item],
-            environment=body.environment,
-            route="rest",
-            source=_source(request),
-        )[0]
-    if result.error is not None:
-        raise result.error  # already recorded, with the batch transaction
-    if result.issued is None:
-        raise RuntimeError("broken invariant, expected: result.issued is not None")
-    return certificate_out(result.issued)
+    issued = ctx.enroll_one(
+        who, item, environment=body.environment, route="rest", source=_source(request)
+    )
+    return certificate_out(issued)
 
 
 @router.post("/enrollments", response_model=BatchEnrollOut)
