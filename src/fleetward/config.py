@@ -19,7 +19,18 @@ option                  variable                        default
 ======================  ==============================  ====================================
 home                    ``FLEETWARD_HOME``              ``~/.fleetward``
 database_url            ``FLEETWARD_DATABASE_URL``      ``sqlite:///<home>/fleetward.db``
-public_url              ``FLEETWARD_PUBLIC_URL``        ``http://127.0.0.1:8400``
+public_url              ``FLEETWARD_PUBLIC_URL``        ``https://127.0.0.1:8443`` (device plane)
+operator_host           ``FLEETWARD_OPERATOR_HOST``     ``127.0.0.1`` (REST API, docs)
+operator_port           ``FLEETWARD_OPERATOR_PORT``     ``8400``
+operator_tls            ``FLEETWARD_OPERATOR_TLS``      ``false`` (``true``: HTTPS, service CA)
+device_host             ``FLEETWARD_DEVICE_HOST``       ``127.0.0.1`` (EST, OCSP, CRL, TUF, ...)
+device_port             ``FLEETWARD_DEVICE_PORT``       ``8443`` (always TLS)
+service_names           ``FLEETWARD_SERVICE_NAMES``     ``localhost,127.0.0.1`` (server cert)
+mqtt_host               ``FLEETWARD_MQTT_HOST``         ``127.0.0.1`` (broker listeners)
+mqtt_production_port    ``FLEETWARD_MQTT_PRODUCTION_PORT`` ``8883``
+mqtt_test_port          ``FLEETWARD_MQTT_TEST_PORT``    ``8885``
+mqtt_drill_port         ``FLEETWARD_MQTT_DRILL_PORT``   ``8886``
+mqtt_service_port       ``FLEETWARD_MQTT_SERVICE_PORT`` ``8884`` (fleetward's own identities)
 trusted_proxies         ``FLEETWARD_TRUSTED_PROXIES``   none
 webhook_hosts           ``FLEETWARD_WEBHOOK_HOSTS``     none
 file_key_passphrase     ``FLEETWARD_KEY_PASSPHRASE``    ``<home>/keys/.passphrase`` (secret)
@@ -44,6 +55,7 @@ import contextvars
 import ipaddress
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
@@ -70,6 +82,7 @@ from fleetward._files import private_dir, write_private
 from fleetward.errors import InvalidInputError
 
 __all__ = [
+    "DEFAULT_DEVICE_PORT",
     "DEFAULT_PORT",
     "ENV_PREFIX",
     "LogFormat",
@@ -80,7 +93,8 @@ __all__ = [
     "parse_trusted_proxies",
 ]
 
-DEFAULT_PORT = 8400
+DEFAULT_PORT = 8400  # the operator plane
+DEFAULT_DEVICE_PORT = 8443  # the device plane (TLS)
 ENV_PREFIX = "FLEETWARD_"
 SETTINGS_FILE = "settings.json"
 MAX_SETTINGS_FILE = 64 * 1024  # settings.json is a handful of short values
@@ -261,7 +275,26 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=default_home)
     database_url: str = ""  # "" = sqlite:///<home>/fleetward.db
-    public_url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    # Base URL written into certificates (CRL distribution point, OCSP): the
+    # device plane, where devices and relying parties fetch them.
+    public_url: str = f"https://127.0.0.1:{DEFAULT_DEVICE_PORT}"
+    # The operator plane (REST API, its docs): loopback by default.
+    operator_host: str = "127.0.0.1"
+    operator_port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    operator_tls: bool = False
+    # The device plane (EST, OCSP, CRLs, CA certificates, TUF, attestation,
+    # device telemetry, broker discovery): TLS, client certificates optional.
+    device_host: str = "127.0.0.1"
+    device_port: int = Field(default=DEFAULT_DEVICE_PORT, ge=0, le=65535)
+    # DNS names and IP addresses in fleetward's server certificates (device
+    # plane, operator plane with TLS, broker listeners).
+    service_names: Annotated[tuple[str, ...], NoDecode] = ("localhost", "127.0.0.1")
+    # The broker's listeners: one per device environment, one for fleetward.
+    mqtt_host: str = "127.0.0.1"
+    mqtt_production_port: int = Field(default=8883, ge=0, le=65535)
+    mqtt_test_port: int = Field(default=8885, ge=0, le=65535)
+    mqtt_drill_port: int = Field(default=8886, ge=0, le=65535)
+    mqtt_service_port: int = Field(default=8884, ge=0, le=65535)
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed; none by
     # default, so a client cannot choose the source address recorded for it.
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
@@ -332,6 +365,20 @@ class Settings(BaseSettings):
         items = _items(value)
         if isinstance(items, list | tuple):
             return _proxies(str(i) for i in items)
+        return items
+
+    @field_validator("service_names", mode="before")
+    @classmethod
+    def _parse_names(cls, value: Any) -> Any:
+        items = _items(value)
+        if isinstance(items, list | tuple):
+            names = tuple(str(n).strip().lower() for n in items if str(n).strip())
+            if not names:
+                raise ValueError("at least one name is needed")
+            for name in names:
+                if len(name) > 253 or not re.fullmatch(r"[a-z0-9.:\-]+", name):
+                    raise ValueError(f"{name[:60]!r} is not a DNS name or an IP address")
+            return names
         return items
 
     @field_validator("webhook_hosts", mode="before")

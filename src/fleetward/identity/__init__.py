@@ -71,8 +71,10 @@ from fleetward.identity.publication import (
     get_crl,
     ocsp_answer,
     publish_crls,
+    trust_anchors,
     trust_bundles,
     trust_state,
+    trusted_issuing_cas,
 )
 from fleetward.identity.renewal import HARDWARE, SOFTWARE, KeyAttester, renew
 from fleetward.identity.service import (
@@ -92,6 +94,7 @@ from fleetward.identity.service import (
     revoke_superseded,
     set_device_state,
 )
+from fleetward.identity.service_pki import ServicePki, TlsPair, service_subject
 
 __all__ = [
     "HARDWARE",
@@ -109,6 +112,8 @@ __all__ = [
     "Issued",
     "KeyAttester",
     "Pki",
+    "ServicePki",
+    "TlsPair",
     "active_devices",
     "active_issuing_ca",
     "authorize_on_devices",
@@ -165,8 +170,11 @@ __all__ = [
     "revoke_superseded",
     "root_ca",
     "select_cohort",
+    "service_subject",
     "set_device_state",
     "sign_issuing_csr_offline",
+    "trust_anchors",
     "trust_bundles",
     "trust_state",
+    "trusted_issuing_cas",
 ]

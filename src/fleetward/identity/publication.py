@@ -9,6 +9,7 @@ connection and one signature.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "publish_crls",
     "publish_now",
     "published_der",
+    "trust_anchors",
     "trust_bundles",
     "trust_state",
 ]
@@ -308,6 +310,61 @@ def trust_bundles(session: Session, pki: Pki) -> tuple[bytes, bytes]:
         crl = x509.load_der_x509_crl(published_der(pki, published))
         crls.append(crl.public_bytes(Encoding.PEM))
     return b"".join(cas), b"".join(crls)
+
+
+# X509_CERT_AUX { trust: SEQUENCE OF OID { id-kp-clientAuth } }: what
+# ``openssl x509 -addtrust clientAuth`` appends to the certificate's DER.
+_CLIENT_AUTH_AUX = bytes.fromhex("300c300a06082b06010505070302")
+
+
+def _trusted_pem(der: bytes) -> bytes:
+    body = base64.encodebytes(der + _CLIENT_AUTH_AUX).replace(b"\n", b"")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return (
+        b"-----BEGIN TRUSTED CERTIFICATE-----\n"
+        + b"\n".join(lines)
+        + (b"\n-----END TRUSTED CERTIFICATE-----\n")
+    )
+
+
+def trusted_issuing_cas(
+    session: Session, *, environment: str | None = None
+) -> list[CertificateAuthority]:
+    """The issuing CAs a TLS endpoint accepts device certificates of: every
+    active or retired issuing CA (all tenants) of ``environment`` (``None``:
+    every environment)."""
+    query = (
+        select(CertificateAuthority)
+        .where(
+            CertificateAuthority.kind == "issuing",
+            CertificateAuthority.certificate_pem.is_not(None),
+            CertificateAuthority.status != "pending",
+        )
+        .order_by(CertificateAuthority.id)
+    )
+    if environment is not None:
+        query = query.where(CertificateAuthority.environment == environment)
+    return list(session.execute(query).scalars())
+
+
+def trust_anchors(session: Session, *, environment: str | None = None) -> bytes:
+    """The trust anchors of a device-facing TLS endpoint, PEM: the issuing
+    CAs of :func:`trusted_issuing_cas` as ``TRUSTED CERTIFICATE`` entries
+    (explicitly trusted for clientAuth), and no root.
+
+    OpenSSL ends a chain at a certificate of its store that carries explicit
+    trust, so an issuing CA here is an anchor on its own; with the tenant's
+    root left out, a certificate of another environment's issuing CA (same
+    root) finds no anchor and fails the handshake, even when the client
+    sends its issuing CA and the root along. Mosquitto's ``cafile`` and
+    Python's ``load_verify_locations(cafile=...)`` both read this form.
+    """
+    out: list[bytes] = []
+    for ca in trusted_issuing_cas(session, environment=environment):
+        pem = ca.certificate_pem or ""  # never empty: filtered above
+        der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)
+        out.append(_trusted_pem(der))
+    return b"".join(out)
 
 
 def trust_state(session: Session) -> tuple[int, int, int]:

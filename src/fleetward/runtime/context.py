@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from fleetward import audit, identity, provisioning
 from fleetward.config import Settings
 from fleetward.errors import FleetwardError
-from fleetward.identity import KeyAttester, Pki
+from fleetward.identity import KeyAttester, Pki, ServicePki
 from fleetward.keys import Signer
 from fleetward.keys.ring import KeyRing
 from fleetward.provisioning import verify_renewal_attestation
@@ -39,6 +39,11 @@ class AppContext:
     # import provisioning (which owns the statement format and vendor roots),
     # so the two are joined here.
     key_attester: KeyAttester = field(default=verify_renewal_attestation)
+
+    @property
+    def service_pki(self) -> ServicePki:
+        """fleetward's own CA: its server certificates and service identities."""
+        return ServicePki(self.settings.home / "service-ca", self.settings.service_names)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppContext:
