@@ -503,9 +503,13 @@ def run(bench: Bench, args: Any, keystores: list[str]) -> None:
                 name="simulated secure elements",
                 certificate_pem=vendor.root_pem().encode(),
             )
+        # The vendor ships chips in advance; the station gets the tray, never the vendor's key.
+        tray = tmp / "chips"
+        if "pkcs11" in keystores:
+            vendor.ship(tray, count=n)
         plan = {
             "software": ("test", "SW", []),
-            "pkcs11": ("production", "HW", ["--secure-elements", str(vendor_dir)]),
+            "pkcs11": ("production", "HW", ["--secure-elements", str(tray)]),
         }
         batches = {
             k: setup_line(

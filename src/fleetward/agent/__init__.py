@@ -26,19 +26,21 @@ from fleetward.agent.client import (
 from fleetward.agent.keystore import KEYSTORES, Keystore, make_csr
 from fleetward.agent.mqtt import AgentConfig, DeviceAgent, backoff, tenant_of
 from fleetward.agent.ota import BootOutcome, OtaClient, Slots, install
-from fleetward.agent.secure_element import SecureElement, SimulatedVendor
+from fleetward.agent.secure_element import ChipTray, SecureElement, ShippedChip, SimulatedVendor
 
 __all__ = [
     "IDENTITY_FILE",
     "KEYSTORES",
     "AgentConfig",
     "BootOutcome",
+    "ChipTray",
     "DeviceAgent",
     "Enrolled",
     "Keystore",
     "OtaClient",
     "SecureElement",
     "Server",
+    "ShippedChip",
     "SimulatedVendor",
     "Slots",
     "attest_device",

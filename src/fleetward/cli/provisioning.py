@@ -13,7 +13,7 @@ from rich.table import Table
 
 from fleetward.agent.client import Server, enroll_devices
 from fleetward.agent.keystore import Keystore
-from fleetward.agent.secure_element import SimulatedVendor
+from fleetward.agent.secure_element import ChipTray
 from fleetward.api.routes.provisioning import BatchOut, FactoryOut
 from fleetward.cli.common import (
     JSON,
@@ -196,17 +196,21 @@ def run(
     pkcs11_token: str | None = typer.Option(None, envvar="FLEETWARD_AGENT_PKCS11_TOKEN"),
     pkcs11_pin: str | None = typer.Option(None, envvar="FLEETWARD_AGENT_PKCS11_PIN"),
     secure_elements: Path | None = typer.Option(
-        None, help="simulated secure-element vendor directory (attests every key)"
+        None,
+        help="a tray of secure elements the vendor shipped (fleetward sim chips): one "
+        "attests each key; a directory holding any other private key is refused",
     ),
 ) -> None:
     """Provision COUNT devices of a batch with the real agent code, then write a manifest."""
     out = directory or out_alias or Path("factory-out")
+    # Checked first: a station never holds the vendor's key (or any key but its chips').
+    tray = ChipTray.open(secure_elements) if secure_elements else None
     store = Keystore(keystore, directory=out / "keys", token_label=pkcs11_token, pin=pkcs11_pin)
-    vendor = SimulatedVendor.open(secure_elements) if secure_elements else None
     started = utcnow()
     with Server(server, token=station_token) as srv:
         ids = _range_ids(srv.batch(batch_id), count)
-        chips = [vendor.chip(d) for d in ids] if vendor else None
+        shipped = tray.take(len(ids)) if tray else None
+        chips = [c.element for c in shipped] if shipped else None
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -224,6 +228,11 @@ def run(
                 chips=chips,
                 on_progress=lambda n: progress.advance(task, n),
             )
+    if tray is not None and shipped is not None:
+        # A chip that attested a device stays with it (it attests its later keys).
+        for chip, result in zip(shipped, results, strict=True):
+            if result.error is None:
+                tray.seat(chip, out / "devices" / result.device_id)
     manifest = {
         "batch": batch_id,
         "started": started.isoformat(),

@@ -103,3 +103,24 @@ def run(
         pass
     finally:
         fleet.stop()
+
+
+@sim_app.command("chips")
+def chips(
+    vendor: Path = typer.Option(
+        ..., "--vendor", help="the simulated vendor's directory (root.pem, root-key.pem)"
+    ),
+    count: int = typer.Option(..., min=1, max=100_000, help="chips to make"),
+    out: Path = typer.Option(..., "--out", help="the tray a factory station gets"),
+) -> None:
+    """Play the secure-element vendor: make COUNT chips in advance (each with
+    its attestation key and certificate) into a tray for a factory station.
+    The tray holds the vendor root's certificate, never its key."""
+    from fleetward.agent.secure_element import SimulatedVendor
+
+    if out.resolve() == vendor.resolve() or vendor.resolve() in out.resolve().parents:
+        raise InvalidInputError("the tray must not be inside the vendor's directory")
+    made = SimulatedVendor.open(vendor).ship(out, count=count)
+    console.print(
+        f"{len(made)} chip(s) in {out}; register {vendor / 'root.pem'} with fleetward factory root"
+    )
