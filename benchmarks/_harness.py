@@ -25,7 +25,12 @@ The rest is plumbing:
 
 * :func:`new_installation` sets up a home exactly as ``fleetward init`` does.
 * :class:`Server` runs ``fleetward serve`` on that home in a subprocess bound
-  to 127.0.0.1, so the load generator never shares the server's GIL.
+  to 127.0.0.1, so the load generator never shares the server's GIL. It
+  serves two planes: the operator plane (:attr:`Server.base`, plain HTTP,
+  the REST API) and the device plane (:attr:`Server.device_base`, HTTPS with
+  fleetward's service CA: EST, OCSP, CRLs, TUF, attestation, renewal);
+  :meth:`Server.tls` is a client context for the device plane, with a
+  device's certificate when one is given.
 * :func:`run_load` is a small asyncio HTTP/1.1 keep-alive client. It sends
   pre-encoded requests over N connections and only reads the status line,
   the headers and ``Content-Length`` bytes back, so it costs a few tens of
@@ -44,6 +49,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -78,12 +84,19 @@ def free_port() -> int:
         return port
 
 
-def new_installation(tmp: Path, *, port: int) -> tuple[AppContext, str]:
-    """A fresh installation under ``tmp`` whose public URL is ``127.0.0.1:port``."""
+def new_installation(
+    tmp: Path, *, port: int, device_port: int | None = None
+) -> tuple[AppContext, str]:
+    """A fresh installation under ``tmp``: the operator plane on ``port``, the
+    device plane (and the public URL in certificates) on ``device_port``
+    (default ``port + 1``)."""
+    device_port = device_port or port + 1
     settings = Settings(
         home=tmp / "home",
         database_url=f"sqlite:///{tmp / 'fw.db'}",
-        public_url=f"http://{HOST}:{port}",
+        public_url=f"https://{HOST}:{device_port}",
+        operator_port=port,
+        device_port=device_port,
     )
     ctx, token = initialise(settings, actor="bench")
     # These benchmarks issue software keys into production: that takes the
@@ -119,8 +132,10 @@ class Server:
 
     home: Path
     port: int
+    device_port: int = 0  # 0: port + 1 (what new_installation wrote into the certificates)
     workers: int = 1
     crl_interval: float | None = None  # None: ``fleetward serve``'s default
+    env: dict[str, str] = field(default_factory=dict)  # extra FLEETWARD_* settings
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -131,10 +146,30 @@ class Server:
             return self.crl_interval
         return float(serve_defaults()["crl_interval"])
 
+    def __post_init__(self) -> None:
+        self.device_port = self.device_port or self.port + 1
+
     @property
     def base(self) -> str:
-        """Base URL of the server."""
+        """Base URL of the operator plane (REST API)."""
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def device_base(self) -> str:
+        """Base URL of the device plane (HTTPS)."""
+        return f"https://{HOST}:{self.device_port}"
+
+    @property
+    def ca(self) -> Path:
+        """The service CA the device plane's certificate chains to."""
+        return self.home / "service-ca" / "ca.pem"
+
+    def tls(self, *, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+        """A client context for the device plane (a device's certificate if given)."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if cert is not None:
+            context.load_cert_chain(cert, key)
+        return context
 
     def start(self, *, timeout: float = 60.0) -> None:
         """Start the server and wait until ``/healthz`` answers."""
@@ -142,7 +177,7 @@ class Server:
             k: v
             for k, v in os.environ.items()
             if k not in ("FLEETWARD_HOME", "FLEETWARD_DATABASE_URL", "FLEETWARD_PUBLIC_URL")
-        }
+        } | self.env
         cmd = [
             *fleetward_command(),
             "--home",
@@ -152,6 +187,8 @@ class Server:
             HOST,
             "--port",
             str(self.port),
+            "--device-port",
+            str(self.device_port),
             "--workers",
             str(self.workers),
         ]
@@ -222,11 +259,13 @@ def http_request(
     body: bytes = b"",
     content_type: str | None = None,
     token: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
 ) -> bytes:
     """One pre-encoded HTTP/1.1 keep-alive request."""
     lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}", "Connection: keep-alive"]
     if token:
         lines.append(f"Authorization: Bearer {token}")
+    lines += [f"{name}: {value}" for name, value in headers]
     if content_type:
         lines.append(f"Content-Type: {content_type}")
     if body or method in ("POST", "PUT"):
@@ -286,11 +325,15 @@ async def _load(
     deadline: float | None,
     on_body: Callable[[int, bytes], None] | None,
     timeout: float,
+    tls: ssl.SSLContext | None,
 ) -> LoadResult:
     result = LoadResult()
 
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(HOST, port, limit=1 << 20, ssl=tls)
+
     async def worker() -> None:
-        reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
+        reader, writer = await connect()
         try:
             for raw in requests:  # one shared iterator: each request is sent once
                 if deadline is not None and time.perf_counter() >= deadline:
@@ -306,7 +349,7 @@ async def _load(
                         writer.close()
                         if attempt == 2:
                             raise
-                        reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
+                        reader, writer = await connect()
                 result.latencies.append(time.perf_counter() - t0)
                 result.sent += 1
                 result.statuses[status] += 1
@@ -331,8 +374,10 @@ def run_load(
     duration: float | None = None,
     on_body: Callable[[int, bytes], None] | None = None,
     timeout: float = 300.0,
+    tls: ssl.SSLContext | None = None,
 ) -> LoadResult:
-    """Send ``requests`` over ``concurrency`` keep-alive connections.
+    """Send ``requests`` over ``concurrency`` keep-alive connections (TLS
+    with ``tls``: the device plane, see :meth:`Server.tls`).
 
     Every request is sent once; with ``duration`` the run also stops after
     that many seconds (pass an endless iterator to load for a fixed time).
@@ -346,6 +391,7 @@ def run_load(
             deadline=deadline,
             on_body=on_body,
             timeout=timeout,
+            tls=tls,
         )
     )
 
@@ -510,10 +556,29 @@ class Bench:
         return seconds
 
     def server(
-        self, *, home: Path, port: int, workers: int = 1, crl_interval: float | None = None
+        self,
+        *,
+        home: Path,
+        port: int,
+        workers: int = 1,
+        crl_interval: float | None = None,
+        device_port: int = 0,
+        env: dict[str, str] | None = None,
     ) -> Server:
-        """A :class:`Server` whose intervals are recorded (defaults unless given)."""
-        server = Server(home=home, port=port, workers=workers, crl_interval=crl_interval)
+        """A :class:`Server` whose intervals are recorded (defaults unless given);
+        ``env`` adds settings (printed with the intervals)."""
+        server = Server(
+            home=home,
+            port=port,
+            device_port=device_port,
+            workers=workers,
+            crl_interval=crl_interval,
+            env=dict(env or {}),
+        )
+        for name, value in (env or {}).items():
+            note = f"server setting (not a default): {name}={value}"
+            if note not in self.notes:
+                self.notes.append(note)
         self.interval(
             "CRL publication (fleetward serve)",
             server.crl_interval_used,

@@ -78,6 +78,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from rich.table import Table
 
+from fleetward.api.device_auth import CLIENT_CERT_HEADER
 from fleetward.attestation import evidence
 from fleetward.attestation import service as verifier
 from fleetward.identity import issuance
@@ -346,22 +347,36 @@ def profile_submit(
 _device_of: contextvars.ContextVar[str] = contextvars.ContextVar("device_of")
 
 
+# The device plane binds attestation to the device's client certificate. The
+# load client keeps a few connections for thousands of devices, so it plays a
+# TLS-terminating proxy that fleetward trusts (FLEETWARD_TRUSTED_PROXIES) and
+# passes each device's certificate in this header, as docs/planes.md describes.
+PROXY_ENV = {"FLEETWARD_TRUSTED_PROXIES": "127.0.0.1"}
+
+
+def _cert_header(device: Device) -> tuple[str, str]:
+    return (CLIENT_CERT_HEADER, base64.b64encode(device.der).decode())
+
+
 def nonce_requests(devices: list[Device]) -> Iterator[bytes]:
     """One nonce request per device. Each load-client task pulls its next
     request from this generator, so setting the context variable here marks
     the task's context with the device whose response it will read next."""
     for d in devices:
         _device_of.set(d.device_id)
-        yield http_request("POST", f"/api/v1/attestation/{TENANT}/{d.device_id}/nonce")
+        yield http_request(
+            "POST", f"/api/v1/attestation/{TENANT}/{d.device_id}/nonce", headers=[_cert_header(d)]
+        )
 
 
-def evidence_request(device_id: str, token: str) -> bytes:
+def evidence_request(device: Device, token: str) -> bytes:
     """A pre-encoded evidence submission (no bearer token: the evidence authenticates)."""
     return http_request(
         "POST",
-        f"/api/v1/attestation/{TENANT}/{device_id}/evidence",
+        f"/api/v1/attestation/{TENANT}/{device.device_id}/evidence",
         body=json.dumps({"evidence": token}, separators=(",", ":")).encode(),
         content_type="application/json",
+        headers=[_cert_header(device)],
     )
 
 
@@ -370,7 +385,9 @@ def measured_load(
 ) -> tuple[LoadResult, float, float]:
     """Run a load; returns (result, server cores used, client cores used)."""
     server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
-    result = run_load(server.port, requests, concurrency=concurrency, on_body=on_body)
+    result = run_load(
+        server.device_port, requests, concurrency=concurrency, on_body=on_body, tls=server.tls()
+    )
     return (
         result,
         (server.cpu_seconds() - server_cpu) / result.elapsed,
@@ -378,13 +395,14 @@ def measured_load(
     )
 
 
-def warm_up(base: str, devices: list[Device], rounds: int) -> None:
+def warm_up(server: Server, devices: list[Device], rounds: int) -> None:
     """A few full attestations on new connections, so every worker has loaded its code."""
     for d in devices[:rounds]:
-        path = f"{base}/api/v1/attestation/{TENANT}/{d.device_id}"
-        nonce = httpx.post(f"{path}/nonce", timeout=30).raise_for_status().json()["nonce"]
-        token = signed_evidence(d, b64url(nonce), utcnow())
-        httpx.post(f"{path}/evidence", json={"evidence": token}, timeout=30).raise_for_status()
+        path = f"{server.device_base}/api/v1/attestation/{TENANT}/{d.device_id}"
+        with httpx.Client(verify=server.tls(), headers=[_cert_header(d)], timeout=30) as c:
+            nonce = c.post(f"{path}/nonce").raise_for_status().json()["nonce"]
+            token = signed_evidence(d, b64url(nonce), utcnow())
+            c.post(f"{path}/evidence", json={"evidence": token}).raise_for_status()
 
 
 def http_run(
@@ -402,8 +420,8 @@ def http_run(
         if status == 200:
             verdicts[json.loads(body)["verdict"]] += 1
 
-    with bench.server(home=tmp / "home", port=port, workers=workers) as server:
-        warm_up(server.base, devices, 4 * workers)
+    with bench.server(home=tmp / "home", port=port, workers=workers, env=PROXY_ENV) as server:
+        warm_up(server, devices, 4 * workers)
         log.print(f"HTTP, {workers} worker(s): {len(devices)} nonce requests")
         nonce_res, n_srv, n_cli = measured_load(
             server, nonce_requests(devices), concurrency, keep_nonce
@@ -411,7 +429,9 @@ def http_run(
         t0 = time.perf_counter()
         now = utcnow()
         by_id = {d.device_id: d for d in devices}
-        reqs = [evidence_request(i, signed_evidence(by_id[i], n, now)) for i, n in nonces.items()]
+        reqs = [
+            evidence_request(by_id[i], signed_evidence(by_id[i], n, now)) for i, n in nonces.items()
+        ]
         signing_s = time.perf_counter() - t0
         log.print(f"HTTP, {workers} worker(s): {len(reqs)} evidence submissions")
         ev_res, e_srv, e_cli = measured_load(server, reqs, concurrency, count_verdict)

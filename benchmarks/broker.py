@@ -78,7 +78,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleetward.comms.mosquitto import MosquittoProcess
-from fleetward.comms.mosquitto_conf import BrokerFiles, render_config
+from fleetward.comms.mosquitto_conf import BrokerFiles, Listeners, render_config
 from fleetward.identity import issuance
 from fleetward.runtime.broker import BrokerRuntime
 from fleetward.tenancy import service as tenancy
@@ -331,11 +331,22 @@ class Broker:
     pid: int
 
 
-def allow_all_config(files: BrokerFiles, *, port: int, service_port: int) -> str:
-    """fleetward's own config for the same files, without the plugin: everything allowed."""
-    text = render_config(
-        files, plugin=Path("/nonexistent"), host=HOST, port=port, service_port=service_port
+def free_listeners() -> Listeners:
+    """A device listener per environment and the service listener, on free ports."""
+    ports: set[int] = set()
+    while len(ports) < 4:
+        ports.add(free_port())
+    test, production, drill, service = sorted(ports)
+    return Listeners(
+        host=HOST,
+        ports={"test": test, "production": production, "drill": drill},
+        service_port=service,
     )
+
+
+def allow_all_config(files: BrokerFiles, *, listeners: Listeners, server: tuple[Path, Path]) -> str:
+    """fleetward's own config for the same files, without the plugin: everything allowed."""
+    text = render_config(files, plugin=Path("/nonexistent"), listeners=listeners, server=server)
     kept = [line for line in text.splitlines() if not line.startswith("plugin")]
     return "# allow-all baseline: fleetward's config minus the plugin lines\n" + "\n".join(kept)
 
@@ -542,9 +553,7 @@ def run(bench: Bench, args: Any) -> None:
         runtime = BrokerRuntime(
             ctx,
             tmp / "fleetward",
-            host=HOST,
-            port=free_port(),
-            service_port=free_port(),
+            listeners=free_listeners(),
             **given(interval=args.sync_interval),
         )
         flagged = (
@@ -559,18 +568,27 @@ def run(bench: Bench, args: Any) -> None:
         try:
             wait_plugin_table(runtime, args.publishers)
             files = runtime.files
+            ingest = ctx.service_pki.client("ingest")
             allow_files = BrokerFiles(tmp / "allow-all")
             allow_files.root.mkdir()
-            allow_port, allow_service = free_port(), free_port()
+            allow_listeners = free_listeners()
+            # The publishers are enrolled in the test environment: its listener.
+            allow_port, allow_service = allow_listeners.ports[ENV], allow_listeners.service_port
+            server = ctx.service_pki.server()
             allow_files.config.write_text(
-                allow_all_config(files, port=allow_port, service_port=allow_service)
+                allow_all_config(files, listeners=allow_listeners, server=(server.cert, server.key))
             )
             allow = MosquittoProcess(allow_files)
             allow.start(port=allow_port)
             if runtime.mosquitto.proc is None or allow.proc is None:
                 raise RuntimeError("a Mosquitto did not start")
             brokers = [
-                Broker("fleetward", runtime.port, runtime.service_port, runtime.mosquitto.proc.pid),
+                Broker(
+                    "fleetward",
+                    runtime.ports[ENV],
+                    runtime.service_port,
+                    runtime.mosquitto.proc.pid,
+                ),
                 Broker("allow-all", allow_port, allow_service, allow.proc.pid),
             ]
             for b in brokers:
@@ -586,8 +604,9 @@ def run(bench: Bench, args: Any) -> None:
                             publishers=publishers,
                             messages=args.messages,
                             ca=files.broker_ca,
-                            service_cert=files.service_cert,
-                            service_key=files.service_key,
+                            # fleetward's ingest identity: telemetry is its job.
+                            service_cert=ingest.cert,
+                            service_key=ingest.key,
                             idle=args.idle,
                         )
                         runs.append(run)

@@ -21,7 +21,7 @@ Measured:
     ``/crl/<ca>.crl`` lists the serial. Two more revocations are timed, one
     right after a publication and one about a second into the next publisher
     round (which rebuilds the large CRL);
-(c) OCSP responses/s over HTTP for ``--ocsp-seconds`` (good / revoked /
+(c) OCSP responses/s over HTTPS (the device plane) for ``--ocsp-seconds`` (good / revoked /
     unknown serials), with the Python client (POST) and with ``wrk`` (GET)
     when it is installed, per server worker count, beside the in-process
     ``ocsp_answer`` rate and the raw pyca OCSP build + sign ceiling.
@@ -50,6 +50,7 @@ import random
 import re
 import resource
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -319,13 +320,14 @@ class OcspProbe:
 
     base: str
     request: bytes
+    verify: ssl.SSLContext
     period: float = 0.1
     latencies: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=120) as client:
+        with httpx.Client(base_url=self.base, timeout=120, verify=self.verify) as client:
             while not self._stop.wait(self.period):
                 t0 = time.perf_counter()
                 client.post("/ocsp", content=self.request, headers={"content-type": OCSP_TYPE})
@@ -395,12 +397,16 @@ def revocation_phase(
     timeout = 4 * interval + 120
     headers = {"authorization": f"Bearer {token}"}
     results = []
-    with httpx.Client(base_url=server.base, headers=headers, timeout=300) as client:
-        # Warm the connection, the token and the OCSP path before timing anything.
+    # Revocations go to the operator plane; OCSP and CRLs come from the device plane (TLS).
+    with (
+        httpx.Client(base_url=server.base, headers=headers, timeout=300) as client,
+        httpx.Client(base_url=server.device_base, timeout=300, verify=server.tls()) as device,
+    ):
+        # Warm the connections, the token and the OCSP path before timing anything.
         client.get("/api/v1/cas").raise_for_status()
         probe_req = ocsp_request_for(issuer, certs[-1].serial_number)
-        client.post("/ocsp", content=probe_req, headers={"content-type": OCSP_TYPE})
-        with OcspProbe(server.base, probe_req) as probe:
+        device.post("/ocsp", content=probe_req, headers={"content-type": OCSP_TYPE})
+        with OcspProbe(server.device_base, probe_req, server.tls()) as probe:
             first, done = revoke(client, certs[0].serial_number, "1st revocation (headline)")
             req = (
                 ocsp.OCSPRequestBuilder()
@@ -409,16 +415,16 @@ def revocation_phase(
                 .public_bytes(Encoding.DER)
             )
             t0 = time.perf_counter()
-            resp = client.post("/ocsp", content=req, headers={"content-type": OCSP_TYPE})
+            resp = device.post("/ocsp", content=req, headers={"content-type": OCSP_TYPE})
             first.ocsp_ms = 1000 * (time.perf_counter() - t0)
             first.ocsp = ocsp_status(resp.content)
             log.print(f"  revoked in {first.ms:.1f} ms; OCSP says {first.ocsp}; polling the CRL")
-            first.crl_s = wait_for_crl(client, ca_id, certs[0].serial_number, done, timeout)
+            first.crl_s = wait_for_crl(device, ca_id, certs[0].serial_number, done, timeout)
             results.append(first)
 
             second, done2 = revoke(client, certs[1].serial_number, "2nd, right after a publication")
             results.append(second)
-            second.crl_s = wait_for_crl(client, ca_id, certs[1].serial_number, done2, timeout)
+            second.crl_s = wait_for_crl(device, ca_id, certs[1].serial_number, done2, timeout)
             # The 3rd lands about a second into the publisher's next rebuild (it
             # polls every second and rebuilds at once), so it waits for that one.
             time.sleep(1.0)
@@ -426,7 +432,7 @@ def revocation_phase(
                 client, certs[2].serial_number, "3rd, ~1 s after the 2nd was published"
             )
             results.append(third)
-            third.crl_s = wait_for_crl(client, ca_id, certs[2].serial_number, done3, timeout)
+            third.crl_s = wait_for_crl(device, ca_id, certs[2].serial_number, done3, timeout)
     return results, probe.latencies
 
 
@@ -449,7 +455,13 @@ def python_ocsp_load(
     """POST /ocsp with the asyncio client; returns (result, server cores, client cores)."""
     raw = [http_request("POST", "/ocsp", body=r, content_type=OCSP_TYPE) for r in requests]
     cpu, client_cpu = server.cpu_seconds(), time.process_time()
-    result = run_load(server.port, itertools.cycle(raw), concurrency=concurrency, duration=seconds)
+    result = run_load(
+        server.device_port,
+        itertools.cycle(raw),
+        concurrency=concurrency,
+        duration=seconds,
+        tls=server.tls(),
+    )
     return (
         result,
         (server.cpu_seconds() - cpu) / result.elapsed,
@@ -502,7 +514,7 @@ def wrk_ocsp_load(
         "--latency",
         "-s",
         str(script),
-        f"http://{HOST}:{server.port}",
+        f"https://{HOST}:{server.device_port}",  # the device plane (wrk does not verify)
     ]
     cpu = server.cpu_seconds()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -528,12 +540,12 @@ def wrk_ocsp_load(
     )
 
 
-def check_mix(base: str, issuer: Issuer, bulk: BulkRows, real_good: int) -> dict[str, str]:
+def check_mix(server: Server, issuer: Issuer, bulk: BulkRows, real_good: int) -> dict[str, str]:
     """One request of each kind, POST and GET, before the load starts: kind -> "post/get"."""
     unknown = random_serials(random.Random(1), 1, {s for s, _ in bulk.revoked})[0]
     want = {"good": real_good, "revoked": bulk.revoked[0][0], "unknown": unknown}
     got = {}
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with httpx.Client(base_url=server.device_base, timeout=60, verify=server.tls()) as client:
         for kind, serial in want.items():
             der = ocsp_request_for(issuer, serial)
             resp = client.post("/ocsp", content=der, headers={"content-type": OCSP_TYPE})
@@ -715,7 +727,7 @@ def run(bench: Bench, args: Any) -> None:
                 home=tmp / "home", port=port, workers=w, crl_interval=args.crl_interval
             )
             with server:
-                answers = check_mix(server.base, issuer, bulk, real[3].serial_number)
+                answers = check_mix(server, issuer, bulk, real[3].serial_number)
                 wrong = {k: v for k, v in answers.items() if v != f"{k}/{k}"}
                 bench.count(f"(c) OCSP answers, {w} worker(s)", len(wrong), first=str(wrong))
                 if use_python:
@@ -832,7 +844,7 @@ def run(bench: Bench, args: Any) -> None:
         ),
         *(
             Row(
-                f"(c) OCSP over HTTP, {r['client']}, {r['workers']} worker(s)",
+                f"(c) OCSP over HTTPS, {r['client']}, {r['workers']} worker(s)",
                 f"{r['per_s']:,.0f}/s",
                 f"{r['per_s'] / raw_ocsp:.3g}",
             )
@@ -840,7 +852,7 @@ def run(bench: Bench, args: Any) -> None:
         ),
         bench.target(
             "ocsp_http",
-            label=f"(c) OCSP over HTTP, best ({best['client']}, {best['workers']} worker(s))",
+            label=f"(c) OCSP over HTTPS, best ({best['client']}, {best['workers']} worker(s))",
             value=best["per_s"],
             ceiling="raw_ocsp",
             op=">=",

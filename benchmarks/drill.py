@@ -22,7 +22,16 @@ Drill B (emergency OTA): ``emergency-ota`` of a small fixed release over
 every remaining device of the product (two security approvers). Contained =
 every affected online device runs the new version.
 
-Both: time to detect (A), time to contain (from the run's execution to the
+Drill C (CA compromise): ``compromised-issuing-ca`` over the same devices
+(the drill issuing CA rotated, every device asked to renew, the old CA
+distrusted once none depends on it; one approver). Contained = every
+affected online device renewed under the new CA and reconnected; also
+timed: until no device depends on the old CA (every affected device holds
+a good certificate of the new CA and none of the old, stragglers included)
+and until the old CA is trusted nowhere (in no environment's trust anchors
+and no broker ``devices-ca-<env>.pem``).
+
+All: time to detect (A), time to contain (from the run's execution to the
 last online device contained), p50/p99 of the per-device latencies,
 devices/s, stragglers (offline devices brought back afterwards) and the time
 they took. The OTA drill is also split into phases from the devices' own
@@ -75,6 +84,7 @@ from _harness import (
 )
 from sqlalchemy import func, select
 
+from fleetward.comms.mosquitto_conf import Listeners
 from fleetward.identity.models import Device
 from fleetward.response import drills
 from fleetward.response import service as response
@@ -86,7 +96,7 @@ from fleetward.sim import Broker, FleetProcesses, FleetSpec
 from fleetward.sim.spec import images, reference_measurements
 from fleetward.telemetry.models import Event
 from fleetward.tenancy import service as tenancy
-from fleetward.tenancy.roles import Principal
+from fleetward.tenancy.roles import ENVIRONMENTS, Principal
 
 TARGET_A = 0.15
 TARGET_A_SOURCE = "regression floor: half of issue 7's closing ratio 0.29"
@@ -394,8 +404,11 @@ def run_drills(bench: Bench, args: Any, tmp: Path) -> dict[str, Any]:
     stack: Stack = up_stack(
         ctx,
         api_url=server.base,
-        mqtt_port=free_port(),
-        service_port=free_port(),
+        listeners=Listeners(  # every listener on a free port
+            host=HOST,
+            ports={"test": free_port(), "production": free_port(), "drill": free_port()},
+            service_port=free_port(),
+        ),
         publishers=False,
     )
     runtime = stack.broker
@@ -432,7 +445,11 @@ def run_drills(bench: Bench, args: Any, tmp: Path) -> dict[str, Any]:
             response.install_standard(s, SEC)
         fleet = FleetProcesses(
             spec, server_url=server.base, directory=tmp / "fleet", processes=args.processes,
-            token=token, broker=Broker(host=HOST, port=runtime.port, ca=runtime.files.broker_ca),
+            token=token, device_url=server.device_base, server_ca=server.ca,
+            broker=Broker(
+                host=HOST, port=runtime.port, ca=runtime.files.broker_ca,
+                listeners=runtime.ports,
+            ),
         )  # fmt: skip
         log.print(f"enrolling {args.devices:,} devices into the drill environment")
         t0 = time.monotonic()
@@ -500,6 +517,17 @@ def run_drills(bench: Bench, args: Any, tmp: Path) -> dict[str, Any]:
         result["B"]["cpu_s"] = cpu_delta(cpu0, cpu_by_process())
         online_remaining = {d for d in remaining if d not in offline}
         result["B"]["phases"] = ota_phases(fleet.snapshot(), online_remaining).as_dict()
+
+        # ---- drill C: the drill issuing CA is compromised ----
+        log.print(f"drill C: compromised-issuing-ca over {len(remaining):,} devices")
+        cpu0 = cpu_by_process()
+        result["C"] = drill(
+            ctx, fleet, starter=ADMIN, approvers=[SEC2], playbook="compromised-issuing-ca",
+            scenario="ca-compromise", confirm=len(remaining), effects=effects,
+            timeout=args.timeout,
+            trust_files=lambda: [runtime.files.devices_ca(env) for env in ENVIRONMENTS],
+        )  # fmt: skip
+        result["C"]["cpu_s"] = cpu_delta(cpu0, cpu_by_process())
         driver = stack.worker("campaign-driver")
         result["driver_dropped_reports"] = (
             driver.inbox.dropped if isinstance(driver, CampaignDriver) else None
@@ -601,8 +629,14 @@ def run(bench: Bench, args: Any) -> None:
         result = run_drills(bench, args, Path(tmp_name))
     total_s = time.monotonic() - started
 
-    a, b = result["A"], result["B"]
+    a, b, c = result["A"], result["B"], result["C"]
     ph = b["phases"]
+    bench.check(
+        "drill C CA rotation",
+        c.get("state") == "passed",
+        f"state {c.get('state')}: {c.get('error') or ''}",
+    )
+    bench.count("drill C CA rotation: bystanders touched", len(c.get("bystanders_touched") or []))
     bench.rows += [
         Row(
             "fleet: devices (online / offline), simulator processes",
@@ -633,6 +667,14 @@ def run(bench: Bench, args: Any) -> None:
             f"{ph['offers_p50']:g} / {ph['offers_max']}, {ph['duplicate_offers']:,}",
         ),
         Row("B phases: first offer spread (first -> last device)", f"{ph['offer_spread_s']} s"),
+        Row(
+            "C CA rotation: devices affected (online / offline)",
+            f"{c.get('affected', 0):,} ({c.get('online', 0):,} / {c.get('offline', 0):,})",
+        ),
+        Row("C CA rotation: every online device renewed in", f"{c.get('contain_s')} s"),
+        Row("C CA rotation: stragglers brought back, renewed in", f"{c.get('stragglers_s')} s"),
+        Row("C CA rotation: no device depends on the old CA after", f"{c.get('ca_migrated_s')} s"),
+        Row("C CA rotation: old CA trusted nowhere after", f"{c.get('ca_untrusted_s')} s"),
     ]  # fmt: skip
     bench.notes += [
         "Ratio = drill rate / the same mechanism alone (revocation.py's cohort, ota.py's good "
@@ -642,6 +684,11 @@ def run(bench: Bench, args: Any) -> None:
         f"{args.server_workers} uvicorn worker(s); open-file limit {nofile}.",
         f"CPU s during drill A: {a.get('cpu_s')}",
         f"CPU s during drill B: {b.get('cpu_s')}",
+        f"CPU s during drill C: {c.get('cpu_s')}",
+        "C times run from the run's execution: renewed (devices' clocks), no device on the "
+        "old CA (every affected device holds a good certificate of the new CA and none of the "
+        "old, server view), trusted nowhere (the old CA is in no environment's trust_anchors "
+        "and no broker devices-ca-<env>.pem).",
         f"Drills (set-up included) {total_s:.0f} s.",
     ]
 
@@ -662,6 +709,11 @@ def run(bench: Bench, args: Any) -> None:
         **result["setup"],
         "revocation": figures(a),
         "ota": {**figures(b), "phases": ph},
+        "ca_rotation": {
+            **figures(c),
+            "ca_migrated_s": c.get("ca_migrated_s"),
+            "ca_untrusted_s": c.get("ca_untrusted_s"),
+        },
         "driver_dropped_reports": result["driver_dropped_reports"],
         "drills_s": round(total_s, 1),
     }

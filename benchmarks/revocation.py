@@ -83,6 +83,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 
 import fleetward.comms
+from fleetward.comms.mosquitto_conf import Listeners
 from fleetward.identity import issuance
 from fleetward.identity import service as identity
 from fleetward.runtime.broker import BrokerRuntime
@@ -453,6 +454,19 @@ class TableWatch(list[str]):
         super().append(line)
 
 
+def free_listeners() -> Listeners:
+    """A device listener per environment and the service listener, on free ports."""
+    ports: set[int] = set()
+    while len(ports) < 4:
+        ports.add(free_port())
+    test, production, drill, service = sorted(ports)
+    return Listeners(
+        host=HOST,
+        ports={"test": test, "production": production, "drill": drill},
+        service_port=service,
+    )
+
+
 def plugin_tables(runtime: BrokerRuntime) -> list[TableState]:
     """Every table load the plugin logged so far."""
     lines = runtime.mosquitto.log_lines
@@ -813,12 +827,7 @@ def run(bench: Bench, args: Any) -> None:
         ctx, token = new_installation(tmp, port=port)
         with ctx.db.session() as s:
             principal = tenancy.authenticate(s, token)
-        stack = up_stack(
-            ctx,
-            api_url=f"http://{HOST}:{port}",
-            mqtt_port=free_port(),
-            service_port=free_port(),
-        )
+        stack = up_stack(ctx, api_url=f"http://{HOST}:{port}", listeners=free_listeners())
         runtime = stack.broker
         if runtime is None:
             raise RuntimeError("up_stack has no broker")
@@ -839,7 +848,8 @@ def run(bench: Bench, args: Any) -> None:
         stack.start()
         pool: ClientPool | None = None
         try:
-            pool = ClientPool(args.client_procs, runtime.port, runtime.files.broker_ca)
+            # The devices are enrolled in the test environment: its listener.
+            pool = ClientPool(args.client_procs, runtime.ports[ENV], runtime.files.broker_ca)
             if "one" not in skip:
                 log.print(f"(a) one device at a time, {args.samples} samples")
                 one = one_device_phase(

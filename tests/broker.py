@@ -19,9 +19,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from fleetward.comms.identities import SERVICE_IDENTITIES, ServiceIdentity
+from fleetward.comms.mosquitto_conf import Listeners
 from fleetward.identity import issuance
 from fleetward.runtime.broker import BrokerRuntime
 from fleetward.runtime.context import AppContext
+from fleetward.sim import Broker
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
 from tests.helpers import csr_pem, new_key
@@ -33,18 +36,40 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Tests watch what devices send with an identity of their own: it may only
+# subscribe (and receive) under fw/, never publish. fleetward itself has no
+# such identity (fleetward.comms.identities).
+OBSERVER = ServiceIdentity("observer", subscribe=("fw/#",))
+TEST_IDENTITIES = {**SERVICE_IDENTITIES, OBSERVER.job: OBSERVER}
+
+
+def free_listeners() -> Listeners:
+    """Every listener on its own free loopback port."""
+    ports: set[int] = set()
+    while len(ports) < 4:
+        ports.add(free_port())
+    test, production, drill, service = sorted(ports)
+    return Listeners(
+        host="127.0.0.1",
+        ports={"test": test, "production": production, "drill": drill},
+        service_port=service,
+    )
+
+
 @pytest.fixture
 def broker(
     ctx: AppContext, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[BrokerRuntime]:
-    """Mosquitto + plugin + sync loop on free loopback ports. Beside the API
-    fixtures, a trust change wakes their publisher, as in ``fleetward up``."""
+    """Mosquitto + plugin + sync loop on free loopback ports (a device
+    listener per environment, the service listener). Beside the API
+    fixtures, a trust change wakes their publisher, as in ``fleetward up``.
+    ``broker.port`` is the test environment's listener (make_device's)."""
     runtime = BrokerRuntime(
         ctx,
         ctx.settings.home / "broker",
-        port=free_port(),
-        service_port=free_port(),
+        listeners=free_listeners(),
         interval=0.05,
+        identities=TEST_IDENTITIES,
     )
     if "runtime" in request.fixturenames:
         runtime.sync.on_change = request.getfixturevalue("runtime").worker("publisher").wake
@@ -76,8 +101,10 @@ def make_device(
     tenant: str = "default",
     product: str = "thermo",
     labels: dict[str, str] | None = None,
+    environment: str = "test",
 ) -> DeviceCreds:
-    """Enroll a device (test environment) and write its key and certificate."""
+    """Enroll a device (by default in the test environment) and write its key
+    and certificate."""
     key = new_key()
     admin = admin_of(ctx, tenant)
     with ctx.db.session() as s:
@@ -87,11 +114,12 @@ def make_device(
             admin,
             device_id=device_id,
             csr=csr_pem(key, device_id),
-            environment="test",
+            environment=environment,
             product=product,
             labels=labels,
         )
-    folder = tmp_path / f"{tenant}-{device_id}"
+    suffix = "" if environment == "test" else f"-{environment}"
+    folder = tmp_path / f"{tenant}-{device_id}{suffix}"
     folder.mkdir(exist_ok=True)
     key_path = folder / "key.pem"
     key_path.write_bytes(
@@ -219,3 +247,27 @@ def synced(broker: BrokerRuntime) -> None:
     """Wait until the broker enforces the newest database state."""
     broker.sync.refresh()
     time.sleep(0.15)  # the plugin stats the table every 50 ms
+
+
+def service_connect(broker: BrokerRuntime, job: str, **kw: object) -> Client:
+    """Connect to the service listener as fleetward's identity ``job``
+    (``ingest``, ``commands``, ``ota``, or the tests' ``observer``)."""
+    pair = broker.ctx.service_pki.client(job)
+    return connect(broker.service_port, broker.files.broker_ca, pair.cert, pair.key, **kw)  # type: ignore[arg-type]
+
+
+def observe(broker: BrokerRuntime, topic: str = "fw/#") -> Client:
+    """A receive-only watcher of what devices send (the tests' ``observer``)."""
+    watcher = service_connect(broker, OBSERVER.job)
+    watcher.subscribe(topic)
+    return watcher
+
+
+def sim_broker(broker: BrokerRuntime) -> Broker:
+    """The simulator's view of the broker: each environment's listener."""
+    return Broker(
+        host=broker.host,
+        port=broker.ports["production"],
+        ca=broker.files.broker_ca,
+        listeners=broker.ports,
+    )

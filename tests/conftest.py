@@ -9,26 +9,39 @@ The API fixtures run the runtime's workers (publisher, TUF refresher) in a
 ``runtime`` stack a test can ask for, to pause or step them by name:
 ``client`` starts them paused (``runtime.step("publisher")`` runs one round);
 ``live`` runs them, unless the test is marked ``paused_workers``.
+
+There are two planes (``fleetward.api.app``): ``client`` is the operator
+plane's TestClient, ``device_client`` the device plane's (TestClient speaks
+no TLS, so :class:`DeviceTestClient` passes a device certificate the way the
+server's TLS protocol does: ``device_client.as_device(cert_pem)``). ``live``
+serves both planes for real (the device plane over TLS) and is the operator
+URL; ``live_device`` is the device plane's URL and ``service_ca`` the CA
+file its certificate chains to.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 import socket
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from fleetward.api.app import create_app
+from fleetward.api.serve import PlaneServers, plane_servers, serve_planes
+from fleetward.api.tls import PEER_EXTENSION
 from fleetward.config import Settings
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.installation import initialise
@@ -146,7 +159,8 @@ def runtime(ctx: AppContext, request: pytest.FixtureRequest) -> Iterator[Stack]:
     process (tests/runtime covers the child-process path), so the first CRL
     after a revocation does not wait for a child to start."""
     stack = serve_stack(ctx, crl_interval=CRL_INTERVAL, checkpoint_interval=3600)
-    if "client" in request.fixturenames or request.node.get_closest_marker("paused_workers"):
+    paused = {"client", "device_client"} & set(request.fixturenames)
+    if paused or request.node.get_closest_marker("paused_workers"):
         stack.pause()
     yield stack
     stack.stop()
@@ -159,28 +173,132 @@ def client(ctx: AppContext, runtime: Stack) -> Iterator[TestClient]:
         yield c
 
 
+TLS_TEST_HEADER = "x-test-tls-client-cert"  # read by the shim below, never by the app
+PEER_TEST_HEADER = "x-test-peer"
+
+
+class _TlsShim:
+    """What the device plane's TLS protocol adds to a request's scope
+    (``fleetward.api.tls.TlsHttpProtocol``), taken from test-only headers
+    that the shim removes: the client certificate (base64 of its PEM) and
+    the raw TCP peer (default ``testclient``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = []
+            cert: str | None = None
+            peer = "testclient"
+            for name, value in scope["headers"]:
+                if name == TLS_TEST_HEADER.encode():
+                    cert = base64.b64decode(value).decode()
+                elif name == PEER_TEST_HEADER.encode():
+                    peer = value.decode()
+                else:
+                    headers.append((name, value))
+            extensions = dict(scope.get("extensions") or {})
+            extensions[PEER_EXTENSION] = {"peer": (peer, 50000)}
+            extensions["tls"] = {
+                "server_cert": None,
+                "client_cert_chain": [cert] if cert else [],
+                "client_cert_name": None,
+                "client_cert_error": None,
+                "tls_version": 0x0304,
+                "cipher_suite": None,
+            }
+            scope = {**scope, "headers": headers, "extensions": extensions, "scheme": "https"}
+        await self.app(scope, receive, send)
+
+
+class DeviceTestClient(TestClient):
+    """A TestClient of the device plane; :meth:`as_device` presents a certificate."""
+
+    def as_device(self, cert: bytes | str, *, peer: str | None = None) -> DeviceTestClient:
+        """A client of the same (running) app whose requests come with
+        ``cert`` (PEM) as their TLS client certificate."""
+        pem = cert.decode() if isinstance(cert, bytes) else cert
+        headers = {TLS_TEST_HEADER: base64.b64encode(pem.encode()).decode()}
+        if peer is not None:
+            headers[PEER_TEST_HEADER] = peer
+        return DeviceTestClient(self.app, headers=headers, raise_server_exceptions=True)
+
+    def from_peer(self, peer: str) -> DeviceTestClient:
+        """A client of the same app whose raw TCP peer is ``peer`` (no certificate)."""
+        return DeviceTestClient(self.app, headers={PEER_TEST_HEADER: peer})
+
+
 @pytest.fixture
-def live(ctx: AppContext, runtime: Stack) -> Iterator[str]:
-    """A real server on a loopback port (uvicorn in a thread) running ``runtime``."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(ctx, runtime=runtime),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
+def device_client(
+    ctx: AppContext, runtime: Stack, request: pytest.FixtureRequest
+) -> Iterator[DeviceTestClient]:
+    """A client of the device plane (workers paused; the operator ``client``
+    runs them when the test also uses it)."""
+    app = create_app(
+        ctx, plane="device", runtime=runtime, run_runtime="client" not in request.fixturenames
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    with DeviceTestClient(_TlsShim(app)) as c:
+        yield c
+
+
+@pytest.fixture
+def planes(ctx: AppContext, runtime: Stack) -> Iterator[PlaneServers]:
+    """Both planes served for real on free loopback ports (uvicorn in a
+    thread; the device plane over TLS), running ``runtime``."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    ctx.settings = ctx.settings.replace(
+        operator_host="127.0.0.1",
+        operator_port=ports[0],
+        device_host="127.0.0.1",
+        device_port=ports[1],
+    )
+    servers = plane_servers(ctx, runtime=runtime, isolate_publisher=False, log_level="warning")
+    servers.tls.interval = 0.2
+    import asyncio
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve_planes(servers)), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
-    while not server.started:
+    while not (servers.operator.started and servers.device.started):
         assert time.monotonic() < deadline, "server did not start"
+        assert thread.is_alive(), "server failed to start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
+    yield servers
+    servers.exit()
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def live(planes: PlaneServers, ctx: AppContext) -> str:
+    """The operator plane's URL of the real server (see ``planes``)."""
+    return f"http://127.0.0.1:{ctx.settings.operator_port}"
+
+
+@pytest.fixture
+def live_device(planes: PlaneServers, ctx: AppContext) -> str:
+    """The device plane's URL of the real server (HTTPS; see ``service_ca``)."""
+    return f"https://127.0.0.1:{ctx.settings.device_port}"
+
+
+@pytest.fixture
+def service_ca(ctx: AppContext) -> Path:
+    """The CA file the device plane's certificate chains to."""
+    ctx.service_pki.server()
+    return ctx.service_pki.ca_cert
+
+
+@pytest.fixture
+def device_http(live_device: str, service_ca: Path) -> Iterator[httpx.Client]:
+    """An HTTPS client of the live device plane, without a client certificate."""
+    with httpx.Client(
+        base_url=live_device, verify=ssl.create_default_context(cafile=service_ca), timeout=30
+    ) as c:
+        yield c
 
 
 @pytest.fixture

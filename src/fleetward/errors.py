@@ -18,6 +18,8 @@ Every class defines a code of its own and no two share one
     ├── InvalidInputError                 400    invalid-input
     │   └── PayloadTooLargeError          413    payload-too-large
     ├── AuthenticationError               401    unauthenticated
+    │   ├── ClientCertificateRequiredError 401   client-certificate-required
+    │   └── UntrustedCertificateHeaderError 401  untrusted-certificate-header
     ├── PermissionDeniedError             403    forbidden
     │   ├── OutOfScopeError               403    out-of-scope
     │   └── OutsideBatchError             403    outside-batch
@@ -69,6 +71,7 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailableError",
     "CertificateError",
+    "ClientCertificateRequiredError",
     "ConflictError",
     "DuplicateEnrollmentError",
     "FleetwardError",
@@ -85,6 +88,7 @@ __all__ = [
     "SimulationError",
     "UnattestedKeyError",
     "UnavailableError",
+    "UntrustedCertificateHeaderError",
     "UpdateRefusedError",
     "VerificationError",
     "codes",
@@ -154,6 +158,21 @@ class AuthenticationError(FleetwardError):
     status = 401
     title = "Authentication required"
     code = "unauthenticated"
+
+
+class ClientCertificateRequiredError(AuthenticationError):
+    """A device route was called without a device's TLS client certificate
+    (an operator token does not stand in for one)."""
+
+    title = "Client certificate required"
+    code = "client-certificate-required"
+
+
+class UntrustedCertificateHeaderError(AuthenticationError):
+    """A client-certificate header came from an address that is not a trusted proxy."""
+
+    title = "Certificate header from an untrusted address"
+    code = "untrusted-certificate-header"
 
 
 class PermissionDeniedError(FleetwardError):

@@ -4,6 +4,7 @@ secure-element attestation, renewal, and the ``fleetward-agent`` command."""
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,14 @@ from pkcs11.exceptions import AttributeSensitive
 from typer.testing import CliRunner
 
 from fleetward.agent.cli import app as agent_cli
-from fleetward.agent.client import Server, enroll_devices, load_identity, renew
+from fleetward.agent.client import (
+    Server,
+    ServerRefusedError,
+    device_server,
+    enroll_devices,
+    load_identity,
+    renew,
+)
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.secure_element import SimulatedVendor
 from fleetward.keys._p11session import load_module
@@ -60,7 +68,9 @@ def factory_line(live: str, admin: str, env: str, ids: list[str]) -> tuple[str, 
     return token, int(batch["id"])
 
 
-def test_software_keystore_enroll_and_renew(live: str, admin_token: str, tmp_path: Path) -> None:
+def test_software_keystore_enroll_and_renew(
+    live: str, live_device: str, service_ca: Path, admin_token: str, tmp_path: Path
+) -> None:
     token, batch = factory_line(live, admin_token, "test", ["sw-1", "sw-2"])
     store = Keystore("software", directory=tmp_path / "keys")
     with Server(live, token=token) as srv:
@@ -81,9 +91,18 @@ def test_software_keystore_enroll_and_renew(live: str, admin_token: str, tmp_pat
     ca = x509.load_pem_x509_certificate((tmp_path / "devices" / "sw-1" / "ca.pem").read_bytes())
     cert.verify_directly_issued_by(ca)
     assert format(cert.serial_number, "x") == identity["serial"]
-    with Server(live) as srv:
-        assert not renew(srv, store, tmp_path / "devices" / "sw-1", within=dt.timedelta(days=1))
-        assert renew(srv, store, tmp_path / "devices" / "sw-1", within=dt.timedelta(days=365))
+    sw1 = tmp_path / "devices" / "sw-1"
+    # Renewal is the device's own act: on the device plane, as the device.
+    with Server(live) as operator_plane, pytest.raises(ServerRefusedError) as refused:
+        renew(operator_plane, store, sw1, within=dt.timedelta(days=365))
+    assert refused.value.status == 404
+    anonymous = ssl.create_default_context(cafile=str(service_ca))
+    with Server(live_device, verify=anonymous) as srv, pytest.raises(ServerRefusedError) as no:
+        renew(srv, store, sw1, within=dt.timedelta(days=365))
+    assert no.value.status == 401 and "client certificate" in str(no.value)
+    with device_server(live_device, directory=sw1, keystore=store, ca=service_ca) as srv:
+        assert not renew(srv, store, sw1, within=dt.timedelta(days=1))
+        assert renew(srv, store, sw1, within=dt.timedelta(days=365))
     renewed = x509.load_pem_x509_certificate(
         (tmp_path / "devices" / "sw-1" / "cert.pem").read_bytes()
     )
@@ -143,7 +162,9 @@ def test_pkcs11_keystore_with_attested_keys_in_production(
     assert refused.error is not None and "production refuses" in refused.error
 
 
-def test_agent_command(live: str, admin_token: str, tmp_path: Path) -> None:
+def test_agent_command(
+    live: str, live_device: str, service_ca: Path, admin_token: str, tmp_path: Path
+) -> None:
     token, batch = factory_line(live, admin_token, "test", ["cli-1"])
     runner = CliRunner()
     args = ["--server", live, "--dir", str(tmp_path)]
@@ -158,8 +179,10 @@ def test_agent_command(live: str, admin_token: str, tmp_path: Path) -> None:
         ["enroll", "--device-id", "cli-1", "--batch", str(batch), "--token", token, *args],
     )
     assert again.exit_code == 1
+    device = ["--device-server", live_device, "--server-ca", str(service_ca)]
+    device += ["--dir", str(tmp_path)]
     out = runner.invoke(
-        agent_cli, ["renew", "--device-id", "cli-1", "--within-days", "3650", *args]
+        agent_cli, ["renew", "--device-id", "cli-1", "--within-days", "3650", *device]
     )
     assert out.exit_code == 0 and "renewed" in out.output
 

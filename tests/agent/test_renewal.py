@@ -13,9 +13,16 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from fleetward.agent.cli import app as agent_cli
-from fleetward.agent.client import Server, ServerRefusedError, enroll_devices, load_identity, renew
+from fleetward.agent.client import (
+    Server,
+    ServerRefusedError,
+    device_server,
+    enroll_devices,
+    load_identity,
+    renew,
+)
 from fleetward.agent.keystore import Keystore
-from fleetward.agent.secure_element import SimulatedVendor
+from fleetward.agent.secure_element import ChipTray, SecureElement, SimulatedVendor
 from fleetward.identity.models import CertificateRecord, Device
 from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
@@ -53,6 +60,8 @@ def attested(live: str, admin_token: str, ctx: AppContext, tmp_path: Path) -> tu
     )
     device_id = f"se-{uuid.uuid4().hex[:8]}"
     token, batch = factory_line(live, admin_token, "production", [device_id])
+    vendor.ship(tmp_path / "tray", count=1)  # the vendor ships; the station takes a chip
+    [chip] = ChipTray.open(tmp_path / "tray").take(1)
     with Server(live, token=token) as srv:
         [result] = enroll_devices(
             srv,
@@ -60,21 +69,22 @@ def attested(live: str, admin_token: str, ctx: AppContext, tmp_path: Path) -> tu
             batch_id=batch,
             device_ids=[device_id],
             out_dir=tmp_path,
-            chips=[vendor.chip(device_id)],
+            chips=[chip.element],
         )
     assert result.key_origin == HW, result
+    ChipTray.seat(chip, tmp_path / device_id)  # it attests the device's later keys
     return device_id, tmp_path
 
 
 def test_new_key_is_attested_by_the_secure_element(
-    live: str, ctx: AppContext, attested: tuple[str, Path]
+    live_device: str, service_ca: Path, ctx: AppContext, attested: tuple[str, Path]
 ) -> None:
     device_id, home = attested
     store = Keystore("software", directory=home)
     directory = home / device_id
     first = cert_of(directory)
     enrolled = load_identity(directory)
-    with Server(live) as srv:
+    with device_server(live_device, directory=directory, keystore=store, ca=service_ca) as srv:
         # A new key without the chip: production refuses, and the device keeps
         # its key and certificate.
         with pytest.raises(ServerRefusedError, match="key attestation") as refused:
@@ -84,11 +94,13 @@ def test_new_key_is_attested_by_the_secure_element(
         assert load_identity(directory) == enrolled
         # Same key: nothing changes but the certificate.
         assert renew(srv, store, directory, within=DUE)
-        second = cert_of(directory)
+    second = cert_of(directory)
+    # The next TLS handshake presents the new certificate.
+    with device_server(live_device, directory=directory, keystore=store, ca=service_ca) as srv:
         assert second.serial_number != first.serial_number
         assert second.public_key() == first.public_key()
         # A new key, attested by the chip for this renewal.
-        chip = SimulatedVendor.open(home / "vendor").chip(device_id)
+        chip = SecureElement.load(directory / "chip")
         assert renew(srv, store, directory, within=DUE, new_key=True, chip=chip)
     third = cert_of(directory)
     assert third.public_key() != first.public_key()
@@ -99,18 +111,19 @@ def test_new_key_is_attested_by_the_secure_element(
 
 
 def test_agent_command_renews_onto_an_attested_key(
-    live: str, ctx: AppContext, attested: tuple[str, Path]
+    live_device: str, service_ca: Path, ctx: AppContext, attested: tuple[str, Path]
 ) -> None:
     device_id, home = attested
     runner = CliRunner()
-    args = ["renew", "--device-id", device_id, "--server", live, "--dir", str(home)]
+    args = ["renew", "--device-id", device_id, "--device-server", live_device]
+    args += ["--server-ca", str(service_ca), "--dir", str(home)]
     before = cert_of(home / device_id)
     out = runner.invoke(agent_cli, [*args, "--within-days", "3650", "--new-key"])
     assert isinstance(out.exception, ServerRefusedError) and out.exception.status == 422
     assert cert_of(home / device_id) == before
     out = runner.invoke(
         agent_cli,
-        [*args, "--within-days", "3650", "--new-key", "--secure-element", str(home / "vendor")],
+        [*args, "--within-days", "3650", "--new-key", "--secure-element"],
     )
     assert out.exit_code == 0 and "renewed" in out.output, out.output
     after = cert_of(home / device_id)

@@ -19,7 +19,7 @@ from fleetward.identity import service as identity
 from fleetward.runtime.broker import BrokerRuntime
 from fleetward.runtime.context import AppContext
 from tests.agent.test_agent import factory_line
-from tests.broker import admin_of, connect, synced, wait_for
+from tests.broker import admin_of, observe, service_connect, synced, wait_for
 from tests.hsm import SoftHsm
 
 
@@ -50,7 +50,6 @@ def enrolled_agent(
         broker_host="127.0.0.1",
         broker_port=broker.port,
         broker_ca=broker.files.broker_ca,
-        server_url=live,
         telemetry_interval=0.1,
         seed=1,
         **kw,  # type: ignore[arg-type]
@@ -61,12 +60,19 @@ def enrolled_agent(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_agent_publishes_takes_commands_and_renews_without_losing_data(
-    live: str, admin_token: str, ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
+    live: str,
+    live_device: str,
+    service_ca: Path,
+    admin_token: str,
+    ctx: AppContext,
+    broker: BrokerRuntime,
+    tmp_path: Path,
 ) -> None:
-    f = broker.files
-    svc = connect(broker.service_port, f.broker_ca, f.service_cert, f.service_key)
-    svc.subscribe("fw/default/#")
-    agent, _ = enrolled_agent(live, admin_token, tmp_path, "a1", broker)
+    svc = observe(broker, "fw/default/#")
+    sender = service_connect(broker, "commands")  # fleetward's command identity
+    agent, _ = enrolled_agent(
+        live, admin_token, tmp_path, "a1", broker, server_url=live_device, server_ca=service_ca
+    )
     synced(broker)
     stop = threading.Event()
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
@@ -75,12 +81,13 @@ def test_agent_publishes_takes_commands_and_renews_without_losing_data(
         wait_for(lambda: agent.stats.published >= 5, what="telemetry")
         first_serial = agent.connected_serial
         # An allowed command is delivered and answered; a disallowed one never arrives.
-        svc.publish("fw/default/a1/cmd/wipe", b"{}")
-        svc.publish("fw/default/a1/cmd/ping", b"{}")
+        sender.publish("fw/default/a1/cmd/wipe", b"{}")
+        sender.publish("fw/default/a1/cmd/ping", b"{}")
         wait_for(lambda: "fw/default/a1/cmd-result/ping" in svc.topics(), what="pong")
         assert agent.stats.commands == ["ping"]
         # Renewal: the server asks (command "renew" is not in the default
-        # policy, so allow it first), the agent renews over HTTP and reconnects.
+        # policy, so allow it first), the agent renews over HTTPS on the
+        # device plane (as itself) and reconnects.
         from fleetward.comms import service as comms
         from fleetward.comms.policy import DEFAULT_POLICY, parse_policy
 
@@ -90,7 +97,7 @@ def test_agent_publishes_takes_commands_and_renews_without_losing_data(
         with ctx.db.session() as s:
             comms.set_policy(s, admin, parse_policy(doc))
         synced(broker)
-        svc.publish("fw/default/a1/cmd/renew", b"{}")
+        sender.publish("fw/default/a1/cmd/renew", b"{}")
         wait_for(lambda: agent.stats.renewals == 1, timeout=10, what="renewal")
         wait_for(
             lambda: (
@@ -128,6 +135,7 @@ def test_agent_publishes_takes_commands_and_renews_without_losing_data(
     assert len(seqs) >= agent.stats.published
     assert load_identity(tmp_path / "devices" / "a1")["serial"] == agent.connected_serial
     svc.close()
+    sender.close()
 
 
 @pytest.mark.broker
@@ -176,8 +184,7 @@ def test_agent_connects_with_a_key_that_stays_on_the_token(
     assert load_identity(tmp_path / "devices" / "tok-1")["key_uri"].startswith("pkcs11:")
     synced(broker)
     f = broker.files
-    svc = connect(broker.service_port, f.broker_ca, f.service_cert, f.service_key)
-    svc.subscribe("fw/default/tok-1/#")
+    svc = observe(broker, "fw/default/tok-1/#")
     config = AgentConfig(
         directory=tmp_path / "devices" / "tok-1",
         keystore=store,
@@ -204,7 +211,12 @@ def test_agent_connects_with_a_key_that_stays_on_the_token(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_agent_run_command(
-    live: str, admin_token: str, broker: BrokerRuntime, tmp_path: Path
+    live: str,
+    live_device: str,
+    service_ca: Path,
+    admin_token: str,
+    broker: BrokerRuntime,
+    tmp_path: Path,
 ) -> None:
     """The real ``fleetward-agent run`` process: finds the broker through the
     server, connects, publishes, and stops cleanly on SIGTERM."""
@@ -220,13 +232,12 @@ def test_agent_run_command(
         )
     assert result.error is None
     synced(broker)
-    f = broker.files
-    svc = connect(broker.service_port, f.broker_ca, f.service_cert, f.service_key)
-    svc.subscribe("fw/default/cli-1/#")
+    svc = observe(broker, "fw/default/cli-1/#")
     agent_bin = Path(sys.executable).with_name("fleetward-agent")
     proc = subprocess.Popen(
         [
-            str(agent_bin), "run", "--device-id", "cli-1", "--server", live,
+            str(agent_bin), "run", "--device-id", "cli-1", "--device-server", live_device,
+            "--server-ca", str(service_ca),
             "--dir", str(tmp_path / "agent"), "--interval", "0.2",
             "--hardware", "board-a", "--firmware-version", "1.0.0",
         ],

@@ -1,14 +1,18 @@
-"""The verifier over HTTP with real agents (software and PKCS#11 identity keys)."""
+"""The verifier over HTTPS on the device plane with real agents (software and
+PKCS#11 identity keys), each presenting its certificate as TLS client."""
 
 from __future__ import annotations
 
 import hashlib
+import ssl
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import select
 
+from fleetward.agent import client_context
+from fleetward.agent._p11tls import release_token_keys
 from fleetward.agent.attest import attest
 from fleetward.agent.client import Server, enroll_devices, load_identity
 from fleetward.agent.keystore import Keystore
@@ -28,8 +32,10 @@ BOOTLOADER, KERNEL, APP = b"bootloader v1", b"kernel v1", b"application 1.0.0"
 
 
 class Device:
-    def __init__(self, live: str, store: Keystore, directory: Path, device_id: str) -> None:
-        self.live, self.store, self.dir, self.id = live, store, directory, device_id
+    def __init__(self, ctx: AppContext, store: Keystore, directory: Path, device_id: str) -> None:
+        self.live = f"https://127.0.0.1:{ctx.settings.device_port}"  # the device plane
+        self.ca = ctx.service_pki.ca_cert
+        self.store, self.dir, self.id = store, directory, device_id
         (directory / "boot").mkdir(parents=True, exist_ok=True)
         (directory / "boot" / "bootloader.bin").write_bytes(BOOTLOADER)
         (directory / "boot" / "kernel.bin").write_bytes(KERNEL)
@@ -40,18 +46,27 @@ class Device:
         signer = self.store.open(load_identity(self.dir)["key_uri"])
         return attest(
             server_url=self.live, tenant="default", device_id=self.id, directory=self.dir,
-            slots=self.slots, signer=signer, **kw,  # type: ignore[arg-type]
+            slots=self.slots, signer=signer, verify=self.tls(), **kw,  # type: ignore[arg-type]
         )  # fmt: skip
 
+    def tls(self) -> ssl.SSLContext:
+        """The device plane, as this device."""
+        return client_context(self.dir, self.store, cafile=self.ca)
 
-def enrolled(live: str, admin: str, tmp: Path, device_id: str, store: Keystore) -> Device:
+    def http(self) -> httpx.Client:
+        return httpx.Client(verify=self.tls(), timeout=30)
+
+
+def enrolled(
+    live: str, admin: str, tmp: Path, device_id: str, store: Keystore, ctx: AppContext
+) -> Device:
     token, batch = factory_line(live, admin, "test", [device_id])
     with Server(live, token=token) as srv:
         [r] = enroll_devices(
             srv, store, batch_id=batch, device_ids=[device_id], out_dir=tmp / "dev"
         )
     assert r.error is None
-    return Device(live, store, tmp / "dev" / device_id, device_id)
+    return Device(ctx, store, tmp / "dev" / device_id, device_id)
 
 
 @pytest.fixture
@@ -77,7 +92,7 @@ def test_pass_then_a_tampered_bootloader_fails_naming_it(
     live: str, ctx: AppContext, admin_token: str, released: None, tmp_path: Path
 ) -> None:
     dev = enrolled(
-        live, admin_token, tmp_path, "att-1", Keystore("software", directory=tmp_path / "k")
+        live, admin_token, tmp_path, "att-1", Keystore("software", directory=tmp_path / "k"), ctx
     )
     assert dev.attest() == {"verdict": "pass", "failed": [], "swversion": "1.0.0"}
     (dev.dir / "boot" / "bootloader.bin").write_bytes(BOOTLOADER + b" implant")
@@ -93,7 +108,7 @@ def test_unknown_firmware(
     live: str, ctx: AppContext, admin_token: str, released: None, tmp_path: Path
 ) -> None:
     dev = enrolled(
-        live, admin_token, tmp_path, "att-2", Keystore("software", directory=tmp_path / "k")
+        live, admin_token, tmp_path, "att-2", Keystore("software", directory=tmp_path / "k"), ctx
     )
     dev.slots = Slots(tmp_path / "other", initial_version="6.6.6")
     dev.slots.image("a").write_bytes(APP)
@@ -104,10 +119,11 @@ def test_replayed_nonce_wrong_key_and_revoked_device_are_refused(
     live: str, ctx: AppContext, admin_token: str, released: None, tmp_path: Path
 ) -> None:
     dev = enrolled(
-        live, admin_token, tmp_path, "att-3", Keystore("software", directory=tmp_path / "k")
+        live, admin_token, tmp_path, "att-3", Keystore("software", directory=tmp_path / "k"), ctx
     )
-    base = f"{live}/api/v1/attestation/default/att-3"
-    nonce = httpx.post(f"{base}/nonce").json()["nonce"]
+    base = f"{dev.live}/api/v1/attestation/default/att-3"
+    http = dev.http()
+    nonce = http.post(f"{base}/nonce").json()["nonce"]
     import base64
 
     raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
@@ -117,23 +133,31 @@ def test_replayed_nonce_wrong_key_and_revoked_device_are_refused(
         debug_status=3, boot_count=1, now=utcnow(),
     )  # fmt: skip
     token = sign_evidence(body, signer)
-    assert httpx.post(f"{base}/evidence", json={"evidence": token}).status_code == 200
-    replay = httpx.post(f"{base}/evidence", json={"evidence": token})
+    assert http.post(f"{base}/evidence", json={"evidence": token}).status_code == 200
+    replay = http.post(f"{base}/evidence", json={"evidence": token})
     assert replay.status_code == 422 and "nonce" in replay.json()["detail"]
-    fresh = httpx.post(f"{base}/nonce").json()["nonce"]
+    fresh = http.post(f"{base}/nonce").json()["nonce"]
     body["eat_nonce"] = fresh
     stranger = sign_evidence(body, generate_ephemeral_signer())
-    wrong = httpx.post(f"{base}/evidence", json={"evidence": stranger})
+    wrong = http.post(f"{base}/evidence", json={"evidence": stranger})
     assert wrong.status_code == 422 and "signature" in wrong.json()["detail"]
-    other = httpx.post(f"{live}/api/v1/attestation/default/nobody/nonce")
-    assert other.status_code == 404
+    # A device asks only for itself; without its certificate, nothing at all.
+    other = http.post(f"{dev.live}/api/v1/attestation/default/nobody/nonce")
+    assert other.status_code == 403, other.text
+    anonymous = ssl.create_default_context(cafile=str(dev.ca))
+    assert httpx.post(f"{base}/nonce", verify=anonymous).status_code == 401
+    # Not on the operator plane.
+    assert httpx.post(f"{live}/api/v1/attestation/default/att-3/nonce").status_code == 404
+    body["eat_nonce"] = http.post(f"{base}/nonce").json()["nonce"]
     admin = admin_of(ctx)
     with ctx.db.session() as s:
         identity.revoke_device(s, admin, "att-3", reason="keyCompromise")
-    body["eat_nonce"] = httpx.post(f"{base}/nonce").json()["nonce"]
-    revoked = httpx.post(f"{base}/evidence", json={"evidence": sign_evidence(body, signer)})
-    assert revoked.status_code == 422 and "revoked" in revoked.json()["detail"]
-    assert len(verdicts(ctx, "attestation.refused")) == 3
+    # Revoked: the certificate no longer authenticates (checked against the
+    # database on every request, before the verifier sees the evidence).
+    revoked = http.post(f"{base}/evidence", json={"evidence": sign_evidence(body, signer)})
+    assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"], revoked.text
+    http.close()
+    assert len(verdicts(ctx, "attestation.refused")) == 2
 
 
 @pytest.mark.hsm
@@ -143,15 +167,18 @@ def test_evidence_signed_on_the_token(
     store = Keystore(
         "pkcs11", directory=tmp_path / "k", token_label=softhsm.token_label, pin=softhsm.pin
     )
-    dev = enrolled(live, admin_token, tmp_path, "att-hw", store)
-    assert dev.attest()["verdict"] == "pass"
+    dev = enrolled(live, admin_token, tmp_path, "att-hw", store, ctx)
+    try:
+        assert dev.attest()["verdict"] == "pass"
+    finally:
+        release_token_keys()  # its TLS key holds a login on the session-wide test token
 
 
 def test_withdrawn_release_fails_and_pending_vouches_for_nothing(
     live: str, ctx: AppContext, admin_token: str, released: None, tmp_path: Path
 ) -> None:
     dev = enrolled(
-        live, admin_token, tmp_path, "att-w", Keystore("software", directory=tmp_path / "k")
+        live, admin_token, tmp_path, "att-w", Keystore("software", directory=tmp_path / "k"), ctx
     )
     rm = operator(ctx, "release-manager", "rm2")
     [rel] = call(live, rm, "GET", "/api/v1/releases").json()["items"]

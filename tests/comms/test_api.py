@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from fleetward.audit.models import AuditEntry
 from fleetward.cli.main import app as cli
+from fleetward.errors import InvalidInputError, NotFoundError
 from fleetward.runtime.broker import BrokerRuntime
 from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
-from tests.broker import connect, make_device, synced, wait_for
+from tests.broker import connect, make_device, service_connect, synced, wait_for
 
 POLICY = {
     "roles": {
@@ -118,6 +119,35 @@ def test_explain_on_a_revoked_device(
     assert out["decision"] == "deny" and "revoked" in out["reason"]
 
 
+def test_explain_follows_environment_selectors(
+    client: TestClient, ctx: AppContext, admin_token: str, tmp_path: Path
+) -> None:
+    h = auth(admin_token)
+    policy = {
+        "roles": {
+            "prod": {
+                "devices": {"environment": "production"},
+                "publish": ["fw/{tenant}/{device}/telemetry/#"],
+            }
+        }
+    }
+    assert client.put("/api/v1/comms/policy", headers=h, json={"document": policy}).is_success
+    make_device(ctx, tmp_path, "lab-1")  # lives in test
+    check = {"device": "lab-1", "action": "publish", "topic": "fw/default/lab-1/telemetry/x"}
+    url = "/api/v1/comms/policy/decisions"
+    assert client.post(url, headers=h, json=check).json()["decision"] == "deny"
+    asked = client.post(url, headers=h, json={**check, "environment": "production"}).json()
+    assert asked["decision"] == "allow" and asked["rule"].startswith("role prod")
+    for bad in ("staging", "", 7, "production\n"):
+        resp = client.post(url, headers=h, json={**check, "environment": bad})
+        assert resp.status_code == 422, resp.text
+        assert resp.headers["content-type"].startswith("application/problem+json")
+    bad_doc = {"roles": {"r": {"devices": {"environment": ["production"]}}}}
+    resp = client.put("/api/v1/comms/policy", headers=h, json={"document": bad_doc})
+    assert resp.status_code in (400, 422) and "environment" in resp.text
+    assert client.post(url, json=check).status_code == 401
+
+
 def test_commands_without_a_broker_answer_503(
     client: TestClient, ctx: AppContext, admin_token: str, tmp_path: Path
 ) -> None:
@@ -142,8 +172,7 @@ def test_commands_through_the_broker(
     refused = client.post("/api/v1/devices/d1/commands/wipe", headers=h, json={})
     assert refused.status_code == 403 and "wipe" in refused.json()["detail"]
     # Defence in depth: even fleetward's own identity cannot get it delivered.
-    f = broker.files
-    svc = connect(broker.service_port, f.broker_ca, f.service_cert, f.service_key)
+    svc = service_connect(broker, "commands")
     svc.publish("fw/default/d1/cmd/wipe", b"{}")
     wait_for(
         lambda: (
@@ -159,8 +188,59 @@ def test_commands_through_the_broker(
     assert c.messages == [("fw/default/d1/cmd/ping", b'{"n": 1}')]
     svc.close()
     info = client.get("/api/v1/comms/broker").json()
-    assert info["port"] == broker.port and "BEGIN CERTIFICATE" in info["ca_pem"]
+    assert info["listeners"] == {
+        env: {"host": "127.0.0.1", "port": port} for env, port in broker.ports.items()
+    }
+    assert info["port"] == broker.ports["production"] and info["host"] == "127.0.0.1"
+    # The CA of the broker's certificate: fleetward's service CA.
+    assert info["ca_pem"] == ctx.service_pki.ca_pem.decode()
     c.close()
+
+
+def test_discovery_without_a_broker_here_names_the_settings(
+    client: TestClient, ctx: AppContext
+) -> None:
+    """``serve`` on a host without the broker still tells devices where to go."""
+    info = client.get("/api/v1/comms/broker")
+    assert info.status_code == 200, info.text
+    body = info.json()
+    s = ctx.settings
+    assert body["listeners"]["production"] == {"host": s.mqtt_host, "port": s.mqtt_production_port}
+    assert body["listeners"]["test"]["port"] == s.mqtt_test_port
+    assert body["listeners"]["drill"]["port"] == s.mqtt_drill_port
+    assert "BEGIN CERTIFICATE" in body["ca_pem"]
+    # Nothing to send: no body, no parameters; other methods are refused.
+    assert client.post("/api/v1/comms/broker", json={}).status_code == 405
+    hostile = client.get("/api/v1/comms/broker?listeners=%00" + "x" * 5000)
+    assert hostile.status_code == 200 and hostile.json() == body
+
+
+def test_cli_policy_explains_service_identities(ctx: AppContext) -> None:
+    runner = CliRunner()
+    home = ["--home", str(ctx.settings.home)]
+
+    def check(*args: str) -> Result:
+        return runner.invoke(cli, [*home, "policy", "check", *args])
+
+    ok = check("--service", "commands", "--publish", "fw/default/d1/cmd/ping")
+    assert ok.exit_code == 0, ok.output
+    assert "allow" in ok.output and "fleetward-commands" in ok.output
+    assert "service:commands: allow publish fw/+/+/cmd/+" in ok.output
+    no = check("--service", "commands", "--subscribe", "fw/#")
+    assert no.exit_code == 1 and "deny" in no.output and "not the job" in no.output
+    assert check("--service", "ingest", "--subscribe", "$share/g/fw/+/+/telemetry/#").exit_code == 0
+    assert check("--service", "ingest", "--publish", "fw/default/d1/telemetry/x").exit_code == 1
+    assert check("--service", "ota", "--receive", "fw/default/d1/state/ota").exit_code == 0
+    assert check("--service", "ota", "--publish", "fw/default/d1/cmd/wipe").exit_code == 1
+    # Bad input is a domain error (the CLI's entry point prints one line of it).
+    unknown = check("--service", "root", "--publish", "fw/x")
+    assert isinstance(unknown.exception, NotFoundError)
+    assert "no service identity" in str(unknown.exception)
+    both = check("--service", "ota", "--device", "d1", "--publish", "fw/x")
+    assert isinstance(both.exception, InvalidInputError)
+    assert "exactly one of --device or --service" in str(both.exception)
+    bad = check("--service", "ota", "--publish", "fw/+/x")
+    assert isinstance(bad.exception, InvalidInputError) and "wildcards" in str(bad.exception)
 
 
 def test_cli_policy(ctx: AppContext, tmp_path: Path) -> None:

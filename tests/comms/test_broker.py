@@ -2,7 +2,8 @@
 
 Devices hold real certificates from the tenant CA and connect over TLS with
 paho (MQTT 5) or the mosquitto command-line clients; fleetward's own service
-identity connects on the service listener.
+identities (one per job) connect on the service listener; the tests watch
+with a receive-only ``observer`` identity of their own (tests/broker.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from tests.broker import (
     admin_of,
     connect,
     make_device,
+    observe,
+    service_connect,
     synced,
     wait_for,
 )
@@ -46,9 +49,8 @@ def dev(broker: BrokerRuntime, creds: DeviceCreds, **kw: object) -> Client:
     return connect(broker.port, files.broker_ca, creds.cert, creds.key, **kw)  # type: ignore[arg-type]
 
 
-def service_client(broker: BrokerRuntime) -> Client:
-    f = broker.files
-    return connect(broker.service_port, f.broker_ca, f.service_cert, f.service_key)
+def service_client(broker: BrokerRuntime, job: str = "commands") -> Client:
+    return service_connect(broker, job)
 
 
 def events(ctx: AppContext, type_: str) -> list[dict[str, object]]:
@@ -63,8 +65,8 @@ def test_devices_reach_only_their_own_topics(
     d1 = make_device(ctx, tmp_path, "d1")
     d2 = make_device(ctx, tmp_path, "d2")
     synced(broker)
-    svc = service_client(broker)
-    assert svc.subscribe("fw/default/#") == GRANTED_QOS1
+    svc = observe(broker, "fw/default/#")
+    ota = service_client(broker, "ota")
     c1, c2 = dev(broker, d1), dev(broker, d2)
     # Own telemetry: allowed and delivered to fleetward.
     assert c1.publish("fw/default/d1/telemetry/temp", b"21") == 0
@@ -76,12 +78,12 @@ def test_devices_reach_only_their_own_topics(
     assert c2.subscribe("#") == NOT_AUTHORIZED
     assert c2.subscribe("fw/default/+/ota/#") == NOT_AUTHORIZED
     assert c1.subscribe("fw/default/d1/ota/#") == GRANTED_QOS1
-    svc.publish("fw/default/d1/ota/manifest", b"m1")
-    svc.publish("fw/default/d2/ota/manifest", b"m2")
-    wait_for(lambda: "fw/default/d1/ota/manifest" in c1.topics(), what="d1's update")
+    ota.publish("fw/default/d1/ota/offer", b"m1")
+    ota.publish("fw/default/d2/ota/offer", b"m2")
+    wait_for(lambda: "fw/default/d1/ota/offer" in c1.topics(), what="d1's update")
     wait_for(lambda: ("fw/default/d1/telemetry/temp", b"21") in svc.messages, what="telemetry")
     time.sleep(0.3)
-    assert c1.topics() == ["fw/default/d1/ota/manifest"]
+    assert c1.topics() == ["fw/default/d1/ota/offer"]
     assert c2.messages == []
     assert b"forged" not in [p for _, p in svc.messages]
     # The denials are counted per device and land as events.
@@ -90,7 +92,7 @@ def test_devices_reach_only_their_own_topics(
     with ctx.db.read() as s:
         counts = comms.denial_counts(s, admin, "d2")
     assert counts["authz.denied"] >= 5
-    for c in (c1, c2, svc):
+    for c in (c1, c2, svc, ota):
         c.close()
 
 
@@ -259,10 +261,11 @@ def test_quarantine_keeps_only_quarantine_topics_live(
     assert c1.publish("fw/default/d1/telemetry/x") == 0
     assert c1.publish("fw/default/d1/boot/evidence") == 0
     svc = service_client(broker)
+    ota = service_client(broker, "ota")
     svc.publish("fw/default/d1/cmd/ping", b"p")
     assert c1.subscribe("fw/default/d1/ota/#") == GRANTED_QOS1
-    svc.publish("fw/default/d1/ota/m", b"u")
-    wait_for(lambda: "fw/default/d1/ota/m" in c1.topics(), what="update")
+    ota.publish("fw/default/d1/ota/offer", b"u")
+    wait_for(lambda: "fw/default/d1/ota/offer" in c1.topics(), what="update")
     assert "fw/default/d1/cmd/ping" not in c1.topics()
     assert not c1.disconnected.is_set()
     with ctx.db.session() as s:
@@ -271,6 +274,7 @@ def test_quarantine_keeps_only_quarantine_topics_live(
     assert c1.publish("fw/default/d1/state/x") == 0
     c1.close()
     svc.close()
+    ota.close()
 
 
 def test_client_id_takeover_fails(ctx: AppContext, broker: BrokerRuntime, tmp_path: Path) -> None:
@@ -290,9 +294,10 @@ def test_client_id_takeover_fails(ctx: AppContext, broker: BrokerRuntime, tmp_pa
 def test_untrusted_certificates_are_refused_at_the_handshake(
     ctx: AppContext, broker: BrokerRuntime, tmp_path: Path
 ) -> None:
-    # fleetward's own service certificate is not a device certificate.
+    # fleetward's own service certificates are not device certificates.
     f = broker.files
-    c = connect(broker.port, f.broker_ca, f.service_cert, f.service_key, expect_ok=False)
+    pair = ctx.service_pki.client("commands")
+    c = connect(broker.port, f.broker_ca, pair.cert, pair.key, expect_ok=False)
     assert not c.connected.wait(1.0)
     c.close()
     # A self-made certificate with a device's name.
@@ -378,8 +383,7 @@ def test_wildcards_in_a_publish_topic_are_refused(
 
     d1 = make_device(ctx, tmp_path, "d1")
     synced(broker)
-    svc = service_client(broker)
-    svc.subscribe("fw/default/#")
+    svc = observe(broker, "fw/default/#")
     context = ssl.create_default_context(cafile=str(broker.files.broker_ca))
     context.load_cert_chain(str(d1.cert), str(d1.key))
     with (

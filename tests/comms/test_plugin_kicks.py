@@ -29,7 +29,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from fleetward.identity import service as identity
 from fleetward.runtime.broker import BrokerRuntime
 from fleetward.runtime.context import AppContext
-from tests.broker import DeviceCreds, admin_of, connect, make_device, synced, wait_for
+from tests.broker import (
+    DeviceCreds,
+    admin_of,
+    make_device,
+    service_connect,
+    synced,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -140,8 +147,7 @@ def test_cutting_off_disconnected_sessions_leaves_the_broker_alive(
             identity.revoke_devices(s, admin, [c.device_id for c in gone], reason="keyCompromise")
         synced(broker)  # the plugin reloads the table: the cohort is to be cut off
     else:
-        f = broker.files
-        svc = connect(broker.service_port, f.broker_ca, f.service_cert, f.service_key)
+        svc = service_connect(broker, "commands")
         for creds in gone:
             svc.publish(f"fw/default/{creds.device_id}/cmd/ping", b"ping")
         svc.close()

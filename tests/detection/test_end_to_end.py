@@ -41,7 +41,7 @@ def test_tampered_bootloader_is_quarantined_within_two_seconds(
     tmp_path: Path,
 ) -> None:
     store = Keystore("software", directory=tmp_path / "k")
-    dev = enrolled(live, admin_token, tmp_path, "victim", store)
+    dev = enrolled(live, admin_token, tmp_path, "victim", store, ctx)
     resp = call(
         live, admin_token, "PUT", "/api/v1/alerts/responses/boot-integrity",
         json={"action": "quarantine-device"},

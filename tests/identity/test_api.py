@@ -24,6 +24,7 @@ from fleetward.identity.renewal import renewal_proof_message
 from fleetward.runtime.context import AppContext
 from fleetward.store import utcnow
 from fleetward.tenancy import service as tenancy
+from tests.conftest import DeviceTestClient
 from tests.helpers import csr_pem, new_key
 
 
@@ -260,17 +261,21 @@ def test_cross_tenant_access_is_not_found(
     )
 
 
-def test_renewal_same_key_and_new_key(client: TestClient, admin_token: str) -> None:
+def test_renewal_same_key_and_new_key(
+    client: TestClient, device_client: DeviceTestClient, admin_token: str
+) -> None:
     key = new_key()
     first = enroll(client, admin_token, "r1", csr_pem(key, "r1")).json()["certificate"]
-    resp = client.post(
+    resp = device_client.as_device(first).post(
         "/api/v1/renew", json={"certificate": first, "csr": csr_pem(key, "r1").decode()}
     )
     assert resp.status_code == 201, resp.text
     second = resp.json()["certificate"]
     new = new_key()
     new_csr = csr_pem(new, "r1")
-    resp = client.post("/api/v1/renew", json={"certificate": second, "csr": new_csr.decode()})
+    resp = device_client.as_device(second).post(
+        "/api/v1/renew", json={"certificate": second, "csr": new_csr.decode()}
+    )
     assert_problem(resp, 422, "needs a proof")
     der = x509.load_pem_x509_csr(new_csr).public_bytes(
         __import__(
@@ -279,7 +284,7 @@ def test_renewal_same_key_and_new_key(client: TestClient, admin_token: str) -> N
     )
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     forged = new.sign(renewal_proof_message(der), ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg, arg-type]
-    resp = client.post(
+    resp = device_client.as_device(second).post(
         "/api/v1/renew",
         json={
             "certificate": second,
@@ -289,7 +294,7 @@ def test_renewal_same_key_and_new_key(client: TestClient, admin_token: str) -> N
     )
     assert_problem(resp, 422, "does not verify")
     proof = key.sign(renewal_proof_message(der), ec.ECDSA(hashes.SHA256()))
-    resp = client.post(
+    resp = device_client.as_device(second).post(
         "/api/v1/renew",
         json={
             "certificate": second,
@@ -305,7 +310,7 @@ def test_renewal_same_key_and_new_key(client: TestClient, admin_token: str) -> N
 
 
 def test_revoked_certificate_cannot_renew(
-    client: TestClient, ctx: AppContext, admin_token: str
+    client: TestClient, device_client: DeviceTestClient, ctx: AppContext, admin_token: str
 ) -> None:
     key = new_key()
     body = enroll(client, admin_token, "r2", csr_pem(key, "r2")).json()
@@ -317,12 +322,13 @@ def test_revoked_certificate_cannot_renew(
     assert (
         resp.json()["status"] == "revoked" and resp.json()["revocation_reason"] == "keyCompromise"
     )
-    resp = client.post(
+    resp = device_client.as_device(body["certificate"]).post(
         "/api/v1/renew",
         json={"certificate": body["certificate"], "csr": csr_pem(key, "r2").decode()},
     )
-    assert_problem(resp, 422, "revoked")
-    assert len(refused(ctx, "certificate.renew")) == 1
+    # Refused when the device authenticates, before any work: counted, not audited.
+    assert_problem(resp, 401, "revoked")
+    assert len(refused(ctx, "certificate.renew")) == 0
     history = client.get("/api/v1/devices/r2/certificates", headers=auth(admin_token)).json()[
         "items"
     ]

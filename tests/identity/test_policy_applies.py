@@ -197,7 +197,8 @@ class Workers:
         self.proc = subprocess.Popen(
             [
                 str(fleetward), "--home", str(ctx.settings.home), "serve",
-                "--port", str(self.port), "--workers", "2", "--crl-interval", "3600",
+                "--port", str(self.port), "--device-port", str(_free_port()),
+                "--workers", "2", "--crl-interval", "3600",
             ],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
@@ -211,7 +212,7 @@ class Workers:
             for _ in range(CONNECTIONS)
         ]
         for c in self.conns:  # wait until each connection's worker answers
-            status, _ = self.call(c, "GET", "/.well-known/est/cacerts")
+            status, _ = self.call(c, "GET", "/api/v1/comms/broker")
             assert status == 200
         self.pids = _descendants(self.proc.pid)
 

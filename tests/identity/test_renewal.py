@@ -29,6 +29,7 @@ from fleetward.identity.models import CertificateRecord, Device
 from fleetward.provisioning import attestation
 from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
+from tests.conftest import DeviceTestClient
 from tests.helpers import csr_pem
 from tests.provisioning.chips import Vendor
 
@@ -75,6 +76,7 @@ class Tenant:
     ctx: AppContext
     admin: str
     vendor: Vendor
+    device: DeviceTestClient  # the device plane
 
     def allow_unattested(self, allow: bool) -> None:
         with self.ctx.db.session() as s:
@@ -147,8 +149,10 @@ class Tenant:
 
 
 @pytest.fixture
-def tenant(client: TestClient, ctx: AppContext, admin_token: str) -> Tenant:
-    t = Tenant(client, ctx, admin_token, Vendor.create())
+def tenant(
+    client: TestClient, device_client: DeviceTestClient, ctx: AppContext, admin_token: str
+) -> Tenant:
+    t = Tenant(client, ctx, admin_token, Vendor.create(), device_client)
     resp = client.post(
         f"{API}/attestation-roots",
         json={"name": t.vendor.name, "certificate": t.vendor.root_pem()},
@@ -188,7 +192,7 @@ def renew_body(
 
 
 def renewed(tenant: Tenant, dev: Enrolled, body: dict[str, Any], key: Any = None) -> Enrolled:
-    resp = tenant.client.post("/api/v1/renew", json=body)
+    resp = tenant.device.as_device(body["certificate"]).post("/api/v1/renew", json=body)
     assert resp.status_code == 201, resp.text
     issued(dev.device_id, resp.json()["certificate"])
     return Enrolled(dev.device_id, key or dev.key, resp.json()["certificate"])
@@ -198,7 +202,7 @@ def assert_refused(
     tenant: Tenant, dev: Enrolled, body: dict[str, Any], status: int, slug: str
 ) -> None:
     before = tenant.certificates(dev.device_id), tenant.state(dev.device_id)
-    resp = tenant.client.post("/api/v1/renew", json=body)
+    resp = tenant.device.as_device(body["certificate"]).post("/api/v1/renew", json=body)
     assert resp.status_code == status, resp.text
     assert resp.json()["type"].endswith(slug), resp.json()
     assert (tenant.certificates(dev.device_id), tenant.state(dev.device_id)) == before
@@ -329,10 +333,7 @@ def cert_serial(dev: Enrolled) -> str:
 def est_renew(
     tenant: Tenant, dev: Enrolled, body: dict[str, Any], *, attestation_header: str | None = None
 ) -> Any:
-    cert = x509.load_pem_x509_certificate(body["certificate"].encode())
-    headers = {
-        "X-Fleetward-Client-Cert": base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
-    }
+    headers = {}
     if "proof" in body:
         headers["X-Fleetward-Renewal-Proof"] = body["proof"]
     if "attestation" in body:
@@ -341,7 +342,7 @@ def est_renew(
         ).decode()
     if attestation_header is not None:
         headers["X-Fleetward-Key-Attestation"] = attestation_header
-    return tenant.client.post(
+    return tenant.device.as_device(body["certificate"]).post(
         "/.well-known/est/simplereenroll",
         content=base64.encodebytes(der_of(body["csr"].encode())),
         headers=headers,

@@ -53,9 +53,11 @@ def ask(
     return ocsp.load_der_ocsp_response(resp.content)
 
 
-def test_ocsp_good_revoked_unknown_and_nonce(client: TestClient, admin_token: str) -> None:
+def test_ocsp_good_revoked_unknown_and_nonce(
+    client: TestClient, admin_token: str, device_client: TestClient
+) -> None:
     cert, issuer = issue(client, admin_token, "o1")
-    answer = ask(client, cert, issuer, nonce=b"0123456789abcdef")
+    answer = ask(device_client, cert, issuer, nonce=b"0123456789abcdef")
     assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
     assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
     assert (
@@ -69,7 +71,7 @@ def test_ocsp_good_revoked_unknown_and_nonce(client: TestClient, admin_token: st
         json={"reason": "superseded"},
         headers=auth(admin_token),
     )
-    answer = ask(client, cert, issuer, get=True)
+    answer = ask(device_client, cert, issuer, get=True)
     assert answer.certificate_status == ocsp.OCSPCertStatus.REVOKED
     assert answer.revocation_reason == x509.ReasonFlags.superseded
     # Same issuer, a serial fleetward never issued.
@@ -89,13 +91,15 @@ def test_ocsp_good_revoked_unknown_and_nonce(client: TestClient, admin_token: st
         )
         .build()
     )
-    resp = client.post("/ocsp", content=req.public_bytes(Encoding.DER))
+    resp = device_client.post("/ocsp", content=req.public_bytes(Encoding.DER))
     assert (
         ocsp.load_der_ocsp_response(resp.content).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
     )
 
 
-def test_ocsp_unknown_issuer_and_malformed(client: TestClient, admin_token: str) -> None:
+def test_ocsp_unknown_issuer_and_malformed(
+    client: TestClient, admin_token: str, device_client: TestClient
+) -> None:
     cert, _ = issue(client, admin_token, "o2")
     signer = generate_ephemeral_signer()
     foreign = sign_certificate(
@@ -104,14 +108,14 @@ def test_ocsp_unknown_issuer_and_malformed(client: TestClient, admin_token: str)
         ),
         signer,
     )
-    answer = ask(client, cert, foreign)
+    answer = ask(device_client, cert, foreign)
     assert answer.response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
-    resp = client.post("/ocsp", content=b"\x30\x00garbage")
+    resp = device_client.post("/ocsp", content=b"\x30\x00garbage")
     assert (
         ocsp.load_der_ocsp_response(resp.content).response_status
         == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
     )
-    resp = client.post("/ocsp", content=b"\x30" * 5000)
+    resp = device_client.post("/ocsp", content=b"\x30" * 5000)
     assert (
         ocsp.load_der_ocsp_response(resp.content).response_status
         == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
@@ -119,21 +123,21 @@ def test_ocsp_unknown_issuer_and_malformed(client: TestClient, admin_token: str)
 
 
 def test_revocation_leaves_the_crl_to_the_publisher(
-    client: TestClient, ctx: AppContext, admin_token: str
+    client: TestClient, ctx: AppContext, admin_token: str, device_client: TestClient
 ) -> None:
     cert, issuer = issue(client, admin_token, "c1")
     ca_id = 3
-    before = x509.load_der_x509_crl(client.get(f"/crl/{ca_id}.crl").content)
+    before = x509.load_der_x509_crl(device_client.get(f"/crl/{ca_id}.crl").content)
     assert before.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
     client.post(
         f"/api/v1/certificates/{format(cert.serial_number, 'x')}/revocation",
         json={"reason": "keyCompromise"},
         headers=auth(admin_token),
     )
-    unchanged = x509.load_der_x509_crl(client.get(f"/crl/{ca_id}.crl").content)
+    unchanged = x509.load_der_x509_crl(device_client.get(f"/crl/{ca_id}.crl").content)
     assert unchanged.get_revoked_certificate_by_serial_number(cert.serial_number) is None
     client.app.state.runtime.step("publisher")  # type: ignore[attr-defined]
-    after = x509.load_der_x509_crl(client.get(f"/crl/{ca_id}.crl").content)
+    after = x509.load_der_x509_crl(device_client.get(f"/crl/{ca_id}.crl").content)
     entry = after.get_revoked_certificate_by_serial_number(cert.serial_number)
     assert entry is not None
     assert (
@@ -199,7 +203,7 @@ def test_tokens_over_the_api(client: TestClient, admin_token: str) -> None:
 
 
 def test_crl_rebuilds_append_only_new_revocations(
-    client: TestClient, ctx: AppContext, admin_token: str
+    client: TestClient, ctx: AppContext, admin_token: str, device_client: TestClient
 ) -> None:
     first, _ = issue(client, admin_token, "inc1")
     second, _ = issue(client, admin_token, "inc2")
@@ -211,7 +215,7 @@ def test_crl_rebuilds_append_only_new_revocations(
         )
         [build] = publication.publish_crls(ctx.db, ctx.pki)
         assert build.revocations_seen == ctx.pki.crl_entries[build.ca_id].upto
-    crl = x509.load_der_x509_crl(client.get("/crl/3.crl").content)
+    crl = x509.load_der_x509_crl(device_client.get("/crl/3.crl").content)
     assert {r.serial_number for r in crl} == {first.serial_number, second.serial_number}
     assert ctx.pki.crl_entries[3].count == 2
     # A publisher without the cache (another process) builds the same list in full.

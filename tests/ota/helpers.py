@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 from pathlib import Path
 from typing import Any
 
 import httpx
 from tuf.ngclient import Updater
 
+from fleetward.agent import HttpsFetcher
 from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
 
@@ -68,13 +70,17 @@ def upload(
     return call(live, token, "POST", "/api/v1/releases", data=data, files=files)
 
 
-def updater(live: str, directory: Path, root: bytes) -> Updater:
-    """A stock python-tuf client with its own metadata directory."""
+def updater(ctx: AppContext, directory: Path, root: bytes) -> Updater:
+    """A stock python-tuf client with its own metadata directory, fetching
+    from the live device plane (HTTPS, the service CA; see ``planes``)."""
     directory.mkdir(parents=True, exist_ok=True)
+    base = f"https://127.0.0.1:{ctx.settings.device_port}/tuf/default"
+    fetcher = HttpsFetcher(ssl.create_default_context(cafile=str(ctx.service_pki.ca_cert)))
     return Updater(
         metadata_dir=str(directory),
-        metadata_base_url=f"{live}/tuf/default/metadata/",
+        metadata_base_url=f"{base}/metadata/",
         target_dir=str(directory),
-        target_base_url=f"{live}/tuf/default/targets/",
+        target_base_url=f"{base}/targets/",
         bootstrap=root,
+        fetcher=fetcher,
     )

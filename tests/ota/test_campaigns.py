@@ -58,7 +58,7 @@ class Fleet:
 
     def handle(self, offer: campaigns.Offer) -> tuple[str, str]:
         slots = self.slots[offer.device_id]
-        tuf = updater(self.live, self.tmp / offer.device_id / "tuf", self.root)
+        tuf = updater(self.ctx, self.tmp / offer.device_id / "tuf", self.root)
         install(tuf, slots, target_path=offer.payload["target"], hardware="board-a")
         while slots.pending is not None:
             slots.boot(lambda image: b"BROKEN" not in image.read_bytes())
@@ -136,7 +136,7 @@ def test_bad_release_halts_in_the_first_wave_and_goes_no_further(
         assert s.get(Release, rid).state == "withdrawn"  # type: ignore[union-attr]
     assert {f.device_id for f in fallbacks} == {o.device_id for o in offers[3:]}
     assert all(f.topic.endswith("/ota/fallback") for f in fallbacks)
-    client = updater(live, tmp_path / "late", root_of(ctx))
+    client = updater(ctx, tmp_path / "late", root_of(ctx))
     client.refresh()
     assert client.get_targetinfo("thermo/1.1.0/fw.bin") is None  # gone from targets
 

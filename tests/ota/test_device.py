@@ -38,7 +38,7 @@ def test_install_commits_after_a_healthy_boot(
 ) -> None:
     release(live, repo, "1.1.0")
     slots = Slots(tmp_path / "dev", initial_version="1.0.0")
-    client = updater(live, tmp_path / "tuf", root_of(ctx))
+    client = updater(ctx, tmp_path / "tuf", root_of(ctx))
     assert install(client, slots, target_path="thermo/1.1.0/fw.bin", hardware="board-a") == "1.1.0"
     assert slots.installed_version == "1.0.0"  # still running the old slot
     assert slots.pending == {"slot": "b", "version": "1.1.0", "boots_left": 3}
@@ -54,7 +54,7 @@ def test_unhealthy_image_falls_back_after_n_boots(
     release(live, repo, "1.1.0", image=b"BROKEN firmware")
     slots = Slots(tmp_path / "dev", initial_version="1.0.0")
     install(
-        updater(live, tmp_path / "tuf", root_of(ctx)),
+        updater(ctx, tmp_path / "tuf", root_of(ctx)),
         slots,
         target_path="thermo/1.1.0/fw.bin",
         hardware="board-a",
@@ -66,7 +66,7 @@ def test_unhealthy_image_falls_back_after_n_boots(
     # A crashing health check counts as a failed boot, never as success.
     release(live, repo, "1.2.0", image=b"fine")
     install(
-        updater(live, tmp_path / "tuf2", root_of(ctx)),
+        updater(ctx, tmp_path / "tuf2", root_of(ctx)),
         slots,
         target_path="thermo/1.2.0/fw.bin",
         hardware="board-a",
@@ -86,7 +86,7 @@ def test_device_refuses_other_hardware_older_versions_and_unsigned_targets(
     slots = Slots(tmp_path / "dev", initial_version="1.1.0")
 
     def client() -> object:  # a device makes a fresh TUF client per update check
-        return updater(live, tmp_path / "tuf", root_of(ctx))
+        return updater(ctx, tmp_path / "tuf", root_of(ctx))
 
     with pytest.raises(UpdateRefusedError, match="anti-rollback"):
         install(client(), slots, target_path="thermo/1.1.0/fw.bin", hardware="board-a")
@@ -113,7 +113,7 @@ def test_tampered_artifact_never_reaches_a_slot(
     slots = Slots(tmp_path / "dev", initial_version="1.0.0")
     with pytest.raises(tuf_errors.LengthOrHashMismatchError):
         install(
-            updater(live, tmp_path / "tuf", root_of(ctx)),
+            updater(ctx, tmp_path / "tuf", root_of(ctx)),
             slots,
             target_path="thermo/1.1.0/fw.bin",
             hardware="board-a",

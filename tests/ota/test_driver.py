@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetward.agent import client_context
 from fleetward.agent.client import Server, enroll_devices
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.mqtt import AgentConfig, DeviceAgent
@@ -17,7 +18,7 @@ from fleetward.runtime.broker import BrokerRuntime
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.workers import CampaignDriver
 from tests.agent.test_agent import factory_line
-from tests.broker import connect, synced, wait_for
+from tests.broker import observe, synced, wait_for
 from tests.ota.helpers import call, operator, upload
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -40,7 +41,8 @@ def test_campaign_over_mqtt_commits_a_good_release_and_halts_on_a_bad_one(
     directory = tmp_path / "devices" / "ota-1"
     ota = OtaClient(
         directory,
-        server_url=live,
+        server_url=f"https://127.0.0.1:{ctx.settings.device_port}",
+        tls=lambda: client_context(directory, store, cafile=ctx.service_pki.ca_cert),
         tenant="default",
         hardware="board-a",
         initial_version="1.0.0",
@@ -59,9 +61,7 @@ def test_campaign_over_mqtt_commits_a_good_release_and_halts_on_a_bad_one(
     assert (
         call(live, rm, "POST", "/api/v1/ota/products/p", json={"threshold": 1}).status_code == 201
     )
-    f = broker.files
-    watcher = connect(broker.service_port, f.broker_ca, f.service_cert, f.service_key)
-    watcher.subscribe("fw/default/ota-1/state/ota")
+    watcher = observe(broker, "fw/default/ota-1/state/ota")
     synced(broker)
     driver = CampaignDriver(ctx, interval=0.2)
     driver.start()

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 from tuf.api import exceptions as tuf_errors
@@ -72,7 +73,7 @@ def test_release_gate_then_stock_client_verifies_and_downloads(
     assert out["state"] == "pending"
     assert out["gate"] == ["signed by 0 of the 2 release signers needed"]
     rid = out["id"]
-    client = updater(live, tmp_path / "c1", root_of(ctx))
+    client = updater(ctx, tmp_path / "c1", root_of(ctx))
     client.refresh()
     assert client.get_targetinfo("thermo/1.0.0/fw.bin") is None  # not signed yet
     assert call(live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/approvals").json()["state"] == (
@@ -85,7 +86,7 @@ def test_release_gate_then_stock_client_verifies_and_downloads(
     )
     done = call(live, repo["rm2"], "POST", f"/api/v1/releases/{rid}/approvals").json()
     assert done["state"] == "deployable" and done["gate"] == []
-    client = updater(live, tmp_path / "c2", root_of(ctx))
+    client = updater(ctx, tmp_path / "c2", root_of(ctx))
     client.refresh()
     info = client.get_targetinfo("thermo/1.0.0/fw.bin")
     assert info is not None
@@ -142,7 +143,7 @@ def test_tampered_artifact_is_refused(
         sha = s.execute(select(Release.sha256)).scalar_one()
     blob = LocalBlobStore(ctx.settings.home / "blobs").path(sha)
     blob.write_bytes(IMAGE.replace(b"1.0.0", b"6.6.6"))  # same length, other bytes
-    client = updater(live, tmp_path / "c", root_of(ctx))
+    client = updater(ctx, tmp_path / "c", root_of(ctx))
     client.refresh()
     info = client.get_targetinfo("thermo/1.0.0/fw.bin")
     assert info is not None
@@ -155,7 +156,7 @@ def test_artifact_not_in_targets_is_not_offered(
     live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
 ) -> None:
     release(live, repo, "1.0.0")
-    client = updater(live, tmp_path / "c", root_of(ctx))
+    client = updater(ctx, tmp_path / "c", root_of(ctx))
     client.refresh()
     assert client.get_targetinfo("thermo/1.0.1/fw.bin") is None
     assert client.get_targetinfo("other/1.0.0/fw.bin") is None
@@ -179,7 +180,7 @@ def test_metadata_signed_below_threshold_is_refused(
 ) -> None:
     release(live, repo, "1.0.0")
     _rewrite_latest(ctx, "product-thermo", lambda d: d["signatures"].pop())  # 1 of 2 left
-    client = updater(live, tmp_path / "c", root_of(ctx))
+    client = updater(ctx, tmp_path / "c", root_of(ctx))
     client.refresh()
     with pytest.raises(tuf_errors.UnsignedMetadataError):
         client.get_targetinfo("thermo/1.0.0/fw.bin")
@@ -195,7 +196,7 @@ def test_expired_timestamp_is_refused(
     release(live, repo, "1.0.0")
     with ctx.db.session() as s:
         ota._publish_snapshot_and_timestamp(s, ctx.pki.keyring, 1, utcnow() - dt.timedelta(days=3))
-    client = updater(live, tmp_path / "c", root_of(ctx))
+    client = updater(ctx, tmp_path / "c", root_of(ctx))
     with pytest.raises(tuf_errors.ExpiredMetadataError):
         client.refresh()
 
@@ -205,7 +206,7 @@ def test_older_metadata_is_refused(
 ) -> None:
     """Rollback attack: after seeing timestamp N, the client is served N-1."""
     release(live, repo, "1.0.0")
-    client = updater(live, tmp_path / "c", root_of(ctx))
+    client = updater(ctx, tmp_path / "c", root_of(ctx))
     client.refresh()
     with ctx.db.session() as s:
         newest = s.execute(
@@ -215,7 +216,7 @@ def test_older_metadata_is_refused(
             .limit(1)
         ).scalar_one()
         s.delete(newest)
-    client = updater(live, tmp_path / "c", root_of(ctx))  # same directory: it remembers
+    client = updater(ctx, tmp_path / "c", root_of(ctx))  # same directory: it remembers
     with pytest.raises(tuf_errors.BadVersionNumberError):
         client.refresh()
 
@@ -228,7 +229,7 @@ def test_withdrawn_release_leaves_targets(
         live, repo["rm1"], "POST", f"/api/v1/releases/{rid}/withdrawal", json={"reason": "bad"}
     )
     assert resp.json()["state"] == "withdrawn"
-    client = updater(live, tmp_path / "c", root_of(ctx))
+    client = updater(ctx, tmp_path / "c", root_of(ctx))
     client.refresh()
     assert client.get_targetinfo("thermo/1.0.0/fw.bin") is None
 
@@ -245,13 +246,13 @@ def test_root_rotation_is_followed_by_old_clients_and_forgery_is_refused(
 ) -> None:
     release(live, repo, "1.0.0")
     v1 = root_of(ctx)
-    seasoned = updater(live, tmp_path / "old", v1)
+    seasoned = updater(ctx, tmp_path / "old", v1)
     seasoned.refresh()
     assert call(live, repo["rm1"], "POST", "/api/v1/ota/root/rotations", json={}).status_code == 403
     resp = call(live, admin_token, "POST", "/api/v1/ota/root/rotations", json={"threshold": 2})
     assert resp.json() == {"root_version": 2}
     # A device that trusted root 1 walks to root 2 and keeps updating.
-    client = updater(live, tmp_path / "old", v1)
+    client = updater(ctx, tmp_path / "old", v1)
     client.refresh()
     assert client.get_targetinfo("thermo/1.0.0/fw.bin") is not None
     trusted = Metadata.from_bytes((tmp_path / "old" / "root.json").read_bytes())
@@ -263,13 +264,17 @@ def test_root_rotation_is_followed_by_old_clients_and_forgery_is_refused(
         "root",
         lambda d: d.update(signatures=[s for s in d["signatures"] if s["keyid"] not in old_keyids]),
     )
-    fresh = updater(live, tmp_path / "fresh", v1)
+    fresh = updater(ctx, tmp_path / "fresh", v1)
     with pytest.raises(tuf_errors.UnsignedMetadataError):
         fresh.refresh()
 
 
 def test_other_tenants_cannot_see_releases_or_fetch_targets(
-    live: str, ctx: AppContext, repo: dict[str, str], tmp_path: Path
+    live: str,
+    device_http: httpx.Client,
+    ctx: AppContext,
+    repo: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     import httpx
 
@@ -290,9 +295,11 @@ def test_other_tenants_cannot_see_releases_or_fetch_targets(
     with ctx.db.read() as s:
         sha = s.execute(select(Release.sha256)).scalar_one()
     path = f"thermo/1.0.0/{sha}.fw.bin"
-    assert httpx.get(f"{live}/tuf/default/targets/{path}").content == IMAGE
-    assert httpx.get(f"{live}/tuf/globex/targets/{path}").status_code == 404
-    assert httpx.get(f"{live}/tuf/globex/metadata/timestamp.json").status_code == 404
+    assert device_http.get(f"/tuf/default/targets/{path}").content == IMAGE
+    assert device_http.get(f"/tuf/globex/targets/{path}").status_code == 404
+    assert device_http.get("/tuf/globex/metadata/timestamp.json").status_code == 404
+    # The operator plane serves no TUF repository.
+    assert httpx.get(f"{live}/tuf/default/targets/{path}").status_code == 404
 
 
 def test_artifact_size_limit_keeps_nothing(tmp_path: Path) -> None:
@@ -345,7 +352,7 @@ def test_offline_root_keys(live: str, ctx: AppContext, admin_token: str, tmp_pat
     call(live, admin_token, "POST", "/api/v1/ota/products/thermo", json={"threshold": 2})
     release(live, repo, "1.0.0")
     v1 = root_of(ctx)
-    client = updater(live, tmp_path / "c", v1)
+    client = updater(ctx, tmp_path / "c", v1)
     client.refresh()
     assert client.get_targetinfo("thermo/1.0.0/fw.bin") is not None
     # Without the offline keys a rotation is refused; with them it works.
@@ -359,7 +366,7 @@ def test_offline_root_keys(live: str, ctx: AppContext, admin_token: str, tmp_pat
     )
     assert rotated.exit_code == 0, rotated.output
     assert len(list(new_dir.glob("*.pem"))) == 3
-    follower = updater(live, tmp_path / "c", v1)
+    follower = updater(ctx, tmp_path / "c", v1)
     follower.refresh()
     assert Metadata.from_bytes((tmp_path / "c" / "root.json").read_bytes()).signed.version == 2
     assert os.environ.get("FLEETWARD_ROOT_PASSPHRASE") is None

@@ -80,7 +80,7 @@ def _certs(ctx: AppContext) -> int:
 
 
 def test_factory_token_outside_its_batches_is_refused_on_every_route(
-    client: TestClient, ctx: AppContext, admin_token: str
+    client: TestClient, device_client: TestClient, ctx: AppContext, admin_token: str
 ) -> None:
     token, factory, _ = _station(ctx, client, admin_token)
     before = _certs(ctx)
@@ -99,10 +99,10 @@ def test_factory_token_outside_its_batches_is_refused_on_every_route(
     )
     assert many.status_code == 200 and many.json()["issued"] == 0, many.text
     assert many.json()["items"][0]["problem"]["status"] == 403
-    est = _est(client, token, "stranger-3")
+    est = _est(device_client, token, "stranger-3")
     assert est.status_code == 403, est.text
     # Another environment is out of the token's scope before any batch is looked at.
-    prod = _est(client, token, "stranger-4", label="production")
+    prod = _est(device_client, token, "stranger-4", label="production")
     assert prod.status_code == 403 and prod.json()["type"].endswith("out-of-scope")
     assert _certs(ctx) == before  # nothing issued
     rows = {r["device_id"]: r for r in _attempts(client, admin_token)}
@@ -147,7 +147,7 @@ def test_another_factorys_batch_is_not_charged_with_a_refusal(
 
 
 def test_factory_token_enrolls_through_the_batch_that_names_the_device(
-    client: TestClient, ctx: AppContext, admin_token: str
+    client: TestClient, device_client: TestClient, ctx: AppContext, admin_token: str
 ) -> None:
     token, _, batch = _station(ctx, client, admin_token)
     resp = client.post(
@@ -156,7 +156,7 @@ def test_factory_token_enrolls_through_the_batch_that_names_the_device(
         headers=_h(token),
     )
     assert resp.status_code == 201, resp.text
-    assert _est(client, token, "fb-2").status_code == 200
+    assert _est(device_client, token, "fb-2").status_code == 200
     # The batch's count limit holds on these routes too (2 of 3 names).
     third = client.post(
         f"{API}/enrollments",

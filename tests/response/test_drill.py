@@ -18,9 +18,15 @@ from fleetward.response import service as response
 from fleetward.response.effects import LiveEffects
 from fleetward.runtime.broker import BrokerRuntime
 from fleetward.runtime.context import AppContext
-from fleetward.runtime.workers import CampaignDriver, DetectionRunner, IngestWorker
-from fleetward.sim import Broker, FleetProcesses, FleetSpec, SimFleet
-from tests.broker import synced, wait_for
+from fleetward.runtime.workers import (
+    CampaignDriver,
+    ComplianceTracker,
+    DetectionRunner,
+    IngestWorker,
+)
+from fleetward.sim import FleetProcesses, FleetSpec, SimFleet
+from fleetward.tenancy.roles import ENVIRONMENTS
+from tests.broker import sim_broker, synced, wait_for
 from tests.ota.helpers import call, operator, upload
 from tests.response.helpers import ADMIN, SEC, SEC2, SEC3, enroll
 from tests.sim.test_fleet import metrics_per_device, release
@@ -35,11 +41,17 @@ def stack(ctx: AppContext, broker: BrokerRuntime) -> Iterator[None]:
     ingest = IngestWorker(ctx.db, ctx.settings.home)
     driver = CampaignDriver(ctx, interval=0.2, resend=2.0)
     detection = DetectionRunner(ctx, interval=0.3)
-    for part in (ingest, driver, detection):
+    tracker = ComplianceTracker(ctx, interval=0.5, resend=2.0)
+    for part in (ingest, driver, detection, tracker):
         part.start()
     yield
-    for part in (detection, driver, ingest):
+    for part in (tracker, detection, driver, ingest):
         part.stop()
+
+
+def trust_files(broker: BrokerRuntime) -> list[Path]:
+    """The broker's per-environment trust anchor files."""
+    return [broker.files.devices_ca(env) for env in ENVIRONMENTS]
 
 
 @pytest.mark.broker
@@ -59,7 +71,9 @@ def test_drills_on_a_thousand_devices(
     release(live, ctx, admin_token, spec)
     fleet = FleetProcesses(
         spec, server_url=live, directory=tmp_path / "fleet", processes=2, token=admin_token,
-        broker=Broker(host="127.0.0.1", port=broker.port, ca=broker.files.broker_ca),
+        broker=sim_broker(broker),
+        device_url=f"https://127.0.0.1:{ctx.settings.device_port}",
+        server_ca=ctx.service_pki.ca_cert,
         backoff_base=0.2, backoff_cap=1.0,
     )  # fmt: skip
     fleet.prepare()
@@ -134,12 +148,28 @@ def test_drills_on_a_thousand_devices(
         assert all(final[d]["version"] == "1.0.1" for d in remaining)
         assert all(final[d]["version"] == "1.0.0" for d in b1)  # cut off: never offered
         assert r2["server_incident_state"] == "contained" and r2["server_stragglers"] == 0
+
+        # ---- drill 3: the drill issuing CA is compromised ----
+        report3 = drills.run_drill(
+            ctx, fleet, starter=ADMIN, approvers=[SEC2], playbook="compromised-issuing-ca",
+            scenario="ca-compromise", confirm=len(remaining), effects=effects, timeout=180,
+            trust_files=lambda: trust_files(broker),
+        )  # fmt: skip
+        r3 = json.loads(report3.report)
+        assert report3.state == "passed", r3
+        assert report3.affected == len(remaining) and r3["goal"] == "renewed"
+        assert r3["ca_dependents_left"] == 0
+        assert 0 < r3["ca_migrated_s"] <= r3["ca_untrusted_s"], r3
         with ctx.db.read() as s:
             trend = drills.list_drills(s, SEC)
-        assert [d.playbook for d in trend] == ["emergency-ota", "compromised-factory"]
+        assert [d.playbook for d in trend] == [
+            "compromised-issuing-ca", "emergency-ota", "compromised-factory",
+        ]  # fmt: skip
         print(
             f"drill 1: detect {report1.detect_s} s, contain {report1.contain_s} s; "
-            f"drill 2: contain {report2.contain_s} s, stragglers {r2['stragglers_s']} s"
+            f"drill 2: contain {report2.contain_s} s, stragglers {r2['stragglers_s']} s; "
+            f"drill 3: renewed {report3.contain_s} s, no device on the old CA "
+            f"{r3['ca_migrated_s']} s, old CA trusted nowhere {r3['ca_untrusted_s']} s"
         )
     finally:
         effects.close()
@@ -159,13 +189,14 @@ def test_a_compromised_issuing_ca_drill_rotates_and_every_device_renews(
     """Rotate the drill CA, the devices renew on command under the new one
     (same keys) and reconnect; offline ones renew when they come back."""
     from fleetward.identity import ca_service
-    from fleetward.runtime.workers import ComplianceTracker
 
     spec = FleetSpec(devices=30, prefix="ca", environment="drill", offline=0.1,
                      telemetry_interval=1.0, seed=5)  # fmt: skip
     fleet = SimFleet(
         spec, server_url=live, directory=tmp_path / "fleet", token=admin_token,
-        broker=Broker(host="127.0.0.1", port=broker.port, ca=broker.files.broker_ca),
+        broker=sim_broker(broker),
+        device_url=f"https://127.0.0.1:{ctx.settings.device_port}",
+        server_ca=ctx.service_pki.ca_cert,
         backoff_base=0.2, backoff_cap=1.0,
     )  # fmt: skip
     fleet.prepare()
@@ -173,8 +204,6 @@ def test_a_compromised_issuing_ca_drill_rotates_and_every_device_renews(
     with ctx.db.session() as s:
         response.install_standard(s, SEC)
         old = ca_service.active_issuing_ca(s, tenant_id=1, environment="drill").id
-    tracker = ComplianceTracker(ctx, interval=0.5, resend=2.0)
-    tracker.start()
     effects = LiveEffects(ctx.settings.home)
     try:
         fleet.start(timeout=60)
@@ -186,10 +215,16 @@ def test_a_compromised_issuing_ca_drill_rotates_and_every_device_renews(
         report = drills.run_drill(
             ctx, fleet, starter=ADMIN, approvers=[SEC2], playbook="compromised-issuing-ca",
             scenario="ca-compromise", confirm=spec.devices, effects=effects, timeout=60,
+            trust_files=lambda: trust_files(broker),
         )  # fmt: skip
         r = json.loads(report.report)
         assert report.state == "passed", (r, broker.restarts, broker.mosquitto.log_lines[-5:])
         assert r["goal"] == "renewed" and report.affected == spec.devices
+        # The old CA's end, timed: nobody depends on it, then it is in no trust file.
+        assert r["old_ca"] == old and r["ca_dependents_left"] == 0
+        assert 0 < r["ca_migrated_s"] <= r["ca_untrusted_s"], r
+        for path in trust_files(broker):
+            assert old_ca_pem_der(ctx, old) not in path.read_bytes()
         assert r["stragglers"] == sorted(offline) and r["server_incident_state"] == "contained"
         with ctx.db.read() as s:
             new = ca_service.active_issuing_ca(s, tenant_id=1, environment="drill").id
@@ -207,10 +242,26 @@ def test_a_compromised_issuing_ca_drill_rotates_and_every_device_renews(
             lambda: all(d["renewals"] >= 1 and d["connected"] for d in fleet.snapshot()),
             timeout=10, what="every device connected with its new certificate",
         )  # fmt: skip
+        with ctx.db.read() as s:
+            assert ca_service.get_ca(s, tenant_id=1, ca_id=old).status == "distrusted"
+            left = s.execute(
+                select(CertificateRecord.serial).where(
+                    CertificateRecord.ca_id == old, CertificateRecord.status == "good"
+                )
+            ).all()
+        assert left == []  # every old certificate revoked (cACompromise)
     finally:
-        tracker.stop()
         effects.close()
         fleet.stop()
+
+
+def old_ca_pem_der(ctx: AppContext, ca_id: int) -> bytes:
+    """The base64 body's first line of a CA as it would appear in a PEM file."""
+    from fleetward.identity import ca_service
+
+    with ctx.db.read() as s:
+        pem = ca_service.get_ca(s, tenant_id=1, ca_id=ca_id).certificate_pem or ""
+    return pem.splitlines()[1].encode()
 
 
 def test_a_drill_pointed_at_production_devices_is_refused(ctx: AppContext) -> None:
@@ -274,6 +325,7 @@ def test_fleetward_drill_run_from_the_cli(
     out = CliRunner().invoke(
         app,
         [*home, "drill", "run", "compromised-factory", "--server", live, "--token", admin_token,
+         "--device-server", f"https://127.0.0.1:{ctx.settings.device_port}",
          "--approver", sec2, "--devices", "24", "--batches", "2", "--offline", "0.1",
          "--inject", "1", "--param", "batch=@b1", "--dir", str(tmp_path / "fleet")],
     )  # fmt: skip

@@ -9,11 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fleetward.api.app import create_app
+from fleetward.comms.mosquitto_conf import Listeners
 from fleetward.runtime.broker import BrokerRuntime
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.stack import Stack, up_stack
 from fleetward.runtime.worker import PeriodicWorker
-from tests.broker import wait_for
+from tests.broker import free_listeners, wait_for
 
 
 class Idle(PeriodicWorker):
@@ -22,7 +23,7 @@ class Idle(PeriodicWorker):
 
 
 def test_up_runs_every_worker_once_with_leases_where_hosts_share_work(ctx: AppContext) -> None:
-    stack = up_stack(ctx, api_url="http://127.0.0.1:1", mqtt_port=1, service_port=2, demo_devices=3)
+    stack = up_stack(ctx, api_url="http://127.0.0.1:1", demo_devices=3)
     try:
         leases = {w.name: w.lease for w in stack.workers}
         assert leases == {
@@ -37,9 +38,7 @@ def test_up_runs_every_worker_once_with_leases_where_hosts_share_work(ctx: AppCo
             "demo-fleet": None,
         }
         # With separate API processes, they run the publishers, not ``up``.
-        rest = up_stack(
-            ctx, api_url="http://127.0.0.1:1", mqtt_port=1, service_port=2, publishers=False
-        )
+        rest = up_stack(ctx, api_url="http://127.0.0.1:1", publishers=False)
         assert {"publisher", "tuf-refresh", "demo-fleet"}.isdisjoint(w.name for w in rest.workers)
         rest.stop()
         with pytest.raises(KeyError, match="have: broker-sync"):
@@ -48,6 +47,42 @@ def test_up_runs_every_worker_once_with_leases_where_hosts_share_work(ctx: AppCo
             stack.add(Idle("detection", interval=1))
     finally:
         stack.stop()  # never started: closes what the workers opened
+
+
+def test_up_listens_where_the_settings_say(ctx: AppContext) -> None:
+    s = ctx.settings
+    stack = up_stack(ctx, api_url="http://127.0.0.1:1", publishers=False)
+    try:
+        broker = stack.broker
+        assert broker is not None
+        assert broker.host == s.mqtt_host
+        assert dict(broker.ports) == {
+            "test": s.mqtt_test_port,
+            "production": s.mqtt_production_port,
+            "drill": s.mqtt_drill_port,
+        }
+        assert broker.service_port == s.mqtt_service_port
+        listeners = free_listeners()
+        other = up_stack(ctx, api_url="http://127.0.0.1:1", listeners=listeners, publishers=False)
+        assert other.broker is not None and other.broker.listeners == listeners
+        other.stop()
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize(
+    "ports",
+    [
+        {"test": 1, "production": 1, "drill": 2},  # shared
+        {"test": 1, "production": 2},  # an environment without a listener
+        {"test": 1, "production": 2, "drill": 3, "staging": 4},  # an unknown one
+        {"test": 0, "production": 2, "drill": 3},  # out of range
+        {"test": 70000, "production": 2, "drill": 3},
+    ],
+)
+def test_listeners_refuse_nonsense(ports: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=r"listener|environment"):
+        Listeners(host="127.0.0.1", ports=ports, service_port=9)
 
 
 def test_healthz_reports_each_worker(client: TestClient) -> None:
@@ -80,11 +115,7 @@ def test_healthz_is_503_with_details_when_a_worker_is_overdue(ctx: AppContext) -
 
 @pytest.fixture
 def broker_stack(ctx: AppContext, tmp_path: Path) -> Iterator[Stack]:
-    from tests.broker import free_port
-
-    broker = BrokerRuntime(
-        ctx, ctx.settings.home / "broker", port=free_port(), service_port=free_port()
-    )
+    broker = BrokerRuntime(ctx, ctx.settings.home / "broker", listeners=free_listeners())
     stack = Stack(broker=broker)
     yield stack
     stack.stop()
@@ -98,6 +129,11 @@ def test_healthz_reports_the_broker_and_a_dead_one_is_503(
         body = client.get("/healthz").json()
         assert body["status"] == "ok" and body["broker"]["running"]
         assert set(body["workers"]) == {"broker-sync", "mosquitto"}
+        running = broker_stack.broker
+        assert running is not None
+        assert body["broker"]["listeners"] == dict(running.ports)
+        assert body["broker"]["port"] == running.ports["production"]
+        assert body["broker"]["service_port"] == running.service_port
         broker_stack.pause("mosquitto")  # the supervisor would restart it
         broker = broker_stack.broker
         assert broker is not None and broker.mosquitto.proc is not None

@@ -18,7 +18,10 @@ from tests.broker import synced, wait_for
 
 def test_bad_input_is_one_clear_error(tmp_path: Path) -> None:
     runner = CliRunner()
-    base = ["sim", "run", "--server", "http://127.0.0.1:9", "--dir", str(tmp_path)]
+    base = [
+        "sim", "run", "--server", "http://127.0.0.1:9", "--device-server", "https://127.0.0.1:9",
+        "--server-ca", str(tmp_path / "ca.pem"), "--dir", str(tmp_path),
+    ]  # fmt: skip
     out = runner.invoke(app, [*base, "--devices", "3", "--env", "production"])
     assert isinstance(out.exception, InvalidInputError)
     assert out.exception.detail == "simulated devices never enroll in production"
@@ -31,11 +34,17 @@ def test_bad_input_is_one_clear_error(tmp_path: Path) -> None:
 @pytest.mark.broker
 @pytest.mark.slow
 def test_sim_run_enrolls_connects_and_stops(
-    live: str, admin_token: str, broker: BrokerRuntime, tmp_path: Path
+    live: str,
+    live_device: str,
+    service_ca: Path,
+    admin_token: str,
+    broker: BrokerRuntime,
+    tmp_path: Path,
 ) -> None:
     runner = CliRunner()
     args = [
-        "sim", "run", "--server", live, "--token", admin_token, "--devices", "4",
+        "sim", "run", "--server", live, "--device-server", live_device,
+        "--server-ca", str(service_ca), "--token", admin_token, "--devices", "4",
         "--env", "test", "--dir", str(tmp_path / "fleet"), "--duration", "1.5",
         "--interval", "0.5", "--tampered", "0.25",
     ]  # fmt: skip
@@ -51,10 +60,19 @@ def test_sim_run_enrolls_connects_and_stops(
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_up_demo_fleet(live: str, ctx: AppContext, broker: BrokerRuntime, tmp_path: Path) -> None:
+def test_up_demo_fleet(
+    live: str,
+    live_device: str,
+    service_ca: Path,
+    ctx: AppContext,
+    broker: BrokerRuntime,
+    tmp_path: Path,
+) -> None:
     worker = DemoFleet(
         ctx.db,
         api_url=live,
+        device_url=live_device,
+        server_ca=service_ca,
         broker=Broker(host="127.0.0.1", port=broker.port, ca=broker.files.broker_ca),
         devices=3,
         directory=tmp_path / "demo",

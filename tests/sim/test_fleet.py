@@ -47,7 +47,13 @@ def metrics_per_device(ctx: AppContext) -> dict[str, int]:
 @pytest.mark.broker
 @pytest.mark.slow
 def test_small_fleet_lives_attests_and_is_cut_off_by_revocation(
-    live: str, ctx: AppContext, admin_token: str, broker: BrokerRuntime, tmp_path: Path
+    live: str,
+    live_device: str,
+    service_ca: Path,
+    ctx: AppContext,
+    admin_token: str,
+    broker: BrokerRuntime,
+    tmp_path: Path,
 ) -> None:
     spec = FleetSpec(
         devices=20, environment="test", batches=2, offline=0.05, tampered=0.1,
@@ -56,8 +62,8 @@ def test_small_fleet_lives_attests_and_is_cut_off_by_revocation(
     release(live, ctx, admin_token, spec)
     progress: list[tuple[int, int]] = []
     fleet = SimFleet(
-        spec, server_url=live, directory=tmp_path / "fleet", token=admin_token,
-        backoff_base=0.2, backoff_cap=1.0,
+        spec, server_url=live, device_url=live_device, server_ca=service_ca,
+        directory=tmp_path / "fleet", token=admin_token, backoff_base=0.2, backoff_cap=1.0,
     )  # fmt: skip
     assert len(fleet.prepare(on_progress=lambda done, total: progress.append((done, total)))) == 20
     assert progress[0] == (0, 20) and progress[-1] == (20, 20)
@@ -80,7 +86,7 @@ def test_small_fleet_lives_attests_and_is_cut_off_by_revocation(
         )  # fmt: skip
         assert offline not in metrics_per_device(ctx)
 
-        # Attestation: the real agent code, over HTTP.
+        # Attestation: the real agent code, over HTTPS on the device plane, as each device.
         verdicts = fleet.attest()
         tampered = sorted(d for d, v in verdicts.items() if v["verdict"] != "pass")
         assert len(tampered) == 2
@@ -119,11 +125,15 @@ def test_small_fleet_lives_attests_and_is_cut_off_by_revocation(
         fleet.stop()
         ingest.stop()
     # A second start on the same directory enrolls nothing.
-    again = SimFleet(spec, server_url=live, directory=tmp_path / "fleet")
+    again = SimFleet(
+        spec, server_url=live, device_url=live_device, server_ca=service_ca,
+        directory=tmp_path / "fleet",
+    )  # fmt: skip
     assert again.prepare() == []
     with pytest.raises(Exception, match="holds another fleet"):
         SimFleet(
-            FleetSpec(devices=21, environment="test"), server_url=live,
+            FleetSpec(devices=21, environment="test"), server_url=live, device_url=live_device,
+            server_ca=service_ca,
             directory=tmp_path / "fleet", token=admin_token,
         ).prepare()  # fmt: skip
 
@@ -131,11 +141,19 @@ def test_small_fleet_lives_attests_and_is_cut_off_by_revocation(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_three_hundred_devices_in_two_processes(
-    live: str, ctx: AppContext, admin_token: str, broker: BrokerRuntime, tmp_path: Path
+    live: str,
+    live_device: str,
+    service_ca: Path,
+    ctx: AppContext,
+    admin_token: str,
+    broker: BrokerRuntime,
+    tmp_path: Path,
 ) -> None:
     spec = FleetSpec(devices=300, environment="test", batches=3, telemetry_interval=5.0)
     fleet = FleetProcesses(
-        spec, server_url=live, directory=tmp_path / "fleet", processes=2, token=admin_token,
+        spec, server_url=live, device_url=live_device, server_ca=service_ca,
+        directory=tmp_path / "fleet", processes=2,
+        token=admin_token,
         broker=Broker(host="127.0.0.1", port=broker.port, ca=broker.files.broker_ca),
     )  # fmt: skip
     fleet.prepare()
@@ -157,7 +175,13 @@ def test_three_hundred_devices_in_two_processes(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_campaign_commits_on_healthy_devices_and_falls_back_on_the_others(
-    live: str, ctx: AppContext, admin_token: str, broker: BrokerRuntime, tmp_path: Path
+    live: str,
+    live_device: str,
+    service_ca: Path,
+    ctx: AppContext,
+    admin_token: str,
+    broker: BrokerRuntime,
+    tmp_path: Path,
 ) -> None:
     from fleetward.runtime.workers import CampaignDriver
 
@@ -167,7 +191,10 @@ def test_campaign_commits_on_healthy_devices_and_falls_back_on_the_others(
     )  # fmt: skip
     release(live, ctx, admin_token, spec)
     rm = operator(ctx, "release-manager", "rm2")
-    fleet = SimFleet(spec, server_url=live, directory=tmp_path / "fleet", token=admin_token)
+    fleet = SimFleet(
+        spec, server_url=live, device_url=live_device, server_ca=service_ca,
+        directory=tmp_path / "fleet", token=admin_token,
+    )  # fmt: skip
     fleet.prepare()
     synced(broker)
     driver = CampaignDriver(ctx, interval=0.2)

@@ -53,6 +53,7 @@ PUBLIC = {
     ("GET", "/ocsp/{encoded:path}"),
     ("GET", "/api/v1/comms/broker"),
     ("POST", "/api/v1/renew"),
+    ("POST", "/api/v1/device/telemetry"),  # device plane: the TLS client certificate
     ("GET", "/tuf/{tenant}/metadata/{filename}"),
     ("GET", "/tuf/{tenant}/targets/{path:path}"),
     ("POST", "/api/v1/attestation/{tenant}/{device_id}/nonce"),
@@ -237,6 +238,11 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("POST", "/api/v1/runs/{run_id}/approvals"): Case(environments=PROD),
     ("POST", "/api/v1/runs/{run_id}/executions"): Case(environments=PROD),
+    # The tenant's production issuing CA (ids: root 1, then test, production,
+    # drill): it is active, so an allowed call is refused with 409.
+    ("POST", "/api/v1/cas/{ca_id}/distrust"): Case(
+        params={"ca_id": 3}, body=lambda w, n: {"force": True}, environments=PROD
+    ),
     ("POST", "/.well-known/est/simpleenroll"): Case(default_environment=True),
     ("POST", "/.well-known/est/{label}/simpleenroll"): Case(environments=PROD),
 }
@@ -365,7 +371,11 @@ def _expected(who: Principal, action: scope.Action, case: Case, world: World) ->
 @pytest.mark.slow
 def test_every_route_every_role_every_scope(ctx: AppContext, admin_token: str) -> None:
     app = create_app(ctx, crl_interval=3600, checkpoint_interval=3600)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    device_app = create_app(ctx, plane="device", runtime=app.state.runtime, run_runtime=False)
+    with (
+        TestClient(app, raise_server_exceptions=False) as client,
+        TestClient(device_app, raise_server_exceptions=False) as device_client,
+    ):
         world = _world(ctx, client, admin_token)
         with ctx.db.session() as s:
             test_factory = provisioning.create_factory(
@@ -373,7 +383,10 @@ def test_every_route_every_role_every_scope(ctx: AppContext, admin_token: str) -
             ).id
         principals = _principals(ctx, test_factory)
         table: list[tuple[str, str, scope.Action]] = []
-        for method, path, route in _routes(app):
+        # Each route is tried on its own plane (the other answers 404).
+        routes = [*_routes(app), *_routes(device_app)]
+        device_paths = {(m, p) for m, p, _ in _routes(device_app)}
+        for method, path, route in routes:
             action = _action_of(route)
             if action is None:
                 action = IN_HANDLER.get((method, path))
@@ -392,8 +405,8 @@ def test_every_route_every_role_every_scope(ctx: AppContext, admin_token: str) -
             for who, token in principals:
                 n = next(world.counter)
                 url = _fill(path, case.params, world, n)
-                if path.startswith("/.well-known/est/"):
-                    resp = client.post(
+                if (method, path) in device_paths and path.startswith("/.well-known/est/"):
+                    resp = device_client.post(
                         url,
                         content=world.csr_b64(f"est-{n}"),
                         headers={

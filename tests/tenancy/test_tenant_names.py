@@ -5,8 +5,11 @@ For every route whose path carries a tenant (``{tenant}``, or an EST
 and (on authenticated routes) another tenant must get the same problem:
 same status, type, title and detail, with nothing echoed that differs. Only
 ``instance`` (the caller's own request path, RFC 9457) differs. The route
-table is read from the app, so a new tenant-naming route without a case here
-fails :func:`test_every_tenant_naming_route_is_covered`.
+table is read from both planes' apps, so a new tenant-naming route without a
+case here fails :func:`test_every_tenant_naming_route_is_covered`. These
+routes are all on the device plane; the routes that act as a device are
+asked anonymously and again with the certificate of a device of ``default``
+(``as_device``), which must not tell the other tenants apart either.
 
 What stays public by design: a tenant's TUF metadata once it has a
 repository, its CA certificates (EST ``cacerts``), and a nonce for a device
@@ -27,7 +30,9 @@ from fastapi.testclient import TestClient
 from fleetward.ota import repository as ota
 from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
+from tests.conftest import DeviceTestClient
 from tests.helpers import csr_pem, new_key
+from tests.response.helpers import enroll
 
 KNOWN = "default"  # CAs, a TUF repository, no device "dev-1"
 BARE = "bare"  # a tenant with nothing in it
@@ -44,6 +49,7 @@ class Case:
     paths: list[str]
     body: Callable[[], dict[str, Any] | bytes | None] = lambda: None
     authenticated: bool = False
+    as_device: bool = False  # also ask with a device certificate of KNOWN
     marks: list[Any] = field(default_factory=list)
 
 
@@ -106,6 +112,7 @@ CASES = [
             f"/.well-known/est/{KNOWN}.production/simplereenroll",
         ],
         body=_est_body,
+        as_device=True,
     ),
     Case(
         "/api/v1/attestation/{tenant}/{device_id}/nonce",
@@ -115,6 +122,7 @@ CASES = [
             f"/api/v1/attestation/{BARE}/dev-1/nonce",
             f"/api/v1/attestation/{KNOWN}/dev-1/nonce",
         ],
+        as_device=True,
     ),
     Case(
         "/api/v1/attestation/{tenant}/{device_id}/evidence",
@@ -125,6 +133,7 @@ CASES = [
             f"/api/v1/attestation/{KNOWN}/dev-1/evidence",
         ],
         body=lambda: {"evidence": "e30.e30.c2ln"},
+        as_device=True,
     ),
 ]
 
@@ -149,14 +158,22 @@ def _flat(routes: list[Any]) -> Iterator[Any]:
             yield route
 
 
-def _tenant_naming_routes(client: TestClient) -> set[str]:
-    paths = {getattr(r, "path", "") for r in _flat(client.app.routes)}  # type: ignore[attr-defined]
-    assert "/api/v1/tenant" in paths  # the walk found the included routers
-    return {p for p in paths if TENANT_PARAM.search(p)}
+def _paths(app: Any) -> set[str]:
+    return {getattr(r, "path", "") for r in _flat(app.routes)}
 
 
-def test_every_tenant_naming_route_is_covered(client: TestClient) -> None:
-    assert _tenant_naming_routes(client) == {c.route for c in CASES}
+def _tenant_naming_routes(*apps: Any) -> set[str]:
+    return {p for app in apps for p in _paths(app) if TENANT_PARAM.search(p)}
+
+
+def test_every_tenant_naming_route_is_covered(
+    client: TestClient, device_client: DeviceTestClient
+) -> None:
+    operator, device = client.app, device_client.app.app  # type: ignore[attr-defined]
+    assert "/api/v1/tenant" in _paths(operator)  # the walk found the included routers
+    assert "/ocsp" in _paths(device)
+    assert _tenant_naming_routes(operator, device) == {c.route for c in CASES}
+    assert _tenant_naming_routes(operator) == set()  # all of them are the device's
 
 
 def _answer(client: TestClient, case: Case, path: str, token: str) -> tuple[Any, ...]:
@@ -175,19 +192,42 @@ def _answer(client: TestClient, case: Case, path: str, token: str) -> tuple[Any,
     return resp.status_code, problem, other_headers
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.route, marks=c.marks) for c in CASES])
-def test_unknown_and_known_tenants_answer_alike(
-    client: TestClient, bare_token: str, case: Case
-) -> None:
-    answers = {path: _answer(client, case, path, bare_token) for path in case.paths}
+def _alike(client: TestClient, case: Case, token: str) -> None:
+    answers = {path: _answer(client, case, path, token) for path in case.paths}
     first = answers[case.paths[0]]
     for path, answer in answers.items():
         assert answer == first, f"{path} answers differently from {case.paths[0]}"
     assert UNKNOWN not in str(first) and KNOWN not in str(first) and BARE not in str(first)
 
 
-def test_public_by_design_answers(client: TestClient, bare_token: str) -> None:
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.route, marks=c.marks) for c in CASES])
+def test_unknown_and_known_tenants_answer_alike(
+    device_client: DeviceTestClient, ctx: AppContext, bare_token: str, case: Case
+) -> None:
+    _alike(device_client, case, bare_token)
+    if case.as_device:
+        enroll(ctx, ["dev-0"])  # a device of KNOWN, asking about dev-1 everywhere
+        _alike(device_client.as_device(_pem_of(ctx, "dev-0")), case, bare_token)
+
+
+def test_public_by_design_answers(device_client: DeviceTestClient, bare_token: str) -> None:
     """What does reveal a tenant, on purpose: its CA certificates and TUF
     metadata, which devices must be able to fetch."""
-    assert client.get(f"/.well-known/est/{KNOWN}.production/cacerts").status_code == 200
-    assert client.get(f"/tuf/{KNOWN}/metadata/timestamp.json").status_code == 200
+    assert device_client.get(f"/.well-known/est/{KNOWN}.production/cacerts").status_code == 200
+    assert device_client.get(f"/tuf/{KNOWN}/metadata/timestamp.json").status_code == 200
+
+
+def _pem_of(ctx: AppContext, device_id: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from sqlalchemy import select
+
+    from fleetward.identity.models import CertificateRecord, Device
+
+    with ctx.db.read() as s:
+        der = s.execute(
+            select(CertificateRecord.der)
+            .join(Device, Device.id == CertificateRecord.device_pk)
+            .where(Device.device_id == device_id, CertificateRecord.status == "good")
+        ).scalar_one()
+    return x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)

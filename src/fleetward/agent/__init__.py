@@ -12,12 +12,15 @@ imports of the server only its pure wire rules (the certificate profile's
 renewal messages, key-attestation statements, boot evidence, versions).
 """
 
+from fleetward.agent._fetcher import HttpsFetcher
+from fleetward.agent._tls import client_context
 from fleetward.agent.attest import attest as attest_device
 from fleetward.agent.attest import measure
 from fleetward.agent.client import (
     IDENTITY_FILE,
     Enrolled,
     Server,
+    device_server,
     enroll_devices,
     load_identity,
     renew,
@@ -36,6 +39,7 @@ __all__ = [
     "ChipTray",
     "DeviceAgent",
     "Enrolled",
+    "HttpsFetcher",
     "Keystore",
     "OtaClient",
     "SecureElement",
@@ -45,6 +49,8 @@ __all__ = [
     "Slots",
     "attest_device",
     "backoff",
+    "client_context",
+    "device_server",
     "enroll_devices",
     "install",
     "load_identity",

@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING
 from fleetward.agent.client import load_identity
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from fleetward.agent.keystore import Keystore
     from fleetward.agent.mqtt import AgentConfig
 
-__all__ = ["tls_context"]
+__all__ = ["client_context", "tls_context"]
 
 
 def tls_context(config: AgentConfig) -> ssl.SSLContext:
@@ -26,12 +29,22 @@ def tls_context(config: AgentConfig) -> ssl.SSLContext:
     Raises:
         InvalidInputError: the identity or key cannot be loaded.
     """
-    identity = load_identity(config.directory)
-    context = ssl.create_default_context(cafile=str(config.broker_ca))
+    return client_context(config.directory, config.keystore, cafile=config.broker_ca)
+
+
+def client_context(directory: Path, keystore: Keystore, *, cafile: Path) -> ssl.SSLContext:
+    """A client context that trusts ``cafile`` and presents the device
+    enrolled in ``directory`` (the broker, and the device plane over HTTPS).
+
+    Raises:
+        InvalidInputError: the identity or key cannot be loaded.
+    """
+    identity = load_identity(directory)
+    context = ssl.create_default_context(cafile=str(cafile))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    cert = config.directory / "cert.pem"
-    if config.keystore.kind == "software":
-        key, passphrase = config.keystore.key_file(identity["key_uri"])
+    cert = directory / "cert.pem"
+    if keystore.kind == "software":
+        key, passphrase = keystore.key_file(identity["key_uri"])
         context.load_cert_chain(str(cert), str(key), password=passphrase)
     else:
         from fleetward.agent._p11tls import use_token_key
@@ -40,7 +53,7 @@ def tls_context(config: AgentConfig) -> ssl.SSLContext:
             context,
             certificate=cert,
             key_uri=identity["key_uri"],
-            pin=config.keystore.pin or "",
-            module=config.keystore.module,
+            pin=keystore.pin or "",
+            module=keystore.module,
         )
     return context

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,19 @@ def attest(
     debug_status: int = 3,
     boot_count: int = 1,
     client: httpx.Client | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> dict[str, Any]:
     """Fetch a nonce, sign evidence over this boot, and return the verdict.
+
+    The verifier is on the device plane: ``client`` (or a client made with
+    ``verify``, a TLS context that presents this device's certificate, see
+    :func:`fleetward.agent.client.device_server`) authenticates the device,
+    and the verifier takes a nonce request and evidence from the device itself only.
 
     Raises:
         httpx.HTTPStatusError: the verifier refused the evidence (422) or the nonce.
     """
-    http = client or httpx.Client(timeout=30)
+    http = client or httpx.Client(timeout=30, verify=verify if verify is not None else True)
     base = f"{server_url.rstrip('/')}/api/v1/attestation/{tenant}/{device_id}"
     try:
         resp = http.post(f"{base}/nonce")

@@ -1,18 +1,29 @@
-"""``fleetward-agent``: enroll this device, renew its certificate."""
+"""``fleetward-agent``: enroll this device, renew its certificate, run it.
+
+``enroll`` is a station's action (an operator token) on the operator plane
+(``--server``, ``FLEETWARD_SERVER``). ``renew`` and ``run`` act as the
+device on the device plane (``--device-server``, ``FLEETWARD_DEVICE_SERVER``;
+HTTPS, the device certificate as TLS client certificate), trusting the
+service CA (``--server-ca``, ``FLEETWARD_SERVER_CA``: the file
+``fleetward serve`` prints).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 
-from fleetward.agent.client import Server, enroll_devices, renew
+from fleetward.agent.client import Server, device_server, enroll_devices, renew
 from fleetward.agent.keystore import Keystore
-from fleetward.agent.secure_element import SimulatedVendor
+from fleetward.agent.secure_element import ChipTray, SecureElement
 from fleetward.errors import FleetwardError
 
 app = typer.Typer(
@@ -28,6 +39,18 @@ MODULE = typer.Option(
     "--pkcs11-module",
     envvar="FLEETWARD_AGENT_PKCS11_MODULE",
     help="PKCS#11 library (default SoftHSM2's)",
+)
+DEVICE_SERVER = typer.Option(
+    ...,
+    "--device-server",
+    envvar="FLEETWARD_DEVICE_SERVER",
+    help="fleetward's device plane, https://host:port",
+)
+SERVER_CA = typer.Option(
+    ...,
+    "--server-ca",
+    envvar="FLEETWARD_SERVER_CA",
+    help="the service CA the device plane's certificate chains to (PEM)",
 )
 
 
@@ -54,12 +77,17 @@ def enroll(
     pin: str | None = PIN,
     pkcs11_module: str | None = MODULE,
     secure_element: Path | None = typer.Option(
-        None, help="simulated secure-element vendor directory: attest the key with a chip"
+        None,
+        help="a tray of secure elements the vendor shipped (fleetward sim chips): one "
+        "attests the key and stays with the device; a directory holding any other private "
+        "key is refused",
     ),
 ) -> None:
     """Generate the identity key, build the CSR, attest it, and enroll."""
+    tray = ChipTray.open(secure_element) if secure_element else None
     store = keystore_for(keystore, directory, token_label, pin, pkcs11_module)
-    chips = [SimulatedVendor.open(secure_element).chip(device_id)] if secure_element else None
+    shipped = tray.take(1) if tray else None
+    chips = [c.element for c in shipped] if shipped else None
     with Server(server, token=token) as srv:
         [result] = enroll_devices(
             srv, store, batch_id=batch, device_ids=[device_id], out_dir=directory, chips=chips
@@ -67,13 +95,16 @@ def enroll(
     if result.error:
         console.print(f"[red]refused[/red]: {result.error}")
         raise typer.Exit(1)
+    if shipped:  # the chip attests this device's later keys
+        ChipTray.seat(shipped[0], directory / device_id)
     console.print(f"enrolled {device_id}: serial {result.serial}, key {result.key_origin}")
 
 
 @app.command("renew")
 def renew_cmd(
     device_id: str = typer.Option(...),
-    server: str = typer.Option(..., envvar="FLEETWARD_SERVER"),
+    device_server_url: str = DEVICE_SERVER,
+    server_ca: Path = SERVER_CA,
     directory: Path = typer.Option(Path("fleetward-agent"), "--dir"),
     keystore: str = KEYSTORE,
     token_label: str | None = TOKEN_LABEL,
@@ -83,15 +114,20 @@ def renew_cmd(
     new_key: bool = typer.Option(
         False, "--new-key", help="move to a new identity key (the current key signs the proof)"
     ),
-    secure_element: Path | None = typer.Option(
-        None, help="simulated secure-element vendor directory: attest the new key with a chip"
+    secure_element: bool = typer.Option(
+        False,
+        "--secure-element",
+        help="attest the new key with the device's own chip (<dir>/<device>/chip, "
+        "seated at enrollment)",
     ),
 ) -> None:
     """Renew the certificate if it expires soon (proof: a CSR from the same key, or,
     with ``--new-key``, the current key's signature and the chip's attestation)."""
     store = keystore_for(keystore, directory, token_label, pin, pkcs11_module)
-    chip = SimulatedVendor.open(secure_element).chip(device_id) if secure_element else None
-    with Server(server) as srv:
+    chip = SecureElement.load(directory / device_id / "chip") if secure_element else None
+    with device_server(
+        device_server_url, directory=directory / device_id, keystore=store, ca=server_ca
+    ) as srv:
         done = renew(
             srv,
             store,
@@ -106,7 +142,8 @@ def renew_cmd(
 @app.command("run")
 def run_cmd(
     device_id: str = typer.Option(..., help="this device's id"),
-    server: str = typer.Option(..., envvar="FLEETWARD_SERVER", help="fleetward base URL"),
+    server: str = DEVICE_SERVER,
+    server_ca: Path = SERVER_CA,
     directory: Path = typer.Option(Path("fleetward-agent"), "--dir", help="state directory"),
     keystore: str = KEYSTORE,
     token_label: str | None = TOKEN_LABEL,
@@ -124,9 +161,16 @@ def run_cmd(
         None, help="this device's hardware id: take OTA offers for it (A/B slots in --dir)"
     ),
     firmware_version: str = typer.Option("0.0.0", help="the version the device ships with"),
+    attest: bool = typer.Option(
+        True,
+        "--attest/--no-attest",
+        help="submit boot evidence at start, after each update and on the attest command",
+    ),
 ) -> None:
     """Connect to the broker with this device's certificate, publish telemetry,
-    answer allowed commands, reconnect with backoff, renew before expiry."""
+    answer allowed commands, reconnect with backoff, renew before expiry, and
+    attest its boot (at start, after every update it installs, and on the
+    server's ``attest`` command)."""
     import signal
     import threading
 
@@ -137,9 +181,17 @@ def run_cmd(
     device_dir = directory / device_id
     ca_path = broker_ca or device_dir / "broker-ca.pem"
     host, port = "", 0
+    store = keystore_for(keystore, directory, token_label, pin, pkcs11_module)
     if broker is None or not ca_path.exists():
-        info = httpx.get(f"{server.rstrip('/')}/api/v1/comms/broker", timeout=10).json()
-        host, port = info["host"], int(info["port"])
+        info = httpx.get(
+            f"{server.rstrip('/')}/api/v1/comms/broker",
+            timeout=10,
+            verify=ssl.create_default_context(cafile=server_ca),
+        ).json()
+        # Its own environment's listener: the others refuse its certificate.
+        from fleetward.agent.mqtt import broker_listener, environment_of
+
+        host, port = broker_listener(info, environment_of(device_dir / "cert.pem"))
         if not ca_path.exists():
             ca_path.write_text(info["ca_pem"])
     if broker is not None:
@@ -147,16 +199,18 @@ def run_cmd(
         port = int(port_text)
     config = AgentConfig(
         directory=device_dir,
-        keystore=keystore_for(keystore, directory, token_label, pin, pkcs11_module),
+        keystore=store,
         broker_host=host,
         broker_port=port,
         broker_ca=ca_path,
         server_url=server,
+        server_ca=server_ca,
         telemetry_interval=interval,
         renew_within=dt.timedelta(days=renew_within_days),
     )
     ota = None
     if hardware is not None:
+        from fleetward.agent._tls import client_context
         from fleetward.agent.mqtt import tenant_of
         from fleetward.agent.ota import OtaClient
 
@@ -166,8 +220,23 @@ def run_cmd(
             tenant=tenant_of(device_dir / "cert.pem"),
             hardware=hardware,
             initial_version=firmware_version,
+            # The device plane, as this device (its certificate as it is at each check).
+            tls=lambda: client_context(device_dir, store, cafile=server_ca),
         )
-    agent = DeviceAgent(config, reading=lambda: {"uptime": round(time.monotonic(), 1)}, ota=ota)
+    attester = (
+        _attester(device_dir, store, server=server, server_ca=server_ca, version=firmware_version)
+        if attest
+        else None
+    )
+    agent = DeviceAgent(
+        config,
+        reading=lambda: {"uptime": round(time.monotonic(), 1)},
+        ota=ota,
+        attester=attester,
+    )
+    if attester is not None:
+        verdict = agent.attest_now()
+        console.print(f"{device_id}: boot attestation: {(verdict or {}).get('verdict', 'failed')}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console.print(f"{device_id}: connecting to {host}:{port} (Ctrl-C stops)")
@@ -177,8 +246,46 @@ def run_cmd(
         stop.set()
     console.print(
         f"{device_id}: {agent.stats.published} messages acknowledged, "
-        f"{agent.stats.connects} connections, {agent.stats.renewals} renewals"
+        f"{agent.stats.connects} connections, {agent.stats.renewals} renewals, "
+        f"{agent.stats.attestations} attestations"
     )
+
+
+def _attester(
+    device_dir: Path,
+    store: Keystore,
+    *,
+    server: str,
+    server_ca: Path,
+    version: str,
+) -> Callable[[], dict[str, Any]]:
+    """Submit this boot's evidence, signed by the device key, over the
+    device plane (a fresh TLS context each time: the certificate may have
+    been renewed since)."""
+    from fleetward.agent._tls import client_context
+    from fleetward.agent.attest import attest
+    from fleetward.agent.client import load_identity
+    from fleetward.agent.mqtt import tenant_of
+    from fleetward.agent.ota import Slots
+
+    boots = 0
+
+    def run() -> dict[str, Any]:
+        nonlocal boots
+        boots += 1
+        identity = load_identity(device_dir)
+        return attest(
+            server_url=server,
+            tenant=tenant_of(device_dir / "cert.pem"),
+            device_id=identity["device_id"],
+            directory=device_dir,
+            slots=Slots(device_dir, initial_version=version),
+            signer=store.open(identity["key_uri"]),
+            boot_count=boots,
+            verify=client_context(device_dir, store, cafile=server_ca),
+        )
+
+    return run
 
 
 def main() -> None:

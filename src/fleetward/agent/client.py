@@ -1,4 +1,9 @@
-"""The agent's enrollment and renewal, over the fleetward REST API.
+"""The agent's enrollment and renewal, over the fleetward API's two planes.
+
+Enrollment is a station's action with an operator token, on the operator
+plane; renewal is the device's own, on the device plane over HTTPS with the
+device certificate as TLS client certificate (:func:`device_server`), the
+service CA (``fleetward serve`` prints its path) as trust anchor.
 
 A device (or a factory station acting for many) generates its identity key
 in its keystore, makes a CSR signed by that key, asks its secure element for
@@ -20,6 +25,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +45,7 @@ __all__ = [
     "Enrolled",
     "Server",
     "ServerRefusedError",
+    "device_server",
     "enroll_devices",
     "load_identity",
     "renew",
@@ -57,13 +64,19 @@ class Server:
         url: str,
         *,
         token: str | None = None,
+        verify: ssl.SSLContext | bool = True,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
-            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+            base_url=url.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            verify=verify,
         )
+        self._issuers: dict[int, str] = {}  # CA certificates enrollment answers carried
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -106,10 +119,16 @@ class Server:
         body = self._call(
             "POST", f"/api/v1/provisioning/batches/{batch_id}/enroll", json={"items": items}
         )
+        issuers = body.get("issuers") or {}
+        self._issuers.update({int(k): str(v) for k, v in issuers.items()})
         return list(body["items"])
 
     def ca_pem(self, ca_id: int) -> str:
-        """An issuing CA certificate."""
+        """An issuing CA certificate: the one an enrollment answer carried
+        (the operator plane), else ``/ca/{id}.crt`` (the device plane)."""
+        known = self._issuers.get(ca_id)
+        if known is not None:
+            return known
         return str(self._call("GET", f"/ca/{ca_id}.crt"))
 
     def renew(
@@ -139,6 +158,15 @@ class Server:
             if page["next"] is None:
                 raise ServerRefusedError(f"batch {batch_id} not found", status=404)
             params["cursor"] = page["next"]
+
+
+def device_server(url: str, *, directory: Path, keystore: Keystore, ca: Path) -> Server:
+    """The device plane at ``url`` as the device enrolled in ``directory``:
+    HTTPS trusting ``ca`` (the service CA), its certificate as TLS client
+    certificate, its key from ``keystore``."""
+    from fleetward.agent._tls import client_context
+
+    return Server(url, verify=client_context(directory, keystore, cafile=ca))
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +38,18 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleetward.agent._tls import tls_context
-from fleetward.agent.client import Server, load_identity, renew
+from fleetward.agent.client import device_server, load_identity, renew
 from fleetward.agent.keystore import Keystore
 from fleetward.agent.ota import OtaClient
 
-__all__ = ["AgentConfig", "DeviceAgent", "backoff", "tenant_of"]
+__all__ = [
+    "AgentConfig",
+    "DeviceAgent",
+    "backoff",
+    "broker_listener",
+    "environment_of",
+    "tenant_of",
+]
 
 log = logging.getLogger("fleetward.agent")
 
@@ -75,7 +82,8 @@ class AgentConfig:
     broker_host: str
     broker_port: int
     broker_ca: Path
-    server_url: str | None = None  # for renewal
+    server_url: str | None = None  # the device plane (HTTPS): renewal, attestation
+    server_ca: Path | None = None  # its CA (the service CA); default: broker_ca
     telemetry_interval: float = 10.0
     renew_within: dt.timedelta = dt.timedelta(days=30)
     min_renew_interval: float = 3600.0  # never renew more often (clock skew, retries)
@@ -93,6 +101,7 @@ class AgentStats:
     disconnects: int = 0
     published: int = 0
     renewals: int = 0
+    attestations: int = 0  # evidence submitted (and appraised)
     commands: list[str] = field(default_factory=list)
     updates: list[str] = field(default_factory=list)
     last_delays: list[float] = field(default_factory=list)
@@ -113,8 +122,10 @@ class DeviceAgent:
         reading: Callable[[], dict[str, Any]] | None = None,
         clock: Callable[[], dt.datetime] | None = None,
         ota: OtaClient | None = None,
+        attester: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.config = config
+        self.attester = attester  # submits boot evidence (the ``attest`` command)
         identity = load_identity(config.directory)
         self.device_id: str = identity["device_id"]
         self.tenant = tenant_of(config.directory / "cert.pem")
@@ -242,6 +253,9 @@ class DeviceAgent:
         elif name == "renew":
             self._renew_requested.set()
             self.enqueue("cmd-result/renew", {"ok": True})
+        elif name == "attest" and self.attester is not None:
+            # Off the network thread: attesting is two HTTPS round trips.
+            threading.Thread(target=self._attest_command, name="attest", daemon=True).start()
         else:
             self.enqueue(f"cmd-result/{name}", {"ok": False, "error": "unknown command"})
 
@@ -260,10 +274,40 @@ class DeviceAgent:
         cert = x509.load_pem_x509_certificate((self.config.directory / "cert.pem").read_bytes())
         return cert.not_valid_after_utc - self.clock() <= self.config.renew_within
 
+    def attest_now(self) -> dict[str, Any] | None:
+        """Submit boot evidence now (``attester``); the verdict, or ``None``
+        when there is no attester or it failed (logged: the device keeps
+        working, and the server sees no fresh evidence)."""
+        if self.attester is None:
+            return None
+        try:
+            verdict = self.attester()
+        except Exception as exc:
+            log.warning("%s: attestation failed: %s", self.device_id, exc)
+            return None
+        self.stats.attestations += 1
+        return verdict
+
+    def _ota_step(self, step: dict[str, Any]) -> None:
+        self.enqueue("state/ota", step)
+        if step.get("step") == "committed" and self.attester is not None:
+            # A new image boots: the verifier hears about it at once.
+            threading.Thread(target=self.attest_now, name="attest", daemon=True).start()
+
+    def _attest_command(self) -> None:
+        verdict = self.attest_now()
+        result = {"ok": verdict is not None, "verdict": (verdict or {}).get("verdict")}
+        self.enqueue("cmd-result/attest", result)
+
     def _renew(self) -> bool:
         if self.config.server_url is None:
             raise RuntimeError("broken invariant, expected: self.config.server_url is not None")
-        with Server(self.config.server_url) as server:
+        with device_server(
+            self.config.server_url,
+            directory=self.config.directory,
+            keystore=self.config.keystore,
+            ca=self.config.server_ca or self.config.broker_ca,
+        ) as server:
             done = renew(
                 server,
                 self.config.keystore,
@@ -296,7 +340,7 @@ class DeviceAgent:
     def run(self, stop: threading.Event) -> None:
         """Connect, publish, renew and reconnect until ``stop`` is set."""
         if self.ota is not None:
-            self.ota.start(lambda step: self.enqueue("state/ota", step))
+            self.ota.start(self._ota_step)
         try:
             self._run(stop)
         finally:
@@ -382,6 +426,32 @@ def tenant_of(cert_path: Path) -> str:
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     [org] = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     return str(org.value)
+
+
+def environment_of(cert_path: Path) -> str:
+    """The environment a device certificate belongs to (its subject's OU)."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    [unit] = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return str(unit.value)
+
+
+def broker_listener(announced: Mapping[str, Any], environment: str) -> tuple[str, int]:
+    """The listener of ``environment`` in what ``GET /api/v1/comms/broker``
+    answered: each environment's listener trusts only its own issuing CAs,
+    so a device connects to its own (an older server announces one
+    ``host``/``port``).
+
+    Raises:
+        ValueError: the answer names no listener for ``environment``.
+    """
+    listeners = announced.get("listeners")
+    try:
+        if isinstance(listeners, Mapping):
+            mine = listeners[environment]
+            return str(mine["host"]), int(mine["port"])
+        return str(announced["host"]), int(announced["port"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"the server announces no broker listener for {environment!r}") from exc
 
 
 def _connect_properties() -> Properties:

@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import shutil
+import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleetward.agent._fetcher import HttpsFetcher
 from fleetward.agent.client import write_durably
 from fleetward.errors import ConflictError, FleetwardError, NotFoundError, UpdateRefusedError
 from fleetward.ota.release import parse_version
@@ -41,6 +43,7 @@ from fleetward.ota.release import parse_version
 __all__ = ["BootOutcome", "OtaClient", "Slots", "UpdateRefusedError", "install"]
 
 DEFAULT_BOOT_ATTEMPTS = 3
+MAX_ROOT_BYTES = 512_000  # a first TUF root fetched on trust (python-tuf's root limit)
 
 log = logging.getLogger("fleetward.agent")
 
@@ -236,6 +239,13 @@ class OtaClient:
     The TUF trust root is ``<directory>/tuf-root.json``. A device is normally
     provisioned with it; if it is missing, the first check fetches version 1
     of the tenant's root from the server (trust on first use).
+
+    The repository is on the device plane (HTTPS): ``tls`` makes the TLS
+    context of one update check (the service CA as trust anchor, and the
+    device's certificate where the agent has it, see
+    :func:`fleetward.agent._tls.client_context`; called per check, so a
+    renewed certificate is picked up). Without it the check trusts the
+    system's CAs (a repository behind a public certificate).
     """
 
     def __init__(
@@ -248,8 +258,10 @@ class OtaClient:
         initial_version: str = "0.0.0",
         health_check: Callable[[Path], bool] | None = None,
         executor: Executor | None = None,
+        tls: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         self.directory = directory
+        self.tls = tls
         self.base = f"{server_url.rstrip('/')}/tuf/{tenant}"
         self.hardware = hardware
         self.slots = Slots(directory, initial_version=initial_version)
@@ -264,10 +276,17 @@ class OtaClient:
         self._chain_lock = threading.Lock()
         self._queued: set[str] = set()  # jobs waiting or in progress (see _key)
 
-    def updater(self) -> Any:
-        """A fresh stock TUF client for one update check."""
+    def fetcher(self) -> HttpsFetcher:
+        """The HTTPS fetcher of one update check (close it afterwards)."""
+        context = self.tls() if self.tls is not None else ssl.create_default_context()
+        return HttpsFetcher(context)
+
+    def updater(self, fetcher: HttpsFetcher | None = None) -> Any:
+        """A fresh stock TUF client for one update check, fetching through
+        ``fetcher`` (default: a new :meth:`fetcher`)."""
         from tuf.ngclient import Updater
 
+        fetcher = fetcher or self.fetcher()
         metadata = self.directory / "tuf"
         metadata.mkdir(parents=True, exist_ok=True)
         downloads = self.directory / "downloads"
@@ -276,17 +295,15 @@ class OtaClient:
         if not (metadata / "root.json").exists():
             root = self.directory / "tuf-root.json"
             if not root.exists():
-                import httpx
-
-                resp = httpx.get(f"{self.base}/metadata/1.root.json", timeout=30)
-                resp.raise_for_status()
-                write_durably(root, resp.content, sync_dir=True)
+                first = fetcher.download_bytes(f"{self.base}/metadata/1.root.json", MAX_ROOT_BYTES)
+                write_durably(root, first, sync_dir=True)
             bootstrap = root.read_bytes()
         return Updater(
             metadata_dir=str(metadata),
             metadata_base_url=f"{self.base}/metadata/",
             target_dir=str(downloads),
             target_base_url=f"{self.base}/targets/",
+            fetcher=fetcher,
             bootstrap=bootstrap,
         )
 
@@ -376,9 +393,10 @@ class OtaClient:
         target = str(payload.get("target", ""))
         step("downloading", target=target)
         try:
-            version = install(
-                self.updater(), self.slots, target_path=target, hardware=self.hardware
-            )
+            with self.fetcher() as fetcher:
+                version = install(
+                    self.updater(fetcher), self.slots, target_path=target, hardware=self.hardware
+                )
         except UpdateRefusedError as exc:
             step("refused", reason=exc.detail, version=self.slots.installed_version)
             return

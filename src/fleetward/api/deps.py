@@ -1,4 +1,6 @@
-"""FastAPI dependencies: the app context and the authenticated principal."""
+"""FastAPI dependencies: the app context, the authenticated operator
+(:class:`Authorize`, operator plane) and the authenticated device
+(:data:`DeviceCaller`, device plane: see :mod:`fleetward.api.device_auth`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,11 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from fleetward.api.device_auth import (
+    DeviceIdentity,
+    authenticate_certificate,
+    presented_certificate,
+)
 from fleetward.audit import service as audit
 from fleetward.errors import AuthenticationError
 from fleetward.runtime.context import AppContext
@@ -19,7 +26,9 @@ __all__ = [
     "Allow",
     "Authorize",
     "Ctx",
+    "DeviceCaller",
     "bearer_or_basic",
+    "device_identity",
     "get_ctx",
 ]
 
@@ -97,3 +106,19 @@ def Allow(action: scope.Action) -> Any:  # noqa: N802 - reads as a type annotati
 
 
 Ctx = Annotated[AppContext, Depends(get_ctx)]
+
+
+def device_identity(
+    request: Request, ctx: Annotated[AppContext, Depends(get_ctx)]
+) -> DeviceIdentity:
+    """The device a device-plane request comes from: its TLS client
+    certificate (or a trusted proxy's header), which must be its current,
+    good certificate. Refusals are 401 problems, counted, not audited."""
+    der = presented_certificate(
+        request.scope, request.headers, trusted_proxies=ctx.settings.trusted_proxies
+    )
+    with ctx.db.read() as session:
+        return authenticate_certificate(session, der)
+
+
+DeviceCaller = Annotated[DeviceIdentity, Depends(device_identity)]

@@ -1,10 +1,11 @@
-"""Several API processes on one port, each with its own listening socket.
+"""Several API processes on the same two ports, each with its own listening sockets.
 
 uvicorn's ``--workers`` shares one listening socket, and Linux hands new
 connections to whichever worker wakes first: with long-lived keep-alive
 clients one worker ended up with 14 of 16 connections (measured), the other
-core idle. Here every worker binds its own socket with ``SO_REUSEPORT``, so
-the kernel spreads connections across workers by their address hash.
+core idle. Here every worker binds its own socket per plane (operator and
+device, see :mod:`fleetward.api.serve`) with ``SO_REUSEPORT``, so the kernel
+spreads connections across workers by their address hash.
 
 :func:`proxy_options` is how every API process (one or several) treats
 ``X-Forwarded-For``: believed only from ``FLEETWARD_TRUSTED_PROXIES``.
@@ -18,10 +19,7 @@ import socket
 from types import FrameType
 from typing import Any
 
-import uvicorn
-
 from fleetward import logs
-from fleetward.api.app import create_app
 from fleetward.config import Settings
 from fleetward.runtime.context import AppContext
 
@@ -51,41 +49,46 @@ def log_options() -> dict[str, Any]:
     return {"log_config": None, "access_log": False}
 
 
-def _worker(
-    settings: Settings, host: str, port: int, crl_interval: float, checkpoint_interval: float
-) -> None:
+def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
+    return sock
+
+
+def _worker(settings: Settings, crl_interval: float, checkpoint_interval: float) -> None:
+    from fleetward.api.serve import plane_servers, run_planes
+
+    operator = _bind(settings.operator_host, settings.operator_port)
+    device = _bind(settings.device_host, settings.device_port)
     logs.configure(level=settings.log_level, fmt=settings.log_format)
     ctx = AppContext.from_settings(settings)
-    app = create_app(
+    planes = plane_servers(
         ctx,
         crl_interval=crl_interval,
         checkpoint_interval=checkpoint_interval,
         isolate_publisher=True,
     )
-    config = uvicorn.Config(app, **log_options(), **proxy_options(settings))
-    uvicorn.Server(config).run(sockets=[sock])
+    run_planes(planes, sockets=([operator], [device]))
 
 
 def serve_workers(
     settings: Settings,
     *,
-    host: str,
-    port: int,
     workers: int,
     crl_interval: float,
     checkpoint_interval: float,
 ) -> None:
-    """Run ``workers`` API processes until one of them exits or we are signalled."""
+    """Run ``workers`` API processes until one of them exits or we are
+    signalled. Each serves both planes (``settings.operator_*`` and
+    ``settings.device_*``), with its own socket per plane."""
     spawn = multiprocessing.get_context("spawn")
     procs = [
         spawn.Process(
             target=_worker,
-            args=(settings, host, port, crl_interval, checkpoint_interval),
+            args=(settings, crl_interval, checkpoint_interval),
             name=f"fleetward-api-{i}",
         )
         for i in range(workers)

@@ -13,6 +13,7 @@ from fleetward.api.routes.comms import PolicyOut
 from fleetward.cli.common import (
     JSON,
     TENANT,
+    Environment,
     admin_session,
     console,
     load_ctx,
@@ -21,7 +22,13 @@ from fleetward.cli.common import (
     print_json,
 )
 from fleetward.comms import service
-from fleetward.comms.mosquitto_conf import DEFAULT_MQTT_PORT, DEFAULT_SERVICE_PORT, BrokerFiles
+from fleetward.comms.identities import SERVICE_JOBS
+from fleetward.comms.mosquitto_conf import (
+    DEFAULT_PORTS,
+    DEFAULT_SERVICE_PORT,
+    BrokerFiles,
+    Listeners,
+)
 from fleetward.comms.policy import Action, load_policy_text
 from fleetward.comms.sync import BrokerSync, prepare
 from fleetward.errors import InvalidInputError
@@ -75,13 +82,24 @@ def history(ctx: typer.Context, tenant: str = TENANT, as_json: bool = JSON) -> N
 @policy_app.command("check")
 def check(
     ctx: typer.Context,
-    device: str = typer.Option(..., help="device id"),
-    publish: str | None = typer.Option(None, help="a topic the device would publish to"),
-    subscribe: str | None = typer.Option(None, help="a filter the device would subscribe to"),
-    receive: str | None = typer.Option(None, help="a topic delivered to the device"),
+    device: str | None = typer.Option(None, help="device id"),
+    service_identity: str | None = typer.Option(
+        None,
+        "--service",
+        help=f"one of fleetward's own broker identities instead: {', '.join(SERVICE_JOBS)}",
+    ),
+    publish: str | None = typer.Option(None, help="a topic the identity would publish to"),
+    subscribe: str | None = typer.Option(None, help="a filter it would subscribe to"),
+    receive: str | None = typer.Option(None, help="a topic delivered to it"),
+    environment: Environment | None = typer.Option(
+        None, "--env", help="the device's listener (default: the environment it lives in)"
+    ),
     tenant: str = TENANT,
 ) -> None:
-    """Allow or deny, with the rule that decided; exit 1 on deny."""
+    """Allow or deny, with the rule that decided; exit 1 on deny.
+
+    Explains a device's decision under its tenant's policy (--device), or
+    one of fleetward's own identities' under the rules of its job (--service)."""
     asked: tuple[tuple[Action, str | None], ...] = (
         ("publish", publish),
         ("subscribe", subscribe),
@@ -91,11 +109,26 @@ def check(
     if len(given) != 1:
         raise InvalidInputError("give exactly one of --publish, --subscribe or --receive")
     action, topic = given[0]
+    if (device is None) == (service_identity is None):
+        raise InvalidInputError("give exactly one of --device or --service")
+    verdict_of = {True: "[green]allow[/green]", False: "[red]deny[/red]"}
+    if service_identity is not None:
+        decision = service.explain_service(service_identity, action=action, topic=topic)
+        who_is = f"fleetward-{service_identity}"
+        console.print(f"{verdict_of[decision.allowed]} {action} {topic} for {who_is} (its job)")
+        console.print(f"  {decision.rule.describe() if decision.rule else decision.reason}")
+        if not decision.allowed:
+            raise typer.Exit(1)
+        return
+    if device is None:
+        raise InvalidInputError("give --device or --service")
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
     with app.db.read() as s:
-        decision, version, _ = service.explain(s, who, device, action=action, topic=topic)
-    verdict = "[green]allow[/green]" if decision.allowed else "[red]deny[/red]"
+        decision, version, _ = service.explain(
+            s, who, device, action=action, topic=topic, environment=environment
+        )
+    verdict = verdict_of[decision.allowed]
     console.print(f"{verdict} {action} {topic} for {device} (policy version {version.version})")
     console.print(f"  {decision.rule.describe() if decision.rule else decision.reason}")
     if not decision.allowed:
@@ -111,8 +144,10 @@ def render(
     out_alias: Path | None = typer.Option(None, "--out", hidden=True),  # the old spelling
     host: str = typer.Option("127.0.0.1", help="listener address"),
     mqtt_port: int = typer.Option(
-        DEFAULT_MQTT_PORT, "--mqtt-port", help="device listener port (TLS)"
+        DEFAULT_PORTS["production"], "--mqtt-port", help="production device listener (TLS)"
     ),
+    mqtt_test_port: int = typer.Option(DEFAULT_PORTS["test"], help="test device listener"),
+    mqtt_drill_port: int = typer.Option(DEFAULT_PORTS["drill"], help="drill device listener"),
     service_port: int = typer.Option(DEFAULT_SERVICE_PORT, help="fleetward's own listener"),
 ) -> None:
     """Write the Mosquitto configuration, certificates, plugin, ACL table,
@@ -122,8 +157,16 @@ def render(
     if target is None:
         raise typer.BadParameter("missing option --dir", param_hint="--dir")
     app = load_ctx(ctx)
+    try:
+        listeners = Listeners(
+            host=host,
+            ports={"test": mqtt_test_port, "production": mqtt_port, "drill": mqtt_drill_port},
+            service_port=service_port,
+        )
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from exc
     files = prepare(
-        app.db, app.pki, target.resolve(), host=host, port=mqtt_port, service_port=service_port
+        app.db, app.pki, target.resolve(), service_pki=app.service_pki, listeners=listeners
     )
     console.print(f"broker configuration written: {files.config}")
     console.print(
@@ -162,7 +205,10 @@ def sync(
         raise InvalidInputError(f"{directory} has no mosquitto.conf; run `fleetward broker render`")
     stack = Stack(
         [
-            BrokerSyncWorker(BrokerSync(app.db, app.pki, files, reload=reload), interval=interval),
+            BrokerSyncWorker(
+                BrokerSync(app.db, app.pki, files, service_pki=app.service_pki, reload=reload),
+                interval=interval,
+            ),
             Publisher(app),
         ]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -23,7 +24,14 @@ from fleetward.cli.common import (
     print_items,
     print_json,
 )
-from fleetward.identity import ca_service, issuance, publication, service
+from fleetward.identity import (
+    CertificateAuthority,
+    ca_service,
+    issuance,
+    publication,
+    rotation,
+    service,
+)
 from fleetward.identity.revocation import REASONS
 from fleetward.identity.schemas import CaOut, CertificateOut, DeviceOut, certificate_out
 from fleetward.keys import open_signer
@@ -60,12 +68,74 @@ def ca_list(ctx: typer.Context, tenant: str = TENANT, as_json: bool = JSON) -> N
         if as_json:
             print_items([CaOut.of(c, key_location=True) for c in cas])
             return
-        table = Table("id", "kind", "env", "status", "subject", "key")
+        table = Table("id", "kind", "env", "status", "trusted until", "subject", "key")
         for ca in cas:
             table.add_row(
-                str(ca.id), ca.kind, ca.environment or "-", ca.status, ca.subject, ca.key_uri
-            )
+                str(ca.id), ca.kind, ca.environment or "-", ca.status, _trust(ca), ca.subject,
+                ca.key_uri,
+            )  # fmt: skip
     console.print(table)
+
+
+def _trust(ca: CertificateAuthority) -> str:
+    """The trust column of ``ca list``: a retired CA's deadline, a distrusted one's end."""
+    if ca.status == "distrusted" and ca.distrusted_at is not None:
+        return f"distrusted {ca.distrusted_at:%Y-%m-%d %H:%M:%S}Z"
+    if ca.status == "retired":
+        until = f"{ca.trusted_until:%Y-%m-%d %H:%M:%S}Z" if ca.trusted_until else "no deadline"
+        return until + (" or when migrated" if ca.distrust_when_migrated else "")
+    return "-"
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> dt.timedelta:
+    """``90s``, ``30m``, ``12h``, ``7d`` or plain seconds."""
+    text = text.strip()
+    unit = _UNITS.get(text[-1:])
+    digits = text[:-1] if unit else text
+    if not digits.isdigit() or len(digits) > 12:
+        raise typer.BadParameter(f"{text!r} is not a duration like 7d, 12h, 30m or 90s")
+    return dt.timedelta(seconds=int(digits) * (unit or 1))
+
+
+@ca_app.command("distrust")
+def ca_distrust(
+    ctx: typer.Context,
+    ca_id: int,
+    force: bool = typer.Option(
+        False, "--force", help="even though devices still depend on it (they are cut off)"
+    ),
+    tenant: str = TENANT,
+) -> None:
+    """Close a retired issuing CA's trust window now: it leaves every trust
+    file and its certificates still good are revoked."""
+    with admin_session(ctx, tenant, action="ca.distrust", subject=f"ca:{ca_id}") as (_, who, s):
+        done = rotation.distrust_ca(s, who, ca_id, force=force)
+    console.print(
+        f"CA {ca_id} distrusted ({done.why}); {done.revoked} certificate(s) revoked"
+        + (f", e.g. of {', '.join(done.stranded)}: re-provision them" if done.stranded else "")
+    )
+
+
+@ca_app.command("dependents")
+def ca_dependents(
+    ctx: typer.Context, ca_id: int, tenant: str = TENANT, as_json: bool = JSON
+) -> None:
+    """Devices that still depend on a CA (hold a good, unexpired certificate of it)."""
+    app = load_ctx(ctx)
+    who = local_principal(app, tenant)
+    with app.db.read() as s:
+        ca = ca_service.get_ca(s, tenant_id=who.tenant_id, ca_id=ca_id)
+        count = rotation.dependents(s, ca_id=ca.id)
+        sample = rotation.dependent_devices(s, ca_id=ca.id, limit=50)
+    if as_json:
+        print_json({"ca_id": ca_id, "dependents": count, "sample": sample})
+        return
+    console.print(f"{count} device(s) depend on CA {ca_id}" + (":" if sample else ""))
+    for device_id in sample:
+        console.print(f"  {device_id}")
 
 
 @ca_app.command("issuing-csr")
@@ -128,9 +198,21 @@ def ca_import(
     ctx: typer.Context,
     ca_id: int,
     cert: Path = typer.Option(..., help="the signed issuing CA certificate (PEM)"),
+    trust_window: str = typer.Option(
+        "7d", help="how long the CA it replaces stays trusted (7d, 12h, 30m, 90s)"
+    ),
+    reason: str = typer.Option(
+        "superseded",
+        help="what the replaced CA's certificates are revoked for: superseded, or cACompromise",
+    ),
+    distrust_when_migrated: bool = typer.Option(
+        False, help="distrust the replaced CA as soon as no device depends on it"
+    ),
     tenant: str = TENANT,
 ) -> None:
-    """Activate a pending issuing CA with its signed certificate."""
+    """Activate a pending issuing CA with its signed certificate (the active
+    one of its environment retires, trusted for --trust-window)."""
+    window = _duration(trust_window)
     with admin_session(ctx, tenant, action="ca.activate", subject=f"ca:{ca_id}") as (
         app,
         who,
@@ -143,6 +225,9 @@ def ca_import(
             ca_id=ca_id,
             certificate_pem=cert.read_bytes(),
             actor=who.actor,
+            trust_window=window,
+            reason=reason,
+            distrust_when_migrated=distrust_when_migrated,
         )
     console.print(f"issuing CA {ca_id} is active")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -20,7 +20,7 @@ from fleetward.cli.provisioning import factory_app
 from fleetward.cli.response import drill_app, incident_app, playbook_app
 from fleetward.cli.sim import sim_app
 from fleetward.cli.tenancy import tenant_app, token_app
-from fleetward.config import DEFAULT_PORT, LogFormat, LogLevel, Settings, default_home
+from fleetward.config import LogFormat, LogLevel, Settings, default_home
 from fleetward.errors import FleetwardError
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.installation import initialise
@@ -76,7 +76,8 @@ def init(
         None, help="write the root CA key here (encrypted) instead of keeping it"
     ),
     public_url: str | None = typer.Option(
-        None, help=f"base URL in certificates (default http://127.0.0.1:{DEFAULT_PORT})"
+        None,
+        help="base URL in certificates: the device plane (default https://127.0.0.1:8443)",
     ),
 ) -> None:
     """Create the home directory, database, checkpoint key, tenant `default` with
@@ -132,27 +133,58 @@ def doctor(
     console.print(f"{settings.home} is private")
 
 
+HOST: Any = typer.Option(
+    None, "--host", help="operator plane bind address (default FLEETWARD_OPERATOR_HOST, 127.0.0.1)"
+)
+PORT: Any = typer.Option(
+    None, "--port", help="operator plane port (default FLEETWARD_OPERATOR_PORT, 8400)"
+)
+DEVICE_HOST: Any = typer.Option(
+    None, "--device-host", help="device plane bind address (default FLEETWARD_DEVICE_HOST)"
+)
+DEVICE_PORT: Any = typer.Option(
+    None, "--device-port", help="device plane port, TLS (default FLEETWARD_DEVICE_PORT, 8443)"
+)
+OPERATOR_TLS: Any = typer.Option(
+    None,
+    "--operator-tls/--no-operator-tls",
+    help="serve the operator plane over HTTPS (default FLEETWARD_OPERATOR_TLS, off)",
+)
+WORKERS: Any = typer.Option(1, min=1, help="API processes (each serves both planes)")
+
+
 @app.command()
 def serve(
     ctx: typer.Context,
-    port: int = typer.Option(DEFAULT_PORT, help="TCP port"),
-    host: str = typer.Option("127.0.0.1", help="bind address"),
+    port: int | None = PORT,
+    host: str | None = HOST,
+    device_port: int | None = DEVICE_PORT,
+    device_host: str | None = DEVICE_HOST,
+    operator_tls: bool | None = OPERATOR_TLS,
     crl_interval: float = typer.Option(
         10.0, help="publication interval: a revocation is in the CRL within this many seconds"
     ),
     checkpoint_interval: float = typer.Option(600.0, help="seconds between audit checkpoints"),
-    workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
+    workers: int = WORKERS,
     log_level: LogLevel | None = LOG_LEVEL,
     log_format: LogFormat | None = LOG_FORMAT,
 ) -> None:
-    """Run the API (REST under /api/v1, EST, CRL, OCSP)."""
-    context = load_ctx(ctx, log_level=log_level, log_format=log_format)
+    """Run the API: the operator plane (REST under /api/v1) and the device
+    plane (TLS: EST, OCSP, CRLs, TUF, attestation, renewal)."""
+    context = load_ctx(
+        ctx,
+        log_level=log_level,
+        log_format=log_format,
+        operator_host=host,
+        operator_port=port,
+        device_host=device_host,
+        device_port=device_port,
+        operator_tls=operator_tls,
+    )
     logs.configure(level=context.settings.log_level, fmt=context.settings.log_format)
     context.db.migrate()
     _serve(
         context,
-        host=host,
-        port=port,
         workers=workers,
         crl_interval=crl_interval,
         checkpoint_interval=checkpoint_interval,
@@ -162,34 +194,59 @@ def serve(
 @app.command()
 def up(
     ctx: typer.Context,
-    port: int = typer.Option(DEFAULT_PORT, help="API port"),
-    mqtt_port: int = typer.Option(8883, help="device MQTT port (TLS, client certificates)"),
-    service_port: int = typer.Option(8884, help="fleetward's own MQTT port"),
+    port: int | None = PORT,
+    device_port: int | None = DEVICE_PORT,
+    operator_tls: bool | None = OPERATOR_TLS,
+    mqtt_port: int | None = typer.Option(
+        None, help="production devices' MQTT port (TLS; default FLEETWARD_MQTT_PRODUCTION_PORT)"
+    ),
+    mqtt_test_port: int | None = typer.Option(
+        None, help="test devices' MQTT port (TLS; default FLEETWARD_MQTT_TEST_PORT)"
+    ),
+    mqtt_drill_port: int | None = typer.Option(
+        None, help="drill devices' MQTT port (TLS; default FLEETWARD_MQTT_DRILL_PORT)"
+    ),
+    service_port: int | None = typer.Option(
+        None, help="fleetward's own MQTT port (default FLEETWARD_MQTT_SERVICE_PORT)"
+    ),
     crl_interval: float = typer.Option(10.0, help="CRL publication interval (seconds)"),
-    workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
+    workers: int = WORKERS,
     demo: bool = typer.Option(False, "--demo", help="also run a simulated fleet (test env)"),
     demo_devices: int = typer.Option(20, min=1, max=1000, help="devices in the --demo fleet"),
     log_level: LogLevel | None = LOG_LEVEL,
     log_format: LogFormat | None = LOG_FORMAT,
 ) -> None:
     """Run fleetward with a Mosquitto it configures and keeps in step (all on
-    127.0.0.1): the API, the broker with the fleetward plugin, the sync loop,
-    the OTA campaign driver, telemetry ingest, the detection loop and the
-    incident compliance tracker. With
-    --demo, a simulated fleet enrolls and connects once the API is up."""
+    127.0.0.1): both API planes, the broker with the fleetward plugin, the
+    sync loop, the OTA campaign driver, telemetry ingest, the detection loop
+    and the incident compliance tracker. With --demo, a simulated fleet
+    enrolls and connects once the API is up."""
     from fleetward.runtime.stack import up_stack
 
-    context = load_ctx(ctx, log_level=log_level, log_format=log_format)
-    logs.configure(level=context.settings.log_level, fmt=context.settings.log_format)
+    context = load_ctx(
+        ctx,
+        log_level=log_level,
+        log_format=log_format,
+        operator_host="127.0.0.1",
+        operator_port=port,
+        device_host="127.0.0.1",
+        device_port=device_port,
+        operator_tls=operator_tls,
+        mqtt_host="127.0.0.1",
+        mqtt_production_port=mqtt_port,
+        mqtt_test_port=mqtt_test_port,
+        mqtt_drill_port=mqtt_drill_port,
+        mqtt_service_port=service_port,
+    )
+    settings = context.settings
+    logs.configure(level=settings.log_level, fmt=settings.log_format)
     context.db.migrate()
     _ensure_environment_cas(context)
     # One API process runs the publishers in this stack; several run their
     # own (under the same leases), and this process runs the rest.
     stack = up_stack(
         context,
-        api_url=f"http://127.0.0.1:{port}",
-        mqtt_port=mqtt_port,
-        service_port=service_port,
+        api_url=_operator_url(settings),
         crl_interval=crl_interval,
         publishers=workers == 1,
         demo_devices=demo_devices if demo else None,
@@ -198,16 +255,16 @@ def up(
     broker = stack.broker
     if broker is not None:
         console.print(
-            f"mosquitto on mqtts://127.0.0.1:{mqtt_port} (devices), "
-            f"127.0.0.1:{service_port} (fleetward); config {broker.files.config}"
+            f"mosquitto: devices on mqtts://{settings.mqtt_host}: "
+            f"{settings.mqtt_production_port} (production), {settings.mqtt_test_port} (test), "
+            f"{settings.mqtt_drill_port} (drill); fleetward on {settings.mqtt_service_port}; "
+            f"config {broker.files.config}"
         )
     if demo:
         console.print(f"demo: {demo_devices} simulated devices connect once the API is up")
     try:
         _serve(
             context,
-            host="127.0.0.1",
-            port=port,
             workers=workers,
             crl_interval=crl_interval,
             checkpoint_interval=600.0,
@@ -231,47 +288,50 @@ def _ensure_environment_cas(context: AppContext) -> None:
                 console.print(f"tenant {tenant.name}: {ca.environment} issuing CA {ca.id} created")
 
 
+def _operator_url(settings: Settings) -> str:
+    scheme = "https" if settings.operator_tls else "http"
+    return f"{scheme}://{settings.operator_host}:{settings.operator_port}"
+
+
 def _serve(
     context: AppContext,
     *,
-    host: str,
-    port: int,
     workers: int,
     crl_interval: float,
     checkpoint_interval: float,
     runtime: Stack | None = None,
 ) -> None:
-    import uvicorn
+    from fleetward.api.serve import plane_servers, run_planes
 
-    from fleetward.api.app import create_app
-    from fleetward.api.workers import log_options, proxy_options
-
-    console.print(f"fleetward {__version__} on http://{host}:{port} (home {context.settings.home})")
+    settings = context.settings
+    # The service CA and server certificate are made here, once, before any
+    # worker process could race to create them.
+    context.service_pki.server()
+    console.print(f"fleetward {__version__} (home {settings.home})")
+    console.print(f"operator plane: {_operator_url(settings)}")
+    console.print(
+        f"device plane:   https://{settings.device_host}:{settings.device_port} "
+        f"(devices trust {context.service_pki.ca_cert})"
+    )
     if workers > 1:
         from fleetward.api.workers import serve_workers
 
         context.db.dispose()
         serve_workers(
-            context.settings,
-            host=host,
-            port=port,
+            settings,
             workers=workers,
             crl_interval=crl_interval,
             checkpoint_interval=checkpoint_interval,
         )
         return
-    uvicorn.run(
-        create_app(
+    run_planes(
+        plane_servers(
             context,
             runtime=runtime,
             crl_interval=crl_interval,
             checkpoint_interval=checkpoint_interval,
             isolate_publisher=True,
-        ),
-        host=host,
-        port=port,
-        **log_options(),
-        **proxy_options(context.settings),
+        )
     )
 
 

@@ -355,6 +355,12 @@ def drill_run(
     ctx: typer.Context,
     playbook: str,
     server: str = typer.Option(..., envvar="FLEETWARD_SERVER", help="the running fleetward"),
+    device_server: str | None = typer.Option(
+        None,
+        "--device-server",
+        envvar="FLEETWARD_DEVICE_SERVER",
+        help="its device plane (default: where the settings put it)",
+    ),
     token: str = typer.Option(
         ..., envvar="FLEETWARD_TOKEN", help="admin token (enrolls the fleet)"
     ),
@@ -382,8 +388,11 @@ def drill_run(
         offline=offline, telemetry_interval=5.0,
     )  # fmt: skip
     fleet = FleetProcesses(
-        spec, server_url=server, directory=directory, processes=processes, token=token
-    )
+        spec, server_url=server, directory=directory, processes=processes, token=token,
+        device_url=device_server
+        or f"https://{app.settings.device_host}:{app.settings.device_port}",
+        server_ca=app.service_pki.ca_cert,
+    )  # fmt: skip
     fleet.prepare(on_progress=lambda done, total: console.print(f"enrolled {done}/{total}"))
     effects = LiveEffects(app.settings.home)
     try:

@@ -42,7 +42,21 @@ def summary_table(snapshot: list[dict[str, Any]], *, elapsed: float) -> Table:
 
 @sim_app.command("run")
 def run(
-    server: str = typer.Option(..., envvar="FLEETWARD_SERVER", help="fleetward base URL"),
+    server: str = typer.Option(
+        ..., envvar="FLEETWARD_SERVER", help="fleetward's operator plane (enrollment)"
+    ),
+    device_server: str = typer.Option(
+        ...,
+        "--device-server",
+        envvar="FLEETWARD_DEVICE_SERVER",
+        help="fleetward's device plane, https://host:port",
+    ),
+    server_ca: Path = typer.Option(
+        ...,
+        "--server-ca",
+        envvar="FLEETWARD_SERVER_CA",
+        help="the service CA fleetward's certificates chain to (PEM)",
+    ),
     token: str | None = typer.Option(
         None, envvar="FLEETWARD_TOKEN", help="admin API token (to enroll missing devices)"
     ),
@@ -78,11 +92,15 @@ def run(
         raise InvalidInputError("--processes must be at least 1")
     fleet: SimFleet | FleetProcesses
     if processes == 1:
-        fleet = SimFleet(spec, server_url=server, directory=directory, token=token)
+        fleet = SimFleet(
+            spec, server_url=server, device_url=device_server, server_ca=server_ca,
+            directory=directory, token=token,
+        )  # fmt: skip
     else:
         fleet = FleetProcesses(
-            spec, server_url=server, directory=directory, processes=processes, token=token
-        )
+            spec, server_url=server, device_url=device_server, server_ca=server_ca,
+            directory=directory, processes=processes, token=token,
+        )  # fmt: skip
 
     def progress(done: int, total: int) -> None:
         console.print(f"enrolled {done}/{total}", end="\r")

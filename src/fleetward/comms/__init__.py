@@ -8,9 +8,10 @@ in step with the database, and :mod:`.mosquitto` runs it. (The runtime
 schedules the sync and the supervision.)
 
 The public face: policy versions, explanations and commands
-(:mod:`.service`), and the service identity's broker connection
-(:mod:`.commands`) that the OTA driver and response runs send through.
-:mod:`.policy` and :mod:`.compile` are pure and may be imported directly.
+(:mod:`.service`), and the broker connections of fleetward's own identities
+(:mod:`.commands`: one per job, :mod:`.identities`) that ingest, the OTA
+driver and response runs use. :mod:`.policy`, :mod:`.identities` and
+:mod:`.compile` are pure and may be imported directly.
 """
 
 from fleetward.comms.commands import (
@@ -26,6 +27,7 @@ from fleetward.comms.service import (
     current_policy,
     denial_counts,
     explain,
+    explain_service,
     get_policy,
     list_events,
     list_versions,
@@ -45,6 +47,7 @@ __all__ = [
     "current_policy",
     "denial_counts",
     "explain",
+    "explain_service",
     "get_policy",
     "list_events",
     "list_versions",

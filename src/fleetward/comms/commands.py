@@ -1,9 +1,13 @@
-"""Sending commands to devices through the broker, as fleetward's service identity.
+"""fleetward's own broker connections: one identity per job.
 
-The sender connects lazily to the broker's service listener with the service
-certificate that ``prepare`` created (``<home>/broker/broker.json`` says
-where). The broker still checks every delivery against the device's roles,
-so a command that slipped past the API check would not reach the device.
+:func:`service_client` connects to the broker's service listener as one of
+fleetward's identities (:mod:`.identities`: ``ingest``, ``commands``,
+``ota``) with the certificate ``prepare`` issued it
+(``<home>/broker/broker.json`` says where). :class:`CommandSender` publishes
+as ``commands`` (device commands) or ``ota`` (offers). The broker allows
+each identity its job only, and still checks every delivery against the
+device's roles, so a command that slipped past the API check would not reach
+the device.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from fleetward.errors import BrokerUnavailableError
 
@@ -41,22 +47,33 @@ def broker_info(home: Path) -> dict[str, Any]:
 def service_client(
     home: Path,
     *,
+    identity: str,
     client_id: str = "",
     subscribe: tuple[str, int] | None = None,
     on_message: Any = None,
     keepalive: int = 60,
 ) -> mqtt.Client:
-    """A connected, looping MQTT 5 client with fleetward's service identity.
+    """A connected, looping MQTT 5 client as fleetward's identity ``identity``
+    (one of :data:`~.identities.SERVICE_JOBS`).
 
     ``subscribe`` is ``(filter, qos)``, renewed on every (re)connection.
 
     Raises:
-        BrokerUnavailableError: no broker here, or it cannot be reached.
+        BrokerUnavailableError: no broker here, it cannot be reached, or it
+            issued no certificate to ``identity``.
     """
     info = broker_info(home)
+    pair = info.get("identities", {}).get(identity)
+    if pair is None:
+        raise BrokerUnavailableError(
+            f"the broker here has no service identity {identity!r} (run `fleetward up` again)"
+        )
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     context = ssl.create_default_context(cafile=info["ca"])
-    context.load_cert_chain(info["service_cert"], info["service_key"])
+    try:
+        context.load_cert_chain(pair["cert"], pair["key"])
+    except OSError as exc:  # ssl.SSLError is an OSError
+        raise BrokerUnavailableError(f"service identity {identity!r}: {exc}") from exc
     client.tls_set_context(context)
     if on_message is not None:
         client.on_message = on_message
@@ -72,12 +89,21 @@ def service_client(
 
 
 class CommandSender:
-    """One MQTT connection per process for outgoing commands."""
+    """One MQTT connection per process for outgoing messages of one identity:
+    ``commands`` (device commands, the default) or ``ota`` (offers)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, identity: str = "commands") -> None:
         self.home = home
+        self.identity = identity
         self._client: mqtt.Client | None = None
         self._lock = threading.Lock()
+        self._refused: dict[int, int] = {}  # mid -> PUBACK reason code >= 0x80
+
+    def _on_publish(
+        self, _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        if rc.is_failure:
+            self._refused[mid] = rc.value
 
     def send(self, topic: str, payload: bytes, *, timeout: float = 5.0) -> None:
         """Publish at QoS 1 and wait for the broker's acknowledgement.
@@ -89,7 +115,8 @@ class CommandSender:
             if self._client is None or not self._client.is_connected():
                 if self._client is not None:
                     self._client.loop_stop()
-                self._client = service_client(self.home)
+                self._client = service_client(self.home, identity=self.identity)
+                self._client.on_publish = self._on_publish
             client = self._client
         info = client.publish(topic, payload, qos=1)
         try:
@@ -98,6 +125,12 @@ class CommandSender:
             raise BrokerUnavailableError(f"broker did not take the command: {exc}") from exc
         if not info.is_published():
             raise BrokerUnavailableError("broker did not acknowledge the command in time")
+        refused = self._refused.pop(info.mid, None)
+        if refused is not None:
+            # 0x87: the plugin refused it (not this identity's job).
+            raise BrokerUnavailableError(
+                f"broker refused {topic!r} for fleetward-{self.identity} (reason {refused:#x})"
+            )
 
     def close(self) -> None:
         """Disconnect."""

@@ -7,6 +7,9 @@ while quarantined) and the values its template variables take. Devices that
 are revoked, retired or pending, and certificates that are revoked or
 expired, are simply absent: the plugin denies everything to an identity it
 does not list and kicks identities that disappear.
+
+fleetward's own identities (:mod:`.identities`) are listed too, each with
+the fingerprint of its certificate and the patterns of its job.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from fleetward.comms.identities import ServiceIdentity
 from fleetward.comms.policy import QUARANTINE, Policy, Role, Subject
 
-__all__ = ["TABLE_FORMAT", "BrokerDevice", "compile_table", "mqtt_username"]
+__all__ = ["TABLE_FORMAT", "BrokerDevice", "BrokerService", "compile_table", "mqtt_username"]
 
-TABLE_FORMAT = "2"
+TABLE_FORMAT = "3"
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HEX = re.compile(r"^[0-9a-f]{40}$")
 
@@ -48,6 +52,26 @@ class BrokerDevice:
     serials: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class BrokerService:
+    """One of fleetward's own identities, as the broker should accept it."""
+
+    identity: ServiceIdentity
+    # SHA-1 fingerprints (lowercase hex) of its certificates (see BrokerDevice).
+    certificates: tuple[str, ...]
+
+
+def _service_lines(service: BrokerService) -> list[str]:
+    if not service.certificates or not all(_HEX.fullmatch(c) for c in service.certificates):
+        raise ValueError(
+            f"service identity {service.identity.job!r} needs SHA-1 hex certificate fingerprints"
+        )
+    lines = [f"I\t{service.identity.username}\t{','.join(service.certificates)}"]
+    lines.extend(f"i\tp\t{t}" for t in service.identity.publish)
+    lines.extend(f"i\ts\t{t}" for t in service.identity.subscribe)
+    return lines
+
+
 def _role_lines(role: Role) -> list[str]:
     lines = [f"R\t{role.name}"]
     for code, templates in (
@@ -70,10 +94,9 @@ def compile_table(
     *,
     policies: Mapping[str, Policy],
     devices: Iterable[BrokerDevice],
+    services: Iterable[BrokerService] = (),
     generation: int,
     max_payload: int,
-    service_username: str,
-    service_certificate: str = "",
 ) -> str:
     """Render the ACL table.
 
@@ -81,21 +104,17 @@ def compile_table(
         policies: each tenant's policy by tenant name (a device of a tenant
             missing here gets no roles, so it may do nothing).
         devices: the identities to accept.
+        services: fleetward's own identities (each allowed only its job).
         generation: a number that grows with every table (for logs).
         max_payload: the largest PUBLISH payload the broker lets through.
-        service_username: fleetward's own broker identity (allowed all).
-        service_certificate: SHA-1 fingerprint (hex) of fleetward's service certificate;
-            the service identity is refused with any other certificate.
 
     Raises:
-        ValueError: a device's values could break the table format.
+        ValueError: a device's or a service's values could break the table
+            format.
     """
-    if service_certificate and not _HEX.fullmatch(service_certificate):
-        raise ValueError("the service certificate fingerprint must be 40 lowercase hex digits")
-    lines = [
-        f"fwacl\t{TABLE_FORMAT}\t{generation}\t{max_payload}\t{service_username}\t"
-        f"{service_certificate}"
-    ]
+    lines = [f"fwacl\t{TABLE_FORMAT}\t{generation}\t{max_payload}"]
+    for service in services:
+        lines.extend(_service_lines(service))
     lines.extend(_role_lines(QUARANTINE))
     offsets: dict[str, int] = {}
     count = 1

@@ -1,53 +1,62 @@
-"""The broker's configuration: its files, their rendering, and its own PKI.
+"""The broker's configuration: its files and their rendering.
 
 Mosquitto is told (see :func:`render_config`):
 
-- a device listener on TLS that requires a certificate from a
-  **device-issuing** CA (``devices-ca.pem``: each tenant's root and issuing
-  CAs, nothing else), checks ``crl.pem``, and takes the certificate subject
-  as the MQTT identity (``use_subject_as_username``) and that identity as
-  the client id (``use_username_as_clientid``), so no client can take over
-  another's session and equal device ids of two tenants never collide;
-- a service listener for fleetward itself, trusting only the local broker
-  CA that issued fleetward's service certificate;
+- **one device listener per environment** (test, production, drill) on TLS,
+  each requiring a certificate from **that environment's** issuing CAs
+  (``devices-ca-<environment>.pem``: the issuing CAs as explicitly trusted
+  anchors and no root, so a certificate of another environment of the same
+  tenant finds no anchor and fails the handshake), checking ``crl.pem``, and
+  taking the certificate subject as the MQTT identity
+  (``use_subject_as_username``) and that identity as the client id
+  (``use_username_as_clientid``), so no client can take over another's
+  session and equal device ids of two tenants never collide;
+- a **service listener** for fleetward's own identities (one per job, see
+  :mod:`.identities`), trusting only fleetward's service CA, whose client
+  certificates no device holds (and whose CA no device listener trusts);
 - the fleetward plugin for every authorization decision.
 
+Every listener presents the server certificate of fleetward's service CA
+(:class:`fleetward.identity.ServicePki`): the CA devices and fleetward
+verify the broker with (``broker-ca.pem``, also announced by
+``GET /api/v1/comms/broker``).
+
 Nothing here reads the database: :mod:`.sync` writes the files that follow
-it (``acl.table``, ``devices-ca.pem``, ``crl.pem``), :mod:`.mosquitto` runs
-the broker.
+it (``acl.table``, ``devices-ca-<environment>.pem``, ``crl.pem``),
+:mod:`.mosquitto` runs the broker.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import os
 import pwd
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from fleetward._files import private_dir, write_private
+from fleetward.comms.identities import SERVICE_JOBS
 from fleetward.comms.plugin import build_plugin
+from fleetward.identity import ServicePki
 
 __all__ = [
-    "DEFAULT_MQTT_PORT",
+    "DEFAULT_PORTS",
     "DEFAULT_SERVICE_PORT",
+    "ENVIRONMENTS",
     "MAX_PACKET",
     "MAX_PAYLOAD",
-    "SERVICE_USERNAME",
     "BrokerFiles",
+    "Listeners",
     "render_config",
     "write_config",
     "write_file",
 ]
 
-DEFAULT_MQTT_PORT = 8883
+# The device listeners, one per environment (fleetward.tenancy.roles.ENVIRONMENTS).
+ENVIRONMENTS = ("test", "production", "drill")
+# Their default ports (the settings' defaults: FLEETWARD_MQTT_*_PORT).
+DEFAULT_PORTS: Mapping[str, int] = {"production": 8883, "test": 8885, "drill": 8886}
 DEFAULT_SERVICE_PORT = 8884
 # The largest PUBLISH payload a device may send (the plugin denies and counts
 # larger ones). Telemetry and boot evidence are small; firmware travels over
@@ -55,9 +64,40 @@ DEFAULT_SERVICE_PORT = 8884
 MAX_PAYLOAD = 64 * 1024
 # Mosquitto's own hard limit on any packet: past it the client is dropped.
 MAX_PACKET = 256 * 1024
-SERVICE_CN = "fleetward-broker-service"
-# use_subject_as_username renders the subject per RFC 2253.
-SERVICE_USERNAME = f"CN={SERVICE_CN}"
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """Where the broker listens: one device port per environment and the
+    service port, all on ``host``.
+
+    Raises:
+        ValueError: an environment is missing or unknown, a port is out of
+            range, or two listeners share a port.
+    """
+
+    host: str
+    ports: Mapping[str, int]
+    service_port: int
+
+    def __post_init__(self) -> None:
+        if set(self.ports) != set(ENVIRONMENTS):
+            raise ValueError(f"a device listener per environment: {', '.join(ENVIRONMENTS)}")
+        every = [*self.ports.values(), self.service_port]
+        if any(not isinstance(p, int) or not 0 < p < 65536 for p in every):
+            raise ValueError("listener ports are 1-65535")
+        if len(set(every)) != len(every):
+            raise ValueError("every listener needs its own port")
+        object.__setattr__(self, "ports", {env: self.ports[env] for env in ENVIRONMENTS})
+
+    @classmethod
+    def defaults(cls, host: str = "127.0.0.1") -> Listeners:
+        """The default ports on ``host``."""
+        return cls(host=host, ports=dict(DEFAULT_PORTS), service_port=DEFAULT_SERVICE_PORT)
+
+    def as_dict(self) -> dict[str, dict[str, str | int]]:
+        """Every device listener by environment (what discovery announces)."""
+        return {env: {"host": self.host, "port": port} for env, port in self.ports.items()}
 
 
 @dataclass(frozen=True)
@@ -78,9 +118,11 @@ class BrokerFiles:
     def events(self) -> Path:
         return self.root / "events.log"
 
-    @property
-    def devices_ca(self) -> Path:
-        return self.root / "devices-ca.pem"
+    def devices_ca(self, environment: str) -> Path:
+        """The trust anchors of one environment's device listener."""
+        if environment not in ENVIRONMENTS:
+            raise ValueError(f"unknown environment {environment!r}")
+        return self.root / f"devices-ca-{environment}.pem"
 
     @property
     def crl(self) -> Path:
@@ -88,23 +130,9 @@ class BrokerFiles:
 
     @property
     def broker_ca(self) -> Path:
+        """fleetward's service CA: what clients verify the broker with, and
+        what the service listener trusts client certificates of."""
         return self.root / "broker-ca.pem"
-
-    @property
-    def server_cert(self) -> Path:
-        return self.root / "server.pem"
-
-    @property
-    def server_key(self) -> Path:
-        return self.root / "server.key"
-
-    @property
-    def service_cert(self) -> Path:
-        return self.root / "service.pem"
-
-    @property
-    def service_key(self) -> Path:
-        return self.root / "service.key"
 
     @property
     def info(self) -> Path:
@@ -118,81 +146,40 @@ def write_file(path: Path, data: bytes) -> None:
     write_private(path, data)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),  # Mosquitto reads its keys unattended.
-    )
-
-
-def _local_pki(files: BrokerFiles, now: dt.datetime) -> None:
-    """Create the broker CA, the server certificate and the service identity once."""
-    if files.broker_ca.exists() and files.service_key.exists():
-        return
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleetward broker CA")])
-    validity = dt.timedelta(days=3650)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(cn: str, eku: x509.ObjectIdentifier, san: bool) -> tuple[bytes, bytes]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + validity)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-        )
-        if san:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
-        cert = builder.sign(ca_key, hashes.SHA256())
-        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
-
-    private_dir(files.root)
-    server_pem, server_key = leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH, True)
-    service_pem, service_key = leaf(SERVICE_CN, ExtendedKeyUsageOID.CLIENT_AUTH, False)
-    write_file(files.server_key, server_key)
-    write_file(files.server_cert, server_pem)
-    write_file(files.service_key, service_key)
-    write_file(files.service_cert, service_pem)
-    write_file(files.broker_ca, ca.public_bytes(serialization.Encoding.PEM))
-
-
 def render_config(
-    files: BrokerFiles, *, plugin: Path, host: str, port: int, service_port: int
+    files: BrokerFiles, *, plugin: Path, listeners: Listeners, server: tuple[Path, Path]
 ) -> str:
-    """The mosquitto.conf fleetward runs (and hands to operators)."""
+    """The mosquitto.conf fleetward runs (and hands to operators).
+
+    Args:
+        files: The broker's directory.
+        plugin: The compiled plugin.
+        listeners: Where to listen.
+        server: The server certificate and key (PEM files).
+    """
     # Started as root, Mosquitto would switch to user "mosquitto", who cannot
     # read fleetward's 0600 keys; it runs as whoever runs fleetward instead.
     user = pwd.getpwuid(os.geteuid()).pw_name
+    cert, key = server
+    host = listeners.host
+    devices = "".join(
+        f"""
+# Devices of the {env} environment: a certificate of one of its issuing CAs
+# (no other environment's), checked against the CRL; the subject is the
+# identity and the client id (no takeover). Mosquitto re-reads this cafile
+# and the CRL on SIGHUP (only for listeners with a crlfile).
+listener {port} {host}
+certfile {cert}
+keyfile {key}
+cafile {files.devices_ca(env)}
+crlfile {files.crl}
+require_certificate true
+use_subject_as_username true
+use_username_as_clientid true
+tls_version tlsv1.2
+"""
+        for env, port in listeners.ports.items()
+    )
     return f"""# Written by fleetward; edits are overwritten. See docs/comms.md.
 user {user}
 per_listener_settings false
@@ -213,25 +200,14 @@ log_timestamp true
 plugin {plugin}
 plugin_opt_table {files.table}
 plugin_opt_events {files.events}
-
-# Devices: a certificate from a device-issuing CA, checked against the CRL;
-# the subject is the identity and the client id (no takeover).
-listener {port} {host}
-certfile {files.server_cert}
-keyfile {files.server_key}
-cafile {files.devices_ca}
-crlfile {files.crl}
-require_certificate true
-use_subject_as_username true
-use_username_as_clientid true
-tls_version tlsv1.2
-
-# fleetward itself (commands out, reports in): only the local broker CA. Its
-# several connections (API workers, campaign driver) share one identity, so
-# they keep their own client ids here.
-listener {service_port} {host}
-certfile {files.server_cert}
-keyfile {files.server_key}
+{devices}
+# fleetward itself: one identity per job (ingest, commands, ota), each
+# certified by fleetward's service CA, which no device listener trusts. The
+# plugin allows each identity its job only. Several connections may share an
+# identity (API processes, workers), so they keep their own client ids here.
+listener {listeners.service_port} {host}
+certfile {cert}
+keyfile {key}
 cafile {files.broker_ca}
 require_certificate true
 use_subject_as_username true
@@ -239,40 +215,42 @@ tls_version tlsv1.2
 """
 
 
-def write_config(
-    root: Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_MQTT_PORT,
-    service_port: int = DEFAULT_SERVICE_PORT,
-) -> BrokerFiles:
-    """Create or refresh the configuration, the broker's PKI, the plugin and
-    ``broker.json`` under ``root`` (the trust files and the table are
-    :mod:`.sync`'s).
+def write_config(root: Path, *, service_pki: ServicePki, listeners: Listeners) -> BrokerFiles:
+    """Create or refresh the configuration, the plugin, the service CA copy
+    and ``broker.json`` under ``root`` (the trust files and the table are
+    :mod:`.sync`'s). The server certificate and the service identities'
+    certificates come from ``service_pki`` (issued on first use).
 
     Raises:
         PluginBuildError: the plugin cannot be compiled here.
     """
     files = BrokerFiles(root)
     private_dir(root)
-    _local_pki(files, dt.datetime.now(dt.UTC))
+    server = service_pki.server()
+    identities = {job: service_pki.client(job) for job in SERVICE_JOBS}
+    write_file(files.broker_ca, service_pki.ca_pem)
     plugin = build_plugin(root / "plugin")
     write_file(
         files.config,
         render_config(
-            files, plugin=plugin, host=host, port=port, service_port=service_port
+            files, plugin=plugin, listeners=listeners, server=(server.cert, server.key)
         ).encode(),
     )
     write_file(
         files.info,
         json.dumps(
             {
-                "host": host,
-                "port": port,
-                "service_port": service_port,
+                # host/port: the production listener, for clients of the
+                # single-listener layout.
+                "host": listeners.host,
+                "port": listeners.ports["production"],
+                "listeners": listeners.as_dict(),
+                "service_port": listeners.service_port,
                 "ca": str(files.broker_ca),
-                "service_cert": str(files.service_cert),
-                "service_key": str(files.service_key),
+                "identities": {
+                    job: {"cert": str(pair.cert), "key": str(pair.key)}
+                    for job, pair in identities.items()
+                },
             },
             indent=2,
         ).encode(),

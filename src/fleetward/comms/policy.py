@@ -1,14 +1,18 @@
 """The device communication policy: what a device may publish, receive and be told.
 
 Pure. A tenant's policy is a versioned document of **roles**. A role selects
-devices (by product and labels; no selector means every device) and allows
+devices (by environment, product and labels; no selector means every
+device) and allows
 ``publish`` and ``subscribe`` on topic **templates**, and names the
 **commands** a device may receive. A role may also ``deny`` templates and
 commands. The meaning, which the broker plugin must reproduce exactly (the
 differential tests check it):
 
 1. A device's roles are every role whose selector matches it, or only the
-   built-in :data:`QUARANTINE` role while the device is quarantined.
+   built-in :data:`QUARANTINE` role while the device is quarantined. A
+   selector's ``environment`` matches the environment of the certificate the
+   device connects with (each environment has its own broker listener, and
+   its own broker identity: ``OU=<environment>``).
 2. An explicit deny in any of its roles wins.
 3. Otherwise a rule of one of its roles must allow the action.
 4. Everything else is denied.
@@ -44,6 +48,7 @@ from fleetward.errors import InvalidInputError, PayloadTooLargeError
 __all__ = [
     "ACTIONS",
     "DEFAULT_POLICY",
+    "ENVIRONMENTS",
     "MAX_POLICY_BYTES",
     "QUARANTINE",
     "Decision",
@@ -77,6 +82,9 @@ _COMMAND = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
 _VARIABLE = re.compile(r"^\{(device|tenant|product|label\.[A-Za-z0-9._-]{1,32})\}$")
 # Selector and label values that may fill a topic level.
 _VALUE = _LITERAL
+# The environments a selector may name (fleetward.tenancy.roles.ENVIRONMENTS;
+# repeated here because this module imports nothing but errors).
+ENVIRONMENTS = ("test", "production", "drill")
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,7 @@ class Role:
     name: str
     product: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    environment: str | None = None
     publish: tuple[Template, ...] = ()
     subscribe: tuple[Template, ...] = ()
     commands: tuple[str, ...] = ()
@@ -145,6 +154,8 @@ class Role:
 
     def selects(self, subject: Subject) -> bool:
         """Whether this role applies to ``subject`` (ignoring quarantine)."""
+        if self.environment is not None and subject.environment != self.environment:
+            return False
         if self.product is not None and subject.product != self.product:
             return False
         return all(subject.labels.get(k) == v for k, v in self.labels.items())
@@ -162,6 +173,8 @@ class Policy:
         for role in self.roles:
             body: dict[str, Any] = {}
             devices: dict[str, Any] = {}
+            if role.environment is not None:
+                devices["environment"] = role.environment
             if role.product is not None:
                 devices["product"] = role.product
             if role.labels:
@@ -199,6 +212,9 @@ class Subject:
     product: str
     labels: Mapping[str, str]
     quarantined: bool = False
+    # The environment of the certificate it connects with (None: unknown,
+    # so no role with an environment selector applies).
+    environment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -261,7 +277,10 @@ def _role(name: str, body: object) -> Role:
     devices = body.get("devices") or {}
     if not isinstance(devices, Mapping):
         raise InvalidInputError(f"{where}: 'devices' must be a mapping")
-    _check_keys(devices, {"product", "labels"}, f"{where} devices")
+    _check_keys(devices, {"environment", "product", "labels"}, f"{where} devices")
+    environment = devices.get("environment")
+    if environment is not None and environment not in ENVIRONMENTS:
+        raise InvalidInputError(f"{where}: environment must be one of {', '.join(ENVIRONMENTS)}")
     product = devices.get("product")
     if product is not None and (not isinstance(product, str) or not _VALUE.fullmatch(product)):
         raise InvalidInputError(f"{where}: product must be 1-64 characters of [A-Za-z0-9._-]")
@@ -279,6 +298,7 @@ def _role(name: str, body: object) -> Role:
         name=name,
         product=product,
         labels=dict(labels),
+        environment=environment,
         publish=_templates(body.get("publish"), f"{where} publish"),
         subscribe=_templates(body.get("subscribe"), f"{where} subscribe"),
         commands=_commands(body.get("commands"), f"{where} commands"),
@@ -346,7 +366,7 @@ DEFAULT_POLICY = parse_policy(
                     "fw/{tenant}/{device}/cmd-result/+",
                 ],
                 "subscribe": ["fw/{tenant}/{device}/ota/#"],
-                "commands": ["ping", "renew"],
+                "commands": ["ping", "renew", "attest"],
             }
         }
     }

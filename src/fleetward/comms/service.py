@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from fleetward import audit, identity, telemetry, tenancy
 from fleetward.comms.compile import BrokerDevice, mqtt_username
+from fleetward.comms.identities import SERVICE_IDENTITIES, decide_service
 from fleetward.comms.models import CommsPolicy
 from fleetward.comms.policy import DEFAULT_POLICY, Action, Decision, Policy, Subject, decide
 from fleetward.comms.policy import parse_policy as _parse
@@ -34,6 +35,7 @@ __all__ = [
     "authorize_command",
     "broker_snapshot",
     "explain",
+    "explain_service",
     "get_policy",
     "list_events",
     "list_versions",
@@ -156,8 +158,10 @@ def set_policy(
     return _version_of(row)
 
 
-def subject_of(device: identity.Device, tenant_name: str) -> Subject:
-    """The policy subject for a registry device."""
+def subject_of(
+    device: identity.Device, tenant_name: str, *, environment: str | None = None
+) -> Subject:
+    """The policy subject for a registry device connecting in ``environment``."""
     labels = json.loads(device.labels or "{}")
     return Subject(
         tenant=tenant_name,
@@ -165,16 +169,26 @@ def subject_of(device: identity.Device, tenant_name: str) -> Subject:
         product=device.product,
         labels={str(k): str(v) for k, v in labels.items()},
         quarantined=device.state == "quarantined",
+        environment=environment,
     )
 
 
 def explain(
-    session: Session, principal: Principal, device_id: str, *, action: Action, topic: str
+    session: Session,
+    principal: Principal,
+    device_id: str,
+    *,
+    action: Action,
+    topic: str,
+    environment: str | None = None,
 ) -> tuple[Decision, PolicyVersion, identity.Device]:
     """Decide ``action`` on ``topic`` for a device under the current policy.
 
     A device that is not active or quarantined cannot connect at all; the
     decision says so rather than evaluating rules it will never reach.
+    ``environment`` is the listener it connects to (its broker identity);
+    by default the one environment it lives in (with several or none, roles
+    that select an environment do not apply: name one).
 
     Raises:
         NotFoundError: no such device in this tenant.
@@ -182,10 +196,28 @@ def explain(
     """
     device = identity.get_device(session, principal, device_id)
     current = current_policy(session, principal.tenant_id)
-    decision = decide(current.policy, subject_of(device, principal.tenant_name), action, topic)
+    if environment is None:
+        lives = identity.device_environments(session, [device.id])
+        environment = next(iter(lives)) if len(lives) == 1 else None
+    subject = subject_of(device, principal.tenant_name, environment=environment)
+    decision = decide(current.policy, subject, action, topic)
     if device.state not in CONNECTABLE:
         decision = Decision(False, None, f"device is {device.state}: the broker refuses it")
     return decision, current, device
+
+
+def explain_service(job: str, *, action: Action, topic: str) -> Decision:
+    """Decide ``action`` on ``topic`` for fleetward's own identity ``job``
+    (``ingest``, ``commands``, ``ota``; see :mod:`.identities`).
+
+    Raises:
+        NotFoundError: no such identity.
+        InvalidInputError: the action or topic is malformed.
+    """
+    found = SERVICE_IDENTITIES.get(job)
+    if found is None:
+        raise NotFoundError(f"no service identity {job!r} (one of {', '.join(SERVICE_IDENTITIES)})")
+    return decide_service(found, action, topic)
 
 
 def broker_snapshot(
@@ -213,6 +245,7 @@ def broker_snapshot(
                 product=product,
                 labels={str(k): str(v) for k, v in decoded.items()},
                 quarantined=state == "quarantined",
+                environment=env,
             )
             grouped[key] = (subject, [])
         # The plugin matches certificates by SHA-1 fingerprint (see compile.py).

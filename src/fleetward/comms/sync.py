@@ -1,15 +1,21 @@
 """Keeping the broker in step with the database: one sync round.
 
-:class:`BrokerSync` keeps ``acl.table``, ``devices-ca.pem`` and ``crl.pem``
-in step with the database and moves the plugin's authorization events (and
-the refused TLS handshakes Mosquitto logs) into it:
+:class:`BrokerSync` keeps ``acl.table``, the trust anchors of each
+environment's device listener (``devices-ca-<environment>.pem``) and
+``crl.pem`` in step with the database and moves the plugin's authorization
+events (and the refused TLS handshakes Mosquitto logs) into it:
 
 1. A trust change is one audit entry, so :meth:`BrokerSync.refresh` polls the
    audit head and rebuilds the table when it moved: the plugin cuts a
    revoked or quarantined device off within one plugin stat period.
-2. When the published CRLs change (their count and numbers), it rewrites
-   the CA and CRL bundles and asks Mosquitto to re-read them (SIGHUP), so a
-   revoked certificate also fails at the TLS handshake. It does not build
+   The table also lists fleetward's own identities with the fingerprints of
+   their certificates (rebuilt when one of those is reissued).
+2. When the trust state changes (:func:`fleetward.identity.trust_state`:
+   the published CRLs, the CAs), it rewrites every environment's anchors and
+   the CRL bundle and asks Mosquitto to re-read them (SIGHUP: Mosquitto
+   2.0.11 builds a fresh TLS context, cafile and CRL included, for every
+   listener with a ``crlfile``), so a revoked certificate also fails at the
+   TLS handshake. It does not build
    CRLs: the one CRL publisher is the runtime's (``fleetward.runtime``),
    under a lease; ``on_change`` tells it at once that the head moved, so a
    revocation reaches the TLS layer in about one sync interval.
@@ -21,32 +27,35 @@ The runtime calls these on its schedule (``fleetward up``), as does
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from fleetward import audit, identity
 from fleetward.comms import service
-from fleetward.comms.compile import compile_table
+from fleetward.comms.compile import BrokerService, compile_table
+from fleetward.comms.identities import SERVICE_IDENTITIES, ServiceIdentity
 from fleetward.comms.mosquitto_conf import (
-    DEFAULT_MQTT_PORT,
-    DEFAULT_SERVICE_PORT,
+    ENVIRONMENTS,
     MAX_PAYLOAD,
-    SERVICE_USERNAME,
     BrokerFiles,
+    Listeners,
     write_config,
     write_file,
 )
-from fleetward.identity import Pki
+from fleetward.identity import Pki, ServicePki, TlsPair
 from fleetward.store import Database
 
-__all__ = ["MAX_REFUSALS_KEPT", "BrokerSync", "prepare", "trust_bundles"]
+__all__ = ["MAX_REFUSALS_KEPT", "BrokerSync", "prepare", "trust_bundles", "unusable_anchor"]
 
 log = logging.getLogger("fleetward.broker")
 
@@ -59,6 +68,30 @@ def trust_bundles(db: Database, pki: Pki) -> tuple[bytes, bytes]:
         return identity.trust_bundles(s, pki)
 
 
+def unusable_anchor() -> bytes:
+    """A CA certificate nothing chains to: its key is dropped at once.
+
+    Mosquitto refuses to start on an empty ``cafile``; an environment
+    without an issuing CA (yet) gets this instead, so its listener runs and
+    refuses every certificate.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleetward: no issuing CA yet")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
 class BrokerSync:
     """Keeps the broker's table and trust files in step with the database.
 
@@ -66,10 +99,12 @@ class BrokerSync:
         db: The database.
         pki: Reads the published CRLs.
         files: The broker's directory.
+        service_pki: fleetward's service CA (the certificates of its identities).
         reload: Asks Mosquitto to re-read its CA and CRL files.
         max_payload: The largest PUBLISH payload the table allows.
         on_change: Called after the table was rebuilt for a new audit head
             (``fleetward up`` wakes the CRL publisher with it).
+        identities: fleetward's own identities (default: its three jobs).
     """
 
     def __init__(
@@ -78,13 +113,19 @@ class BrokerSync:
         pki: Pki,
         files: BrokerFiles,
         *,
+        service_pki: ServicePki,
         reload: Callable[[], None] | None = None,
         max_payload: int = MAX_PAYLOAD,
         on_change: Callable[[], None] | None = None,
+        identities: Mapping[str, ServiceIdentity] = SERVICE_IDENTITIES,
     ) -> None:
         self.db = db
         self.pki = pki
         self.files = files
+        self.service_pki = service_pki
+        self.identities = dict(identities)
+        self._service_state: tuple[object, ...] | None = None
+        self._pairs: dict[str, TlsPair] = {}
         self.reload = reload
         self.max_payload = max_payload
         self.on_change = on_change
@@ -107,34 +148,56 @@ class BrokerSync:
         with self.db.read() as s:
             return audit.head_seq(s), identity.trust_state(s)
 
-    def _service_fingerprint(self) -> str:
-        if not self.files.service_cert.exists():
-            return ""
-        cert = x509.load_pem_x509_certificate(self.files.service_cert.read_bytes())
-        return cert.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - see compile.py
+    def _services(self) -> list[BrokerService]:
+        """Each identity with the fingerprint of its certificate (reissued
+        here when it is due, so the table and the file never disagree)."""
+        out = []
+        self._pairs = {job: self.service_pki.client(job) for job in self.identities}
+        for job, ident in self.identities.items():
+            pair = self._pairs[job]
+            cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+            digest = cert.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - see compile.py
+            out.append(BrokerService(identity=ident, certificates=(digest,)))
+        self._service_state = self._certificates_state()
+        return out
+
+    def _certificates_state(self) -> tuple[object, ...]:
+        """A cheap fingerprint of the identities' certificate files."""
+        state: list[object] = []
+        for pair in self._pairs.values():
+            try:
+                st = pair.cert.stat()
+            except FileNotFoundError:
+                state.append(None)
+            else:
+                state.append((st.st_ino, st.st_mtime_ns))
+        return tuple(state)
 
     def write_table(self) -> int:
         """Rebuild ``acl.table`` now; returns how many identities it lists."""
         start = time.perf_counter()
         with self.db.read() as s:
             policies, devices = service.broker_snapshot(s)
+        services = self._services()
         self.generation += 1
         text = compile_table(
             policies=policies,
             devices=devices,
+            services=services,
             generation=self.generation,
             max_payload=self.max_payload,
-            service_username=SERVICE_USERNAME,
-            service_certificate=self._service_fingerprint(),
         )
         write_file(self.files.table, text.encode())
         self.last_build_seconds = time.perf_counter() - start
         return len(devices)
 
     def write_trust(self) -> None:
-        """Rewrite ``devices-ca.pem`` and ``crl.pem``."""
-        cas, crls = trust_bundles(self.db, self.pki)
-        write_file(self.files.devices_ca, cas)
+        """Rewrite every environment's anchors and ``crl.pem``."""
+        with self.db.read() as s:
+            anchors = {env: identity.trust_anchors(s, environment=env) for env in ENVIRONMENTS}
+        _, crls = trust_bundles(self.db, self.pki)
+        for env, pem in anchors.items():
+            write_file(self.files.devices_ca(env), pem or unusable_anchor())
         write_file(self.files.crl, crls)
 
     def refresh(self) -> bool:
@@ -145,6 +208,8 @@ class BrokerSync:
     def _refresh(self) -> bool:
         head, crl_state = self._state()
         changed = False
+        if self._certificates_state() != self._service_state:
+            self._head = None  # a service certificate changed: rebuild the table
         if head != self._head:
             try:
                 self.write_table()  # first: the plugin cuts revoked devices off
@@ -195,19 +260,18 @@ def prepare(
     pki: Pki,
     root: Path,
     *,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_MQTT_PORT,
-    service_port: int = DEFAULT_SERVICE_PORT,
+    service_pki: ServicePki,
+    listeners: Listeners,
 ) -> BrokerFiles:
     """Create or refresh everything a broker needs under ``root``: the
-    configuration and PKI (:func:`~.mosquitto_conf.write_config`), the trust
+    configuration (:func:`~.mosquitto_conf.write_config`), the trust
     bundles and the table.
 
     Raises:
         PluginBuildError: the plugin cannot be compiled here.
     """
-    files = write_config(root, host=host, port=port, service_port=service_port)
-    sync = BrokerSync(db, pki, files)
+    files = write_config(root, service_pki=service_pki, listeners=listeners)
+    sync = BrokerSync(db, pki, files, service_pki=service_pki)
     sync.write_trust()
     sync.write_table()
     return files

@@ -4,7 +4,8 @@ The public face. Other domains reach devices and certificates only through
 these functions (the tables stay inside this package): the use cases of
 :mod:`.service` (registry, lifecycle, revocation), :mod:`.ca_service` (CAs),
 :mod:`.issuance` and :mod:`.renewal` (certificates), :mod:`.publication`
-(CRLs, OCSP, trust bundles), and the set-based reads of the registry in
+(CRLs, OCSP, trust bundles), :mod:`.rotation` (a retired CA's dual-trust
+window and its close), and the set-based reads of the registry in
 :mod:`._registry` that cohorts, campaigns, the broker table and ingest are
 built on. :mod:`.profile` (the certificate profile and the renewal messages)
 is pure and may be imported directly.
@@ -44,6 +45,7 @@ from fleetward.identity.ca_service import (
     root_ca,
     sign_issuing_csr_offline,
 )
+from fleetward.identity.holder import ACTING_STATES, DeviceIdentity, certificate_holder
 from fleetward.identity.issuance import (
     MAX_BATCH,
     BatchItem,
@@ -77,6 +79,17 @@ from fleetward.identity.publication import (
     trusted_issuing_cas,
 )
 from fleetward.identity.renewal import HARDWARE, SOFTWARE, KeyAttester, renew
+from fleetward.identity.rotation import (
+    DEFAULT_TRUST_WINDOW,
+    ROTATION_REASONS,
+    Transition,
+    dependent_devices,
+    dependents,
+    distrust_ca,
+    distrust_when_migrated,
+    retired_by,
+    rotation_round,
+)
 from fleetward.identity.service import (
     MAX_COHORT,
     authorize_on_devices,
@@ -97,11 +110,14 @@ from fleetward.identity.service import (
 from fleetward.identity.service_pki import ServicePki, TlsPair, service_subject
 
 __all__ = [
+    "ACTING_STATES",
+    "DEFAULT_TRUST_WINDOW",
     "HARDWARE",
     "MAX_BATCH",
     "MAX_COHORT",
     "MAX_CSR_BYTES",
     "OFFLINE",
+    "ROTATION_REASONS",
     "SOFTWARE",
     "AcceptedCsr",
     "BatchItem",
@@ -109,23 +125,28 @@ __all__ = [
     "CertificateAuthority",
     "CertificateRecord",
     "Device",
+    "DeviceIdentity",
     "Issued",
     "KeyAttester",
     "Pki",
     "ServicePki",
     "TlsPair",
+    "Transition",
     "active_devices",
     "active_issuing_ca",
     "authorize_on_devices",
     "batches_of",
     "certificate_environments",
     "certificate_expiry",
+    "certificate_holder",
     "check_and_sign",
     "check_device_id",
     "connectable_certificates",
     "create_issuing_csr",
     "create_tenant_pki",
     "crls_due",
+    "dependent_devices",
+    "dependents",
     "device_environments",
     "device_ids",
     "device_named",
@@ -133,6 +154,8 @@ __all__ = [
     "devices_by_pk",
     "devices_named_by",
     "devices_outside",
+    "distrust_ca",
+    "distrust_when_migrated",
     "enroll",
     "enroll_many",
     "ensure_issuing_cas",
@@ -164,11 +187,13 @@ __all__ = [
     "renewal_attestation_nonce",
     "renewal_proof_message",
     "resolve_devices",
+    "retired_by",
     "revoke_certificate",
     "revoke_device",
     "revoke_devices",
     "revoke_superseded",
     "root_ca",
+    "rotation_round",
     "select_cohort",
     "service_subject",
     "set_device_state",

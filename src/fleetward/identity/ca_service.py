@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from fleetward import audit, tenancy
 from fleetward.errors import ConflictError, InvalidInputError, NotFoundError
 from fleetward.identity import ca as ca_profile
-from fleetward.identity import publication
+from fleetward.identity import publication, rotation
 from fleetward.identity.models import CertificateAuthority
 from fleetward.identity.pki import Pki
 from fleetward.keys import (
@@ -381,13 +381,32 @@ def import_issuing_certificate(
     ca_id: int,
     certificate_pem: bytes,
     actor: str,
+    trust_window: dt.timedelta = rotation.DEFAULT_TRUST_WINDOW,
+    reason: str = "superseded",
+    distrust_when_migrated: bool = False,
     now: dt.datetime | None = None,
 ) -> CertificateAuthority:
     """Activate a pending issuing CA with its signed certificate.
 
     The previous active issuing CA of the environment is retired: it signs no
-    new certificates but keeps answering CRL and OCSP for the ones it issued.
+    new certificates, keeps answering CRL and OCSP for the ones it issued,
+    and stays a trust anchor of its environment's TLS endpoints for
+    ``trust_window`` (its dual-trust window; see :mod:`.rotation`).
+
+    Args:
+        trust_window: how long devices have to renew under the new CA.
+        reason: what the retired CA's certificates are revoked for once
+            superseded or when the window closes (``superseded``, or
+            ``cACompromise`` when it was compromised).
+        distrust_when_migrated: close the window as soon as no device
+            depends on the retired CA.
+
+    Raises:
+        InvalidInputError: a window or reason :func:`.rotation.check_rotation`
+            refuses, or a certificate that does not fit the pending CA.
+        ConflictError: the CA is not pending.
     """
+    rotation.check_rotation(window=trust_window, reason=reason)
     now = now or utcnow()
     ca = get_ca(session, tenant_id=tenant_id, ca_id=ca_id)
     if ca.status != "pending" or ca.environment is None:
@@ -411,6 +430,25 @@ def import_issuing_certificate(
     ).scalar()
     if previous is not None:
         previous.status = "retired"
+        previous.trusted_until = now + trust_window
+        previous.retirement_reason = reason
+        previous.retired_by = actor
+        previous.distrust_when_migrated = distrust_when_migrated
+        audit.append(
+            session,
+            actor=actor,
+            action="ca.retire",
+            subject=f"ca:{previous.id}",
+            tenant_id=tenant_id,
+            details={
+                "environment": ca.environment,
+                "successor": ca.id,
+                "trusted_until": previous.trusted_until.isoformat(),
+                "reason": reason,
+                "distrust_when_migrated": distrust_when_migrated,
+            },
+            now=now,
+        )
     ca.status = "active"
     ca.certificate_pem = _pem(cert)
     audit.append(

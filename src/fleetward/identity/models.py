@@ -6,6 +6,7 @@ import datetime as dt
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
@@ -13,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,7 +33,9 @@ class CertificateAuthority(Base):
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # root | issuing
     environment: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    status: Mapped[str] = mapped_column(String(16))  # active | pending | retired
+    # active | pending | retired (issues nothing, still trusted until
+    # ``trusted_until``) | distrusted (in no trust file; its CRL stays published)
+    status: Mapped[str] = mapped_column(String(16))
     subject: Mapped[str] = mapped_column(String(300))
     key_uri: Mapped[str] = mapped_column(String(300))
     certificate_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -43,6 +47,17 @@ class CertificateAuthority(Base):
     # Bumped in every revocation's transaction: the CRL publisher compares it
     # with what its last CRL saw, instead of counting revoked rows.
     revocations: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The dual-trust window of a retired issuing CA (see identity.rotation):
+    # its deadline, the RFC 5280 reason its certificates are revoked for
+    # (superseded, or cACompromise), who retired it, whether it is distrusted
+    # as soon as no device depends on it, and when it was distrusted.
+    trusted_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    retirement_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    retired_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    distrust_when_migrated: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    distrusted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Device(Base):

@@ -18,7 +18,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
-from sqlalchemy import Connection, String, bindparam, func, or_, select, type_coerce
+from sqlalchemy import Connection, String, bindparam, case, func, or_, select, type_coerce
 from sqlalchemy.orm import Session
 
 from fleetward._files import private_dir, write_private
@@ -287,8 +287,9 @@ def publish_crls(
 
 
 def trust_bundles(session: Session, pki: Pki) -> tuple[bytes, bytes]:
-    """What a TLS endpoint trusts devices by: every CA certificate that is not
-    pending, and the published CRL of every issuing CA (both PEM bundles)."""
+    """What a TLS endpoint trusts devices by: every CA certificate that is
+    neither pending nor distrusted, and the published CRL of every issuing
+    CA, distrusted ones included (both PEM bundles)."""
     cas: list[bytes] = []
     crls: list[bytes] = []
     rows = session.execute(
@@ -300,7 +301,8 @@ def trust_bundles(session: Session, pki: Pki) -> tuple[bytes, bytes]:
     for ca in rows:
         if ca.status == "pending" or ca.certificate_pem is None:
             continue
-        cas.append(ca.certificate_pem.encode())
+        if ca.status != "distrusted":
+            cas.append(ca.certificate_pem.encode())
         if ca.kind == "issuing":
             issuing.append(ca.id)
     for ca_id in issuing:
@@ -331,14 +333,19 @@ def trusted_issuing_cas(
     session: Session, *, environment: str | None = None
 ) -> list[CertificateAuthority]:
     """The issuing CAs a TLS endpoint accepts device certificates of: every
-    active or retired issuing CA (all tenants) of ``environment`` (``None``:
-    every environment)."""
+    active issuing CA, and every retired one whose dual-trust window is
+    still open (not ``distrusted``; see :mod:`.rotation`), of all tenants,
+    of ``environment`` (``None``: every environment).
+
+    A window closes by a change of the CA's row (the compliance tracker's
+    round or an operator), never by the clock alone, so :func:`trust_state`
+    moves with it and every endpoint reloads its trust files."""
     query = (
         select(CertificateAuthority)
         .where(
             CertificateAuthority.kind == "issuing",
             CertificateAuthority.certificate_pem.is_not(None),
-            CertificateAuthority.status != "pending",
+            CertificateAuthority.status.in_(("active", "retired")),
         )
         .order_by(CertificateAuthority.id)
     )
@@ -368,13 +375,16 @@ def trust_anchors(session: Session, *, environment: str | None = None) -> bytes:
 
 
 def trust_state(session: Session) -> tuple[int, int, int]:
-    """A cheap fingerprint of :func:`trust_bundles`: (CRLs published, sum of
-    their numbers, CAs). It changes when a CRL is republished or a CA added."""
+    """A cheap fingerprint of :func:`trust_bundles` and :func:`trust_anchors`:
+    (CRLs published, sum of their numbers, CAs plus distrusted CAs). It
+    changes when a CRL is republished, a CA added or a CA distrusted (both
+    only ever grow, so their sum does too)."""
+    distrusted = case((CertificateAuthority.status == "distrusted", 1), else_=0)
     row = session.execute(
         select(
             func.count(PublishedCrl.ca_id),
             func.coalesce(func.sum(PublishedCrl.number), 0),
-            func.count(CertificateAuthority.id),
+            func.count(CertificateAuthority.id) + func.coalesce(func.sum(distrusted), 0),
         )
         .select_from(CertificateAuthority)
         .outerjoin(PublishedCrl, PublishedCrl.ca_id == CertificateAuthority.id)

@@ -22,6 +22,8 @@ __all__ = [
     "CertificateOut",
     "DeviceIn",
     "DeviceOut",
+    "DistrustIn",
+    "DistrustOut",
     "EnrollIn",
     "RenewIn",
     "RevokeIn",
@@ -196,6 +198,25 @@ class StateIn(BaseModel):
     reason: str | None = None
 
 
+class DistrustIn(BaseModel):
+    """Close a retired CA's trust window now."""
+
+    force: bool = Field(
+        default=False,
+        description="distrust it although devices still depend on it: their certificates "
+        "are revoked and they must be re-provisioned",
+    )
+
+
+class DistrustOut(BaseModel):
+    """What closing a window did."""
+
+    ca_id: int
+    revoked: int = Field(description="certificates of the CA revoked with it")
+    stranded_sample: list[str] = Field(description="some of the devices cut off")
+    why: str
+
+
 class CaOut(BaseModel):
     """A CA."""
 
@@ -212,6 +233,17 @@ class CaOut(BaseModel):
     parent_id: int | None
     certificate: str | None
     csr: str | None
+    trusted_until: dt.datetime | None = Field(
+        default=None,
+        description="a retired CA: the end of its dual-trust window (device listeners "
+        "trust it until then, or until no device depends on it)",
+    )
+    distrusted_at: dt.datetime | None = Field(
+        default=None, description="when the CA left every trust file (status distrusted)"
+    )
+    retirement_reason: str | None = Field(
+        default=None, description="what its certificates are revoked for once replaced"
+    )
 
     @classmethod
     def of(cls, ca: CertificateAuthority, *, key_location: bool) -> CaOut:
@@ -226,4 +258,7 @@ class CaOut(BaseModel):
             parent_id=ca.parent_id,
             certificate=ca.certificate_pem,
             csr=ca.csr_pem,
+            trusted_until=ca.trusted_until,
+            distrusted_at=ca.distrusted_at,
+            retirement_reason=ca.retirement_reason,
         )

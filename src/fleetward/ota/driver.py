@@ -93,13 +93,14 @@ class ReportInbox:
             self.dropped += 1
 
     def subscribe(self, home: Path) -> mqtt.Client:
-        """Connect to the broker of ``home`` as the service identity and feed this inbox.
+        """Connect to the broker of ``home`` as the ``ota`` identity and feed this inbox.
 
         Raises:
             BrokerUnavailableError: no broker here, or it cannot be reached.
         """
         return service_client(
             home,
+            identity="ota",
             client_id="fleetward-ota",
             subscribe=("fw/+/+/state/ota", 1),
             on_message=self.on_message,

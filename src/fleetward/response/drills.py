@@ -15,6 +15,13 @@ online is contained (**time to contain**):
 - one that renews (after a CA rotation): the device renewed its certificate
   on the server's command and reconnected with it.
 
+A playbook that rotates the CA (``compromised-issuing-ca``) is also timed
+to the end of the old CA: **until no device depends on it** (every affected
+device holds a good certificate of the new CA and none of the old one) and
+**until it is trusted nowhere** (it has left :func:`identity.trust_anchors`
+of every environment and every trust file the caller names, e.g. the
+broker's per-environment CA files).
+
 Affected devices that were offline are the **stragglers**: the drill brings
 them back and times how long they take to comply. The report (kept in
 ``drills``, listed by ``fleetward drill list``) has the figures, the
@@ -29,11 +36,18 @@ beside it.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -161,6 +175,7 @@ def run_drill(
     effects: Effects,
     timeout: float = 120.0,
     progress: Callable[[str], None] | None = None,
+    trust_files: Callable[[], Sequence[Path]] | None = None,
 ) -> Drill:
     """Rehearse ``playbook`` on ``fleet`` and keep the report.
 
@@ -172,6 +187,8 @@ def run_drill(
         confirm: the cohort size, when the playbook's threshold asks for it.
         return_stragglers: bring offline affected devices back after
             containment and time their compliance.
+        trust_files: the files TLS endpoints load their trust anchors from
+            (read again while the drill waits for a rotated CA to leave them).
 
     Raises:
         PermissionDeniedError: the fleet holds devices outside the drill
@@ -202,7 +219,7 @@ def run_drill(
             ctx, fleet, drill_id, report, starter=starter, approvers=approvers, spec=spec,
             playbook=playbook, params=params or {}, inject=inject, confirm=confirm,
             goal=goal, return_stragglers=return_stragglers, effects=effects,
-            timeout=timeout, say=say,
+            timeout=timeout, say=say, trust_files=trust_files,
         )  # fmt: skip
     except Exception as exc:
         report["error"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -228,6 +245,7 @@ def _drill(
     effects: Effects,
     timeout: float,
     say: Callable[[str], None],
+    trust_files: Callable[[], Sequence[Path]] | None,
 ) -> Drill:
     alert_id = None
     fault_at = time.monotonic()
@@ -271,6 +289,9 @@ def _drill(
     online = {d for d in affected if before.get(d, {}).get("connected")}
     offline = sorted(affected - online)
     version = _release_version(ctx, starter, spec, params) if goal == "updated" else None
+    old_ca = (
+        _rotated_ca(ctx, starter) if "rotate-ca" in [st["action"] for st in spec.steps] else None
+    )
     say(f"run {run_id}: {len(affected)} affected ({len(online)} online), goal {goal}")
     started = time.monotonic()
     with ctx.db.session() as s:
@@ -313,6 +334,19 @@ def _drill(
         _wait(stragglers_done, timeout, f"{len(offline)} straggler(s) to comply", poll=poll)
         report["stragglers_s"] = round(time.monotonic() - back, 3)
         say(f"{len(offline)} straggler(s) complied in {report['stragglers_s']} s")
+    if old_ca is not None:
+        report.update(
+            _old_ca_gone(
+                ctx,
+                starter.tenant_id,
+                old_ca,
+                radius["device_pks"],
+                started,
+                timeout,
+                trust_files,
+                say,
+            )
+        )
     # What the server believes, beside what the devices saw.
     after = {d["device_id"]: d for d in fleet.snapshot()}
     bystanders = [d for d in after if d not in affected]
@@ -339,7 +373,74 @@ def _drill(
         report["server_incident_state"] = service.get_incident(s, starter, incident_id).state
         report["server_stragglers"] = len(compliance.stragglers(s, starter, incident_id))
     passed = not report["bystanders_touched"] and report["server_incident_state"] == "contained"
+    if old_ca is not None:
+        passed = passed and report.get("ca_untrusted_s") is not None
     return _save(ctx, drill_id, report, state="passed" if passed else "failed")
+
+
+def _rotated_ca(ctx: ResponseContext, who: Principal) -> tuple[int, bytes]:
+    """The drill issuing CA a rotation will retire: its id and DER."""
+    with ctx.db.read() as s:
+        ca = identity.active_issuing_ca(s, tenant_id=who.tenant_id, environment="drill")
+        pem = (ca.certificate_pem or "").encode()
+    return ca.id, x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+
+
+def _pem_ders(pem: bytes) -> list[bytes]:
+    """The DER of every ``CERTIFICATE`` or ``TRUSTED CERTIFICATE`` block."""
+    ders = []
+    for match in re.finditer(
+        rb"-----BEGIN (?:TRUSTED )?CERTIFICATE-----(.+?)-----END", pem, flags=re.S
+    ):
+        with contextlib.suppress(binascii.Error):
+            ders.append(base64.b64decode(b"".join(match.group(1).split())))
+    return ders
+
+
+def _old_ca_gone(
+    ctx: ResponseContext,
+    tenant_id: int,
+    old_ca: tuple[int, bytes],
+    pks: list[int],
+    started: float,
+    timeout: float,
+    trust_files: Callable[[], Sequence[Path]] | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Time until no device depends on the old CA, then until it is trusted
+    nowhere (a trusted certificate's DER is the CA's followed by its trust
+    settings, so a prefix match finds it)."""
+    ca_id, der = old_ca
+    out: dict[str, Any] = {"old_ca": ca_id}
+
+    def migrated() -> bool | None:
+        with ctx.db.read() as s:
+            left = identity.dependents(s, ca_id=ca_id)
+            new = identity.active_issuing_ca(s, tenant_id=tenant_id, environment="drill")
+            holders = len(identity.held_serials(s, pks, ca_id=new.id))
+        out["ca_dependents_left"] = left
+        return True if left == 0 and holders == len(pks) else None
+
+    def untrusted() -> bool | None:
+        with ctx.db.read() as s:
+            pems = [identity.trust_anchors(s)]
+        for path in trust_files() if trust_files else ():
+            with contextlib.suppress(FileNotFoundError):
+                pems.append(path.read_bytes())
+        anchors = [d for pem in pems for d in _pem_ders(pem)]
+        return None if any(a.startswith(der) for a in anchors) else True
+
+    for key, check, what in (
+        ("ca_migrated_s", migrated, "no device to depend on the old CA"),
+        ("ca_untrusted_s", untrusted, "the old CA to leave every trust file"),
+    ):
+        try:
+            _wait(check, timeout, what)
+            out[key] = round(time.monotonic() - started, 3)
+            say(f"{what}: {out[key]} s after the run started")
+        except TimeoutError:
+            out[key] = None
+    return out
 
 
 def _straggler_ok(device: dict[str, Any], goal: str, since: float, version: str | None) -> bool:

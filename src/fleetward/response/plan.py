@@ -136,7 +136,18 @@ def step_effect(step: pb.Step, *, devices: int, certificates: int, environment: 
             f"({step.args.get('reason', 'unspecified')}); the broker cuts them off"
         )
     if step.action == "rotate-ca":
-        return f"retire the active {environment} issuing CA and issue from a new one"
+        window = step.args.get("window")
+        trusted = f"{window} s" if window is not None else "the default window"
+        return (
+            f"retire the active {environment} issuing CA and issue from a new one; the old "
+            f"one stays trusted for {trusted}, its certificates revoked "
+            f"({step.args.get('reason', 'superseded')}) as their devices renew"
+        )
+    if step.action == "distrust-ca":
+        return (
+            f"distrust the retired {environment} issuing CA once no device depends on it "
+            "(devices that have not renewed by the window's end must be re-provisioned)"
+        )
     if step.action == "renew":
         return f"ask {devices} device(s) to renew under the new CA"
     if step.action == "emergency-release":

@@ -62,23 +62,30 @@ ACTIONS: dict[str, tuple[Permission, ...]] = {
     "revoke": (Permission.CERT_REVOKE, Permission.DEVICE_MANAGE),
     "rotate-ca": (Permission.CA_MANAGE,),
     "renew": (Permission.DEVICE_MANAGE,),
+    "distrust-ca": (Permission.CA_MANAGE,),
     # Creating a campaign is a release manager's right (security approves).
     "emergency-release": (Permission.RELEASE_MANAGE,),
     "webhook": (Permission.INCIDENT_MANAGE,),
 }
 # Steps that cannot be taken back by the operator who ran them: each needs
 # approvals from other security operators before the run starts.
-DESTRUCTIVE = frozenset({"revoke", "rotate-ca", "emergency-release"})
+DESTRUCTIVE = frozenset({"revoke", "rotate-ca", "distrust-ca", "emergency-release"})
 _STEP_ARGS: dict[str, frozenset[str]] = {
     "quarantine": frozenset({"reason"}),
     "revoke": frozenset({"reason"}),
-    "rotate-ca": frozenset(),
+    # window: seconds the retired CA stays trusted; reason: what its
+    # certificates are revoked for (superseded | cACompromise).
+    "rotate-ca": frozenset({"window", "reason"}),
     "renew": frozenset(),
+    "distrust-ca": frozenset(),
     "emergency-release": frozenset({"release"}),
     "webhook": frozenset({"url"}),
 }
 _COHORT_KEYS = frozenset({"all", "alert", "batch", "devices", "labels", "product"})
 DEFAULT_CONFIRM_ABOVE = 100
+# identity.rotation's limits, written out here: this module is pure.
+MAX_TRUST_WINDOW_S = 366 * 24 * 3600
+ROTATION_REASONS = ("superseded", "cACompromise")
 EMERGENCY_APPROVALS = 2  # ota.campaigns: an emergency release needs two security approvals
 
 
@@ -337,6 +344,14 @@ def _step(raw: Mapping[str, Any], index: int) -> Step:
             raise _fail(f"{where}: url must be an http(s) URL")
     if "reason" in args and not isinstance(args["reason"], str):
         raise _fail(f"{where}: reason must be text")
+    if action == "rotate-ca":
+        if "window" in args:
+            window = _whole(args["window"], f"{where}: window (seconds)")
+            if not 0 <= window <= MAX_TRUST_WINDOW_S:
+                raise _fail(f"{where}: window must be 0 to {MAX_TRUST_WINDOW_S} seconds")
+            args["window"] = window
+        if args.get("reason", "superseded") not in ROTATION_REASONS:
+            raise _fail(f"{where}: reason must be one of {', '.join(ROTATION_REASONS)}")
     return Step(action, args)
 
 

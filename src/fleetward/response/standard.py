@@ -65,13 +65,18 @@ name: compromised-issuing-ca
 description: >
   Replace the environment's issuing CA and have every device renew under the
   new one (with its existing, never exported key). Devices offline during
-  the run are tracked until they renew.
-params: {}
+  the run are tracked until they renew. The old CA stays trusted for
+  `window` seconds (7 days by default); each of its certificates is revoked
+  (`reason`) as soon as its device holds a new one, and the old CA is
+  distrusted (removed from every trust file, its remaining certificates
+  revoked) once no device depends on it, or when the window closes.
+params: {window: 604800, reason: cACompromise}
 cohort: {all: true}
 confirm_above: 100
 approvals: 1
 steps:
-  - {action: rotate-ca}
+  - {action: rotate-ca, window: "{window}", reason: "{reason}"}
   - {action: renew}
+  - {action: distrust-ca}
 """,
 }

@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("fleetward.response")
+_DEFAULT_WINDOW_S = int(identity.DEFAULT_TRUST_WINDOW.total_seconds())
 
 
 class Effects(Protocol):
@@ -197,14 +198,44 @@ def _rotate_ca(ctx: StepContext) -> After:
         root_cert_pem=(root.certificate_pem or "").encode(),
         root_signer=ctx.pki.keyring.open(root.key_uri), csr_pem=csr, environment=env,
     )  # fmt: skip
+    window = dt.timedelta(seconds=int(ctx.step.args.get("window", _DEFAULT_WINDOW_S)))
+    reason = str(ctx.step.args.get("reason", "superseded"))
     identity.import_issuing_certificate(
         s, ctx.pki, tenant_id=run.tenant_id, ca_id=ca.id, certificate_pem=cert,
-        actor=f"playbook-run:{run.id}",
+        actor=f"playbook-run:{run.id}", trust_window=window, reason=reason,
     )  # fmt: skip
     ctx.logged(
-        f"{env} issuing CA {old.id} retired; CA {ca.id} issues now",
-        {"old_ca": old.id, "new_ca": ca.id, "backend": backend},
-    )
+        f"{env} issuing CA {old.id} retired, trusted for {window} more; CA {ca.id} issues "
+        f"now; the old CA's certificates are revoked ({reason}) as devices renew",
+        {"old_ca": old.id, "new_ca": ca.id, "backend": backend,
+         "window_s": int(window.total_seconds()), "reason": reason},
+    )  # fmt: skip
+    return None
+
+
+@_handles("distrust-ca")
+def _distrust_ca(ctx: StepContext) -> After:
+    """Close the window of the CA this run retired as soon as no device
+    depends on it (the compliance tracker's round does it then; at once if
+    none does already)."""
+    s, run = ctx.session, ctx.run
+    env = run.environment or "production"
+    retired = identity.retired_by(s, tenant_id=run.tenant_id, actor=f"playbook-run:{run.id}")
+    if retired is None:
+        raise ConflictError(f"run {run.id} retired no CA: distrust-ca follows a rotate-ca step")
+    waiting = identity.distrust_when_migrated(s, ca_id=retired, now=ctx.now)
+    if waiting == 0:
+        done = identity.distrust_ca(s, ctx.executor(), retired, now=ctx.now)
+        ctx.logged(
+            f"{env} issuing CA {retired} distrusted: no device depends on it",
+            {"ca": retired, "revoked": done.revoked},
+        )
+    else:
+        ctx.logged(
+            f"{env} issuing CA {retired} is distrusted once none of the {waiting} device(s) "
+            "that depend on it does (or when its window closes)",
+            {"ca": retired, "dependents": waiting},
+        )
     return None
 
 

@@ -14,17 +14,25 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleetward.comms.identities import SERVICE_IDENTITIES, ServiceIdentity
 from fleetward.comms.mosquitto import MosquittoProcess, restart_if_exited
-from fleetward.comms.mosquitto_conf import DEFAULT_MQTT_PORT, DEFAULT_SERVICE_PORT, BrokerFiles
+from fleetward.comms.mosquitto_conf import BrokerFiles, Listeners
 from fleetward.comms.sync import BrokerSync, prepare
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.worker import Every, PeriodicWorker
 
-__all__ = ["BrokerHealth", "BrokerRuntime", "BrokerSyncWorker", "MosquittoSupervisor"]
+__all__ = [
+    "BrokerHealth",
+    "BrokerRuntime",
+    "BrokerSyncWorker",
+    "MosquittoSupervisor",
+    "listeners_of",
+]
 
 SUPERVISE_EVERY_S = 0.5  # how soon an exited Mosquitto is restarted
 INGEST_EVERY_S = 1.0  # how often the plugin's events are moved into the database
@@ -32,20 +40,34 @@ INGEST_EVERY_S = 1.0  # how often the plugin's events are moved into the databas
 
 @dataclass(frozen=True)
 class BrokerHealth:
-    """Whether the Mosquitto child runs, and how often it was restarted."""
+    """Whether the Mosquitto child runs, where it listens, and how often it
+    was restarted."""
 
     running: bool
     pid: int | None
-    port: int
+    listeners: Mapping[str, int]  # device listener port by environment
     service_port: int
     restarts: int
+
+    @property
+    def port(self) -> int:
+        """The production listener (the single port of earlier versions)."""
+        return self.listeners["production"]
 
     @property
     def healthy(self) -> bool:
         return self.running
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "healthy": self.healthy}
+        return {
+            "running": self.running,
+            "pid": self.pid,
+            "port": self.port,
+            "listeners": dict(self.listeners),
+            "service_port": self.service_port,
+            "restarts": self.restarts,
+            "healthy": self.healthy,
+        }
 
 
 class BrokerSyncWorker(PeriodicWorker):
@@ -80,12 +102,13 @@ class BrokerRuntime:
     """A prepared broker directory, a Mosquitto child and its two workers.
 
     Args:
-        ctx: The installation.
+        ctx: The installation (its settings give the listeners:
+            ``mqtt_host``, ``mqtt_test_port``, ``mqtt_production_port``,
+            ``mqtt_drill_port``, ``mqtt_service_port``).
         root: The broker's directory (``<home>/broker`` in ``fleetward up``).
-        host: Listener address.
-        port: Device listener (TLS, client certificates).
-        service_port: fleetward's own listener.
+        listeners: Where to listen instead of the settings (tests pass free ports).
         interval: Seconds between sync rounds.
+        identities: fleetward's own identities (default: its three jobs).
     """
 
     def __init__(
@@ -93,22 +116,42 @@ class BrokerRuntime:
         ctx: AppContext,
         root: Path,
         *,
-        host: str = "127.0.0.1",
-        port: int = DEFAULT_MQTT_PORT,
-        service_port: int = DEFAULT_SERVICE_PORT,
+        listeners: Listeners | None = None,
         interval: float = 0.1,
+        identities: Mapping[str, ServiceIdentity] = SERVICE_IDENTITIES,
     ) -> None:
         self.ctx = ctx
         self.root = root
-        self.host = host
-        self.port = port
-        self.service_port = service_port
+        self.listeners = listeners or listeners_of(ctx)
         self.files = BrokerFiles(root)
-        self.sync = BrokerSync(ctx.db, ctx.pki, self.files)
+        self.sync = BrokerSync(
+            ctx.db, ctx.pki, self.files, service_pki=ctx.service_pki, identities=identities
+        )
         self.mosquitto = MosquittoProcess(self.files, on_handshake_refused=self.sync.note_refused)
         self.sync_worker = BrokerSyncWorker(self.sync, interval=interval)
-        self.supervisor = MosquittoSupervisor(self.mosquitto, port=port)
+        self.supervisor = MosquittoSupervisor(self.mosquitto, port=self.listeners.service_port)
         self._started = False
+
+    @property
+    def host(self) -> str:
+        """The listeners' address."""
+        return self.listeners.host
+
+    @property
+    def ports(self) -> Mapping[str, int]:
+        """The device listener's port of each environment."""
+        return self.listeners.ports
+
+    @property
+    def service_port(self) -> int:
+        """fleetward's own listener."""
+        return self.listeners.service_port
+
+    @property
+    def port(self) -> int:
+        """The test environment's device listener (where devices enrolled
+        without an environment, as most tests do, connect)."""
+        return self.listeners.ports["test"]
 
     @property
     def workers(self) -> list[PeriodicWorker]:
@@ -134,13 +177,12 @@ class BrokerRuntime:
             self.ctx.db,
             self.ctx.pki,
             self.root,
-            host=self.host,
-            port=self.port,
-            service_port=self.service_port,
+            service_pki=self.ctx.service_pki,
+            listeners=self.listeners,
         )
         self.sync.reload = self.mosquitto.reload
         self.sync.refresh()
-        self.mosquitto.start(port=self.port)
+        self.mosquitto.start(port=self.service_port)
         for worker in self.workers:
             worker.start()
 
@@ -157,7 +199,21 @@ class BrokerRuntime:
         return BrokerHealth(
             running=running,
             pid=proc.pid if running and proc is not None else None,
-            port=self.port,
+            listeners=dict(self.ports),
             service_port=self.service_port,
             restarts=self.restarts,
         )
+
+
+def listeners_of(ctx: AppContext) -> Listeners:
+    """The listeners the settings name."""
+    s = ctx.settings
+    return Listeners(
+        host=s.mqtt_host,
+        ports={
+            "test": s.mqtt_test_port,
+            "production": s.mqtt_production_port,
+            "drill": s.mqtt_drill_port,
+        },
+        service_port=s.mqtt_service_port,
+    )

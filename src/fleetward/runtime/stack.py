@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from fleetward.comms.mosquitto_conf import Listeners
 from fleetward.runtime.broker import BrokerHealth, BrokerRuntime
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.publisher import Publisher, TufRefresher
@@ -181,29 +182,28 @@ def up_stack(
     ctx: AppContext,
     *,
     api_url: str,
-    mqtt_port: int,
-    service_port: int,
+    listeners: Listeners | None = None,
     crl_interval: float = 10.0,
     checkpoint_interval: float = 600.0,
     publishers: bool = True,
     demo_devices: int | None = None,
 ) -> Stack:
-    """What ``fleetward up`` runs beside the API (all on 127.0.0.1).
+    """What ``fleetward up`` runs beside the API.
 
     Args:
-        ctx: The installation.
-        api_url: Where the API answers (for the demo fleet).
-        mqtt_port: The broker's device listener.
-        service_port: The broker's listener for fleetward itself.
+        ctx: The installation (the broker listens where its settings say:
+            ``mqtt_host`` and the ``mqtt_*_port`` of each environment and
+            of the service listener).
+        api_url: Where the demo fleet enrolls and learns its broker
+            listeners (``GET /api/v1/comms/broker``).
+        listeners: Where the broker listens instead (tests pass free ports).
         crl_interval: The publisher's promise.
         checkpoint_interval: Seconds between audit checkpoints.
         publishers: Include the publisher and the TUF refresher (``False``
             when separate API processes run them).
         demo_devices: Also run a simulated fleet of this many devices.
     """
-    broker = BrokerRuntime(
-        ctx, ctx.settings.home / "broker", port=mqtt_port, service_port=service_port
-    )
+    broker = BrokerRuntime(ctx, ctx.settings.home / "broker", listeners=listeners)
     stack = (
         serve_stack(
             ctx, crl_interval=crl_interval, checkpoint_interval=checkpoint_interval, isolate=True
@@ -225,7 +225,14 @@ def up_stack(
             DemoFleet(
                 ctx.db,
                 api_url=api_url,
-                broker=Broker(host="127.0.0.1", port=mqtt_port, ca=broker.files.broker_ca),
+                device_url=f"https://{ctx.settings.device_host}:{ctx.settings.device_port}",
+                server_ca=ctx.service_pki.ca_cert,
+                broker=Broker(
+                    host=broker.host,
+                    port=broker.ports["production"],
+                    ca=broker.files.broker_ca,
+                    listeners=broker.ports,
+                ),
                 devices=demo_devices,
                 directory=ctx.settings.home / "sim-demo",
             )

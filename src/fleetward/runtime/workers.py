@@ -11,11 +11,17 @@ campaign-driver      1 s      campaign-driver      ``ota.driver.drive_round`` (s
 detection            0.5 s    detection            ``detection.runner.detect``; ``sweep``
                                                    every 60 s; ``prune`` every hour
 compliance-tracker   2 s      compliance-tracker   ``response.tracker.track_round``;
+                                                   ``trust_round`` (CA trust windows);
                                                    ``renew_again`` every ``resend`` s
 ingest (client id)   0.2 s    none (shared         ``telemetry.ingest.MqttIngest.ingest_round``
                               subscription)
 demo-fleet           0.5 s    none                 ``sim.demo.Demo.advance`` until the fleet is up
 ==================== ======== ==================== ========================================
+
+Each broker connection uses the service identity of its job
+(:mod:`fleetward.comms.identities`): the campaign driver ``ota`` (offers out,
+OTA reports in), the ingest workers ``ingest``, the compliance tracker's
+renewal reminders ``commands``.
 
 The publisher and the TUF refresher are in :mod:`.publisher`, the broker's
 workers in :mod:`.broker`.
@@ -55,7 +61,7 @@ class CampaignDriver(PeriodicWorker):
         self.ctx = ctx
         self.resend = resend
         self.inbox = driver.ReportInbox()
-        self.sender = CommandSender(ctx.settings.home)
+        self.sender = CommandSender(ctx.settings.home, identity="ota")
         self._stragglers = Every(resend)
         self._subscriber: mqtt.Client | None = None
 
@@ -95,7 +101,8 @@ class DetectionRunner(PeriodicWorker):
 
 
 class ComplianceTracker(PeriodicWorker):
-    """Compliance tracking and renewal reminders (one host, by lease)."""
+    """Compliance tracking, retired CAs' trust windows and renewal
+    reminders (one host, by lease)."""
 
     def __init__(self, ctx: AppContext, *, interval: float = 2.0, resend: float = 60.0) -> None:
         super().__init__(
@@ -105,9 +112,16 @@ class ComplianceTracker(PeriodicWorker):
         self.effects = LiveEffects(ctx.settings.home)
         self._renew = Every(resend)
         self.complied = 0  # devices this worker saw comply
+        self.superseded = 0  # certificates of retired CAs it revoked
+        self.distrusted = 0  # retired CAs whose window it closed
 
     def work(self) -> None:
         self.complied += tracker.track_round(self.db)
+        for t in tracker.trust_round(self.db):
+            if t.kind == "distrusted":
+                self.distrusted += 1
+            else:
+                self.superseded += t.revoked
         if self._renew.due():
             tracker.renew_again(self.db, self.effects.command)
 
@@ -120,7 +134,9 @@ class IngestWorker(PeriodicWorker):
 
     def __init__(self, db: Database, home: Path, *, client_id: str = "fleetward-ingest-1") -> None:
         super().__init__(client_id, interval=0.2, jitter=0.0, initial_delay=0.0, max_backoff=5.0)
-        self.client = MqttIngest(db, partial(service_client, home), client_id=client_id)
+        self.client = MqttIngest(
+            db, partial(service_client, home, identity="ingest"), client_id=client_id
+        )
 
     @property
     def ingestor(self) -> Ingestor:
@@ -144,6 +160,8 @@ class DemoFleet(PeriodicWorker):
         db: Database,
         *,
         api_url: str,
+        device_url: str,
+        server_ca: Path,
         broker: Broker,
         devices: int,
         directory: Path,
@@ -152,7 +170,15 @@ class DemoFleet(PeriodicWorker):
         super().__init__(
             "demo-fleet", interval=0.5, initial_delay=0.2, stale_after=300.0, join_timeout=150.0
         )
-        self.demo = Demo(db, api_url=api_url, broker=broker, devices=devices, directory=directory)
+        self.demo = Demo(
+            db,
+            api_url=api_url,
+            device_url=device_url,
+            server_ca=server_ca,
+            broker=broker,
+            devices=devices,
+            directory=directory,
+        )
 
     def work(self) -> None:
         self.demo.advance()

@@ -3,7 +3,9 @@
 The demo waits for the API to answer, creates an admin token of tenant
 ``default`` in-process (``up`` holds the installation), and runs a
 :class:`~fleetward.sim.fleet.SimFleet` in the ``test`` environment against
-the API and the broker ``up`` started, so the API shows a living fleet.
+both API planes (enrollment on the operator plane, the rest on the device
+plane, trusting the service CA) and the broker ``up`` started, so the API
+shows a living fleet.
 
 :meth:`Demo.advance` is one step towards that, called by the runtime until
 the fleet is up (``ready``) or has given up (``error``).
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -40,12 +43,16 @@ class Demo:
         db: Database,
         *,
         api_url: str,
+        device_url: str,
+        server_ca: Path,
         broker: Broker,
         devices: int,
         directory: Path,
     ) -> None:
         self.db = db
         self.api_url = api_url
+        self.device_url = device_url
+        self.server_ca = server_ca
         self.spec = FleetSpec(
             devices=devices, prefix="demo", environment="test", product="demo-sensor",
             batches=min(2, devices), telemetry_interval=5.0,
@@ -84,7 +91,11 @@ class Demo:
         if self._deadline is None:
             self._deadline = time.monotonic() + API_WAIT
         try:
-            httpx.get(f"{self.api_url}/api/v1/comms/broker", timeout=2).raise_for_status()
+            httpx.get(
+                f"{self.api_url}/api/v1/comms/broker",
+                timeout=2,
+                verify=ssl.create_default_context(cafile=str(self.server_ca)),
+            ).raise_for_status()
         except httpx.HTTPError:
             if time.monotonic() > self._deadline:
                 self.error = "the API did not answer"
@@ -94,6 +105,8 @@ class Demo:
             fleet = SimFleet(
                 self.spec,
                 server_url=self.api_url,
+                device_url=self.device_url,
+                server_ca=self.server_ca,
                 directory=self.directory,
                 token=self._token(),
                 broker=self.broker,

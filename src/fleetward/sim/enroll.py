@@ -10,15 +10,18 @@ The directory of a fleet::
 
 Enrollment goes the way a factory line does (see ``tests/agent``): with an
 admin token, one factory per run, one batch per cohort, a station token,
-then :func:`fleetward.agent.client.enroll_devices` in chunks. It is
-resumable: a device that already has an identity is kept, so a second start
-on the same directory enrolls only what is missing (in fresh batches).
+then :func:`fleetward.agent.client.enroll_devices` in chunks, all on the
+operator plane. It is resumable: a device that already has an identity is
+kept, so a second start on the same directory enrolls only what is missing
+(in fresh batches). The TUF root devices are provisioned with comes from
+the device plane (HTTPS, trusting the service CA).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import ssl
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -72,6 +75,8 @@ def enroll_fleet(
     spec: FleetSpec,
     *,
     server_url: str,
+    device_url: str,
+    server_ca: Path,
     token: str | None,
     directory: Path,
     on_progress: Callable[[int, int], object] | None = None,
@@ -81,7 +86,9 @@ def enroll_fleet(
 
     Args:
         spec: the fleet.
-        server_url: the fleetward API.
+        server_url: the operator plane (station enrollment).
+        device_url: the device plane (the TUF root).
+        server_ca: the service CA the device plane's certificate chains to.
         token: an admin API token of the spec's tenant (needed only when
             devices are missing).
         directory: where the fleet lives.
@@ -105,7 +112,9 @@ def enroll_fleet(
                 f"{len(missing)} devices are not enrolled yet: an admin token is needed"
             )
         store = keystore(directory)
-        with Server(server_url, token=token) as admin:
+        # The operator plane may be HTTPS too, with the same service CA.
+        anchor = ssl.create_default_context(cafile=str(server_ca))
+        with Server(server_url, token=token, verify=anchor) as admin:
             factory = _admin(
                 admin,
                 "POST",
@@ -124,7 +133,7 @@ def enroll_fleet(
             cohorts: dict[int, list[DevicePlan]] = {}
             for p in missing:
                 cohorts.setdefault(p.batch, []).append(p)
-            with Server(server_url, token=station) as line:
+            with Server(server_url, token=station, verify=anchor) as line:
                 for _, members in sorted(cohorts.items()):
                     batch = _admin(
                         admin,
@@ -161,7 +170,7 @@ def enroll_fleet(
                     for p in members:
                         _write_sim(devices / p.device_id, p, spec, batch_id=int(batch["id"]))
                     enrolled.extend(p.device_id for p in members)
-    root = _tuf_root(spec, server_url=server_url, directory=directory)
+    root = _tuf_root(spec, device_url=device_url, server_ca=server_ca, directory=directory)
     for p in plans:
         lay_out(spec, p, devices / p.device_id, tuf_root=root)
     return enrolled
@@ -172,15 +181,17 @@ def _write_sim(folder: Path, p: DevicePlan, spec: FleetSpec, *, batch_id: int) -
     write_durably(folder / SIM_FILE, json.dumps(record, indent=2))
 
 
-def _tuf_root(spec: FleetSpec, *, server_url: str, directory: Path) -> bytes | None:
+def _tuf_root(
+    spec: FleetSpec, *, device_url: str, server_ca: Path, directory: Path
+) -> bytes | None:
     """The tenant's first TUF root (what a device is provisioned with), or
     None while the tenant has no repository yet: devices then fetch it at
     their first update check (trust on first use, as the agent does)."""
     path = directory / "tuf-root.json"
     if not path.exists():
-        url = f"{server_url.rstrip('/')}/tuf/{spec.tenant}/metadata/1.root.json"
+        url = f"{device_url.rstrip('/')}/tuf/{spec.tenant}/metadata/1.root.json"
         try:
-            resp = httpx.get(url, timeout=30)
+            resp = httpx.get(url, timeout=30, verify=ssl.create_default_context(cafile=server_ca))
         except httpx.HTTPError as exc:
             raise SimulationError(f"cannot reach the server: {exc}") from exc
         if resp.status_code == 404:

@@ -20,9 +20,10 @@ import contextlib
 import datetime as dt
 import random
 import resource
+import ssl
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from fleetward.agent import (
     DeviceAgent,
     OtaClient,
     attest_device,
+    client_context,
     load_identity,
     write_durably,
 )
@@ -51,17 +53,42 @@ FDS_PER_DEVICE = 2  # its socket, and headroom for files opened during updates
 
 
 class Broker:
-    """Where devices connect: host, port and the CA of the broker's certificate."""
+    """Where devices connect: host, port and the CA of the broker's certificate,
+    and the listener of each environment (``listeners``: environment to port,
+    on ``host``; a device connects to its own environment's,
+    :meth:`for_environment`)."""
 
-    def __init__(self, *, host: str, port: int, ca: Path) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        ca: Path,
+        listeners: Mapping[str, int] | None = None,
+        hosts: Mapping[str, str] | None = None,
+    ) -> None:
         self.host, self.port, self.ca = host, port, ca
+        self.listeners = dict(listeners or {})
+        self.hosts = dict(hosts or {})
+
+    def for_environment(self, environment: str) -> Broker:
+        """The listener of ``environment`` (this one when none is known)."""
+        port = self.listeners.get(environment)
+        if port is None:
+            return self
+        return Broker(host=self.hosts.get(environment, self.host), port=port, ca=self.ca)
 
     @classmethod
-    def announced(cls, server_url: str, *, directory: Path) -> Broker:
+    def announced(
+        cls, server_url: str, *, directory: Path, verify: ssl.SSLContext | bool = True
+    ) -> Broker:
         """What the server announces at ``/api/v1/comms/broker`` (its CA is
-        saved in ``directory``)."""
+        saved in ``directory``); ``verify``: the TLS context of an HTTPS
+        ``server_url`` (the device plane trusts the service CA)."""
         try:
-            resp = httpx.get(f"{server_url.rstrip('/')}/api/v1/comms/broker", timeout=30)
+            resp = httpx.get(
+                f"{server_url.rstrip('/')}/api/v1/comms/broker", timeout=30, verify=verify
+            )
             resp.raise_for_status()
             info = resp.json()
         except (httpx.HTTPError, ValueError) as exc:
@@ -69,7 +96,17 @@ class Broker:
         ca = directory / "broker-ca.pem"
         directory.mkdir(parents=True, exist_ok=True)
         write_durably(ca, str(info["ca_pem"]))
-        return cls(host=str(info["host"]), port=int(info["port"]), ca=ca)
+        try:
+            listeners = info.get("listeners") or {}
+            return cls(
+                host=str(info["host"]),
+                port=int(info["port"]),
+                ca=ca,
+                listeners={env: int(v["port"]) for env, v in listeners.items()},
+                hosts={env: str(v["host"]) for env, v in listeners.items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SimulationError(f"the server announced no usable broker: {exc}") from exc
 
 
 def _check_workers(workers: int) -> None:
@@ -94,10 +131,14 @@ class SimFleet:
 
     Args:
         spec: the fleet.
-        server_url: the fleetward API.
+        server_url: the operator plane (enrollment, with ``token``).
+        device_url: the device plane (HTTPS): renewal, attestation, TUF,
+            broker discovery; each device presents its own certificate
+            where it acts as itself (renewal, attestation).
+        server_ca: the service CA the device plane's certificate chains to.
         directory: where the fleet's devices live (reused by a later start).
         token: an admin token, to enroll devices the directory lacks.
-        broker: where to connect (default: what the server announces).
+        broker: where to connect (default: what the device plane announces).
         only: run just these devices of the fleet (a process's share); they
             must be prepared already (by whoever runs the whole fleet).
         backoff_base: first reconnection window (seconds, full jitter).
@@ -111,6 +152,8 @@ class SimFleet:
         spec: FleetSpec,
         *,
         server_url: str,
+        device_url: str,
+        server_ca: Path,
         directory: Path,
         token: str | None = None,
         broker: Broker | None = None,
@@ -125,9 +168,12 @@ class SimFleet:
         self._workers = executor_workers
         self.spec = spec
         self.server_url = server_url.rstrip("/")
+        self.device_url = device_url.rstrip("/")
+        self.server_ca = server_ca
         self.directory = directory
         self._token = token
         self._broker = broker
+        self._public_tls: ssl.SSLContext | None = None  # the device plane, no certificate
         known = set(device_ids(spec))
         if only is not None and not set(only) <= known:
             raise InvalidInputError("only: ids that are not in the fleet")
@@ -140,7 +186,6 @@ class SimFleet:
         self._driver: Driver | None = None
         self._misc: asyncio.Task[None] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._http: httpx.Client | None = None
         self._prepared = False
 
     def __enter__(self) -> SimFleet:
@@ -157,6 +202,8 @@ class SimFleet:
         enrolled = enroll_fleet(
             self.spec,
             server_url=self.server_url,
+            device_url=self.device_url,
+            server_ca=self.server_ca,
             token=self._token,
             directory=self.directory,
             on_progress=on_progress,
@@ -170,6 +217,9 @@ class SimFleet:
         slow = self.spec.slow_link_ms / 1000.0
         if self._executor is None:
             raise RuntimeError("broken invariant, expected: self._executor is not None")
+        # TUF is public on the device plane: one context for every device
+        # (thousands of per-device contexts would each hold a key).
+        public = self._public()
         for device_id in self.ids:
             folder = self.directory / "devices" / device_id
             p = plans[device_id]
@@ -178,12 +228,13 @@ class SimFleet:
             )
             ota = OtaClient(
                 folder,
-                server_url=self.server_url,
+                server_url=self.device_url,
                 tenant=self.spec.tenant,
                 hardware=self.spec.hardware,
                 initial_version=self.spec.initial_version,
                 health_check=health,
                 executor=self._executor,
+                tls=lambda: public,
             )
             config = AgentConfig(
                 directory=folder,
@@ -193,7 +244,8 @@ class SimFleet:
                 broker_ca=broker.ca,
                 # Renewal only on the server's command (certificates outlive any
                 # drill, so no renewal traffic otherwise: renew_within is 0).
-                server_url=self.server_url,
+                server_url=self.device_url,
+                server_ca=self.server_ca,
                 renew_within=dt.timedelta(0),
                 telemetry_interval=self.spec.telemetry_interval,
                 backoff_base=self._backoff[0],
@@ -226,6 +278,12 @@ class SimFleet:
     def _reading(dev: SimDevice) -> dict[str, Any]:
         return {"temp": round(21.0 + dev.rng.gauss(0.0, 1.5), 2), "version": dev.version}
 
+    def _public(self) -> ssl.SSLContext:
+        """The device plane's TLS without a client certificate (TUF, discovery)."""
+        if self._public_tls is None:
+            self._public_tls = ssl.create_default_context(cafile=str(self.server_ca))
+        return self._public_tls
+
     # -- running --------------------------------------------------------------
 
     def _call(self, coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
@@ -251,12 +309,14 @@ class SimFleet:
         ]
         if missing:
             raise SimulationError(f"{len(missing)} devices are not prepared, e.g. {missing[0]}")
-        broker = self._broker or Broker.announced(self.server_url, directory=self.directory)
+        broker = self._broker or Broker.announced(
+            self.device_url, directory=self.directory, verify=self._public()
+        )
+        broker = broker.for_environment(self.spec.environment)  # its own listener only
         raise_nofile(len(self.ids) * FDS_PER_DEVICE + 256)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self._workers, thread_name_prefix="sim-work"
         )
-        self._http = httpx.Client(timeout=30)
         loop = asyncio.new_event_loop()
         self._build(loop, broker)
         self._driver = Driver(
@@ -342,8 +402,6 @@ class SimFleet:
                 dev.agent.ota.stop()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
-        if self._http is not None:
-            self._http.close()
         self._misc = None
 
     # -- control --------------------------------------------------------------
@@ -417,15 +475,17 @@ class SimFleet:
             raise RuntimeError("broken invariant, expected: ota is not None")
         folder = self.directory / "devices" / device_id
         try:
-            signer = keystore(self.directory).open(load_identity(folder)["key_uri"])
+            store = keystore(self.directory)
+            signer = store.open(load_identity(folder)["key_uri"])
             return attest_device(
-                server_url=self.server_url,
+                server_url=self.device_url,
                 tenant=self.spec.tenant,
                 device_id=device_id,
                 directory=folder,
                 slots=ota.slots,
                 signer=signer,
-                client=self._http,
+                # As the device: its current certificate (it may have renewed).
+                verify=client_context(folder, store, cafile=self.server_ca),
             )
         except httpx.HTTPStatusError as exc:
             return {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import ssl
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -60,7 +61,9 @@ class FleetProcesses:
 
     Args:
         spec: the fleet.
-        server_url: the fleetward API.
+        server_url: the operator plane (enrollment).
+        device_url: the device plane (see :class:`SimFleet`).
+        server_ca: the service CA the device plane's certificate chains to.
         directory: where the fleet's devices live.
         processes: how many children.
         token: an admin token, to enroll devices the directory lacks.
@@ -74,6 +77,8 @@ class FleetProcesses:
         spec: FleetSpec,
         *,
         server_url: str,
+        device_url: str,
+        server_ca: Path,
         directory: Path,
         processes: int,
         token: str | None = None,
@@ -90,6 +95,8 @@ class FleetProcesses:
             )
         self.spec = spec
         self.server_url = server_url.rstrip("/")
+        self.device_url = device_url.rstrip("/")
+        self.server_ca = server_ca
         self.directory = directory
         self.processes = processes
         self._token = token
@@ -115,6 +122,8 @@ class FleetProcesses:
         enrolled = enroll_fleet(
             self.spec,
             server_url=self.server_url,
+            device_url=self.device_url,
+            server_ca=self.server_ca,
             token=self._token,
             directory=self.directory,
             on_progress=on_progress,
@@ -132,9 +141,15 @@ class FleetProcesses:
             raise SimulationError("the fleet is running already")
         if not self._prepared:
             self.prepare()
-        broker = self._broker or Broker.announced(self.server_url, directory=self.directory)
+        broker = self._broker or Broker.announced(
+            self.device_url,
+            directory=self.directory,
+            verify=ssl.create_default_context(cafile=str(self.server_ca)),
+        )
         options = {
             "server_url": self.server_url,
+            "device_url": self.device_url,
+            "server_ca": self.server_ca,
             "directory": self.directory,
             "broker": broker,
             "backoff_base": self._backoff[0],

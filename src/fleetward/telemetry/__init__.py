@@ -23,6 +23,7 @@ from fleetward.telemetry.models import Event
 from fleetward.telemetry.service import (
     MAX_EVENTS_PER_REQUEST,
     RETENTION,
+    post_device_events,
     post_events,
     prune,
     query,
@@ -39,6 +40,7 @@ __all__ = [
     "events_after",
     "last_seen",
     "online_devices",
+    "post_device_events",
     "post_events",
     "prune",
     "query",

@@ -24,7 +24,14 @@ from fleetward.telemetry.models import Event
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Permission, Principal, require
 
-__all__ = ["MAX_EVENTS_PER_REQUEST", "RETENTION", "post_events", "prune", "query"]
+__all__ = [
+    "MAX_EVENTS_PER_REQUEST",
+    "RETENTION",
+    "post_device_events",
+    "post_events",
+    "prune",
+    "query",
+]
 
 MAX_EVENTS_PER_REQUEST = 1000
 RETENTION = dt.timedelta(days=30)
@@ -57,37 +64,73 @@ def post_events(
     identity.authorize_on_devices(session, principal, scope.TELEMETRY_POST, list(found.values()))
     rows = []
     for i, e in enumerate(events):
-        kind = e.get("type")
-        if not isinstance(kind, str) or not _TYPE.fullmatch(kind):
-            raise InvalidInputError(f"event {i}: type must be 1-48 characters of [a-z0-9._-]")
-        if kind.startswith(_RESERVED):
-            raise InvalidInputError(f"event {i}: type {kind!r} is written by fleetward itself")
         device = str(e.get("device"))
+        _check_type(i, e)
         if device not in found:
             raise NotFoundError(f"event {i}: device {device!r} not found")
-        fields = e.get("fields", {})
-        if not isinstance(fields, dict):
-            raise InvalidInputError(f"event {i}: fields must be an object")
-        text = json.dumps(fields, separators=(",", ":"))
-        if len(text) > MAX_FIELDS_BYTES:
-            raise PayloadTooLargeError(f"event {i}: fields over {MAX_FIELDS_BYTES} bytes")
-        at = e.get("at") or now
-        if not isinstance(at, dt.datetime):
-            raise InvalidInputError(f"event {i}: at must be a time")
-        rows.append(
-            {
-                "tenant_id": principal.tenant_id,
-                "device_pk": found[device],
-                "type": kind,
-                "at": at,
-                "count": 1,
-                "fields": text,
-            }
-        )
+        rows.append(_row(i, e, tenant_id=principal.tenant_id, device_pk=found[device], now=now))
     if rows:
         session.execute(insert(Event), rows)
         observe.telemetry(ingested=len(rows), session=session)
     return len(rows)
+
+
+def post_device_events(
+    session: Session,
+    *,
+    tenant_id: int,
+    device_pk: int,
+    events: Sequence[dict[str, Any]],
+    now: dt.datetime | None = None,
+) -> int:
+    """Store events a device posts about itself (the device plane: the
+    caller is authenticated by its certificate, so every event is its own).
+
+    Raises:
+        InvalidInputError: malformed, reserved type, or too many.
+        PayloadTooLargeError: fields over the limit.
+    """
+    now = now or utcnow()
+    if len(events) > MAX_EVENTS_PER_REQUEST:
+        raise InvalidInputError(f"at most {MAX_EVENTS_PER_REQUEST} events per request")
+    rows = []
+    for i, e in enumerate(events):
+        _check_type(i, e)
+        rows.append(_row(i, e, tenant_id=tenant_id, device_pk=device_pk, now=now))
+    if rows:
+        session.execute(insert(Event), rows)
+        observe.telemetry(ingested=len(rows), session=session)
+    return len(rows)
+
+
+def _check_type(i: int, e: dict[str, Any]) -> None:
+    kind = e.get("type")
+    if not isinstance(kind, str) or not _TYPE.fullmatch(kind):
+        raise InvalidInputError(f"event {i}: type must be 1-48 characters of [a-z0-9._-]")
+    if kind.startswith(_RESERVED):
+        raise InvalidInputError(f"event {i}: type {kind!r} is written by fleetward itself")
+
+
+def _row(
+    i: int, e: dict[str, Any], *, tenant_id: int, device_pk: int, now: dt.datetime
+) -> dict[str, Any]:
+    fields = e.get("fields", {})
+    if not isinstance(fields, dict):
+        raise InvalidInputError(f"event {i}: fields must be an object")
+    text = json.dumps(fields, separators=(",", ":"))
+    if len(text) > MAX_FIELDS_BYTES:
+        raise PayloadTooLargeError(f"event {i}: fields over {MAX_FIELDS_BYTES} bytes")
+    at = e.get("at") or now
+    if not isinstance(at, dt.datetime):
+        raise InvalidInputError(f"event {i}: at must be a time")
+    return {
+        "tenant_id": tenant_id,
+        "device_pk": device_pk,
+        "type": e["type"],
+        "at": at,
+        "count": 1,
+        "fields": text,
+    }
 
 
 def query(

@@ -1,4 +1,11 @@
-"""REST routes of the verifier (devices call them; the evidence is the authentication)."""
+"""REST routes of the verifier, on the device plane.
+
+The caller is the device of its TLS client certificate
+(:data:`fleetward.api.deps.DeviceCaller`); the device in the path must be
+that device, of the same tenant, or the request is refused (403) before
+anything is written: a nonce is issued to, and evidence accepted from, the
+device itself only. The evidence is then verified against the device's
+attestation key as before."""
 
 from __future__ import annotations
 
@@ -9,11 +16,16 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from fleetward.api import problems
-from fleetward.api.deps import Ctx
+from fleetward.api.deps import Ctx, DeviceCaller
+from fleetward.api.device_auth import DeviceIdentity
 from fleetward.attestation import evidence, service
-from fleetward.errors import AttestationError
+from fleetward.errors import AttestationError, PermissionDeniedError
 
-router = APIRouter(prefix="/api/v1/attestation", tags=["attestation"], responses=problems.PUBLIC)
+router = APIRouter(
+    prefix="/api/v1/attestation",
+    tags=["attestation"],
+    responses={**problems.PUBLIC, **problems.responses(401, 403)},
+)
 
 
 class EvidenceIn(BaseModel):
@@ -37,9 +49,15 @@ class VerdictOut(BaseModel):
     swversion: str = Field(description="the firmware version the device claimed")
 
 
+def _own(device: DeviceIdentity, tenant: str, device_id: str) -> None:
+    if (tenant, device_id) != (device.tenant, device.device_id):
+        raise PermissionDeniedError("a device attests for itself only (its TLS certificate)")
+
+
 @router.post("/{tenant}/{device_id}/nonce", response_model=NonceOut)
-def nonce(tenant: str, device_id: str, ctx: Ctx) -> NonceOut:
+def nonce(tenant: str, device_id: str, ctx: Ctx, device: DeviceCaller) -> NonceOut:
     """A fresh single-use nonce (valid 120 s) for the device's next evidence."""
+    _own(device, tenant, device_id)
     with ctx.db.session() as s:
         value = service.issue_nonce(s, tenant, device_id)
     return NonceOut(
@@ -49,9 +67,12 @@ def nonce(tenant: str, device_id: str, ctx: Ctx) -> NonceOut:
 
 
 @router.post("/{tenant}/{device_id}/evidence", response_model=VerdictOut)
-def submit(tenant: str, device_id: str, body: EvidenceIn, ctx: Ctx) -> VerdictOut:
+def submit(
+    tenant: str, device_id: str, body: EvidenceIn, ctx: Ctx, device: DeviceCaller
+) -> VerdictOut:
     """Verify and appraise evidence: ``pass``, ``fail`` (with the failed claims)
     or ``unknown-firmware``. Refusals answer 422 and are recorded."""
+    _own(device, tenant, device_id)
     try:
         with ctx.db.session() as s:
             verdict = service.submit(s, tenant, device_id, body.evidence)

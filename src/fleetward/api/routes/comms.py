@@ -16,7 +16,12 @@ from fleetward.api.deps import Allow, Ctx
 from fleetward.api.pagination import Cursor, Limit, Page, decode, page, page_of
 from fleetward.api.routes.telemetry import TelemetryEventOut
 from fleetward.comms import service
-from fleetward.comms.commands import MAX_COMMAND_BYTES, CommandSender, broker_info
+from fleetward.comms.commands import (
+    MAX_COMMAND_BYTES,
+    BrokerUnavailableError,
+    CommandSender,
+    broker_info,
+)
 from fleetward.comms.policy import MAX_POLICY_BYTES, load_policy_text, parse_policy
 from fleetward.errors import InvalidInputError, PayloadTooLargeError
 from fleetward.tenancy import scope
@@ -60,6 +65,10 @@ class CheckIn(BaseModel):
     device: str = Field(max_length=64)
     action: Literal["publish", "subscribe", "receive"]
     topic: str = Field(max_length=1024)
+    environment: Literal["test", "production", "drill"] | None = Field(
+        default=None,
+        description="the environment the device connects in (default: the one it lives in)",
+    )
 
 
 class CheckOut(BaseModel):
@@ -96,12 +105,22 @@ class DenialsOut(BaseModel):
     counts: dict[str, int] = Field(description="event type (authz.*) -> denials")
 
 
-class BrokerOut(BaseModel):
-    """Where devices connect."""
+class ListenerOut(BaseModel):
+    """One device listener of the broker."""
 
     host: str
     port: int
+
+
+class BrokerOut(BaseModel):
+    """Where devices connect: one listener per environment."""
+
     ca_pem: str = Field(description="the CA that signed the broker's certificate (PEM)")
+    listeners: dict[Literal["test", "production", "drill"], ListenerOut] = Field(
+        description="the device listener of each environment: a device connects to its own"
+    )
+    host: str = Field(description="the production listener's host (earlier clients)")
+    port: int = Field(description="the production listener's port (earlier clients)")
 
 
 @router.get("/comms/policy", response_model=PolicyOut)
@@ -155,7 +174,7 @@ def check(body: CheckIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.POLICY_
     """Explain: would the broker allow this device this action on this topic?"""
     with ctx.db.read() as s:
         decision, version, device = service.explain(
-            s, who, body.device, action=body.action, topic=body.topic
+            s, who, body.device, action=body.action, topic=body.topic, environment=body.environment
         )
         return CheckOut(
             **decision.as_dict(), policy_version=version.version, device_state=device.state
@@ -221,6 +240,31 @@ def send_command(
 
 @public.get("/api/v1/comms/broker", response_model=BrokerOut)
 def broker(ctx: Ctx) -> BrokerOut:
-    """Where devices connect, and the CA that signed the broker's certificate."""
-    info = broker_info(ctx.settings.home)
-    return BrokerOut(host=info["host"], port=info["port"], ca_pem=Path(info["ca"]).read_text())
+    """Where devices connect (each environment's listener), and the CA that
+    signed the broker's certificate (fleetward's service CA).
+
+    The broker this home runs (``broker.json``) when there is one, else the
+    listeners the settings name."""
+    try:
+        info = broker_info(ctx.settings.home)
+        listeners = info["listeners"]
+        ca_pem = Path(info["ca"]).read_text()
+    except (BrokerUnavailableError, KeyError, OSError):
+        s = ctx.settings
+        ports = {
+            "test": s.mqtt_test_port,
+            "production": s.mqtt_production_port,
+            "drill": s.mqtt_drill_port,
+        }
+        listeners = {env: {"host": s.mqtt_host, "port": p} for env, p in ports.items()}
+        ca_pem = ctx.service_pki.ca_pem.decode()
+    out = {
+        env: ListenerOut(host=str(v["host"]), port=int(v["port"])) for env, v in listeners.items()
+    }
+    production = out["production"]
+    return BrokerOut(
+        ca_pem=ca_pem,
+        listeners=out,
+        host=production.host,
+        port=production.port,
+    )

@@ -8,10 +8,11 @@ means the ``default`` tenant's production CA).
 - ``simpleenroll``: Bearer or Basic (password = API token with the
   ``device.enroll`` permission). Body: base64 DER PKCS#10. The CSR's CN is
   the device id.
-- ``simplereenroll``: the device's current certificate in
-  ``X-Fleetward-Client-Cert`` (base64 DER; stands in for the TLS client
-  certificate when the API is not served over mutual TLS) and, when the key
-  changes, ``X-Fleetward-Renewal-Proof`` and, from a secure element,
+- ``simplereenroll`` (RFC 7030 sections 3.3.2 and 4.2.2): authenticated by
+  the device's TLS client certificate, which is the certificate renewed
+  (``X-Fleetward-Client-Cert`` only from a trusted proxy, see
+  :mod:`fleetward.api.device_auth`) and, when the key changes,
+  ``X-Fleetward-Renewal-Proof`` and, from a secure element,
   ``X-Fleetward-Key-Attestation`` (base64 of the statement JSON; see
   :mod:`fleetward.identity.renewal` for its nonce).
 
@@ -31,7 +32,8 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from fleetward.api import problems
-from fleetward.api.deps import Ctx, authenticate, bearer_or_basic
+from fleetward.api.deps import Ctx, DeviceCaller, authenticate, bearer_or_basic
+from fleetward.api.device_auth import DeviceIdentity
 from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from fleetward.identity import CertificateAuthority, ca_service, issuance, profile, renewal
 from fleetward.tenancy import scope
@@ -164,22 +166,19 @@ async def simpleenroll_label(label: str, request: Request, ctx: Ctx) -> Response
     return await _simpleenroll(request, ctx, label)
 
 
-async def _simplereenroll(request: Request, ctx: Ctx) -> Response:
+async def _simplereenroll(request: Request, ctx: Ctx, device: DeviceIdentity) -> Response:
     with ctx.refusals_recorded(
-        actor="device", action="certificate.renew", subject="est", tenant_id=None
+        actor=device.actor,
+        action="certificate.renew",
+        subject="est",
+        tenant_id=device.tenant_id,
     ):
-        header = request.headers.get("x-fleetward-client-cert")
-        if not header:
-            raise InvalidInputError(
-                "simplereenroll needs the current certificate in X-Fleetward-Client-Cert"
-            )
         attestation_header = request.headers.get("x-fleetward-key-attestation")
         if attestation_header is not None and len(attestation_header) > MAX_ATTESTATION_HEADER:
             raise PayloadTooLargeError(
                 f"X-Fleetward-Key-Attestation over {MAX_ATTESTATION_HEADER} characters"
             )
         try:
-            current = base64.b64decode(header, validate=True)
             proof_header = request.headers.get("x-fleetward-renewal-proof")
             proof = base64.b64decode(proof_header, validate=True) if proof_header else None
             attestation = (
@@ -191,12 +190,15 @@ async def _simplereenroll(request: Request, ctx: Ctx) -> Response:
 
     def work() -> Response:
         with ctx.unit_of_work(
-            actor="device", action="certificate.renew", subject="est", tenant_id=None
+            actor=device.actor,
+            action="certificate.renew",
+            subject="est",
+            tenant_id=device.tenant_id,
         ) as s:
             issued = renewal.renew(
                 s,
                 ctx.pki,
-                current=current,
+                current=device.certificate,
                 csr=csr_der,
                 proof=proof,
                 attestation=attestation,
@@ -208,13 +210,15 @@ async def _simplereenroll(request: Request, ctx: Ctx) -> Response:
 
 
 @router.post("/simplereenroll", response_class=Response)
-async def simplereenroll(request: Request, ctx: Ctx) -> Response:
-    """RFC 7030 section 4.2.2."""
-    return await _simplereenroll(request, ctx)
+async def simplereenroll(request: Request, ctx: Ctx, device: DeviceCaller) -> Response:
+    """RFC 7030 section 4.2.2: the TLS client certificate is the one renewed."""
+    return await _simplereenroll(request, ctx, device)
 
 
 @router.post("/{label}/simplereenroll", response_class=Response)
-async def simplereenroll_label(label: str, request: Request, ctx: Ctx) -> Response:
+async def simplereenroll_label(
+    label: str, request: Request, ctx: Ctx, device: DeviceCaller
+) -> Response:
     """RFC 7030 section 4.2.2 (the label is implied by the certificate)."""
     _parse_label(label)
-    return await _simplereenroll(request, ctx)
+    return await _simplereenroll(request, ctx, device)

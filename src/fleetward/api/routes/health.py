@@ -47,7 +47,8 @@ class BrokerHealthOut(BaseModel):
 
     running: bool
     pid: int | None
-    port: int
+    port: int  # the production listener
+    listeners: dict[str, int]  # every device listener's port by environment
     service_port: int
     restarts: int
     healthy: bool

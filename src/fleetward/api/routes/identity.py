@@ -6,14 +6,15 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal, get_args
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel
 
+from fleetward import identity
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
 from fleetward.api.pagination import Cursor, Limit, Page, decode, page, page_of
 from fleetward.errors import InvalidInputError
-from fleetward.identity import ca_service, issuance, lifecycle, publication, renewal, service
+from fleetward.identity import ca_service, issuance, lifecycle, publication, service
 from fleetward.identity.schemas import (
     BatchEnrollIn,
     BatchEnrollOut,
@@ -23,8 +24,9 @@ from fleetward.identity.schemas import (
     CohortRevokeIn,
     DeviceIn,
     DeviceOut,
+    DistrustIn,
+    DistrustOut,
     EnrollIn,
-    RenewIn,
     RevokeIn,
     StateIn,
     certificate_out,
@@ -83,6 +85,24 @@ def list_cas(
             kinds=(int,),
             shape=lambda c: CaOut.of(c, key_location=key_location),
         )
+
+
+@router.post("/cas/{ca_id}/distrust", response_model=DistrustOut)
+def distrust_ca(
+    ca_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    body: DistrustIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Allow(scope.CA_DISTRUST)],
+) -> DistrustOut:
+    """Close a retired issuing CA's dual-trust window now: it leaves every
+    trust file and its certificates still good are revoked. Refused while
+    devices depend on it, unless ``force``."""
+    with ctx.operator_work(who, action="ca.distrust", subject=f"ca:{ca_id}") as s:
+        done = identity.distrust_ca(s, who, ca_id, force=body.force)
+        return DistrustOut(
+            ca_id=done.ca_id, revoked=done.revoked, stranded_sample=list(done.stranded),
+            why=done.why,
+        )  # fmt: skip
 
 
 @router.get("/devices", response_model=Page[DeviceOut])
@@ -265,28 +285,6 @@ def revoke_certificate(
         who, action="certificate.revoke", subject=f"certificate:{serial[:42]}"
     ) as s:
         return CertificateOut.of(service.revoke_certificate(s, who, serial, reason=body.reason))
-
-
-@router.post("/renew", response_model=CertificateOut, status_code=201)
-def renew(body: RenewIn, ctx: Ctx) -> CertificateOut:
-    """Renew a certificate; the device authenticates with its current one."""
-    try:
-        proof = base64.b64decode(body.proof, validate=True) if body.proof else None
-    except binascii.Error as exc:
-        raise InvalidInputError("proof is not base64") from exc
-    with ctx.unit_of_work(
-        actor="device", action="certificate.renew", subject="renewal", tenant_id=None
-    ) as s:
-        issued = renewal.renew(
-            s,
-            ctx.pki,
-            current=body.certificate.encode(),
-            csr=body.csr.encode(),
-            proof=proof,
-            attestation=body.attestation,
-            attest=ctx.key_attester,
-        )
-        return certificate_out(issued)
 
 
 @public.get(

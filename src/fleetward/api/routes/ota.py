@@ -406,9 +406,10 @@ def send_offers(request: Request, ctx: Any, offers: list[campaigns.Offer]) -> in
     if not offers:
         return 0
     try:
-        sender = getattr(request.app.state, "command_sender", None)
+        # Offers go out as the broker identity "ota" (commands are another's).
+        sender = getattr(request.app.state, "ota_sender", None)
         if sender is None:
-            sender = request.app.state.command_sender = CommandSender(ctx.settings.home)
+            sender = request.app.state.ota_sender = CommandSender(ctx.settings.home, identity="ota")
         for offer in offers:
             sender.send(offer.topic, json.dumps(offer.payload).encode())
     except BrokerUnavailableError:

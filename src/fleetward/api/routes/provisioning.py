@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
 from fleetward.api.pagination import Cursor, Limit, Page, decode, page, page_of
+from fleetward.identity import ca_service
 from fleetward.identity.issuance import MAX_BATCH
 from fleetward.identity.profile import MAX_CSR_BYTES
 from fleetward.identity.schemas import CertificateOut, certificate_out
@@ -181,6 +182,11 @@ class ProvisionOut(BaseModel):
     issued: int
     refused: int
     items: list[ProvisionItemOut]
+    issuers: dict[str, str] = Field(
+        default_factory=dict,
+        description="the issuing CA certificate (PEM) of each ca_id above: a station on the "
+        "operator plane stores it beside the device certificate (/ca/ is on the device plane)",
+    )
 
 
 class AttemptOut(BaseModel):
@@ -375,7 +381,25 @@ def provision(
             )
         out.append(entry)
     issued = sum(1 for r in results if r.issued is not None)
-    return ProvisionOut(issued=issued, refused=len(results) - issued, items=out)
+    return ProvisionOut(
+        issued=issued,
+        refused=len(results) - issued,
+        items=out,
+        issuers=_issuers(ctx, who, {r.issued.ca_id for r in results if r.issued is not None}),
+    )
+
+
+def _issuers(ctx: Ctx, who: Principal, ca_ids: set[int]) -> dict[str, str]:
+    """The certificates (PEM) of the CAs that issued an enrollment's certificates."""
+    out: dict[str, str] = {}
+    if not ca_ids:
+        return out
+    with ctx.db.read() as s:
+        for ca_id in sorted(ca_ids):
+            ca = ca_service.get_ca(s, tenant_id=who.tenant_id, ca_id=ca_id)
+            if ca.certificate_pem is not None:
+                out[str(ca_id)] = ca.certificate_pem
+    return out
 
 
 @router.post("/attestation-roots", status_code=201, response_model=RootOut)

@@ -1,7 +1,12 @@
 /* fleetward ACL table evaluator. See fw_acl.h and fleetward/comms/policy.py.
  *
  * Table text, one record per line, fields separated by tabs:
- *   fwacl <format> <generation> <max_payload> <service username> <service cert sha1>
+ *   fwacl <format> <generation> <max_payload>
+ *   I <username> <certs>               one of fleetward's own identities
+ *                                      (certs as for D); the i lines that
+ *                                      follow are its patterns
+ *   i <code> <pattern>                 p publish, s subscribe (and receive);
+ *                                      patterns are literals, '+' and '#'
  *   R <role name>                      roles are numbered in order from 0
  *   r <code> <template or command>     a rule of the last role; codes:
  *                                      p s c allow publish/subscribe/command,
@@ -63,12 +68,21 @@ struct fw_device {
 	fw_device *next;
 };
 
+struct fw_service {
+	const char *username;
+	unsigned char **certs;
+	size_t *cert_lens;
+	int ncerts;
+	fw_templates pub, sub;
+};
+
+#define FW_MAX_SERVICES 32
+
 struct fw_table {
 	char *text;
 	long generation, max_payload;
-	const char *service;
-	unsigned char *service_cert;
-	size_t service_cert_len;
+	fw_service *services[FW_MAX_SERVICES];
+	size_t nservices;
 	fw_role *roles;
 	int nroles, caproles;
 	fw_device **devices;
@@ -229,6 +243,49 @@ static unsigned long hash(const char *s)
 	return h;
 }
 
+/* A comma-separated list of certificate fingerprints. */
+static int parse_certs(fw_table *t, char *field, unsigned char ***out, size_t **lens, int *count)
+{
+	int n = count_fields(field, ',');
+	char **items = tmalloc(t, sizeof(char *) * (size_t)(n ? n : 1));
+	*out = tmalloc(t, sizeof(unsigned char *) * (size_t)(n ? n : 1));
+	*lens = tmalloc(t, sizeof(size_t) * (size_t)(n ? n : 1));
+	if (!items || !*out || !*lens) return -1;
+	n = split(field, ',', items, n);
+	for (int i = 0; i < n; i++)
+		if (parse_serial(t, items[i], &(*out)[i], &(*lens)[i])) return -1;
+	*count = n;
+	return 0;
+}
+
+static int parse_service(fw_table *t, char **f, int nf)
+{
+	if (nf != 3 || !*f[1] || t->nservices == FW_MAX_SERVICES) return -1;
+	for (size_t i = 0; i < t->nservices; i++)
+		if (!strcmp(t->services[i]->username, f[1])) return -1;
+	fw_service *s = tmalloc(t, sizeof(fw_service));
+	if (!s) return -1;
+	s->username = f[1];
+	if (parse_certs(t, f[2], &s->certs, &s->cert_lens, &s->ncerts) || s->ncerts == 0) return -1;
+	t->services[t->nservices++] = s;
+	return 0;
+}
+
+/* A service pattern: literals, '+' and a final '#' under "fw/"; never a
+ * variable (services span tenants, nothing binds one). */
+static int push_pattern(fw_table *t, fw_templates *ts, char *text)
+{
+	if (push_template(t, ts, text)) return -1;
+	const fw_template *p = &ts->items[ts->n - 1];
+	if (p->n < 2 || p->levels[0].kind != L_LIT || strcmp(p->levels[0].text, "fw")) return -1;
+	for (int i = 0; i < p->n; i++) {
+		int k = p->levels[i].kind;
+		if (k != L_LIT && k != L_PLUS && k != L_HASH) return -1;
+		if (k == L_HASH && i != p->n - 1) return -1;
+	}
+	return 0;
+}
+
 static int parse_device(fw_table *t, char **f, int nf)
 {
 	if (nf != 8) return -1;
@@ -239,17 +296,9 @@ static int parse_device(fw_table *t, char **f, int nf)
 	d->device = f[3];
 	d->product = f[4];
 	/* Field lists are as long as they are: no fixed caps to overflow. */
-	int n = count_fields(f[5], ',');
+	if (parse_certs(t, f[5], &d->serials, &d->serial_lens, &d->nserials)) return -1;
+	int n = count_fields(f[6], ',');
 	char **items = tmalloc(t, sizeof(char *) * (size_t)(n ? n : 1));
-	d->serials = tmalloc(t, sizeof(unsigned char *) * (size_t)(n ? n : 1));
-	d->serial_lens = tmalloc(t, sizeof(size_t) * (size_t)(n ? n : 1));
-	if (!items || !d->serials || !d->serial_lens) return -1;
-	n = split(f[5], ',', items, n);
-	for (int i = 0; i < n; i++)
-		if (parse_serial(t, items[i], &d->serials[i], &d->serial_lens[i])) return -1;
-	d->nserials = n;
-	n = count_fields(f[6], ',');
-	items = tmalloc(t, sizeof(char *) * (size_t)(n ? n : 1));
 	d->roles = tmalloc(t, sizeof(int) * (size_t)(n ? n : 1));
 	if (!items || !d->roles) return -1;
 	n = split(f[6], ',', items, n);
@@ -303,12 +352,10 @@ fw_table *fw_table_load(const char *text, size_t len, char *err, size_t errlen)
 		int nf = split(line, '\t', f, 9);
 		int bad = nf == 0 || ended;
 		if (!bad && !header) {
-			bad = strcmp(f[0], "fwacl") || nf != 6 || strcmp(f[1], "2");
+			bad = strcmp(f[0], "fwacl") || nf != 4 || strcmp(f[1], "3");
 			if (!bad) {
 				t->generation = strtol(f[2], NULL, 10);
 				t->max_payload = strtol(f[3], NULL, 10);
-				t->service = f[4];
-				bad = *f[5] && parse_serial(t, f[5], &t->service_cert, &t->service_cert_len);
 				header = 1;
 			}
 		} else if (!bad && !strcmp(f[0], "end") && nf == 1) {
@@ -330,6 +377,16 @@ fw_table *fw_table_load(const char *text, size_t len, char *err, size_t errlen)
 			case 'S': bad = push_template(t, &r->dsub, f[2]); break;
 			case 'c': bad = push_name(t, &r->cmds, f[2]); break;
 			case 'C': bad = push_name(t, &r->dcmds, f[2]); break;
+			default: bad = 1;
+			}
+		} else if (!bad && !strcmp(f[0], "I") && t->nroles == 0) {
+			bad = parse_service(t, f, nf);
+		} else if (!bad && !strcmp(f[0], "i") && nf == 3 && t->nservices > 0 && t->nroles == 0 &&
+		           strlen(f[1]) == 1) {
+			fw_service *sv = t->services[t->nservices - 1];
+			switch (f[1][0]) {
+			case 'p': bad = push_pattern(t, &sv->pub, f[2]); break;
+			case 's': bad = push_pattern(t, &sv->sub, f[2]); break;
 			default: bad = 1;
 			}
 		} else if (!bad && !strcmp(f[0], "D")) {
@@ -371,13 +428,6 @@ const fw_device *fw_table_find(const fw_table *t, const char *username)
 	return NULL;
 }
 
-const char *fw_table_service(const fw_table *t) { return t->service; }
-
-int fw_service_cert_ok(const fw_table *t, const unsigned char *digest, size_t len)
-{
-	return t->service_cert_len && t->service_cert_len == len &&
-	       !memcmp(t->service_cert, digest, len);
-}
 long fw_table_max_payload(const fw_table *t) { return t->max_payload; }
 long fw_table_generation(const fw_table *t) { return t->generation; }
 size_t fw_table_count(const fw_table *t) { return t->ndevices; }
@@ -516,4 +566,78 @@ int fw_check(const fw_table *t, const fw_device *d, int action, const char *topi
 int fw_check_text(const fw_table *t, const char *username, int action, const char *topic)
 {
 	return fw_check(t, fw_table_find(t, username), action, topic);
+}
+
+const fw_service *fw_table_find_service(const fw_table *t, const char *username)
+{
+	if (!t || !username) return NULL;
+	for (size_t i = 0; i < t->nservices; i++)
+		if (!strcmp(t->services[i]->username, username)) return t->services[i];
+	return NULL;
+}
+
+int fw_service_cert_ok(const fw_service *s, const unsigned char *digest, size_t len)
+{
+	for (int i = 0; s && i < s->ncerts; i++)
+		if (s->cert_lens[i] == len && !memcmp(s->certs[i], digest, len)) return 1;
+	return 0;
+}
+
+int fw_service_certs_kept(const fw_service *old_service, const fw_service *new_service)
+{
+	for (int i = 0; i < old_service->ncerts; i++)
+		if (!fw_service_cert_ok(new_service, old_service->certs[i], old_service->cert_lens[i]))
+			return 0;
+	return 1;
+}
+
+size_t fw_table_service_count(const fw_table *t) { return t->nservices; }
+const fw_service *fw_table_service_at(const fw_table *t, size_t i) { return t->services[i]; }
+const char *fw_service_username(const fw_service *s) { return s->username; }
+
+static int service_evaluate(const fw_service *s, int action, char **lv, int n)
+{
+	if (action == FW_SUBSCRIBE) {
+		/* An MQTT 5 shared subscription: $share/<group>/<filter>. */
+		if (!strcmp(lv[0], "$share")) {
+			if (n < 3 || !strcmp(lv[1], "+") || !strcmp(lv[1], "#")) return 0;
+			lv += 2;
+			n -= 2;
+		}
+		for (int j = 0; j < s->sub.n; j++)
+			if (covers(NULL, &s->sub.items[j], lv, n)) return 1;
+		return 0;
+	}
+	const fw_templates *ts = action == FW_PUBLISH ? &s->pub : &s->sub;
+	for (int j = 0; j < ts->n; j++)
+		if (matches(NULL, &ts->items[j], lv, n)) return 1;
+	return 0;
+}
+
+int fw_service_check(const fw_service *s, int action, const char *topic)
+{
+	if (!s || !topic) return 0;
+	size_t len = strlen(topic);
+	char stackbuf[512];
+	char *copy = len < sizeof(stackbuf) ? stackbuf : malloc(len + 1);
+	if (!copy) return 0;
+	memcpy(copy, topic, len + 1);
+	char *lv[64];
+	int n = 1;
+	lv[0] = copy;
+	for (char *p = copy; *p; p++) {
+		if (*p == '/') {
+			if (n == 64) { n = -1; break; }
+			*p = '\0';
+			lv[n++] = p + 1;
+		}
+	}
+	int result = n < 0 ? 0 : service_evaluate(s, action, lv, n);
+	if (copy != stackbuf) free(copy);
+	return result;
+}
+
+int fw_service_check_text(const fw_table *t, const char *username, int action, const char *topic)
+{
+	return fw_service_check(fw_table_find_service(t, username), action, topic);
 }

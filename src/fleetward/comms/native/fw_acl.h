@@ -19,10 +19,6 @@ fw_table *fw_table_load(const char *text, size_t len, char *err, size_t errlen);
 void fw_table_free(fw_table *table);
 
 const fw_device *fw_table_find(const fw_table *table, const char *username);
-const char *fw_table_service(const fw_table *table);
-/* Whether a certificate fingerprint (SHA-1 of the DER) is the service
- * identity's certificate. */
-int fw_service_cert_ok(const fw_table *table, const unsigned char *digest, size_t len);
 long fw_table_max_payload(const fw_table *table);
 long fw_table_generation(const fw_table *table);
 
@@ -43,5 +39,23 @@ const char *fw_device_username(const fw_device *device);
 
 /* For tests: load + check in one call through ctypes. */
 int fw_check_text(const fw_table *table, const char *username, int action, const char *topic);
+
+/* fleetward's own identities (fleetward/comms/identities.py): each allowed
+ * the topic patterns of its job, and only with its own certificates. */
+typedef struct fw_service fw_service;
+const fw_service *fw_table_find_service(const fw_table *table, const char *username);
+/* Whether a certificate fingerprint (SHA-1 of the DER) is one of the identity's. */
+int fw_service_cert_ok(const fw_service *service, const unsigned char *digest, size_t len);
+/* 1 allow, 0 deny (publish: a publish pattern matches; subscribe: a subscribe
+ * pattern covers the filter less any $share/<group>/; receive: a subscribe
+ * pattern matches). */
+int fw_service_check(const fw_service *service, int action, const char *topic);
+/* Whether every certificate of old_service is still accepted by new_service. */
+int fw_service_certs_kept(const fw_service *old_service, const fw_service *new_service);
+size_t fw_table_service_count(const fw_table *table);
+const fw_service *fw_table_service_at(const fw_table *table, size_t i);
+const char *fw_service_username(const fw_service *service);
+/* For tests: find + check in one call (0 for an unknown identity). */
+int fw_service_check_text(const fw_table *table, const char *username, int action, const char *topic);
 
 #endif

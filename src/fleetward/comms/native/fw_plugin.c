@@ -7,6 +7,9 @@
  *    table still lists for that identity: a revoked certificate is mute even
  *    before the CRL reaches the TLS layer, and a certificate minted by a
  *    rogue CA with someone else's subject and serial is not theirs;
+ *  - answers fleetward's own identities (one per job: ingest, commands,
+ *    ota) from their patterns in the table, each only with its own
+ *    certificate: no identity is allowed everything;
  *  - re-reads the table when its file changes (checked on every tick, at
  *    most every 50 ms) and kicks every identity that disappeared or lost a
  *    certificate: a revoked device is cut off, not merely muted;
@@ -198,6 +201,15 @@ static void load_table(bool initial)
 			const fw_device *now = fw_table_find(next, fw_device_username(old));
 			if (!now || !fw_serials_kept(old, now)) queue_kick(fw_device_username(old));
 		}
+		/* Service identities keep their own client ids (several connections
+		 * share one identity), so they are kicked by username: a walk over
+		 * every client, but only when a service certificate changed. */
+		for (size_t i = 0; i < fw_table_service_count(table); i++) {
+			const fw_service *old = fw_table_service_at(table, i);
+			const fw_service *now = fw_table_find_service(next, fw_service_username(old));
+			if (!now || !fw_service_certs_kept(old, now))
+				mosquitto_kick_client_by_username(fw_service_username(old), true);
+		}
 	}
 	fw_table_free(table);
 	table = next;
@@ -239,12 +251,23 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 		if (!X509_digest(cert, EVP_sha1(), digest, &digest_len)) digest_len = 0;
 		X509_free(cert);
 	}
-	const char *service = fw_table_service(table);
-	if (*service && !strcmp(username, service)) {
-		/* Only fleetward's own certificate is the service identity. */
-		if (fw_service_cert_ok(table, digest, digest_len)) return MOSQ_ERR_SUCCESS;
-		record(username, "stale-certificate", action, ed->topic);
-		return MOSQ_ERR_ACL_DENIED;
+	const fw_service *service = fw_table_find_service(table, username);
+	if (service) {
+		/* Only the identity's own certificate is that identity, and it may
+		 * do its job only. */
+		if (!digest_len || !fw_service_cert_ok(service, digest, digest_len)) {
+			record(username, "stale-certificate", action, ed->topic);
+			return MOSQ_ERR_ACL_DENIED;
+		}
+		if (fw_action == FW_PUBLISH && (long)ed->payloadlen > fw_table_max_payload(table)) {
+			record(username, "payload-too-large", action, ed->topic);
+			return MOSQ_ERR_ACL_DENIED;
+		}
+		if (!fw_service_check(service, fw_action, ed->topic)) {
+			record(username, "denied", action, ed->topic);
+			return MOSQ_ERR_ACL_DENIED;
+		}
+		return MOSQ_ERR_SUCCESS;
 	}
 	const fw_device *device = fw_table_find(table, username);
 	if (!device) {
