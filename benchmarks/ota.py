@@ -67,6 +67,7 @@ import pstats
 import queue
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -99,6 +100,7 @@ from sqlalchemy.sql.elements import quoted_name
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
+from fleetward.agent import HttpsFetcher
 from fleetward.agent.ota import DEFAULT_BOOT_ATTEMPTS, Slots, install
 from fleetward.identity.models import Device
 from fleetward.ota import campaigns, repository, rollout
@@ -219,14 +221,16 @@ def release_manager_token(ctx: AppContext) -> str:
     return token
 
 
-def new_updater(base: str, directory: Path, root: bytes) -> Updater:
-    """A stock python-tuf client whose metadata and targets live in ``directory``."""
+def new_updater(base: str, directory: Path, root: bytes, tls: ssl.SSLContext) -> Updater:
+    """A stock python-tuf client whose metadata and targets live in ``directory``,
+    fetching from the device plane (HTTPS, the service CA) as the agent does."""
     return Updater(
         metadata_dir=str(directory),
         metadata_base_url=f"{base}/tuf/{TENANT}/metadata/",
         target_dir=str(directory / "targets"),
         target_base_url=f"{base}/tuf/{TENANT}/targets/",
         bootstrap=root,
+        fetcher=HttpsFetcher(tls),
     )
 
 
@@ -293,10 +297,17 @@ class Checks:
         return 1000 * percentile(values, p)
 
 
-def one_check(base: str, root: bytes, directory: Path, target: str, into: Checks | None) -> None:
+def one_check(
+    base: str,
+    root: bytes,
+    directory: Path,
+    target: str,
+    into: Checks | None,
+    tls: ssl.SSLContext,
+) -> None:
     """Construct a fresh Updater over ``directory``, refresh, look up and download ``target``."""
     t0 = time.perf_counter()
-    updater = new_updater(base, directory, root)
+    updater = new_updater(base, directory, root, tls)
     t1 = time.perf_counter()
     updater.refresh()
     t2 = time.perf_counter()
@@ -320,38 +331,38 @@ def run_checks(
 ) -> tuple[Checks, Checks]:
     """``n`` cold checks (empty metadata directory each) and ``n`` warm ones (one directory)."""
     cold, warm = Checks(f"{label}, empty metadata dir"), Checks(f"{label}, metadata cached")
-    base = server.base
+    base, tls = server.device_base, server.tls()
     work.mkdir(parents=True)
     # One counted (untimed) check of each kind, after a warm-up of the server's paths.
-    one_check(base, root, work / "warmup", target, None)
+    one_check(base, root, work / "warmup", target, None, tls)
     with counting() as cold.counts:
-        one_check(base, root, work / "counted-cold", target, None)
+        one_check(base, root, work / "counted-cold", target, None, tls)
     warm_dir = work / "warm"
-    one_check(base, root, warm_dir, target, None)
+    one_check(base, root, warm_dir, target, None, tls)
     with counting() as warm.counts:
-        one_check(base, root, warm_dir, target, None)
+        one_check(base, root, warm_dir, target, None, tls)
     cpu = server.cpu_seconds()
     for i in range(n):
         directory = work / f"cold-{i}"
         directory.mkdir()
-        one_check(base, root, directory, target, cold)
+        one_check(base, root, directory, target, cold, tls)
         shutil.rmtree(directory)
     cold.server_cpu_s, cpu = server.cpu_seconds() - cpu, server.cpu_seconds()
     for _ in range(n):
-        one_check(base, root, warm_dir, target, warm)
+        one_check(base, root, warm_dir, target, warm, tls)
     warm.server_cpu_s = server.cpu_seconds() - cpu
     shutil.rmtree(work)
     for c in (cold, warm):
-        c.plain_get = plain_gets(c.counts.urls, n)
+        c.plain_get = plain_gets(c.counts.urls, n, tls)
     return cold, warm
 
 
-def plain_gets(urls: list[str], n: int) -> list[float]:
-    """``n`` times: a new urllib3 pool (as each Updater makes) GETs ``urls``; no TUF."""
+def plain_gets(urls: list[str], n: int, tls: ssl.SSLContext) -> list[float]:
+    """``n`` times: a new connection pool (as each Updater makes) GETs ``urls``; no TUF."""
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
-        with urllib3.PoolManager() as pool:
+        with urllib3.PoolManager(ssl_context=tls) as pool:
             for url in urls:
                 pool.request("GET", url, preload_content=True)
         times.append(time.perf_counter() - t0)
@@ -649,8 +660,10 @@ class Fleet:
         ids: list[str],
         threads: int,
         health_check: Callable[[Path], bool],
+        tls: ssl.SSLContext,
     ) -> None:
         self.base, self.ctx, self.root, self.directory = base, ctx, root, directory
+        self.tls = tls
         self.health_check = health_check
         self.slots = {d: Slots(directory / d, initial_version="1.0.0") for d in ids}
         self.results: list[DeviceResult] = []
@@ -686,7 +699,7 @@ class Fleet:
         slots = self.slots[device]
         staged_at, error = None, ""
         try:
-            updater = new_updater(self.base, self.directory / device / "tuf", self.root)
+            updater = new_updater(self.base, self.directory / device / "tuf", self.root, self.tls)
             install(updater, slots, target_path=offer.payload["target"], hardware=HARDWARE)
             staged_at = time.perf_counter()
             while slots.pending is not None:
@@ -881,13 +894,14 @@ def fleet_phase(
         root = repository.trusted_root(s, TENANT)
     ids = [f"sim-{i:07d}" for i in range(n)]
     fleet = Fleet(
-        server.base,
+        server.device_base,
         ctx,
         root,
         tmp / "fleet",
         ids,
         threads,
         health_check=lambda image: BROKEN not in image.read_bytes(),
+        tls=server.tls(),
     )
     try:
         if bad:
@@ -1030,7 +1044,10 @@ def run(bench: Bench, args: Any) -> None:
                     )
                 )
                 metadata_sizes["product role, 1 release"] = len(
-                    api.client.get("/tuf/default/metadata/2.product-thermo.json").content
+                    httpx.get(
+                        f"{server.device_base}/tuf/default/metadata/2.product-thermo.json",
+                        verify=server.tls(),
+                    ).content
                 )
                 log.print(
                     f"(a) {args.releases - 2} small releases + 1.1.0 ({args.artifact_kib} KiB)"
@@ -1039,8 +1056,10 @@ def run(bench: Bench, args: Any) -> None:
                     api.release("thermo", f"1.0.{i}", image_of(4096, f"filler-{i}".encode()))
                 api.release("thermo", "1.1.0", image_of(artifact, b"thermo-1.1.0"))
                 metadata_sizes[f"product role, {args.releases} releases"] = len(
-                    api.client.get(
-                        f"/tuf/default/metadata/{args.releases + 1}.product-thermo.json"
+                    httpx.get(
+                        f"{server.device_base}/tuf/default/metadata/"
+                        f"{args.releases + 1}.product-thermo.json",
+                        verify=server.tls(),
                     ).content
                 )
                 log.print(f"(a) {args.checks} update checks x 2, {args.releases} releases")
