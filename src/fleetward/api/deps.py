@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -50,7 +49,7 @@ def bearer_or_basic(request: Request) -> str | None:
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, or non-ASCII text
             return ""
         return decoded.partition(":")[2]
     return ""

@@ -25,7 +25,6 @@ otherwise become a flood of audit entries.
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import ssl
 from collections.abc import Mapping, Sequence
@@ -89,7 +88,7 @@ def presented_certificate(
             raise AuthenticationError(f"{CLIENT_CERT_HEADER} over {MAX_CERT_HEADER} characters")
         try:
             return base64.b64decode(header, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or non-ASCII text
             raise AuthenticationError(f"{CLIENT_CERT_HEADER} must be base64 DER") from exc
     hint = " (an API token is not a device credential)" if "authorization" in headers else ""
     raise ClientCertificateRequiredError(

@@ -143,8 +143,12 @@ def run_planes(
         planes.exit()
 
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # The loop uvicorn.run would choose (uvloop when installed): the default
+    # asyncio loop made every request measurably slower.
+    loop_factory = planes.servers[0].config.get_loop_factory()
     try:
-        asyncio.run(serve_planes(planes, sockets=sockets))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve_planes(planes, sockets=sockets))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -120,9 +120,19 @@ def _row(
     text = json.dumps(fields, separators=(",", ":"))
     if len(text) > MAX_FIELDS_BYTES:
         raise PayloadTooLargeError(f"event {i}: fields over {MAX_FIELDS_BYTES} bytes")
+    try:  # a lone surrogate is stored escaped but can never be read back as UTF-8
+        json.dumps(fields, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"event {i}: fields hold text that is not valid Unicode") from None
     at = e.get("at") or now
     if not isinstance(at, dt.datetime):
         raise InvalidInputError(f"event {i}: at must be a time")
+    if at.tzinfo is None:
+        raise InvalidInputError(f"event {i}: at needs a time zone (e.g. Z or +00:00)")
+    try:
+        at = at.astimezone(dt.UTC)
+    except OverflowError:
+        raise InvalidInputError(f"event {i}: at is out of range") from None
     return {
         "tenant_id": tenant_id,
         "device_pk": device_pk,

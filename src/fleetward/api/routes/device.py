@@ -6,7 +6,6 @@ names another device."""
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 from typing import Any
 
@@ -62,7 +61,7 @@ def renew_certificate(body: RenewIn, ctx: Ctx, device: DeviceCaller) -> Certific
             raise AuthenticationError("the certificate in the body is not the TLS client's")
     try:
         proof = base64.b64decode(body.proof, validate=True) if body.proof else None
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII text
         raise InvalidInputError("proof is not base64") from exc
     with ctx.unit_of_work(
         actor=device.actor,

@@ -22,7 +22,6 @@ Responses are ``application/pkcs7-mime; smime-type=certs-only``, base64.
 from __future__ import annotations
 
 import base64
-import binascii
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
@@ -88,7 +87,7 @@ async def _body(request: Request) -> bytes:
         raise PayloadTooLargeError(f"EST request over {MAX_BODY} bytes")
     try:
         return base64.b64decode(b"".join(body.split()), validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII text
         raise InvalidInputError("EST body must be base64-encoded DER") from exc
 
 
@@ -184,7 +183,7 @@ async def _simplereenroll(request: Request, ctx: Ctx, device: DeviceIdentity) ->
             attestation = (
                 base64.b64decode(attestation_header, validate=True) if attestation_header else None
             )
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or non-ASCII text
             raise InvalidInputError("EST headers must be base64") from exc
         csr_der = await _body(request)
 
@@ -219,6 +218,9 @@ async def simplereenroll(request: Request, ctx: Ctx, device: DeviceCaller) -> Re
 async def simplereenroll_label(
     label: str, request: Request, ctx: Ctx, device: DeviceCaller
 ) -> Response:
-    """RFC 7030 section 4.2.2 (the label is implied by the certificate)."""
-    _parse_label(label)
+    """RFC 7030 section 4.2.2 (the label is implied by the certificate; one
+    that names another tenant answers like an unknown one)."""
+    tenant_name, _env = _parse_label(label)
+    if tenant_name is not None and tenant_name != device.tenant:
+        raise _unknown_label()
     return await _simplereenroll(request, ctx, device)

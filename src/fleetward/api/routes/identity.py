@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -340,7 +339,7 @@ async def ocsp_get(encoded: str, ctx: Ctx) -> Response:
     """OCSP over GET: the base64 (URL-encoded) DER request in the path."""
     try:
         data = base64.b64decode(encoded.replace("-", "+").replace("_", "/"), validate=False)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or non-ASCII text
         data = b""
     return Response(
         await _answer(ctx, data), media_type=OCSP_RESPONSE, headers={"Cache-Control": "no-cache"}
