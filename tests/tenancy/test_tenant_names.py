@@ -107,9 +107,11 @@ CASES = [
     Case(
         "/.well-known/est/{label}/simplereenroll",
         "POST",
+        # The caller's own tenant label goes on to the CSR; any other tenant,
+        # existing or not, reads as an unknown label.
         [
             f"/.well-known/est/{UNKNOWN}.production/simplereenroll",
-            f"/.well-known/est/{KNOWN}.production/simplereenroll",
+            f"/.well-known/est/{BARE}.production/simplereenroll",
         ],
         body=_est_body,
         as_device=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -13,7 +12,6 @@ from pydantic import BaseModel, Field
 from fleetward.identity.issuance import MAX_BATCH, Issued
 from fleetward.identity.models import CertificateAuthority, CertificateRecord, Device
 from fleetward.identity.profile import MAX_CSR_BYTES
-from fleetward.identity.renewal import MAX_ATTESTATION_BYTES
 
 __all__ = [
     "BatchEnrollIn",
@@ -25,7 +23,6 @@ __all__ = [
     "DistrustIn",
     "DistrustOut",
     "EnrollIn",
-    "RenewIn",
     "RevokeIn",
     "StateIn",
     "certificate_out",
@@ -156,26 +153,6 @@ class BatchEnrollOut(BaseModel):
     issued: int
     refused: int
     items: list[BatchItemOut]
-
-
-class RenewIn(BaseModel):
-    """Renewal, authenticated by the current certificate."""
-
-    certificate: str = Field(max_length=32768, description="current certificate, PEM")
-    csr: str = Field(max_length=MAX_CSR_BYTES * 2, description="PKCS#10, PEM")
-    proof: str | None = Field(
-        default=None,
-        max_length=2048,
-        description="base64 signature by the current key over the renewal message (new key only)",
-    )
-    attestation: dict[str, Any] | None = Field(
-        default=None,
-        description=(
-            "key attestation statement for the new key, the shape factory enrollment takes, "
-            "with nonce SHA-256(b'fleetward-renewal-attestation/v1\\n' + CSR DER) "
-            f"(JSON, <= {MAX_ATTESTATION_BYTES} B)"
-        ),
-    )
 
 
 class RevokeIn(BaseModel):
