@@ -160,10 +160,17 @@ def test_a_window_revokes_superseded_certificates_then_distrusts_the_old_ca(
     assert old in {b.ca_id for b in built}
     with ctx.db.read() as s:
         assert publication.get_crl(s, ca_id=old).entries == 3
-        cas, _ = publication.trust_bundles(s, ctx.pki)
-    assert ca_der(ctx, old) not in [
-        c.public_bytes(serialization.Encoding.DER) for c in x509.load_pem_x509_certificates(cas)
+        bundle = publication.crl_bundle(s, ctx.pki)
+        anchors = {ca.id for ca in publication.trusted_issuing_cas(s)}
+    old_key = x509.load_der_x509_certificate(ca_der(ctx, old)).public_key()
+    assert isinstance(old_key, ec.EllipticCurvePublicKey)
+    crls = [
+        x509.load_pem_x509_crl(b"-----BEGIN X509 CRL-----" + part)
+        for part in bundle.split(b"-----BEGIN X509 CRL-----")[1:]
     ]
+    assert any(c.is_signature_valid(old_key) for c in crls)  # its CRL is still served
+    assert old not in anchors  # and it is nobody's trust anchor
+
     assert rotation.rotation_round(ctx.db, now=later) == []
 
 

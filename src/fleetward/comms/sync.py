@@ -55,17 +55,11 @@ from fleetward.comms.mosquitto_conf import (
 from fleetward.identity import Pki, ServicePki, TlsPair
 from fleetward.store import Database
 
-__all__ = ["MAX_REFUSALS_KEPT", "BrokerSync", "prepare", "trust_bundles", "unusable_anchor"]
+__all__ = ["MAX_REFUSALS_KEPT", "BrokerSync", "prepare", "unusable_anchor"]
 
 log = logging.getLogger("fleetward.broker")
 
 MAX_REFUSALS_KEPT = 10_000  # refused handshakes kept between rounds; more are dropped
-
-
-def trust_bundles(db: Database, pki: Pki) -> tuple[bytes, bytes]:
-    """The device CA bundle and the CRL bundle (PEM) from the database."""
-    with db.read() as s:
-        return identity.trust_bundles(s, pki)
 
 
 def unusable_anchor() -> bytes:
@@ -195,7 +189,7 @@ class BrokerSync:
         """Rewrite every environment's anchors and ``crl.pem``."""
         with self.db.read() as s:
             anchors = {env: identity.trust_anchors(s, environment=env) for env in ENVIRONMENTS}
-        _, crls = trust_bundles(self.db, self.pki)
+            crls = identity.crl_bundle(s, self.pki)
         for env, pem in anchors.items():
             write_file(self.files.devices_ca(env), pem or unusable_anchor())
         write_file(self.files.crl, crls)

@@ -69,12 +69,12 @@ from fleetward.identity.profile import (
     renewal_proof_message,
 )
 from fleetward.identity.publication import (
+    crl_bundle,
     crls_due,
     get_crl,
     ocsp_answer,
     publish_crls,
     trust_anchors,
-    trust_bundles,
     trust_state,
     trusted_issuing_cas,
 )
@@ -144,6 +144,7 @@ __all__ = [
     "connectable_certificates",
     "create_issuing_csr",
     "create_tenant_pki",
+    "crl_bundle",
     "crls_due",
     "dependent_devices",
     "dependents",
@@ -199,7 +200,6 @@ __all__ = [
     "set_device_state",
     "sign_issuing_csr_offline",
     "trust_anchors",
-    "trust_bundles",
     "trust_state",
     "trusted_issuing_cas",
 ]

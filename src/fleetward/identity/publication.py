@@ -32,6 +32,7 @@ from fleetward.store import Database, utcnow
 __all__ = [
     "CrlBuild",
     "build_crl",
+    "crl_bundle",
     "crls_due",
     "get_crl",
     "ocsp_answer",
@@ -39,7 +40,6 @@ __all__ = [
     "publish_now",
     "published_der",
     "trust_anchors",
-    "trust_bundles",
     "trust_state",
 ]
 
@@ -286,32 +286,27 @@ def publish_crls(
     return published
 
 
-def trust_bundles(session: Session, pki: Pki) -> tuple[bytes, bytes]:
-    """What a TLS endpoint trusts devices by: every CA certificate that is
-    neither pending nor distrusted, and the published CRL of every issuing
-    CA, distrusted ones included (both PEM bundles)."""
-    cas: list[bytes] = []
-    crls: list[bytes] = []
-    rows = session.execute(
-        select(CertificateAuthority)
-        .where(CertificateAuthority.certificate_pem.is_not(None))
+def crl_bundle(session: Session, pki: Pki) -> bytes:
+    """The published CRL of every issuing CA, distrusted ones included, as one
+    PEM bundle: what a device-facing TLS endpoint checks certificates against
+    (its anchors are :func:`trust_anchors`)."""
+    ids = session.execute(
+        select(CertificateAuthority.id)
+        .where(
+            CertificateAuthority.kind == "issuing",
+            CertificateAuthority.certificate_pem.is_not(None),
+            CertificateAuthority.status != "pending",
+        )
         .order_by(CertificateAuthority.id)
     ).scalars()
-    issuing: list[int] = []
-    for ca in rows:
-        if ca.status == "pending" or ca.certificate_pem is None:
-            continue
-        if ca.status != "distrusted":
-            cas.append(ca.certificate_pem.encode())
-        if ca.kind == "issuing":
-            issuing.append(ca.id)
-    for ca_id in issuing:
+    crls: list[bytes] = []
+    for ca_id in ids:
         published = session.get(PublishedCrl, ca_id)
         if published is None:
             continue
         crl = x509.load_der_x509_crl(published_der(pki, published))
         crls.append(crl.public_bytes(Encoding.PEM))
-    return b"".join(cas), b"".join(crls)
+    return b"".join(crls)
 
 
 # X509_CERT_AUX { trust: SEQUENCE OF OID { id-kp-clientAuth } }: what
@@ -375,7 +370,7 @@ def trust_anchors(session: Session, *, environment: str | None = None) -> bytes:
 
 
 def trust_state(session: Session) -> tuple[int, int, int]:
-    """A cheap fingerprint of :func:`trust_bundles` and :func:`trust_anchors`:
+    """A cheap fingerprint of :func:`trust_anchors` and :func:`crl_bundle`:
     (CRLs published, sum of their numbers, CAs plus distrusted CAs). It
     changes when a CRL is republished, a CA added or a CA distrusted (both
     only ever grow, so their sum does too)."""
