@@ -32,6 +32,10 @@ mqtt_test_port          ``FLEETWARD_MQTT_TEST_PORT``    ``8885``
 mqtt_drill_port         ``FLEETWARD_MQTT_DRILL_PORT``   ``8886``
 mqtt_service_port       ``FLEETWARD_MQTT_SERVICE_PORT`` ``8884`` (fleetward's own identities)
 trusted_proxies         ``FLEETWARD_TRUSTED_PROXIES``   none
+auth_failures_per_source ``FLEETWARD_AUTH_FAILURES_PER_SOURCE`` ``20`` per window, then 429
+auth_failures_per_identity ``FLEETWARD_AUTH_FAILURES_PER_IDENTITY`` ``20`` (token id, certificate)
+auth_failure_window     ``FLEETWARD_AUTH_FAILURE_WINDOW`` ``60`` seconds
+refusal_audit_window    ``FLEETWARD_REFUSAL_AUDIT_WINDOW`` ``60`` seconds (refusals as counts)
 webhook_hosts           ``FLEETWARD_WEBHOOK_HOSTS``     none
 file_key_passphrase     ``FLEETWARD_KEY_PASSPHRASE``    ``<home>/keys/.passphrase`` (secret)
 root_passphrase         ``FLEETWARD_ROOT_PASSPHRASE``   prompt (secret)
@@ -41,6 +45,10 @@ pkcs11_pin              ``FLEETWARD_PKCS11_PIN``        none (secret)
 log_level               ``FLEETWARD_LOG_LEVEL``         ``info``
 log_format              ``FLEETWARD_LOG_FORMAT``        ``text`` (or ``json``: one object a line)
 metrics_enabled         ``FLEETWARD_METRICS_ENABLED``   ``true`` (``/metrics``, operator plane)
+header_timeout          ``FLEETWARD_HEADER_TIMEOUT``    ``10`` s to send a request's headers
+idle_timeout            ``FLEETWARD_IDLE_TIMEOUT``      ``5`` s a kept-alive connection idles
+tls_handshake_timeout   ``FLEETWARD_TLS_HANDSHAKE_TIMEOUT`` ``10`` s (TLS listeners)
+max_connections         ``FLEETWARD_MAX_CONNECTIONS``   ``1000`` per plane and process
 ======================  ==============================  ====================================
 
 The home directory holds the SQLite database, the encrypted CA key files and
@@ -298,6 +306,18 @@ class Settings(BaseSettings):
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed; none by
     # default, so a client cannot choose the source address recorded for it.
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    # Failed authentications (no, a bad or an unknown token or device
+    # certificate) a source address, or a claimed identity (token id, device
+    # certificate serial), may make per window before it is answered 429 with
+    # Retry-After, before any database work, until the window ends. Far above
+    # what a client with a working credential ever meets. See docs/planes.md.
+    auth_failures_per_source: int = Field(default=20, ge=1, le=1_000_000)
+    auth_failures_per_identity: int = Field(default=20, ge=1, le=1_000_000)
+    auth_failure_window: float = Field(default=60.0, gt=0, le=86_400)
+    # Refused requests are audited as counts: per source (anonymous) or actor,
+    # action and reason, at most the first refusal of a window at once and one
+    # entry with the count of the rest when the window ends.
+    refusal_audit_window: float = Field(default=60.0, gt=0, le=86_400)
     # Hosts playbook webhooks may reach (``host`` or ``host:port``); none by
     # default, so a playbook author cannot make fleetward probe internal addresses.
     webhook_hosts: Annotated[frozenset[str], NoDecode] = frozenset()
@@ -313,6 +333,17 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     metrics_enabled: bool = True
+    # The listeners' limits (fleetward.api.protocol, docs/planes.md): a
+    # connection must deliver each request's headers within header_timeout
+    # (from its start or the end of the previous response), may idle between
+    # requests idle_timeout (uvicorn's keep-alive timeout), and must finish a
+    # TLS handshake within tls_handshake_timeout. Past max_connections open
+    # connections on one plane of one process, new ones are closed at once
+    # (lowered at start to what the process's file-descriptor limit leaves).
+    header_timeout: float = Field(default=10.0, gt=0, le=300)
+    idle_timeout: int = Field(default=5, ge=1, le=3600)
+    tls_handshake_timeout: float = Field(default=10.0, gt=0, le=300)
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
     # The tenant a local command (``--tenant``) acts on when none is given.
     tenant: str = Field(default="default", min_length=1, max_length=63)
 

@@ -20,6 +20,7 @@ Every class defines a code of its own and no two share one
     ├── AuthenticationError               401    unauthenticated
     │   ├── ClientCertificateRequiredError 401   client-certificate-required
     │   └── UntrustedCertificateHeaderError 401  untrusted-certificate-header
+    ├── TooManyRequestsError              429    too-many-requests
     ├── PermissionDeniedError             403    forbidden
     │   ├── OutOfScopeError               403    out-of-scope
     │   └── OutsideBatchError             403    outside-batch
@@ -42,8 +43,9 @@ Every class defines a code of its own and no two share one
     ├── ServerRefusedError                any    server-refused (device side)
     └── SimulationError                   500    simulation-failed
 
-In words: bad input (400/413); no or a bad credential (401); a role or
-scope that does not reach (403); nothing there, or another tenant's (404);
+In words: bad input (400/413); no or a bad credential (401), or too many
+bad ones from one source or for one identity (429); a role or scope that
+does not reach (403); nothing there, or another tenant's (404);
 a state that forbids the change (409); a security check that failed (422);
 a component fleetward relies on (the broker, a C compiler) that is missing
 or down (503). ``ServerRefusedError`` is the agent's view of a problem the
@@ -86,6 +88,7 @@ __all__ = [
     "ServerRefusedError",
     "SignatureError",
     "SimulationError",
+    "TooManyRequestsError",
     "UnattestedKeyError",
     "UnavailableError",
     "UntrustedCertificateHeaderError",
@@ -173,6 +176,20 @@ class UntrustedCertificateHeaderError(AuthenticationError):
 
     title = "Certificate header from an untrusted address"
     code = "untrusted-certificate-header"
+
+
+class TooManyRequestsError(FleetwardError):
+    """Too many failed authentications from this source or for this claimed
+    identity: refused, before any work, until ``retry_after`` seconds pass
+    (the API answers 429 with a ``Retry-After`` header)."""
+
+    status = 429
+    title = "Too many requests"
+    code = "too-many-requests"
+
+    def __init__(self, detail: str, *, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, int(retry_after))
 
 
 class PermissionDeniedError(FleetwardError):

@@ -12,7 +12,12 @@ added:
 - no untyped answer: every 2xx JSON answer is a named model with properties,
   and every other media type declares its schema;
 - resource names are nouns: no path segment is a verb, except the device
-  protocol (EST and the routes devices call), which must not change.
+  protocol (EST and the routes devices call), which must not change;
+- the document is the whole contract (``fleetward.api.openapi``): it names
+  the bearer scheme, which operations need it (checked against the server,
+  without a token), and every answer an operation can give: 401/403/429 when
+  it needs a token, 404 with path parameters, 413 with a body, 400 and 422
+  always, each a problem.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fleetward.api.app import create_app
+from fleetward.api.openapi import BEARER
 from fleetward.api.problems import PROBLEM_JSON
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.stack import Stack
@@ -206,3 +212,56 @@ def test_a_device_protocol_path_is_still_served(document: dict[str, Any], ctx: A
     served = set(document["paths"]) | {getattr(r, "path", "") for r in _flat(device.routes)}
     assert served >= DEVICE_PROTOCOL
     assert "/api/v1/renew" not in document["paths"]
+
+
+def _secured(operation: dict[str, Any]) -> bool:
+    return operation.get("security") == [{BEARER: []}]
+
+
+def test_the_security_scheme_is_declared(document: dict[str, Any]) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert set(schemes) == {BEARER}
+    assert (schemes[BEARER]["type"], schemes[BEARER]["scheme"]) == ("http", "bearer")
+    unsaid = [f"{m} {p}" for m, p, op in _operations(document) if "security" not in op]
+    assert not unsaid, f"operations that do not say whether they need a token: {unsaid}"
+    public = {p for _, p, op in _operations(document) if not _secured(op)}
+    assert public == {"/healthz", "/api/v1/comms/broker"}
+
+
+def test_every_answer_a_route_can_give_is_declared(document: dict[str, Any]) -> None:
+    missing = []
+    for method, path, operation in _operations(document):
+        wanted = {"400", "422"}
+        if _secured(operation):
+            wanted |= {"401", "403", "429"}
+        if "{" in path:
+            wanted.add("404")
+        if "requestBody" in operation:
+            wanted.add("413")
+        answers = operation["responses"]
+        missing += [f"{method} {path} {s}" for s in sorted(wanted - set(answers))]
+        if _secured(operation):
+            assert "WWW-Authenticate" in answers["401"]["headers"], path
+            assert "Retry-After" in answers["429"]["headers"], path
+    assert not missing, f"undeclared answers: {missing}"
+    # A route's own declarations stay as they are: health's 503 is its report.
+    health = document["paths"]["/healthz"]["get"]["responses"]["503"]
+    assert set(health["content"]) == {"application/json"}
+
+
+def test_the_declared_security_is_what_the_server_enforces(
+    document: dict[str, Any], client: TestClient
+) -> None:
+    # Without a token: an operation that declares the scheme is refused with
+    # 401 (429 once the failed-authentication limit is reached), and one that
+    # declares none is not refused for want of a token.
+    wrong = []
+    for method, path, operation in _operations(document):
+        url = re.sub(r"\{[^}]+\}", "1", path)
+        resp = client.request(method, url)
+        refused = resp.status_code in {401, 429}
+        if refused != _secured(operation):
+            wrong.append(f"{method} {path}: {resp.status_code}")
+        if refused:
+            assert resp.headers["content-type"] == PROBLEM_JSON
+    assert not wrong, f"declared security differs from the server's: {wrong}"

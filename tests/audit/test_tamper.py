@@ -8,6 +8,8 @@ the first bad entry.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,20 @@ def test_cli_verify_exits_non_zero_naming_the_entry(ctx: AppContext) -> None:
     bad = runner.invoke(cli, ["--home", home, "audit", "verify"])
     assert bad.exit_code == 1
     assert "audit entry 3" in bad.output
+
+
+def test_cli_verify_on_a_tampered_chain_prints_the_verdict_only(ctx: AppContext) -> None:
+    """Through the real entry point: the verdict on one line, exit 1, and no
+    "Error closing cursor" traceback from a cursor left open by the early stop."""
+    fill(ctx)
+    sql(ctx, "UPDATE audit_entries SET actor = 'mallory' WHERE seq = 4")
+    run = subprocess.run(
+        [sys.executable, "-c", "from fleetward.cli.main import main; main()",
+         "--home", str(ctx.settings.home), "audit", "verify"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr and "Error closing cursor" not in run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "audit chain broken: audit entry 4 was modified (hash mismatch)"
+    ]

@@ -115,11 +115,11 @@ def test_ocsp_unknown_issuer_and_malformed(
         ocsp.load_der_ocsp_response(resp.content).response_status
         == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
     )
+    # Past the request limit the listener refuses before reading (api/limits.py):
+    # an HTTP 413 problem, not an OCSP answer.
     resp = device_client.post("/ocsp", content=b"\x30" * 5000)
-    assert (
-        ocsp.load_der_ocsp_response(resp.content).response_status
-        == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
-    )
+    assert resp.status_code == 413
+    assert resp.headers["content-type"].startswith("application/problem+json")
 
 
 def test_revocation_leaves_the_crl_to_the_publisher(

@@ -46,6 +46,7 @@ PUBLIC = {
     ("GET", "/metrics"),  # operator plane, loopback; counts only (see api/metrics.py)
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/api/v1/docs"),
+    ("GET", "/api/v1/docs/assets/{name}"),  # Swagger UI, vendored (api/static)
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/crl/{ca_id}.crl"),
     ("GET", "/ca/{ca_id}.crt"),

@@ -28,12 +28,14 @@ from typing import Literal, get_args
 from fastapi import FastAPI
 
 from fleetward import __version__
-from fleetward.api import access, metrics, problems
+from fleetward.api import access, gate, limits, metrics, problems
+from fleetward.api import openapi as openapi_document
 from fleetward.api.routes import attestation as attestation_routes
 from fleetward.api.routes import audit as audit_routes
 from fleetward.api.routes import comms as comms_routes
 from fleetward.api.routes import detection as detection_routes
 from fleetward.api.routes import device as device_routes
+from fleetward.api.routes import docs as docs_routes
 from fleetward.api.routes import est
 from fleetward.api.routes import health as health_routes
 from fleetward.api.routes import identity as identity_routes
@@ -108,17 +110,21 @@ def create_app(
         summary="Trust plane for device fleets",
         lifespan=lifespan,
         openapi_url="/api/v1/openapi.json" if operator else None,
-        docs_url="/api/v1/docs" if operator else None,
+        docs_url=None,  # routes/docs.py serves it from the package (no CDN)
         redoc_url=None,
     )
     app.state.ctx = ctx
     app.state.runtime = stack
     app.state.plane = plane
     problems.install(app)
+    openapi_document.install(app)  # security and every problem answer, centrally
+    limits.install(app)  # inside the access log: refusals get a request id and a line
+    gate.install(app)  # authentication before the body (and before its size check)
     access.install(app)
     if operator:
         if ctx.settings.metrics_enabled:
             metrics.install(app, workers=lambda: stack.workers)
+        app.include_router(docs_routes.router)
         app.include_router(tenancy_routes.router)
         app.include_router(identity_routes.router)
         app.include_router(audit_routes.router)

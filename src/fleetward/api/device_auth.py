@@ -19,7 +19,10 @@ its device one that may act (:func:`fleetward.identity.certificate_holder`,
 re-exported here as :func:`authenticate_certificate`).
 Refusals raise; the API's problem handler answers 401 and counts them by
 code. None is written to the audit log: a flood of bad requests would
-otherwise become a flood of audit entries.
+otherwise become a flood of audit entries. Failures count against the source
+address and the certificate's serial (429 past the limit, before any
+database work: :func:`fleetward.api.deps.authenticate_device`), and the
+check runs before the body is read (:mod:`fleetward.api.gate`).
 """
 
 from __future__ import annotations

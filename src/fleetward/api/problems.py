@@ -21,10 +21,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetward import observe
-from fleetward.errors import AuditChainError, FleetwardError
+from fleetward.errors import (
+    AuditChainError,
+    FleetwardError,
+    InvalidInputError,
+    TooManyRequestsError,
+)
 
 __all__ = [
     "INVALID_REQUEST",
@@ -35,6 +41,7 @@ __all__ = [
     "Invalid",
     "Problem",
     "as_dict",
+    "error_response",
     "install",
     "problem",
     "responses",
@@ -83,6 +90,8 @@ _DESCRIPTIONS = {
     413: "a body or an item over its limit (payload-too-large)",
     422: "the request does not match the schema (invalid-request), or a check failed "
     "(verification-failed, certificate, attestation, ...)",
+    429: "too many failed authentications from this source or for this identity "
+    "(too-many-requests; see the Retry-After header)",
     503: "a dependency is down (unavailable, broker-unavailable)",
 }
 
@@ -114,6 +123,27 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def error_response(error: FleetwardError, *, instance: str) -> JSONResponse:
+    """The problem response of ``error`` (with ``Retry-After`` for a 429),
+    counted in ``fleetward_refusals_total{code}``; for code outside the
+    exception handlers (the authentication gate, ``fleetward.api.gate``)."""
+    extra: dict[str, Any] = {}
+    if isinstance(error, AuditChainError) and error.seq is not None:
+        extra["seq"] = error.seq
+    observe.refusal(error.code)
+    response = problem(
+        status=error.status,
+        title=error.title,
+        detail=error.detail,
+        code=error.code,
+        instance=instance,
+        **extra,
+    )
+    if isinstance(error, TooManyRequestsError):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
 def as_dict(error: FleetwardError, **extra: Any) -> dict[str, Any]:
     """The problem-details members of an error (for items inside a batch answer)."""
     return {
@@ -133,18 +163,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(FleetwardError)
     async def _fleetward(request: Request, exc: FleetwardError) -> JSONResponse:
-        extra: dict[str, Any] = {}
-        if isinstance(exc, AuditChainError) and exc.seq is not None:
-            extra["seq"] = exc.seq
-        observe.refusal(exc.code)
-        return problem(
-            status=exc.status,
-            title=exc.title,
-            detail=exc.detail,
-            code=exc.code,
-            instance=request.url.path,
-            **extra,
-        )
+        return error_response(exc, instance=request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -173,6 +192,20 @@ def install(app: FastAPI) -> None:
             code=f"http-{exc.status_code}",
             instance=request.url.path,
         )
+
+    async def _unstorable(request: Request, exc: Exception) -> JSONResponse:
+        # A safety net, not the fix: a value the database driver cannot bind
+        # (an integer past 64 bits: sqlite3's OverflowError, psycopg's
+        # NumericValueOutOfRange as a DataError; a NUL byte on PostgreSQL; a
+        # lone surrogate that is no UTF-8) came from the request, because
+        # the routes' declared bounds (fleetward.api.params) missed it.
+        return error_response(
+            InvalidInputError("a value in the request cannot be stored (out of range or not text)"),
+            instance=request.url.path,
+        )
+
+    for unstorable in (OverflowError, UnicodeEncodeError, DataError):
+        app.add_exception_handler(unstorable, _unstorable)
 
 
 def _document_problems(app: FastAPI) -> None:

@@ -11,6 +11,15 @@ other down with it, so a half-served installation never looks healthy.
 
 Signals are handled here, once, for both servers (uvicorn's own handler is
 per server and the second would replace the first's).
+
+**Listener limits** (docs/planes.md): both planes use
+:class:`~fleetward.api.protocol.GuardedHttpProtocol` (the device plane through
+:class:`~fleetward.api.tls.TlsHttpProtocol`), configured from the settings
+(header-read timeout, connection cap), with uvicorn's keep-alive timeout set
+to ``idle_timeout``. uvicorn creates its listeners without asyncio's
+``ssl_handshake_timeout`` (60 s by default), so :func:`serve_planes` has the
+event loop's ``create_server`` add ``tls_handshake_timeout`` to every TLS
+listener it opens.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -27,8 +36,9 @@ from typing import Any
 import uvicorn
 
 from fleetward.api.app import create_planes
+from fleetward.api.protocol import GuardedHttpProtocol
 from fleetward.api.tls import DeviceTls, TlsHttpProtocol
-from fleetward.api.workers import log_options, proxy_options
+from fleetward.api.workers import listener_options, log_options, proxy_options
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.stack import Stack
 
@@ -50,6 +60,7 @@ class PlaneServers:
     operator: uvicorn.Server
     device: uvicorn.Server
     tls: DeviceTls
+    handshake_timeout: float = 60.0  # asyncio's default; plane_servers sets the setting
 
     @property
     def servers(self) -> tuple[uvicorn.Server, uvicorn.Server]:
@@ -80,7 +91,7 @@ def plane_servers(
         checkpoint_interval=checkpoint_interval,
         isolate_publisher=isolate_publisher,
     )
-    options: dict[str, Any] = {**proxy_options(settings)}
+    options: dict[str, Any] = {**proxy_options(settings), **listener_options(settings)}
     if log_level is None:
         options.update(log_options())
     else:
@@ -95,6 +106,7 @@ def plane_servers(
         operator_app,
         host=settings.operator_host,
         port=settings.operator_port,
+        http=GuardedHttpProtocol.from_settings(settings),
         **operator_tls,
         **options,
     )
@@ -103,11 +115,31 @@ def plane_servers(
         device_app,
         host=settings.device_host,
         port=settings.device_port,
-        http=TlsHttpProtocol,
+        http=TlsHttpProtocol.from_settings(settings),
         ssl_context_factory=tls.factory(),
         **options,
     )
-    return PlaneServers(_Server(operator), _Server(device), tls)
+    return PlaneServers(
+        _Server(operator), _Server(device), tls, handshake_timeout=settings.tls_handshake_timeout
+    )
+
+
+@contextlib.contextmanager
+def _handshake_timeout(loop: asyncio.AbstractEventLoop, seconds: float) -> Iterator[None]:
+    """While the planes run, the TLS listeners they open get ``seconds`` as
+    their handshake timeout (uvicorn calls ``loop.create_server`` without one)."""
+    create = loop.create_server
+
+    async def create_server(*args: Any, **kwargs: Any) -> asyncio.Server:
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", seconds)
+        return await create(*args, **kwargs)
+
+    loop.create_server = create_server  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del loop.create_server  # the instance attribute: the class's method again
 
 
 async def serve_planes(
@@ -117,19 +149,20 @@ async def serve_planes(
 ) -> None:
     """Serve both planes until both stop; when one stops, the other is told to."""
     planes.tls.start()
-    tasks = [
-        asyncio.create_task(server.serve(sockets=sockets[i] if sockets else None))
-        for i, server in enumerate(planes.servers)
-    ]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        planes.exit()
-        await asyncio.wait(tasks)
-        for task in done:
-            task.result()  # a plane that failed to start says why
-    finally:
-        planes.exit()
-        planes.tls.stop()
+    with _handshake_timeout(asyncio.get_running_loop(), planes.handshake_timeout):
+        tasks = [
+            asyncio.create_task(server.serve(sockets=sockets[i] if sockets else None))
+            for i, server in enumerate(planes.servers)
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            planes.exit()
+            await asyncio.wait(tasks)
+            for task in done:
+                task.result()  # a plane that failed to start says why
+        finally:
+            planes.exit()
+            planes.tls.stop()
 
 
 def run_planes(

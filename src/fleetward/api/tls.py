@@ -26,8 +26,10 @@ next handshake on. :meth:`DeviceTls.start` runs the refresh every
 :data:`REFRESH_SECONDS` in a thread.
 
 **The certificate reaches the app** through :class:`TlsHttpProtocol`,
-uvicorn's HTTP protocol with the ASGI TLS extension added to each request's
-scope (``scope["extensions"]["tls"]["client_cert_chain"]``, PEM), and the
+the listeners' HTTP protocol
+(:class:`~fleetward.api.protocol.GuardedHttpProtocol`: uvicorn's, with a
+header-read timeout and a connection cap) with the ASGI TLS extension added
+to each request's scope (``scope["extensions"]["tls"]["client_cert_chain"]``, PEM), and the
 raw TCP peer in ``scope["extensions"]["fleetward.peer"]`` (uvicorn's
 proxy-header middleware rewrites ``scope["client"]``; whether a client
 certificate *header* may be believed depends on the real peer).
@@ -44,10 +46,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from fleetward import identity
 from fleetward._files import private_dir
+from fleetward.api.protocol import GuardedHttpProtocol
 from fleetward.runtime.context import AppContext
 
 __all__ = [
@@ -168,8 +169,9 @@ class DeviceTls:
                 log.exception("device plane trust refresh failed")
 
 
-class TlsHttpProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, with the peer's TLS certificate and the raw
+class TlsHttpProtocol(GuardedHttpProtocol):
+    """The listeners' HTTP protocol (:mod:`fleetward.api.protocol`: header
+    timeout, connection cap), with the peer's TLS certificate and the raw
     TCP peer in each request's scope (see the module docstring)."""
 
     _tls: dict[str, Any] | None = None
@@ -177,6 +179,8 @@ class TlsHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        if self._refused:
+            return
         self._raw_peer = self.client
         self._tls = None
         ssl_object = transport.get_extra_info("ssl_object")

@@ -8,7 +8,11 @@ device, see :mod:`fleetward.api.serve`) with ``SO_REUSEPORT``, so the kernel
 spreads connections across workers by their address hash.
 
 :func:`proxy_options` is how every API process (one or several) treats
-``X-Forwarded-For``: believed only from ``FLEETWARD_TRUSTED_PROXIES``.
+``X-Forwarded-For``: believed only from ``FLEETWARD_TRUSTED_PROXIES``;
+:func:`listener_options` its listeners' timeouts. Every worker enforces the
+listener limits (:mod:`fleetward.api.protocol`) on its own connections: the
+connection cap is per process and plane, from each process's own
+file-descriptor limit.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from fleetward import logs
 from fleetward.config import Settings
 from fleetward.runtime.context import AppContext
 
-__all__ = ["log_options", "proxy_options", "serve_workers"]
+__all__ = ["listener_options", "log_options", "proxy_options", "serve_workers"]
 
 
 def proxy_options(settings: Settings) -> dict[str, Any]:
@@ -39,6 +43,16 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
     # An explicit list (even empty) also keeps uvicorn from reading
     # FORWARDED_ALLOW_IPS from the environment.
     return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted}
+
+
+def listener_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the listeners' limits that uvicorn itself has:
+    the keep-alive (idle) timeout. The header-read timeout and the
+    connection cap are in the protocol class (:mod:`fleetward.api.protocol`),
+    the TLS handshake timeout in :func:`fleetward.api.serve.serve_planes`.
+    ``limit_concurrency`` stays off: it answers 503 only after a request's
+    headers arrived, and the connection cap refuses earlier."""
+    return {"timeout_keep_alive": settings.idle_timeout}
 
 
 def log_options() -> dict[str, Any]:

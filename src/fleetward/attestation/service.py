@@ -165,23 +165,30 @@ def submit(
 
 
 def record_refusal(
-    session: Session, tenant: str, device_id: str, reason: str, *, now: dt.datetime | None = None
+    session: Session,
+    *,
+    tenant_id: int,
+    device_pk: int,
+    reason: str,
+    count: int = 1,
+    details: dict[str, object] | None = None,
+    now: dt.datetime | None = None,
 ) -> None:
-    """Record a refused attestation (in its own transaction: the refused one rolled back)."""
-    try:
-        tenant_id, device = _device(session, tenant, device_id)
-    except NotFoundError:
-        return
+    """Record ``count`` refused attestations of one (authenticated) device as
+    one ``attestation.refused`` event, in the caller's transaction (its own:
+    the refused one rolled back). The API counts a device's refusals per
+    window and records them here once per window
+    (:mod:`fleetward.runtime.refusals`), not one row per refused request."""
     telemetry.record_events(
         session,
         [
             {
                 "tenant_id": tenant_id,
-                "device_pk": device.id,
+                "device_pk": device_pk,
                 "type": "attestation.refused",
                 "at": now or utcnow(),
-                "count": 1,
-                "fields": json.dumps({"reason": reason[:300]}),
+                "count": max(1, count),
+                "fields": json.dumps({**(details or {}), "reason": reason[:300]}),
             }
         ],
     )

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,7 +164,13 @@ def record_refusal(
     tenant_id: int | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Record a refused attempt in its own transaction (the attempt rolled back)."""
+    """Record one refused attempt in its own transaction (the attempt rolled back).
+
+    Requests do not call this once per refusal: the runtime counts their
+    refusals per key and window and writes the first and then one entry with
+    the count (``fleetward.runtime.refusals``, ``AppContext.record_refusal``),
+    so a flood of refused requests is not a flood of entries.
+    """
     with db.session() as session:
         append(
             session,
@@ -194,7 +201,9 @@ def checkpoint_statement(*, tree_size: int, root_hash: str, head_hash: str, ts: 
     return f"fleetward-audit-checkpoint/v1\n{tree_size}\n{root_hash}\n{head_hash}\n{ts}\n".encode()
 
 
-def _iter_fields(session: Session, upto: int | None = None) -> Iterator[tuple[EntryFields, str]]:
+def _iter_fields(
+    session: Session, upto: int | None = None
+) -> Generator[tuple[EntryFields, str], None, None]:
     stmt = select(AuditEntry).order_by(AuditEntry.seq)
     if upto is not None:
         stmt = stmt.where(AuditEntry.seq <= upto)
@@ -234,9 +243,10 @@ def checkpoint(
     """
     acc = merkle.CompactRange()
     head_hash = GENESIS
-    for digest in verify_chain(_iter_fields(session)):
-        acc.append(bytes.fromhex(digest))
-        head_hash = digest
+    with closing(_iter_fields(session)) as rows:
+        for digest in verify_chain(rows):
+            acc.append(bytes.fromhex(digest))
+            head_hash = digest
     ts = (now or utcnow()).astimezone(dt.UTC)
     root_hex = acc.root().hex()
     stmt = checkpoint_statement(
@@ -363,22 +373,27 @@ def _walk(
         session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size)).scalars()
     )
     acc = merkle.CompactRange()
-    for fields, digest in verify_rows(_iter_fields(session)):
-        acc.append(bytes.fromhex(digest))
-        progress.size, progress.head_hash = acc.size, digest
-        while pending and pending[0].tree_size == acc.size:
-            cp = pending.pop(0)
-            if public_key is not None:
-                _verify_checkpoint(cp, public_key)
-            if acc.root().hex() != cp.root_hash or cp.head_hash != digest:
-                raise AuditChainError(
-                    f"audit entries 1..{cp.tree_size} do not match checkpoint {cp.id}: "
-                    "an entry was rewritten",
-                    seq=cp.tree_size,
-                )
-            progress.anchored = acc.size
-            progress.checkpoints += 1
-        yield fields
+    # Closed here, not when the garbage collector finds it: a walk that stops
+    # at a bad entry keeps the rows' generator alive in the error's traceback,
+    # and closing its cursor after the database is gone printed a traceback
+    # ("Error closing cursor") after the verdict.
+    with closing(_iter_fields(session)) as rows:
+        for fields, digest in verify_rows(rows):
+            acc.append(bytes.fromhex(digest))
+            progress.size, progress.head_hash = acc.size, digest
+            while pending and pending[0].tree_size == acc.size:
+                cp = pending.pop(0)
+                if public_key is not None:
+                    _verify_checkpoint(cp, public_key)
+                if acc.root().hex() != cp.root_hash or cp.head_hash != digest:
+                    raise AuditChainError(
+                        f"audit entries 1..{cp.tree_size} do not match checkpoint {cp.id}: "
+                        "an entry was rewritten",
+                        seq=cp.tree_size,
+                    )
+                progress.anchored = acc.size
+                progress.checkpoints += 1
+            yield fields
     if pending:
         cp = pending[0]
         if public_key is not None:

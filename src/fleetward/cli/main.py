@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
 from fleetward import __version__, logs
+from fleetward.cli._errors import CleanErrors, describe
 from fleetward.cli.audit import audit_app
 from fleetward.cli.common import KEY_BACKEND, KeyBackend, console, err, load_ctx, local_actor
 from fleetward.cli.comms import broker_app, policy_app
@@ -32,6 +34,7 @@ app = typer.Typer(
     help="fleetward: trust plane for device fleets.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=CleanErrors,  # bad data becomes a FleetwardError: one line and exit 1 (main)
 )
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="token")
@@ -342,6 +345,6 @@ def main() -> None:
     os.umask(0o077)
     try:
         app()
-    except FleetwardError as exc:
-        err.print(f"[red]error:[/red] {exc.detail}")
+    except FleetwardError as exc:  # bad data of every kind (see fleetward.cli._errors)
+        err.print(f"[red]error:[/red] {escape(describe(exc))}", soft_wrap=True)
         sys.exit(1)

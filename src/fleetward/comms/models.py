@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetward.store.db import Base
 from fleetward.store.types import UTCDateTime
 
-__all__ = ["CommsPolicy"]
+__all__ = ["BrokerGeneration", "CommsPolicy"]
 
 
 class CommsPolicy(Base):
@@ -26,3 +26,15 @@ class CommsPolicy(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class BrokerGeneration(Base):
+    """One row (id 1): bumped by database triggers (migration 0010) in the
+    same transaction as any write to the broker table's inputs (tenants,
+    policies, devices, certificates). The broker sync polls it instead of
+    the audit head, so an audit append alone never rebuilds the table."""
+
+    __tablename__ = "broker_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

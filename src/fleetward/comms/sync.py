@@ -5,9 +5,16 @@ environment's device listener (``devices-ca-<environment>.pem``) and
 ``crl.pem`` in step with the database and moves the plugin's authorization
 events (and the refused TLS handshakes Mosquitto logs) into it:
 
-1. A trust change is one audit entry, so :meth:`BrokerSync.refresh` polls the
-   audit head and rebuilds the table when it moved: the plugin cuts a
-   revoked or quarantined device off within one plugin stat period.
+1. :meth:`BrokerSync.refresh` rebuilds the table when one of its inputs
+   changed, and only then. The signal is ``broker_generation``: database
+   triggers (migration 0010) bump it in the same transaction as every write
+   to what :func:`~.service.broker_snapshot` reads (tenants, policies,
+   devices, certificates), so no write path can miss it and nothing else
+   moves it: audit appends (a refused request, a token created) never
+   rebuild the table. It is also rebuilt when the trust state changes, when
+   a service identity's certificate file changes, and when the first listed
+   certificate expires (expiry is no write). The plugin cuts a revoked or
+   quarantined device off within one plugin stat period.
    The table also lists fleetward's own identities with the fingerprints of
    their certificates (rebuilt when one of those is reissued).
 2. When the trust state changes (:func:`fleetward.identity.trust_state`:
@@ -17,7 +24,8 @@ events (and the refused TLS handshakes Mosquitto logs) into it:
    listener with a ``crlfile``), so a revoked certificate also fails at the
    TLS handshake. It does not build
    CRLs: the one CRL publisher is the runtime's (``fleetward.runtime``),
-   under a lease; ``on_change`` tells it at once that the head moved, so a
+   under a lease; ``on_change`` tells it at once that the table's inputs
+   moved, so a
    revocation reaches the TLS layer in about one sync interval.
 3. :meth:`BrokerSync.ingest_events` stores the plugin's events.
 
@@ -39,11 +47,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from sqlalchemy import select
 
-from fleetward import audit, identity
+from fleetward import identity
 from fleetward.comms import service
 from fleetward.comms.compile import BrokerService, compile_table
 from fleetward.comms.identities import SERVICE_IDENTITIES, ServiceIdentity
+from fleetward.comms.models import BrokerGeneration
 from fleetward.comms.mosquitto_conf import (
     ENVIRONMENTS,
     MAX_PAYLOAD,
@@ -96,8 +106,8 @@ class BrokerSync:
         service_pki: fleetward's service CA (the certificates of its identities).
         reload: Asks Mosquitto to re-read its CA and CRL files.
         max_payload: The largest PUBLISH payload the table allows.
-        on_change: Called after the table was rebuilt for a new audit head
-            (``fleetward up`` wakes the CRL publisher with it).
+        on_change: Called after the table was rebuilt because its inputs
+            changed (``fleetward up`` wakes the CRL publisher with it).
         identities: fleetward's own identities (default: its three jobs).
     """
 
@@ -123,8 +133,9 @@ class BrokerSync:
         self.reload = reload
         self.max_payload = max_payload
         self.on_change = on_change
-        self.generation = 0
-        self._head: int | None = None
+        self.generation = 0  # table rewrites by this process (the table carries it)
+        self._inputs: tuple[object, ...] | None = None
+        self._next_expiry: dt.datetime | None = None
         self._crl_state: tuple[object, ...] | None = None
         self._pending_events: Path | None = None
         self._refused: list[tuple[str, str]] = []
@@ -138,9 +149,15 @@ class BrokerSync:
             if len(self._refused) < MAX_REFUSALS_KEPT:  # a flood is counted, not kept
                 self._refused.append((peer, reason))
 
-    def _state(self) -> tuple[int, tuple[object, ...]]:
+    def _state(self) -> tuple[tuple[object, ...], tuple[object, ...]]:
+        """The table's input generation (with the trust state, which also
+        feeds it) and the trust state alone, in one read."""
         with self.db.read() as s:
-            return audit.head_seq(s), identity.trust_state(s)
+            generation = s.execute(
+                select(BrokerGeneration.value).where(BrokerGeneration.id == 1)
+            ).scalar_one_or_none()
+            trust = identity.trust_state(s)
+        return (generation, trust), trust
 
     def _services(self) -> list[BrokerService]:
         """Each identity with the fingerprint of its certificate (reissued
@@ -170,8 +187,12 @@ class BrokerSync:
     def write_table(self) -> int:
         """Rebuild ``acl.table`` now; returns how many identities it lists."""
         start = time.perf_counter()
+        now = dt.datetime.now(dt.UTC)
         with self.db.read() as s:
-            policies, devices = service.broker_snapshot(s)
+            policies, devices = service.broker_snapshot(s, now=now)
+            # Expiry changes the table without a write: rebuild when the
+            # first certificate it could list expires.
+            self._next_expiry = identity.next_certificate_expiry(s, now=now)
         services = self._services()
         self.generation += 1
         text = compile_table(
@@ -200,11 +221,14 @@ class BrokerSync:
             return self._refresh()
 
     def _refresh(self) -> bool:
-        head, crl_state = self._state()
+        inputs, crl_state = self._state()
         changed = False
         if self._certificates_state() != self._service_state:
-            self._head = None  # a service certificate changed: rebuild the table
-        if head != self._head:
+            self._inputs = None  # a service certificate changed: rebuild the table
+        expiry = self._next_expiry
+        if expiry is not None and dt.datetime.now(dt.UTC) >= expiry:
+            self._inputs = None  # a listed certificate expired: rebuild the table
+        if inputs != self._inputs:
             try:
                 self.write_table()  # first: the plugin cuts revoked devices off
             except ValueError:
@@ -212,7 +236,7 @@ class BrokerSync:
                 # table, keep the CRL fresh below, and say so loudly.
                 log.exception("broker table not rebuilt")
             else:
-                self._head = head
+                self._inputs = inputs
             changed = True
             if self.on_change is not None:
                 self.on_change()  # a revocation also needs a CRL: say so now

@@ -250,32 +250,62 @@ def authz_failures(
     return findings
 
 
+def _since(row: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``row``'s counters less ``baseline``'s (the counts when the batch's
+    last alert was resolved): what happened since."""
+    if baseline is None:
+        return dict(row)
+    before = dict(baseline.get("refused_by_category", {}))
+    categories = {
+        k: int(n) - int(before.get(k, 0))
+        for k, n in dict(row.get("refused_by_category", {})).items()
+    }
+    return {
+        **row,
+        "accepted": int(row["accepted"]) - int(baseline.get("accepted", 0)),
+        "refused": int(row["refused"]) - int(baseline.get("refused", 0)),
+        "refused_by_category": {k: n for k, n in categories.items() if n > 0},
+    }
+
+
 def enrollment_anomalies(
     tenant_id: int,
     signals: Iterable[Mapping[str, Any]],
     *,
+    resolved: Mapping[str, Mapping[str, Any]] | None = None,
     max_refusals: int = 10,
     max_refusal_ratio: float = 0.2,
 ) -> list[Finding]:
     """Factory batches with many refused enrollment attempts (unknown ids,
     duplicates, replayed nonces, bad attestations) or a burst against the
     batch's own normal rate. ``signals`` are
-    :func:`fleetward.provisioning.service.counters` rows."""
+    :func:`fleetward.provisioning.service.counters` rows (counts since the
+    batch's first attempt).
+
+    The counters are windowed by resolution: ``resolved`` maps a batch's key
+    to the counts it had when its last alert was resolved, and only attempts
+    since then are judged, so a resolved alert comes back only with new
+    anomalous attempts (a burst, too, needs attempts since then). The
+    evidence carries the running totals (the next baseline) and the counts
+    since the resolution.
+    """
+    resolved = resolved or {}
     findings = []
     for row in signals:
-        refused, accepted = int(row["refused"]), int(row["accepted"])
+        key = f"factory:{row['factory_id']}:batch:{row['batch_id']}"
+        since = _since(row, resolved.get(key))
+        refused, accepted = int(since["refused"]), int(since["accepted"])
         ratio = refused / max(1, refused + accepted)
         reasons = []
         if refused >= max_refusals and ratio >= max_refusal_ratio:
             reasons.append(f"{refused} refused attempts ({ratio:.0%})")
-        if row.get("burst"):
+        if row.get("burst") and refused + accepted > 0:
             reasons.append(
                 f"burst: {row['last_window']} attempts in the last window against "
                 f"{row['average_per_window']} on average"
             )
         if not reasons:
             continue
-        key = f"factory:{row['factory_id']}:batch:{row['batch_id']}"
         findings.append(
             Finding(
                 tenant_id=tenant_id,
@@ -286,8 +316,11 @@ def enrollment_anomalies(
                 summary="; ".join(reasons),
                 evidence={
                     "refused_by_category": dict(row.get("refused_by_category", {})),
-                    "accepted": accepted,
-                    "refused": refused,
+                    "accepted": int(row["accepted"]),
+                    "refused": int(row["refused"]),
+                    "since_resolved": {"accepted": accepted, "refused": refused}
+                    if key in resolved
+                    else None,
                 },
             )
         )

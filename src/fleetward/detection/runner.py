@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from fleetward import attestation, telemetry
+from fleetward import attestation, provisioning, telemetry
 from fleetward.detection import service
 from fleetward.store import Database
 
@@ -39,6 +39,11 @@ def sweep(db: Database, *, now: dt.datetime | None = None) -> int:
 
 
 def prune(db: Database, *, now: dt.datetime | None = None) -> int:
-    """Delete events past retention and spent nonces; returns how many rows went."""
+    """Delete events past retention and expired nonces (attestation and
+    enrollment); returns how many rows went."""
     with db.session() as s:
-        return telemetry.prune(s, now=now) + attestation.prune_nonces(s, now=now)
+        return (
+            telemetry.prune(s, now=now)
+            + attestation.prune_nonces(s, now=now)
+            + provisioning.prune_nonces(s, now=now)
+        )

@@ -268,6 +268,8 @@ def set_alert_state(session: Session, principal: Principal, alert_id: int, state
     if alert.state == "resolved":
         raise ConflictError(f"alert {alert_id} is resolved")
     alert.state = state
+    if state == "resolved" and alert.kind == "enrollment-anomaly":
+        _snapshot_enrollment(session, alert, principal.tenant_name)
     audit.append(
         session,
         actor=principal.actor,
@@ -277,6 +279,41 @@ def set_alert_state(session: Session, principal: Principal, alert_id: int, state
         details={"kind": alert.kind, "key": alert.key},
     )
     return alert
+
+
+def _snapshot_enrollment(session: Session, alert: Alert, tenant_name: str) -> None:
+    """Write the batch's counters as they are now into a resolved
+    enrollment alert: the baseline the next sweep judges new attempts
+    against (:func:`~.detectors.enrollment_anomalies`), so attempts already
+    seen never raise it again."""
+    who = Principal(alert.tenant_id, tenant_name, "security", "detector:sweep")
+    for row in provisioning.counters(session, who):
+        if f"factory:{row['factory_id']}:batch:{row['batch_id']}" == alert.key:
+            evidence = json.loads(alert.evidence or "{}")
+            evidence.update(
+                accepted=int(row["accepted"]),
+                refused=int(row["refused"]),
+                refused_by_category=dict(row["refused_by_category"]),
+            )
+            alert.evidence = json.dumps(evidence)
+            return
+
+
+def _resolved_enrollment(session: Session, tenant_id: int) -> dict[str, dict[str, object]]:
+    """The counters each batch had when its newest enrollment alert was
+    resolved (batches whose newest alert is still open are left out)."""
+    newest: dict[str, Alert] = {}
+    for alert in session.execute(
+        select(Alert)
+        .where(Alert.tenant_id == tenant_id, Alert.kind == "enrollment-anomaly")
+        .order_by(Alert.id)
+    ).scalars():
+        newest[alert.key] = alert
+    return {
+        key: json.loads(alert.evidence or "{}")
+        for key, alert in newest.items()
+        if alert.state == "resolved"
+    }
 
 
 SILENCE = dt.timedelta(hours=24)
@@ -289,7 +326,11 @@ def sweep(session: Session, *, now: dt.datetime | None = None) -> list[Alert]:
     created = []
     for tenant_id, tenant_name in tenancy.tenant_names(session).items():
         who = Principal(tenant_id, tenant_name, "security", "detector:sweep")
-        findings = det.enrollment_anomalies(tenant_id, provisioning.counters(session, who, now=now))
+        findings = det.enrollment_anomalies(
+            tenant_id,
+            provisioning.counters(session, who, now=now),
+            resolved=_resolved_enrollment(session, tenant_id),
+        )
         active = {pk for pk, _, _ in identity.active_devices(session, tenant_id=tenant_id)}
         devices = _devices(session, active)
         seen = telemetry.last_seen(session, tenant_id=tenant_id)

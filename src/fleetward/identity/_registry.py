@@ -202,6 +202,18 @@ def certificate_expiry(session: Session, *, tenant_id: int) -> dict[int, dt.date
     }
 
 
+def next_certificate_expiry(session: Session, *, now: dt.datetime) -> dt.datetime | None:
+    """When the first good certificate still valid at ``now`` expires (any
+    tenant): the next moment the set of connectable certificates changes
+    without a write."""
+    at: dt.datetime | None = session.execute(
+        select(func.min(CertificateRecord.not_after)).where(
+            CertificateRecord.status == "good", CertificateRecord.not_after > now
+        )
+    ).scalar_one_or_none()
+    return at
+
+
 def select_cohort(
     session: Session,
     *,

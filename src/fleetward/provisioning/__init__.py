@@ -19,6 +19,7 @@ from fleetward.provisioning.models import (
     Factory,
 )
 from fleetward.provisioning.service import (
+    MAX_OPEN_NONCES_PER_TOKEN,
     NONCE_TTL,
     attempt_record,
     attempts_csv,
@@ -34,10 +35,12 @@ from fleetward.provisioning.service import (
     list_batches,
     list_factories,
     list_roots,
+    prune_nonces,
     register_root,
 )
 
 __all__ = [
+    "MAX_OPEN_NONCES_PER_TOKEN",
     "NONCE_TTL",
     "AttestationRoot",
     "EnrollmentAttempt",
@@ -61,6 +64,7 @@ __all__ = [
     "list_factories",
     "list_roots",
     "provision",
+    "prune_nonces",
     "register_root",
     "verify_renewal_attestation",
 ]

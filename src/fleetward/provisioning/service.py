@@ -15,12 +15,10 @@ nonces and used grants commit together or not at all.
 
 from __future__ import annotations
 
-import base64
 import csv
 import datetime as dt
 import io
 import json
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +36,12 @@ from fleetward.errors import (
     PayloadTooLargeError,
 )
 from fleetward.identity import profile
+from fleetward.provisioning._nonces import (
+    MAX_OPEN_NONCES_PER_TOKEN,
+    NONCE_TTL,
+    issue_nonce,
+    prune_nonces,
+)
 from fleetward.provisioning.batch import (
     MAX_EXPLICIT_IDS,
     validate_range,
@@ -46,7 +50,6 @@ from fleetward.provisioning.models import (
     AttestationRoot,
     EnrollmentAttempt,
     EnrollmentBatch,
-    EnrollmentNonce,
     Factory,
     ReprovisionGrant,
 )
@@ -55,6 +58,7 @@ from fleetward.tenancy import ApiToken, scope
 from fleetward.tenancy.roles import ENVIRONMENTS, Permission, Principal, require
 
 __all__ = [
+    "MAX_OPEN_NONCES_PER_TOKEN",
     "NONCE_TTL",
     "attempt_record",
     "attempts_csv",
@@ -70,11 +74,9 @@ __all__ = [
     "list_batches",
     "list_factories",
     "list_roots",
+    "prune_nonces",
     "register_root",
 ]
-
-NONCE_TTL = dt.timedelta(minutes=5)  # a chip answers its challenge within seconds
-MAX_NONCES_PER_REQUEST = 1000
 
 
 def _audit(session: Session, who: Principal, action: str, subject: str, **details: Any) -> None:
@@ -317,24 +319,6 @@ def list_roots(session: Session, who: Principal) -> list[AttestationRoot]:
     require(who, Permission.DEVICE_READ)
     stmt = select(AttestationRoot).where(AttestationRoot.tenant_id == who.tenant_id)
     return list(session.execute(stmt.order_by(AttestationRoot.id)).scalars())
-
-
-def issue_nonce(session: Session, who: Principal, *, count: int = 1) -> list[EnrollmentNonce]:
-    """Fresh single-use challenges for attestation statements."""
-    require(who, Permission.DEVICE_ENROLL)
-    if not 1 <= count <= MAX_NONCES_PER_REQUEST:
-        raise InvalidInputError(f"ask for 1 to {MAX_NONCES_PER_REQUEST} nonces at a time")
-    expires = utcnow() + NONCE_TTL
-    rows = [
-        EnrollmentNonce(
-            nonce=base64.urlsafe_b64encode(secrets.token_bytes(24)).decode(),
-            tenant_id=who.tenant_id,
-            expires_at=expires,
-        )
-        for _ in range(count)
-    ]
-    session.add_all(rows)
-    return rows
 
 
 def grant_reprovision(

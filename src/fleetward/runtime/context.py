@@ -7,22 +7,25 @@ explicit pieces they need (a ``Database``, a ``Pki``, a home directory).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from sqlalchemy.orm import Session
 
-from fleetward import audit, identity, provisioning
+from fleetward import attestation, audit, identity, provisioning
 from fleetward.config import Settings
 from fleetward.errors import FleetwardError
 from fleetward.identity import KeyAttester, Pki, ServicePki
 from fleetward.keys import Signer
 from fleetward.keys.ring import KeyRing
 from fleetward.provisioning import verify_renewal_attestation
-from fleetward.store import Database
+from fleetward.runtime.refusals import Flush, RefusalKey, RefusalTally
+from fleetward.store import Database, utcnow
 from fleetward.tenancy.roles import Principal
 
 __all__ = ["AppContext"]
@@ -39,6 +42,13 @@ class AppContext:
     # import provisioning (which owns the statement format and vendor roots),
     # so the two are joined here.
     key_attester: KeyAttester = field(default=verify_renewal_attestation)
+    # Refusals recorded as counts, one record per key and window
+    # (fleetward.runtime.refusals); made from the settings when not given.
+    refusals: RefusalTally = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.refusals is None:
+            self.refusals = RefusalTally(window=self.settings.refusal_audit_window)
 
     @property
     def service_pki(self) -> ServicePki:
@@ -152,16 +162,109 @@ class AppContext:
     def refusals_recorded(
         self, *, actor: str, action: str, subject: str, tenant_id: int | None
     ) -> Iterator[None]:
-        """Record a fleetward error raised inside as a refused attempt, and re-raise."""
+        """Record a fleetward error raised inside as a refused attempt, and
+        re-raise: the first of its window at once, the rest as a count
+        (:meth:`record_refusal`), per actor, action, subject and error code."""
         try:
             yield
         except FleetwardError as exc:
-            audit.record_refusal(
-                self.db,
-                actor=actor,
-                action=action,
-                subject=subject,
+            self.record_refusal(
+                RefusalKey(
+                    kind="audit",
+                    action=action,
+                    actor=actor,
+                    subject=subject,
+                    reason=exc.code,
+                    tenant_id=tenant_id,
+                ),
                 reason=exc.detail,
-                tenant_id=tenant_id,
             )
             raise
+
+    def record_refusal(
+        self,
+        key: RefusalKey,
+        *,
+        reason: str,
+        details: dict[str, Any] | None = None,
+        window_details: dict[str, Any] | None = None,
+        count_only: bool = False,
+        now: dt.datetime | None = None,
+    ) -> None:
+        """Record one refusal as :mod:`fleetward.runtime.refusals` says: at
+        once if it opens a window of its key (an audit entry with
+        ``outcome="refused"``, or an ``attestation.refused`` event), else as
+        a count; and write the counts of windows that ended, in the same
+        transaction. Nothing is written for a refusal that is only counted.
+
+        Args:
+            key: What was refused (its ``reason`` is the closed-set part).
+            reason: This refusal's own reason (the error detail).
+            details: Facts about this refusal (in a record written now).
+            window_details: Facts about every refusal of the key (e.g. the
+                source address), in both records of its window.
+            count_only: Never write this one on its own (e.g. a 429).
+            now: When (defaults to the clock).
+        """
+        now = now or utcnow()
+        common = dict(window_details or {})
+        facts = {**common, **(details or {})}
+        first = self.refusals.note(key, now=now, count_only=count_only, details=common)
+        flushes = self.refusals.due(now)
+        if not first and not flushes:
+            return
+        with self.db.session() as session:
+            self._write_flushes(session, flushes, now=now)  # the older windows first
+            if first:
+                self._write_refusal(session, key, reason=reason, count=1, details=facts, now=now)
+
+    def flush_refusals(self, *, now: dt.datetime | None = None, everything: bool = False) -> int:
+        """Write the counts of refusal windows that ended (all open ones with
+        ``everything``, at shutdown); how many records were written."""
+        now = now or utcnow()
+        flushes = self.refusals.drain(now) if everything else self.refusals.due(now)
+        if flushes:
+            with self.db.session() as session:
+                self._write_flushes(session, flushes, now=now)
+        return len(flushes)
+
+    def _write_flushes(self, session: Session, flushes: list[Flush], *, now: dt.datetime) -> None:
+        for f in flushes:
+            reason = f"{f.count} more refusals ({f.key.reason}) in the window"
+            self._write_refusal(
+                session, f.key, reason=reason, count=f.count, details=f.summary(), now=now
+            )
+
+    @staticmethod
+    def _write_refusal(
+        session: Session,
+        key: RefusalKey,
+        *,
+        reason: str,
+        count: int,
+        details: dict[str, Any],
+        now: dt.datetime,
+    ) -> None:
+        if key.kind == "attestation":
+            if key.tenant_id is None or key.device_pk is None:
+                raise RuntimeError("broken invariant: an attestation refusal without a device")
+            attestation.record_refusal(
+                session,
+                tenant_id=key.tenant_id,
+                device_pk=key.device_pk,
+                reason=reason,
+                count=count,
+                details={k: v for k, v in details.items() if k != "reason"},
+                now=now,
+            )
+            return
+        audit.append(
+            session,
+            actor=key.actor,
+            action=key.action,
+            subject=key.subject,
+            tenant_id=key.tenant_id,
+            outcome="refused",
+            details={**details, "count": count, "reason": reason},
+            now=now,
+        )

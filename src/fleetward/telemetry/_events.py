@@ -13,13 +13,15 @@ import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import ColumnElement, and_, func, insert, not_, or_, select
 from sqlalchemy.orm import Session
 
 from fleetward.telemetry.models import Event
 
 __all__ = [
+    "LIVENESS_SYSTEM_TYPES",
     "ONLINE_WINDOW",
+    "SYSTEM_PREFIXES",
     "event_counts",
     "events_after",
     "last_seen",
@@ -32,6 +34,26 @@ __all__ = [
 # every 10 s by default; three missed readings is offline).
 ONLINE_WINDOW = dt.timedelta(seconds=30)
 _CHUNK = 5000  # keys per IN (...) query
+
+# Type prefixes only fleetward itself writes (the API refuses them).
+SYSTEM_PREFIXES = ("attestation.", "authz.", "telemetry.", "ingest.")
+# Of those, the types that prove the device itself was there: evidence the
+# verifier accepted (signed by the device's key), and telemetry the broker
+# let through on the device's own topic (only its certificate may publish
+# there) even when the ingest then dropped it over the rate limit.
+LIVENESS_SYSTEM_TYPES = ("attestation.verdict", "telemetry.dropped")
+
+
+def _liveness() -> ColumnElement[bool]:
+    """Events that count as a device being alive: authenticated, accepted
+    activity only. Refusals and denials (``attestation.refused``, every
+    ``authz.`` event, anything ``.refused`` or ``.denied``) never do: anyone
+    can cause them in a device's name, with junk evidence or a stolen id. A
+    type outside the system prefixes came from an authenticated caller (the
+    device on the device plane, or an operator's token) and counts."""
+    system = or_(*(Event.type.startswith(p) for p in SYSTEM_PREFIXES))
+    refusal = or_(Event.type.endswith(".refused"), Event.type.endswith(".denied"))
+    return and_(not_(refusal), or_(not_(system), Event.type.in_(LIVENESS_SYSTEM_TYPES)))
 
 
 def record_events(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -69,12 +91,13 @@ def recent_events(
 
 
 def last_seen(session: Session, *, tenant_id: int) -> dict[int, dt.datetime]:
-    """When each of the tenant's devices last sent anything."""
+    """When each of the tenant's devices was last seen alive (authenticated,
+    accepted activity: see :func:`_liveness`)."""
     return {
         int(pk or 0): at
         for pk, at in session.execute(
             select(Event.device_pk, func.max(Event.at))
-            .where(Event.tenant_id == tenant_id, Event.device_pk.is_not(None))
+            .where(Event.tenant_id == tenant_id, Event.device_pk.is_not(None), _liveness())
             .group_by(Event.device_pk)
         )
     }
@@ -83,7 +106,8 @@ def last_seen(session: Session, *, tenant_id: int) -> dict[int, dt.datetime]:
 def online_devices(
     session: Session, pks: Sequence[int], now: dt.datetime, *, window: dt.timedelta = ONLINE_WINDOW
 ) -> set[int]:
-    """The devices among ``pks`` that sent anything within ``window`` of ``now``."""
+    """The devices among ``pks`` seen alive within ``window`` of ``now``
+    (authenticated, accepted activity: see :func:`_liveness`)."""
     since = now - window
     seen: set[int] = set()
     for start in range(0, len(pks), _CHUNK):
@@ -92,7 +116,7 @@ def online_devices(
             int(pk)
             for pk in session.execute(
                 select(Event.device_pk)
-                .where(Event.device_pk.in_(chunk), Event.at >= since)
+                .where(Event.device_pk.in_(chunk), Event.at >= since, _liveness())
                 .group_by(Event.device_pk)
             ).scalars()
             if pk is not None

@@ -13,19 +13,22 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, or_, select
 from sqlalchemy.orm import Session
 
 from fleetward import identity, observe
 from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from fleetward.store.db import utcnow
-from fleetward.telemetry.ingest import MAX_FIELDS_BYTES
+from fleetward.telemetry._events import SYSTEM_PREFIXES
+from fleetward.telemetry.ingest import MAX_EVENT_AGE, MAX_EVENT_LEAD, MAX_FIELDS_BYTES, in_window
 from fleetward.telemetry.models import Event
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Permission, Principal, require
 
 __all__ = [
     "MAX_EVENTS_PER_REQUEST",
+    "MAX_EVENT_AGE",
+    "MAX_EVENT_LEAD",
     "RETENTION",
     "post_device_events",
     "post_events",
@@ -37,8 +40,8 @@ MAX_EVENTS_PER_REQUEST = 1000
 RETENTION = dt.timedelta(days=30)
 _TYPE = re.compile(r"^[a-z][a-z0-9._-]{0,47}$")
 # Types the system itself writes; posting them through the API would let a
-# caller forge a verdict or a denial.
-_RESERVED = ("attestation.", "authz.", "telemetry.")
+# caller forge a verdict, a denial or an ingest loss count.
+_RESERVED = SYSTEM_PREFIXES
 
 
 def post_events(
@@ -133,6 +136,13 @@ def _row(
         at = at.astimezone(dt.UTC)
     except OverflowError:
         raise InvalidInputError(f"event {i}: at is out of range") from None
+    if not in_window(at, now=now):
+        # A far-future time would never be pruned and would sort first
+        # forever; a far-past one rewrites history.
+        raise InvalidInputError(
+            f"event {i}: at must be at most {MAX_EVENT_AGE.total_seconds() / 3600:g} h before "
+            f"and {MAX_EVENT_LEAD.total_seconds() / 60:g} min after the server's time"
+        )
     return {
         "tenant_id": tenant_id,
         "device_pk": device_pk,
@@ -181,7 +191,11 @@ def _with_device_ids(session: Session, events: list[Event]) -> list[tuple[Event,
 def prune(
     session: Session, *, older_than: dt.timedelta = RETENTION, now: dt.datetime | None = None
 ) -> int:
-    """Delete events past retention; returns how many."""
+    """Delete events past retention, and any dated implausibly far ahead
+    (stored before times were bounded: they would never age out); returns
+    how many."""
     now = now or utcnow()
-    result = session.execute(delete(Event).where(Event.at < now - older_than))
+    result = session.execute(
+        delete(Event).where(or_(Event.at < now - older_than, Event.at > now + MAX_EVENT_LEAD))
+    )
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -20,6 +20,9 @@ from fleetward.api.deps import Ctx, DeviceCaller
 from fleetward.api.device_auth import DeviceIdentity
 from fleetward.attestation import evidence, service
 from fleetward.errors import AttestationError, PermissionDeniedError
+from fleetward.runtime.refusals import RefusalKey
+
+MAX_REASON_KEY = 80  # characters of a refusal's reason that group it with others
 
 router = APIRouter(
     prefix="/api/v1/attestation",
@@ -71,13 +74,27 @@ def submit(
     tenant: str, device_id: str, body: EvidenceIn, ctx: Ctx, device: DeviceCaller
 ) -> VerdictOut:
     """Verify and appraise evidence: ``pass``, ``fail`` (with the failed claims)
-    or ``unknown-firmware``. Refusals answer 422 and are recorded."""
+    or ``unknown-firmware``. Refusals answer 422 and are recorded as counts."""
     _own(device, tenant, device_id)
     try:
         with ctx.db.session() as s:
             verdict = service.submit(s, tenant, device_id, body.evidence)
     except AttestationError as exc:
-        with ctx.db.session() as s:
-            service.record_refusal(s, tenant, device_id, exc.detail)
+        # One attestation.refused event per device, reason and window, with
+        # the count (fleetward.runtime.refusals), not a row per request.
+        ctx.record_refusal(
+            RefusalKey(
+                kind="attestation",
+                action="attestation.submit",
+                actor=device.actor,
+                subject=f"device:{device.device_id}",
+                # The verifier's messages are a near-closed set; the device
+                # is authenticated and the tally's keys are capped.
+                reason=exc.detail[:MAX_REASON_KEY],
+                tenant_id=device.tenant_id,
+                device_pk=device.device_pk,
+            ),
+            reason=exc.detail,
+        )
         raise
     return VerdictOut.model_validate(verdict.as_dict())

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
 from fleetward.api.pagination import Cursor, Limit, Page, decode, page, page_of
+from fleetward.api.params import Version
 from fleetward.api.routes.telemetry import TelemetryEventOut
 from fleetward.comms import service
 from fleetward.comms.commands import (
@@ -125,7 +126,7 @@ class BrokerOut(BaseModel):
 
 @router.get("/comms/policy", response_model=PolicyOut)
 def get_policy(
-    ctx: Ctx, who: Annotated[Principal, Allow(scope.POLICY_READ)], version: int | None = None
+    ctx: Ctx, who: Annotated[Principal, Allow(scope.POLICY_READ)], version: Version | None = None
 ) -> PolicyOut:
     """The current policy (version 0 is the built-in default), or one version."""
     with ctx.db.read() as s:

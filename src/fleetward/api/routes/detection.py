@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
 from fleetward.api.pagination import Cursor, Limit, Page, decode, page
+from fleetward.api.params import DbId
 from fleetward.detection import Alert, service
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Principal
@@ -94,7 +95,7 @@ def list_alerts(
 
 @router.post("/{alert_id}/state", response_model=AlertOut)
 def set_state(
-    alert_id: int,
+    alert_id: DbId,
     body: AlertStateIn,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.ALERT_TRIAGE)],

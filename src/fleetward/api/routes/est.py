@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from fleetward.api import problems
-from fleetward.api.deps import Ctx, DeviceCaller, authenticate, bearer_or_basic
+from fleetward.api.deps import Ctx, DeviceCaller, authenticate_request
 from fleetward.api.device_auth import DeviceIdentity
 from fleetward.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from fleetward.identity import CertificateAuthority, ca_service, issuance, profile, renewal
@@ -123,7 +123,8 @@ def cacerts_label(label: str, ctx: Ctx) -> Response:
 
 
 async def _simpleenroll(request: Request, ctx: Ctx, label: str | None) -> Response:
-    who = authenticate(ctx, bearer_or_basic(request), path=request.url.path)
+    # Before the body is read; rate limited per source and token id (429).
+    who = await run_in_threadpool(authenticate_request, request, ctx)
     scope.authorize(who, scope.DEVICE_ENROLL)
     tenant_name, env = _parse_label(label)
     if tenant_name is not None and tenant_name != who.tenant_name:

@@ -12,6 +12,7 @@ from fleetward import identity
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
 from fleetward.api.pagination import Cursor, Limit, Page, decode, page, page_of
+from fleetward.api.params import DbId
 from fleetward.errors import InvalidInputError
 from fleetward.identity import ca_service, issuance, lifecycle, publication, service
 from fleetward.identity.schemas import (
@@ -291,7 +292,7 @@ def revoke_certificate(
     response_class=Response,
     responses=_binary("application/pkix-crl", "the CRL (DER)"),
 )
-def crl(ca_id: int, ctx: Ctx) -> Response:
+def crl(ca_id: DbId, ctx: Ctx) -> Response:
     """The CA's latest published CRL (DER)."""
     with ctx.db.read() as s:
         published = publication.get_crl(s, ca_id=ca_id)
@@ -307,7 +308,7 @@ def crl(ca_id: int, ctx: Ctx) -> Response:
     response_class=Response,
     responses=_binary("application/x-pem-file", "the CA certificate (PEM)"),
 )
-def ca_certificate(ca_id: int, ctx: Ctx) -> Response:
+def ca_certificate(ca_id: DbId, ctx: Ctx) -> Response:
     """A CA certificate (PEM)."""
     with ctx.db.read() as s:
         ca = ca_service.get_ca(s, tenant_id=None, ca_id=ca_id)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
 from fleetward.api.pagination import Cursor, Limit, Page, page_of
+from fleetward.api.params import Counter, DbId
 from fleetward.comms.commands import BrokerUnavailableError, CommandSender
 from fleetward.errors import InvalidInputError
 from fleetward.ota import Release, campaigns, repository, service
@@ -197,7 +198,7 @@ def list_releases(
 
 @router.get("/releases/{release_id}", response_model=ReleaseOut)
 def get_release(
-    release_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.RELEASE_READ)]
+    release_id: DbId, ctx: Ctx, who: Annotated[Principal, Allow(scope.RELEASE_READ)]
 ) -> ReleaseOut:
     """One release with its review gate."""
     with ctx.db.read() as s:
@@ -206,7 +207,7 @@ def get_release(
 
 @router.post("/releases/{release_id}/approvals", response_model=ReleaseOut)
 def approve(
-    release_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.RELEASE_APPROVE)]
+    release_id: DbId, ctx: Ctx, who: Annotated[Principal, Allow(scope.RELEASE_APPROVE)]
 ) -> ReleaseOut:
     """One release signer's approval; at the threshold the release is signed."""
     with ctx.operator_work(who, action="ota.release.approve", subject=f"release:{release_id}") as s:
@@ -215,7 +216,7 @@ def approve(
 
 @router.post("/releases/{release_id}/withdrawal", response_model=ReleaseOut)
 def withdraw(
-    release_id: int,
+    release_id: DbId,
     body: WithdrawIn,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.RELEASE_MANAGE)],
@@ -264,7 +265,7 @@ class GateIn(BaseModel):
 
     min_success_ratio: float = Field(default=0.95, ge=0, le=1)
     max_failure_ratio: float = Field(default=0.05, ge=0, le=1)
-    min_sample: int = Field(default=1, ge=1)
+    min_sample: Counter = Field(default=1, ge=1)
     time_limit_seconds: float = Field(default=3600.0, gt=0)
     require_attestation: bool = False
 
@@ -272,7 +273,7 @@ class GateIn(BaseModel):
 class CampaignIn(BaseModel):
     """A campaign: a deployable release to a cohort, in waves."""
 
-    release_id: int
+    release_id: DbId
     labels: dict[str, str] = Field(default_factory=dict)
     waves: list[float] | None = Field(default=None, max_length=20)
     exponential: int | None = Field(default=None, ge=1, le=20)
@@ -353,7 +354,7 @@ def create_campaign(
 
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut)
 def get_campaign(
-    campaign_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.CAMPAIGN_READ)]
+    campaign_id: DbId, ctx: Ctx, who: Annotated[Principal, Allow(scope.CAMPAIGN_READ)]
 ) -> CampaignOut:
     """A campaign with its waves."""
     with ctx.db.read() as s:
@@ -362,7 +363,7 @@ def get_campaign(
 
 @router.post("/campaigns/{campaign_id}/approvals", response_model=CampaignOut)
 def approve_campaign(
-    campaign_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.CAMPAIGN_APPROVE)]
+    campaign_id: DbId, ctx: Ctx, who: Annotated[Principal, Allow(scope.CAMPAIGN_APPROVE)]
 ) -> CampaignOut:
     """A security operator's approval of an emergency campaign."""
     with ctx.operator_work(
@@ -380,7 +381,7 @@ class CampaignStateIn(BaseModel):
 
 @router.post("/campaigns/{campaign_id}/state", response_model=CampaignOut)
 def set_campaign_state(
-    campaign_id: int,
+    campaign_id: DbId,
     body: CampaignStateIn,
     request: Request,
     ctx: Ctx,

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
 from fleetward.api.pagination import Cursor, Limit, Page, decode, page, page_of
+from fleetward.api.params import Counter, DbId
 from fleetward.identity import ca_service
 from fleetward.identity.issuance import MAX_BATCH
 from fleetward.identity.profile import MAX_CSR_BYTES
@@ -66,15 +67,15 @@ class FactoryTokenOut(BaseModel):
 class BatchIn(BaseModel):
     """A new enrollment batch: explicit ids or a serial range."""
 
-    factory_id: int
+    factory_id: DbId
     product: str = Field(max_length=64)
     expires_in_hours: float = Field(gt=0, le=24 * 365)
     device_ids: list[str] | None = Field(default=None, max_length=100_000)
     range_prefix: str | None = Field(default=None, max_length=48)
-    range_start: int | None = None
-    range_end: int | None = None
-    range_width: int | None = None
-    max_count: int | None = Field(default=None, ge=1)
+    range_start: Counter | None = None
+    range_end: Counter | None = None
+    range_width: Counter | None = None
+    max_count: Counter | None = Field(default=None, ge=1)
 
 
 class BatchOut(BaseModel):
@@ -271,7 +272,7 @@ def list_factories(
 
 @router.post("/factories/{factory_id}/tokens", status_code=201, response_model=FactoryTokenOut)
 def factory_token(
-    factory_id: int,
+    factory_id: DbId,
     body: FactoryTokenIn,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.TOKEN_CREATE)],
@@ -335,7 +336,7 @@ def list_batches(
 
 @router.post("/batches/{batch_id}/status", response_model=BatchOut)
 def close_batch(
-    batch_id: int,
+    batch_id: DbId,
     body: BatchStatusIn,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.BATCH_MANAGE)],
@@ -347,7 +348,7 @@ def close_batch(
 
 @router.post("/batches/{batch_id}/enroll", response_model=ProvisionOut)
 def provision(
-    batch_id: int,
+    batch_id: DbId,
     body: ProvisionIn,
     request: Request,
     ctx: Ctx,
@@ -475,8 +476,8 @@ def attempts(
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.ENROLLMENT_RECORDS_READ)],
     format: Literal["json", "csv"] = "json",
-    factory_id: int | None = None,
-    batch_id: int | None = None,
+    factory_id: DbId | None = None,
+    batch_id: DbId | None = None,
     cursor: Cursor = None,
     limit: Annotated[
         int, Query(ge=1, le=service.MAX_ATTEMPTS_PAGE, description="items per page at most")

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
 from fleetward.api.pagination import Cursor, Limit, Page, decode, page, page_of
+from fleetward.api.params import Counter, DbId, Version
 from fleetward.response import (
     Drill,
     Incident,
@@ -62,7 +63,7 @@ class IncidentIn(BaseModel):
 
     title: str | None = Field(default=None, max_length=200)
     severity: str | None = None
-    alert_id: int | None = None
+    alert_id: DbId | None = None
     drill: bool = False
 
 
@@ -147,10 +148,10 @@ class RunIn(BaseModel):
     """Which playbook, with what parameters, where, and the size confirmed."""
 
     playbook: str
-    version: int | None = None
+    version: Version | None = None
     params: dict[str, Any] = {}
     environment: str = "production"
-    confirm: int | None = None
+    confirm: Counter | None = None
 
 
 class NoteIn(BaseModel):
@@ -250,7 +251,7 @@ def get_playbook(
     name: str,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.INCIDENT_READ)],
-    version: int | None = None,
+    version: Version | None = None,
 ) -> PlaybookOut:
     """A playbook (newest, or ``?version=``)."""
     with ctx.db.read() as s:
@@ -311,7 +312,7 @@ def list_incidents(
 
 @router.get("/incidents/{incident_id}", response_model=IncidentOut)
 def get_incident(
-    incident_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_READ)]
+    incident_id: DbId, ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_READ)]
 ) -> IncidentOut:
     """An incident with its timeline, runs and stragglers."""
     with ctx.db.read() as s:
@@ -330,7 +331,7 @@ def incident_detail(s: Session, who: Principal, incident_id: int) -> IncidentOut
 
 @router.post("/incidents/{incident_id}/notes", response_model=TimelineEventOut, status_code=201)
 def note(
-    incident_id: int,
+    incident_id: DbId,
     body: NoteIn,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.INCIDENT_MANAGE)],
@@ -342,7 +343,7 @@ def note(
 
 @router.post("/incidents/{incident_id}/state", response_model=IncidentOut)
 def close(
-    incident_id: int,
+    incident_id: DbId,
     body: IncidentStateIn,
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.INCIDENT_MANAGE)],
@@ -357,7 +358,7 @@ def close(
 
 @router.post("/incidents/{incident_id}/blast-radius", response_model=BlastRadiusOut)
 def dry_run(
-    incident_id: int, body: RunIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]
+    incident_id: DbId, body: RunIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]
 ) -> BlastRadiusOut:
     """Dry run: the blast radius of a run; nothing happens."""
     with ctx.db.read() as s:
@@ -370,7 +371,7 @@ def dry_run(
 
 @router.post("/incidents/{incident_id}/runs", response_model=RunOut, status_code=201)
 def start_run(
-    incident_id: int, body: RunIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]
+    incident_id: DbId, body: RunIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]
 ) -> RunOut:
     """Plan a run (it waits for approvals when a step is destructive)."""
     with ctx.operator_work(who, action="playbook.run.plan", subject=f"incident:{incident_id}") as s:
@@ -383,21 +384,23 @@ def start_run(
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
-def get_run(run_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_READ)]) -> RunOut:
+def get_run(
+    run_id: DbId, ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_READ)]
+) -> RunOut:
     """A run."""
     with ctx.db.read() as s:
         return RunOut.of(runs.get_run(s, who, run_id))
 
 
 @router.post("/runs/{run_id}/approvals", response_model=RunOut)
-def approve(run_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]) -> RunOut:
+def approve(run_id: DbId, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]) -> RunOut:
     """A security operator's approval."""
     with ctx.operator_work(who, action="playbook.run.approve", subject=f"run:{run_id}") as s:
         return RunOut.of(runs.approve_run(s, who, run_id))
 
 
 @router.post("/runs/{run_id}/executions", response_model=RunOut)
-def execute(run_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]) -> RunOut:
+def execute(run_id: DbId, ctx: Ctx, who: Annotated[Principal, Allow(scope.RUN_MANAGE)]) -> RunOut:
     """Run a ready run's steps now."""
     effects = LiveEffects(ctx.settings.home)
     try:
@@ -433,7 +436,7 @@ def list_drills(
 
 @router.get("/drills/{drill_id}", response_model=DrillOut)
 def get_drill(
-    drill_id: int, ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_READ)]
+    drill_id: DbId, ctx: Ctx, who: Annotated[Principal, Allow(scope.INCIDENT_READ)]
 ) -> DrillOut:
     """One drill's report."""
     with ctx.db.read() as s:

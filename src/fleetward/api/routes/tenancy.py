@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, StrictBool
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
 from fleetward.api.pagination import Cursor, Limit, Page, page_of
+from fleetward.api.params import Counter
 from fleetward.store import utcnow
 from fleetward.tenancy import ApiToken, Tenant, scope, service
 from fleetward.tenancy.roles import Principal
@@ -30,7 +31,7 @@ class TenantOut(BaseModel):
 class TenantPolicyIn(BaseModel):
     """Tenant policy changes (fields left out stay as they are)."""
 
-    cert_lifetime_days: int | None = None
+    cert_lifetime_days: Counter | None = None
     allow_unattested_keys_in_production: StrictBool | None = Field(
         default=None, description="DANGEROUS: production certificates for unattested keys"
     )

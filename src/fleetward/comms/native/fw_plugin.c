@@ -14,7 +14,8 @@
  *    most every 50 ms) and kicks every identity that disappeared or lost a
  *    certificate: a revoked device is cut off, not merely muted;
  *  - counts denials per identity and appends them, aggregated per second,
- *    to an events file that fleetward ingests.
+ *    to an events file that fleetward ingests; past a threshold per
+ *    identity and window, only as counts (see record()).
  *
  * Options (plugin_opt_*): table <path>, events <path>.
  */
@@ -39,21 +40,12 @@
 
 #define STAT_EVERY_NS 50000000L
 #define FLUSH_EVERY_NS 1000000000L
-#define MAX_AGG 4096
-
-typedef struct {
-	char *username, *kind, *action, *topic;
-	unsigned long count;
-} agg_entry;
 
 static mosquitto_plugin_id_t *plugin_id;
 static char *table_path, *events_path;
 static fw_table *table;
 static struct stat table_stat;
 static long last_stat_ns, last_flush_ns;
-static agg_entry agg[MAX_AGG];
-static size_t nagg;
-static unsigned long agg_overflow;
 /* Identities to disconnect on the next tick. Unbounded: a cohort revocation
  * of any size is cut off in one pass. */
 static char **kicks;
@@ -66,57 +58,164 @@ static long now_ns(void)
 	return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
+/* Denial bookkeeping: O(1) per denial, bounded rows per identity.
+ *
+ * Denials are kept per identity in an open-addressing hash table keyed by
+ * username (FNV-1a), so a denial costs one hash and at most a few probes,
+ * never a scan of every pending entry. Within a window of
+ * AGG_WINDOW_NS, an identity's first DETAIL_PER_WINDOW distinct
+ * (kind, action, topic) entries are written as today (one line per entry
+ * per flush, with its count); past that, its denials are only counted per
+ * (kind, action) and written once, when the window closes, as one line per
+ * (kind, action) with an empty topic (no MQTT topic is empty). So one
+ * device flooding distinct forbidden topics writes at most
+ * DETAIL_PER_WINDOW + N_KINDS * N_ACTIONS lines per window, however fast
+ * it publishes. More identities than MAX_IDENTITIES in one window are
+ * counted in the overflow line, not kept. */
+#define MAX_IDENTITIES 4096           /* identities tracked per window; more are counted as overflow */
+#define ID_SLOTS (2 * MAX_IDENTITIES) /* hash slots: load factor at most 1/2 */
+#define DETAIL_PER_WINDOW 8           /* distinct detailed entries per identity per window */
+#define AGG_WINDOW_NS 60000000000L    /* 60 s: past the threshold, one line per kind per window */
+#define TOPIC_KEPT 256                /* topics are logged for evidence; bound what one line carries */
+
+static const char *const KINDS[] = {"denied", "stale-certificate", "payload-too-large", "unknown-identity"};
+#define N_KINDS (sizeof(KINDS) / sizeof(KINDS[0]))
+static const char *const ACTIONS[] = {"publish", "receive", "subscribe"};
+#define N_ACTIONS (sizeof(ACTIONS) / sizeof(ACTIONS[0]))
+
+typedef struct {
+	unsigned char kind, action;
+	char *topic;
+	unsigned long count;
+} detail_entry;
+
+typedef struct {
+	char *username; /* NULL: a free slot */
+	unsigned used;  /* detailed entries started in this window */
+	unsigned pending; /* of which not yet flushed (the first `pending` of detail[]) */
+	detail_entry detail[DETAIL_PER_WINDOW];
+	unsigned long more[N_KINDS][N_ACTIONS]; /* denials past the threshold */
+} id_entry;
+
+static id_entry *ids; /* ID_SLOTS entries, allocated on first use */
+static size_t nids;
+static long window_start_ns;
+static unsigned long agg_overflow;
+
+static size_t index_of(const char *const *names, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(names[i], name)) return i;
+	return n;
+}
+
+static uint64_t fnv1a(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+	for (; *s; s++) { h ^= (unsigned char)*s; h *= 1099511628211ULL; }
+	return h;
+}
+
+/* The identity's slot, created if needed; NULL when the table is full. */
+static id_entry *identity_slot(const char *username)
+{
+	if (!ids) {
+		ids = calloc(ID_SLOTS, sizeof(id_entry));
+		if (!ids) return NULL;
+	}
+	size_t i = (size_t)(fnv1a(username) % ID_SLOTS);
+	for (;;) {
+		id_entry *e = &ids[i];
+		if (!e->username) break;
+		if (!strcmp(e->username, username)) return e;
+		i = (i + 1) % ID_SLOTS; /* at most half the slots are used: a free one is near */
+	}
+	if (nids == MAX_IDENTITIES) return NULL;
+	char *copy = strdup(username);
+	if (!copy) return NULL;
+	ids[i].username = copy;
+	nids++;
+	return &ids[i];
+}
+
 static void record(const char *username, const char *kind, const char *action, const char *topic)
 {
 	if (!events_path) return;
-	for (size_t i = 0; i < nagg; i++) {
-		agg_entry *e = &agg[i];
-		/* Topics are stored cut at 256 bytes: compare what is stored. */
-		if (!strcmp(e->username, username) && !strcmp(e->kind, kind) &&
-		    !strcmp(e->action, action) && !strncmp(e->topic, topic, 256)) {
-			e->count++;
+	size_t k = index_of(KINDS, N_KINDS, kind), a = index_of(ACTIONS, N_ACTIONS, action);
+	id_entry *e = (k < N_KINDS && a < N_ACTIONS) ? identity_slot(username) : NULL;
+	if (!e) { agg_overflow++; return; }
+	/* Entries not flushed yet: at most DETAIL_PER_WINDOW, a bounded scan. */
+	for (unsigned i = 0; i < e->pending; i++) {
+		detail_entry *d = &e->detail[i];
+		if (d->kind == k && d->action == a && !strncmp(d->topic, topic, TOPIC_KEPT)) {
+			d->count++;
 			return;
 		}
 	}
-	if (nagg == MAX_AGG) { agg_overflow++; return; }
-	agg_entry *e = &agg[nagg];
-	e->username = strdup(username);
-	e->kind = strdup(kind);
-	e->action = strdup(action);
-	/* Topics are logged for evidence; bound what one record can carry. */
-	e->topic = strndup(topic, 256);
-	if (!e->username || !e->kind || !e->action || !e->topic) {
-		free(e->username); free(e->kind); free(e->action); free(e->topic);
-		agg_overflow++;
+	if (e->used >= DETAIL_PER_WINDOW) {
+		e->more[k][a]++; /* past the threshold: counted, written when the window closes */
 		return;
 	}
-	e->count = 1;
-	nagg++;
+	detail_entry *d = &e->detail[e->pending];
+	d->topic = strndup(topic, TOPIC_KEPT);
+	if (!d->topic) { agg_overflow++; return; }
+	d->kind = (unsigned char)k;
+	d->action = (unsigned char)a;
+	d->count = 1;
+	e->pending++;
+	e->used++;
 }
 
-static void flush_events(void)
+static void write_line(FILE *f, long now, const char *username, size_t k, size_t a, const char *topic,
+                       unsigned long count)
 {
-	if (!events_path || (nagg == 0 && agg_overflow == 0)) return;
+	fprintf(f, "%ld\t%s\t%s\t%s\t", now, username, KINDS[k], ACTIONS[a]);
+	/* Topics may hold tabs or newlines; escape both for the line format. */
+	for (const char *p = topic; *p; p++) {
+		if (*p == '\t' || *p == '\n' || *p == '\r' || *p == '\\') fprintf(f, "\\x%02x", (unsigned char)*p);
+		else fputc(*p, f);
+	}
+	fprintf(f, "\t%lu\n", count);
+}
+
+/* Write what is pending; when the window closed (or `final`), also the
+ * counts past the threshold, and start a new window. */
+static void flush_events(bool final)
+{
+	long mono = now_ns();
+	bool close_window = final || mono - window_start_ns >= AGG_WINDOW_NS;
+	if (!events_path) return;
+	if (nids == 0 && agg_overflow == 0) {
+		if (close_window) window_start_ns = mono;
+		return;
+	}
 	int fd = open(events_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
 	FILE *f = fd >= 0 ? fdopen(fd, "a") : NULL;
-	time_t now = time(NULL);
-	for (size_t i = 0; i < nagg; i++) {
-		agg_entry *e = &agg[i];
-		if (f) {
-			/* Topics may hold tabs or newlines; escape both for the line format. */
-			fprintf(f, "%ld\t%s\t%s\t%s\t", (long)now, e->username, e->kind, e->action);
-			for (const char *p = e->topic; *p; p++) {
-				if (*p == '\t' || *p == '\n' || *p == '\r' || *p == '\\') fprintf(f, "\\x%02x", (unsigned char)*p);
-				else fputc(*p, f);
-			}
-			fprintf(f, "\t%lu\n", e->count);
+	long now = (long)time(NULL);
+	for (size_t s = 0; ids && s < ID_SLOTS; s++) {
+		id_entry *e = &ids[s];
+		if (!e->username) continue;
+		for (unsigned i = 0; i < e->pending; i++) {
+			detail_entry *d = &e->detail[i];
+			if (f) write_line(f, now, e->username, d->kind, d->action, d->topic, d->count);
+			free(d->topic);
+			d->topic = NULL;
 		}
-		free(e->username); free(e->kind); free(e->action); free(e->topic);
+		e->pending = 0;
+		if (!close_window) continue;
+		for (size_t k = 0; k < N_KINDS; k++)
+			for (size_t a = 0; a < N_ACTIONS; a++)
+				if (e->more[k][a] && f) write_line(f, now, e->username, k, a, "", e->more[k][a]);
+		free(e->username);
+		memset(e, 0, sizeof(*e));
 	}
-	if (f && agg_overflow) fprintf(f, "%ld\t\toverflow\t\t\t%lu\n", (long)now, agg_overflow);
+	if (close_window) {
+		nids = 0;
+		window_start_ns = mono;
+	}
+	if (f && agg_overflow) fprintf(f, "%ld\t\toverflow\t\t\t%lu\n", now, agg_overflow);
 	if (f) fclose(f);
 	else if (fd >= 0) close(fd);
-	nagg = 0;
 	agg_overflow = 0;
 }
 
@@ -303,7 +402,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	if (nkicks) run_kicks();
 	if (now - last_flush_ns >= FLUSH_EVERY_NS) {
 		last_flush_ns = now;
-		flush_events();
+		flush_events(false);
 	}
 	return MOSQ_ERR_SUCCESS;
 }
@@ -335,6 +434,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		mosquitto_log_printf(MOSQ_LOG_ERR, "fleetward: plugin_opt_table is required");
 		return MOSQ_ERR_INVAL;
 	}
+	window_start_ns = now_ns();
 	load_table(true);
 	int rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
 	if (rc == MOSQ_ERR_SUCCESS) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, on_tick, NULL, NULL);
@@ -345,7 +445,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
 {
 	(void)userdata; (void)options; (void)option_count;
-	flush_events();
+	flush_events(true);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL);
@@ -355,6 +455,8 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	free(kicks);
 	kicks = NULL;
 	nkicks = capkicks = 0;
+	free(ids); /* flush_events(true) freed every username */
+	ids = NULL;
 	free(table_path);
 	free(events_path);
 	return MOSQ_ERR_SUCCESS;

@@ -1,0 +1,218 @@
+"""The authentication gate: credentials are checked before a body is read.
+
+FastAPI reads and parses a route's body before it runs the route's
+dependencies, so :class:`~fleetward.api.deps.Authorize` and
+:data:`~fleetward.api.deps.DeviceCaller` alone let an anonymous caller make
+the server read and parse a body it will refuse. :class:`AuthGate` is a
+pure ASGI middleware in front of the app that, for each HTTP request:
+
+1. finds the route the router will pick (the first route whose path matches
+   and whose methods include the request's; ``HEAD`` as ``GET``) in a table
+   built once from the app's own routes: a route that declares an
+   :class:`~fleetward.api.deps.Authorize` dependency needs an **operator**
+   (an API token), one that declares
+   :func:`~fleetward.api.deps.device_identity` needs a **device** (its TLS
+   client certificate); every other route (and a path no route matches, or
+   a method it does not serve) is public and passes untouched. No hand-kept
+   list: a new route is covered by what it declares.
+2. authenticates the caller from the headers and the TLS scope alone
+   (:func:`~fleetward.api.deps.authenticate_operator`,
+   :func:`~fleetward.api.deps.authenticate_device`: rate limited, refusals
+   counted), in a worker thread (it reads the database);
+3. refuses with the problem response (401, or 429 with ``Retry-After``)
+   **without calling the app**, so not one byte of the body is read; or
+   leaves the caller in the request's state for the dependencies, which do
+   not authenticate again and go on to authorize.
+
+EST ``simpleenroll`` takes its token in the handler (the route has no
+dependency), which authenticates before it reads the body.
+
+The gate also writes the counts of refusal windows that ended
+(:meth:`fleetward.runtime.context.AppContext.flush_refusals`): at most once
+per :data:`FLUSH_EVERY` seconds when requests come in, and all of them when
+the app shuts down.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fleetward.api import problems
+from fleetward.api.deps import (
+    DEVICE,
+    PRINCIPAL,
+    Authorize,
+    authenticate_device,
+    authenticate_operator,
+    device_identity,
+    source_of,
+    token_of,
+)
+from fleetward.api.ratelimit import FailureLimiter, limiter_of
+from fleetward.errors import FleetwardError
+from fleetward.runtime.context import AppContext
+
+__all__ = ["FLUSH_EVERY", "AuthGate", "Need", "install", "needs_of"]
+
+FLUSH_EVERY = 10.0  # seconds between checks for ended refusal windows
+
+Need = Literal["operator", "device"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Route:
+    regex: re.Pattern[str]
+    methods: frozenset[str]
+    need: Need | None
+
+
+def needs_of(route: Any) -> Need | None:
+    """What a route's dependencies ask of the caller (rule 1)."""
+    dependant = getattr(route, "dependant", None)
+    stack = list(dependant.dependencies) if dependant is not None else []
+    while stack:
+        dep = stack.pop()
+        if isinstance(dep.call, Authorize):
+            return "operator"
+        if dep.call is device_identity:
+            return "device"
+        stack.extend(dep.dependencies)
+    return None
+
+
+def _leaves(routes: list[Any]) -> list[Any]:
+    """Every route in matching order, through included routers."""
+    out: list[Any] = []
+    for route in routes:
+        if hasattr(route, "effective_candidates"):
+            out.extend(_leaves(route.effective_candidates()))
+        else:
+            out.append(route)
+    return out
+
+
+def _table(app: FastAPI) -> list[_Route]:
+    table = []
+    for route in _leaves(list(app.routes)):
+        regex = getattr(route, "path_regex", None)
+        if regex is None:
+            continue
+        methods = frozenset(getattr(route, "methods", None) or {"GET"})
+        table.append(_Route(regex, methods, needs_of(route)))
+    return table
+
+
+class AuthGate:
+    """The middleware (see the module docstring).
+
+    Args:
+        app: The next ASGI app.
+        owner: The FastAPI app whose routes, context and limiter these are.
+    """
+
+    def __init__(self, app: ASGIApp, *, owner: FastAPI) -> None:
+        self.app = app
+        self.owner = owner
+        self._routes: list[_Route] | None = None
+        self._checked = time.monotonic()
+
+    @property
+    def ctx(self) -> AppContext:
+        ctx: AppContext = self.owner.state.ctx
+        return ctx
+
+    @property
+    def limiter(self) -> FailureLimiter:
+        return limiter_of(self.owner)
+
+    def need(self, scope: Scope) -> Need | None:
+        """What the request's route asks of the caller (rule 1)."""
+        if self._routes is None:  # the routers are included after install()
+            self._routes = _table(self.owner)
+        path = scope.get("path", "")
+        method = scope.get("method", "GET")
+        method = "GET" if method == "HEAD" else method
+        for route in self._routes:
+            if route.regex.match(path) and method in route.methods:
+                return route.need
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._flush_at_shutdown(send))
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self._flush_now_and_then()
+        need = self.need(scope)
+        if need is None:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        try:
+            if need == "operator":
+                who = await run_in_threadpool(
+                    lambda: authenticate_operator(
+                        self.ctx,
+                        self.limiter,
+                        token=token_of(headers),
+                        source=source_of(scope),
+                        path=str(scope.get("path", "")),
+                    )
+                )
+                scope.setdefault("state", {})[PRINCIPAL] = who
+            else:
+                device = await run_in_threadpool(
+                    lambda: authenticate_device(
+                        self.ctx, self.limiter, scope=scope, headers=headers
+                    )
+                )
+                scope.setdefault("state", {})[DEVICE] = device
+        except FleetwardError as exc:
+            response = problems.error_response(exc, instance=str(scope.get("path", "")))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _flush_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < FLUSH_EVERY or not len(self.ctx.refusals):
+            return
+        self._checked = now
+        try:
+            await run_in_threadpool(self.ctx.flush_refusals)
+        except Exception:  # a database hiccup must not fail the request (those counts are lost)
+            log.exception("writing refusal counts failed")
+
+    def _flush_at_shutdown(self, send: Send) -> Send:
+        async def sending(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                try:
+                    await run_in_threadpool(lambda: self.ctx.flush_refusals(everything=True))
+                except Exception:  # the counts are lost, shutdown goes on
+                    log.exception("writing refusal counts at shutdown failed")
+            await send(message)
+
+        return sending
+
+
+def install(app: FastAPI) -> None:
+    """Put the gate in front of ``app`` (call once, before it starts; install
+    it before ``fleetward.api.access`` so the access log sees its refusals)."""
+    if getattr(app.state, "auth_gate", False):
+        return
+    app.state.auth_gate = True
+    limiter_of(app)  # made now, not raced for by the first requests
+    app.add_middleware(AuthGate, owner=app)

@@ -1,0 +1,82 @@
+"""Bad data ends every ``fleetward`` command with one line and a non-zero exit.
+
+A missing file, a directory where a file goes, bad PEM, JSON that is not
+UTF-8, broken YAML, an integer past 64 bits: each is an error of the one
+tree (``fleetward.cli._errors.CleanErrors`` wraps the foreign ones), which
+the real console entry point prints as one ``error:`` line, exit 1, no
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fleetward.cli._errors import describe
+from fleetward.cli.main import app as cli
+from fleetward.errors import FleetwardError
+from fleetward.runtime.context import AppContext
+
+
+@pytest.fixture
+def bad(tmp_path: Path) -> Path:
+    """A directory of malformed input files."""
+    (tmp_path / "bad.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    (tmp_path / "bad.json").write_bytes(b"\xff\xfe{")
+    (tmp_path / "bad.yaml").write_text("rules: [\n")
+    (tmp_path / "dir").mkdir()
+    return tmp_path
+
+
+CASES = [
+    ("audit", "verify-proof", "{b}/missing.json", "--public-key", "{b}/missing.pem"),
+    ("audit", "verify-proof", "{b}/bad.json", "--public-key", "{b}/bad.pem"),
+    ("audit", "prove", str(2**64)),
+    ("policy", "set", "{b}/missing.yaml"),
+    ("policy", "set", "{b}/bad.yaml"),
+    ("policy", "set", "{b}/bad.json"),
+    ("playbook", "put", "{b}/dir"),
+    ("playbook", "put", "{b}/bad.yaml"),
+    ("factory", "root", "--name", "v", "--cert", "{b}/bad.pem"),
+    ("factory", "root", "--name", "v", "--cert", "{b}/missing.pem"),
+    ("device", "enroll", "d-1", "--csr", "{b}/bad.pem", "--env", "test"),
+    ("device", "enroll", "d-1", "--csr", "{b}/bad.json", "--env", "test"),
+]
+IDS = [f"{i}-{c[0]}-{c[1]}" for i, c in enumerate(CASES)]
+
+
+def _argv(ctx: AppContext, bad: Path, args: tuple[str, ...]) -> list[str]:
+    return ["--home", str(ctx.settings.home), *(a.format(b=bad) for a in args)]
+
+
+@pytest.mark.parametrize("args", CASES, ids=IDS)
+def test_bad_input_is_a_fleetward_error(ctx: AppContext, bad: Path, args: tuple[str, ...]) -> None:
+    """Under CliRunner: the refusal is an error of the tree (which the entry
+    point prints as one line), never a foreign exception."""
+    result = CliRunner().invoke(cli, _argv(ctx, bad, args))
+    assert isinstance(result.exception, FleetwardError), repr(result.exception)
+    assert "\n" not in describe(result.exception)
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("case", [0, 1, 2, 4, 6, 10], ids=[IDS[i] for i in (0, 1, 2, 4, 6, 10)])
+def test_the_console_entry_point_prints_one_line_and_exits_1(
+    ctx: AppContext, bad: Path, case: int
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", "from fleetward.cli.main import main; main()",
+         *_argv(ctx, bad, CASES[case])],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "40"},
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    if case == 0:
+        assert lines == [f"error: {bad / 'missing.pem'}: No such file or directory"]
