@@ -80,3 +80,39 @@ def test_the_console_entry_point_prints_one_line_and_exits_1(
     assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
     if case == 0:
         assert lines == [f"error: {bad / 'missing.pem'}: No such file or directory"]
+
+
+def _agent_state(tmp_path: Path, *, identity: str) -> Path:
+    """An agent directory with a broken state file and a CA bundle that is not PEM."""
+    device = tmp_path / "agent" / "d1"
+    device.mkdir(parents=True)
+    (device / "identity.json").write_text(identity)
+    (device / "cert.pem").write_text("garbage\n")
+    (tmp_path / "ca.pem").write_text("garbage\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("command", "identity"),
+    [
+        ("renew", '{"device_id": "d1", "keystore": "software"'),  # truncated JSON
+        ("renew", '{"device_id": "d1", "keystore": "software"}'),  # CA bundle not PEM
+        ("run", '{"device_id": "d1", "keystore": "software"}'),
+    ],
+    ids=["renew-bad-state", "renew-bad-ca", "run-bad-ca"],
+)
+def test_the_agent_prints_one_line_and_exits_1_on_bad_local_data(
+    tmp_path: Path, command: str, identity: str
+) -> None:
+    base = _agent_state(tmp_path, identity=identity)
+    run = subprocess.run(
+        [sys.executable, "-c", "from fleetward.agent.cli import main; main()", command,
+         "--device-id", "d1", "--device-server", "https://127.0.0.1:9",
+         "--server-ca", str(base / "ca.pem"), "--dir", str(base / "agent")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "40"},
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr

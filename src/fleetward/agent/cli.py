@@ -29,7 +29,7 @@ from fleetward.errors import FleetwardError
 app = typer.Typer(
     help="fleetward device agent.", no_args_is_help=True, pretty_exceptions_enable=False
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 KEYSTORE = typer.Option("software", help="software or pkcs11")
 TOKEN_LABEL = typer.Option(None, envvar="FLEETWARD_AGENT_PKCS11_TOKEN", help="PKCS#11 token label")
@@ -288,12 +288,29 @@ def _attester(
     return run
 
 
+MAX_ERROR_CHARS = 300  # one line: a parser's message can quote a whole file
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: a refusal or bad local data (a missing or
+    unreadable file, a state file or CA bundle that does not parse, which
+    raise ``OSError`` -- ``ssl.SSLError`` included -- or ``ValueError``)
+    ends the command with one ``error:`` line on stderr and exit code 1,
+    never a traceback."""
     try:
         app()
     except FleetwardError as exc:
-        console.print(f"[red]error:[/red] {exc.detail}")
+        console.print(f"[red]error:[/red] {_one_line(exc.detail)}", highlight=False)
+        sys.exit(1)
+    except (OSError, ValueError) as exc:
+        where = getattr(exc, "filename", None)
+        text = f"{where}: {getattr(exc, 'strerror', None) or exc}" if where else str(exc)
+        console.print(f"[red]error:[/red] {_one_line(text or type(exc).__name__)}", highlight=False)
         sys.exit(1)
 
 

@@ -39,6 +39,7 @@ from fleetward.api.ratelimit import FailureLimiter, Key, clock, limiter_of
 from fleetward.errors import AuthenticationError, TooManyRequestsError
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.refusals import RefusalKey
+from fleetward.store import utcnow
 from fleetward.tenancy import scope
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
@@ -56,6 +57,7 @@ __all__ = [
     "bearer_or_basic",
     "device_identity",
     "get_ctx",
+    "refuse_limited_source",
     "source_of",
     "token_of",
 ]
@@ -123,6 +125,39 @@ def _limited(ctx: AppContext, exc: TooManyRequestsError, *, source: str) -> None
         window_details={"source": source},
         count_only=True,
     )
+
+
+def refuse_limited_source(
+    ctx: AppContext, limiter: FailureLimiter, *, source: str, operator: bool
+) -> None:
+    """Refuse a request from a source over its failure limit, in memory only.
+
+    The gate calls this on the event loop before it hands a request to a
+    worker thread: a flooding source is answered without a thread hop or a
+    database read. Its 429 is counted in the refusal tally (``auth.limited``
+    for operator credentials; device refusals are counted in metrics only);
+    the tally's counts are written by the gate's periodic flush.
+
+    Raises:
+        TooManyRequestsError: the source is over its limit.
+    """
+    try:
+        limiter.check([Key.source(source)], now=clock())
+    except TooManyRequestsError as exc:
+        if operator:
+            ctx.refusals.note(
+                RefusalKey(
+                    kind="audit",
+                    action="auth.limited",
+                    actor="anonymous",
+                    subject=f"source:{source}",
+                    reason=exc.code,
+                ),
+                now=utcnow(),
+                count_only=True,
+                details={"source": source},
+            )
+        raise
 
 
 def authenticate_operator(

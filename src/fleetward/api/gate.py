@@ -15,7 +15,10 @@ pure ASGI middleware in front of the app that, for each HTTP request:
    client certificate); every other route (and a path no route matches, or
    a method it does not serve) is public and passes untouched. No hand-kept
    list: a new route is covered by what it declares.
-2. authenticates the caller from the headers and the TLS scope alone
+2. refuses a source that is over its failure limit at once, on the event
+   loop, from memory (:func:`~fleetward.api.deps.refuse_limited_source`:
+   no thread hop, no database read: a flood costs little); otherwise
+   authenticates the caller from the headers and the TLS scope alone
    (:func:`~fleetward.api.deps.authenticate_operator`,
    :func:`~fleetward.api.deps.authenticate_device`: rate limited, refusals
    counted), in a worker thread (it reads the database);
@@ -54,6 +57,7 @@ from fleetward.api.deps import (
     authenticate_device,
     authenticate_operator,
     device_identity,
+    refuse_limited_source,
     source_of,
     token_of,
 )
@@ -162,6 +166,10 @@ class AuthGate:
             return
         headers = Headers(scope=scope)
         try:
+            # A source over its limit is refused here, on the loop, from memory.
+            refuse_limited_source(
+                self.ctx, self.limiter, source=source_of(scope), operator=need == "operator"
+            )
             if need == "operator":
                 who = await run_in_threadpool(
                     lambda: authenticate_operator(
