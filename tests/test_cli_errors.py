@@ -64,13 +64,10 @@ def test_bad_input_is_a_fleetward_error(ctx: AppContext, bad: Path, args: tuple[
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("case", [0, 1, 2, 4, 6, 10], ids=[IDS[i] for i in (0, 1, 2, 4, 6, 10)])
-def test_the_console_entry_point_prints_one_line_and_exits_1(
-    ctx: AppContext, bad: Path, case: int
-) -> None:
+def _one_error_line(module: str, argv: list[str]) -> list[str]:
+    """Run ``module``'s console entry point; it must exit 1 with one ``error:`` line."""
     run = subprocess.run(
-        [sys.executable, "-c", "from fleetward.cli.main import main; main()",
-         *_argv(ctx, bad, CASES[case])],
+        [sys.executable, "-c", f"from {module} import main; main()", *argv],
         capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "40"},
         check=False,
     )  # fmt: skip
@@ -78,6 +75,14 @@ def test_the_console_entry_point_prints_one_line_and_exits_1(
     assert "Traceback" not in run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    return lines
+
+
+@pytest.mark.parametrize("case", [0, 1, 2, 4, 6, 10], ids=[IDS[i] for i in (0, 1, 2, 4, 6, 10)])
+def test_the_console_entry_point_prints_one_line_and_exits_1(
+    ctx: AppContext, bad: Path, case: int
+) -> None:
+    lines = _one_error_line("fleetward.cli.main", _argv(ctx, bad, CASES[case]))
     if case == 0:
         assert lines == [f"error: {bad / 'missing.pem'}: No such file or directory"]
 
@@ -105,14 +110,8 @@ def test_the_agent_prints_one_line_and_exits_1_on_bad_local_data(
     tmp_path: Path, command: str, identity: str
 ) -> None:
     base = _agent_state(tmp_path, identity=identity)
-    run = subprocess.run(
-        [sys.executable, "-c", "from fleetward.agent.cli import main; main()", command,
-         "--device-id", "d1", "--device-server", "https://127.0.0.1:9",
+    _one_error_line(
+        "fleetward.agent.cli",
+        [command, "--device-id", "d1", "--device-server", "https://127.0.0.1:9",
          "--server-ca", str(base / "ca.pem"), "--dir", str(base / "agent")],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "40"},
-        check=False,
     )  # fmt: skip
-    assert run.returncode == 1, run.stderr
-    assert "Traceback" not in run.stderr
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr

@@ -110,17 +110,22 @@ def _token_id(token: str | None) -> str | None:
     return parts[1][:16] if len(parts) == 3 and parts[1] else None
 
 
+def _limited_key(exc: TooManyRequestsError, *, source: str) -> RefusalKey:
+    """What a 429 of an operator credential is counted under."""
+    return RefusalKey(
+        kind="audit",
+        action="auth.limited",
+        actor="anonymous",
+        subject=f"source:{source}",
+        reason=exc.code,
+    )
+
+
 def _limited(ctx: AppContext, exc: TooManyRequestsError, *, source: str) -> None:
     """Count a 429 of an operator credential in the audit log's counts
     (never an entry per 429: only the window's count is written)."""
     ctx.record_refusal(
-        RefusalKey(
-            kind="audit",
-            action="auth.limited",
-            actor="anonymous",
-            subject=f"source:{source}",
-            reason=exc.code,
-        ),
+        _limited_key(exc, source=source),
         reason=exc.detail,
         window_details={"source": source},
         count_only=True,
@@ -146,13 +151,7 @@ def refuse_limited_source(
     except TooManyRequestsError as exc:
         if operator:
             ctx.refusals.note(
-                RefusalKey(
-                    kind="audit",
-                    action="auth.limited",
-                    actor="anonymous",
-                    subject=f"source:{source}",
-                    reason=exc.code,
-                ),
+                _limited_key(exc, source=source),
                 now=utcnow(),
                 count_only=True,
                 details={"source": source},
