@@ -246,11 +246,16 @@ def device_client(
 def planes(ctx: AppContext, runtime: Stack) -> Iterator[PlaneServers]:
     """Both planes served for real on free loopback ports (uvicorn in a
     thread; the device plane over TLS), running ``runtime``."""
-    ports = []
+    # Bound here and handed to the servers: a port picked, released and bound
+    # again later can be taken in between (an outgoing connection's ephemeral
+    # port), which failed a CI run with "address already in use".
+    listeners = []
     for _ in range(2):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        listeners.append(sock)
+    ports = [sock.getsockname()[1] for sock in listeners]
     ctx.settings = ctx.settings.replace(
         operator_host="127.0.0.1",
         operator_port=ports[0],
@@ -261,16 +266,23 @@ def planes(ctx: AppContext, runtime: Stack) -> Iterator[PlaneServers]:
     servers.tls.interval = 0.2
     import asyncio
 
-    thread = threading.Thread(target=lambda: asyncio.run(serve_planes(servers)), daemon=True)
+    sockets = ([listeners[0]], [listeners[1]])
+    thread = threading.Thread(
+        target=lambda: asyncio.run(serve_planes(servers, sockets=sockets)), daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + 10
-    while not (servers.operator.started and servers.device.started):
-        assert time.monotonic() < deadline, "server did not start"
-        assert thread.is_alive(), "server failed to start"
-        time.sleep(0.02)
-    yield servers
-    servers.exit()
-    thread.join(timeout=10)
+    try:
+        while not (servers.operator.started and servers.device.started):
+            assert time.monotonic() < deadline, "server did not start"
+            assert thread.is_alive(), "server failed to start"
+            time.sleep(0.02)
+        yield servers
+    finally:
+        servers.exit()
+        thread.join(timeout=10)
+        for sock in listeners:
+            sock.close()
 
 
 @pytest.fixture
