@@ -77,11 +77,22 @@ out = Console(highlight=False, width=140)
 
 
 def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """An unused TCP port on 127.0.0.1 whose successor is unused too: the
+    device plane of a benchmark server listens on ``port + 1`` (a CI run
+    failed when only ``port`` had been checked: "address already in use")."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port: int = s.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as nxt:
+                try:
+                    nxt.bind((HOST, port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free pair of adjacent ports on 127.0.0.1")
 
 
 def new_installation(
