@@ -16,7 +16,8 @@ Every class defines a code of its own and no two share one
     class                                status  code
     FleetwardError                        500    internal
     ├── InvalidInputError                 400    invalid-input
-    │   └── PayloadTooLargeError          413    payload-too-large
+    │   ├── PayloadTooLargeError          413    payload-too-large
+    │   └── UnevaluableVersionError       400    unevaluable-version
     ├── AuthenticationError               401    unauthenticated
     │   ├── ClientCertificateRequiredError 401   client-certificate-required
     │   └── UntrustedCertificateHeaderError 401  untrusted-certificate-header
@@ -153,6 +154,14 @@ class PayloadTooLargeError(InvalidInputError):
     status = 413
     title = "Payload too large"
     code = "payload-too-large"
+
+
+class UnevaluableVersionError(InvalidInputError):
+    """A version decision cannot be made: a version that does not parse in
+    its ecosystem's order, or a range that gives none (GIT-only)."""
+
+    title = "Unevaluable version"
+    code = "unevaluable-version"
 
 
 class AuthenticationError(FleetwardError):

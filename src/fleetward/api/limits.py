@@ -128,6 +128,11 @@ RELEASE_UPLOAD = BodyLimit(
     "release-upload", release.MAX_ARTIFACT_BYTES + release.MAX_SBOM_BYTES + 64 * KiB
 )
 
+# A feed file an operator downloaded (OSV all.zip of one ecosystem, an NVD
+# year, the KEV catalog, the EPSS CSV); bigger feeds go through the CLI,
+# which reads the file where it lies (``fleetward vulns import``).
+VULN_FEED = BodyLimit("vuln-feed", 256 * MiB)
+
 ROUTE_LIMITS: Mapping[tuple[str, str], BodyLimit] = {
     ("POST", "/.well-known/est/simpleenroll"): EST_CSR,
     ("POST", "/.well-known/est/{label}/simpleenroll"): EST_CSR,
@@ -142,6 +147,7 @@ ROUTE_LIMITS: Mapping[tuple[str, str], BodyLimit] = {
     ("POST", "/api/v1/provisioning/batches/{batch_id}/enroll"): BATCH,
     ("POST", "/api/v1/revocations/devices"): COHORT,
     ("POST", "/api/v1/releases"): RELEASE_UPLOAD,
+    ("POST", "/api/v1/vulns/imports"): VULN_FEED,
 }
 """The routes whose limit is not :data:`DEFAULT`, by method and path template."""
 

@@ -148,6 +148,10 @@ def submit(
     ota.on_verdict(
         session, device_pk=device.id, version=str(data["swversion"]), result=verdict.result, now=now
     )
+    ota.note_running(
+        session, tenant_id=tenant_id, device_pk=device.id, product=device.product,
+        version=str(data["swversion"]), now=now,
+    )  # fmt: skip
     telemetry.record_events(
         session,
         [

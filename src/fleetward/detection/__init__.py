@@ -12,11 +12,13 @@ from fleetward.detection._alerts import (
     last_alert_id,
     mark_acknowledged,
 )
+from fleetward.detection.detectors import Finding
 from fleetward.detection.models import Alert
 from fleetward.detection.service import (
     ACTIONS,
     KINDS,
     list_alerts,
+    raise_alert,
     run,
     set_alert_state,
     set_response,
@@ -27,11 +29,13 @@ __all__ = [
     "ACTIONS",
     "KINDS",
     "Alert",
+    "Finding",
     "first_alert_after",
     "get_alert",
     "last_alert_id",
     "list_alerts",
     "mark_acknowledged",
+    "raise_alert",
     "run",
     "set_alert_state",
     "set_response",

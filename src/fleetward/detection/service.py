@@ -32,6 +32,7 @@ __all__ = [
     "ACTIONS",
     "KINDS",
     "list_alerts",
+    "raise_alert",
     "run",
     "set_alert_state",
     "set_response",
@@ -49,6 +50,12 @@ KINDS = (
     "enrollment-anomaly",
     "device-silent",
     "certificate-expiry",
+    # Raised by vulnerability operations (fleetward.vulns), not by a detector
+    # over events: a KEV entry or a critical finding on deployed devices, and
+    # a CRA reporting deadline coming up or passed.
+    "vulnerability-exploited",
+    "vulnerability-critical",
+    "cra-deadline",
 )
 ACTIONS = ("none", "quarantine-device", "quarantine-cohort")
 WINDOW = dt.timedelta(hours=1)  # verdicts and denials the pattern detectors look at
@@ -159,6 +166,21 @@ def _respond(session: Session, alert: Alert, f: det.Finding, now: dt.datetime) -
         details={"action": action, "devices": done[:100], "count": len(done)},
         now=now,
     )
+
+
+def raise_alert(session: Session, finding: det.Finding, *, now: dt.datetime) -> Alert | None:
+    """Raise (or refresh) an alert from another domain's finding, with the
+    tenant's automatic response for its kind; returns the alert when new.
+
+    Raises:
+        InvalidInputError: a kind not in :data:`KINDS`.
+    """
+    if finding.kind not in KINDS:
+        raise InvalidInputError(f"unknown alert kind {finding.kind!r}")
+    alert = _upsert(session, finding, now)
+    if alert is not None:
+        _respond(session, alert, finding, now)
+    return alert
 
 
 def run(session: Session, *, now: dt.datetime | None = None) -> list[Alert]:

@@ -20,7 +20,7 @@ import datetime as dt
 from collections.abc import Collection, Iterable, Sequence
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, Exists, func, select
+from sqlalchemy import ColumnElement, Exists, Select, func, select
 from sqlalchemy.orm import QueryableAttribute, Session
 
 from fleetward import tenancy
@@ -43,6 +43,8 @@ __all__ = [
     "good_serials",
     "held_serials",
     "holds_good_certificate",
+    "latest_environments",
+    "live_device_pks",
     "population",
     "resolve_devices",
     "select_cohort",
@@ -382,3 +384,23 @@ def batches_of(session: Session, *, tenant_id: int, device_ids: Sequence[str]) -
             if b is not None
         )
     return batches
+
+
+def live_device_pks(tenant_id: int, states: Collection[str]) -> Select[int]:
+    """A subquery: the registry keys of the tenant's devices in ``states``."""
+    return select(Device.id).where(Device.tenant_id == tenant_id, Device.state.in_(list(states)))
+
+
+def latest_environments(session: Session, pks: Collection[int]) -> dict[int, str]:
+    """The environment of each device's newest certificate (any status);
+    devices without one are left out."""
+    out: dict[int, str] = {}
+    for chunk in _chunks(sorted(set(pks))):
+        for pk, env, _ in session.execute(
+            select(CertificateRecord.device_pk, CertificateRecord.environment,
+                   CertificateRecord.not_before)
+            .where(CertificateRecord.device_pk.in_(chunk))
+            .order_by(CertificateRecord.device_pk, CertificateRecord.not_before)
+        ):  # fmt: skip
+            out[int(pk)] = str(env)  # ordered by not_before: the newest wins
+    return out

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from fleetward import identity, telemetry, tenancy
 from fleetward.comms import service_client
-from fleetward.ota import campaigns
+from fleetward.ota import campaigns, fleet
 from fleetward.ota.models import Campaign
 from fleetward.store import Database
 from fleetward.store.db import utcnow
@@ -164,6 +164,22 @@ def _steps_as_events(s: Session, tenants: dict[str, int], batch: list[Report]) -
         if t in tenants and (tenants[t], d) in devices
     ]
     telemetry.record_events(s, rows)
+    # The version a report names is what the device runs now (after a commit,
+    # the new one; after a fall-back, the old one): exposure counts it.
+    running = {
+        devices[(tenants[t], d)]: str(body["version"])
+        for t, d, body in batch
+        if t in tenants and (tenants[t], d) in devices and isinstance(body.get("version"), str)
+    }
+    if running:
+        registry = identity.devices_by_pk(s, running)
+        for pk, version in running.items():
+            device = registry.get(pk)
+            if device is not None:
+                fleet.note_running(
+                    s, tenant_id=device.tenant_id, device_pk=pk, product=device.product,
+                    version=version, now=now,
+                )  # fmt: skip
     working: dict[int, set[int]] = {}
     for t, d, body in batch:
         campaign = body.get("campaign")

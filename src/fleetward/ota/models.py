@@ -20,7 +20,15 @@ from sqlalchemy.orm import Mapped, mapped_column
 from fleetward.store.db import Base
 from fleetward.store.types import UTCDateTime
 
-__all__ = ["Campaign", "CampaignDevice", "Release", "TufKey", "TufMetadata", "TufRole"]
+__all__ = [
+    "Campaign",
+    "CampaignDevice",
+    "DeviceFirmware",
+    "Release",
+    "TufKey",
+    "TufMetadata",
+    "TufRole",
+]
 
 
 class TufRole(Base):
@@ -132,3 +140,20 @@ class CampaignDevice(Base):
     status: Mapped[str] = mapped_column(String(16))
     version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class DeviceFirmware(Base):
+    """The firmware a device last said it runs (its latest attested ``swversion``).
+
+    One row per device, replaced on every verdict: what vulnerability exposure
+    counts ("how many devices run an affected release now").
+    """
+
+    __tablename__ = "device_firmware"
+    __table_args__ = (Index("ix_device_firmware_release", "tenant_id", "product", "version"),)
+
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    product: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    reported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -31,6 +31,7 @@ from fleetward.runtime.workers import (
     DemoFleet,
     DetectionRunner,
     IngestWorker,
+    VulnsRunner,
 )
 from fleetward.sim import Broker
 
@@ -218,6 +219,7 @@ def up_stack(
         broker.sync.on_change = stack.worker("publisher").wake
     stack.add(CampaignDriver(ctx))
     stack.add(DetectionRunner(ctx))
+    stack.add(VulnsRunner(ctx))
     stack.add(IngestWorker(ctx.db, ctx.settings.home))
     stack.add(ComplianceTracker(ctx))
     if demo_devices:

@@ -15,6 +15,9 @@ compliance-tracker   2 s      compliance-tracker   ``response.tracker.track_roun
                                                    ``renew_again`` every ``resend`` s
 ingest (client id)   0.2 s    none (shared         ``telemetry.ingest.MqttIngest.ingest_round``
                               subscription)
+vulns                30 s     vulns                ``vulns.runner.vuln_round`` (exposure,
+                                                   remediation, alerts, CRA deadlines, the
+                                                   review every 7 days)
 demo-fleet           0.5 s    none                 ``sim.demo.Demo.advance`` until the fleet is up
 ==================== ======== ==================== ========================================
 
@@ -45,8 +48,16 @@ from fleetward.sim import Broker
 from fleetward.sim.demo import Demo
 from fleetward.store import Database
 from fleetward.telemetry import Ingestor, MqttIngest
+from fleetward.vulns import runner as vulns_runner
 
-__all__ = ["CampaignDriver", "ComplianceTracker", "DemoFleet", "DetectionRunner", "IngestWorker"]
+__all__ = [
+    "CampaignDriver",
+    "ComplianceTracker",
+    "DemoFleet",
+    "DetectionRunner",
+    "IngestWorker",
+    "VulnsRunner",
+]
 
 
 class CampaignDriver(PeriodicWorker):
@@ -98,6 +109,21 @@ class DetectionRunner(PeriodicWorker):
             detection.sweep(self.db)
         if self._prune.due():
             detection.prune(self.db)
+
+
+class VulnsRunner(PeriodicWorker):
+    """Vulnerability rounds: exposure, remediation, alerts, CRA deadlines and
+    the periodic review (one host, by lease)."""
+
+    def __init__(
+        self, ctx: AppContext, *, interval: float = 30.0, review_every: dt.timedelta | None = None
+    ) -> None:
+        super().__init__("vulns", interval=interval, lease="vulns", db=ctx.db)
+        self.db = ctx.db
+        self.review_every = review_every or vulns_runner.REVIEW_EVERY
+
+    def work(self) -> None:
+        vulns_runner.vuln_round(self.db, review_every=self.review_every)
 
 
 class ComplianceTracker(PeriodicWorker):

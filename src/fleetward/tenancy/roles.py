@@ -38,9 +38,11 @@ class Permission(enum.StrEnum):
     RELEASE_APPROVE = "release.approve"
     INCIDENT_MANAGE = "incident.manage"
     OTA_ROOT_ROTATE = "ota.root.rotate"
+    VULN_READ = "vuln.read"
+    VULN_MANAGE = "vuln.manage"
 
 
-_READ = {Permission.CA_READ, Permission.DEVICE_READ}
+_READ = {Permission.CA_READ, Permission.DEVICE_READ, Permission.VULN_READ}
 
 ROLES: dict[str, frozenset[Permission]] = {
     "admin": frozenset(Permission),
@@ -54,6 +56,7 @@ ROLES: dict[str, frozenset[Permission]] = {
             Permission.RELEASE_APPROVE,
             Permission.INCIDENT_MANAGE,
             Permission.OTA_ROOT_ROTATE,
+            Permission.VULN_MANAGE,
         }
     ),
     "release-manager": frozenset(_READ | {Permission.RELEASE_MANAGE, Permission.RELEASE_APPROVE}),

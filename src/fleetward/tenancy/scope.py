@@ -21,7 +21,7 @@ The rules, in the order they are applied (the first that refuses decides):
 4. **Tenant-wide changes.** An action whose reach is :attr:`Reach.TENANT`
    changes what applies in every environment (tenant settings, the
    communication policy, releases and campaigns, playbooks, automatic
-   responses, attestation roots, alert triage); a token scoped to one
+   responses, attestation roots, alert triage, vulnerability operations); a token scoped to one
    environment may not perform it.
 5. **Environment target.** A token scoped to an environment acts only on
    objects that live in that environment: every environment the target
@@ -168,6 +168,14 @@ INCIDENT_READ = _action("incident.read", P.DEVICE_READ, R.READ)
 INCIDENT_MANAGE = _action("incident.manage", P.INCIDENT_MANAGE, R.OBJECTS)
 PLAYBOOK_MANAGE = _action("playbook.manage", P.INCIDENT_MANAGE, R.TENANT)
 RUN_MANAGE = _action("run.manage", P.INCIDENT_MANAGE, R.OBJECTS)
+VULN_READ = _action("vuln.read", P.VULN_READ, R.READ)
+# Feeds, triage, the priority policy, reviews and CRA cases apply to every
+# environment's devices: tenant-wide.
+VULN_IMPORT = _action("vuln.import", P.VULN_MANAGE, R.TENANT)
+VULN_TRIAGE = _action("vuln.triage", P.VULN_MANAGE, R.TENANT)
+VULN_POLICY = _action("vuln.policy", P.VULN_MANAGE, R.TENANT)
+VULN_REVIEW = _action("vuln.review", P.VULN_MANAGE, R.TENANT)
+VULN_CASE = _action("vuln.case", P.VULN_MANAGE, R.TENANT)
 
 del P, R
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
+from fleetward import vulns
 from fleetward.api import problems
 from fleetward.api.deps import Allow, Ctx
 from fleetward.api.pagination import Cursor, Limit, Page, page_of
@@ -172,6 +173,8 @@ def create_release(
             sbom=sbom_bytes,
             measurements=parsed,
         )
+        # The SBOM's components are indexed and matched in the same transaction.
+        vulns.index_release(s, r, now=r.created_at)
         return release_out(s, r)
 
 
