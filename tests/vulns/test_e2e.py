@@ -131,7 +131,7 @@ def test_kev_to_case_to_fix_campaign_to_closed_finding(
         # warning is drafted from the live fleet (two devices, test environment).
         aware_floor = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
         feed(live, sec, "known_exploited_vulnerabilities.json", kev(OPENSSL_CVE))
-        [case] = call(live, sec, "GET", "/api/v1/vulns/cases").json()
+        [case] = call(live, sec, "GET", "/api/v1/vulns/cases").json()["items"]
         aware = dt.datetime.fromisoformat(case["aware_at"])
         assert aware >= aware_floor and case["trigger"] == "kev"
         assert dt.datetime.fromisoformat(case["early_warning_due"]) - aware == dt.timedelta(

@@ -283,7 +283,7 @@ def test_a_release_from_sbom_to_remediation(
     assert crit["priority"] == "P1"
     assert any("KEV" in r for r in crit["reasons"])
     assert [a["kind"] for a in alerts(client, sec)].count("vulnerability-exploited") == 1
-    [case] = client.get("/api/v1/vulns/cases", headers=auth(sec)).json()
+    [case] = client.get("/api/v1/vulns/cases", headers=auth(sec)).json()["items"]
     assert (case["vulnerability"], case["trigger"], case["state"]) == (OPENSSL_CVE, "kev", "open")
     aware = dt.datetime.fromisoformat(case["aware_at"])
     assert before - dt.timedelta(seconds=5) <= aware <= dt.datetime.now(dt.UTC)

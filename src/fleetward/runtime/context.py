@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from fleetward import attestation, audit, identity, provisioning
 from fleetward.config import Settings
-from fleetward.errors import FleetwardError
+from fleetward.errors import FleetwardError, NotFoundError
 from fleetward.identity import KeyAttester, Pki, ServicePki
 from fleetward.keys import Signer
 from fleetward.keys.ring import KeyRing
@@ -168,6 +168,11 @@ class AppContext:
         try:
             yield
         except FleetwardError as exc:
+            # An id that names nothing is caller text: probing many ids must
+            # not make one audit row each, so they share the subject's kind
+            # ("vuln-finding:*"); the first refusal's reason names the id.
+            if isinstance(exc, NotFoundError) and ":" in subject:
+                subject = subject.split(":", 1)[0] + ":*"
             self.record_refusal(
                 RefusalKey(
                     kind="audit",

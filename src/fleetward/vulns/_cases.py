@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from fleetward import audit, detection, ota, tenancy
 from fleetward.errors import ConflictError, InvalidInputError, NotFoundError
 from fleetward.vulns import cra
+from fleetward.vulns._rows import advisories_of
 from fleetward.vulns.models import Advisory, AdvisoryAlias, Case, CaseReport, Finding, Kev
 
 __all__ = [
@@ -163,12 +164,7 @@ def deadlines_of(case: Case) -> cra.Deadlines:
 def case_facts(session: Session, case: Case) -> cra.CaseFacts:
     """What the drafts say, from the live findings, fleet and campaigns."""
     findings = case_findings(session, case)
-    advisories = {
-        a.id: a
-        for a in session.execute(
-            select(Advisory).where(Advisory.id.in_({f.advisory_pk for f in findings}))
-        ).scalars()
-    }
+    advisories = advisories_of(session, findings)
     releases = ota.releases_by_id(session, case.tenant_id, {f.release_id for f in findings})
     products: dict[str, set[str]] = {}
     by_env: dict[str, int] = {}

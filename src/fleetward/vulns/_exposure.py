@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import select
@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from fleetward import detection, ota
 from fleetward.ota import release as release_checks
 from fleetward.vulns import priority as prio
+from fleetward.vulns._rows import advisories_of
 from fleetward.vulns.models import (
     Advisory,
     AdvisoryAlias,
@@ -48,6 +49,7 @@ __all__ = ["RefreshOutcome", "load_policy", "refresh"]
 
 NOT_RELEVANT = ("not_affected", "false_positive")  # triaged away: no alert, no case
 MAX_ALERT_DEVICES = 100_000  # devices an automatic response may act on per alert
+_CHUNK = 5000  # keys per IN (...) query
 
 
 @dataclasses.dataclass
@@ -76,6 +78,13 @@ def _version_key(v: str) -> tuple[int, int, int] | None:
         return None
 
 
+def _chunks(keys: Iterable[Any]) -> Iterator[list[Any]]:
+    """Sorted keys in chunks of :data:`_CHUNK` (bound-parameter limits)."""
+    ordered = sorted(set(keys))
+    for start in range(0, len(ordered), _CHUNK):
+        yield ordered[start : start + _CHUNK]
+
+
 def refresh(
     session: Session,
     tenant_id: int,
@@ -85,49 +94,52 @@ def refresh(
 ) -> RefreshOutcome:
     """Recount, reprioritise, link fixes, close or reopen, and alert (see the module)."""
     out = RefreshOutcome()
-    q = select(Finding).where(Finding.tenant_id == tenant_id)
+    base = select(Finding).where(Finding.tenant_id == tenant_id)
     if finding_ids is not None:
-        if not finding_ids:
-            return out
-        q = q.where(Finding.id.in_(list(finding_ids)))
+        findings = [
+            f for chunk in _chunks(finding_ids)
+            for f in session.execute(base.where(Finding.id.in_(chunk))).scalars()
+        ]  # fmt: skip
     else:
-        q = q.where(
-            (Finding.state == "open")
-            | ((Finding.state == "closed") & (Finding.close_reason == "remediated"))
+        findings = list(
+            session.execute(
+                base.where(
+                    (Finding.state == "open")
+                    | ((Finding.state == "closed") & (Finding.close_reason == "remediated"))
+                )
+            ).scalars()
         )
-    findings = list(session.execute(q).scalars())
     if not findings:
         return out
     out.findings = len(findings)
     policy = load_policy(session, tenant_id)
     running = ota.running_by_environment(session, tenant_id)
     all_releases = {r.id: r for r in ota.list_releases_of_tenant(session, tenant_id)}
-    advisories = {
-        a.id: a
-        for a in session.execute(
-            select(Advisory).where(Advisory.id.in_({f.advisory_pk for f in findings}))
-        ).scalars()
-    }
+    advisories = advisories_of(session, findings)
     cves: dict[int, list[str]] = {}
-    for apk, cve in session.execute(
-        select(AdvisoryAlias.advisory_pk, AdvisoryAlias.cve).where(
-            AdvisoryAlias.advisory_pk.in_(list(advisories))
+    for chunk in _chunks(advisories):
+        for apk, cve in session.execute(
+            select(AdvisoryAlias.advisory_pk, AdvisoryAlias.cve).where(
+                AdvisoryAlias.advisory_pk.in_(chunk)
+            )
+        ):
+            cves.setdefault(int(apk), []).append(str(cve))
+    wanted = {c for cs in cves.values() for c in cs}
+    kev: dict[str, Kev] = {}
+    epss: dict[str, Epss] = {}
+    for chunk in _chunks(wanted):
+        kev.update(
+            (k.cve, k)
+            for k in session.execute(
+                select(Kev).where(Kev.tenant_id == tenant_id, Kev.cve.in_(chunk))
+            ).scalars()
         )
-    ):
-        cves.setdefault(int(apk), []).append(str(cve))
-    wanted = sorted({c for cs in cves.values() for c in cs})
-    kev = {
-        k.cve: k
-        for k in session.execute(
-            select(Kev).where(Kev.tenant_id == tenant_id, Kev.cve.in_(wanted))
-        ).scalars()
-    }
-    epss = {
-        e.cve: e
-        for e in session.execute(
-            select(Epss).where(Epss.tenant_id == tenant_id, Epss.cve.in_(wanted))
-        ).scalars()
-    }
+        epss.update(
+            (e.cve, e)
+            for e in session.execute(
+                select(Epss).where(Epss.tenant_id == tenant_id, Epss.cve.in_(chunk))
+            ).scalars()
+        )
     indexed = set(
         session.execute(
             select(SbomIndex.release_id).where(
@@ -136,14 +148,15 @@ def refresh(
         ).scalars()
     )
     affected_by: dict[int, set[int]] = {}  # advisory pk -> releases with a finding of it
-    for apk, rid in session.execute(
-        select(Finding.advisory_pk, Finding.release_id).where(
-            Finding.tenant_id == tenant_id,
-            Finding.advisory_pk.in_(list(advisories)),
-            ~((Finding.state == "closed") & (Finding.close_reason != "remediated")),
-        )
-    ):
-        affected_by.setdefault(int(apk), set()).add(int(rid))
+    for chunk in _chunks(advisories):
+        for apk, rid in session.execute(
+            select(Finding.advisory_pk, Finding.release_id).where(
+                Finding.tenant_id == tenant_id,
+                Finding.advisory_pk.in_(chunk),
+                ~((Finding.state == "closed") & (Finding.close_reason != "remediated")),
+            )
+        ):
+            affected_by.setdefault(int(apk), set()).add(int(rid))
     fixes: dict[int, ota.Release | None] = {}
     for f in findings:
         rel = all_releases.get(f.release_id)

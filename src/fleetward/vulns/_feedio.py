@@ -120,6 +120,9 @@ def get_typed(obj: dict[str, Any], key: str, kind: type, *, required: bool = Fal
         raise InvalidInputError(f"{key} is not a {kind.__name__}")
     if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
         raise InvalidInputError(f"{key} is over {MAX_STRING_CHARS} characters")
+    if isinstance(value, str) and "\x00" in value:
+        # PostgreSQL's text refuses NUL: one such record must not fail the import.
+        raise InvalidInputError(f"{key} contains a NUL character")
     return value
 
 
@@ -128,6 +131,8 @@ def as_text(value: Any, field: str, limit: int = MAX_STRING_CHARS) -> str:
         raise InvalidInputError(f"{field} is not a non-empty string")
     if len(value) > limit:
         raise InvalidInputError(f"{field} is over {limit} characters")
+    if "\x00" in value:
+        raise InvalidInputError(f"{field} contains a NUL character")
     return value
 
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from fleetward.vulns import match as m
@@ -102,7 +102,7 @@ def reconcile(
                 )
             ):
                 affected[aid] = (apk, kind, key, spec)
-        scope: ColumnElement[bool] = Finding.release_id.in_(list(release_ids))
+        scope: tuple[Any, Collection[int]] = (Finding.release_id, release_ids)
     else:
         assert advisory_pks is not None  # noqa: S101 - narrowed by the check above
         for chunk in _chunks(sorted(advisory_pks)):
@@ -134,7 +134,7 @@ def reconcile(
                     )
                 ).scalars()
             )
-        scope = Finding.advisory_pk.in_(list(advisory_pks))
+        scope = (Finding.advisory_pk, advisory_pks)
     # 2. Decide every candidate pair.
     by_key: dict[tuple[str, str], list[tuple[int, Any]]] = defaultdict(list)
     for apk, kind, key, spec in affected.values():
@@ -180,21 +180,24 @@ def _advisory_ids(session: Session, pks: Collection[int]) -> dict[int, str]:
 def _write(
     session: Session,
     tenant_id: int,
-    scope: ColumnElement[bool],
+    scope: tuple[Any, Collection[int]],
     matches: dict[tuple[int, int, int], m.Match],
     ids: dict[int, str],
     now: dt.datetime,
     out: MatchOutcome,
 ) -> None:
-    existing = {
-        (r.release_id, r.component_pk, r.advisory_pk): (r.id, r.state, r.close_reason)
+    column, keys = scope
+    existing: dict[tuple[int, int, int], tuple[int, str, str | None]] = {}
+    for chunk in _chunks(sorted(keys)):
         for r in session.execute(
             select(
                 Finding.id, Finding.release_id, Finding.component_pk, Finding.advisory_pk,
                 Finding.state, Finding.close_reason,
-            ).where(Finding.tenant_id == tenant_id, scope)
-        )
-    }  # fmt: skip
+            ).where(Finding.tenant_id == tenant_id, column.in_(chunk))
+        ):  # fmt: skip
+            existing[(r.release_id, r.component_pk, r.advisory_pk)] = (
+                r.id, r.state, r.close_reason,
+            )  # fmt: skip
     fresh = []
     for pair, hit in matches.items():
         old = existing.get(pair)
@@ -226,17 +229,20 @@ def _write(
         fid for pair, (fid, state, _) in existing.items() if state == "open" and pair not in matches
     ]
     if gone:
-        withdrawn = set(
-            session.execute(
-                select(Advisory.id).where(
-                    Advisory.id.in_({p[2] for p, v in existing.items() if v[0] in set(gone)}),
-                    Advisory.withdrawn.is_not(None),
-                )
-            ).scalars()
-        )
+        gone_set = set(gone)
+        candidates = sorted({p[2] for p, v in existing.items() if v[0] in gone_set})
+        withdrawn: set[int] = set()
+        for chunk in _chunks(candidates):
+            withdrawn.update(
+                session.execute(
+                    select(Advisory.id).where(
+                        Advisory.id.in_(chunk), Advisory.withdrawn.is_not(None)
+                    )
+                ).scalars()
+            )
         by_reason: dict[str, list[int]] = defaultdict(list)
         for pair, (fid, _, _) in existing.items():
-            if fid in gone:
+            if fid in gone_set:
                 by_reason["withdrawn" if pair[2] in withdrawn else "no-longer-affected"].append(fid)
         for reason, fids in by_reason.items():
             for chunk in _chunks(fids):

@@ -32,6 +32,7 @@ from fleetward.vulns.records import (
 )
 
 __all__ = [
+    "MAX_ALIASES",
     "MAX_REFERENCES",
     "UpsertCounts",
     "advisory_digest",
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 MAX_REFERENCES = 20  # reference URLs kept per advisory (the rest are in the feed)
+MAX_ALIASES = 100  # aliases (and CVE join rows) kept per advisory; real ones have a few
 _CHUNK = 2000
 
 
@@ -116,17 +118,22 @@ class UpsertCounts:
     changed_pks: list[int] = dataclasses.field(default_factory=list)
 
 
+def _clean(text: str) -> str:
+    """Free text as PostgreSQL stores it (no NUL)."""
+    return text.replace("\x00", "")
+
+
 def _row(tenant_id: int, a: AdvisoryRecord, digest: str, import_id: int) -> dict[str, Any]:
     return {
         "tenant_id": tenant_id,
         "advisory_id": a.id,
         "source": a.source,
-        "summary": a.summary[:4000],
-        "aliases": json.dumps(list(a.aliases)[:100]),
+        "summary": _clean(a.summary)[:4000],
+        "aliases": json.dumps([_clean(x) for x in a.aliases[:MAX_ALIASES]]),
         "severity": a.severity,
         "cvss_score": a.cvss_score,
         "cvss_vector": (a.cvss_vector or None) and a.cvss_vector[:200],
-        "references": json.dumps(list(a.references)[:MAX_REFERENCES]),
+        "references": json.dumps([_clean(x) for x in a.references[:MAX_REFERENCES]]),
         "published": a.published,
         "modified": a.modified,
         "withdrawn": a.withdrawn,
@@ -193,7 +200,9 @@ def _children(
     aliases: list[dict[str, Any]] = []
     for pk, a in items:
         affected.extend(_affected_rows(tenant_id, pk, a))
-        aliases.extend({"tenant_id": tenant_id, "advisory_pk": pk, "cve": c} for c in a.cves)
+        aliases.extend(
+            {"tenant_id": tenant_id, "advisory_pk": pk, "cve": c[:64]} for c in a.cves[:MAX_ALIASES]
+        )
     for start in range(0, len(affected), _CHUNK):
         session.execute(insert(Affected), affected[start : start + _CHUNK])
     for start in range(0, len(aliases), _CHUNK):

@@ -14,6 +14,8 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
@@ -195,6 +197,8 @@ def _digest(path: Path) -> str:
     h = hashlib.sha256()
     if path.is_dir():
         for p in sorted(path.rglob("*.json")):
+            if not p.is_file():  # a FIFO or a device would block the read
+                continue
             h.update(p.name.encode())
             h.update(p.read_bytes())
         return h.hexdigest()
@@ -204,9 +208,20 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _check_file(path: Path) -> os.stat_result:
+    """A directory or a regular file (a FIFO or a device would block a read)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {path.name}: {exc.strerror}") from exc
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise InvalidInputError(f"{path.name} is not a regular file or a directory")
+    return st
+
+
 def detect_kind(path: Path) -> str:
     """The kind of feed a file is (``osv`` for a directory)."""
-    if path.is_dir():
+    if stat.S_ISDIR(_check_file(path).st_mode):
         return "osv"
     try:
         with path.open("rb") as fh:
@@ -234,6 +249,7 @@ def import_feed(
     """
     scope.authorize(principal, scope.VULN_IMPORT)
     now = now or utcnow()
+    _check_file(path)
     kind = kind or detect_kind(path)
     if kind not in FEED_KINDS:
         raise InvalidInputError(f"unknown feed kind {kind!r}: one of {', '.join(FEED_KINDS)}")
@@ -264,6 +280,9 @@ def import_feed(
         _store.store_advisories(session, tenant_id, batch, import_id=row.id, counts=counts)
         if progress is not None:
             progress(total)
+        if total == len(errors):  # nothing readable: refused whole, nothing recorded
+            first = f" ({errors[0].where}: {errors[0].reason})" if errors else ""
+            raise InvalidInputError(f"{row.name}: no readable {kind.upper()} record in it{first}")
         outcome = reconcile(session, tenant_id, advisory_pks=counts.changed_pks, now=now)
     elif kind == "kev":
         entries, errs = feeds.parse_kev(_read_limited(path, feeds.MAX_KEV_BYTES))

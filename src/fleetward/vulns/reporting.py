@@ -23,6 +23,7 @@ from fleetward.store.db import utcnow
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Principal
 from fleetward.vulns import _cases, cra, review, vex
+from fleetward.vulns._rows import advisories_of, components_of
 from fleetward.vulns.models import Advisory, Case, Finding, Review, SbomComponent
 
 __all__ = [
@@ -196,18 +197,8 @@ def create_review(
     findings = list(
         session.execute(select(Finding).where(Finding.tenant_id == tenant_id)).scalars()
     )
-    advs = {
-        a.id: a
-        for a in session.execute(
-            select(Advisory).where(Advisory.id.in_({f.advisory_pk for f in findings}))
-        ).scalars()
-    }
-    comps = {
-        c.id: c
-        for c in session.execute(
-            select(SbomComponent).where(SbomComponent.id.in_({f.component_pk for f in findings}))
-        ).scalars()
-    }
+    advs = advisories_of(session, findings)
+    comps = components_of(session, findings)
     rels = {r.id: r for r in ota.list_releases_of_tenant(session, tenant_id)}
     new = [f for f in findings if f.first_seen >= start and f.state == "open"]
     irrelevant = ("not_affected", "false_positive", "resolved")
@@ -340,18 +331,8 @@ def release_vex(
             .order_by(Finding.id)
         ).scalars()
     )
-    advs = {
-        a.id: a
-        for a in session.execute(
-            select(Advisory).where(Advisory.id.in_({f.advisory_pk for f in findings}))
-        ).scalars()
-    }
-    comps = {
-        c.id: c
-        for c in session.execute(
-            select(SbomComponent).where(SbomComponent.id.in_({f.component_pk for f in findings}))
-        ).scalars()
-    }
+    advs = advisories_of(session, findings)
+    comps = components_of(session, findings)
     entries = []
     for f in findings:
         a, c = advs[f.advisory_pk], comps[f.component_pk]

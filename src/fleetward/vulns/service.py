@@ -28,6 +28,7 @@ from fleetward.tenancy.roles import Principal
 from fleetward.vulns import _cases
 from fleetward.vulns import priority as prio
 from fleetward.vulns._exposure import load_policy, refresh
+from fleetward.vulns._rows import advisories_of, components_of
 from fleetward.vulns.models import Advisory, Finding, SbomComponent, VulnPolicy
 from fleetward.vulns.records import ANALYSIS_STATES, JUSTIFICATIONS
 
@@ -64,18 +65,8 @@ class FindingView:
 def _views(session: Session, rows: list[Finding], now: dt.datetime) -> list[FindingView]:
     if not rows:
         return []
-    advs = {
-        a.id: a
-        for a in session.execute(
-            select(Advisory).where(Advisory.id.in_({f.advisory_pk for f in rows}))
-        ).scalars()
-    }
-    comps = {
-        c.id: c
-        for c in session.execute(
-            select(SbomComponent).where(SbomComponent.id.in_({f.component_pk for f in rows}))
-        ).scalars()
-    }
+    advs = advisories_of(session, rows)
+    comps = components_of(session, rows)
     rels = ota.releases_by_id(session, rows[0].tenant_id, {f.release_id for f in rows})
     return [
         FindingView(

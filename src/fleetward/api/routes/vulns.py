@@ -8,7 +8,7 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from pydantic import BaseModel, Field
@@ -22,6 +22,8 @@ from fleetward.errors import InvalidInputError
 from fleetward.response import service as incidents
 from fleetward.tenancy import scope
 from fleetward.tenancy.roles import Principal
+from fleetward.vulns.cra import REPORT_KINDS
+from fleetward.vulns.records import ANALYSIS_STATES, JUSTIFICATIONS
 from fleetward.vulns.service import MAX_DETAIL_CHARS
 
 router = APIRouter(prefix="/api/v1/vulns", tags=["vulns"], responses=problems.OPERATOR)
@@ -41,6 +43,15 @@ Justification = Literal[
 ]
 ReportKind = Literal["early-warning", "notification", "final"]
 _SUFFIXES = (".zip", ".json", ".csv", ".gz")
+# The OpenAPI document spells the choices out; they are the domain's, checked at import.
+for _literal, _values in (
+    (FeedKind, vulns.FEED_KINDS),
+    (Analysis, ANALYSIS_STATES),
+    (Justification, JUSTIFICATIONS),
+    (ReportKind, REPORT_KINDS),
+):
+    if get_args(_literal) != tuple(_values):
+        raise RuntimeError(f"{_literal} must list {_values}")
 
 
 class ImportOut(BaseModel):
@@ -220,7 +231,8 @@ def import_feed(
         path = Path(tmp) / f"upload{suffix}"
         with path.open("wb") as out:
             shutil.copyfileobj(file.file, out, 1 << 20)
-        with ctx.operator_work(who, action="vulns.import", subject=f"feed:{name}") as s:
+        # A constant subject: refusals are counted per caller, not per file name.
+        with ctx.operator_work(who, action="vulns.import", subject="vuln-import") as s:
             report = vulns.import_feed(s, who, path, kind=kind, name=name)
     return ImportOut.of(report)
 
@@ -297,13 +309,31 @@ def get_finding(
         return FindingOut.of(vulns.get_finding(s, who, finding_id))
 
 
-@router.get("/findings/{finding_id}/exposure")
+class ExposureOut(BaseModel):
+    """Who runs a finding's release now."""
+
+    finding: int
+    product: str
+    version: str
+    devices: int
+    environments: dict[str, int]
+    labels: dict[str, dict[str, int]] = Field(description="label -> value -> devices")
+
+
+class SummaryOut(BaseModel):
+    """Open findings per priority, and how many are past their due date."""
+
+    open: dict[str, int]
+    overdue: int
+
+
+@router.get("/findings/{finding_id}/exposure", response_model=ExposureOut)
 def get_exposure(
     finding_id: DbId, ctx: Ctx, who: Annotated[Principal, Allow(scope.VULN_READ)]
-) -> dict[str, Any]:
+) -> ExposureOut:
     """The live devices running the finding's release, per environment and label."""
     with ctx.db.read() as s:
-        return vulns.exposure(s, who, finding_id)
+        return ExposureOut(**vulns.exposure(s, who, finding_id))
 
 
 @router.post("/findings/{finding_id}/triage", response_model=FindingOut)
@@ -329,11 +359,11 @@ def triage(
         )
 
 
-@router.get("/summary")
-def summary(ctx: Ctx, who: Annotated[Principal, Allow(scope.VULN_READ)]) -> dict[str, Any]:
+@router.get("/summary", response_model=SummaryOut)
+def summary(ctx: Ctx, who: Annotated[Principal, Allow(scope.VULN_READ)]) -> SummaryOut:
     """Open findings per priority and how many are overdue."""
     with ctx.db.read() as s:
-        return vulns.counts(s, who.tenant_id, now=dt.datetime.now(dt.UTC))
+        return SummaryOut(**vulns.counts(s, who.tenant_id, now=dt.datetime.now(dt.UTC)))
 
 
 @router.get("/policy", response_model=PolicyIn)
@@ -357,7 +387,12 @@ def set_policy(
 @router.get(
     "/releases/{release_id}/vex",
     response_class=Response,
-    responses={200: {"content": {"application/vnd.cyclonedx+json": {}}}},
+    responses={
+        200: {
+            "description": "a CycloneDX 1.5 JSON document (BOM with vulnerabilities)",
+            "content": {"application/vnd.cyclonedx+json": {"schema": {"type": "string"}}},
+        }
+    },
 )
 def release_vex(
     release_id: DbId, ctx: Ctx, who: Annotated[Principal, Allow(scope.VULN_READ)]
@@ -406,22 +441,26 @@ def get_review(
         return review_out(vulns.get_review(s, who, review_id))
 
 
-@router.get("/cases", response_model=list[CaseOut])
+@router.get("/cases", response_model=Page[CaseOut])
 def list_cases(
     ctx: Ctx,
     who: Annotated[Principal, Allow(scope.VULN_READ)],
     state: Literal["open", "closed"] | None = None,
-) -> list[CaseOut]:
-    """CRA Article 14 cases with their deadlines."""
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[CaseOut]:
+    """CRA Article 14 cases with their deadlines, newest first."""
     with ctx.db.read() as s:
-        return [CaseOut.of(v) for v in vulns.list_cases(s, who, state=state)]
+        return page_of(
+            vulns.list_cases(s, who, state=state), cursor=cursor, limit=limit,
+            key=lambda v: (v.case.id,), kinds=(int,), shape=CaseOut.of, descending=True,
+        )  # fmt: skip
 
 
 @router.post("/cases", response_model=CaseOut, status_code=201)
 def open_case(body: CaseIn, ctx: Ctx, who: Annotated[Principal, Allow(scope.VULN_CASE)]) -> CaseOut:
     """Open a case by hand (an incident found the vulnerability exploited)."""
-    subject = f"vuln:{body.vulnerability}"
-    with ctx.operator_work(who, action="vulns.case.open", subject=subject) as s:
+    with ctx.operator_work(who, action="vulns.case.open", subject="vuln-cases") as s:
         if body.incident_id is not None:
             incidents.get_incident(s, who, body.incident_id)  # 404 for none or another tenant's
         return CaseOut.of(
