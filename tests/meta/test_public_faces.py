@@ -34,6 +34,7 @@ DOMAINS = (
     "sim",
     "telemetry",
     "tenancy",
+    "trustmap",
     "vulns",
 )
 # Calls that take a mapped class to read or write its table.

@@ -22,6 +22,7 @@ from fleetward.cli.provisioning import factory_app
 from fleetward.cli.response import drill_app, incident_app, playbook_app
 from fleetward.cli.sim import sim_app
 from fleetward.cli.tenancy import tenant_app, token_app
+from fleetward.cli.trustmap import trustmap_app
 from fleetward.cli.vulns import vulns_app
 from fleetward.config import LogFormat, LogLevel, Settings, default_home
 from fleetward.errors import FleetwardError
@@ -54,6 +55,7 @@ app.add_typer(incident_app, name="incident")
 app.add_typer(drill_app, name="drill")
 app.add_typer(config_app, name="config")
 app.add_typer(vulns_app, name="vulns")
+app.add_typer(trustmap_app, name="trustmap")
 
 
 @app.callback()

@@ -1,0 +1,22 @@
+"""Trust map and threat model as code.
+
+See ``docs/trustmap.md``. A trust map (:mod:`.schema`) is a product's
+declared answers to the five trust questions; :mod:`.threats` generates a
+STRIDE threat model from it, scored, with the declared and confirmed
+controls as mitigations, and draws its data-flow diagram. Both are pure.
+"""
+
+from fleetward.trustmap.schema import SCHEMA_VERSION, TrustMap, json_schema, load
+from fleetward.trustmap.threats import ThreatModel, model, to_dot, to_json, to_markdown
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ThreatModel",
+    "TrustMap",
+    "json_schema",
+    "load",
+    "model",
+    "to_dot",
+    "to_json",
+    "to_markdown",
+]
