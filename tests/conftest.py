@@ -3,7 +3,10 @@
 ``db`` is a freshly migrated database: SQLite in a temporary directory, or,
 when ``FLEETWARD_TEST_PG_URL`` is set (``scripts/test`` does), a new
 PostgreSQL database cloned from a migrated template. In the PostgreSQL run,
-tests that do not use a database are deselected: they ran in the SQLite run.
+tests that do not use a database are deselected: they ran in the SQLite run;
+so are tests marked ``sqlite_run_only``: they use a database, but what they
+hold (an HTTP contract, hostile input refused before any query) does not
+depend on which one, and running them twice would only lengthen CI.
 
 The API fixtures run the runtime's workers (publisher, TUF refresher) in a
 ``runtime`` stack a test can ask for, to pause or step them by name:
@@ -63,6 +66,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "paused_workers: the live server's workers start paused (step them with the runtime "
         "fixture)",
     )
+    config.addinivalue_line(
+        "markers",
+        "sqlite_run_only: uses a database, but does not depend on which: the PostgreSQL run "
+        "deselects it",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -72,7 +80,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     drop: list[pytest.Item] = []
     for item in items:
         uses_db = "db" in getattr(item, "fixturenames", ())
-        (keep if uses_db else drop).append(item)
+        once = item.get_closest_marker("sqlite_run_only") is not None
+        (keep if uses_db and not once else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -97,6 +97,7 @@ def test_only_listed_assets_are_served(client: TestClient) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_run_only  # a browser renders static assets: the database does not matter
 def test_the_docs_page_renders_offline(live: str) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -175,6 +175,7 @@ WRITES: dict[tuple[str, str], Json] = {
 # --- who may call ---------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_run_only  # HTTP-level refusals: the database does not matter
 def test_every_vulns_route_refuses_anonymous_and_bad_tokens(client: TestClient) -> None:
     routes = vuln_routes(client)
     assert len(routes) == 19, routes  # a new route: add it to WRITES if it writes
@@ -244,6 +245,7 @@ def _narrow_tokens(ctx: AppContext) -> dict[str, str]:
     return out
 
 
+@pytest.mark.sqlite_run_only  # HTTP-level refusals: the database does not matter
 def test_scoped_bound_and_weak_tokens_read_but_never_write(
     client: TestClient, ctx: AppContext, world: Json
 ) -> None:
@@ -266,6 +268,7 @@ def test_scoped_bound_and_weak_tokens_read_but_never_write(
 # --- hostile input --------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_run_only  # HTTP-level refusals: the database does not matter
 def test_an_announced_oversized_upload_is_refused_before_reading(
     client: TestClient, ctx: AppContext, fleet: Json
 ) -> None:
@@ -284,6 +287,7 @@ def test_an_announced_oversized_upload_is_refused_before_reading(
     assert count(ctx, FeedImport) == 0
 
 
+@pytest.mark.sqlite_run_only  # HTTP-level refusals: the database does not matter
 def test_zip_and_gzip_bombs(client: TestClient, fleet: Json) -> None:
     sec, c = fleet["sec"], lenient(client)
     other = osv(id="GHSA-aaaa-bbbb-cccc", aliases=[])
@@ -314,6 +318,7 @@ HOSTILE_FILES = {
 }
 
 
+@pytest.mark.sqlite_run_only  # HTTP-level refusals: the database does not matter
 @pytest.mark.parametrize(
     "case",
     list(HOSTILE_FILES),
@@ -375,6 +380,7 @@ def test_a_nul_in_an_advisory_id_skips_that_record(client: TestClient, fleet: Js
 NAMES = ["../../etc/x.json", "..\\..\\x.json", "a\x00b.json", "/", "é" * 300]
 
 
+@pytest.mark.sqlite_run_only  # HTTP-level refusals: the database does not matter
 @pytest.mark.parametrize("filename", NAMES)
 def test_upload_filenames_never_escape_or_break(
     client: TestClient, ctx: AppContext, fleet: Json, filename: str
@@ -416,6 +422,7 @@ CURSORS = ["!!!", "é", b64(b"not json"), b64(b'["nan", 1]'), b64(b'["inf", 1]')
            b64(b'["1", -1]'), b64(b"[1, 1]"), b64(b'["1", true]'), b64(b"[" * 300)]  # fmt: skip
 
 
+@pytest.mark.sqlite_run_only  # HTTP-level refusals: the database does not matter
 def test_out_of_range_ids_and_forged_cursors_are_4xx(
     client: TestClient, ctx: AppContext, world: Json
 ) -> None:
@@ -438,6 +445,7 @@ def test_out_of_range_ids_and_forged_cursors_are_4xx(
         problem(req(c, "GET", f"/{lst}", sec, params={"cursor": "A" * 10_000}), 422)
 
 
+@pytest.mark.sqlite_run_only  # HTTP-level refusals: the database does not matter
 def test_field_limits_and_state_checks(client: TestClient, world: Json) -> None:
     c, sec, case = lenient(client), world["sec"], world["case_id"]
     triage = f"/findings/{world['finding_id']}/triage"
@@ -544,6 +552,7 @@ def _cli_input(tmp_path: Path, case: str) -> list[str]:
     return ["vulns", "import", str(tmp_path / names[case])]
 
 
+@pytest.mark.sqlite_run_only  # HTTP-level refusals: the database does not matter
 @pytest.mark.parametrize("case", ["missing", "empty-dir", "bad"])
 def test_cli_import_of_bad_paths_is_one_error(ctx: AppContext, tmp_path: Path, case: str) -> None:
     argv = ["--home", str(ctx.settings.home), *_cli_input(tmp_path, case)]
@@ -553,6 +562,7 @@ def test_cli_import_of_bad_paths_is_one_error(ctx: AppContext, tmp_path: Path, c
     assert count(ctx, FeedImport) == 0
 
 
+@pytest.mark.sqlite_run_only  # HTTP-level refusals: the database does not matter
 def test_cli_import_of_a_fifo_is_refused_at_once(ctx: AppContext, tmp_path: Path) -> None:
     argv = ["--home", str(ctx.settings.home), *_cli_input(tmp_path, "fifo")]
     code = "from fleetward.cli.main import main; main()"
