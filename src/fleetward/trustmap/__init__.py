@@ -3,16 +3,23 @@
 See ``docs/trustmap.md``. A trust map (:mod:`.schema`) is a product's
 declared answers to the five trust questions; :mod:`.threats` generates a
 STRIDE threat model from it, scored, with the declared and confirmed
-controls as mitigations, and draws its data-flow diagram. Both are pure.
+controls as mitigations, and draws its data-flow diagram; :mod:`.checks`
+compares a map with :class:`LiveFacts` and names each drift. All are pure.
 """
 
+from fleetward.trustmap.checks import CheckResult, Drift, LiveFacts, LiveRole, check
 from fleetward.trustmap.schema import SCHEMA_VERSION, TrustMap, json_schema, load
 from fleetward.trustmap.threats import ThreatModel, model, to_dot, to_json, to_markdown
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CheckResult",
+    "Drift",
+    "LiveFacts",
+    "LiveRole",
     "ThreatModel",
     "TrustMap",
+    "check",
     "json_schema",
     "load",
     "model",
