@@ -1,11 +1,13 @@
 """``fleetward trustmap``: validate a trust map, print its schema, generate its threat model.
 
-These read the map file only; checking the map against the live system is
-the next step of issue 17 (``docs/trustmap.md``).
+``validate``, ``schema`` and ``threats`` read the map file only; ``check``
+(and ``threats --live``) compare it with the installation's live facts, read
+as the tenant's local admin without writing anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -13,9 +15,14 @@ from pathlib import Path
 from typing import Literal
 
 import typer
+from rich.table import Table
+from rich.text import Text
 
 from fleetward import trustmap
+from fleetward.cli.common import JSON, TENANT, console, load_ctx, local_principal, print_json
 from fleetward.errors import InvalidInputError, UnavailableError
+from fleetward.store import utcnow
+from fleetward.trustmap import service
 
 trustmap_app = typer.Typer(
     help="Trust map and threat model as code (docs/trustmap.md).", no_args_is_help=True
@@ -24,11 +31,54 @@ trustmap_app = typer.Typer(
 MAP = typer.Argument(..., help="the trust map (YAML)")
 
 
-def _read(path: Path) -> trustmap.TrustMap:
+def _bytes(path: Path) -> bytes:
+    # The map's size limit is checked by trustmap.load; a larger file is
+    # refused there, so only read one byte past it.
     try:
-        return trustmap.load(path.read_bytes())
+        with path.open("rb") as f:
+            return f.read(trustmap.schema.MAX_MAP_BYTES + 1)
     except OSError as exc:
         raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _read(path: Path) -> trustmap.TrustMap:
+    return trustmap.load(_bytes(path))
+
+
+_FAILING = ("high", "critical")  # drift severities that make ``check`` exit 1
+
+
+@trustmap_app.command("check")
+def check(ctx: typer.Context, path: Path = MAP, tenant: str = TENANT, as_json: bool = JSON) -> None:
+    """Compare a trust map with the live installation; exit 1 on a high or critical drift."""
+    text = _bytes(path)
+    app = load_ctx(ctx)
+    who = local_principal(app, tenant)
+    with app.db.session() as s:
+        result = service.check_map(s, tenant_id=who.tenant_id, map_text=text, now=utcnow())
+    if as_json:
+        print_json(
+            {
+                "drifts": [dataclasses.asdict(d) for d in result.drifts],
+                "confirmed": sorted(result.confirmed),
+                "checked": list(result.checked),
+            }
+        )
+    else:
+        table = Table("severity", "kind", "subject", "message")
+        for d in result.drifts:
+            objects = f" [{', '.join(d.objects)}]" if d.objects else ""
+            # Names in drifts were written by tenants: plain text, never markup.
+            table.add_row(*(Text(c) for c in (d.severity, d.kind, d.subject, d.message + objects)))
+        if result.drifts:
+            console.print(table)
+        console.print(
+            f"{len(result.drifts)} drift(s); checks run: {', '.join(result.checked)}; "
+            f"confirmed: {', '.join(sorted(result.confirmed)) or 'none'}",
+            markup=False,
+        )
+    if any(d.severity in _FAILING for d in result.drifts):
+        raise typer.Exit(1)
 
 
 @trustmap_app.command("schema")
@@ -50,18 +100,32 @@ def validate(path: Path = MAP) -> None:
 
 @trustmap_app.command("threats")
 def threats(
+    ctx: typer.Context,
     path: Path = MAP,
     format: Literal["markdown", "json", "dot", "svg"] = typer.Option(
         "markdown", "--format", help="markdown, json, dot (Graphviz) or svg (needs Graphviz)"
     ),
     out: Path | None = typer.Option(None, "--out", help="write here instead of stdout"),
+    live: bool = typer.Option(
+        False, "--live", help="count the controls the live installation confirms"
+    ),
+    tenant: str = TENANT,
 ) -> None:
-    """The STRIDE threat model of a map (declared controls, not yet checked live)."""
+    """The STRIDE threat model of a map (with --live: confirmed controls mitigate)."""
     m = _read(path)
+    if live and format in ("markdown", "json"):
+        app = load_ctx(ctx)
+        who = local_principal(app, tenant)
+        with app.db.session() as s:
+            tm = service.threat_model(
+                s, tenant_id=who.tenant_id, map_text=_bytes(path), now=utcnow()
+            )
+    else:
+        tm = trustmap.model(m)
     if format == "markdown":
-        text = trustmap.to_markdown(trustmap.model(m))
+        text = trustmap.to_markdown(tm)
     elif format == "json":
-        text = json.dumps(trustmap.to_json(trustmap.model(m)), indent=2) + "\n"
+        text = json.dumps(trustmap.to_json(tm), indent=2) + "\n"
     else:
         text = trustmap.to_dot(m)
         if format == "svg":

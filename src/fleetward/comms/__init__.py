@@ -20,6 +20,8 @@ from fleetward.comms.commands import (
     broker_info,
     service_client,
 )
+from fleetward.comms.identities import SERVICE_JOBS
+from fleetward.comms.policy import QUARANTINE
 from fleetward.comms.service import (
     PolicyVersion,
     authorize_command,
@@ -38,6 +40,8 @@ from fleetward.comms.service import (
 )
 
 __all__ = [
+    "QUARANTINE",
+    "SERVICE_JOBS",
     "BrokerUnavailableError",
     "CommandSender",
     "PolicyVersion",

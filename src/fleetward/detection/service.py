@@ -33,6 +33,7 @@ __all__ = [
     "KINDS",
     "list_alerts",
     "raise_alert",
+    "responses",
     "run",
     "set_alert_state",
     "set_response",
@@ -258,6 +259,15 @@ def set_response(session: Session, principal: Principal, kind: str, action: str)
         tenant_id=principal.tenant_id,
         details={"action": action},
     )
+
+
+def responses(session: Session, *, tenant_id: int) -> dict[str, str]:
+    """The tenant's configured automatic responses: alert kind -> action
+    (a kind left out answers with ``none``)."""
+    rows = session.execute(
+        select(AlertResponse.kind, AlertResponse.action).where(AlertResponse.tenant_id == tenant_id)
+    )
+    return {str(kind): str(action) for kind, action in rows}
 
 
 def list_alerts(

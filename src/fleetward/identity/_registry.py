@@ -20,7 +20,7 @@ import datetime as dt
 from collections.abc import Collection, Iterable, Sequence
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, Exists, Select, func, select
+from sqlalchemy import ColumnElement, Exists, Select, func, or_, select
 from sqlalchemy.orm import QueryableAttribute, Session
 
 from fleetward import tenancy
@@ -43,6 +43,7 @@ __all__ = [
     "good_serials",
     "held_serials",
     "holds_good_certificate",
+    "key_origins",
     "latest_environments",
     "live_device_pks",
     "population",
@@ -404,3 +405,53 @@ def latest_environments(session: Session, pks: Collection[int]) -> dict[int, str
         ):  # fmt: skip
             out[int(pk)] = str(env)  # ordered by not_before: the newest wins
     return out
+
+
+def key_origins(
+    session: Session, *, tenant_id: int, product: str, now: dt.datetime, sample: int
+) -> tuple[dict[tuple[str, str], int], dict[str, tuple[str, ...]]]:
+    """How the keys of a product's active or quarantined devices were made.
+
+    Returns ``(environment, key origin) -> device count`` over the devices'
+    good, unexpired certificates (an origin never recorded counts as
+    ``unknown``), and per environment the ids of up to ``sample`` devices
+    whose origin is not hardware-attested (for the trust map's drift checks).
+    """
+    where = (
+        CertificateRecord.tenant_id == tenant_id,
+        Device.product == product,
+        Device.state.in_(_RUN_STATES),
+        CertificateRecord.status == "good",
+        CertificateRecord.not_after > now,
+    )
+    # Grouped by the column itself (not a COALESCE with a bound parameter,
+    # which PostgreSQL does not match between SELECT and GROUP BY).
+    rows = session.execute(
+        select(
+            CertificateRecord.environment,
+            CertificateRecord.key_origin,
+            func.count(func.distinct(Device.id)),
+        )
+        .join(Device, Device.id == CertificateRecord.device_pk)
+        .where(*where)
+        .group_by(CertificateRecord.environment, CertificateRecord.key_origin)
+    )
+    counts: dict[tuple[str, str], int] = {}
+    for env, o, n in rows:
+        key = (str(env), str(o) if o is not None else "unknown")
+        counts[key] = counts.get(key, 0) + int(n)
+    soft: dict[str, tuple[str, ...]] = {}
+    not_hardware = or_(
+        CertificateRecord.key_origin.is_(None), CertificateRecord.key_origin != "hardware-attested"
+    )
+    for env in sorted({e for e, o in counts if o != "hardware-attested"}):
+        ids = session.execute(
+            select(Device.device_id)
+            .join(CertificateRecord, CertificateRecord.device_pk == Device.id)
+            .where(*where, CertificateRecord.environment == env, not_hardware)
+            .group_by(Device.device_id)
+            .order_by(Device.device_id)
+            .limit(sample)
+        ).scalars()
+        soft[env] = tuple(str(i) for i in ids)
+    return counts, soft

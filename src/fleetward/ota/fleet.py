@@ -28,6 +28,7 @@ __all__ = [
     "devices_running",
     "list_releases_of_tenant",
     "note_running",
+    "recent_campaigns",
     "release_ids_of_product",
     "releases_by_id",
     "releases_without",
@@ -205,3 +206,20 @@ def campaigns_of_releases(
             )
         )
     return out
+
+
+def recent_campaigns(
+    session: Session, *, tenant_id: int, product: str, limit: int
+) -> list[Campaign]:
+    """The tenant's newest ``limit`` campaigns of a product's releases, newest first."""
+    return list(
+        session.execute(
+            select(Campaign)
+            .where(
+                Campaign.tenant_id == tenant_id,
+                Campaign.release_id.in_(release_ids_of_product(tenant_id, product)),
+            )
+            .order_by(Campaign.id.desc())
+            .limit(limit)
+        ).scalars()
+    )

@@ -44,6 +44,7 @@ __all__ = [
     "publish_product",
     "refresh_online_roles",
     "release_for_target",
+    "role_keys",
     "role_threshold",
     "rotate_root",
     "trusted_root",
@@ -81,6 +82,17 @@ def role_threshold(session: Session, tenant_id: int, role: str) -> int:
     if row is None:
         raise NotFoundError(f"no TUF role {role!r}")
     return int(row)
+
+
+def role_keys(session: Session, *, tenant_id: int, role: str) -> tuple[int, tuple[str, ...]] | None:
+    """A role's threshold and the URIs of its keys (where their private halves
+    are: ``file:`` or ``pkcs11:``), or None when the tenant has no such role."""
+    threshold = session.execute(
+        select(TufRole.threshold).where(TufRole.tenant_id == tenant_id, TufRole.name == role)
+    ).scalar_one_or_none()
+    if threshold is None:
+        return None
+    return int(threshold), tuple(k.key_uri for k in _keys(session, tenant_id, role))
 
 
 @dataclass(frozen=True)
