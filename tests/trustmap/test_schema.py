@@ -106,3 +106,12 @@ def test_a_contradiction_or_a_bad_reference_is_refused_with_its_path(
 def test_what_is_not_a_map_is_refused(text: str) -> None:
     with pytest.raises((InvalidInputError, PayloadTooLargeError)):
         load(text)
+
+
+def test_the_schema_names_the_detectors_and_responses_detection_runs() -> None:
+    """The schema is pure and cannot import detection: its lists are held equal here."""
+    from fleetward import detection
+    from fleetward.trustmap.schema import DETECTORS, RESPONSES
+
+    assert detection.KINDS == DETECTORS
+    assert detection.ACTIONS == RESPONSES
