@@ -112,6 +112,7 @@ from fleetward.runtime.workers import CampaignDriver
 from fleetward.store import utcnow
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
+from fleetward.trustmap import review as trustmap_review
 
 # Targets: ratios to ceilings of the same run (see the module docstring).
 TARGET_CHECK = 2.0
@@ -776,6 +777,25 @@ def process_cpu() -> float:
     return t.user + t.system
 
 
+SECURITY = Principal(tenant_id=1, tenant_name=TENANT, role="security", actor="bench-security")
+
+
+def pass_review_gate(ctx: AppContext, campaign_id: int) -> None:
+    """The controls review after the first wave, as the trust map worker runs
+    it; the benchmark registers no trust map, so it fails and a security
+    operator waives it (printed; its time counts in the campaign's)."""
+    with ctx.db.session() as s:
+        c = s.get(Campaign, campaign_id)
+        assert c is not None
+        r = trustmap_review.review_campaign(s, c)
+        if r.outcome == "failed":
+            failed = [i["name"] for i in json.loads(r.items) if not i["ok"]]
+            trustmap_review.waive(
+                s, SECURITY, campaign_id, reason="benchmark: no trust map registered"
+            )
+            log.print(f"  controls review failed ({', '.join(failed)}): waived by security")
+
+
 def drive(
     ctx: AppContext,
     server: Server,
@@ -802,6 +822,8 @@ def drive(
             run.wave_start[wave] = now
             log.print(f"  wave {wave + 1} started: {len(offers)} offers")
         fleet.send(offers, run.campaign)
+        if state == "running" and "controls review" in reason:
+            pass_review_gate(ctx, run.campaign)
         if state != "running":
             run.ended, run.state, run.reason = now, state, reason
             log.print(f"  campaign {state} after {now - run.started:.2f} s: {reason}")

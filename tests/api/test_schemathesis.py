@@ -10,9 +10,9 @@ of the installation's tenant, then holds every answer to three checks:
 - ``content_type_conformance``: so is the media type
   (``application/problem+json`` for every refusal).
 
-Bounded for CI: :data:`MAX_EXAMPLES` per operation and phase, no stateful
-phase, one worker: about 4,000 requests in one to two minutes on the 2-core
-machine. ``DELETE /api/v1/tokens/{token_id}`` is left out: generated ids may
+Bounded for CI: :data:`MAX_EXAMPLES` per operation and phase (a quarter on
+the PostgreSQL run), no stateful phase, one worker: about 4,000 requests on
+SQLite. ``DELETE /api/v1/tokens/{token_id}`` is left out: generated ids may
 name the very token the run authenticates with. No credential but the run's
 token is generated (the failed-authentication limit would answer 429 to the
 rest of the run); ``tests/api/test_openapi.py`` checks the declared security.
@@ -22,6 +22,7 @@ rest of the run); ``tests/api/test_openapi.py`` checks the declared security.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -32,7 +33,10 @@ from schemathesis.engine import Status, events, from_schema
 
 pytestmark = [pytest.mark.slow, pytest.mark.paused_workers]
 
-MAX_EXAMPLES = 20  # per operation and phase: ~4,000 requests, 30-90 s here
+# Per operation and phase: ~4,000 requests on SQLite. The PostgreSQL run
+# (scripts/test's second) sends a quarter of that: the contract is the same
+# code, and at full size it alone took 380 s of CI there (2026-12-07).
+MAX_EXAMPLES = 5 if os.environ.get("FLEETWARD_TEST_PG_URL") else 20
 SEED = 15  # a fixed seed: a failure here reproduces on the next run
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance")
 EXCLUDED = ("DELETE", "/api/v1/tokens/{token_id}")  # can revoke the run's own token
@@ -121,7 +125,7 @@ def test_the_operator_api_keeps_its_contract(live: str, admin_token: str) -> Non
     print(f"  statuses: {dict(sorted(statuses.items()))}")
     for finding in findings:
         print(f"  {finding}")
-    assert sent > 1000, "schemathesis sent too few requests to mean anything"
+    assert sent > 50 * MAX_EXAMPLES, "schemathesis sent too few requests to mean anything"
     # A run refused wholesale (401/429) would test nothing but the refusal.
     assert statuses[401] + statuses[429] < sent // 100, dict(statuses)
     assert sum(n for s, n in statuses.items() if s < 300) > sent // 20, dict(statuses)

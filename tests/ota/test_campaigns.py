@@ -20,7 +20,7 @@ from fleetward.ota.rollout import GatePolicy
 from fleetward.runtime.context import AppContext
 from fleetward.store.db import utcnow
 from fleetward.tenancy.roles import Principal
-from tests.ota.helpers import call, operator, updater, upload
+from tests.ota.helpers import call, operator, review_passed, updater, upload
 from tests.ota.test_repository import root_of
 
 N = 60
@@ -150,6 +150,7 @@ def test_good_release_completes_and_survives_a_restart(
     with ctx.db.session() as s:
         cid = campaigns.create_campaign(s, rm(ctx), release_id=rid, waves=[10, 50, 100]).id
         offers = campaigns.step(s, cid)
+    review_passed(ctx, cid)
     fleet.run(offers[:3], cid)  # half the first wave reports, then the server restarts
     restarted = AppContext.from_settings(
         Settings(
@@ -188,6 +189,7 @@ def test_halted_campaign_resumes_only_by_an_operator(
             gate=GatePolicy(time_limit_seconds=1),
         ).id  # fmt: skip
         campaigns.step(s, cid)
+    review_passed(ctx, cid)
     later = utcnow() + dt.timedelta(seconds=5)
     with ctx.db.session() as s:
         campaigns.step(s, cid, now=later)
@@ -300,6 +302,7 @@ def test_a_completed_campaign_reoffers_to_stragglers_until_the_release_is_withdr
             gate=GatePolicy(min_success_ratio=0.9),
         ).id  # fmt: skip
         first = campaigns.step(s, cid)
+    review_passed(ctx, cid)
     fleet.run(first[1:], cid)  # one device of wave 1 is offline
     with ctx.db.session() as s:
         second = campaigns.step(s, cid)

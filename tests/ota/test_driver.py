@@ -19,7 +19,7 @@ from fleetward.runtime.context import AppContext
 from fleetward.runtime.workers import CampaignDriver
 from tests.agent.test_agent import factory_line
 from tests.broker import observe, synced, wait_for
-from tests.ota.helpers import call, operator, upload
+from tests.ota.helpers import call, operator, review_passed, upload
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -78,6 +78,7 @@ def test_campaign_over_mqtt_commits_a_good_release_and_halts_on_a_bad_one(
                 live, rm, "POST", "/api/v1/campaigns", json={"release_id": rid, "waves": [50, 100]}
             )
             assert resp.status_code == 201, resp.text
+            review_passed(ctx, int(resp.json()["id"]))
             return int(resp.json()["id"])
 
         def state(cid: int) -> str:

@@ -34,6 +34,7 @@ def test_up_runs_every_worker_once_with_leases_where_hosts_share_work(ctx: AppCo
             "campaign-driver": "campaign-driver",
             "detection": "detection",
             "vulns": "vulns",
+            "trustmap": "trustmap",
             "fleetward-ingest-1": None,
             "compliance-tracker": "compliance-tracker",
             "demo-fleet": None,

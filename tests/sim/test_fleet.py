@@ -17,7 +17,7 @@ from fleetward.sim import Broker, FleetProcesses, FleetSpec, SimFleet, summary
 from fleetward.sim.spec import images, reference_measurements
 from fleetward.telemetry.models import Event
 from tests.broker import synced, wait_for
-from tests.ota.helpers import call, operator, upload
+from tests.ota.helpers import call, operator, review_passed, upload
 
 
 def release(live: str, ctx: AppContext, admin_token: str, spec: FleetSpec) -> None:
@@ -214,6 +214,7 @@ def test_campaign_commits_on_healthy_devices_and_falls_back_on_the_others(
                   "gate": {"min_success_ratio": 0.0, "max_failure_ratio": 1.0}},
         )  # fmt: skip
         assert resp.status_code == 201, resp.text
+        review_passed(ctx, int(resp.json()["id"]))
 
         def settled() -> bool:
             return all({"committed", "fell-back"} & set(d["ota_steps"]) for d in fleet.snapshot())

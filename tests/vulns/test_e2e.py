@@ -30,7 +30,7 @@ from fleetward.runtime.workers import CampaignDriver
 from fleetward.vulns import runner
 from tests.agent.test_agent import factory_line
 from tests.broker import synced, wait_for
-from tests.ota.helpers import call, operator, upload
+from tests.ota.helpers import call, operator, review_passed, upload
 from tests.vulns.test_flow import NVD_OPENSSL, OPENSSL_CVE, kev, sbom
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -107,6 +107,7 @@ def test_kev_to_case_to_fix_campaign_to_closed_finding(
         )
         assert resp.status_code == 201, resp.text
         cid = int(resp.json()["id"])
+        review_passed(ctx, cid)  # the controls review is tests/trustmap/test_review.py's
         wait_for(
             lambda: (
                 call(live, rm, "GET", f"/api/v1/campaigns/{cid}").json()["state"] == "completed"

@@ -44,6 +44,7 @@ from fleetward.api.routes import provisioning as provisioning_routes
 from fleetward.api.routes import response as response_routes
 from fleetward.api.routes import telemetry as telemetry_routes
 from fleetward.api.routes import tenancy as tenancy_routes
+from fleetward.api.routes import trustmap as trustmap_routes
 from fleetward.api.routes import vulns as vulns_routes
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.stack import Stack, serve_stack
@@ -137,6 +138,7 @@ def create_app(
         app.include_router(telemetry_routes.router)
         app.include_router(response_routes.router)
         app.include_router(vulns_routes.router)
+        app.include_router(trustmap_routes.router)
     else:
         app.include_router(est.router)
         app.include_router(identity_routes.public)

@@ -6,6 +6,7 @@ checkpoints, the API reads, verifies and proves. :mod:`.chain` and
 :mod:`.merkle` are the pure rules; the tables stay inside this package.
 """
 
+from fleetward.audit.history import checkpoints_upto, entries_upto
 from fleetward.audit.models import AuditCheckpoint, AuditEntry
 from fleetward.audit.service import (
     Event,
@@ -36,6 +37,8 @@ __all__ = [
     "checkpoint",
     "checkpoint_if_grown",
     "checkpoint_statement",
+    "checkpoints_upto",
+    "entries_upto",
     "head_seq",
     "inclusion_proof",
     "list_entries",

@@ -18,11 +18,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fleetward import trustmap
+from fleetward import identity, ota, trustmap
 from fleetward.cli.common import JSON, TENANT, console, load_ctx, local_principal, print_json
-from fleetward.errors import InvalidInputError, UnavailableError
+from fleetward.cli.conformance import report as conformance_report
+from fleetward.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from fleetward.store import utcnow
-from fleetward.trustmap import service
+from fleetward.trustmap import draft, service
 
 trustmap_app = typer.Typer(
     help="Trust map and threat model as code (docs/trustmap.md).", no_args_is_help=True
@@ -79,6 +80,46 @@ def check(ctx: typer.Context, path: Path = MAP, tenant: str = TENANT, as_json: b
         )
     if any(d.severity in _FAILING for d in result.drifts):
         raise typer.Exit(1)
+
+
+@trustmap_app.command("init")
+def init(
+    ctx: typer.Context,
+    product: str = typer.Option(..., "--product", help="the product the map describes"),
+    tenant: str = TENANT,
+    out: Path | None = typer.Option(None, "--out", help="write here instead of stdout"),
+    force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
+) -> None:
+    """Draft a trust map from the live installation (what it holds today: review it)."""
+    if out is not None and out.exists() and not force:
+        raise ConflictError(f"{out} exists; --force overwrites it")
+    app = load_ctx(ctx)
+    who = local_principal(app, tenant)
+    now = utcnow()
+    with app.db.session() as s:
+        # fleetward has no product table: a product exists once a device, a
+        # release or a TUF targets role (``ota`` products) names it.
+        known = (
+            identity.list_devices(s, who, product=product, limit=1)
+            or ota.role_keys(s, tenant_id=who.tenant_id, role=f"product-{product}") is not None
+            or ota.list_releases(s, who, product=product)
+        )
+        if not known:
+            raise NotFoundError(f"no product {product!r} in tenant {who.tenant_name!r}")
+        live = service.live_facts(s, tenant_id=who.tenant_id, product=product, now=now)
+    doc = draft.from_live(live, product=product)
+    text = draft.to_yaml(doc, tenant=who.tenant_name, now=now, live=live)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        # "x" refuses a file that appeared since the check above; --force replaces it.
+        with out.open("w" if force else "x", encoding="utf-8") as f:
+            f.write(text)
+    except FileExistsError as exc:
+        raise ConflictError(f"{out} exists; --force overwrites it") from exc
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write {out}: {exc.strerror}") from exc
 
 
 @trustmap_app.command("schema")
@@ -139,3 +180,6 @@ def threats(
         typer.echo(text, nl=False)
     else:
         out.write_text(text)
+
+
+trustmap_app.command("conformance")(conformance_report)

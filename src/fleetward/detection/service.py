@@ -57,6 +57,9 @@ KINDS = (
     "vulnerability-exploited",
     "vulnerability-critical",
     "cra-deadline",
+    # Raised by the trust map worker (fleetward.trustmap): a drift between a
+    # product's registered map and the live installation.
+    "trust-drift",
 )
 ACTIONS = ("none", "quarantine-device", "quarantine-cohort")
 WINDOW = dt.timedelta(hours=1)  # verdicts and denials the pattern detectors look at

@@ -34,7 +34,7 @@ from fleetward.ota.fleet import (
     running_by_environment,
     running_counts,
 )
-from fleetward.ota.models import Campaign, Release
+from fleetward.ota.models import Campaign, Release, ReleaseReview
 from fleetward.ota.repository import (
     OfflineKeys,
     ensure_product,
@@ -44,6 +44,16 @@ from fleetward.ota.repository import (
     role_keys,
     rotate_root,
     trusted_root,
+)
+from fleetward.ota.reviews import (
+    ReviewItem,
+    campaigns_at_review_gate,
+    canary_verdict,
+    latest_review,
+    record_review,
+    review_dict,
+    reviews_of_release,
+    waive_review,
 )
 from fleetward.ota.service import (
     approve_release,
@@ -63,12 +73,16 @@ __all__ = [
     "Offer",
     "OfflineKeys",
     "Release",
+    "ReleaseReview",
+    "ReviewItem",
     "RunningDevice",
     "abort_campaign",
     "approve_campaign",
     "approve_release",
     "campaign_device_pks",
+    "campaigns_at_review_gate",
     "campaigns_of_releases",
+    "canary_verdict",
     "create_campaign",
     "create_release",
     "devices_running",
@@ -76,17 +90,21 @@ __all__ = [
     "ensure_repository",
     "get_campaign",
     "get_release",
+    "latest_review",
     "list_releases",
     "list_releases_of_tenant",
     "metadata_bytes",
     "note_running",
     "on_verdict",
     "recent_campaigns",
+    "record_review",
     "refresh_online_roles",
     "release_ids_of_product",
     "releases_by_id",
     "releases_without",
     "resume_campaign",
+    "review_dict",
+    "reviews_of_release",
     "role_keys",
     "rotate_root",
     "running_by_environment",
@@ -94,5 +112,6 @@ __all__ = [
     "signed_release",
     "succeeded_devices",
     "trusted_root",
+    "waive_review",
     "withdraw_release",
 ]

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from fleetward import audit, identity, tenancy
 from fleetward.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
 from fleetward.keys.ring import KeyRing
-from fleetward.ota import rollout
+from fleetward.ota import reviews, rollout
 from fleetward.ota import service as releases
 from fleetward.ota.models import Campaign, CampaignDevice, Release
 from fleetward.store.db import utcnow
@@ -342,6 +342,16 @@ def step(session: Session, campaign_id: int, *, now: dt.datetime | None = None) 
             now=now,
         )
         return []
+    if c.current_wave == 0 and len(waves) > 1:
+        # Past the canary wave only once the release's controls review passed
+        # or was waived (ota/reviews.py); the review worker records it.
+        if not reviews.gate_open(session, c):
+            if c.reason != reviews.WAITING:
+                c.reason = reviews.WAITING
+                c.updated_at = now
+            return []
+        if c.reason == reviews.WAITING:
+            c.reason = ""
     if c.current_wave + 1 >= len(waves):
         c.state = "completed"
         c.reason = why

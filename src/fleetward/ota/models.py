@@ -25,6 +25,7 @@ __all__ = [
     "CampaignDevice",
     "DeviceFirmware",
     "Release",
+    "ReleaseReview",
     "TufKey",
     "TufMetadata",
     "TufRole",
@@ -157,3 +158,22 @@ class DeviceFirmware(Base):
     product: Mapped[str] = mapped_column(String(64))
     version: Mapped[str] = mapped_column(String(64))
     reported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class ReleaseReview(Base):
+    """A controls review of a release, run when a campaign of it reached the end
+    of its first wave: the checklist, its outcome, and a waiver's reason."""
+
+    __tablename__ = "release_reviews"
+    __table_args__ = (Index("ix_release_reviews_campaign", "campaign_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    outcome: Mapped[str] = mapped_column(String(8))  # passed | failed | waived
+    items: Mapped[str] = mapped_column(Text)  # JSON [{"name", "ok", "detail"}]
+    map_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor: Mapped[str] = mapped_column(String(200))  # "system" or the waiving operator
+    reason: Mapped[str] = mapped_column(Text, default="")  # a waiver's reason
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

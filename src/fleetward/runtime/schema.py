@@ -15,6 +15,7 @@ from fleetward.store import lease as _lease  # noqa: F401
 from fleetward.store.db import Base
 from fleetward.telemetry import models as _telemetry  # noqa: F401
 from fleetward.tenancy import models as _tenancy  # noqa: F401
+from fleetward.trustmap import models as _trustmap  # noqa: F401
 from fleetward.vulns import models as _vulns  # noqa: F401
 
 metadata = Base.metadata

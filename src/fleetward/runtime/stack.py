@@ -31,6 +31,7 @@ from fleetward.runtime.workers import (
     DemoFleet,
     DetectionRunner,
     IngestWorker,
+    TrustMapRunner,
     VulnsRunner,
 )
 from fleetward.sim import Broker
@@ -220,6 +221,7 @@ def up_stack(
     stack.add(CampaignDriver(ctx))
     stack.add(DetectionRunner(ctx))
     stack.add(VulnsRunner(ctx))
+    stack.add(TrustMapRunner(ctx))
     stack.add(IngestWorker(ctx.db, ctx.settings.home))
     stack.add(ComplianceTracker(ctx))
     if demo_devices:

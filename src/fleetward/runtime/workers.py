@@ -18,6 +18,9 @@ ingest (client id)   0.2 s    none (shared         ``telemetry.ingest.MqttIngest
 vulns                30 s     vulns                ``vulns.runner.vuln_round`` (exposure,
                                                    remediation, alerts, CRA deadlines, the
                                                    review every 7 days)
+trustmap             5 s      trustmap             ``trustmap.runner.review_gates`` (campaigns
+                                                   after their first wave); ``check_maps``
+                                                   every 60 s (drift alerts)
 demo-fleet           0.5 s    none                 ``sim.demo.Demo.advance`` until the fleet is up
 ==================== ======== ==================== ========================================
 
@@ -48,6 +51,7 @@ from fleetward.sim import Broker
 from fleetward.sim.demo import Demo
 from fleetward.store import Database
 from fleetward.telemetry import Ingestor, MqttIngest
+from fleetward.trustmap import runner as trustmap_runner
 from fleetward.vulns import runner as vulns_runner
 
 __all__ = [
@@ -56,6 +60,7 @@ __all__ = [
     "DemoFleet",
     "DetectionRunner",
     "IngestWorker",
+    "TrustMapRunner",
     "VulnsRunner",
 ]
 
@@ -124,6 +129,23 @@ class VulnsRunner(PeriodicWorker):
 
     def work(self) -> None:
         vulns_runner.vuln_round(self.db, review_every=self.review_every)
+
+
+class TrustMapRunner(PeriodicWorker):
+    """Controls reviews of campaigns at the gate after their first wave, and
+    periodic checks of every registered trust map (one host, by lease)."""
+
+    def __init__(
+        self, ctx: AppContext, *, interval: float = 5.0, check_every: float = 60.0
+    ) -> None:
+        super().__init__("trustmap", interval=interval, lease="trustmap", db=ctx.db)
+        self.db = ctx.db
+        self._check = Every(check_every, now=True)
+
+    def work(self) -> None:
+        trustmap_runner.review_gates(self.db)
+        if self._check.due():
+            trustmap_runner.check_maps(self.db)
 
 
 class ComplianceTracker(PeriodicWorker):

@@ -161,6 +161,10 @@ RELEASE_APPROVE = _action("release.approve", P.RELEASE_APPROVE, R.TENANT)
 CAMPAIGN_READ = _action("campaign.read", P.DEVICE_READ, R.READ)
 CAMPAIGN_MANAGE = _action("campaign.manage", P.RELEASE_MANAGE, R.TENANT)
 CAMPAIGN_APPROVE = _action("campaign.approve", P.RELEASE_APPROVE, R.TENANT)
+# A release's controls review: run by release managers, waived by security
+# operators only (the role is checked again by the use case).
+RELEASE_REVIEW = _action("release.review", P.RELEASE_MANAGE, R.TENANT)
+RELEASE_REVIEW_WAIVE = _action("release.review.waive", P.RELEASE_APPROVE, R.TENANT)
 ALERT_READ = _action("alert.read", P.DEVICE_READ, R.READ)
 ALERT_TRIAGE = _action("alert.triage", P.DEVICE_MANAGE, R.TENANT)
 ALERT_RESPONSE_SET = _action("alert.response", P.DEVICE_MANAGE, R.TENANT)
@@ -176,6 +180,10 @@ VULN_TRIAGE = _action("vuln.triage", P.VULN_MANAGE, R.TENANT)
 VULN_POLICY = _action("vuln.policy", P.VULN_MANAGE, R.TENANT)
 VULN_REVIEW = _action("vuln.review", P.VULN_MANAGE, R.TENANT)
 VULN_CASE = _action("vuln.case", P.VULN_MANAGE, R.TENANT)
+# Trust maps describe the whole tenant's trust: read by every role, set by
+# those who set the device policy (security, admin).
+TRUSTMAP_READ = _action("trustmap.read", P.DEVICE_READ, R.READ)
+TRUSTMAP_MANAGE = _action("trustmap.manage", P.POLICY_MANAGE, R.TENANT)
 
 del P, R
 

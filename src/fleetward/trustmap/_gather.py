@@ -20,6 +20,8 @@ How each answer is read:
   ``file:`` path that exists here. Root keys kept with
   ``ota.OfflineKeys`` are recorded by URI only and leave the server with
   their directory; while that directory is still here, they are online.
+- **Campaigns**: the product's newest ``RECENT_CAMPAIGNS``, aborted ones
+  left out (their release is withdrawn and their devices fell back).
 - **Listeners**: each environment's listener CA file is written by the
   broker sync from ``identity.trusted_issuing_cas(environment=…)``; the
   environments of the CAs that query returns are what the listener trusts.
@@ -143,12 +145,19 @@ def newest_measured_stages(
 def campaigns(
     session: Session, *, tenant_id: int, product: str
 ) -> tuple[dict[str, float], dict[str, bool]]:
-    """First-wave percent and ``require_attestation`` of the product's recent campaigns."""
+    """First-wave percent and ``require_attestation`` of the product's recent campaigns.
+
+    An aborted campaign is left out: aborting withdrew its release and sent
+    its devices back to their fallback, so its waves and gate no longer act
+    on the fleet (aborting is how an operator undoes such a drift).
+    """
     first: dict[str, float] = {}
     attested: dict[str, bool] = {}
     for c in ota.recent_campaigns(
         session, tenant_id=tenant_id, product=product, limit=RECENT_CAMPAIGNS
     ):
+        if c.state == "aborted":
+            continue
         cid = f"campaign-{c.id}"
         waves = json.loads(c.waves)
         if isinstance(waves, list) and waves:

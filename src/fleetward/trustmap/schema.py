@@ -59,6 +59,7 @@ DETECTORS = (
     "vulnerability-exploited",
     "vulnerability-critical",
     "cra-deadline",
+    "trust-drift",
 )
 RESPONSES = ("none", "quarantine-device", "quarantine-cohort")
 # The elements of the data-flow diagram the threat model is drawn on.

@@ -38,6 +38,7 @@ from fleetward.vulns.service import (
     get_finding,
     get_policy,
     list_findings,
+    release_blockers,
     set_policy,
     triage,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "list_imports",
     "list_reviews",
     "open_case",
+    "release_blockers",
     "release_vex",
     "rematch_all",
     "report_draft",

@@ -29,7 +29,7 @@ from fleetward.vulns import _cases
 from fleetward.vulns import priority as prio
 from fleetward.vulns._exposure import load_policy, refresh
 from fleetward.vulns._rows import advisories_of, components_of
-from fleetward.vulns.models import Advisory, Finding, SbomComponent, VulnPolicy
+from fleetward.vulns.models import Advisory, Finding, SbomComponent, SbomIndex, VulnPolicy
 from fleetward.vulns.records import ANALYSIS_STATES, JUSTIFICATIONS
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "get_policy",
     "is_overdue",
     "list_findings",
+    "release_blockers",
     "set_policy",
     "triage",
 ]
@@ -307,3 +308,38 @@ def counts(session: Session, tenant_id: int, *, now: dt.datetime) -> dict[str, A
         )
     ).scalar_one()
     return {"open": {str(k): int(v) for k, v in per.items()}, "overdue": int(overdue)}
+
+
+MAX_BLOCKERS = 50  # advisory ids a release review names (the count is exact)
+
+
+def release_blockers(
+    session: Session, *, tenant_id: int, release_id: int
+) -> tuple[str | None, int, list[str]]:
+    """What stops a release's controls review on the vulnerability side.
+
+    Returns:
+        The release's SBOM status (``indexed``, ``invalid``, ``missing``, or
+        None when not indexed yet), the number of open findings still in
+        triage that are known exploited (KEV) or of critical severity, and
+        the first :data:`MAX_BLOCKERS` of their advisory ids.
+    """
+    status = session.scalar(
+        select(SbomIndex.status).where(
+            SbomIndex.tenant_id == tenant_id, SbomIndex.release_id == release_id
+        )
+    )
+    blocking = (
+        select(Finding.advisory_id)
+        .join(Advisory, Advisory.id == Finding.advisory_pk)
+        .where(
+            Finding.tenant_id == tenant_id,
+            Finding.release_id == release_id,
+            Finding.state == "open",
+            Finding.analysis == "in_triage",
+            Finding.exploited.is_(True) | (Advisory.severity == "critical"),
+        )
+    )
+    total = session.scalar(select(func.count()).select_from(blocking.subquery()))
+    ids = session.scalars(blocking.order_by(Finding.advisory_id).limit(MAX_BLOCKERS)).all()
+    return status, int(total or 0), list(ids)
