@@ -22,7 +22,7 @@ from fleetward import audit
 from fleetward.ota import Campaign, campaigns
 from fleetward.runtime.context import AppContext
 from fleetward.tenancy import service as tenancy
-from fleetward.trustmap import runner
+from fleetward.trustmap import evidence, runner
 from tests.trustmap.test_live import PRODUCT, adapted_map, auth, enroll, product, token
 
 __all__ = ["product"]  # the fixture, imported
@@ -137,6 +137,30 @@ def test_no_second_wave_before_a_review_passes_or_is_waived(
         tid = tenancy.get_tenant_by_name(s, "default").id
         actions = [e.action for e in audit.list_entries(s, tenant_id=tid, limit=1000)]
     assert "ota.review" in actions and "ota.review.waive" in actions
+    # The conformance evidence counts the waiver, citing its audit entry.
+    with ctx.db.read() as s:
+        ev = evidence.gather(s, tenant_id=tid, product=PRODUCT, as_of=None)
+    lines = {line.key: line for line in ev.lines}
+    assert lines["reviews.waived"].value == 1 and lines["reviews.passed"].value == 0
+    # The same through the API, for the roles that read the audit log.
+    url = "/api/v1/trustmap/conformance"
+    got = client.get(url, params={"product": PRODUCT}, headers=auth(token(ctx, "auditor")))
+    assert got.status_code == 200, got.text
+    doc = got.json()
+    assert doc["evidence"]["reviews.waived"]["value"] == 1
+    assert {r["framework"] for r in doc["requirements"]} == {"CRA Annex I", "ETSI EN 303 645"}
+    again = client.get(
+        url, params={"product": PRODUCT, "as_of": doc["as_of"]["seq"]}, headers=auth(sec)
+    )
+    assert again.json() == doc  # reproducible from the log (same configuration)
+    md = client.get(url, params={"format": "markdown"}, headers=auth(sec))
+    assert md.status_code == 200 and md.text.startswith("# Conformance evidence")
+    assert client.get(url, headers=auth(rm)).status_code == 403  # no audit.read
+    assert client.get(url, params={"as_of": 0}, headers=auth(sec)).status_code == 422
+    assert client.get(url, params={"as_of": 2**63}, headers=auth(sec)).status_code == 422
+    far = client.get(url, params={"as_of": 2**62}, headers=auth(sec))
+    assert far.status_code == 400 and far.headers["content-type"] == "application/problem+json"
+    assert client.get(url).status_code == 401
 
 
 def test_a_review_passes_by_itself_when_the_map_holds(
@@ -174,6 +198,11 @@ def test_a_review_passes_by_itself_when_the_map_holds(
     assert review["map_digest"] and all(i["ok"] for i in review["items"])
     assert len(stepped(ctx, cid)) == 3  # the second wave, no waiver needed
     assert runner.review_gates(ctx.db) == 0  # nothing waits any more
+    with ctx.db.read() as s:
+        tid = tenancy.get_tenant_by_name(s, "default").id
+        ev = evidence.gather(s, tenant_id=tid, product=PRODUCT, as_of=None)
+    lines = {line.key: line for line in ev.lines}
+    assert (lines["reviews.passed"].value, lines["trustmap.registered"].value) == (1, 1)
 
     # The map as registered, its check, its threat model.
     reader = token(ctx, "auditor")

@@ -52,6 +52,7 @@ from fleetward.ota.reviews import (
     latest_review,
     record_review,
     review_dict,
+    reviewable,
     reviews_of_release,
     waive_review,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "releases_without",
     "resume_campaign",
     "review_dict",
+    "reviewable",
     "reviews_of_release",
     "role_keys",
     "rotate_root",

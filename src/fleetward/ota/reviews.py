@@ -42,6 +42,7 @@ __all__ = [
     "latest_review",
     "record_review",
     "review_dict",
+    "reviewable",
     "reviews_of_release",
     "waive_review",
 ]
@@ -98,6 +99,21 @@ def canary_verdict(session: Session, c: Campaign, *, now: dt.datetime) -> tuple[
     return rollout.evaluate_wave(
         counts, elapsed_seconds=(now - started).total_seconds(), policy=policy
     )
+
+
+def reviewable(c: Campaign) -> None:
+    """Refuse to review (or waive) a campaign that has no gate, or no gate any more.
+
+    Raises:
+        ConflictError: an emergency or one-wave campaign, or one not running.
+    """
+    if c.emergency or len(_waves(c)) < 2:
+        raise ConflictError(
+            f"campaign {c.id} has one wave (an emergency campaign: two security approvals): "
+            "there is no controls review gate"
+        )
+    if c.state != "running":
+        raise ConflictError(f"campaign {c.id} is {c.state}: only a running campaign is reviewed")
 
 
 def latest_review(session: Session, campaign_id: int) -> ReleaseReview | None:
@@ -235,8 +251,11 @@ def waive_review(
     reason = reason.strip()
     if not reason or len(reason) > MAX_REASON:
         raise InvalidInputError(f"a waiver needs a reason of 1-{MAX_REASON} characters")
+    if any(ch < " " and ch not in "\n\t" for ch in reason):
+        raise InvalidInputError("a waiver's reason holds no control characters")
     if c.tenant_id != principal.tenant_id:
         raise RuntimeError("broken invariant, expected: the campaign is the principal's")
+    reviewable(c)
     now = now or utcnow()
     last = latest_review(session, c.id)
     if last is None:

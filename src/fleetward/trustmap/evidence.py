@@ -94,6 +94,9 @@ _LINES: dict[str, tuple[str, bool]] = {
     "campaigns.halted": ("campaigns halted by their gate or an operator", True),
     "campaigns.completed": ("campaigns completed", True),
     "campaigns.aborted": ("campaigns aborted with fallback", True),
+    "reviews.passed": ("controls reviews of releases that passed", True),
+    "reviews.waived": ("controls reviews waived by security (failed items)", True),
+    "trustmap.registered": ("trust map versions registered (product)", False),
     "vulns.imports": ("vulnerability feed imports (kind)", False),
     "vulns.triaged": ("findings triaged (analysis)", True),
     "vulns.cases.opened": ("CRA cases opened (trigger)", False),
@@ -184,6 +187,8 @@ class _Tally:
             "ota.campaign.halt": self._campaign_event("campaigns.halted"),
             "ota.campaign.complete": self._campaign_event("campaigns.completed"),
             "ota.campaign.abort": self._campaign_event("campaigns.aborted"),
+            "ota.review": self._review, "ota.review.waive": self._review,
+            "trustmap.register": self._map,
             "vulns.import": self._by("vulns.imports", "kind"), "vulns.triage": self._triage,
             "vulns.case.open": self._by("vulns.cases.opened", "trigger"),
             "vulns.case.submit": self._by("vulns.cases.reported", "kind"),
@@ -294,6 +299,19 @@ class _Tally:
     def _withdraw(self, seq: int, subject: str, _d: dict[str, Any], _a: str) -> None:
         if self._release_subject(subject):
             self.acc["releases.withdrawn"].add(seq)
+
+    def _review(self, seq: int, subject: str, d: dict[str, Any], action: str) -> None:
+        if not self._release_subject(subject):
+            return
+        if action == "ota.review.waive":
+            self.acc["reviews.waived"].add(seq, row=", ".join(map(str, d.get("waived", []))))
+        elif d.get("outcome") == "passed":
+            self.acc["reviews.passed"].add(seq)
+
+    def _map(self, seq: int, subject: str, _d: dict[str, Any], _a: str) -> None:
+        product = subject.removeprefix("trustmap:")
+        if self.product is None or product == self.product:
+            self.acc["trustmap.registered"].add(seq, row=product)
 
     def _campaign(self, seq: int, subject: str, d: dict[str, Any], _a: str) -> None:
         cid = _id(subject, "campaign")

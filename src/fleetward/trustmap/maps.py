@@ -245,17 +245,25 @@ def parsed(row: TrustMapVersion) -> TrustMap:
 def check_round(session: Session, *, now: dt.datetime | None = None) -> int:
     """Check every current map of every tenant; returns how many were checked.
 
-    A map that no longer loads (a schema change since it was registered) is
-    skipped and stays as it was checked last.
+    At most ``ROUND_LIMIT`` maps a round, least recently checked first. A map
+    that no longer loads (a schema change since it was registered) is skipped
+    and stays as it was checked last.
     """
     now = now or utcnow()
     newest = select(func.max(TrustMapVersion.id)).group_by(
         TrustMapVersion.tenant_id, TrustMapVersion.product
     )
+    # Least recently checked first (never checked before all), so past
+    # ROUND_LIMIT maps every map still gets its turn.
     rows = session.scalars(
         select(TrustMapVersion)
+        .outerjoin(
+            MapCheck,
+            (MapCheck.tenant_id == TrustMapVersion.tenant_id)
+            & (MapCheck.product == TrustMapVersion.product),
+        )
         .where(TrustMapVersion.id.in_(newest))
-        .order_by(TrustMapVersion.id)
+        .order_by(MapCheck.checked_at.is_not(None), MapCheck.checked_at, TrustMapVersion.id)
         .limit(ROUND_LIMIT)
     ).all()
     done = 0

@@ -115,6 +115,8 @@ def checklist(
     else:
         add("reference-measurements", True, f"stages {_join(sorted(measured))}")
     verdict, why = ota.canary_verdict(session, c, now=now)
+    if verdict == "wait":  # its counts move with every report: not part of the record
+        why = "its health gate has not decided yet"
     add("canary-healthy", verdict == "pass", f"first wave: {verdict} ({why})")
     if m is None:
         add("detectors-on", False, _NO_MAP.format(product=product))
@@ -155,9 +157,11 @@ def run_review(
     Raises:
         NotFoundError: no such campaign in the tenant.
         PermissionDeniedError: the role may not review releases.
+        ConflictError: the campaign has no gate (one wave) or is not running.
     """
     scope.authorize(principal, scope.RELEASE_REVIEW)
     c = ota.get_campaign(session, principal, campaign_id)
+    ota.reviewable(c)
     return review_campaign(session, c, now=now)
 
 
@@ -176,9 +180,14 @@ def waive(
 
 
 def review_round(session: Session, *, now: dt.datetime | None = None) -> int:
-    """Review every campaign waiting at the gate; returns how many were reviewed."""
+    """Review every campaign whose canary wave passed and that waits at the gate;
+    returns how many were reviewed."""
     now = now or utcnow()
-    waiting = ota.campaigns_at_review_gate(session, limit=ROUND_LIMIT)
-    for c in waiting:
-        review_campaign(session, c, now=now)
-    return len(waiting)
+    reviewed = 0
+    for c in ota.campaigns_at_review_gate(session, limit=ROUND_LIMIT):
+        # Reviewed once its canary wave has a verdict (an operator may run
+        # it earlier); a halted canary never reaches the gate.
+        if ota.canary_verdict(session, c, now=now)[0] == "pass":
+            review_campaign(session, c, now=now)
+            reviewed += 1
+    return reviewed

@@ -44,6 +44,12 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 MAX_MAP_BYTES = 256 * 1024  # a trust map is a page or two of YAML
+# Lists of a map. YAML aliases repeat a node for a few bytes, so the byte
+# limit alone lets a map hold 50,000 flows (a 100,000-threat model per read).
+MAX_TEMPLATES = 64  # topic templates or commands of one policy role
+MAX_ROLES = 64  # policy roles, service identities
+MAX_FACTORIES = 500
+MAX_PICTURE = 200  # assets, flows, boundaries: a data-flow diagram people read
 ENVIRONMENTS = ("test", "production", "drill")
 # The detectors fleetward runs (fleetward.detection.KINDS, the event detectors
 # and sweeps); a map may declare only these (checked against the live list).
@@ -139,9 +145,13 @@ class PolicyRole(_Strict):
     """The most a communication-policy role may allow (templates under fw/{tenant}/)."""
 
     name: Name
-    publish: list[Annotated[str, Field(max_length=256)]] = []
-    subscribe: list[Annotated[str, Field(max_length=256)]] = []
-    commands: list[Name] = []
+    publish: list[Annotated[str, Field(max_length=256)]] = Field(
+        default=[], max_length=MAX_TEMPLATES
+    )
+    subscribe: list[Annotated[str, Field(max_length=256)]] = Field(
+        default=[], max_length=MAX_TEMPLATES
+    )
+    commands: list[Name] = Field(default=[], max_length=MAX_TEMPLATES)
 
 
 class Cloud(_Strict):
@@ -150,9 +160,12 @@ class Cloud(_Strict):
     mtls: Literal["required"] = "required"
     listeners: dict[Environment, Listener] = Field(min_length=1)
     policy_roles: list[PolicyRole] = Field(
-        description="the roles the communication policy may hold, each at most this broad"
+        description="the roles the communication policy may hold, each at most this broad",
+        max_length=MAX_ROLES,
     )
-    service_identities: list[Name] = Field(description="fleetward's own broker identities")
+    service_identities: list[Name] = Field(
+        description="fleetward's own broker identities", max_length=MAX_ROLES
+    )
 
     @model_validator(mode="after")
     def _one_environment_per_listener(self) -> Cloud:
@@ -188,7 +201,9 @@ class Updates(_Strict):
 class Detection(_Strict):
     """Question 5: how abnormal behaviour is detected and answered."""
 
-    detectors: list[Literal[DETECTORS]] = Field(min_length=1)  # type: ignore[valid-type]
+    detectors: list[Literal[DETECTORS]] = Field(  # type: ignore[valid-type]
+        min_length=1, max_length=len(DETECTORS)
+    )
     responses: dict[str, Literal["none", "quarantine-device", "quarantine-cohort"]] = {}
 
     @model_validator(mode="after")
@@ -246,10 +261,10 @@ class TrustMap(_Strict):
     cloud: Cloud
     updates: Updates
     detection: Detection
-    factories: list[Factory] = []
-    assets: list[Asset] = []
-    flows: list[Flow] = []
-    boundaries: list[Boundary] = []
+    factories: list[Factory] = Field(default=[], max_length=MAX_FACTORIES)
+    assets: list[Asset] = Field(default=[], max_length=MAX_PICTURE)
+    flows: list[Flow] = Field(default=[], max_length=MAX_PICTURE)
+    boundaries: list[Boundary] = Field(default=[], max_length=MAX_PICTURE)
 
     @model_validator(mode="after")
     def _references(self) -> TrustMap:
@@ -293,6 +308,29 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out or "(document)"
 
 
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader (libyaml's parser when present, five times faster)
+    that refuses a key given twice in one mapping: ``safe_load`` keeps the
+    last silently, so ``root_ca: offline`` then ``root_ca: online`` would say
+    online while a reader sees offline."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"the key {key!r} is given twice", key_node.start_mark
+                        )
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base constructor refuses it
+                    pass
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(text: str | bytes) -> TrustMap:
     """Read a trust map (YAML or JSON).
 
@@ -305,9 +343,11 @@ def load(text: str | bytes) -> TrustMap:
     if len(raw) > MAX_MAP_BYTES:
         raise PayloadTooLargeError(f"a trust map is limited to {MAX_MAP_BYTES} bytes")
     try:
-        doc = yaml.safe_load(raw)
+        doc = yaml.load(raw, Loader=_Loader)  # noqa: S506 (a safe loader, see _Loader)
     except yaml.YAMLError as exc:
         raise InvalidInputError(f"the trust map is not YAML: {exc}") from exc
+    except RecursionError as exc:  # nesting deeper than the interpreter's stack
+        raise InvalidInputError("the trust map is nested too deeply") from exc
     if not isinstance(doc, dict):
         raise InvalidInputError("a trust map is a mapping (product, identity, code, ...)")
     try:

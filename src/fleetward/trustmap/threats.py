@@ -309,9 +309,23 @@ def to_json(tm: ThreatModel) -> dict[str, Any]:
     }
 
 
+def _cell(text: str) -> str:
+    """A table cell from map text (flow data and protocol): one line, no markup.
+
+    A newline would end the row and start forged lines; HTML passes through
+    most Markdown renderers; ``|`` and backticks would split or quote cells.
+    """
+    escaped = (
+        text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'")
+        .replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*").replace("_", "\\_")
+        .replace("[", "\\[").replace("]", "\\]").replace("#", "\\#")
+    )  # fmt: skip
+    return " ".join(escaped.split())
+
+
 def to_markdown(tm: ThreatModel) -> str:
     """The model as Markdown: residual high threats first."""
-    lines = [f"# Threat model: {tm.product}", ""]
+    lines = [f"# Threat model: {_cell(tm.product)}", ""]
     if tm.confirmed is None:
         lines += ["Controls were not checked against the live system: none counts yet.", ""]
     high = [t for t in tm.threats if t.high]
@@ -320,7 +334,7 @@ def to_markdown(tm: ThreatModel) -> str:
     lines += ["|---|---|---|---|---|---|---|---|"]
     for t in tm.threats:
         cells = [
-            t.id, t.element, STRIDE[t.stride], t.title.replace("|", "\\|"), str(t.score),
+            t.id, t.element, STRIDE[t.stride], _cell(t.title), str(t.score),
             f"**{t.residual}**" if t.high else str(t.residual),
             ", ".join(t.mitigations) or "-", ", ".join(t.missing) or "-",
         ]  # fmt: skip
