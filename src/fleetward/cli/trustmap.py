@@ -24,6 +24,7 @@ from fleetward.cli.conformance import report as conformance_report
 from fleetward.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from fleetward.store import utcnow
 from fleetward.trustmap import draft, service
+from fleetward.trustmap.maps import PRODUCT
 
 trustmap_app = typer.Typer(
     help="Trust map and threat model as code (docs/trustmap.md).", no_args_is_help=True
@@ -96,6 +97,8 @@ def init(
     app = load_ctx(ctx)
     who = local_principal(app, tenant)
     now = utcnow()
+    if not PRODUCT.fullmatch(product):  # no product can have this name: ask no database
+        raise NotFoundError(f"no product {product[:70]!r} in tenant {who.tenant_name!r}")
     with app.db.session() as s:
         # fleetward has no product table: a product exists once a device, a
         # release or a TUF targets role (``ota`` products) names it.
