@@ -629,6 +629,11 @@ def test_init_out_never_writes_through_a_symlink_or_onto_a_directory(
     assert code == 1 and exc is not None and str(directory) in text, text
     assert victim.read_text() == "precious\n"
     assert not (tmp_path / "nowhere").exists()
+    # --force replaces the link itself (a new file renamed over it), never writes through it.
+    assert cli_run(ctx, "init", "--product", PRODUCT, "--out", str(link), "--force")[0] == 0
+    assert not link.is_symlink() and yaml.safe_load(link.read_text())["product"] == PRODUCT
+    assert victim.read_text() == "precious\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     for hostile in ("../../etc", "gw\x00", "x" * 10_000, "GW;rm -rf /"):
         code, text, exc = cli_run(ctx, "init", "--product", hostile)
         assert code == 1 and isinstance(exc, NotFoundError), (hostile, text)

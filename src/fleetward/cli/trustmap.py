@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -116,9 +118,20 @@ def init(
         typer.echo(text, nl=False)
         return
     try:
-        # "x" refuses a file that appeared since the check above; --force replaces it.
-        with out.open("w" if force else "x", encoding="utf-8") as f:
-            f.write(text)
+        if not force:
+            # "x" refuses a file that appeared since the check above.
+            with out.open("x", encoding="utf-8") as f:
+                f.write(text)
+            return
+        # --force: a whole new file renamed over the old one, never a write
+        # through a symlink, never an old file left half written.
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, out)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     except FileExistsError as exc:
         raise ConflictError(f"{out} exists; --force overwrites it") from exc
     except OSError as exc:
