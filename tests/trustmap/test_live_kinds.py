@@ -48,30 +48,9 @@ from fleetward.trustmap.checks import DRIFT_KINDS
 from tests.helpers import csr_pem, new_key
 from tests.hsm import SoftHsm
 from tests.ota.helpers import measurements
+from tests.trustmap.test_live import DEVICE_ROLE, EXAMPLE, PRODUCT, SBOM
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "trustmap.example.yaml"
-PRODUCT = "gw"
 ROOT_PASSPHRASE = "offline root keys of the test"
-DEVICE_ROLE: dict[str, Any] = {
-    "publish": [
-        "fw/{tenant}/{device}/telemetry/#",
-        "fw/{tenant}/{device}/boot/#",
-        "fw/{tenant}/{device}/state/#",
-        "fw/{tenant}/{device}/cmd-result/+",
-    ],
-    "subscribe": ["fw/{tenant}/{device}/ota/#"],
-    "commands": ["ping", "renew", "attest"],
-}
-# A CycloneDX 1.5 SBOM: the release gate wants one.
-SBOM = json.dumps(
-    {
-        "bomFormat": "CycloneDX",
-        "specVersion": "1.5",
-        "version": 1,
-        "metadata": {"component": {"type": "firmware", "name": PRODUCT, "version": "1.0.0"}},
-        "components": [],
-    }
-).encode()
 
 # How each kind's test makes it: "live" through the API, CLI or a service
 # face; "map" by the map (the live side cannot change: the live state is

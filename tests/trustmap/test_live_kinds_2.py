@@ -24,9 +24,8 @@ from fleetward.errors import InvalidInputError
 from fleetward.runtime.context import AppContext
 from fleetward.trustmap import check, load
 from fleetward.trustmap.schema import DETECTORS, ENVIRONMENTS
+from tests.trustmap.test_live import DEVICE_ROLE, PRODUCT
 from tests.trustmap.test_live_kinds import (
-    DEVICE_ROLE,
-    PRODUCT,
     auth,
     base_map,
     checked,
