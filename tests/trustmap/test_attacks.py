@@ -361,6 +361,7 @@ def test_deeply_nested_documents_are_4xx(client: TestClient, admin_token: str, c
     problem(put_doc(lenient(client), PRODUCT, admin_token, DEEP[case]), 400)
 
 
+@pytest.mark.sqlite_run_only  # no database is reached
 def test_the_cli_refuses_a_deeply_nested_file_in_one_line(tmp_path: Path) -> None:
     deep = tmp_path / "deep.yaml"
     deep.write_text("[" * 50_000)
@@ -376,6 +377,7 @@ def _aliased_flows(n: int) -> str:
     return yaml.safe_dump(m) + one + "- *f\n" * n
 
 
+@pytest.mark.sqlite_run_only  # refused before anything is stored
 def test_a_map_of_fifty_thousand_aliased_flows_is_refused(
     client: TestClient, ctx: AppContext, admin_token: str
 ) -> None:
@@ -555,6 +557,7 @@ def test_refused_registrations_under_distinct_names_leave_a_handful_of_audit_row
     assert refused_rows(ctx) - before <= 6
 
 
+@pytest.mark.sqlite_run_only  # refused before anything is stored
 def test_a_hundred_refused_256_kib_documents_are_cheap(
     client: TestClient, ctx: AppContext, admin_token: str
 ) -> None:
@@ -672,6 +675,7 @@ def _injecting_map() -> str:
     return yaml.safe_dump(m)
 
 
+@pytest.mark.sqlite_run_only  # rendering: the database does not matter
 def test_map_text_stays_inside_its_dot_label(
     client: TestClient, ctx: AppContext, admin_token: str, product: int
 ) -> None:
@@ -686,6 +690,7 @@ def test_map_text_stays_inside_its_dot_label(
     assert re.sub(r"\\.", "", line).count('"') == 6, line
 
 
+@pytest.mark.sqlite_run_only  # rendering: the database does not matter
 def test_map_text_stays_inside_its_markdown_cell(
     client: TestClient, ctx: AppContext, admin_token: str, product: int
 ) -> None:
