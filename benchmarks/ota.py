@@ -103,7 +103,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 from fleetward.agent import HttpsFetcher
 from fleetward.agent.ota import DEFAULT_BOOT_ATTEMPTS, Slots, install
 from fleetward.identity.models import Device
-from fleetward.ota import campaigns, repository, rollout
+from fleetward.ota import campaigns, repository, reviews, rollout
 from fleetward.ota import service as ota
 from fleetward.ota.blobs import LocalBlobStore
 from fleetward.ota.models import Campaign, CampaignDevice
@@ -822,7 +822,7 @@ def drive(
             run.wave_start[wave] = now
             log.print(f"  wave {wave + 1} started: {len(offers)} offers")
         fleet.send(offers, run.campaign)
-        if state == "running" and "controls review" in reason:
+        if state == "running" and reason == reviews.WAITING:
             pass_review_gate(ctx, run.campaign)
         if state != "running":
             run.ended, run.state, run.reason = now, state, reason

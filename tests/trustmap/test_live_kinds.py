@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -48,7 +47,7 @@ from fleetward.trustmap.checks import DRIFT_KINDS
 from tests.helpers import csr_pem, new_key
 from tests.hsm import SoftHsm
 from tests.ota.helpers import measurements
-from tests.trustmap.test_live import DEVICE_ROLE, EXAMPLE, PRODUCT, SBOM
+from tests.trustmap.test_live import PRODUCT, SBOM, adapted_map
 
 ROOT_PASSPHRASE = "offline root keys of the test"
 
@@ -121,15 +120,7 @@ def tenant_id(ctx: AppContext, name: str = "default") -> int:
 
 def base_map() -> dict[str, Any]:
     """The example map, declaring what a fresh installation holds."""
-    m: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
-    m["product"] = PRODUCT
-    m["identity"]["root_ca"] = "online"  # `fleetward init` without --offline-root
-    m["identity"]["environments"]["production"]["issuing_ca_key"] = "file"
-    m["code"]["tuf_root"] = {"threshold": 2, "keys": 3, "storage": "online"}
-    m["code"]["targets_threshold"] = 1
-    m["cloud"]["policy_roles"] = [{"name": "device", **DEVICE_ROLE}]
-    m["detection"]["responses"] = {"vulnerability-exploited": "none"}
-    return m
+    return adapted_map()
 
 
 def facts(ctx: AppContext, product: str = PRODUCT, tenant: str = "default") -> LiveFacts:

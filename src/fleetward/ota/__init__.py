@@ -12,6 +12,7 @@ from fleetward.ota.campaigns import (
     EMERGENCY_APPROVALS,
     Offer,
     campaign_device_pks,
+    canary_verdict,
     create_campaign,
     get_campaign,
     on_verdict,
@@ -48,7 +49,6 @@ from fleetward.ota.repository import (
 from fleetward.ota.reviews import (
     ReviewItem,
     campaigns_at_review_gate,
-    canary_verdict,
     latest_review,
     record_review,
     review_dict,

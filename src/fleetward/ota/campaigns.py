@@ -36,6 +36,7 @@ __all__ = [
     "abort",
     "approve",
     "campaign_device_pks",
+    "canary_verdict",
     "create_campaign",
     "get_campaign",
     "on_verdict",
@@ -45,6 +46,7 @@ __all__ = [
     "step",
     "succeeded_devices",
     "wave_counts",
+    "wave_verdict",
 ]
 
 EMERGENCY_APPROVALS = 2  # distinct security operators
@@ -233,6 +235,28 @@ def wave_counts(session: Session, campaign_id: int, wave: int) -> rollout.WaveCo
     )
 
 
+def wave_verdict(session: Session, c: Campaign, *, now: dt.datetime) -> tuple[str, str]:
+    """The current wave's health gate as it stands (``pass``, ``fail`` or ``wait``) and why;
+    a wave an operator accepted passes."""
+    if c.accepted_wave >= c.current_wave:
+        return "pass", "accepted by an operator"
+    policy = rollout.GatePolicy(**json.loads(c.gate))
+    counts = wave_counts(session, c.id, c.current_wave)
+    started = c.wave_started_at or now
+    return rollout.evaluate_wave(
+        counts, elapsed_seconds=(now - started).total_seconds(), policy=policy
+    )
+
+
+def canary_verdict(session: Session, c: Campaign, *, now: dt.datetime) -> tuple[str, str]:
+    """The first wave's health gate as it stands, for the controls review."""
+    if c.current_wave < 0:
+        return "wait", "the first wave has not started"
+    if c.current_wave > 0:
+        return "pass", "the first wave was passed"
+    return wave_verdict(session, c, now=now)
+
+
 def _start_wave(session: Session, c: Campaign, wave: int, now: dt.datetime) -> list[Offer]:
     c.current_wave = wave
     c.wave_started_at = now
@@ -318,14 +342,7 @@ def step(session: Session, campaign_id: int, *, now: dt.datetime | None = None) 
     waves: list[float] = json.loads(c.waves)
     if c.current_wave < 0:
         return _start_wave(session, c, 0, now)
-    policy = rollout.GatePolicy(**json.loads(c.gate))
-    counts = wave_counts(session, c.id, c.current_wave)
-    started = c.wave_started_at or now
-    verdict, why = rollout.evaluate_wave(
-        counts, elapsed_seconds=(now - started).total_seconds(), policy=policy
-    )
-    if c.accepted_wave >= c.current_wave:
-        verdict, why = "pass", "accepted by an operator"
+    verdict, why = wave_verdict(session, c, now=now)
     if verdict == "wait":
         return []
     if verdict == "fail":

@@ -21,13 +21,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleetward import audit
 from fleetward.errors import ConflictError, InvalidInputError, PermissionDeniedError
-from fleetward.ota import rollout
-from fleetward.ota.models import Campaign, CampaignDevice, ReleaseReview
+from fleetward.ota.models import Campaign, ReleaseReview
 from fleetward.ota.service import get_release
 from fleetward.store.db import utcnow
 from fleetward.tenancy import scope
@@ -37,7 +36,6 @@ __all__ = [
     "OUTCOMES",
     "ReviewItem",
     "campaigns_at_review_gate",
-    "canary_verdict",
     "gate_open",
     "latest_review",
     "record_review",
@@ -74,31 +72,6 @@ class ReviewItem:
 def _waves(c: Campaign) -> list[float]:
     waves: list[float] = json.loads(c.waves)
     return waves
-
-
-def canary_verdict(session: Session, c: Campaign, *, now: dt.datetime) -> tuple[str, str]:
-    """The first wave's health gate as it stands: ``pass``, ``fail`` or ``wait``, and why."""
-    if c.current_wave < 0:
-        return "wait", "the first wave has not started"
-    if c.current_wave > 0 or c.accepted_wave >= 0:
-        return "pass", "the first wave was passed"
-    rows = dict(
-        session.execute(
-            select(CampaignDevice.status, func.count())
-            .where(CampaignDevice.campaign_id == c.id, CampaignDevice.wave == 0)
-            .group_by(CampaignDevice.status)
-        ).all()
-    )
-    counts = rollout.WaveCounts(
-        size=sum(int(v) for v in rows.values()),
-        succeeded=int(rows.get("succeeded", 0)),
-        failed=int(rows.get("failed", 0)),
-    )
-    started = c.wave_started_at or now
-    policy = rollout.GatePolicy(**json.loads(c.gate))
-    return rollout.evaluate_wave(
-        counts, elapsed_seconds=(now - started).total_seconds(), policy=policy
-    )
 
 
 def reviewable(c: Campaign) -> None:
