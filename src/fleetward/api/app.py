@@ -1,7 +1,8 @@
 """FastAPI application assembly: two planes, two apps.
 
 - The **operator plane** (``plane="operator"``): the REST API under
-  ``/api/v1`` (token-authenticated), its OpenAPI document and docs,
+  ``/api/v1`` (token-authenticated), its OpenAPI document and docs, the
+  operator console (``/``, :mod:`fleetward.web`, signed in at ``/login``),
   ``/metrics``, ``/healthz`` and broker discovery. Loopback by default,
   optional TLS.
 - The **device plane** (``plane="device"``): EST, OCSP, CRLs, CA
@@ -27,12 +28,13 @@ from typing import Literal, get_args
 
 from fastapi import FastAPI
 
-from fleetward import __version__
+from fleetward import __version__, web
 from fleetward.api import access, gate, limits, metrics, problems
 from fleetward.api import openapi as openapi_document
 from fleetward.api.routes import attestation as attestation_routes
 from fleetward.api.routes import audit as audit_routes
 from fleetward.api.routes import comms as comms_routes
+from fleetward.api.routes import console as console_routes
 from fleetward.api.routes import detection as detection_routes
 from fleetward.api.routes import device as device_routes
 from fleetward.api.routes import docs as docs_routes
@@ -139,6 +141,8 @@ def create_app(
         app.include_router(response_routes.router)
         app.include_router(vulns_routes.router)
         app.include_router(trustmap_routes.router)
+        app.include_router(console_routes.router)
+        app.include_router(web.router)
     else:
         app.include_router(est.router)
         app.include_router(identity_routes.public)

@@ -24,6 +24,7 @@ refused device certificates are not audited, only counted
 from __future__ import annotations
 
 import base64
+import hmac
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -36,25 +37,28 @@ from fleetward.api.device_auth import (
     presented_certificate,
 )
 from fleetward.api.ratelimit import FailureLimiter, Key, clock, limiter_of
-from fleetward.errors import AuthenticationError, TooManyRequestsError
+from fleetward.errors import AuthenticationError, PermissionDeniedError, TooManyRequestsError
 from fleetward.runtime.context import AppContext
 from fleetward.runtime.refusals import RefusalKey
 from fleetward.store import utcnow
-from fleetward.tenancy import scope
+from fleetward.tenancy import csrf_token, scope, session_principal
 from fleetward.tenancy import service as tenancy
 from fleetward.tenancy.roles import Principal
 
 __all__ = [
+    "CSRF_HEADER",
     "DEVICE",
     "PRINCIPAL",
     "Allow",
     "Authorize",
     "Ctx",
     "DeviceCaller",
+    "authenticate_console",
     "authenticate_device",
     "authenticate_operator",
     "authenticate_request",
     "bearer_or_basic",
+    "check_csrf",
     "device_identity",
     "get_ctx",
     "refuse_limited_source",
@@ -62,6 +66,7 @@ __all__ = [
     "token_of",
 ]
 
+CSRF_HEADER = "x-csrf-token"  # the console session's CSRF token, on cookie-authenticated API calls
 PRINCIPAL = "fleetward_principal"  # request state: the operator the gate authenticated
 DEVICE = "fleetward_device"  # request state: the device the gate authenticated
 MAX_LOGGED_PATH = 200  # characters of a refused request's path kept in its audit entry
@@ -213,6 +218,54 @@ def authenticate_operator(
             window_details={"source": source},
         )
         raise
+
+
+def authenticate_console(
+    ctx: AppContext, limiter: FailureLimiter, *, secret: str | None, source: str
+) -> Principal:
+    """The principal of a console session cookie, or count the failure and raise.
+
+    A session that ended, expired or lost its token is an ordinary way for a
+    console page to be refused: it is counted against the source (so a
+    flood of made-up cookies is limited like made-up tokens), never audited.
+
+    Raises:
+        TooManyRequestsError: the source is over its failure limit.
+        AuthenticationError: no, an unknown or an ended session.
+    """
+    sources = [Key.source(source)]
+    limiter.check(sources, now=clock())
+    try:
+        with ctx.db.read() as session:
+            return session_principal(session, secret)
+    except AuthenticationError:
+        limiter.failed(sources, now=clock())
+        raise
+
+
+def check_csrf(headers: Mapping[str, str], *, secret: str, origin: str) -> None:
+    """Refuse a cookie-authenticated API call that is not the console's own.
+
+    The call must carry the session's CSRF token in :data:`CSRF_HEADER` (a
+    header another site's page cannot set without a CORS grant, which this
+    server never gives), and an ``Origin`` or ``Sec-Fetch-Site`` header, when
+    the browser sends one, must name this origin.
+
+    Raises:
+        PermissionDeniedError: the token is missing or wrong, or the call
+            comes from another origin.
+    """
+    presented = headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(presented.encode(), csrf_token(secret).encode()):
+        raise PermissionDeniedError(
+            "a console session's API call needs the session's CSRF token (X-CSRF-Token)"
+        )
+    sent_from = headers.get("origin")
+    if sent_from is not None and sent_from != origin:
+        raise PermissionDeniedError("a console session's API call must come from the console")
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise PermissionDeniedError("a console session's API call must come from the console")
 
 
 def _serial(der: bytes) -> str | None:

@@ -27,6 +27,16 @@ pure ASGI middleware in front of the app that, for each HTTP request:
    leaves the caller in the request's state for the dependencies, which do
    not authenticate again and go on to authorize.
 
+**The console** (:mod:`fleetward.web`). A route that declares
+:func:`fleetward.web.viewer` needs a **console session**: the gate reads the
+session cookie (:func:`~fleetward.api.deps.authenticate_console`), leaves a
+:class:`fleetward.web.Viewer` in the request's state, and answers a ``GET``
+without a live session with a redirect to the sign-in page. An operator
+route called with no ``Authorization`` header but a session cookie is the
+console's script: the gate requires the session's CSRF token and a
+same-origin request (:func:`~fleetward.api.deps.check_csrf`) before it lets
+the session act as its token.
+
 EST ``simpleenroll`` takes its token in the handler (the route has no
 dependency), which authenticates before it reads the body.
 
@@ -43,33 +53,41 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
+from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fleetward import observe, web
 from fleetward.api import problems
 from fleetward.api.deps import (
     DEVICE,
     PRINCIPAL,
     Authorize,
+    authenticate_console,
     authenticate_device,
     authenticate_operator,
+    check_csrf,
     device_identity,
     refuse_limited_source,
     source_of,
     token_of,
 )
 from fleetward.api.ratelimit import FailureLimiter, limiter_of
-from fleetward.errors import FleetwardError
+from fleetward.errors import FleetwardError, TooManyRequestsError
 from fleetward.runtime.context import AppContext
+from fleetward.tenancy import csrf_token
 
 __all__ = ["FLUSH_EVERY", "AuthGate", "Need", "install", "needs_of"]
 
 FLUSH_EVERY = 10.0  # seconds between checks for ended refusal windows
+MAX_COOKIE_HEADER = 4096  # bytes of a Cookie header the gate parses at all
 
-Need = Literal["operator", "device"]
+Need = Literal["operator", "device", "console"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +109,8 @@ def needs_of(route: Any) -> Need | None:
             return "operator"
         if dep.call is device_identity:
             return "device"
+        if dep.call is web.viewer:
+            return "console"
         stack.extend(dep.dependencies)
     return None
 
@@ -165,12 +185,19 @@ class AuthGate:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        session = _session_cookie(headers)
         try:
             # A source over its limit is refused here, on the loop, from memory.
             refuse_limited_source(
-                self.ctx, self.limiter, source=source_of(scope), operator=need == "operator"
+                self.ctx, self.limiter, source=source_of(scope), operator=need != "device"
             )
-            if need == "operator":
+            if need == "console":
+                scope.setdefault("state", {})[web.VIEWER] = await self._console(scope, session)
+            elif need == "operator" and "authorization" not in headers and session is not None:
+                # The console's script calling the API: the session, and its CSRF token.
+                who = await self._console_call(scope, headers, session)
+                scope.setdefault("state", {})[PRINCIPAL] = who
+            elif need == "operator":
                 who = await run_in_threadpool(
                     lambda: authenticate_operator(
                         self.ctx,
@@ -189,10 +216,33 @@ class AuthGate:
                 )
                 scope.setdefault("state", {})[DEVICE] = device
         except FleetwardError as exc:
-            response = problems.error_response(exc, instance=str(scope.get("path", "")))
+            path = str(scope.get("path", ""))
+            response: Response
+            if need == "console" and scope.get("method") in ("GET", "HEAD"):
+                observe.refusal(exc.code)
+                response = _to_sign_in(scope, exc)
+            else:
+                response = problems.error_response(exc, instance=path)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    async def _console(self, scope: Scope, session: str | None) -> web.Viewer:
+        principal = await run_in_threadpool(
+            lambda: authenticate_console(
+                self.ctx, self.limiter, secret=session, source=source_of(scope)
+            )
+        )
+        secret = session or ""  # authenticate_console refused a missing one
+        return web.Viewer(principal=principal, csrf=csrf_token(secret), session=secret)
+
+    async def _console_call(self, scope: Scope, headers: Headers, session: str) -> Any:
+        check_csrf(headers, secret=session, origin=_origin(scope, headers))
+        return await run_in_threadpool(
+            lambda: authenticate_console(
+                self.ctx, self.limiter, secret=session, source=source_of(scope)
+            )
+        )
 
     async def _flush_now_and_then(self) -> None:
         now = time.monotonic()
@@ -214,6 +264,30 @@ class AuthGate:
             await send(message)
 
         return sending
+
+
+def _session_cookie(headers: Headers) -> str | None:
+    raw = headers.get("cookie")
+    if not raw or len(raw) > MAX_COOKIE_HEADER:
+        return None
+    return cookie_parser(raw).get(web.COOKIE)
+
+
+def _origin(scope: Scope, headers: Headers) -> str:
+    """This server's origin as the browser names it (scheme and Host)."""
+    return f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
+
+
+def _to_sign_in(scope: Scope, error: FleetwardError) -> RedirectResponse:
+    """A console page without a live session goes to the sign-in page, which
+    then returns to it (a 429 too: the sign-in page shows the limit)."""
+    path = str(scope.get("path", "/"))
+    target = web.LOGIN if path == "/" else f"{web.LOGIN}?{urlencode({'next': path})}"
+    response = RedirectResponse(target, status_code=303)
+    response.headers["Cache-Control"] = "no-store"
+    if isinstance(error, TooManyRequestsError):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
 
 
 def install(app: FastAPI) -> None:

@@ -295,6 +295,21 @@ def head_seq(session: Session) -> int:
     return int(session.execute(select(AuditHead.seq)).scalar_one_or_none() or 0)
 
 
+def tenant_changed_since(session: Session, *, tenant_id: int, after: int) -> bool:
+    """Whether the tenant has an entry newer than ``after`` (a sequence number
+    the caller read from :func:`head_seq` earlier): the console's event
+    stream asks this only when the head moved, so it reads only the new
+    entries, and never learns of another tenant's."""
+    return (
+        session.execute(
+            select(AuditEntry.seq)
+            .where(AuditEntry.seq > after, AuditEntry.tenant_id == tenant_id)
+            .limit(1)
+        ).first()
+        is not None
+    )
+
+
 def _verify_signature(public_key: PublicKeyTypes, signature: bytes, data: bytes) -> None:
     if not isinstance(public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
         raise AuditChainError("unsupported checkpoint key type")

@@ -13,10 +13,12 @@ from fleetward.telemetry._events import (
     ONLINE_WINDOW,
     event_counts,
     events_after,
+    head_event_id,
     last_seen,
     online_devices,
     recent_events,
     record_events,
+    tenant_changed_since,
 )
 from fleetward.telemetry.ingest import Ingestor, MqttIngest
 from fleetward.telemetry.models import Event
@@ -38,6 +40,7 @@ __all__ = [
     "MqttIngest",
     "event_counts",
     "events_after",
+    "head_event_id",
     "last_seen",
     "online_devices",
     "post_device_events",
@@ -46,4 +49,5 @@ __all__ = [
     "query",
     "recent_events",
     "record_events",
+    "tenant_changed_since",
 ]

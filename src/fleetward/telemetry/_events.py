@@ -77,6 +77,22 @@ def events_after(session: Session, after: int, *, limit: int) -> list[Event]:
     )
 
 
+def head_event_id(session: Session) -> int:
+    """The id of the newest event of any tenant (0 for none): one index read."""
+    return int(session.execute(select(func.max(Event.id))).scalar_one_or_none() or 0)
+
+
+def tenant_changed_since(session: Session, *, tenant_id: int, after: int) -> bool:
+    """Whether the tenant has an event with an id above ``after`` (read from
+    :func:`head_event_id` earlier), reading only the newer events."""
+    return (
+        session.execute(
+            select(Event.id).where(Event.id > after, Event.tenant_id == tenant_id).limit(1)
+        ).first()
+        is not None
+    )
+
+
 def recent_events(
     session: Session, *, type: str, tenant_ids: Collection[int], since: dt.datetime
 ) -> list[Event]:

@@ -25,10 +25,18 @@ from fleetward.tenancy.service import (
     tenant_id_named,
     tenant_names,
 )
+from fleetward.tenancy.sessions import (
+    SESSION_LIFETIME,
+    csrf_token,
+    end_session,
+    open_session,
+    session_principal,
+)
 
 __all__ = [
     "ENVIRONMENTS",
     "ROLES",
+    "SESSION_LIFETIME",
     "ApiToken",
     "IssuancePolicy",
     "Permission",
@@ -37,13 +45,17 @@ __all__ = [
     "authenticate",
     "create_tenant",
     "create_token",
+    "csrf_token",
+    "end_session",
     "get_tenant",
     "get_tenant_by_name",
     "issuance_policy",
     "list_tenants",
     "list_tokens",
+    "open_session",
     "require",
     "revoke_token",
+    "session_principal",
     "set_allow_unattested",
     "set_cert_lifetime",
     "tenant_id_named",

@@ -1,4 +1,4 @@
-"""Tables of the tenancy domain: tenants and API tokens."""
+"""Tables of the tenancy domain: tenants, API tokens and console sessions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from fleetward.store.db import Base
 from fleetward.store.types import UTCDateTime
 
-__all__ = ["ApiToken", "Tenant"]
+__all__ = ["ApiToken", "ConsoleSession", "Tenant"]
 
 
 class Tenant(Base):
@@ -50,3 +50,21 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ConsoleSession(Base):
+    """A browser's sign-in to the operator console with an API token.
+
+    The cookie holds a random secret; only its SHA-256 is stored (the row's
+    id). The session acts as its token: it ends when the token expires or
+    is revoked, at its own expiry, or at sign-out.
+    """
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
