@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import re
 
+import httpx
 from fastapi.testclient import TestClient
 
-__all__ = ["BASE", "csrf_of", "sign_in"]
+__all__ = ["BASE", "csrf_of", "sign_in", "sign_in_http"]
 
 BASE = "http://testserver"
 _CSRF = re.compile(r'<meta name="csrf-token" content="([0-9a-f]+)">')
 _LOGIN_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
-def sign_in(client: TestClient, token: str, *, next_path: str = "/") -> str:
+def sign_in_http(client: httpx.Client, token: str) -> str:
+    """:func:`sign_in` for an httpx client of a live server (``base_url`` set)."""
+    return sign_in(client, token, origin=str(client.base_url).rstrip("/"))
+
+
+def sign_in(
+    client: TestClient | httpx.Client, token: str, *, next_path: str = "/", origin: str = BASE
+) -> str:
     """Sign ``client`` in with ``token`` (its cookie jar keeps the session);
     returns the session's CSRF token, read from the page it lands on."""
     form = client.get("/login")
@@ -23,7 +31,7 @@ def sign_in(client: TestClient, token: str, *, next_path: str = "/") -> str:
     done = client.post(
         "/login",
         data={"token": token, "csrf": login_csrf.group(1), "next": next_path},
-        headers={"Origin": BASE},
+        headers={"Origin": origin},
         follow_redirects=False,
     )
     assert done.status_code == 303, done.text

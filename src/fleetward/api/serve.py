@@ -35,6 +35,7 @@ from typing import Any
 
 import uvicorn
 
+from fleetward import web
 from fleetward.api.app import create_planes
 from fleetward.api.protocol import GuardedHttpProtocol
 from fleetward.api.tls import DeviceTls, TlsHttpProtocol
@@ -68,7 +69,9 @@ class PlaneServers:
         return self.operator, self.device
 
     def exit(self) -> None:
-        """Ask both servers to stop."""
+        """Ask both servers to stop (and the console's event streams to end,
+        which uvicorn's graceful shutdown would otherwise wait for)."""
+        web.close_streams(self.operator.config.app)
         for server in self.servers:
             server.should_exit = True
 

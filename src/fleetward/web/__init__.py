@@ -30,6 +30,7 @@ from fleetward.web import assets, events
 from fleetward.web._page import NAV
 from fleetward.web._render import CSP, SECURITY_HEADERS, render
 from fleetward.web._viewer import COOKIE, LOGIN, VIEWER, Viewer, viewer
+from fleetward.web.events import close_streams
 from fleetward.web.pages import ROUTERS
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "SECURITY_HEADERS",
     "VIEWER",
     "Viewer",
+    "close_streams",
     "render",
     "router",
     "viewer",

@@ -14,6 +14,18 @@ the script goes to the sign-in page. A stream lasts at most
 :data:`MAX_STREAM` seconds (the browser reconnects on its own, which
 re-authenticates), and a process serves at most :data:`MAX_STREAMS` at once
 (429 beyond), so open pages cannot pin every worker thread.
+
+**Nothing missed across a reconnect.** Every message carries the heads it
+saw as its ``id`` (``<audit seq>.<event id>``; an id-only message on quiet
+polls), so the browser's reconnect sends them back as ``Last-Event-ID`` and
+the new stream starts from there: a change in the gap is sent at once (a
+cursor more than :data:`MAX_GAP` behind counts as a change, so the catch-up
+read stays bounded).
+
+**Shutdown.** An open page keeps its stream open, and uvicorn's graceful
+shutdown waits for open responses: :func:`close_streams` (called when the
+servers are told to stop, ``fleetward.api.serve``) ends every stream of the
+app at its next poll.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -33,11 +46,12 @@ from fleetward.errors import AuthenticationError, TooManyRequestsError
 from fleetward.runtime.context import AppContext
 from fleetward.web._viewer import Viewer, ViewerDep, context
 
-__all__ = ["MAX_STREAM", "MAX_STREAMS", "PATH", "POLL", "router"]
+__all__ = ["MAX_GAP", "MAX_STREAM", "MAX_STREAMS", "PATH", "POLL", "close_streams", "router"]
 
 PATH = "/console/events"
 POLL = 2.0  # seconds between looks at the heads
-MAX_STREAM = 300.0  # seconds a stream lasts before the browser reconnects
+MAX_STREAM = 120.0  # seconds a stream lasts before the browser reconnects
+MAX_GAP = 100_000  # audit entries or events behind the heads a resumed cursor may be
 MAX_STREAMS = 64  # open streams per process
 KEEPALIVE = 20.0  # seconds between comments that keep proxies from closing an idle stream
 
@@ -51,10 +65,43 @@ class _Cursor:
     audit: int
     events: int
 
+    @property
+    def id(self) -> str:
+        return f"{self.audit}.{self.events}"
 
-def _heads(ctx: AppContext) -> _Cursor:
+
+def close_streams(app: Any) -> None:
+    """End every console event stream of ``app`` at its next poll."""
+    _closing(app).set()
+
+
+def _closing(app: Any) -> threading.Event:
+    event: threading.Event | None = getattr(app.state, "console_closing", None)
+    if event is None:
+        event = app.state.console_closing = threading.Event()
+    return event
+
+
+def _resumed(last_event_id: str | None) -> _Cursor | None:
+    """The cursor a reconnecting browser sent back, if it is one of ours."""
+    if not last_event_id or len(last_event_id) > 40:
+        return None
+    first, _, second = last_event_id.partition(".")
+    if not (first.isdigit() and second.isdigit()):
+        return None
+    return _Cursor(int(first), int(second))
+
+
+def _heads(ctx: AppContext, resumed: _Cursor | None) -> tuple[_Cursor, bool]:
+    """Where the stream starts, and whether the tenant must be told of a
+    change at once (its resumed cursor is too far behind to catch up)."""
     with ctx.db.read() as session:
-        return _Cursor(audit.head_seq(session), telemetry.head_event_id(session))
+        now = _Cursor(audit.head_seq(session), telemetry.head_event_id(session))
+    if resumed is None or resumed.audit > now.audit or resumed.events > now.events:
+        return now, False
+    if now.audit - resumed.audit > MAX_GAP or now.events - resumed.events > MAX_GAP:
+        return now, True
+    return resumed, False
 
 
 def _look(ctx: AppContext, who: Viewer, seen: _Cursor) -> tuple[bool, bool]:
@@ -76,26 +123,31 @@ def _look(ctx: AppContext, who: Viewer, seen: _Cursor) -> tuple[bool, bool]:
     return True, changed
 
 
-async def _stream(ctx: AppContext, who: Viewer, request: Request) -> AsyncIterator[str]:
+async def _stream(
+    ctx: AppContext, who: Viewer, request: Request, resumed: _Cursor | None
+) -> AsyncIterator[str]:
     global _open
+    closing = _closing(request.app)
     try:
-        seen = await run_in_threadpool(_heads, ctx)
+        seen, behind = await run_in_threadpool(_heads, ctx, resumed)
         yield "retry: 3000\n\n"
+        if behind:
+            yield f"id: {seen.id}\nevent: change\ndata: {seen.id}\n\n"
         loop = asyncio.get_running_loop()
         started = last_sent = loop.time()
-        while loop.time() - started < MAX_STREAM:
+        while loop.time() - started < MAX_STREAM and not closing.is_set():
             await asyncio.sleep(POLL)
-            if await request.is_disconnected():
+            if closing.is_set() or await request.is_disconnected():
                 return
             live, changed = await run_in_threadpool(_look, ctx, who, seen)
             if not live:
                 yield "event: ended\ndata: sign in again\n\n"
                 return
             if changed:
-                yield f"event: change\ndata: {seen.audit}.{seen.events}\n\n"
+                yield f"id: {seen.id}\nevent: change\ndata: {seen.id}\n\n"
                 last_sent = loop.time()
             elif loop.time() - last_sent > KEEPALIVE:
-                yield ": keepalive\n\n"
+                yield f"id: {seen.id}\n\n"  # moves the browser's Last-Event-ID, dispatches nothing
                 last_sent = loop.time()
     finally:
         with _lock:
@@ -110,8 +162,9 @@ def stream(request: Request, who: ViewerDep) -> StreamingResponse:
         if _open >= MAX_STREAMS:
             raise TooManyRequestsError("too many open console event streams", retry_after=30)
         _open += 1
+    resumed = _resumed(request.headers.get("last-event-id"))
     return StreamingResponse(
-        _stream(context(request), who, request),
+        _stream(context(request), who, request, resumed),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from fleetward import tenancy, web
 from fleetward.api.deps import authenticate_operator, get_ctx, source_of
@@ -89,7 +90,10 @@ async def _form(request: Request) -> dict[str, str]:
     """The posted form's fields (bounded), or refuse it."""
     if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
         raise InvalidInputError("the form is too large")
-    form = await request.form(max_files=0, max_fields=8, max_part_size=MAX_FORM_BYTES)
+    try:
+        form = await request.form(max_files=0, max_fields=8, max_part_size=MAX_FORM_BYTES)
+    except HTTPException as exc:  # starlette's refusal of a form over those limits
+        raise InvalidInputError(f"the form is not valid: {exc.detail}") from exc
     out: dict[str, str] = {}
     for key, value in form.multi_items():
         if not isinstance(value, str) or len(value) > MAX_FORM_FIELD:
