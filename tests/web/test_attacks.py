@@ -170,3 +170,17 @@ def test_only_the_listed_assets_are_served(client: TestClient) -> None:
     for name in ("../web/__init__.py", "%2e%2e%2fconsole.js", "console.js.map", "x" * 300):
         r = client.get(f"/console/assets/{name}")
         assert r.status_code == 404, name
+
+
+def test_every_page_answers_in_full_and_in_part(client: TestClient, admin_token: str) -> None:
+    sign_in(client, admin_token)
+    paths = [p for p in _console_paths(client.app) if "x1" not in p and p != events.PATH]
+    assert len(paths) >= 8, paths
+    for path in paths:
+        full = client.get(path)
+        assert full.status_code == 200, (path, full.text[:300])
+        assert full.text.lstrip().startswith("<!doctype html>"), path
+        assert full.headers["content-security-policy"].startswith("default-src 'none'")
+        part = client.get(path, headers={"X-Console-Partial": "1"})
+        assert part.status_code == 200, (path, part.text[:300])
+        assert "<html" not in part.text and "<h1" in part.text, path

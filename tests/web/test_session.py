@@ -99,3 +99,19 @@ def test_a_revoked_token_ends_its_sessions(client: TestClient, admin_token: str)
     )
     assert gone.status_code in (200, 204), gone.text
     assert other.get("/", follow_redirects=False).status_code == 303
+
+
+def test_origin_null_counts_only_with_same_origin_fetch_metadata(
+    client: TestClient, admin_token: str
+) -> None:
+    csrf = sign_in(client, admin_token)
+    null = {"X-CSRF-Token": csrf, "Origin": "null"}
+    assert client.get("/api/v1/tenant", headers=null).status_code == 403
+    assert (
+        client.get("/api/v1/tenant", headers={**null, "Sec-Fetch-Site": "same-origin"}).status_code
+        == 200
+    )
+    assert (
+        client.get("/api/v1/tenant", headers={**null, "Sec-Fetch-Site": "same-site"}).status_code
+        == 403
+    )

@@ -62,6 +62,7 @@ __all__ = [
     "device_identity",
     "get_ctx",
     "refuse_limited_source",
+    "same_origin",
     "source_of",
     "token_of",
 ]
@@ -260,12 +261,24 @@ def check_csrf(headers: Mapping[str, str], *, secret: str, origin: str) -> None:
         raise PermissionDeniedError(
             "a console session's API call needs the session's CSRF token (X-CSRF-Token)"
         )
-    sent_from = headers.get("origin")
-    if sent_from is not None and sent_from != origin:
+    if not same_origin(headers, origin=origin):
         raise PermissionDeniedError("a console session's API call must come from the console")
+
+
+def same_origin(headers: Mapping[str, str], *, origin: str) -> bool:
+    """Whether a browser's request comes from a page of ``origin``, as far as
+    its headers tell: an ``Origin`` naming it (``null``, which a browser sends
+    for some same-origin requests, only with ``Sec-Fetch-Site: same-origin``),
+    and a ``Sec-Fetch-Site`` of ``same-origin`` or ``none`` when sent. A
+    client that sends neither (curl, a script) is not a browser page of
+    another site."""
     site = headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
-        raise PermissionDeniedError("a console session's API call must come from the console")
+        return False
+    sent_from = headers.get("origin")
+    if sent_from == "null":
+        return site == "same-origin"
+    return sent_from is None or sent_from == origin
 
 
 def _serial(der: bytes) -> str | None:

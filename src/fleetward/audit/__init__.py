@@ -6,7 +6,8 @@ checkpoints, the API reads, verifies and proves. :mod:`.chain` and
 :mod:`.merkle` are the pure rules; the tables stay inside this package.
 """
 
-from fleetward.audit.history import checkpoints_upto, entries_upto
+from fleetward.audit._search import get_entry, newest_checkpoint, search_entries
+from fleetward.audit.history import checkpoints_upto, entries_about, entries_upto
 from fleetward.audit.models import AuditCheckpoint, AuditEntry
 from fleetward.audit.service import (
     Event,
@@ -39,11 +40,15 @@ __all__ = [
     "checkpoint_if_grown",
     "checkpoint_statement",
     "checkpoints_upto",
+    "entries_about",
     "entries_upto",
+    "get_entry",
     "head_seq",
     "inclusion_proof",
     "list_entries",
+    "newest_checkpoint",
     "record_refusal",
+    "search_entries",
     "tenant_changed_since",
     "verify",
     "verify_proof",

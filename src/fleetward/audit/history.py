@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 
 from fleetward.audit.models import AuditCheckpoint, AuditEntry
 
-__all__ = ["checkpoints_upto", "entries_upto"]
+__all__ = ["MAX_ABOUT", "checkpoints_upto", "entries_about", "entries_upto"]
 
 _BATCH = 1000  # rows fetched per round trip while streaming
+MAX_ABOUT = 1000  # entries one subject's history returns at most
 
 
 def entries_upto(
@@ -66,5 +67,21 @@ def checkpoints_upto(session: Session, *, upto: int) -> list[AuditCheckpoint]:
         select(AuditCheckpoint)
         .where(AuditCheckpoint.tree_size <= upto)
         .order_by(AuditCheckpoint.tree_size)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def entries_about(
+    session: Session, *, tenant_id: int, subject: str, limit: int = 200
+) -> list[AuditEntry]:
+    """The newest entries of one tenant about ``subject`` (e.g.
+    ``device:d-1``), newest first, at most ``limit`` (bounded by
+    :data:`MAX_ABOUT`). The caller checks that its principal may read the
+    log (``scope.AUDIT_READ``), as the API's audit routes do."""
+    stmt = (
+        select(AuditEntry)
+        .where(AuditEntry.tenant_id == tenant_id, AuditEntry.subject == subject)
+        .order_by(AuditEntry.seq.desc())
+        .limit(max(1, min(limit, MAX_ABOUT)))
     )
     return list(session.execute(stmt).scalars())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Integer, String, Text
+from sqlalchemy import BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetward.store.db import Base
@@ -17,6 +17,8 @@ class AuditEntry(Base):
     """One trust decision. ``hash`` covers every other column and ``prev_hash``."""
 
     __tablename__ = "audit_entries"
+    # A device's (or any subject's) history, newest first: the console's timeline.
+    __table_args__ = (Index("ix_audit_entries_subject", "tenant_id", "subject", "seq"),)
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     ts: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -12,11 +12,14 @@ from fleetward.detection._alerts import (
     last_alert_id,
     mark_acknowledged,
 )
+from fleetward.detection._counts import alert_counts
+from fleetward.detection._search import ALERT_SEVERITIES, ALERT_STATES, search_alerts
 from fleetward.detection.detectors import Finding
 from fleetward.detection.models import Alert
 from fleetward.detection.service import (
     ACTIONS,
     KINDS,
+    alerts_about,
     list_alerts,
     raise_alert,
     responses,
@@ -28,9 +31,13 @@ from fleetward.detection.service import (
 
 __all__ = [
     "ACTIONS",
+    "ALERT_SEVERITIES",
+    "ALERT_STATES",
     "KINDS",
     "Alert",
     "Finding",
+    "alert_counts",
+    "alerts_about",
     "first_alert_after",
     "get_alert",
     "last_alert_id",
@@ -39,6 +46,7 @@ __all__ = [
     "raise_alert",
     "responses",
     "run",
+    "search_alerts",
     "set_alert_state",
     "set_response",
     "sweep",

@@ -17,7 +17,10 @@ class Alert(Base):
     """Something a detector raised; deduplicated by (tenant, kind, key) while open."""
 
     __tablename__ = "alerts"
-    __table_args__ = (Index("ix_alerts_dedup", "tenant_id", "kind", "key", "state"),)
+    __table_args__ = (
+        Index("ix_alerts_dedup", "tenant_id", "kind", "key", "state"),
+        Index("ix_alerts_subject", "tenant_id", "subject", "id"),  # a device's alerts
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))

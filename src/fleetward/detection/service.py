@@ -31,6 +31,7 @@ from fleetward.tenancy.roles import Permission, Principal, require
 __all__ = [
     "ACTIONS",
     "KINDS",
+    "alerts_about",
     "list_alerts",
     "raise_alert",
     "responses",
@@ -289,6 +290,18 @@ def list_alerts(
     if before is not None:  # the page after the one that ended at alert ``before``
         query = query.where(Alert.id < before)
     return list(session.execute(query.order_by(Alert.id.desc()).limit(limit)).scalars())
+
+
+def alerts_about(
+    session: Session, principal: Principal, subject: str, *, limit: int = 200
+) -> list[Alert]:
+    """The tenant's alerts whose subject is ``subject`` (e.g. ``device:d-1``),
+    newest first, at most ``limit`` (1-1,000)."""
+    require(principal, Permission.DEVICE_READ)
+    query = select(Alert).where(Alert.tenant_id == principal.tenant_id, Alert.subject == subject)
+    return list(
+        session.execute(query.order_by(Alert.id.desc()).limit(max(1, min(limit, 1000)))).scalars()
+    )
 
 
 def set_alert_state(session: Session, principal: Principal, alert_id: int, state: str) -> Alert:

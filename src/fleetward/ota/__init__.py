@@ -2,11 +2,23 @@
 
 The public face: releases (:mod:`.service`), campaigns (:mod:`.campaigns`;
 their verbs carry the noun here: :func:`approve_campaign`, ...), the TUF
-repository (:mod:`.repository`) and the blob store. :mod:`.release` (release
-checks, versions) and :mod:`.rollout` (waves and health gates) are pure and
-may be imported directly; the tables stay inside this package.
+repository (:mod:`.repository`), the blob store, and the console's
+campaign reads (:mod:`._views`: :func:`list_campaigns`,
+:func:`campaign_status`). :mod:`.release` (release checks, versions) and
+:mod:`.rollout` (waves and health gates) are pure and may be imported
+directly; the tables stay inside this package.
 """
 
+from fleetward.ota._posture import campaigns_waiting_review, newest_deployable
+from fleetward.ota._views import (
+    CAMPAIGN_STATES,
+    DEVICE_STATUSES,
+    CampaignRow,
+    CampaignStatus,
+    WaveProgress,
+    campaign_status,
+    list_campaigns,
+)
 from fleetward.ota.blobs import BlobStore, LocalBlobStore
 from fleetward.ota.campaigns import (
     EMERGENCY_APPROVALS,
@@ -26,6 +38,7 @@ from fleetward.ota.fleet import (
     RunningDevice,
     campaigns_of_releases,
     devices_running,
+    firmware_of,
     list_releases_of_tenant,
     note_running,
     recent_campaigns,
@@ -66,10 +79,14 @@ from fleetward.ota.service import (
 )
 
 __all__ = [
+    "CAMPAIGN_STATES",
+    "DEVICE_STATUSES",
     "EMERGENCY_APPROVALS",
     "BlobStore",
     "Campaign",
     "CampaignProgress",
+    "CampaignRow",
+    "CampaignStatus",
     "LocalBlobStore",
     "Offer",
     "OfflineKeys",
@@ -77,24 +94,30 @@ __all__ = [
     "ReleaseReview",
     "ReviewItem",
     "RunningDevice",
+    "WaveProgress",
     "abort_campaign",
     "approve_campaign",
     "approve_release",
     "campaign_device_pks",
+    "campaign_status",
     "campaigns_at_review_gate",
     "campaigns_of_releases",
+    "campaigns_waiting_review",
     "canary_verdict",
     "create_campaign",
     "create_release",
     "devices_running",
     "ensure_product",
     "ensure_repository",
+    "firmware_of",
     "get_campaign",
     "get_release",
     "latest_review",
+    "list_campaigns",
     "list_releases",
     "list_releases_of_tenant",
     "metadata_bytes",
+    "newest_deployable",
     "note_running",
     "on_verdict",
     "recent_campaigns",

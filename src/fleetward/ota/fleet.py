@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "RunningDevice",
     "campaigns_of_releases",
     "devices_running",
+    "firmware_of",
     "list_releases_of_tenant",
     "note_running",
     "recent_campaigns",
@@ -40,6 +41,7 @@ MAX_VERSION_CHARS = 64  # the column; a longer claim is not a release version an
 # Devices that count as running something: the rest (retired, revoked) run
 # nothing fleetward reaches.
 LIVE_STATES = ("active", "quarantined")
+_CHUNK = 5000  # keys per IN (...) query
 
 
 def note_running(
@@ -58,6 +60,22 @@ def note_running(
         row.product, row.version, row.reported_at = product, version, now
     else:
         row.reported_at = now
+
+
+def firmware_of(session: Session, pks: Collection[int]) -> dict[int, tuple[str, dt.datetime]]:
+    """The version each of these devices last proved it runs, and when
+    (devices that never reported are left out). For one page of devices:
+    the keys come from a read already scoped to the tenant."""
+    out: dict[int, tuple[str, dt.datetime]] = {}
+    keys = sorted(set(pks))
+    for start in range(0, len(keys), _CHUNK):
+        for pk, version, at in session.execute(
+            select(
+                DeviceFirmware.device_pk, DeviceFirmware.version, DeviceFirmware.reported_at
+            ).where(DeviceFirmware.device_pk.in_(keys[start : start + _CHUNK]))
+        ):
+            out[int(pk)] = (str(version), at)
+    return out
 
 
 def running_by_environment(

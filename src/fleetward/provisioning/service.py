@@ -67,6 +67,7 @@ __all__ = [
     "create_batch",
     "create_factory",
     "create_factory_token",
+    "device_attempts",
     "get_batch",
     "grant_reprovision",
     "issue_nonce",
@@ -381,6 +382,24 @@ def list_attempts(
     # One row past the largest page: the API asks for one more to know
     # whether another page follows.
     stmt = stmt.order_by(EnrollmentAttempt.id).limit(max(1, min(limit, MAX_ATTEMPTS_PAGE + 1)))
+    return list(session.execute(stmt).scalars())
+
+
+def device_attempts(
+    session: Session, who: Principal, device_id: str, *, limit: int = 200
+) -> list[EnrollmentAttempt]:
+    """The tenant's enrollment attempts for one device id, accepted or
+    refused, newest first, at most ``limit`` (1-1,000): the device's
+    enrollment record (who provisioned it, where, with what key)."""
+    require(who, Permission.AUDIT_READ)
+    stmt = (
+        select(EnrollmentAttempt)
+        .where(
+            EnrollmentAttempt.tenant_id == who.tenant_id, EnrollmentAttempt.device_id == device_id
+        )
+        .order_by(EnrollmentAttempt.id.desc())
+        .limit(max(1, min(limit, 1000)))
+    )
     return list(session.execute(stmt).scalars())
 
 

@@ -8,6 +8,7 @@ pure; a run's cohort is read through the identity and telemetry faces
 (:mod:`._cohort`), never their tables.
 """
 
+from fleetward.response._summaries import PlaybookSummary, playbook_summaries
 from fleetward.response.compliance import Requirement, stragglers, track
 from fleetward.response.drills import SimulatedFleet, get_drill, list_drills, run_drill
 from fleetward.response.effects import LiveEffects
@@ -44,6 +45,7 @@ __all__ = [
     "LiveEffects",
     "Playbook",
     "PlaybookRun",
+    "PlaybookSummary",
     "Requirement",
     "ResponseContext",
     "SimulatedFleet",
@@ -62,6 +64,7 @@ __all__ = [
     "list_runs",
     "note",
     "open_incident",
+    "playbook_summaries",
     "put_playbook",
     "run_drill",
     "start_run",

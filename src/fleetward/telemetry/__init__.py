@@ -15,11 +15,13 @@ from fleetward.telemetry._events import (
     events_after,
     head_event_id,
     last_seen,
+    last_seen_of,
     online_devices,
     recent_events,
     record_events,
     tenant_changed_since,
 )
+from fleetward.telemetry._verdicts import verdict_cohorts
 from fleetward.telemetry.ingest import Ingestor, MqttIngest
 from fleetward.telemetry.models import Event
 from fleetward.telemetry.service import (
@@ -42,6 +44,7 @@ __all__ = [
     "events_after",
     "head_event_id",
     "last_seen",
+    "last_seen_of",
     "online_devices",
     "post_device_events",
     "post_events",
@@ -50,4 +53,5 @@ __all__ = [
     "recent_events",
     "record_events",
     "tenant_changed_since",
+    "verdict_cohorts",
 ]

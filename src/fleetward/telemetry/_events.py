@@ -25,6 +25,7 @@ __all__ = [
     "event_counts",
     "events_after",
     "last_seen",
+    "last_seen_of",
     "online_devices",
     "recent_events",
     "record_events",
@@ -117,6 +118,23 @@ def last_seen(session: Session, *, tenant_id: int) -> dict[int, dt.datetime]:
             .group_by(Event.device_pk)
         )
     }
+
+
+def last_seen_of(session: Session, pks: Collection[int]) -> dict[int, dt.datetime]:
+    """When each of these devices was last seen alive (as :func:`last_seen`,
+    for one page of devices instead of the whole tenant: the keys come from a
+    read already scoped to the tenant)."""
+    out: dict[int, dt.datetime] = {}
+    keys = sorted(set(pks))
+    for start in range(0, len(keys), _CHUNK):
+        for pk, at in session.execute(
+            select(Event.device_pk, func.max(Event.at))
+            .where(Event.device_pk.in_(keys[start : start + _CHUNK]), _liveness())
+            .group_by(Event.device_pk)
+        ):
+            if pk is not None:
+                out[int(pk)] = at
+    return out
 
 
 def online_devices(

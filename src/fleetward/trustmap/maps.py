@@ -34,12 +34,14 @@ from fleetward.trustmap.service import check_map
 
 __all__ = [
     "MAX_PRODUCTS",
+    "MapOverview",
     "StoredCheck",
     "check_product",
     "check_round",
     "current_map",
     "last_check",
     "list_maps",
+    "maps_overview",
     "register_map",
 ]
 
@@ -235,6 +237,48 @@ def last_check(session: Session, principal: Principal, product: str) -> StoredCh
     if kept is None:
         raise NotFoundError(f"the trust map of {product!r} was not checked yet")
     return _stored(kept)
+
+
+@dataclass(frozen=True)
+class MapOverview:
+    """A product's current map and its latest check (None: not checked yet)."""
+
+    product: str
+    version: int
+    digest: str
+    created_by: str
+    created_at: dt.datetime
+    check: StoredCheck | None
+
+
+def maps_overview(session: Session, principal: Principal) -> list[MapOverview]:
+    """The tenant's current maps, by product, each with its latest check
+    (at most :data:`MAX_PRODUCTS`: a tenant registers no more).
+
+    Raises:
+        PermissionDeniedError: the principal may not read trust maps.
+    """
+    rows = list_maps(session, principal)[:MAX_PRODUCTS]
+    kept = {
+        k.product: _stored(k)
+        for k in session.scalars(
+            select(MapCheck).where(
+                MapCheck.tenant_id == principal.tenant_id,
+                MapCheck.product.in_([r.product for r in rows]),
+            )
+        )
+    }
+    return [
+        MapOverview(
+            product=r.product,
+            version=r.id,
+            digest=r.digest,
+            created_by=r.created_by,
+            created_at=r.created_at,
+            check=kept.get(r.product),
+        )
+        for r in rows
+    ]
 
 
 def parsed(row: TrustMapVersion) -> TrustMap:

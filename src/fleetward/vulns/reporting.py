@@ -35,6 +35,7 @@ __all__ = [
     "list_cases",
     "list_reviews",
     "open_case",
+    "recent_cases",
     "release_vex",
     "report_draft",
     "submit_report",
@@ -81,6 +82,37 @@ def list_cases(
             raise InvalidInputError("state is open or closed")
         q = q.where(Case.state == state)
     return [_view(session, c) for c in session.execute(q.order_by(Case.id.desc())).scalars()]
+
+
+MAX_CASES = 200  # cases in one page of recent_cases
+
+
+def recent_cases(
+    session: Session,
+    principal: Principal,
+    *,
+    state: str | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[CaseView]:
+    """The tenant's newest CRA cases (ids below ``before``), at most ``limit``
+    (a bounded page of :func:`list_cases`, for the console).
+
+    Raises:
+        InvalidInputError: an unknown state, or a limit out of 1-:data:`MAX_CASES`.
+    """
+    scope.authorize(principal, scope.VULN_READ)
+    if not 1 <= limit <= MAX_CASES:
+        raise InvalidInputError(f"limit is 1-{MAX_CASES}")
+    q = select(Case).where(Case.tenant_id == principal.tenant_id)
+    if state is not None:
+        if state not in ("open", "closed"):
+            raise InvalidInputError("state is open or closed")
+        q = q.where(Case.state == state)
+    if before is not None:
+        q = q.where(Case.id < before)
+    rows = session.execute(q.order_by(Case.id.desc()).limit(limit)).scalars()
+    return [_view(session, c) for c in rows]
 
 
 def get_case(session: Session, principal: Principal, case_id: int) -> CaseView:

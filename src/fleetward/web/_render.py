@@ -48,12 +48,16 @@ SECURITY_HEADERS: Mapping[str, str] = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under it Chromium sends "Origin: null" on the page's own
+    # form posts and fetches, which the sign-in and CSRF checks must refuse.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",  # pages show live trust state; never from a cache
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 PARTIAL_HEADER = "x-console-partial"
+MAIN_START = "<!--fleetward:main-->"  # base.html puts these around the main block
+MAIN_END = "<!--/fleetward:main-->"
 
 
 def _when(value: dt.datetime | str | None) -> str:
@@ -95,11 +99,14 @@ def render(
     """``template`` with ``values`` as a page (or its ``main`` block when the
     request asks for the partial answer)."""
     tpl = templates().get_template(template)
-    data = {"request_path": request.url.path, **values}
-    if request.headers.get(PARTIAL_HEADER) == "1" and "main" in tpl.blocks:
-        body = "".join(tpl.blocks["main"](tpl.new_context(data)))
-    else:
-        body = tpl.render(data)
+    body = tpl.render({"request_path": request.url.path, **values})
+    if request.headers.get(PARTIAL_HEADER) == "1":
+        # The whole page is rendered (a template's top-level imports and
+        # variables then hold inside its blocks) and the main block cut out
+        # between the layout's markers.
+        start, end = body.find(MAIN_START), body.rfind(MAIN_END)
+        if start != -1 and end > start:
+            body = body[start + len(MAIN_START) : end]
     return _headers(HTMLResponse(body, status_code=status))
 
 

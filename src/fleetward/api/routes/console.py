@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from fleetward import tenancy, web
-from fleetward.api.deps import authenticate_operator, get_ctx, source_of
+from fleetward.api.deps import authenticate_operator, get_ctx, same_origin, source_of
 from fleetward.api.ratelimit import limiter_of
 from fleetward.errors import FleetwardError, InvalidInputError
 from fleetward.tenancy import SESSION_LIFETIME
@@ -103,10 +103,9 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def _same_origin(request: Request) -> bool:
-    origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None
-    return origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+    return same_origin(
+        request.headers, origin=f"{request.url.scheme}://{request.headers.get('host', '')}"
+    )
 
 
 @router.post(web.LOGIN)

@@ -1,4 +1,5 @@
-"""console sessions (a browser signed in with an API token)
+"""console sessions (a browser signed in with an API token); audit entries
+and alerts indexed by subject (a device's timeline)
 
 Revision ID: 0013
 Revises: 0012
@@ -33,9 +34,19 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("console_sessions", schema=None) as batch_op:
         batch_op.create_index("ix_console_sessions_token_id", ["token_id"], unique=False)
+    with op.batch_alter_table("audit_entries", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_audit_entries_subject", ["tenant_id", "subject", "seq"], unique=False
+        )
+    with op.batch_alter_table("alerts", schema=None) as batch_op:
+        batch_op.create_index("ix_alerts_subject", ["tenant_id", "subject", "id"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("alerts", schema=None) as batch_op:
+        batch_op.drop_index("ix_alerts_subject")
+    with op.batch_alter_table("audit_entries", schema=None) as batch_op:
+        batch_op.drop_index("ix_audit_entries_subject")
     with op.batch_alter_table("console_sessions", schema=None) as batch_op:
         batch_op.drop_index("ix_console_sessions_token_id")
     op.drop_table("console_sessions")
