@@ -32,9 +32,10 @@ from tests.ota.helpers import call, operator, upload
 from tests.response.helpers import ADMIN, SEC, SEC2, SEC3, enroll
 from tests.sim.test_fleet import metrics_per_device, release
 
-# A thousand devices in the SQLite run; the PostgreSQL run checks the same
-# paths on a bounded fleet (CI runs both, and this test is the slowest).
-N = 300 if os.environ.get("FLEETWARD_TEST_PG_URL") else 1000
+# Five hundred devices in the SQLite run; the PostgreSQL run checks the same
+# paths on a smaller fleet (CI runs both, and this test is the slowest; the
+# drill benchmark, benchmarks/drill.py, runs the thousands).
+N = 300 if os.environ.get("FLEETWARD_TEST_PG_URL") else 500
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def trust_files(broker: BrokerRuntime) -> list[Path]:
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_drills_on_a_thousand_devices(
+def test_drills_on_hundreds_of_devices(
     live: str,
     ctx: AppContext,
     admin_token: str,
