@@ -152,7 +152,7 @@ def test_the_event_stream_is_capped(
     client: TestClient, admin_token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sign_in(client, admin_token)
-    monkeypatch.setattr(events, "_open", events.MAX_STREAMS)
+    monkeypatch.setattr(events, "MAX_STREAMS", 0)
     r = client.get(events.PATH)
     assert r.status_code == 429
     assert r.headers["content-type"].startswith("application/problem+json")

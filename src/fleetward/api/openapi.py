@@ -153,7 +153,7 @@ def _complete(operation: dict[str, Any], *, needs_token: bool) -> None:
                 del content[media]
         if not content:
             content[PROBLEM_JSON] = {"schema": dict(_PROBLEM)}
-        headers = _HEADERS.get(int(status)) if status.isdigit() else None
+        headers = _HEADERS.get(int(status)) if (status.isascii() and status.isdigit()) else None
         if headers and PROBLEM_JSON in content:
             answer.setdefault("headers", {}).update(headers)
     operation["responses"] = dict(sorted(answers.items()))

@@ -95,7 +95,7 @@ def _duration(text: str) -> dt.timedelta:
     text = text.strip()
     unit = _UNITS.get(text[-1:])
     digits = text[:-1] if unit else text
-    if not digits.isdigit() or len(digits) > 12:
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 12:
         raise typer.BadParameter(f"{text!r} is not a duration like 7d, 12h, 30m or 90s")
     return dt.timedelta(seconds=int(digits) * (unit or 1))
 

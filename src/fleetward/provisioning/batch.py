@@ -99,7 +99,7 @@ def device_in_batch(rules: BatchRules, device_id: str) -> bool:
     if not device_id.startswith(prefix):
         return False
     digits = device_id[len(prefix) :]
-    if len(digits) != width or not digits.isdigit():
+    if len(digits) != width or not (digits.isascii() and digits.isdigit()):
         return False
     return rules.range_start <= int(digits) <= rules.range_end
 

@@ -85,7 +85,7 @@ class Requirement:
         """
         kind, _, rest = text.partition(":")
         ref, _, version = rest.partition(":")
-        if kind not in ("campaign", "ca") or not ref.isdigit():
+        if kind not in ("campaign", "ca") or not (ref.isascii() and ref.isdigit()):
             raise ValueError(f"not a requirement: {text!r}")
         if kind == "campaign":
             return cls.campaign(int(ref), version)

@@ -186,7 +186,8 @@ def _check_plain(value: Any, depth: int = 0) -> None:
 def _whole(value: Any, what: str) -> int:
     """An id: a whole number (or its digits as text), never a bool or a fraction."""
     if isinstance(value, bool) or not (
-        isinstance(value, int) or (isinstance(value, str) and value.isdigit())
+        isinstance(value, int)
+        or (isinstance(value, str) and len(value) <= 18 and value.isascii() and value.isdigit())
     ):
         raise _fail(f"{what} must be a whole number id, not {value!r}")
     return int(value)

@@ -275,7 +275,7 @@ def alert_cohort(alert: detection.Alert) -> tuple[str | None, int | None]:
     kind, _, value = alert.key.partition(":")
     if kind == "device":
         return value, None
-    if kind == "batch" and value.isdigit():
+    if kind == "batch" and (value.isascii() and value.isdigit()):
         return None, int(value)
     raise InvalidInputError(f"alert {alert.id} ({alert.key}) does not name a device cohort")
 

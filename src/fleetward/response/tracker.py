@@ -92,7 +92,7 @@ def trust_round(db: Database) -> list[identity.Transition]:
         actor = t.retired_by or ""
         if t.kind == "distrusted" and actor.startswith("playbook-run:"):
             ref = actor.removeprefix("playbook-run:")
-            if ref.isdigit():
+            if ref.isascii() and ref.isdigit():
                 runs[int(ref)] = t
     if runs:
         with db.session() as s:

@@ -210,7 +210,7 @@ def _req(
     rid: str, title: str, owner: str, checks: str = "", controls: str = "", note: str = ""
 ) -> Requirement:
     """A catalogue row: checks as ``"key:test key:test"``, controls space-separated."""
-    etsi = rid[0].isdigit()
+    etsi = rid[0].isascii() and rid[0].isdigit()
     parsed = tuple(Check(*c.split(":", 1)) for c in checks.split())
     section = rid.split("-")[0] if etsi else ("Part II" if rid.startswith("II.") else "Part I")
     return Requirement(

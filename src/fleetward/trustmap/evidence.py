@@ -284,13 +284,13 @@ class _Tally:
     def _release(self, seq: int, subject: str, d: dict[str, Any], _a: str) -> None:
         rid = _id(subject, "release")
         if self.product is None or d.get("product") == self.product:
-            if rid is not None and rid.isdigit():
+            if rid is not None and (rid.isascii() and rid.isdigit()):
                 self.releases.add(int(rid))
             self.acc["releases.created"].add(seq, row=d.get("product", "?"))
 
     def _release_subject(self, subject: str) -> bool:
         rid = _id(subject, "release")
-        return rid is not None and rid.isdigit() and self._release_in(int(rid))
+        return rid is not None and (rid.isascii() and rid.isdigit()) and self._release_in(int(rid))
 
     def _approve(self, seq: int, subject: str, d: dict[str, Any], _a: str) -> None:
         if d.get("state") == "deployable" and self._release_subject(subject):
@@ -317,7 +317,7 @@ class _Tally:
         cid = _id(subject, "campaign")
         if not self._release_in(d.get("release")):
             return
-        if cid is not None and cid.isdigit():
+        if cid is not None and (cid.isascii() and cid.isdigit()):
             self.campaigns.add(int(cid))
         waves = d.get("waves")
         first = waves[0] if isinstance(waves, list) and waves else None
@@ -332,7 +332,7 @@ class _Tally:
     def _campaign_event(self, key: str) -> Callable[[int, str, dict[str, Any], str], None]:
         def handle(seq: int, subject: str, _d: dict[str, Any], _a: str) -> None:
             cid = _id(subject, "campaign")
-            if self.product is None or (cid is not None and cid.isdigit()
+            if self.product is None or (cid is not None and (cid.isascii() and cid.isdigit())
                                         and int(cid) in self.campaigns):  # fmt: skip
                 self.acc[key].add(seq)
 

@@ -13,7 +13,10 @@ out, expiry, its token revoked) it sends ``event: ended`` and closes, and
 the script goes to the sign-in page. A stream lasts at most
 :data:`MAX_STREAM` seconds (the browser reconnects on its own, which
 re-authenticates), and a process serves at most :data:`MAX_STREAMS` at once
-(429 beyond), so open pages cannot pin every worker thread.
+(429 beyond), and one session at most :data:`MAX_STREAMS_PER_SESSION`, so
+one browser cannot take the others' share. A slot is held by the stream's
+generator and given back when it is collected, however the stream ended
+(finished, failed, or never started).
 
 **Nothing missed across a reconnect.** Every message carries the heads it
 saw as its ``id`` (``<audit seq>.<event id>``; an id-only message on quiet
@@ -31,7 +34,10 @@ app at its next poll.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import threading
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -46,17 +52,31 @@ from fleetward.errors import AuthenticationError, TooManyRequestsError
 from fleetward.runtime.context import AppContext
 from fleetward.web._viewer import Viewer, ViewerDep, context
 
-__all__ = ["MAX_GAP", "MAX_STREAM", "MAX_STREAMS", "PATH", "POLL", "close_streams", "router"]
+__all__ = [
+    "MAX_GAP",
+    "MAX_STREAM",
+    "MAX_STREAMS",
+    "MAX_STREAMS_PER_SESSION",
+    "PATH",
+    "POLL",
+    "close_streams",
+    "open_streams",
+    "router",
+]
 
 PATH = "/console/events"
 POLL = 2.0  # seconds between looks at the heads
 MAX_STREAM = 120.0  # seconds a stream lasts before the browser reconnects
 MAX_GAP = 100_000  # audit entries or events behind the heads a resumed cursor may be
 MAX_STREAMS = 64  # open streams per process
+MAX_STREAMS_PER_SESSION = 8  # open streams of one console session (tabs of one browser)
 KEEPALIVE = 20.0  # seconds between comments that keep proxies from closing an idle stream
 
 router = APIRouter(include_in_schema=False)
-_open = 0
+_CURSOR = re.compile(r"[0-9]{1,19}\.[0-9]{1,19}")  # ASCII digits only: int() takes others too
+# The open streams and whose they are: an entry leaves when its generator is
+# collected, so a stream that never started (or failed) cannot keep a slot.
+_streams: weakref.WeakKeyDictionary[AsyncIterator[str], str] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -68,6 +88,12 @@ class _Cursor:
     @property
     def id(self) -> str:
         return f"{self.audit}.{self.events}"
+
+
+def open_streams() -> int:
+    """How many event streams this process holds open."""
+    with _lock:
+        return len(_streams)
 
 
 def close_streams(app: Any) -> None:
@@ -84,11 +110,9 @@ def _closing(app: Any) -> threading.Event:
 
 def _resumed(last_event_id: str | None) -> _Cursor | None:
     """The cursor a reconnecting browser sent back, if it is one of ours."""
-    if not last_event_id or len(last_event_id) > 40:
+    if not last_event_id or not _CURSOR.fullmatch(last_event_id):
         return None
     first, _, second = last_event_id.partition(".")
-    if not (first.isdigit() and second.isdigit()):
-        return None
     return _Cursor(int(first), int(second))
 
 
@@ -126,45 +150,47 @@ def _look(ctx: AppContext, who: Viewer, seen: _Cursor) -> tuple[bool, bool]:
 async def _stream(
     ctx: AppContext, who: Viewer, request: Request, resumed: _Cursor | None
 ) -> AsyncIterator[str]:
-    global _open
     closing = _closing(request.app)
-    try:
-        seen, behind = await run_in_threadpool(_heads, ctx, resumed)
-        yield "retry: 3000\n\n"
-        if behind:
+    seen, behind = await run_in_threadpool(_heads, ctx, resumed)
+    yield "retry: 3000\n\n"
+    if behind:
+        yield f"id: {seen.id}\nevent: change\ndata: {seen.id}\n\n"
+    loop = asyncio.get_running_loop()
+    started = last_sent = loop.time()
+    while loop.time() - started < MAX_STREAM and not closing.is_set():
+        await asyncio.sleep(POLL)
+        if closing.is_set() or await request.is_disconnected():
+            return
+        live, changed = await run_in_threadpool(_look, ctx, who, seen)
+        if not live:
+            yield "event: ended\ndata: sign in again\n\n"
+            return
+        if changed:
             yield f"id: {seen.id}\nevent: change\ndata: {seen.id}\n\n"
-        loop = asyncio.get_running_loop()
-        started = last_sent = loop.time()
-        while loop.time() - started < MAX_STREAM and not closing.is_set():
-            await asyncio.sleep(POLL)
-            if closing.is_set() or await request.is_disconnected():
-                return
-            live, changed = await run_in_threadpool(_look, ctx, who, seen)
-            if not live:
-                yield "event: ended\ndata: sign in again\n\n"
-                return
-            if changed:
-                yield f"id: {seen.id}\nevent: change\ndata: {seen.id}\n\n"
-                last_sent = loop.time()
-            elif loop.time() - last_sent > KEEPALIVE:
-                yield f"id: {seen.id}\n\n"  # moves the browser's Last-Event-ID, dispatches nothing
-                last_sent = loop.time()
-    finally:
-        with _lock:
-            _open -= 1
+            last_sent = loop.time()
+        elif loop.time() - last_sent > KEEPALIVE:
+            yield f"id: {seen.id}\n\n"  # moves the browser's Last-Event-ID, dispatches nothing
+            last_sent = loop.time()
 
 
 @router.get(PATH)
 def stream(request: Request, who: ViewerDep) -> StreamingResponse:
     """The event stream of the viewer's tenant (see the module docstring)."""
-    global _open
-    with _lock:
-        if _open >= MAX_STREAMS:
-            raise TooManyRequestsError("too many open console event streams", retry_after=30)
-        _open += 1
     resumed = _resumed(request.headers.get("last-event-id"))
+    owner = hashlib.sha256(who.session.encode()).hexdigest()
+    with _lock:
+        owners = list(_streams.values())
+        if len(owners) >= MAX_STREAMS:
+            raise TooManyRequestsError("too many open console event streams", retry_after=30)
+        if owners.count(owner) >= MAX_STREAMS_PER_SESSION:
+            raise TooManyRequestsError(
+                "this console session has too many open event streams: close some pages",
+                retry_after=30,
+            )
+        stream = _stream(context(request), who, request, resumed)
+        _streams[stream] = owner
     return StreamingResponse(
-        _stream(context(request), who, request, resumed),
+        stream,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

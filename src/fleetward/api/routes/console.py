@@ -164,22 +164,26 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    """Sign out: end the session (its CSRF token in the form) and clear the cookie."""
+    """Sign out: end the session and clear its cookie, only for a form that
+    carries the session's CSRF token (another site's form changes nothing)."""
     secret = request.cookies.get(web.COOKIE)
     try:
         fields = await _form(request)
     except (InvalidInputError, ValueError):
         fields = {}
-    response = RedirectResponse(web.LOGIN, status_code=303)
-    response.delete_cookie(web.COOKIE, path="/")
-    if secret and hmac.compare_digest(
+    if not secret or not hmac.compare_digest(
         fields.get("csrf", "").encode(), tenancy.csrf_token(secret).encode()
     ):
-        ctx = get_ctx(request)
+        return RedirectResponse("/", status_code=303)
+    ctx = get_ctx(request)
 
-        def sign_out() -> Any:
-            with ctx.db.session() as session:
-                return tenancy.end_session(session, secret)
+    def sign_out() -> Any:
+        with ctx.db.session() as session:
+            return tenancy.end_session(session, secret)
 
-        await run_in_threadpool(sign_out)
+    await run_in_threadpool(sign_out)
+    response = RedirectResponse(web.LOGIN, status_code=303)
+    response.delete_cookie(
+        web.COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(request)
+    )
     return response

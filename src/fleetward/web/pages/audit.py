@@ -67,7 +67,7 @@ def _seq(value: str | None, name: str) -> int | None:
         return None
     if (
         not value.isascii()
-        or not value.isdigit()
+        or not (value.isascii() and value.isdigit())
         or len(value) > 16
         or not 1 <= int(value) <= MAX_SEQ
     ):
