@@ -10,9 +10,9 @@ of the installation's tenant, then holds every answer to three checks:
 - ``content_type_conformance``: so is the media type
   (``application/problem+json`` for every refusal).
 
-Bounded for CI: :data:`MAX_EXAMPLES` per operation and phase (half of that on
-the PostgreSQL run), no stateful phase, one worker: about 2,000 requests on
-SQLite. ``DELETE /api/v1/tokens/{token_id}`` is left out: generated ids may
+Bounded for CI: :data:`MAX_EXAMPLES` per operation and phase, no stateful
+phase, one worker, on SQLite only (see :data:`MAX_EXAMPLES`).
+``DELETE /api/v1/tokens/{token_id}`` is left out: generated ids may
 name the very token the run authenticates with. No credential but the run's
 token is generated (the failed-authentication limit would answer 429 to the
 rest of the run); ``tests/api/test_openapi.py`` checks the declared security.
@@ -22,7 +22,6 @@ rest of the run); ``tests/api/test_openapi.py`` checks the declared security.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,10 +32,13 @@ from schemathesis.engine import Status, events, from_schema
 
 pytestmark = [pytest.mark.slow, pytest.mark.paused_workers]
 
-# Per operation and phase: ~4,000 requests on SQLite. The PostgreSQL run
-# (scripts/test's second) sends a quarter of that: the contract is the same
-# code, and at full size it alone took 380 s of CI there (2026-12-07).
-MAX_EXAMPLES = 5 if os.environ.get("FLEETWARD_TEST_PG_URL") else 10
+# Per operation and phase. 10 sent 4,437 requests in 227 s on SQLite (the
+# slowest test of CI's SQLite run, 2026-12-07); 5 keeps CI within its budget.
+# The PostgreSQL run skips this test (sqlite_run_only): the contract is the
+# same code, and the database-specific failures of hostile values (NUL in
+# text, integers past PostgreSQL's range) are tests/api/test_malformed.py's,
+# which runs on both.
+MAX_EXAMPLES = 5
 SEED = 15  # a fixed seed: a failure here reproduces on the next run
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance")
 EXCLUDED = ("DELETE", "/api/v1/tokens/{token_id}")  # can revoke the run's own token
@@ -116,6 +118,7 @@ def run(
     return statuses, findings
 
 
+@pytest.mark.sqlite_run_only
 def test_the_operator_api_keeps_its_contract(live: str, admin_token: str) -> None:
     started = time.monotonic()
     statuses, findings = run(live, admin_token, max_examples=MAX_EXAMPLES, seed=SEED)

@@ -81,6 +81,7 @@ def test_a_tenant_change_is_announced_and_revocation_ends_the_stream(
         watcher.close()
 
 
+@pytest.mark.sqlite_run_only
 def test_another_tenants_change_is_not_announced(
     live: str, admin_token: str, ctx: AppContext
 ) -> None:
@@ -105,6 +106,7 @@ def test_another_tenants_change_is_not_announced(
             assert _first(stream.iter_lines(), "change", 5) is None
 
 
+@pytest.mark.sqlite_run_only
 def test_stopping_the_server_ends_open_streams(
     planes: PlaneServers, live: str, admin_token: str
 ) -> None:

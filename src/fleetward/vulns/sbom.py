@@ -370,8 +370,7 @@ def _validate_piece(validator: Any, version: SchemaVersion, piece: Mapping[str, 
     if detail is None:
         return
     where = [str(p) for p in getattr(detail, "absolute_path", ())]
-    numbered = len(where) >= 2 and where[1].isascii() and where[1].isdigit()
-    if key is not None and numbered and where[0] == key:
+    if key is not None and len(where) >= 2 and where[0] == key and where[1].isdecimal():
         where = [paths[int(where[1])], *where[2:]]
     elif key is not None and where == [key]:
         where = [paths[0].rsplit("/", 1)[0]]
