@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, ScalarSelect, bindparam, select
 from sqlalchemy.orm import Session
@@ -236,18 +238,20 @@ def create_token(
     return row, full
 
 
+TOKEN_COLUMNS = (
+    ApiToken.id,
+    ApiToken.secret_hash,
+    ApiToken.role,
+    ApiToken.environment,
+    ApiToken.expires_at,
+    ApiToken.revoked_at,
+    Tenant.id,
+    Tenant.name,
+    ApiToken.factory_id,
+)
+"""What :func:`token_principal` reads, in order (also the console's session read)."""
 _TOKEN = (
-    select(
-        ApiToken.id,
-        ApiToken.secret_hash,
-        ApiToken.role,
-        ApiToken.environment,
-        ApiToken.expires_at,
-        ApiToken.revoked_at,
-        Tenant.id,
-        Tenant.name,
-        ApiToken.factory_id,
-    )
+    select(*TOKEN_COLUMNS)
     .join(Tenant, Tenant.id == ApiToken.tenant_id)
     .where(ApiToken.id == bindparam("token_id"))
 )
@@ -268,6 +272,11 @@ def authenticate(session: Session, token: str, *, now: dt.datetime | None = None
         raise AuthenticationError("API token has been revoked")
     if row[4] is not None and row[4] <= now:
         raise AuthenticationError("API token has expired")
+    return token_principal(row)
+
+
+def token_principal(row: Sequence[Any]) -> Principal:
+    """The principal of a token row read with :data:`TOKEN_COLUMNS` (in that order)."""
     return Principal(
         tenant_id=row[6],
         tenant_name=row[7],

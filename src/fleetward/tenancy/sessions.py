@@ -36,7 +36,7 @@ from fleetward.errors import AuthenticationError
 from fleetward.store import utcnow
 from fleetward.tenancy.models import ApiToken, ConsoleSession, Tenant
 from fleetward.tenancy.roles import Principal
-from fleetward.tenancy.service import authenticate
+from fleetward.tenancy.service import TOKEN_COLUMNS, authenticate, token_principal
 
 __all__ = [
     "MAX_SESSIONS_PER_TOKEN",
@@ -55,18 +55,7 @@ MAX_SESSION_LENGTH = 64  # characters of a presented session secret, checked bef
 _CSRF_LABEL = b"fleetward console csrf v1"
 
 _SESSION = (
-    select(
-        ConsoleSession.expires_at,
-        ConsoleSession.ended_at,
-        ApiToken.id,
-        ApiToken.role,
-        ApiToken.environment,
-        ApiToken.expires_at,
-        ApiToken.revoked_at,
-        Tenant.id,
-        Tenant.name,
-        ApiToken.factory_id,
-    )
+    select(ConsoleSession.expires_at, ConsoleSession.ended_at, *TOKEN_COLUMNS)
     .join(ApiToken, ApiToken.id == ConsoleSession.token_id)
     .join(Tenant, Tenant.id == ApiToken.tenant_id)
 )
@@ -163,19 +152,12 @@ def session_principal(
         raise AuthenticationError("the console session has ended: sign in again")
     if row[0] <= now:
         raise AuthenticationError("the console session has expired: sign in again")
-    if row[6] is not None:
+    token = row[2:]  # TOKEN_COLUMNS
+    if token[5] is not None:
         raise AuthenticationError("the session's API token has been revoked")
-    if row[5] is not None and row[5] <= now:
+    if token[4] is not None and token[4] <= now:
         raise AuthenticationError("the session's API token has expired")
-    return Principal(
-        tenant_id=row[7],
-        tenant_name=row[8],
-        role=row[3],
-        actor=f"token:{row[2]}",
-        environment=row[4],
-        factory_id=row[9],
-        expires_at=row[5],
-    )
+    return token_principal(token)
 
 
 def end_session(session: Session, secret: str | None, *, now: dt.datetime | None = None) -> bool:
