@@ -66,8 +66,7 @@ def _seq(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
     if (
-        not value.isascii()
-        or not (value.isascii() and value.isdigit())
+        not (value.isascii() and value.isdigit())
         or len(value) > 16
         or not 1 <= int(value) <= MAX_SEQ
     ):

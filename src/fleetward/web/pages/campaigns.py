@@ -18,7 +18,6 @@ page.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -29,15 +28,14 @@ from fleetward import ota
 from fleetward.errors import InvalidInputError
 from fleetward.tenancy import scope
 from fleetward.web._page import show
+from fleetward.web._params import query_choice, query_id
 from fleetward.web._viewer import Viewer, ViewerDep
 
-__all__ = ["PAGE", "query_choice", "query_id", "router"]
+__all__ = ["PAGE", "router"]
 
 router = APIRouter(include_in_schema=False)
 
 PAGE = 50  # campaigns per page
-MAX_ID = 2**63 - 1  # the database's integer keys
-MAX_QUERY_CHARS = 100  # a query value longer than this is nobody's id or choice
 STATUS_COLOURS = {
     "planned": "#8c959f",
     "offered": "#3b6ea5",
@@ -46,32 +44,6 @@ STATUS_COLOURS = {
     "failed": "#cf222e",
     "aborted": "#59636e",
 }
-
-
-def query_id(raw: str | None, name: str) -> int | None:
-    """A database id from a query or path value (None when absent).
-
-    Raises:
-        InvalidInputError: not a positive decimal integer the database holds.
-    """
-    if raw is None or raw == "":
-        return None
-    if len(raw) > 19 or not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_ID:
-        raise InvalidInputError(f"{name}: a positive integer id, not {raw[:30]!r}")
-    return int(raw)
-
-
-def query_choice(raw: str | None, name: str, choices: Collection[str]) -> str | None:
-    """One of ``choices`` from a query value (None when absent or empty).
-
-    Raises:
-        InvalidInputError: any other value.
-    """
-    if raw is None or raw == "":
-        return None
-    if len(raw) > MAX_QUERY_CHARS or raw not in choices:
-        raise InvalidInputError(f"{name} is one of {', '.join(choices)}")
-    return raw
 
 
 @router.get("/console/campaigns")

@@ -25,8 +25,8 @@ from fleetward import vulns
 from fleetward.errors import InvalidInputError
 from fleetward.tenancy import scope
 from fleetward.web._page import show
+from fleetward.web._params import query_choice, query_id
 from fleetward.web._viewer import ViewerDep
-from fleetward.web.pages.campaigns import query_choice, query_id
 
 __all__ = ["router"]
 
